@@ -1,0 +1,382 @@
+//! Configuration as data: a TOML file parsed and validated into an immutable [`Snapshot`]
+//! (images opened, paths canonicalised, farm table built) and published through one
+//! `ArcSwap` store. Readers take a snapshot with one atomic load and keep it for the whole
+//! transfer; a reload builds the next snapshot off the data path and swaps it in one store, or
+//! refuses it with a precise error and leaves the last good one serving.
+
+mod model;
+pub mod reload;
+
+pub use model::*;
+
+use crate::image::{Chain, ChainLimits};
+use crate::metrics::{Counter, WorkerCounters};
+use arc_swap::ArcSwap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A configuration error a person can act on: which file, which key, which value, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub value: String,
+    pub why: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if !self.key.is_empty() {
+            write!(f, "{}", self.key)?;
+            if !self.value.is_empty() {
+                write!(f, " = {}", self.value)?;
+            }
+            write!(f, ": ")?;
+        }
+        write!(f, "{}", self.why)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+/// Values given on the command line; they win over the file, at start and at every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<IpAddr>,
+    pub tftp_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub nbd_port: Option<u16>,
+    pub workers: Option<usize>,
+}
+
+impl Overrides {
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(v) = self.listen {
+            c.server.listen = v;
+        }
+        if let Some(v) = self.tftp_port {
+            c.server.tftp_port = v;
+        }
+        if let Some(v) = self.http_port {
+            c.server.http_port = v;
+        }
+        if let Some(v) = self.nbd_port {
+            c.server.nbd_port = v;
+        }
+        if let Some(v) = self.workers {
+            c.server.workers = v;
+        }
+    }
+}
+
+/// A served vDisk: its configuration and its opened chain.
+pub struct Vdisk {
+    pub name: String,
+    pub mode: Mode,
+    pub path: PathBuf,
+    pub chain: Chain,
+    /// (device, inode, size, mtime) of every chain member: a reload reuses the mapping when
+    /// nothing changed, and a replaced file is picked up as a new chain.
+    identity: Vec<(u64, u64, u64, i64)>,
+}
+
+/// A farm member with its subnets parsed.
+#[derive(Debug, Clone)]
+pub struct FarmMember {
+    pub name: String,
+    pub address: IpAddr,
+    pub power: f64,
+    pub subnets: Vec<(IpAddr, u8)>,
+    pub vdisks: Vec<String>,
+    pub max_booting: u32,
+    pub http_port: u16,
+}
+
+/// Everything a worker needs, immutable once published.
+pub struct Snapshot {
+    pub generation: u64,
+    pub source: Option<PathBuf>,
+    pub loaded_at: SystemTime,
+    /// The effective configuration (defaults filled, overrides applied, paths absolute).
+    pub config: Config,
+    pub tftp_root: PathBuf,
+    pub vdisks: Vec<Arc<Vdisk>>,
+    pub farm: Vec<FarmMember>,
+}
+
+impl Snapshot {
+    pub fn vdisk(&self, name: &str) -> Option<&Arc<Vdisk>> {
+        self.vdisks.iter().find(|v| v.name == name)
+    }
+    /// The default vdisk (NBD's empty export name, `/ipxe` without arguments): the first one.
+    pub fn default_vdisk(&self) -> Option<&Arc<Vdisk>> {
+        self.vdisks.first()
+    }
+}
+
+/// Parses TOML text into a Config, with errors located by line and key.
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let (line, col) = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                (before.matches('\n').count() + 1, s.start - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1)
+            })
+            .unwrap_or((0, 0));
+        ConfigError {
+            file: file.to_path_buf(),
+            key: format!("line {line}, column {col}"),
+            value: String::new(),
+            why: e.message().to_string(),
+        }
+    })
+}
+
+/// Reads, parses and validates a file into a snapshot with the given generation.
+pub fn load(file: &Path, overrides: &Overrides, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        key: String::new(),
+        value: String::new(),
+        why: format!("cannot read: {e}"),
+    })?;
+    let mut config = parse(file, &text)?;
+    overrides.apply(&mut config);
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    build(file, &base, config, generation, previous)
+}
+
+fn err(file: &Path, key: impl Into<String>, value: impl fmt::Display, why: impl Into<String>) -> ConfigError {
+    ConfigError { file: file.to_path_buf(), key: key.into(), value: value.to_string(), why: why.into() }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) && !s.starts_with('.')
+}
+
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, p) = s.split_once('/')?;
+    let addr: IpAddr = a.parse().ok()?;
+    let prefix: u8 = p.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some((addr, prefix))
+}
+
+fn identity(chain: &Chain) -> Vec<(u64, u64, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    chain
+        .layers
+        .iter()
+        .map(|l| std::fs::metadata(&l.path).map(|m| (m.dev(), m.ino(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000)).unwrap_or_default())
+        .collect()
+}
+
+/// Validates a parsed configuration and builds the snapshot. `base` resolves relative paths.
+pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+    let s = &c.server;
+    if !valid_name(&s.name) {
+        return Err(err(file, "server.name", format!("{:?}", s.name), "must be 1-64 letters, digits, '.', '_' or '-'"));
+    }
+    for (k, v) in [("server.tftp_port", s.tftp_port), ("server.http_port", s.http_port), ("server.nbd_port", s.nbd_port)] {
+        if v == 0 {
+            return Err(err(file, k, v, "port 0 is not a usable port; pick a fixed one (clients must know it)"));
+        }
+    }
+    if s.http_port == s.nbd_port {
+        return Err(err(file, "server.nbd_port", s.nbd_port, "is the same TCP port as server.http_port"));
+    }
+    if s.workers > 1024 {
+        return Err(err(file, "server.workers", s.workers, "at most 1024 workers (0 = one per core)"));
+    }
+    if s.reload_poll_ms == 0 || s.reload_poll_ms > 60_000 {
+        return Err(err(file, "server.reload_poll_ms", s.reload_poll_ms, "must be between 1 and 60000"));
+    }
+    let t = &c.tftp;
+    if !(8..=65464).contains(&t.blksize_max) {
+        return Err(err(file, "tftp.blksize_max", t.blksize_max, "RFC 2348 allows block sizes from 8 to 65464"));
+    }
+    if t.windowsize_max == 0 {
+        return Err(err(file, "tftp.windowsize_max", 0, "RFC 7440 allows window sizes from 1 to 65535"));
+    }
+    if t.timeout_ms == 0 || t.timeout_ms > 255_000 {
+        return Err(err(file, "tftp.timeout_ms", t.timeout_ms, "must be between 1 and 255000 (RFC 2349 allows up to 255 s)"));
+    }
+    if t.retries_max == 0 || t.retries_max > 100 {
+        return Err(err(file, "tftp.retries_max", t.retries_max, "must be between 1 and 100"));
+    }
+    let nonzero = [
+        ("tftp.sessions_max", t.sessions_max as u64),
+        ("tftp.sessions_per_ip_max", t.sessions_per_ip_max as u64),
+        ("http.request_line_bytes_max", c.http.request_line_bytes_max as u64),
+        ("http.header_bytes_max", c.http.header_bytes_max as u64),
+        ("http.headers_max", c.http.headers_max as u64),
+        ("http.connections_max", c.http.connections_max as u64),
+        ("http.connections_per_ip_max", c.http.connections_per_ip_max as u64),
+        ("http.keepalive_idle_ms", c.http.keepalive_idle_ms),
+        ("http.header_timeout_ms", c.http.header_timeout_ms),
+        ("nbd.connections_max", c.nbd.connections_max as u64),
+        ("nbd.queue_depth_max", c.nbd.queue_depth_max as u64),
+        ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
+        ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),
+        ("nbd.cache_bytes_total_max", c.nbd.cache_bytes_total_max),
+    ];
+    if let Some((k, v)) = nonzero.iter().find(|(_, v)| *v == 0) {
+        return Err(err(file, *k, v, "a limit of 0 would refuse every client; raise it"));
+    }
+    if c.http.header_bytes_max < c.http.request_line_bytes_max {
+        return Err(err(file, "http.header_bytes_max", c.http.header_bytes_max, "must be at least http.request_line_bytes_max"));
+    }
+    if c.nbd.request_bytes_max < 4096 || !c.nbd.request_bytes_max.is_power_of_two() {
+        return Err(err(file, "nbd.request_bytes_max", c.nbd.request_bytes_max, "must be a power of two of at least 4096"));
+    }
+    if c.nbd.cache_bytes_per_target_max > c.nbd.cache_bytes_total_max {
+        return Err(err(file, "nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max, "exceeds nbd.cache_bytes_total_max"));
+    }
+    if c.image.chain_depth_max == 0 || c.image.chain_depth_max > 256 {
+        return Err(err(file, "image.chain_depth_max", c.image.chain_depth_max, "must be between 1 and 256"));
+    }
+    if !(0.0..=10.0).contains(&c.farm.load_epsilon) {
+        return Err(err(file, "farm.load_epsilon", c.farm.load_epsilon, "must be between 0 and 10"));
+    }
+    if c.farm.health_timeout_ms == 0 || c.farm.health_timeout_ms > c.farm.health_interval_ms {
+        return Err(err(file, "farm.health_timeout_ms", c.farm.health_timeout_ms, "must be non-zero and at most farm.health_interval_ms"));
+    }
+
+    // Paths: relative to the config file, canonical, checked.
+    let root = base.join(&c.tftp.root);
+    let tftp_root = std::fs::canonicalize(&root).map_err(|e| err(file, "tftp.root", root.display(), format!("cannot be used: {e}")))?;
+    if !tftp_root.is_dir() {
+        return Err(err(file, "tftp.root", tftp_root.display(), "is not a directory"));
+    }
+    c.tftp.root = tftp_root.clone();
+    c.nbd.cache_dir = base.join(&c.nbd.cache_dir);
+
+    let limits = ChainLimits { depth_max: c.image.chain_depth_max };
+    let mut vdisks: Vec<Arc<Vdisk>> = Vec::new();
+    for (i, v) in c.vdisk.iter_mut().enumerate() {
+        let key = |k: &str| format!("vdisk[{i}].{k}");
+        if !valid_name(&v.name) {
+            return Err(err(file, key("name"), format!("{:?}", v.name), "must be 1-64 letters, digits, '.', '_' or '-' (it is a URL path and an NBD export name)"));
+        }
+        if vdisks.iter().any(|o| o.name == v.name) {
+            return Err(err(file, key("name"), format!("{:?}", v.name), "is used by an earlier [[vdisk]]; names must be unique"));
+        }
+        let p = base.join(&v.path);
+        let path = std::fs::canonicalize(&p).map_err(|e| err(file, key("path"), p.display(), format!("cannot be used: {e}")))?;
+        v.path = path.clone();
+        let reused = previous.and_then(|prev| prev.vdisk(&v.name)).filter(|old| old.path == path && old.mode == v.mode && identity(&old.chain) == old.identity);
+        let vd = match reused {
+            Some(old) => old.clone(),
+            None => {
+                let chain = Chain::open(&path, limits).map_err(|e| err(file, key("path"), path.display(), e.to_string()))?;
+                let identity = identity(&chain);
+                Arc::new(Vdisk { name: v.name.clone(), mode: v.mode, path, chain, identity })
+            }
+        };
+        vdisks.push(vd);
+    }
+
+    let mut farm: Vec<FarmMember> = Vec::new();
+    for (i, s) in c.farm.server.iter().enumerate() {
+        let key = |k: &str| format!("farm.server[{i}].{k}");
+        if !valid_name(&s.name) {
+            return Err(err(file, key("name"), format!("{:?}", s.name), "must be 1-64 letters, digits, '.', '_' or '-'"));
+        }
+        if farm.iter().any(|f| f.name == s.name) {
+            return Err(err(file, key("name"), format!("{:?}", s.name), "is listed twice in [[farm.server]]"));
+        }
+        let port = s.http_port.unwrap_or(c.server.http_port);
+        if farm.iter().any(|f| f.address == s.address && f.http_port == port) {
+            return Err(err(file, key("address"), s.address, "another farm server already uses this address and HTTP port"));
+        }
+        if !s.power.is_finite() || s.power <= 0.0 || s.power > 1000.0 {
+            return Err(err(file, key("power"), s.power, "must be a positive weight, at most 1000"));
+        }
+        let mut subnets = Vec::new();
+        for n in &s.subnets {
+            subnets.push(parse_cidr(n).ok_or_else(|| err(file, key("subnets"), format!("{n:?}"), "is not a CIDR subnet such as \"10.1.0.0/16\""))?);
+        }
+        for v in &s.vdisks {
+            if !c.vdisk.iter().any(|d| &d.name == v) {
+                return Err(err(file, key("vdisks"), format!("{v:?}"), "names no [[vdisk]] of this file"));
+            }
+        }
+        farm.push(FarmMember {
+            name: s.name.clone(),
+            address: s.address,
+            power: s.power,
+            subnets,
+            vdisks: s.vdisks.clone(),
+            max_booting: s.max_booting,
+            http_port: port,
+        });
+    }
+    if !farm.is_empty() && !farm.iter().any(|f| f.name == c.server.name) {
+        return Err(err(file, "server.name", format!("{:?}", c.server.name), "is not one of the [[farm.server]] names; a node must be in its own farm"));
+    }
+    if farm.is_empty() {
+        farm.push(FarmMember {
+            name: c.server.name.clone(),
+            address: c.server.listen,
+            power: 1.0,
+            subnets: Vec::new(),
+            vdisks: Vec::new(),
+            max_booting: 0,
+            http_port: c.server.http_port,
+        });
+    }
+    Ok(Snapshot { generation, source: Some(file.to_path_buf()), loaded_at: SystemTime::now(), config: c, tftp_root, vdisks, farm })
+}
+
+/// The published snapshot and its reload statistics.
+pub struct Store {
+    current: ArcSwap<Snapshot>,
+    next_generation: AtomicU64,
+    /// The control plane's counters (reloads); workers have their own blocks.
+    pub counters: WorkerCounters,
+}
+
+impl Store {
+    pub fn new(first: Snapshot) -> Store {
+        let next = first.generation + 1;
+        Store { current: ArcSwap::from_pointee(first), next_generation: AtomicU64::new(next), counters: WorkerCounters::default() }
+    }
+
+    /// One atomic load; keep the Arc for as long as a transfer runs.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publishes a fully built snapshot with one store.
+    pub fn publish(&self, s: Snapshot) {
+        self.current.store(Arc::new(s));
+    }
+
+    /// Rebuilds from `file`; on success publishes and returns the new generation, otherwise
+    /// keeps the current snapshot and returns the error.
+    pub fn reload(&self, file: &Path, overrides: &Overrides) -> Result<u64, ConfigError> {
+        let prev = self.load();
+        match load(file, overrides, self.next_generation(), Some(&prev)) {
+            Ok(s) => {
+                let g = s.generation;
+                self.publish(s);
+                self.counters.add(Counter::ConfigReloadsOk, 1);
+                Ok(g)
+            }
+            Err(e) => {
+                self.counters.add(Counter::ConfigReloadsFailed, 1);
+                Err(e)
+            }
+        }
+    }
+}

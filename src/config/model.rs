@@ -1,0 +1,309 @@
+//! The configuration file's model: every key, its default and its meaning. `bootfarm config
+//! example` prints EXAMPLE, which is kept in step with these defaults by a test.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub tftp: Tftp,
+    pub http: Http,
+    pub nbd: Nbd,
+    pub image: Image,
+    pub vdisk: Vec<VdiskEntry>,
+    pub farm: Farm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub name: String,
+    pub listen: IpAddr,
+    pub tftp_port: u16,
+    pub http_port: u16,
+    pub nbd_port: u16,
+    /// 0 = one worker per online core.
+    pub workers: usize,
+    /// On SIGTERM/SIGINT, transfers in flight get this long to finish.
+    pub shutdown_grace_ms: u64,
+    /// How often the config file is checked for changes, and how long it must stay unchanged
+    /// before it is reloaded (editors write files in several steps).
+    pub reload_poll_ms: u64,
+    pub reload_debounce_ms: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            name: "node1".into(),
+            listen: IpAddr::from([127, 0, 0, 1]),
+            tftp_port: 69,
+            http_port: 8080,
+            nbd_port: 10809,
+            workers: 0,
+            shutdown_grace_ms: 10_000,
+            reload_poll_ms: 500,
+            reload_debounce_ms: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tftp {
+    /// Bootstrap files, served read-only over TFTP and over HTTP at /boot/<file>.
+    pub root: PathBuf,
+    /// Largest blksize granted (RFC 2348 allows 8..65464). 1468 fits a 1500-byte MTU.
+    pub blksize_max: u16,
+    /// Largest windowsize granted (RFC 7440 allows 1..65535).
+    pub windowsize_max: u16,
+    /// Retransmission timeout before the client asks for one (RFC 2349 timeout overrides it).
+    pub timeout_ms: u64,
+    /// Retransmissions of one window before the transfer is abandoned.
+    pub retries_max: u32,
+    pub sessions_max: usize,
+    pub sessions_per_ip_max: usize,
+}
+
+impl Default for Tftp {
+    fn default() -> Self {
+        Tftp {
+            root: PathBuf::from("/srv/bootfarm/boot"),
+            blksize_max: 1468,
+            windowsize_max: 64,
+            timeout_ms: 1000,
+            retries_max: 6,
+            sessions_max: 8192,
+            sessions_per_ip_max: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub request_line_bytes_max: usize,
+    pub header_bytes_max: usize,
+    pub headers_max: usize,
+    pub connections_max: usize,
+    pub connections_per_ip_max: usize,
+    pub keepalive_idle_ms: u64,
+    /// A request's headers must be complete within this time (slowloris).
+    pub header_timeout_ms: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            request_line_bytes_max: 4096,
+            header_bytes_max: 16 * 1024,
+            headers_max: 64,
+            connections_max: 8192,
+            connections_per_ip_max: 64,
+            keepalive_idle_ms: 60_000,
+            header_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nbd {
+    pub connections_max: usize,
+    /// Requests in flight on one connection.
+    pub queue_depth_max: usize,
+    /// Largest READ/WRITE payload accepted (also advertised as the maximum block size).
+    pub request_bytes_max: u32,
+    /// Where write caches overflow to sparse files.
+    pub cache_dir: PathBuf,
+    pub cache_ram_bytes_per_target: u64,
+    pub cache_bytes_per_target_max: u64,
+    pub cache_bytes_total_max: u64,
+    /// A target reconnecting within this time keeps its write cache (failover, network blip).
+    pub cache_keep_after_disconnect_ms: u64,
+}
+
+impl Default for Nbd {
+    fn default() -> Self {
+        Nbd {
+            connections_max: 2048,
+            queue_depth_max: 128,
+            request_bytes_max: 32 << 20,
+            cache_dir: PathBuf::from("/var/cache/bootfarm"),
+            cache_ram_bytes_per_target: 64 << 20,
+            cache_bytes_per_target_max: 8 << 30,
+            cache_bytes_total_max: 256 << 30,
+            cache_keep_after_disconnect_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Image {
+    /// Most images in one chain (a version and all its parents).
+    pub chain_depth_max: usize,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Image { chain_depth_max: 16 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Shared read-only image; each target writes to its own cache, discarded at reboot.
+    Standard,
+    /// One writer at a time; writes go into a new differencing version.
+    Private,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VdiskEntry {
+    pub name: String,
+    /// The newest version; parents are found through the image's own locators.
+    pub path: PathBuf,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+}
+
+fn default_mode() -> Mode {
+    Mode::Standard
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Affinity {
+    #[default]
+    None,
+    BestEffort,
+    Fixed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Farm {
+    /// Bounded load: no server above (1 + epsilon) x its fair share of active targets.
+    pub load_epsilon: f64,
+    pub affinity: Affinity,
+    pub health_interval_ms: u64,
+    pub health_timeout_ms: u64,
+    pub health_failures_max: u32,
+    pub health_successes_min: u32,
+    pub server: Vec<FarmServer>,
+}
+
+impl Default for Farm {
+    fn default() -> Self {
+        Farm {
+            load_epsilon: 0.25,
+            affinity: Affinity::None,
+            health_interval_ms: 1000,
+            health_timeout_ms: 500,
+            health_failures_max: 3,
+            health_successes_min: 2,
+            server: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FarmServer {
+    pub name: String,
+    pub address: IpAddr,
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// Subnets this server prefers (CIDR), for subnet affinity.
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    /// vdisks this server holds; empty = all of them.
+    #[serde(default)]
+    pub vdisks: Vec<String>,
+    /// PVS "maximum devices booting"; 0 = no limit.
+    #[serde(default)]
+    pub max_booting: u32,
+    /// HTTP port of this server (defaults to this node's http_port).
+    #[serde(default)]
+    pub http_port: Option<u16>,
+}
+
+fn default_power() -> f64 {
+    1.0
+}
+
+pub const EXAMPLE: &str = r#"# bootfarm configuration. Every key is optional; the values shown are the defaults unless
+# marked "example". Relative paths are resolved against this file's folder.
+# Check a file with:  bootfarm config check FILE
+
+[server]
+name = "node1"              # this node's name in [[farm.server]]
+listen = "127.0.0.1"        # every service binds here (0.0.0.0 / :: for all interfaces)
+tftp_port = 69              # UDP
+http_port = 8080            # TCP: /boot, /vdisk, /ipxe, /metrics, /healthz, /api/status
+nbd_port = 10809            # TCP
+workers = 0                 # 0 = one pinned worker per core
+shutdown_grace_ms = 10000   # SIGTERM/SIGINT: transfers in flight get this long to finish
+reload_poll_ms = 500        # the file is also reloaded on SIGHUP
+reload_debounce_ms = 300
+
+[tftp]
+root = "/srv/bootfarm/boot" # bootstrap files (TFTP and HTTP /boot/<file>), read-only
+blksize_max = 1468          # RFC 2348 cap; 1468 fits a 1500-byte MTU
+windowsize_max = 64         # RFC 7440 cap
+timeout_ms = 1000           # retransmission timeout (a client's RFC 2349 timeout overrides)
+retries_max = 6
+sessions_max = 8192         # concurrent transfers, all clients
+sessions_per_ip_max = 8
+
+[http]
+request_line_bytes_max = 4096
+header_bytes_max = 16384
+headers_max = 64
+connections_max = 8192
+connections_per_ip_max = 64
+keepalive_idle_ms = 60000
+header_timeout_ms = 10000   # slowloris guard
+
+[nbd]
+connections_max = 2048
+queue_depth_max = 128               # requests in flight per connection
+request_bytes_max = 33554432        # 32 MiB
+cache_dir = "/var/cache/bootfarm"   # write caches overflow here
+cache_ram_bytes_per_target = 67108864       # 64 MiB in RAM, then the sparse file
+cache_bytes_per_target_max = 8589934592     # 8 GiB: beyond it writes fail with ENOSPC
+cache_bytes_total_max = 274877906944        # 256 GiB
+cache_keep_after_disconnect_ms = 60000      # a reconnect within this keeps the cache
+
+[image]
+chain_depth_max = 16
+
+# One table per served vDisk (example).
+[[vdisk]]
+name = "win10"                             # URL and NBD export name: letters, digits, . _ -
+path = "/srv/bootfarm/vdisks/win10.vhdx"   # newest version; parents resolved from the image
+mode = "standard"                          # standard | private
+
+[farm]
+load_epsilon = 0.25         # bounded load: at most (1+e) x fair share per server
+affinity = "none"           # none | best-effort | fixed
+health_interval_ms = 1000
+health_timeout_ms = 500
+health_failures_max = 3     # failed probes before a server leaves the table
+health_successes_min = 2    # good probes before it comes back
+
+# One table per server of the farm (example); empty = a farm of this node alone.
+[[farm.server]]
+name = "node1"
+address = "127.0.0.1"
+power = 1.0                 # PVS power rating: relative weight
+subnets = []                # e.g. ["10.1.0.0/16"] for subnet affinity
+vdisks = []                 # empty = holds every vdisk
+max_booting = 0             # PVS "maximum devices booting"; 0 = no limit
+"#;

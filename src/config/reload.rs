@@ -1,0 +1,119 @@
+//! The control thread: reloads on SIGHUP and when the file changes on disk (polled, debounced:
+//! editors write in several steps), and returns on SIGTERM/SIGINT so the caller can drain.
+//! Signals are blocked in every thread (call [`block_signals`] before spawning any) and taken
+//! here synchronously with sigtimedwait, so no handler runs in a worker.
+
+use super::{Overrides, Store};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn signal_set() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks SIGHUP/SIGTERM/SIGINT in the calling thread and every thread it spawns afterwards.
+pub fn block_signals() {
+    let set = signal_set();
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits up to `timeout` for one of the control signals; None on timeout.
+pub fn wait_signal(timeout: Duration) -> Option<i32> {
+    let set = signal_set();
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let s = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    (s > 0).then_some(s)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    mtime_ns: i128,
+    size: u64,
+    ino: u64,
+}
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some(Stamp { mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, size: m.size(), ino: m.ino() })
+}
+
+/// Why the control loop returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Signal(i32),
+    Stopped,
+}
+
+pub struct Control {
+    pub store: std::sync::Arc<Store>,
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Control {
+    fn reload(&self, why: &str) {
+        let Some(file) = &self.file else {
+            tracing::info!(why, "reload requested, but this instance runs without a config file (--demo): nothing to reload");
+            return;
+        };
+        let old = self.store.load();
+        match self.store.reload(file, &self.overrides) {
+            Ok(generation) => {
+                let new = self.store.load();
+                let s = (&old.config.server, &new.config.server);
+                if s.0.listen != s.1.listen || s.0.tftp_port != s.1.tftp_port || s.0.http_port != s.1.http_port || s.0.nbd_port != s.1.nbd_port || s.0.workers != s.1.workers {
+                    tracing::warn!(generation, "server.listen/ports/workers changed: they take effect at the next restart");
+                }
+                tracing::info!(generation, why, vdisks = new.vdisks.len(), farm = new.farm.len(), "configuration loaded");
+            }
+            Err(e) => tracing::error!(generation = old.generation, why, "configuration refused, generation {} keeps serving: {e}", old.generation),
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT (returned) or until `stop` is set.
+    pub fn run(&self, stop: &std::sync::atomic::AtomicBool) -> Exit {
+        let cfg = self.store.load().config.server.clone();
+        let poll = Duration::from_millis(cfg.reload_poll_ms);
+        let debounce = Duration::from_millis(cfg.reload_debounce_ms);
+        let mut last = self.file.as_deref().and_then(stamp);
+        let mut pending: Option<(Stamp, Instant)> = None;
+        loop {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Exit::Stopped;
+            }
+            match wait_signal(poll.min(debounce.max(Duration::from_millis(10)))) {
+                Some(libc::SIGHUP) => {
+                    pending = None;
+                    last = self.file.as_deref().and_then(stamp);
+                    self.reload("SIGHUP");
+                }
+                Some(s) => return Exit::Signal(s),
+                None => {
+                    let Some(file) = &self.file else { continue };
+                    let now = stamp(file);
+                    match (now, pending) {
+                        (Some(n), Some((p, since))) if n == p => {
+                            if since.elapsed() >= debounce {
+                                pending = None;
+                                last = Some(n);
+                                self.reload("file changed");
+                            }
+                        }
+                        (Some(n), _) if Some(n) != last => pending = Some((n, Instant::now())),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! bootfarm: a network-boot appliance. See README.md for the user's view and
+//! ../shared/DESIGN.md for the architecture; this crate is the library behind the `bootfarm`
+//! binary and the `bootstorm` load generator.
+
+pub mod config;
+pub mod demo;
+pub mod image;
+pub mod metrics;
+pub mod serve;

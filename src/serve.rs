@@ -1,0 +1,53 @@
+//! `bootfarm serve`: publishes the snapshot, runs the control thread (reload on SIGHUP and on
+//! file change, drain on SIGTERM/SIGINT) and reports what is being served.
+
+use crate::config::{reload, Overrides, Store};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Number of workers for `server.workers` (0 = one per online core).
+pub fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}
+
+pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_dir: Option<&Path>) -> Result<(), String> {
+    let snap = store.load();
+    let s = &snap.config.server;
+    tracing::info!(
+        generation = snap.generation,
+        node = %s.name,
+        workers = worker_count(s.workers),
+        vdisks = snap.vdisks.len(),
+        tftp_root = %snap.tftp_root.display(),
+        "configuration loaded"
+    );
+    for v in &snap.vdisks {
+        tracing::info!(vdisk = %v.name, bytes = v.chain.virtual_size(), images = v.chain.layers.len(), path = %v.path.display(), "vdisk ready");
+    }
+    if let Some(dir) = demo_dir {
+        println!("{}", demo_banner(dir, &snap));
+    }
+    let control = reload::Control { store: store.clone(), file, overrides };
+    let stop = AtomicBool::new(false);
+    let exit = control.run(&stop);
+    tracing::info!(?exit, "shutting down");
+    Ok(())
+}
+
+fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
+    let v = snap.default_vdisk().map(|v| v.path.display().to_string()).unwrap_or_default();
+    format!(
+        "bootfarm demo store in {dir}\n\
+         \n  bootstrap: {root}/{boot}\n  vdisk:     {v} (a 2-version VHDX chain)\n\
+         \nTry:\n  bootfarm vdisk inspect {v}\n  bootfarm vdisk export {v} -o demo.raw && head -c 512 demo.raw | xxd | tail -4\n\
+         \nPress Ctrl-C to stop (the demo folder is removed).",
+        dir = dir.display(),
+        root = snap.tftp_root.display(),
+        boot = crate::demo::BOOTSTRAP_NAME,
+    )
+}
