@@ -269,6 +269,8 @@ pub struct Writer {
     eof: u64,
     /// VHDX: the header was already renewed in this session.
     bumped: bool,
+    /// Differencing VHD: the parents, read to complete 8-sector groups (see `write_block`).
+    parents: Option<Chain>,
     pub virtual_size: u64,
     pub logical_sector: u64,
 }
@@ -299,9 +301,18 @@ impl Writer {
             }
         };
         let (virtual_size, logical_sector) = (layer.virtual_size, layer.logical_sector as u64);
-        drop(layer); // unmapped before the first write
+        let parents = match kind {
+            Kind::Vhd { differencing: true, .. } => {
+                drop(layer);
+                let mut chain = Chain::open(path, super::ChainLimits::default())?;
+                let below = chain.layers.split_off(1);
+                Some(Chain::from_layers(below)?)
+            }
+            _ => None,
+        };
+        // The image itself is unmapped before the first write.
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(io(path, "cannot open for writing"))?;
-        Ok(Writer { file, path: path.to_path_buf(), kind, eof, bumped: false, virtual_size, logical_sector })
+        Ok(Writer { file, path: path.to_path_buf(), kind, eof, bumped: false, parents, virtual_size, logical_sector })
     }
 
     /// Writes `data` at virtual offset `off`; both must be multiples of the logical sector size.
@@ -356,6 +367,14 @@ impl Writer {
             Kind::Vhd { bat_off, block_size, bitmap_bytes, differencing } => {
                 let eoff = bat_off + 4 * block;
                 let e = self.read_u32_be(eoff)?;
+                let grown;
+                let (in_block, data) = if differencing {
+                    grown = self.complete_groups(block, in_block, data, e, block_size, bitmap_bytes)?;
+                    (grown.0, &grown.1[..])
+                } else {
+                    (in_block, data)
+                };
+                let len = data.len() as u64;
                 let start = if e == vhd::BAT_ABSENT {
                     // The footer moves to the new end first; then data, bitmap, BAT entry.
                     let footer = self.pread(self.eof, vhd::FOOTER_LEN)?;
@@ -412,6 +431,34 @@ impl Writer {
                 self.pwrite(eoff, &(start | state).to_le_bytes())
             }
         }
+    }
+
+    /// Widens a write into a differencing VHD to whole 8-sector groups (one bitmap byte each),
+    /// filling the added sectors with what the disk reads there now (this image's sector where
+    /// its bit is set, otherwise the parents'). Bitmap bytes then stay 0x00 or 0xFF, which every
+    /// reader interprets alike: python3-libvhdi, for one, treats a bitmap byte as all-or-nothing.
+    fn complete_groups(&self, block: u64, in_block: u64, data: &[u8], entry: u32, block_size: u64, bitmap_bytes: u64) -> Result<(u64, Vec<u8>), ImageError> {
+        let block_start = block * block_size;
+        let block_end = block_size.min(self.virtual_size - block_start);
+        let g0 = in_block & !4095;
+        let g1 = (in_block + data.len() as u64).next_multiple_of(4096).min(block_end);
+        let mut buf = vec![0u8; (g1 - g0) as usize];
+        let bitmap = if entry != vhd::BAT_ABSENT { Some(self.pread(entry as u64 * 512, bitmap_bytes as usize)?) } else { None };
+        let parents = self.parents.as_ref().expect("differencing writers have their parents");
+        let mut s = g0;
+        while s < g1 {
+            let inside = s >= in_block && s < in_block + data.len() as u64;
+            let dst = &mut buf[(s - g0) as usize..(s - g0 + 512) as usize];
+            if inside {
+                dst.copy_from_slice(&data[(s - in_block) as usize..(s - in_block + 512) as usize]);
+            } else if bitmap.as_ref().is_some_and(|bm| bytes::bit_run(bm, s / 512, 1, true).0) {
+                self.file.read_exact_at(dst, entry as u64 * 512 + bitmap_bytes + s).map_err(io(&self.path, "read failed"))?;
+            } else {
+                parents.read_into(block_start + s, dst).map_err(|e| ImageError::new(&self.path, e.to_string()))?;
+            }
+            s += 512;
+        }
+        Ok((g0, buf))
     }
 
     fn set_vhd_bits(&self, start: u64, in_block: u64, len: u64, differencing: bool) -> Result<(), ImageError> {

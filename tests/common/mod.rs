@@ -1,0 +1,92 @@
+//! Helpers for the integration tests: the built binary, private temp folders, deterministic
+//! patterns, and running the independent peers (qemu-img, python3-libvhdi) with clear failures
+//! when one is missing (`.ci/run` installs them all).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bootfarm"))
+}
+
+/// A folder removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("bootfarm-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command; panics with its output if it fails or cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (the test needs it; .ci/run installs it)"));
+    if !out.status.success() {
+        panic!("{cmd:?} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+pub fn bootfarm(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run bootfarm")
+}
+
+pub fn qemu_img(args: &[&str]) -> Output {
+    run(Command::new("qemu-img").args(args))
+}
+
+/// Deterministic bytes for `[off, off+len)`; different seeds give different content.
+pub fn pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| {
+            let x = (off + i) / 8 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z >> (8 * ((off + i) % 8))) as u8 | 1
+        })
+        .collect()
+}
+
+pub fn write_at(path: &Path, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, off).unwrap();
+}
+
+pub fn read_file(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Exports a chain (newest first) with python3-libvhdi, an independent VHD/VHDX reader.
+pub fn libvhdi_export(chain: &[&Path], out: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvhdi_export.py");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script).arg(out).args(chain);
+    run(&mut cmd);
+}
+
+/// Asserts two byte strings are equal, reporting the first difference instead of megabytes.
+pub fn assert_same(what: &str, a: &[u8], b: &[u8]) {
+    if a.len() != b.len() {
+        panic!("{what}: lengths differ: {} vs {}", a.len(), b.len());
+    }
+    if let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) {
+        panic!("{what}: first difference at byte {i}: {:#04x} vs {:#04x}", a[i], b[i]);
+    }
+}
