@@ -146,7 +146,8 @@ fn init_logging(filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr).with_target(false).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
 }
 
 fn main() -> ExitCode {

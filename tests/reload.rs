@@ -1,0 +1,171 @@
+//! Hot reload: readers never see a half-built snapshot while thousands are swapped in; an
+//! invalid file is refused and the last good snapshot keeps serving; the running binary reloads
+//! on file change and on SIGHUP and exits 0 on SIGTERM.
+
+mod common;
+use bootfarm::config::{self, Overrides, Store};
+use common::*;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+fn store_dir(dir: &TempDir) {
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let v = dir.join("a.vhdx");
+    assert!(bootfarm(&["vdisk", "create", v.to_str().unwrap(), "--size", "8M", "--block-size", "1M"]).status.success());
+}
+
+/// A config whose every part encodes `n`, so a reader can tell a mixed snapshot.
+fn text(n: u64) -> String {
+    format!(
+        "[server]\nname = \"n{n}\"\ntftp_port = 6969\nhttp_port = 18080\nnbd_port = 20809\n[tftp]\nroot = \"boot\"\nblksize_max = {}\n[[vdisk]]\nname = \"v{n}\"\npath = \"a.vhdx\"\n[[farm.server]]\nname = \"n{n}\"\naddress = \"127.0.0.1\"\npower = {}.0\n",
+        512 + n % 1000,
+        1 + n % 7
+    )
+}
+
+#[test]
+fn readers_never_see_a_mixed_snapshot_across_thousands_of_swaps() {
+    let dir = TempDir::new("reload-stress");
+    store_dir(&dir);
+    let file = dir.join("bootfarm.toml");
+    let parse = |n: u64, prev: Option<&config::Snapshot>| config::build(&file, &dir.0, toml::from_str(&text(n)).unwrap(), n, prev).unwrap();
+    let store = Arc::new(Store::new(parse(1, None)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut reads, mut last) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let s = store.load();
+                    let n = s.generation;
+                    assert!(n >= last, "generation went back from {last} to {n}");
+                    last = n;
+                    assert_eq!(s.config.server.name, format!("n{n}"));
+                    assert_eq!(s.config.tftp.blksize_max as u64, 512 + n % 1000);
+                    assert_eq!(s.vdisks.len(), 1);
+                    assert_eq!(s.vdisks[0].name, format!("v{n}"));
+                    assert_eq!(s.farm[0].power, (1 + n % 7) as f64);
+                    assert_eq!(s.farm[0].name, format!("n{n}"));
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let swaps = 3000;
+    for n in 2..2 + swaps {
+        let prev = store.load();
+        store.publish(parse(n, Some(&prev)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(store.load().generation, 1 + swaps);
+    assert!(reads > 0);
+    // The image was mapped once and reused by every later snapshot (nothing changed on disk).
+    let a = store.load();
+    let b = parse(99_999, Some(&a));
+    assert!(Arc::ptr_eq(&a.vdisks[0], &b.vdisks[0]) || a.vdisks[0].name != b.vdisks[0].name);
+}
+
+#[test]
+fn invalid_file_keeps_the_last_good_snapshot() {
+    let dir = TempDir::new("reload-invalid");
+    store_dir(&dir);
+    let file = dir.join("bootfarm.toml");
+    std::fs::write(&file, text(1)).unwrap();
+    let store = Store::new(config::load(&file, &Overrides::default(), 1, None).unwrap());
+    std::fs::write(&file, text(2)).unwrap();
+    let g = store.reload(&file, &Overrides::default()).unwrap();
+    assert_eq!(store.load().config.server.name, "n2");
+    std::fs::write(&file, text(3).replace("blksize_max", "blksize_mx")).unwrap();
+    let e = store.reload(&file, &Overrides::default()).unwrap_err();
+    assert!(e.to_string().contains("unknown field `blksize_mx`"), "{e}");
+    assert_eq!(store.load().generation, g, "the refused file must not replace the snapshot");
+    assert_eq!(store.load().config.server.name, "n2");
+    std::fs::write(&file, text(4)).unwrap();
+    let o = Overrides { http_port: Some(18181), ..Overrides::default() };
+    store.reload(&file, &o).unwrap();
+    assert_eq!(store.load().config.server.name, "n4");
+    assert_eq!(store.load().config.server.http_port, 18181, "command-line overrides survive reloads");
+}
+
+struct Server {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(config: &Path) -> Server {
+        let mut child = std::process::Command::new(bin())
+            .args(["serve", "--config", config.to_str().unwrap(), "--log", "info"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Server { child, lines }
+    }
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                if l.contains(what) {
+                    return l;
+                }
+                seen.push(l);
+            }
+        }
+        panic!("no log line containing {what:?} within 20 s; saw:\n{}", seen.join("\n"));
+    }
+    fn signal(&self, sig: i32) {
+        unsafe { libc_kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn running_server_reloads_on_change_and_sighup_and_exits_on_sigterm() {
+    let dir = TempDir::new("reload-live");
+    store_dir(&dir);
+    let file = dir.join("bootfarm.toml");
+    std::fs::write(&file, text(1)).unwrap();
+    let mut s = Server::start(&file);
+    s.wait_for("vdisk ready");
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::write(&file, text(2)).unwrap();
+    let l = s.wait_for("configuration loaded");
+    assert!(l.contains("generation=2") && l.contains("file changed"), "{l}");
+    std::fs::write(&file, "[server\n").unwrap();
+    let l = s.wait_for("configuration refused");
+    assert!(l.contains("generation 2 keeps serving") && l.contains("bootfarm.toml"), "{l}");
+    std::fs::write(&file, text(3)).unwrap();
+    s.wait_for("configuration loaded");
+    s.signal(1); // SIGHUP
+    let l = s.wait_for("configuration loaded");
+    assert!(l.contains("SIGHUP"), "{l}");
+    s.signal(15); // SIGTERM
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM must end in exit 0, got {status:?}");
+}
