@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# vdisk export vs qemu-img convert -O raw, same 1 GiB dynamic VHDX, same run, alternating.
+# Prints MB/s (virtual bytes / wall time) medians and the ratio. Bounded: 5 rounds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q
+BF=target/release/bootfarm
+W=$(mktemp -d /tmp/bootfarm-perf-export.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+# Source: 1 GiB with ~60% data in 1 MiB runs (a boot image is mostly allocated), rest holes.
+python3 - "$W/src.raw" <<'PY'
+import os, random, sys
+random.seed(7)
+with open(sys.argv[1], "wb") as f:
+    f.truncate(1 << 30)
+    for mib in range(1024):
+        if random.random() < 0.6:
+            f.seek(mib << 20)
+            f.write(random.randbytes(1 << 20))
+PY
+qemu-img convert -f raw -O vhdx -o block_size=32M "$W/src.raw" "$W/disk.vhdx"
+rm "$W/src.raw"
+cat "$W/disk.vhdx" > /dev/null   # both read from the page cache
+now() { date +%s.%N; }
+ours=(); theirs=()
+for round in 1 2 3 4 5; do
+  t0=$(now); "$BF" vdisk export "$W/disk.vhdx" -o "$W/ours.raw"; t1=$(now)
+  qemu-img convert -f vhdx -O raw "$W/disk.vhdx" "$W/theirs.raw"; t2=$(now)
+  cmp "$W/ours.raw" "$W/theirs.raw"
+  ours+=("$(echo "1073.741824 / ($t1 - $t0)" | bc -l)")
+  theirs+=("$(echo "1073.741824 / ($t2 - $t1)" | bc -l)")
+  rm -f "$W/ours.raw" "$W/theirs.raw"
+done
+median() { printf '%s\n' "$@" | sort -g | sed -n 3p; }
+mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
+echo "machine: $(nproc) cores, $(uname -r), $(qemu-img --version | head -1)"
+printf '%-34s %10s\n' "1 GiB dynamic VHDX -> raw file" "MB/s (median of 5)"
+printf '%-34s %10.0f\n' "bootfarm vdisk export" "$mo"
+printf '%-34s %10.0f\n' "qemu-img convert -O raw" "$mt"
+printf '%-34s %10.2fx\n' "ratio bootfarm / qemu-img" "$(echo "$mo / $mt" | bc -l)"
