@@ -7,3 +7,4 @@ pub mod demo;
 pub mod image;
 pub mod metrics;
 pub mod serve;
+pub mod tftp;
