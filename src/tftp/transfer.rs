@@ -581,9 +581,11 @@ mod tests {
                 client_last_rx = now;
                 if client_timeouts > 8 {
                     client_done = true;
-                } else {
-                    send(&mut net, &mut rng, now, false, Msg::Ack(if started { ((expect - 1) % 65536) as u16 } else { 0 }));
+                } else if started {
+                    send(&mut net, &mut rng, now, false, Msg::Ack(((expect - 1) % 65536) as u16));
                 }
+                // Before the OACK a real client re-sends its RRQ, which reaches the listener
+                // (a new transfer), not this one: this transfer re-sends its OACK on timeout.
             }
         }
         if std::env::var("SIM_DEBUG").is_ok() {
