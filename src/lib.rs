@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod image;
 pub mod metrics;
 pub mod serve;

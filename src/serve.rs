@@ -29,13 +29,16 @@ pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_
     for v in &snap.vdisks {
         tracing::info!(vdisk = %v.name, bytes = v.chain.virtual_size(), images = v.chain.layers.len(), path = %v.path.display(), "vdisk ready");
     }
+    let engine = crate::engine::start(store.clone())?;
     if let Some(dir) = demo_dir {
         println!("{}", demo_banner(dir, &snap));
     }
     let control = reload::Control { store: store.clone(), file, overrides };
     let stop = AtomicBool::new(false);
     let exit = control.run(&stop);
-    tracing::info!(?exit, "shutting down");
+    tracing::info!(?exit, grace_ms = s.shutdown_grace_ms, "shutting down: no new transfers, running ones may finish");
+    engine.shutdown();
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -44,10 +47,15 @@ fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
     format!(
         "bootfarm demo store in {dir}\n\
          \n  bootstrap: {root}/{boot}\n  vdisk:     {v} (a 2-version VHDX chain)\n\
-         \nTry:\n  bootfarm vdisk inspect {v}\n  bootfarm vdisk export {v} -o demo.raw && head -c 512 demo.raw | xxd | tail -4\n\
+         \nTry:\n  curl -so boot.bin tftp://{ip}:{tftp}/{boot} && cmp boot.bin {root}/{boot} && echo same\n\
+         \x20 curl -so boot.bin --tftp-blksize 1432 tftp://{ip}:{tftp}/{boot}\n\
+         \x20 tftp {ip} {tftp} -m binary -c get {boot}\n\
+         \x20 bootfarm vdisk inspect {v}\n  bootfarm vdisk export {v} -o demo.raw && head -c 512 demo.raw | xxd | tail -4\n\
          \nPress Ctrl-C to stop (the demo folder is removed).",
         dir = dir.display(),
         root = snap.tftp_root.display(),
         boot = crate::demo::BOOTSTRAP_NAME,
+        ip = snap.config.server.listen,
+        tftp = snap.config.server.tftp_port,
     )
 }

@@ -47,6 +47,59 @@ macro_rules! counters {
 counters! {
     ConfigReloadsOk => ("bootfarm_config_reloads_total", "result=\"ok\"", "Configuration reloads, by result."),
     ConfigReloadsFailed => ("bootfarm_config_reloads_total", "result=\"refused\"", "Configuration reloads, by result."),
+    TftpStarted => ("bootfarm_tftp_transfers_started_total", "", "TFTP read transfers started."),
+    TftpCompleted => ("bootfarm_tftp_transfers_completed_total", "", "TFTP transfers whose last block was acknowledged."),
+    TftpFailedTimeout => ("bootfarm_tftp_transfers_failed_total", "reason=\"timeout\"", "TFTP transfers that ended without completing, by reason."),
+    TftpFailedClient => ("bootfarm_tftp_transfers_failed_total", "reason=\"client_error\"", "TFTP transfers that ended without completing, by reason."),
+    TftpFailedShutdown => ("bootfarm_tftp_transfers_failed_total", "reason=\"shutdown\"", "TFTP transfers that ended without completing, by reason."),
+    TftpRefusedNotFound => ("bootfarm_tftp_requests_refused_total", "reason=\"not_found\"", "TFTP requests answered with an ERROR, by reason."),
+    TftpRefusedAccess => ("bootfarm_tftp_requests_refused_total", "reason=\"access\"", "TFTP requests answered with an ERROR, by reason."),
+    TftpRefusedOption => ("bootfarm_tftp_requests_refused_total", "reason=\"option\"", "TFTP requests answered with an ERROR, by reason."),
+    TftpRefusedLimit => ("bootfarm_tftp_requests_refused_total", "reason=\"session_limit\"", "TFTP requests answered with an ERROR, by reason."),
+    TftpRefusedWrite => ("bootfarm_tftp_requests_refused_total", "reason=\"write_request\"", "TFTP requests answered with an ERROR, by reason."),
+    TftpMalformed => ("bootfarm_tftp_packets_malformed_total", "", "TFTP packets that could not be parsed (answered with ERROR 4 or dropped)."),
+    TftpWrongTid => ("bootfarm_tftp_packets_wrong_tid_total", "", "Packets to a transfer port from another address (answered with ERROR 5)."),
+    TftpRetransmits => ("bootfarm_tftp_retransmitted_blocks_total", "", "DATA blocks sent again after a loss or timeout."),
+    TftpDataBytes => ("bootfarm_tftp_data_bytes_total", "", "File bytes sent in DATA packets, retransmissions included."),
+    TftpDataPackets => ("bootfarm_tftp_data_packets_total", "", "DATA packets sent."),
+    TftpSendErrors => ("bootfarm_tftp_send_errors_total", "", "sendmsg completions with an error."),
+    RecvBuffersExhausted => ("bootfarm_recv_buffers_exhausted_total", "", "Multishot receives stopped because every provided buffer was in use (re-armed)."),
+}
+
+/// Upper bounds (seconds) of the duration histogram buckets; the last bucket is +Inf.
+pub const DURATION_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A per-worker duration histogram (Prometheus cumulative buckets when rendered).
+pub struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum_us: AtomicU64::new(0) }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = DURATION_BUCKETS.iter().position(|&b| s <= b).unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Renders histograms summed over workers.
+pub fn render_histogram(out: &mut String, name: &str, help: &str, hs: &[&Histogram]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0u64;
+    for (i, le) in DURATION_BUCKETS.iter().map(|b| b.to_string()).chain(std::iter::once("+Inf".to_string())).enumerate() {
+        cumulative += hs.iter().map(|h| h.buckets[i].load(Ordering::Relaxed)).sum::<u64>();
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let sum: u64 = hs.iter().map(|h| h.sum_us.load(Ordering::Relaxed)).sum();
+    let _ = writeln!(out, "{name}_sum {}\n{name}_count {cumulative}", sum as f64 / 1e6);
 }
 
 /// Renders counters summed over workers plus caller-supplied gauges, in Prometheus text format.
@@ -94,5 +147,19 @@ mod tests {
         assert!(text.contains("bootfarm_config_reloads_total{result=\"refused\"} 0\n"));
         assert_eq!(text.matches("# TYPE bootfarm_config_reloads_total counter").count(), 1);
         assert!(text.contains("bootfarm_config_generation 7\n"));
+    }
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::default();
+        h.observe(std::time::Duration::from_millis(3));
+        h.observe(std::time::Duration::from_millis(700));
+        h.observe(std::time::Duration::from_secs(60));
+        let mut out = String::new();
+        render_histogram(&mut out, "x_seconds", "X.", &[&h]);
+        assert!(out.contains("x_seconds_bucket{le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"1\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_count 3\n"), "{out}");
     }
 }

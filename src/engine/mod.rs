@@ -1,0 +1,203 @@
+//! The thread-per-core engine: one pinned worker per core, each with its own io_uring, its own
+//! SO_REUSEPORT sockets, sessions and timer wheel. Workers share nothing mutable: the
+//! configuration comes from the snapshot store (one atomic load per new session) and counters
+//! are per worker. The engine is the only code that makes system calls for the services.
+
+pub mod ring;
+pub mod timer;
+mod tftp;
+
+use crate::config::{Snapshot, Store};
+use crate::metrics::{Histogram, WorkerCounters};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// user_data layout: kind (8 bits) | session id (24) | generation (16) | send slot (16).
+#[inline]
+pub(crate) fn ud(kind: u8, id: u32, generation: u16, slot: u16) -> u64 {
+    kind as u64 | ((id as u64) & 0xFF_FFFF) << 8 | (generation as u64) << 32 | (slot as u64) << 48
+}
+
+#[inline]
+pub(crate) fn ud_parts(u: u64) -> (u8, u32, u16, u16) {
+    (u as u8, ((u >> 8) & 0xFF_FFFF) as u32, (u >> 32) as u16, (u >> 48) as u16)
+}
+
+/// What one worker publishes for /metrics and status.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub counters: WorkerCounters,
+    pub tftp_duration: Histogram,
+    pub tftp_sessions: AtomicU64,
+}
+
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub draining: AtomicBool,
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub grace: Duration,
+}
+
+pub struct Engine {
+    pub shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub tftp_addr: SocketAddr,
+}
+
+fn pin(cpu: usize) {
+    // Safety: a zeroed cpu_set_t is valid; CPU_SET stays inside it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, "cannot pin worker: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// Binds every socket, starts the workers and waits until each has its ring, so that any
+/// setup error (port in use, io_uring unavailable) is reported here, before serving begins.
+pub fn start(store: Arc<Store>) -> Result<Engine, String> {
+    let snap = store.load();
+    let s = &snap.config.server;
+    let n = crate::serve::worker_count(s.workers);
+    let tftp_addr = SocketAddr::new(s.listen, s.tftp_port);
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        listeners.push(tftp::bind_listener(tftp_addr).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?);
+    }
+    let workers: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
+    let shared = Arc::new(Shared { store, draining: AtomicBool::new(false), workers, grace: Duration::from_millis(s.shutdown_grace_ms) });
+    let sessions_max = snap.config.tftp.sessions_max.div_ceil(n);
+    let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::with_capacity(n);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let listen_ip = tftp_addr.ip();
+        let t = std::thread::Builder::new()
+            .name(format!("bootfarm-w{i}"))
+            .spawn(move || {
+                pin(i % cpus);
+                let mut w = match Worker::new(i, shared, listener, listen_ip, sessions_max) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                w.run();
+            })
+            .map_err(|e| format!("cannot start worker {i}: {e}"))?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        let failure = match ready_rx.recv() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => "a worker died during setup".to_string(),
+        };
+        shared.draining.store(true, Ordering::Relaxed);
+        return Err(failure);
+    }
+    tracing::info!(workers = n, tftp = %tftp_addr, "engine started");
+    Ok(Engine { shared, threads, tftp_addr })
+}
+
+impl Engine {
+    /// Stops accepting, lets transfers finish up to the grace period, and joins the workers.
+    pub fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    ring: io_uring::IoUring,
+    bufs: ring::BufRing,
+    wheel: timer::Wheel,
+    tftp: tftp::TftpService,
+    shared: Arc<Shared>,
+    cqes: Vec<(u64, i32, u32)>,
+    expired: Vec<(u32, u16)>,
+}
+
+impl Worker {
+    fn new(index: usize, shared: Arc<Shared>, listener: socket2::Socket, listen_ip: std::net::IpAddr, sessions_max: usize) -> Result<Worker, String> {
+        let ring = ring::build().map_err(|e| e.to_string())?;
+        let bufs = ring::BufRing::new(&ring, 0, 1024, 2048).map_err(|e| format!("cannot register receive buffers: {e}"))?;
+        let stats = shared.workers[index].clone();
+        Ok(Worker {
+            index,
+            ring,
+            bufs,
+            wheel: timer::Wheel::new(Instant::now()),
+            tftp: tftp::TftpService::new(listener, listen_ip, stats, sessions_max, index),
+            shared,
+            cqes: Vec::with_capacity(ring::CQ_ENTRIES as usize),
+            expired: Vec::new(),
+        })
+    }
+
+    fn run(&mut self) {
+        let store = self.shared.store.clone();
+        let snapshot = move || -> Arc<Snapshot> { store.load() };
+        let mut drain_deadline: Option<Instant> = None;
+        let mut now = Instant::now();
+        self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
+        loop {
+            let ts = io_uring::types::Timespec::from(self.wheel.wait_hint());
+            let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+                Err(e) => panic!("worker {}: io_uring_enter failed: {e}", self.index),
+            }
+            now = Instant::now();
+            self.cqes.clear();
+            self.cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            for i in 0..self.cqes.len() {
+                let (u, res, flags) = self.cqes[i];
+                let (kind, id, generation, slot) = ud_parts(u);
+                self.tftp.on_cqe(kind, id, generation, slot, res, flags, &mut self.bufs, &mut self.ring, now, &snapshot);
+            }
+            self.expired.clear();
+            self.wheel.advance(now, &mut self.expired);
+            for i in 0..self.expired.len() {
+                let (id, g) = self.expired[i];
+                self.tftp.on_timer(id, g, now);
+            }
+            self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
+            if self.shared.draining.load(Ordering::Relaxed) {
+                let deadline = *drain_deadline.get_or_insert_with(|| {
+                    tracing::info!(worker = self.index, active = self.tftp.active(), "draining");
+                    now + self.shared.grace
+                });
+                self.tftp.stop_listening(&mut self.ring);
+                if now >= deadline && self.tftp.active() > 0 {
+                    self.tftp.abort_all(&mut self.ring, now);
+                    self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
+                }
+                // Done when no transfer runs and the kernel holds no session memory.
+                if self.tftp.active() == 0 && self.tftp.lingering() == 0 {
+                    break;
+                }
+                if now >= deadline + Duration::from_secs(5) {
+                    tracing::error!(worker = self.index, "sends still in flight 5 s after the drain deadline; exiting anyway");
+                    std::process::exit(1);
+                }
+            }
+        }
+        let _ = self.ring.submit();
+        self.bufs.unregister(&self.ring);
+        tracing::info!(worker = self.index, "worker stopped");
+    }
+}

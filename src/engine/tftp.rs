@@ -1,0 +1,600 @@
+//! TFTP on the engine: a SO_REUSEPORT listener per worker, and per transfer a new UDP socket
+//! (a new TID, RFC 1350) with a multishot recvmsg sharing the worker's provided buffers. DATA
+//! goes out as sendmsg with iovec [4-byte header, slice of the file mapping]: no copy in user
+//! space, no allocation per packet. Error replies (rare, off the data path) use sendto.
+//! Costs per DATA block: one SQE, one CQE, zero copies; per ACK: one CQE and a buffer recycle.
+
+use super::ring::{push, BufRing};
+use super::timer::Wheel;
+use super::{ud, WorkerStats};
+use crate::config::Snapshot;
+use crate::image::Backing;
+use crate::metrics::Counter;
+use crate::tftp::path::{self, Refused};
+use crate::tftp::transfer::{self, Limits, Status, Transfer, Transmit};
+use crate::tftp::wire::{self, Packet};
+use io_uring::{cqueue, opcode, types, IoUring};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const K_LISTEN: u8 = 1;
+pub const K_RECV: u8 = 2;
+pub const K_SEND: u8 = 3;
+pub const K_CANCEL: u8 = 4;
+
+/// Sends in flight per transfer (the rest of a large window waits for completions).
+const SEND_SLOTS_MAX: usize = 64;
+/// Distinct files kept mapped per worker before the cache starts over.
+const FILE_CACHE_MAX: usize = 4096;
+
+/// Binds one worker's SO_REUSEPORT listening socket.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    // Room for a storm's worth of RRQs arriving at once.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+struct CachedFile {
+    ino: u64,
+    mtime_ns: i128,
+    size: u64,
+    data: Arc<Backing>,
+}
+
+enum Source {
+    Map(Arc<Backing>),
+    /// Netascii: the converted bytes, owned by the transfer.
+    Owned(Vec<u8>),
+}
+
+impl Source {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Map(b) => b.bytes(),
+            Source::Owned(v) => v,
+        }
+    }
+}
+
+struct SendSlot {
+    msg: libc::msghdr,
+    iov: [libc::iovec; 2],
+    head: [u8; 4],
+}
+
+struct Session {
+    generation: u16,
+    sock: Option<Socket>,
+    peer: SocketAddr,
+    peer_raw: SockAddr,
+    transfer: Transfer,
+    source: Source,
+    /// The snapshot the transfer started on; it finishes on it whatever reloads happen.
+    _snapshot: Arc<Snapshot>,
+    slots: Vec<SendSlot>,
+    free_slots: Vec<u16>,
+    inflight: u16,
+    oack: [u8; 128],
+    oack_len: usize,
+    recv_armed: bool,
+    closing: bool,
+    dirty: bool,
+    timer_due: Option<Instant>,
+    started: Instant,
+    file: PathBuf,
+}
+
+pub struct TftpService {
+    listener: Option<Socket>,
+    listen_ip: IpAddr,
+    listen_armed: bool,
+    /// Template for multishot recvmsg: room for any peer address, no control data.
+    msg: Box<libc::msghdr>,
+    sessions: Vec<Option<Box<Session>>>,
+    generations: Vec<u16>,
+    free: Vec<u32>,
+    active: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    files: HashMap<PathBuf, CachedFile>,
+    dirty: Vec<u32>,
+    stats: Arc<WorkerStats>,
+    sessions_max: usize,
+    worker: usize,
+}
+
+fn same_peer(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a == b || (a.port() == b.port() && canonical_ip(a.ip()) == canonical_ip(b.ip()))
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+impl TftpService {
+    pub fn new(listener: Socket, listen_ip: IpAddr, stats: Arc<WorkerStats>, sessions_max: usize, worker: usize) -> TftpService {
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        TftpService {
+            listener: Some(listener),
+            listen_ip,
+            listen_armed: false,
+            msg,
+            sessions: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            active: 0,
+            per_ip: HashMap::new(),
+            files: HashMap::new(),
+            dirty: Vec::new(),
+            stats,
+            sessions_max,
+            worker,
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Sessions whose memory is still referenced by the kernel (sends in flight).
+    pub fn lingering(&self) -> usize {
+        self.sessions.iter().flatten().count()
+    }
+
+    fn count(&self, c: Counter, n: u64) {
+        self.stats.counters.add(c, n);
+    }
+
+    fn arm_recv(ring: &mut IoUring, fd: i32, msg: &libc::msghdr, bgid: u16, user_data: u64) {
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), msg, bgid).build().user_data(user_data);
+        push(ring, &e);
+    }
+
+    /// Stops taking new transfers (drain): the listener's receive is cancelled and it is closed.
+    pub fn stop_listening(&mut self, ring: &mut IoUring) {
+        if self.listener.take().is_some() {
+            push(ring, &opcode::AsyncCancel::new(ud(K_LISTEN, 0, 0, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
+        }
+    }
+
+    fn send_error_from(fd: i32, to: &SockAddr, code: u16, message: &str) {
+        let mut b = [0u8; 160];
+        let n = wire::encode_error(&mut b, code, message);
+        // Off the data path, non-blocking: a full socket buffer just drops this courtesy.
+        // Safety: `b` and `to` are valid for the call.
+        unsafe { libc::sendto(fd, b.as_ptr().cast(), n, libc::MSG_DONTWAIT, to.as_ptr(), to.len()) };
+    }
+
+    pub fn on_cqe(&mut self, kind: u8, id: u32, generation: u16, slot: u16, res: i32, flags: u32, bufs: &mut BufRing, ring: &mut IoUring, now: Instant, snapshot: &dyn Fn() -> Arc<Snapshot>) {
+        let bid = cqueue::buffer_select(flags);
+        match kind {
+            K_LISTEN => {
+                if !cqueue::more(flags) {
+                    self.listen_armed = false;
+                }
+                if res == -libc::ENOBUFS {
+                    self.count(Counter::RecvBuffersExhausted, 1);
+                } else if res >= 0 {
+                    if let Some(bid) = bid {
+                        let bgid = bufs.bgid;
+                        self.on_listener_packet(bufs.get(bid, res as usize), ring, bgid, now, snapshot);
+                    }
+                }
+            }
+            K_RECV => {
+                let live = self.session_mut(id, generation).is_some();
+                if live {
+                    if !cqueue::more(flags) {
+                        self.session_mut(id, generation).unwrap().recv_armed = false;
+                        self.mark(id);
+                    }
+                    if res == -libc::ENOBUFS {
+                        self.count(Counter::RecvBuffersExhausted, 1);
+                    } else if res >= 0 {
+                        if let Some(bid) = bid {
+                            self.on_session_packet(id, generation, bufs.get(bid, res as usize), now);
+                        }
+                    }
+                }
+            }
+            K_SEND => {
+                if let Some(s) = self.session_mut(id, generation) {
+                    s.inflight -= 1;
+                    s.free_slots.push(slot);
+                    if res < 0 {
+                        self.count(Counter::TftpSendErrors, 1);
+                    }
+                    self.mark(id);
+                }
+            }
+            _ => {}
+        }
+        if let Some(bid) = bid {
+            bufs.recycle(bid);
+        }
+    }
+
+    fn session_mut(&mut self, id: u32, generation: u16) -> Option<&mut Session> {
+        self.sessions.get_mut(id as usize)?.as_deref_mut().filter(|s| s.generation == generation)
+    }
+
+    fn mark(&mut self, id: u32) {
+        if let Some(Some(s)) = self.sessions.get_mut(id as usize) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    pub fn on_timer(&mut self, id: u32, generation: u16, now: Instant) {
+        if let Some(s) = self.session_mut(id, generation) {
+            s.timer_due = None;
+            s.transfer.handle_timeout(now);
+            self.mark(id);
+        }
+    }
+
+    fn on_listener_packet(&mut self, raw: &[u8], ring: &mut IoUring, bgid: u16, now: Instant, snapshot: &dyn Fn() -> Arc<Snapshot>) {
+        let Ok(out) = types::RecvMsgOut::parse(raw, &self.msg) else { return };
+        let Some(peer_raw) = sockaddr_from(out.name_data()) else { return };
+        let Some(peer) = peer_raw.as_socket() else { return };
+        let Some(listener) = self.listener.as_ref().map(|l| l.as_raw_fd()) else { return };
+        if out.is_payload_truncated() {
+            self.count(Counter::TftpMalformed, 1);
+            return;
+        }
+        let req = match wire::parse(out.payload_data()) {
+            Ok(Packet::Request(r)) => r,
+            Ok(_) => {
+                // DATA/ACK/ERROR/OACK at the listening port: not a request; dropped (answering
+                // every stray packet would make us a reflector).
+                self.count(Counter::TftpMalformed, 1);
+                return;
+            }
+            Err(wire::Malformed::UnknownOpcode(_)) | Err(wire::Malformed::TooShort) => {
+                self.count(Counter::TftpMalformed, 1);
+                return;
+            }
+            Err(m) => {
+                self.count(Counter::TftpMalformed, 1);
+                Self::send_error_from(listener, &peer_raw, wire::ERR_ILLEGAL, m.message());
+                return;
+            }
+        };
+        if req.write {
+            self.count(Counter::TftpRefusedWrite, 1);
+            Self::send_error_from(listener, &peer_raw, wire::ERR_ACCESS, "access violation: this server is read-only");
+            return;
+        }
+        let snap = snapshot();
+        let cfg = &snap.config.tftp;
+        let ip = canonical_ip(peer.ip());
+        if self.active >= self.sessions_max || self.per_ip.get(&ip).copied().unwrap_or(0) >= cfg.sessions_per_ip_max {
+            self.count(Counter::TftpRefusedLimit, 1);
+            Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server busy: too many transfers, retry later");
+            return;
+        }
+        let file = match path::resolve(&snap.tftp_root, req.filename) {
+            Ok(f) => f,
+            Err(Refused::NotFound) => {
+                self.count(Counter::TftpRefusedNotFound, 1);
+                Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_FOUND, "file not found");
+                return;
+            }
+            Err(_) => {
+                self.count(Counter::TftpRefusedAccess, 1);
+                Self::send_error_from(listener, &peer_raw, wire::ERR_ACCESS, "access violation");
+                return;
+            }
+        };
+        let data = match self.mapped(&file) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "cannot map: {e}");
+                self.count(Counter::TftpRefusedNotFound, 1);
+                Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_FOUND, "file not readable");
+                return;
+            }
+        };
+        let source = match req.mode {
+            wire::Mode::Octet => Source::Map(data),
+            wire::Mode::Netascii => Source::Owned(transfer::to_netascii(data.bytes())),
+        };
+        let size = source.bytes().len() as u64;
+        let limits = Limits {
+            blksize_max: cfg.blksize_max,
+            windowsize_max: cfg.windowsize_max,
+            timeout: std::time::Duration::from_millis(cfg.timeout_ms),
+            retries_max: cfg.retries_max,
+        };
+        let negotiated = match transfer::negotiate(&req, size, &limits) {
+            Ok(n) => n,
+            Err((code, msg)) => {
+                self.count(Counter::TftpRefusedOption, 1);
+                Self::send_error_from(listener, &peer_raw, code, msg);
+                return;
+            }
+        };
+        let sock = match Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP)).and_then(|s| {
+            s.set_nonblocking(true)?;
+            let bind_ip = if peer.is_ipv4() && self.listen_ip.is_ipv6() { IpAddr::from([0, 0, 0, 0]) } else { self.listen_ip };
+            s.bind(&SocketAddr::new(bind_ip, 0).into())?;
+            Ok(s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot open a transfer socket: {e}");
+                self.count(Counter::TftpRefusedLimit, 1);
+                Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server cannot open a transfer port");
+                return;
+            }
+        };
+        let transfer = Transfer::new(negotiated, size, &limits, now);
+        let slots_n = (negotiated.windowsize as usize).clamp(2, SEND_SLOTS_MAX);
+        let mut s = Box::new(Session {
+            generation: 0,
+            sock: Some(sock),
+            peer,
+            peer_raw,
+            transfer,
+            source,
+            _snapshot: snap.clone(),
+            slots: Vec::with_capacity(slots_n),
+            free_slots: (0..slots_n as u16).rev().collect(),
+            inflight: 0,
+            oack: [0; 128],
+            oack_len: 0,
+            recv_armed: false,
+            closing: false,
+            dirty: false,
+            timer_due: None,
+            started: now,
+            file: file.clone(),
+        });
+        s.oack_len = negotiated.encode_oack(&mut s.oack);
+        for _ in 0..slots_n {
+            s.slots.push(SendSlot { msg: unsafe { std::mem::zeroed() }, iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2], head: [0; 4] });
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.sessions.push(None);
+                self.generations.push(0);
+                (self.sessions.len() - 1) as u32
+            }
+        };
+        s.generation = self.generations[id as usize];
+        self.sessions[id as usize] = Some(s);
+        self.active += 1;
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        self.stats.tftp_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count(Counter::TftpStarted, 1);
+        tracing::info!(
+            worker = self.worker,
+            client = %peer,
+            file = %file.display(),
+            bytes = size,
+            blksize = negotiated.blksize,
+            windowsize = negotiated.windowsize,
+            oack = negotiated.oack(),
+            "tftp transfer started"
+        );
+        let sess = self.sessions[id as usize].as_mut().unwrap();
+        let fd = sess.sock.as_ref().unwrap().as_raw_fd();
+        Self::arm_recv(ring, fd, &self.msg, bgid, ud(K_RECV, id, sess.generation, 0));
+        sess.recv_armed = true;
+        self.mark(id);
+    }
+
+    fn mapped(&mut self, file: &PathBuf) -> std::io::Result<Arc<Backing>> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(file)?;
+        let (ino, mtime_ns, size) = (m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.size());
+        if let Some(c) = self.files.get(file) {
+            if c.ino == ino && c.mtime_ns == mtime_ns && c.size == size {
+                return Ok(c.data.clone());
+            }
+        }
+        if self.files.len() >= FILE_CACHE_MAX {
+            self.files.clear(); // running transfers keep their mappings through their Arcs
+        }
+        let data = Arc::new(Backing::map(file).map_err(|e| std::io::Error::other(e.defect))?);
+        // A file replaced while we mapped it would show a different size: trust the mapping.
+        let size = data.bytes().len() as u64;
+        self.files.insert(file.clone(), CachedFile { ino, mtime_ns, size, data: data.clone() });
+        Ok(data)
+    }
+
+    fn on_session_packet(&mut self, id: u32, generation: u16, raw: &[u8], now: Instant) {
+        let Ok(out) = types::RecvMsgOut::parse(raw, &self.msg) else { return };
+        let Some(from_raw) = sockaddr_from(out.name_data()) else { return };
+        let Some(from) = from_raw.as_socket() else { return };
+        let payload = out.payload_data();
+        let Some(s) = self.session_mut(id, generation) else { return };
+        if !same_peer(&from, &s.peer) {
+            if let Some(sock) = s.sock.as_ref() {
+                Self::send_error_from(sock.as_raw_fd(), &from_raw, wire::ERR_UNKNOWN_TID, "unknown transfer ID");
+            }
+            self.count(Counter::TftpWrongTid, 1);
+            return;
+        }
+        match wire::parse(payload) {
+            Ok(Packet::Ack { block }) => s.transfer.handle_ack(block, now),
+            Ok(Packet::Error { code, .. }) => s.transfer.handle_error(code),
+            _ => {
+                self.count(Counter::TftpMalformed, 1);
+                return;
+            }
+        }
+        self.mark(id);
+    }
+
+    /// Sends what dirty sessions want to send, re-arms receives and timers, ends finished
+    /// transfers and frees sessions whose last send completed.
+    pub fn flush(&mut self, ring: &mut IoUring, wheel: &mut Wheel, bgid: u16, now: Instant) {
+        if !self.listen_armed {
+            if let Some(l) = self.listener.as_ref() {
+                Self::arm_recv(ring, l.as_raw_fd(), &self.msg, bgid, ud(K_LISTEN, 0, 0, 0));
+                self.listen_armed = true;
+            }
+        }
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let id = self.dirty[i];
+            i += 1;
+            self.flush_one(id, ring, wheel, bgid, now);
+        }
+        self.dirty.clear();
+    }
+
+    fn flush_one(&mut self, id: u32, ring: &mut IoUring, wheel: &mut Wheel, bgid: u16, now: Instant) {
+        let msg_template: *const libc::msghdr = &*self.msg;
+        let Some(s) = self.sessions[id as usize].as_deref_mut() else { return };
+        s.dirty = false;
+        if s.closing {
+            if s.inflight == 0 {
+                self.free_session(id);
+            }
+            return;
+        }
+        let mut data_packets = 0u64;
+        let mut data_bytes = 0u64;
+        let retransmits_before = s.transfer.retransmits;
+        while let Some(&slot_i) = s.free_slots.last() {
+            let Some(tx) = s.transfer.poll_transmit(now) else { break };
+            s.free_slots.pop();
+            let slot = &mut s.slots[slot_i as usize];
+            let (first, second): (&[u8], &[u8]) = match tx {
+                Transmit::Oack => (&s.oack[..s.oack_len], &[]),
+                Transmit::Data { block, offset, len } => {
+                    slot.head = wire::data_header(block);
+                    data_packets += 1;
+                    data_bytes += len as u64;
+                    (&slot.head[..], &s.source.bytes()[offset as usize..offset as usize + len])
+                }
+            };
+            slot.iov[0] = libc::iovec { iov_base: first.as_ptr() as *mut _, iov_len: first.len() };
+            slot.iov[1] = libc::iovec { iov_base: second.as_ptr() as *mut _, iov_len: second.len() };
+            slot.msg.msg_name = s.peer_raw.as_ptr() as *mut _;
+            slot.msg.msg_namelen = s.peer_raw.len();
+            slot.msg.msg_iov = slot.iov.as_mut_ptr();
+            slot.msg.msg_iovlen = if second.is_empty() { 1 } else { 2 };
+            let fd = s.sock.as_ref().unwrap().as_raw_fd();
+            let e = opcode::SendMsg::new(types::Fd(fd), &slot.msg).build().user_data(ud(K_SEND, id, s.generation, slot_i));
+            push(ring, &e);
+            s.inflight += 1;
+        }
+        let retransmits = s.transfer.retransmits - retransmits_before;
+        if !s.recv_armed && s.transfer.status() == Status::Active {
+            let fd = s.sock.as_ref().unwrap().as_raw_fd();
+            // Safety: the template lives in the service for the worker's whole life.
+            Self::arm_recv(ring, fd, unsafe { &*msg_template }, bgid, ud(K_RECV, id, s.generation, 0));
+            s.recv_armed = true;
+        }
+        if let Some(t) = s.transfer.poll_timeout() {
+            if s.timer_due.is_none_or(|d| t < d) {
+                wheel.insert(t, id, s.generation);
+                s.timer_due = Some(t);
+            }
+        }
+        let status = s.transfer.status();
+        self.count(Counter::TftpDataPackets, data_packets);
+        self.count(Counter::TftpDataBytes, data_bytes);
+        self.count(Counter::TftpRetransmits, retransmits);
+        if status != Status::Active {
+            self.end(id, ring, status, now);
+        }
+    }
+
+    fn end(&mut self, id: u32, ring: &mut IoUring, status: Status, now: Instant) {
+        let worker = self.worker;
+        let s = self.sessions[id as usize].as_deref_mut().unwrap();
+        if s.closing {
+            return;
+        }
+        s.closing = true;
+        let elapsed = now - s.started;
+        let (counter, outcome) = match status {
+            Status::Done => (Counter::TftpCompleted, "completed"),
+            Status::TimedOut => (Counter::TftpFailedTimeout, "timed out"),
+            Status::ClientError(_) => (Counter::TftpFailedClient, "ended by the client"),
+            Status::Active => (Counter::TftpFailedShutdown, "aborted by shutdown"),
+        };
+        if let (Status::TimedOut | Status::Active, Some(sock)) = (status, s.sock.as_ref()) {
+            let why = if status == Status::Active { "server shutting down" } else { "transfer timed out" };
+            Self::send_error_from(sock.as_raw_fd(), &s.peer_raw, wire::ERR_NOT_DEFINED, why);
+        }
+        tracing::info!(
+            worker,
+            client = %s.peer,
+            file = %s.file.display(),
+            outcome,
+            acked_bytes = s.transfer.acked_bytes(),
+            retransmits = s.transfer.retransmits,
+            ms = elapsed.as_millis() as u64,
+            "tftp transfer ended"
+        );
+        if s.recv_armed {
+            push(ring, &opcode::AsyncCancel::new(ud(K_RECV, id, s.generation, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
+            s.recv_armed = false;
+        }
+        s.sock = None; // closed; the kernel keeps its own references for operations in flight
+        let ip = canonical_ip(s.peer.ip());
+        let lingering = s.inflight > 0;
+        if status == Status::Done {
+            self.stats.tftp_duration.observe(elapsed);
+        }
+        self.count(counter, 1);
+        self.active -= 1;
+        self.stats.tftp_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        if !lingering {
+            self.free_session(id);
+        }
+    }
+
+    fn free_session(&mut self, id: u32) {
+        self.sessions[id as usize] = None;
+        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+        self.free.push(id);
+    }
+
+    /// Ends every running transfer (drain deadline passed).
+    pub fn abort_all(&mut self, ring: &mut IoUring, now: Instant) {
+        let ids: Vec<u32> = (0..self.sessions.len() as u32).filter(|&i| self.sessions[i as usize].as_ref().is_some_and(|s| !s.closing)).collect();
+        for id in ids {
+            self.end(id, ring, Status::Active, now);
+        }
+    }
+}
+
+fn sockaddr_from(name: &[u8]) -> Option<SockAddr> {
+    if name.len() < 2 {
+        return None;
+    }
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = name.len().min(std::mem::size_of::<libc::sockaddr_storage>());
+    // Safety: copying at most sizeof(sockaddr_storage) bytes into it.
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n) };
+    // Safety: the storage holds an address of `n` bytes written by the kernel.
+    Some(unsafe { SockAddr::new(storage, n as libc::socklen_t) })
+}
