@@ -13,6 +13,8 @@ pub const VDISK_NAME: &str = "demo";
 pub const VDISK_BYTES: u64 = 16 << 20;
 pub const BOOTSTRAP_NAME: &str = "bootstrap.bin";
 pub const BOOTSTRAP_BYTES: usize = 1 << 20;
+/// A PXE network bootstrap program: the boot sector alone (PXE loads NBPs at 0:7C00 too).
+pub const NBP_NAME: &str = "bootsect.0";
 
 /// Real-mode boot sector: print BOOT_MARKER on COM1 (0x3F8), then write 0x10 to port 0xF4.
 pub fn boot_sector() -> [u8; 512] {
@@ -66,6 +68,7 @@ pub fn write_store(dir: &Path, http_port: u16) -> Result<Config, String> {
     }
     let write = |p: PathBuf, data: &[u8]| std::fs::write(&p, data).map_err(|e| format!("{}: cannot write: {e}", p.display()));
     write(boot.join(BOOTSTRAP_NAME), &bootstrap_bytes())?;
+    write(boot.join(NBP_NAME), &boot_sector())?;
     write(
         boot.join("demo.ipxe"),
         format!("#!ipxe\necho bootfarm demo: booting vdisk {VDISK_NAME}\nsanboot http://${{next-server}}:{http_port}/vdisk/{VDISK_NAME}\n").as_bytes(),

@@ -153,6 +153,10 @@ fn init_logging(filter: Option<&str>) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Pipelines like `vdisk export F -o - | head` end quietly, as Unix tools do.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Config(ConfigCmd::Example) => {

@@ -50,12 +50,18 @@ fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
          \nTry:\n  curl -so boot.bin tftp://{ip}:{tftp}/{boot} && cmp boot.bin {root}/{boot} && echo same\n\
          \x20 curl -so boot.bin --tftp-blksize 1432 tftp://{ip}:{tftp}/{boot}\n\
          \x20 tftp {ip} {tftp} -m binary -c get {boot}\n\
-         \x20 bootfarm vdisk inspect {v}\n  bootfarm vdisk export {v} -o demo.raw && head -c 512 demo.raw | xxd | tail -4\n\
+         \x20 bootfarm vdisk inspect {v}\n\
+         \nNetwork-boot a VM (qemu-system-x86 + ipxe-qemu; the NBP prints a marker, then QEMU exits):\n\
+         \x20 printf '\\xf8\\x03' > sercon; qemu-system-x86_64 -accel tcg -m 128 -display none -vga none -nodefaults \\\n\
+         \x20   -serial stdio -fw_cfg name=etc/sercon-port,file=sercon -device isa-debug-exit,iobase=0xf4,iosize=0x04 \\\n\
+         \x20   -netdev user,id=n0,bootfile=tftp://10.0.2.2:{tftp}/{nbp} -device e1000,netdev=n0 -boot n\n\
+         \x20 bootfarm vdisk export {v} -o demo.raw && head -c 512 demo.raw | xxd | tail -4\n\
          \nPress Ctrl-C to stop (the demo folder is removed).",
         dir = dir.display(),
         root = snap.tftp_root.display(),
         boot = crate::demo::BOOTSTRAP_NAME,
         ip = snap.config.server.listen,
         tftp = snap.config.server.tftp_port,
+        nbp = crate::demo::NBP_NAME,
     )
 }

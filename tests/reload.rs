@@ -5,11 +5,9 @@
 mod common;
 use bootfarm::config::{self, Overrides, Store};
 use common::*;
-use std::io::BufRead;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 fn store_dir(dir: &TempDir) {
     std::fs::create_dir_all(dir.join("boot")).unwrap();
@@ -93,78 +91,27 @@ fn invalid_file_keeps_the_last_good_snapshot() {
     assert_eq!(store.load().config.server.http_port, 18181, "command-line overrides survive reloads");
 }
 
-struct Server {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(config: &Path) -> Server {
-        let mut child = std::process::Command::new(bin())
-            .args(["serve", "--config", config.to_str().unwrap(), "--log", "info"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        Server { child, lines }
-    }
-    fn wait_for(&self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if l.contains(what) {
-                    return l;
-                }
-                seen.push(l);
-            }
-        }
-        panic!("no log line containing {what:?} within 20 s; saw:\n{}", seen.join("\n"));
-    }
-    fn signal(&self, sig: i32) {
-        unsafe { libc_kill(self.child.id() as i32, sig) };
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 #[test]
 fn running_server_reloads_on_change_and_sighup_and_exits_on_sigterm() {
     let dir = TempDir::new("reload-live");
     store_dir(&dir);
     let file = dir.join("bootfarm.toml");
     std::fs::write(&file, text(1)).unwrap();
-    let mut s = Server::start(&file);
+    let tftp = free_port().to_string();
+    let mut s = Server::start(&["--config", file.to_str().unwrap(), "--tftp-port", &tftp]);
     s.wait_for("vdisk ready");
     std::thread::sleep(Duration::from_millis(50));
     std::fs::write(&file, text(2)).unwrap();
-    let l = s.wait_for("configuration loaded");
-    assert!(l.contains("generation=2") && l.contains("file changed"), "{l}");
+    let l = s.wait_for("generation=2 why=\"file changed\"");
+    assert!(l.contains("configuration loaded"), "{l}");
     std::fs::write(&file, "[server\n").unwrap();
     let l = s.wait_for("configuration refused");
     assert!(l.contains("generation 2 keeps serving") && l.contains("bootfarm.toml"), "{l}");
     std::fs::write(&file, text(3)).unwrap();
-    s.wait_for("configuration loaded");
+    s.wait_for("generation=3 why=\"file changed\""); // the refused file took no number
     s.signal(1); // SIGHUP
-    let l = s.wait_for("configuration loaded");
-    assert!(l.contains("SIGHUP"), "{l}");
+    let l = s.wait_for("why=\"SIGHUP\"");
+    assert!(l.contains("configuration loaded") && l.contains("generation=4"), "{l}");
     s.signal(15); // SIGTERM
     let status = s.child.wait().unwrap();
     assert!(status.success(), "SIGTERM must end in exit 0, got {status:?}");

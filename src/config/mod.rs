@@ -353,9 +353,6 @@ impl Store {
         self.current.load_full()
     }
 
-    pub fn next_generation(&self) -> u64 {
-        self.next_generation.fetch_add(1, Ordering::Relaxed)
-    }
 
     /// Publishes a fully built snapshot with one store.
     pub fn publish(&self, s: Snapshot) {
@@ -363,12 +360,14 @@ impl Store {
     }
 
     /// Rebuilds from `file`; on success publishes and returns the new generation, otherwise
-    /// keeps the current snapshot and returns the error.
+    /// keeps the current snapshot and returns the error. Generations count published snapshots
+    /// only (a refused file takes no number). One control thread calls this.
     pub fn reload(&self, file: &Path, overrides: &Overrides) -> Result<u64, ConfigError> {
         let prev = self.load();
-        match load(file, overrides, self.next_generation(), Some(&prev)) {
+        let g = self.next_generation.load(Ordering::Relaxed);
+        match load(file, overrides, g, Some(&prev)) {
             Ok(s) => {
-                let g = s.generation;
+                self.next_generation.store(g + 1, Ordering::Relaxed);
                 self.publish(s);
                 self.counters.add(Counter::ConfigReloadsOk, 1);
                 Ok(g)

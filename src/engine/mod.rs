@@ -25,6 +25,59 @@ pub(crate) fn ud_parts(u: u64) -> (u8, u32, u16, u16) {
     (u as u8, ((u >> 8) & 0xFF_FFFF) as u32, (u >> 32) as u16, (u >> 48) as u16)
 }
 
+/// Global admission limits shared by every worker without a lock: a total and a per-client
+/// count. Clients are counted in 65536 hashed buckets, so two clients sharing a bucket share
+/// their limit (stricter, never looser); SO_REUSEPORT spreads one client's ports over workers,
+/// which is why a per-worker count would not do.
+pub struct Admission {
+    total: std::sync::atomic::AtomicUsize,
+    per_ip: Box<[std::sync::atomic::AtomicU32]>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission { total: Default::default(), per_ip: (0..65536).map(|_| Default::default()).collect() }
+    }
+}
+
+impl Admission {
+    fn bucket(ip: std::net::IpAddr) -> usize {
+        let bytes: [u8; 16] = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h ^ (h >> 32)) as usize & 0xFFFF
+    }
+
+    /// Takes a place for a session of `ip`, or says no (a limit is reached).
+    pub fn try_admit(&self, ip: std::net::IpAddr, total_max: usize, per_ip_max: usize) -> bool {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= total_max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let b = &self.per_ip[Self::bucket(ip)];
+        if b.fetch_add(1, Ordering::AcqRel) as usize >= per_ip_max {
+            b.fetch_sub(1, Ordering::AcqRel);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self, ip: std::net::IpAddr) {
+        self.per_ip[Self::bucket(ip)].fetch_sub(1, Ordering::AcqRel);
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
 /// What one worker publishes for /metrics and status.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -38,6 +91,7 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub workers: Vec<Arc<WorkerStats>>,
     pub grace: Duration,
+    pub tftp_admission: Admission,
 }
 
 pub struct Engine {
@@ -69,8 +123,13 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         listeners.push(tftp::bind_listener(tftp_addr).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?);
     }
     let workers: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
-    let shared = Arc::new(Shared { store, draining: AtomicBool::new(false), workers, grace: Duration::from_millis(s.shutdown_grace_ms) });
-    let sessions_max = snap.config.tftp.sessions_max.div_ceil(n);
+    let shared = Arc::new(Shared {
+        store,
+        draining: AtomicBool::new(false),
+        workers,
+        grace: Duration::from_millis(s.shutdown_grace_ms),
+        tftp_admission: Admission::default(),
+    });
     let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
@@ -82,7 +141,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
             .name(format!("bootfarm-w{i}"))
             .spawn(move || {
                 pin(i % cpus);
-                let mut w = match Worker::new(i, shared, listener, listen_ip, sessions_max) {
+                let mut w = match Worker::new(i, shared, listener, listen_ip) {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -131,7 +190,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<Shared>, listener: socket2::Socket, listen_ip: std::net::IpAddr, sessions_max: usize) -> Result<Worker, String> {
+    fn new(index: usize, shared: Arc<Shared>, listener: socket2::Socket, listen_ip: std::net::IpAddr) -> Result<Worker, String> {
         let ring = ring::build().map_err(|e| e.to_string())?;
         let bufs = ring::BufRing::new(&ring, 0, 1024, 2048).map_err(|e| format!("cannot register receive buffers: {e}"))?;
         let stats = shared.workers[index].clone();
@@ -140,7 +199,7 @@ impl Worker {
             ring,
             bufs,
             wheel: timer::Wheel::new(Instant::now()),
-            tftp: tftp::TftpService::new(listener, listen_ip, stats, sessions_max, index),
+            tftp: tftp::TftpService::new(listener, listen_ip, stats, shared.clone(), index),
             shared,
             cqes: Vec::with_capacity(ring::CQ_ENTRIES as usize),
             expired: Vec::new(),

@@ -6,7 +6,7 @@
 
 use super::ring::{push, BufRing};
 use super::timer::Wheel;
-use super::{ud, WorkerStats};
+use super::{ud, Shared, WorkerStats};
 use crate::config::Snapshot;
 use crate::image::Backing;
 use crate::metrics::Counter;
@@ -104,11 +104,10 @@ pub struct TftpService {
     generations: Vec<u16>,
     free: Vec<u32>,
     active: usize,
-    per_ip: HashMap<IpAddr, usize>,
     files: HashMap<PathBuf, CachedFile>,
     dirty: Vec<u32>,
     stats: Arc<WorkerStats>,
-    sessions_max: usize,
+    shared: Arc<Shared>,
     worker: usize,
 }
 
@@ -124,7 +123,7 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 impl TftpService {
-    pub fn new(listener: Socket, listen_ip: IpAddr, stats: Arc<WorkerStats>, sessions_max: usize, worker: usize) -> TftpService {
+    pub fn new(listener: Socket, listen_ip: IpAddr, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize) -> TftpService {
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
         TftpService {
@@ -136,11 +135,10 @@ impl TftpService {
             generations: Vec::new(),
             free: Vec::new(),
             active: 0,
-            per_ip: HashMap::new(),
             files: HashMap::new(),
             dirty: Vec::new(),
             stats,
-            sessions_max,
+            shared,
             worker,
         }
     }
@@ -283,31 +281,27 @@ impl TftpService {
         let snap = snapshot();
         let cfg = &snap.config.tftp;
         let ip = canonical_ip(peer.ip());
-        if self.active >= self.sessions_max || self.per_ip.get(&ip).copied().unwrap_or(0) >= cfg.sessions_per_ip_max {
+        if !self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max) {
             self.count(Counter::TftpRefusedLimit, 1);
             Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server busy: too many transfers, retry later");
             return;
         }
+        // From here every refusal gives the place back.
+        let refuse = |this: &Self, c: Counter, code: u16, msg: &str| {
+            this.shared.tftp_admission.release(ip);
+            this.count(c, 1);
+            Self::send_error_from(listener, &peer_raw, code, msg);
+        };
         let file = match path::resolve(&snap.tftp_root, req.filename) {
             Ok(f) => f,
-            Err(Refused::NotFound) => {
-                self.count(Counter::TftpRefusedNotFound, 1);
-                Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_FOUND, "file not found");
-                return;
-            }
-            Err(_) => {
-                self.count(Counter::TftpRefusedAccess, 1);
-                Self::send_error_from(listener, &peer_raw, wire::ERR_ACCESS, "access violation");
-                return;
-            }
+            Err(Refused::NotFound) => return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not found"),
+            Err(_) => return refuse(self, Counter::TftpRefusedAccess, wire::ERR_ACCESS, "access violation"),
         };
         let data = match self.mapped(&file) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(file = %file.display(), "cannot map: {e}");
-                self.count(Counter::TftpRefusedNotFound, 1);
-                Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_FOUND, "file not readable");
-                return;
+                return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not readable");
             }
         };
         let source = match req.mode {
@@ -323,11 +317,7 @@ impl TftpService {
         };
         let negotiated = match transfer::negotiate(&req, size, &limits) {
             Ok(n) => n,
-            Err((code, msg)) => {
-                self.count(Counter::TftpRefusedOption, 1);
-                Self::send_error_from(listener, &peer_raw, code, msg);
-                return;
-            }
+            Err((code, msg)) => return refuse(self, Counter::TftpRefusedOption, code, msg),
         };
         let sock = match Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP)).and_then(|s| {
             s.set_nonblocking(true)?;
@@ -338,9 +328,7 @@ impl TftpService {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cannot open a transfer socket: {e}");
-                self.count(Counter::TftpRefusedLimit, 1);
-                Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server cannot open a transfer port");
-                return;
+                return refuse(self, Counter::TftpRefusedLimit, wire::ERR_NOT_DEFINED, "server cannot open a transfer port");
             }
         };
         let transfer = Transfer::new(negotiated, size, &limits, now);
@@ -380,7 +368,6 @@ impl TftpService {
         s.generation = self.generations[id as usize];
         self.sessions[id as usize] = Some(s);
         self.active += 1;
-        *self.per_ip.entry(ip).or_insert(0) += 1;
         self.stats.tftp_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.count(Counter::TftpStarted, 1);
         tracing::info!(
@@ -561,12 +548,7 @@ impl TftpService {
         self.count(counter, 1);
         self.active -= 1;
         self.stats.tftp_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(n) = self.per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&ip);
-            }
-        }
+        self.shared.tftp_admission.release(ip);
         if !lingering {
             self.free_session(id);
         }

@@ -104,7 +104,9 @@ pub fn negotiate(req: &Request<'_>, size: u64, limits: &Limits) -> Result<Negoti
         } else if k.eq_ignore_ascii_case(b"tsize") {
             // In a read request the client sends 0 and we answer with the size. Netascii
             // sizes are those of the converted bytes, which the caller passes as `size`.
-            if number(v).is_some() {
+            // For an empty file tsize is left out (RFC 2349 allows it): curl (7.x, 8.x)
+            // refuses an OACK saying "tsize 0" and could not fetch the file at all.
+            if number(v).is_some() && size > 0 {
                 n.echo_tsize = true;
             }
         }
@@ -342,6 +344,7 @@ mod tests {
         let n = neg(b"timeout\x000\x00foo\x00bar\x00", 1).unwrap();
         assert!(!n.oack(), "invalid timeout and unknown options are ignored");
         assert_eq!(neg(b"timeout\x003\x00", 1).unwrap().timeout, Duration::from_secs(3));
+        assert!(!neg(b"tsize\x000\x00", 0).unwrap().oack(), "no tsize 0 in an OACK (curl refuses it)");
     }
 
     #[test]

@@ -90,3 +90,82 @@ pub fn assert_same(what: &str, a: &[u8], b: &[u8]) {
         panic!("{what}: first difference at byte {i}: {:#04x} vs {:#04x}", a[i], b[i]);
     }
 }
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now (the OS may hand it out again
+/// later; tests start their server immediately).
+pub fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running `bootfarm serve`, its log lines, killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .args(args)
+            .args(["--log", "info"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let s = Server { child, lines, seen: Default::default() };
+        s.wait_for("engine started");
+        s
+    }
+
+    /// Waits (20 s at most) for a log line containing `what`, searching lines already seen too.
+    pub fn wait_for(&self, what: &str) -> String {
+        if let Some(l) = self.seen.borrow().iter().find(|l| l.contains(what)) {
+            return l.clone();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(std::time::Duration::from_millis(50)) {
+                self.seen.borrow_mut().push(l.clone());
+                if l.contains(what) {
+                    return l;
+                }
+            }
+        }
+        panic!("no log line containing {what:?} within 20 s; saw:\n{}", self.seen.borrow().join("\n"));
+    }
+
+    /// Every line logged so far (drains the pipe without waiting).
+    pub fn log(&self) -> String {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.borrow_mut().push(l);
+        }
+        self.seen.borrow().join("\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
