@@ -206,6 +206,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if t.timeout_ms == 0 || t.timeout_ms > 255_000 {
         return Err(err(file, "tftp.timeout_ms", t.timeout_ms, "must be between 1 and 255000 (RFC 2349 allows up to 255 s)"));
     }
+    if t.timeout_min_ms == 0 || t.timeout_min_ms > t.timeout_ms {
+        return Err(err(file, "tftp.timeout_min_ms", t.timeout_min_ms, "must be between 1 and tftp.timeout_ms"));
+    }
     if t.retries_max == 0 || t.retries_max > 100 {
         return Err(err(file, "tftp.retries_max", t.retries_max, "must be between 1 and 100"));
     }

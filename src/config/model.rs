@@ -60,8 +60,11 @@ pub struct Tftp {
     pub blksize_max: u16,
     /// Largest windowsize granted (RFC 7440 allows 1..65535).
     pub windowsize_max: u16,
-    /// Retransmission timeout before the client asks for one (RFC 2349 timeout overrides it).
+    /// Retransmission timeout until the round trip is measured (RFC 2349 timeout overrides it).
     pub timeout_ms: u64,
+    /// Floor of the adaptive retransmission timeout (RFC 6298 estimator from measured round
+    /// trips), so one lost packet costs milliseconds on a LAN instead of a whole second.
+    pub timeout_min_ms: u64,
     /// Retransmissions of one window before the transfer is abandoned.
     pub retries_max: u32,
     pub sessions_max: usize,
@@ -75,6 +78,7 @@ impl Default for Tftp {
             blksize_max: 1468,
             windowsize_max: 64,
             timeout_ms: 1000,
+            timeout_min_ms: 50,
             retries_max: 6,
             sessions_max: 8192,
             sessions_per_ip_max: 8,
@@ -257,7 +261,8 @@ reload_debounce_ms = 300
 root = "/srv/bootfarm/boot" # bootstrap files (TFTP and HTTP /boot/<file>), read-only
 blksize_max = 1468          # RFC 2348 cap; 1468 fits a 1500-byte MTU
 windowsize_max = 64         # RFC 7440 cap
-timeout_ms = 1000           # retransmission timeout (a client's RFC 2349 timeout overrides)
+timeout_ms = 1000           # retransmission timeout until the round trip is measured
+timeout_min_ms = 50         # floor of the adaptive timeout (a client's RFC 2349 timeout is used as is)
 retries_max = 6
 sessions_max = 8192         # concurrent transfers, all clients
 sessions_per_ip_max = 8

@@ -313,6 +313,7 @@ impl TftpService {
             blksize_max: cfg.blksize_max,
             windowsize_max: cfg.windowsize_max,
             timeout: std::time::Duration::from_millis(cfg.timeout_ms),
+            timeout_min: std::time::Duration::from_millis(cfg.timeout_min_ms),
             retries_max: cfg.retries_max,
         };
         let negotiated = match transfer::negotiate(&req, size, &limits) {

@@ -232,7 +232,8 @@ mod tests {
     #[test]
     fn locators_translate_windows_paths() {
         let c = locator_candidates(Path::new("/s/v.2.avhdx"), &[".\\v.1.vhdx".into(), "C:\\store\\v.1.vhdx".into()]);
-        assert_eq!(c, vec![PathBuf::from("/s/./v.1.vhdx"), PathBuf::from("/s/v.1.vhdx")]);
+        // "/s/./v.1.vhdx" and "/s/v.1.vhdx" are one path (components ignore "."): tried once.
+        assert_eq!(c, vec![PathBuf::from("/s/./v.1.vhdx")]);
         let c = locator_candidates(Path::new("/s/v.2.avhdx"), &["/abs/base.vhdx".into()]);
         assert_eq!(c, vec![PathBuf::from("/abs/base.vhdx"), PathBuf::from("/s/base.vhdx")]);
     }

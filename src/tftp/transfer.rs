@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 pub struct Limits {
     pub blksize_max: u16,
     pub windowsize_max: u16,
+    /// Retransmission timeout until a round-trip time has been measured.
     pub timeout: Duration,
+    /// Floor of the adaptive retransmission timeout.
+    pub timeout_min: Duration,
     pub retries_max: u32,
 }
 
@@ -138,7 +141,15 @@ pub struct Transfer {
     size: u64,
     blksize: u64,
     window: u64,
-    rto_base: Duration,
+    /// RTO before any RTT sample; also the base of the backoff cap (8x).
+    rto_initial: Duration,
+    rto_min: Duration,
+    /// Adaptive (RFC 6298 estimator) unless the client fixed the timeout (RFC 2349).
+    adaptive: bool,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    /// A block sent once, and when: its ACK gives an RTT sample (Karn: never a resent one).
+    sample: Option<(u64, Instant)>,
     rto: Duration,
     retries: u32,
     retries_max: u32,
@@ -167,7 +178,12 @@ impl Transfer {
             size,
             blksize,
             window: n.windowsize as u64,
-            rto_base: n.timeout,
+            rto_initial: n.timeout,
+            rto_min: limits.timeout_min.min(n.timeout),
+            adaptive: !n.echo_timeout,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            sample: None,
             rto: n.timeout,
             retries: 0,
             retries_max: limits.retries_max,
@@ -217,6 +233,9 @@ impl Transfer {
         self.next += 1;
         if b <= self.highest_sent {
             self.retransmits += 1;
+            self.sample = None;
+        } else if self.sample.is_none() {
+            self.sample = Some((b, now));
         }
         self.highest_sent = self.highest_sent.max(b);
         let offset = (b - 1) * self.blksize;
@@ -243,6 +262,11 @@ impl Transfer {
         }
         if k >= self.base {
             self.base = k + 1;
+            if let Some((b, sent)) = self.sample.filter(|(b, _)| k >= *b) {
+                let _ = b;
+                self.sample = None;
+                self.rtt_sample(now.saturating_duration_since(sent));
+            }
             self.acknowledged(now);
             if self.base > self.last {
                 self.status = Status::Done;
@@ -261,8 +285,32 @@ impl Transfer {
 
     fn acknowledged(&mut self, now: Instant) {
         self.retries = 0;
-        self.rto = self.rto_base;
+        self.rto = self.base_rto();
         self.progress_at = now;
+    }
+
+    /// RFC 6298 §2: SRTT and RTTVAR from each sample.
+    fn rtt_sample(&mut self, r: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                let diff = if srtt > r { srtt - r } else { r - srtt };
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + r) / 8);
+            }
+        }
+    }
+
+    /// The timeout before any backoff: SRTT + 4 RTTVAR within [rto_min, 8 x initial], or the
+    /// configured/requested timeout when not adaptive or not measured yet.
+    pub fn base_rto(&self) -> Duration {
+        match (self.adaptive, self.srtt) {
+            (true, Some(srtt)) => (srtt + (self.rttvar * 4).max(Duration::from_millis(1))).clamp(self.rto_min, self.rto_initial * 8),
+            _ => self.rto_initial,
+        }
     }
 
     pub fn handle_error(&mut self, code: u16) {
@@ -286,8 +334,9 @@ impl Transfer {
             return;
         }
         // Exponential backoff, capped: a storm's congestion clears instead of doubling.
-        self.rto = (self.rto * 2).min(self.rto_base * 8);
+        self.rto = (self.rto * 2).min(self.rto_initial * 8);
         self.progress_at = now;
+        self.sample = None;
         if self.waiting_ack0 {
             self.oack_unsent = true;
         } else {
@@ -315,7 +364,7 @@ mod tests {
     use super::*;
     use std::collections::BinaryHeap;
 
-    const LIMITS: Limits = Limits { blksize_max: 1468, windowsize_max: 64, timeout: Duration::from_millis(1000), retries_max: 5 };
+    const LIMITS: Limits = Limits { blksize_max: 1468, windowsize_max: 64, timeout: Duration::from_millis(1000), timeout_min: Duration::from_millis(1000), retries_max: 5 };
 
     fn req(opts: &[u8]) -> Vec<u8> {
         let mut v = b"\x00\x01f\x00octet\x00".to_vec();
@@ -402,6 +451,44 @@ mod tests {
         }
         assert_eq!(t.status(), Status::TimedOut);
         assert!(now - t0 < Duration::from_secs(40), "bounded give-up time");
+    }
+
+    #[test]
+    fn adaptive_timeout_follows_measured_rtt_but_not_a_fixed_one() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let limits = Limits { timeout_min: ms(50), ..LIMITS };
+        let r = req(b"");
+        let Packet::Request(r) = wire::parse(&r).unwrap() else { panic!() };
+        let n = negotiate(&r, 100_000, &limits).unwrap();
+        let mut t = Transfer::new(n, 100_000, &limits, t0);
+        assert_eq!(t.base_rto(), ms(1000), "no sample yet: the configured timeout");
+        let mut now = t0;
+        for b in 1..=20u16 {
+            assert!(matches!(t.poll_transmit(now), Some(Transmit::Data { .. })));
+            now += ms(2);
+            t.handle_ack(b, now);
+        }
+        assert_eq!(t.base_rto(), ms(50), "2 ms round trips: the floor");
+        assert!(matches!(t.poll_transmit(now), Some(Transmit::Data { block: 21, .. })));
+        assert_eq!(t.poll_timeout().unwrap() - now, ms(50));
+        // A timeout doubles it; the resent block gives no sample (Karn).
+        let d = t.poll_timeout().unwrap();
+        t.handle_timeout(d);
+        assert!(matches!(t.poll_transmit(d), Some(Transmit::Data { block: 21, .. })));
+        assert_eq!(t.poll_timeout().unwrap() - d, ms(100));
+        t.handle_ack(21, d + ms(500));
+        assert_eq!(t.base_rto(), ms(50), "a resent block's late ACK is no RTT sample");
+        // A client that sets RFC 2349 timeout gets exactly that.
+        let n = neg(b"timeout\x002\x00", 100_000).unwrap();
+        let mut t = Transfer::new(n, 100_000, &limits, t0);
+        let _ = t.poll_transmit(t0);
+        t.handle_ack(0, t0);
+        for b in 1..=5u16 {
+            let _ = t.poll_transmit(t0);
+            t.handle_ack(b, t0 + ms(1));
+        }
+        assert_eq!(t.base_rto(), Duration::from_secs(2));
     }
 
     #[test]

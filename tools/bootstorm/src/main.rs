@@ -1,7 +1,38 @@
-//! bootstorm: the boot-storm load generator (issue 8). Its client side grows with each protocol;
-//! until the first protocol lands it only reports what it will measure.
+//! bootstorm: simulates network-booting targets against a bootfarm (or any server speaking the
+//! same protocols) and measures boots per second and time-to-boot percentiles, checking every
+//! byte received. This release drives the bootstrap phase over TFTP; the HTTP and NBD vDisk
+//! phases come with those services.
 
-fn main() {
-    eprintln!("bootstorm: no protocol client is built yet (see issue 8); nothing to run");
-    std::process::exit(2);
+mod report;
+mod tftp;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "bootstorm", version, about = "Boot-storm load generator: simulated targets, real protocols, verified bytes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bootstrap storm over TFTP: N targets each fetch one file, all at once.
+    Tftp(tftp::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Tftp(a) => tftp::run(a),
+    };
+    match r {
+        Ok(ok) if ok => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bootstorm: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

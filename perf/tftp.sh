@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# TFTP side by side, one run: bootfarm vs tftpd-hpa, atftpd and dnsmasq (Debian), the same
+# bootstorm scenarios against each, alternating servers within each round, medians of $RUNS.
+#   (a) one 64 MiB transfer, blksize 1468, windowsize 1/8/16/64
+#   (b) 256 and 1024 targets at once, 1 MiB each, blksize 1432, no windowsize (iPXE-like)
+#   (c) (b) with 256 targets and 1% loss injected by the client in both directions
+# Peers are configured for storms (their defaults refuse them: dnsmasq allows 50 transfers,
+# atftpd 100 threads). Bounded: every bootstorm run stops after 90 s. Usage: RUNS=3 perf/tftp.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+export DEBIAN_FRONTEND=noninteractive
+# Installed services must not start on their own (no init here; and port 69 is dnsmasq's below).
+[ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
+for p in atftpd:atftpd dnsmasq:dnsmasq-base; do
+  [ -x "/usr/sbin/${p%%:*}" ] || apt-get install -y -qq --no-install-recommends "${p##*:}" >/dev/null
+done
+cargo build --release -q
+BF=$PWD/target/release/bootfarm
+BS=$PWD/target/release/bootstorm
+W=$(mktemp -d /tmp/bootfarm-perf-tftp.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+# Debian's atftpd and tftpd-hpa packages conflict (both ship in.tftpd): take tftpd-hpa's
+# binary out of its package into our folder.
+(cd "$W" && apt-get download tftpd-hpa >/dev/null 2>&1 && dpkg-deb -x tftpd-hpa_*.deb hpa)
+HPA="$W/hpa/usr/sbin/in.tftpd"
+mkdir -p "$W/root"
+head -c $((1 << 20)) /dev/urandom > "$W/root/boot.bin"
+head -c $((64 << 20)) /dev/urandom > "$W/root/big.bin"
+chmod 755 "$W" "$W/root"; chmod 644 "$W/root"/*
+
+cat > "$W/bootfarm.toml" <<TOML
+[server]
+listen = "127.0.0.1"
+tftp_port = 6901
+http_port = 16901
+nbd_port = 16902
+[tftp]
+root = "root"
+sessions_max = 8192
+sessions_per_ip_max = 4096
+TOML
+"$BF" serve --config "$W/bootfarm.toml" --log warn & pids+=($!); BF_PID=$!
+"$HPA" -L -u root -a 127.0.0.1:6902 -s "$W/root" -B 1468 & pids+=($!)
+/usr/sbin/atftpd --daemon --no-fork --user root.root --port 6903 --bind-address 127.0.0.1 --maxthread 2000 --logfile /dev/null "$W/root" & pids+=($!)
+# dnsmasq's TFTP port is fixed at 69.
+/usr/sbin/dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$W/root" --listen-address=127.0.0.1 --bind-interfaces --tftp-max=2000 --user=root --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null & pids+=($!)
+sleep 1
+declare -A PORT=([bootfarm]=6901 [tftpd-hpa]=6902 [atftpd]=6903 [dnsmasq]=69)
+SERVERS=(bootfarm tftpd-hpa atftpd dnsmasq)
+
+# run SCENARIO SERVER ARGS... -> appends "scenario server per_second p99_ms failed" to results
+run() {
+  local sc=$1 srv=$2; shift 2
+  "$BS" tftp --server "127.0.0.1:${PORT[$srv]}" --duration-max-s 90 --json "$W/out.json" "$@" > /dev/null || true
+  python3 - "$W/out.json" "$sc" "$srv" >> "$W/results" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))["phases"][0]
+print(sys.argv[2], sys.argv[3], d["per_second"], d["ms"]["p99"], d["failed"], d["seconds"])
+PY
+}
+
+rss_max=0
+sample_rss() { while kill -0 "$BF_PID" 2>/dev/null; do awk '/RssAnon/ {print $2}' "/proc/$BF_PID/status"; sleep 0.05; done > "$W/rss"; }
+
+for round in $(seq "$RUNS"); do
+  for w in 1 8 16 64; do
+    for srv in "${SERVERS[@]}"; do run "a:64MiB-w$w" "$srv" --file big.bin --expect "$W/root/big.bin" --targets 1 --blksize 1468 --windowsize "$w"; done
+  done
+  for n in 256 1024; do
+    for srv in "${SERVERS[@]}"; do
+      if [ "$srv" = bootfarm ] && [ "$n" = 1024 ]; then sample_rss & SAMPLER=$!; fi
+      run "b:${n}x1MiB" "$srv" --file boot.bin --expect "$W/root/boot.bin" --targets "$n" --blksize 1432
+      if [ "$srv" = bootfarm ] && [ "$n" = 1024 ]; then kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true; r=$(sort -n "$W/rss" | tail -1); [ "${r:-0}" -gt "$rss_max" ] && rss_max=$r; fi
+    done
+  done
+  for srv in "${SERVERS[@]}"; do run "c:256x1MiB-loss1%" "$srv" --file boot.bin --expect "$W/root/boot.bin" --targets 256 --blksize 1432 --loss 0.01 --seed "$round"; done
+done
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); runs: $RUNS (medians)"
+echo "bootfarm: $("$BF" --version); peers: $("$HPA" -V 2>&1 | head -1 | cut -d, -f1), $(/usr/sbin/atftpd --version 2>&1 | head -1), $(/usr/sbin/dnsmasq --version | head -1 | cut -d' ' -f1-3)"
+python3 - "$W/results" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    sc, srv, rate, p99, failed, secs = line.split()
+    rows[(sc, srv)].append((float(rate), float(p99), int(failed), float(secs)))
+scen = []
+for sc, _ in rows:
+    if sc not in scen: scen.append(sc)
+print(f"{'scenario':<22}{'server':<11}{'transfers/s':>12}{'seconds':>9}{'p99 ms':>10}{'failed':>8}{'bootfarm x':>12}")
+for sc in scen:
+    med = {srv: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v), statistics.median(r[3] for r in v)) for (s, srv), v in rows.items() if s == sc}
+    best_peer = max((m[0] for srv, m in med.items() if srv != "bootfarm"), default=0)
+    for srv in ["bootfarm", "tftpd-hpa", "atftpd", "dnsmasq"]:
+        if srv not in med: continue
+        rate, p99, failed, secs = med[srv]
+        ratio = "" if srv == "bootfarm" else f"{med['bootfarm'][0] / rate:.2f}" if rate else "inf"
+        print(f"{sc:<22}{srv:<11}{rate:>12.1f}{secs:>9.2f}{p99:>10.1f}{failed:>8}{ratio:>12}")
+w1 = statistics.median(r[0] for r in rows[("a:64MiB-w1", "bootfarm")])
+w16 = statistics.median(r[0] for r in rows[("a:64MiB-w16", "bootfarm")])
+print(f"bootfarm windowsize 16 vs 1 on one 64 MiB transfer: {w16 / w1:.2f}x")
+PY
+echo "bootfarm anonymous memory (RssAnon, max while 1024 transfers ran): $((rss_max / 1024)) MiB"
