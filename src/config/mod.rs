@@ -108,6 +108,13 @@ pub struct Snapshot {
     pub farm: Vec<FarmMember>,
 }
 
+impl Vdisk {
+    /// The newest modification time of any chain member (seconds since the epoch).
+    pub fn modified_unix(&self) -> i64 {
+        self.identity.iter().map(|i| i.3.div_euclid(1_000_000_000)).max().unwrap_or(0)
+    }
+}
+
 impl Snapshot {
     pub fn vdisk(&self, name: &str) -> Option<&Arc<Vdisk>> {
         self.vdisks.iter().find(|v| v.name == name)

@@ -3,6 +3,7 @@
 //! configuration comes from the snapshot store (one atomic load per new session) and counters
 //! are per worker. The engine is the only code that makes system calls for the services.
 
+mod http;
 pub mod ring;
 pub mod timer;
 mod tftp;
@@ -84,6 +85,7 @@ pub struct WorkerStats {
     pub counters: WorkerCounters,
     pub tftp_duration: Histogram,
     pub tftp_sessions: AtomicU64,
+    pub http_connections: AtomicU64,
 }
 
 pub struct Shared {
@@ -92,12 +94,37 @@ pub struct Shared {
     pub workers: Vec<Arc<WorkerStats>>,
     pub grace: Duration,
     pub tftp_admission: Admission,
+    pub http_admission: Admission,
+}
+
+/// /metrics: every worker's counters summed, histograms, and gauges.
+pub fn render_metrics(shared: &Shared) -> String {
+    let snap = shared.store.load();
+    let r = Ordering::Relaxed;
+    let mut blocks: Vec<&WorkerCounters> = shared.workers.iter().map(|w| &w.counters).collect();
+    blocks.push(&shared.store.counters);
+    let tftp: u64 = shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum();
+    let http: u64 = shared.workers.iter().map(|w| w.http_connections.load(r)).sum();
+    let mut out = crate::metrics::render(
+        &blocks,
+        &[
+            ("bootfarm_config_generation", "", "Generation of the configuration snapshot in use.", snap.generation as f64),
+            ("bootfarm_tftp_sessions", "", "TFTP transfers running now.", tftp as f64),
+            ("bootfarm_http_connections", "", "HTTP connections open now.", http as f64),
+            ("bootfarm_workers", "", "Engine worker threads.", shared.workers.len() as f64),
+            ("bootfarm_draining", "", "1 while shutting down.", shared.draining.load(r) as u8 as f64),
+        ],
+    );
+    let hs: Vec<&Histogram> = shared.workers.iter().map(|w| &w.tftp_duration).collect();
+    crate::metrics::render_histogram(&mut out, "bootfarm_tftp_transfer_duration_seconds", "Duration of completed TFTP transfers.", &hs);
+    out
 }
 
 pub struct Engine {
     pub shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
     pub tftp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
 }
 
 fn pin(cpu: usize) {
@@ -118,9 +145,12 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     let s = &snap.config.server;
     let n = crate::serve::worker_count(s.workers);
     let tftp_addr = SocketAddr::new(s.listen, s.tftp_port);
+    let http_addr = SocketAddr::new(s.listen, s.http_port);
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
-        listeners.push(tftp::bind_listener(tftp_addr).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?);
+        let t = tftp::bind_listener(tftp_addr).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?;
+        let h = http::bind_listener(http_addr).map_err(|e| format!("cannot bind HTTP on tcp/{http_addr}: {e}"))?;
+        listeners.push((t, h));
     }
     let workers: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
     let shared = Arc::new(Shared {
@@ -129,11 +159,12 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         workers,
         grace: Duration::from_millis(s.shutdown_grace_ms),
         tftp_admission: Admission::default(),
+        http_admission: Admission::default(),
     });
     let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, (listener, http_listener)) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let listen_ip = tftp_addr.ip();
@@ -141,7 +172,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
             .name(format!("bootfarm-w{i}"))
             .spawn(move || {
                 pin(i % cpus);
-                let mut w = match Worker::new(i, shared, listener, listen_ip) {
+                let mut w = match Worker::new(i, shared, listener, http_listener, listen_ip) {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -164,8 +195,8 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         shared.draining.store(true, Ordering::Relaxed);
         return Err(failure);
     }
-    tracing::info!(workers = n, tftp = %tftp_addr, "engine started");
-    Ok(Engine { shared, threads, tftp_addr })
+    tracing::info!(workers = n, tftp = %tftp_addr, http = %http_addr, "engine started");
+    Ok(Engine { shared, threads, tftp_addr, http_addr })
 }
 
 impl Engine {
@@ -184,13 +215,14 @@ struct Worker {
     bufs: ring::BufRing,
     wheel: timer::Wheel,
     tftp: tftp::TftpService,
+    http: http::HttpService,
     shared: Arc<Shared>,
     cqes: Vec<(u64, i32, u32)>,
     expired: Vec<(u32, u16)>,
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<Shared>, listener: socket2::Socket, listen_ip: std::net::IpAddr) -> Result<Worker, String> {
+    fn new(index: usize, shared: Arc<Shared>, listener: socket2::Socket, http_listener: socket2::Socket, listen_ip: std::net::IpAddr) -> Result<Worker, String> {
         let ring = ring::build().map_err(|e| e.to_string())?;
         let bufs = ring::BufRing::new(&ring, 0, 1024, 2048).map_err(|e| format!("cannot register receive buffers: {e}"))?;
         let stats = shared.workers[index].clone();
@@ -199,7 +231,8 @@ impl Worker {
             ring,
             bufs,
             wheel: timer::Wheel::new(Instant::now()),
-            tftp: tftp::TftpService::new(listener, listen_ip, stats, shared.clone(), index),
+            tftp: tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index),
+            http: http::HttpService::new(http_listener, stats, shared.clone(), index),
             shared,
             cqes: Vec::with_capacity(ring::CQ_ENTRIES as usize),
             expired: Vec::new(),
@@ -212,6 +245,7 @@ impl Worker {
         let mut drain_deadline: Option<Instant> = None;
         let mut now = Instant::now();
         self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
+        self.http.flush(&mut self.ring, &mut self.wheel, now);
         loop {
             let ts = io_uring::types::Timespec::from(self.wheel.wait_hint());
             let args = io_uring::types::SubmitArgs::new().timespec(&ts);
@@ -226,27 +260,39 @@ impl Worker {
             for i in 0..self.cqes.len() {
                 let (u, res, flags) = self.cqes[i];
                 let (kind, id, generation, slot) = ud_parts(u);
-                self.tftp.on_cqe(kind, id, generation, slot, res, flags, &mut self.bufs, &mut self.ring, now, &snapshot);
+                if kind >= http::K_ACCEPT {
+                    self.http.on_cqe(kind, id, generation, res, flags, &mut self.ring, now);
+                } else {
+                    self.tftp.on_cqe(kind, id, generation, slot, res, flags, &mut self.bufs, &mut self.ring, now, &snapshot);
+                }
             }
             self.expired.clear();
             self.wheel.advance(now, &mut self.expired);
             for i in 0..self.expired.len() {
                 let (id, g) = self.expired[i];
-                self.tftp.on_timer(id, g, now);
+                if id & http::TIMER_BIT != 0 {
+                    self.http.on_timer(id & !http::TIMER_BIT, g, now);
+                } else {
+                    self.tftp.on_timer(id, g, now);
+                }
             }
             self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
+            self.http.flush(&mut self.ring, &mut self.wheel, now);
             if self.shared.draining.load(Ordering::Relaxed) {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
-                    tracing::info!(worker = self.index, active = self.tftp.active(), "draining");
+                    tracing::info!(worker = self.index, tftp = self.tftp.active(), http = self.http.active(), "draining");
+                    self.http.stop_listening(&mut self.ring);
                     now + self.shared.grace
                 });
                 self.tftp.stop_listening(&mut self.ring);
-                if now >= deadline && self.tftp.active() > 0 {
+                if now >= deadline && self.tftp.active() + self.http.active() > 0 {
                     self.tftp.abort_all(&mut self.ring, now);
+                    self.http.abort_all(&mut self.ring);
                     self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
+                    self.http.flush(&mut self.ring, &mut self.wheel, now);
                 }
-                // Done when no transfer runs and the kernel holds no session memory.
-                if self.tftp.active() == 0 && self.tftp.lingering() == 0 {
+                // Done when nothing runs and the kernel holds no session memory.
+                if self.tftp.active() + self.http.active() == 0 && self.tftp.lingering() + self.http.lingering() == 0 {
                     break;
                 }
                 if now >= deadline + Duration::from_secs(5) {

@@ -46,7 +46,8 @@ impl Chain {
             if seen.contains(&canon) {
                 return Err(ImageError::new(&child.path, format!("parent {} is already in this chain: the chain loops", ppath.display())));
             }
-            let parent = Layer::open(&ppath)?;
+            // Opened by its canonical path, so logs and /api/status show a clean one.
+            let parent = Layer::open(&canon)?;
             let child = layers.last_mut().unwrap();
             check_link(child, &parent, &pref)?;
             seen.push(canon);

@@ -63,6 +63,16 @@ counters! {
     TftpDataBytes => ("bootfarm_tftp_data_bytes_total", "", "File bytes sent in DATA packets, retransmissions included."),
     TftpDataPackets => ("bootfarm_tftp_data_packets_total", "", "DATA packets sent."),
     TftpSendErrors => ("bootfarm_tftp_send_errors_total", "", "sendmsg completions with an error."),
+    HttpConnections => ("bootfarm_http_connections_accepted_total", "", "HTTP connections accepted."),
+    HttpRefusedLimit => ("bootfarm_http_connections_refused_total", "", "HTTP connections answered 503 at a connection limit."),
+    HttpResponses2xx => ("bootfarm_http_responses_total", "class=\"2xx\"", "HTTP responses, by status class."),
+    HttpResponses3xx => ("bootfarm_http_responses_total", "class=\"3xx\"", "HTTP responses, by status class."),
+    HttpResponses4xx => ("bootfarm_http_responses_total", "class=\"4xx\"", "HTTP responses, by status class."),
+    HttpResponses5xx => ("bootfarm_http_responses_total", "class=\"5xx\"", "HTTP responses, by status class."),
+    HttpBadRequests => ("bootfarm_http_bad_requests_total", "", "Requests refused before routing (400/405/413/414/431/505)."),
+    HttpTimeoutHeader => ("bootfarm_http_timeouts_total", "kind=\"header\"", "Connections closed by a timeout, by kind (header = slowloris)."),
+    HttpTimeoutIdle => ("bootfarm_http_timeouts_total", "kind=\"idle\"", "Connections closed by a timeout, by kind (header = slowloris)."),
+    HttpBodyBytes => ("bootfarm_http_sent_bytes_total", "", "Bytes written to HTTP connections (headers and bodies)."),
     RecvBuffersExhausted => ("bootfarm_recv_buffers_exhausted_total", "", "Multishot receives stopped because every provided buffer was in use (re-armed)."),
 }
 

@@ -1,0 +1,601 @@
+//! HTTP on the engine: a SO_REUSEPORT listener per worker with multishot accept, one receive
+//! buffer per connection (requests are parsed in place, pipelined ones in order), and responses
+//! sent as one sendmsg whose iovec holds the header block and slices of the file or vDisk
+//! mappings; zero runs of a vDisk point at one static zero page. One send in flight per socket;
+//! a partial send continues from a byte cursor, re-deriving the iovec from the chain (no
+//! allocation). Large bodies may go out with SEND_ZC (http_send_zc_min_bytes), the connection
+//! keeping its body alive until the kernel's notification.
+
+use super::ring::push;
+use super::timer::Wheel;
+use super::{ud, Shared, WorkerStats};
+use crate::http::{self, wire, Body};
+use crate::image::{Backing, Segment};
+use crate::metrics::Counter;
+use io_uring::{cqueue, opcode, types, IoUring};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const K_ACCEPT: u8 = 16;
+pub const K_RECV: u8 = 17;
+pub const K_SEND: u8 = 18;
+pub const K_CANCEL: u8 = 19;
+/// Timer ids of HTTP connections carry this bit (TFTP sessions do not).
+pub const TIMER_BIT: u32 = 1 << 23;
+
+const IOV_MAX: usize = 64;
+const SEND_BYTES_MAX: u64 = 4 << 20;
+const ZEROS_LEN: usize = 64 * 1024;
+static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
+const RBUF_INITIAL: usize = 4096;
+
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s)
+}
+
+struct Conn {
+    generation: u16,
+    fd: Option<OwnedFd>,
+    peer: SocketAddr,
+    ip: IpAddr,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    recv_armed: bool,
+    head: Vec<u8>,
+    body: Body,
+    /// Bodies of finished zero-copy sends, kept until their notifications arrive.
+    zc_keep: Vec<Body>,
+    zc_pending: u32,
+    total: u64,
+    sent: u64,
+    sending: bool,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+    close_after: bool,
+    closing: bool,
+    /// Idle (no request bytes) or header deadline (a request has started and is incomplete).
+    deadline: Instant,
+    request_started: bool,
+    timer_due: Option<Instant>,
+    status: u16,
+    dirty: bool,
+    requests: u64,
+    opened: Instant,
+}
+
+pub struct HttpService {
+    listener: Option<Socket>,
+    accept_armed: bool,
+    conns: Vec<Option<Box<Conn>>>,
+    generations: Vec<u16>,
+    free: Vec<u32>,
+    active: usize,
+    dirty: Vec<u32>,
+    files: HashMap<PathBuf, (u64, i64, u64, Arc<Backing>)>,
+    stats: Arc<WorkerStats>,
+    shared: Arc<Shared>,
+    worker: usize,
+}
+
+struct EnvImpl<'a> {
+    snap: Arc<crate::config::Snapshot>,
+    shared: &'a Shared,
+    files: &'a mut HashMap<PathBuf, (u64, i64, u64, Arc<Backing>)>,
+}
+
+impl http::Env for EnvImpl<'_> {
+    fn snapshot(&self) -> &Arc<crate::config::Snapshot> {
+        &self.snap
+    }
+    fn draining(&self) -> bool {
+        self.shared.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn now_unix(&self) -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    }
+    fn metrics(&self) -> String {
+        super::render_metrics(self.shared)
+    }
+    fn sessions(&self) -> (u64, u64) {
+        let r = std::sync::atomic::Ordering::Relaxed;
+        (self.shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum(), self.shared.workers.iter().map(|w| w.http_connections.load(r)).sum())
+    }
+    fn file(&mut self, path: &Path) -> std::io::Result<(Arc<Backing>, u64, i64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        if let Some((ino, mtime, size, data)) = self.files.get(path) {
+            if *ino == m.ino() && *mtime == m.mtime() && *size == m.size() {
+                return Ok((data.clone(), *ino, *mtime));
+            }
+        }
+        if self.files.len() >= 4096 {
+            self.files.clear();
+        }
+        let data = Arc::new(Backing::map(path).map_err(|e| std::io::Error::other(e.defect))?);
+        self.files.insert(path.to_path_buf(), (m.ino(), m.mtime(), m.size(), data.clone()));
+        Ok((data, m.ino(), m.mtime()))
+    }
+}
+
+fn body_bytes(body: &Body) -> Option<&[u8]> {
+    match body {
+        Body::Owned(v) => Some(v),
+        Body::File { data, start, len } => Some(&data.bytes()[*start as usize..(*start + *len) as usize]),
+        _ => None,
+    }
+}
+
+impl HttpService {
+    pub fn new(listener: Socket, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize) -> HttpService {
+        HttpService {
+            listener: Some(listener),
+            accept_armed: false,
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            active: 0,
+            dirty: Vec::new(),
+            files: HashMap::new(),
+            stats,
+            shared,
+            worker,
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active
+    }
+    pub fn lingering(&self) -> usize {
+        self.conns.iter().flatten().count()
+    }
+
+    fn count(&self, c: Counter, n: u64) {
+        self.stats.counters.add(c, n);
+    }
+
+    fn conn(&mut self, id: u32, generation: u16) -> Option<&mut Conn> {
+        self.conns.get_mut(id as usize)?.as_deref_mut().filter(|c| c.generation == generation)
+    }
+
+    fn mark(&mut self, id: u32) {
+        if let Some(Some(c)) = self.conns.get_mut(id as usize) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    pub fn stop_listening(&mut self, ring: &mut IoUring) {
+        if self.listener.take().is_some() {
+            push(ring, &opcode::AsyncCancel::new(ud(K_ACCEPT, 0, 0, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
+        }
+        // Idle keep-alive connections are closed now; busy ones after their response.
+        for id in 0..self.conns.len() as u32 {
+            if let Some(c) = self.conns[id as usize].as_deref_mut() {
+                c.close_after = true;
+                if !c.sending && c.rlen == 0 && !c.closing {
+                    self.mark(id);
+                }
+            }
+        }
+    }
+
+    pub fn on_cqe(&mut self, kind: u8, id: u32, generation: u16, res: i32, flags: u32, ring: &mut IoUring, now: Instant) {
+        match kind {
+            K_ACCEPT => {
+                if !cqueue::more(flags) {
+                    self.accept_armed = false;
+                }
+                if res >= 0 {
+                    // Safety: the kernel gave us this new descriptor.
+                    let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                    self.accepted(fd, ring, now);
+                }
+            }
+            K_RECV => {
+                let Some(c) = self.conn(id, generation) else { return };
+                c.recv_armed = false;
+                if res <= 0 {
+                    // 0: the peer closed; < 0: reset. Either way this connection is over.
+                    c.close_after = true;
+                    c.rlen = 0;
+                    if !c.sending {
+                        c.closing_requested();
+                    }
+                } else {
+                    c.rlen += res as usize;
+                    if !c.request_started {
+                        c.request_started = true;
+                        let t = Duration::from_millis(self.shared.store.load().config.http.header_timeout_ms);
+                        let c = self.conn(id, generation).unwrap();
+                        c.deadline = now + t;
+                    }
+                }
+                self.mark(id);
+            }
+            K_SEND => {
+                let Some(c) = self.conn(id, generation) else { return };
+                if cqueue::notif(flags) {
+                    c.zc_pending -= 1;
+                    if c.zc_pending == 0 {
+                        c.zc_keep.clear();
+                    }
+                    self.mark(id);
+                    return;
+                }
+                if cqueue::more(flags) {
+                    c.zc_pending += 1; // a notification follows
+                }
+                c.sending = false;
+                if res < 0 {
+                    c.close_after = true;
+                    c.closing_requested();
+                } else {
+                    c.sent += res as u64;
+                }
+                self.count(Counter::HttpBodyBytes, res.max(0) as u64);
+                self.mark(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn accepted(&mut self, fd: OwnedFd, ring: &mut IoUring, now: Instant) {
+        let sock = Socket::from(fd);
+        let Ok(peer) = sock.peer_addr().map(|a| a.as_socket()) else { return };
+        let Some(peer) = peer else { return };
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        let snap = self.shared.store.load();
+        let cfg = &snap.config.http;
+        let _ = sock.set_nodelay(true); // never leave a response corked
+        let _ = sock.set_nonblocking(true);
+        if !self.shared.http_admission.try_admit(ip, cfg.connections_max, cfg.connections_per_ip_max) {
+            self.count(Counter::HttpRefusedLimit, 1);
+            let mut out = Vec::new();
+            let body = http::error_page(&mut out, 503, false, 1, 0, "too many connections, retry later");
+            if let Some(b) = body_bytes(&body) {
+                out.extend_from_slice(b);
+            }
+            // Off the data path: one non-blocking write, then close.
+            unsafe { libc::send(sock.as_raw_fd(), out.as_ptr().cast(), out.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            return;
+        }
+        self.count(Counter::HttpConnections, 1);
+        self.stats.http_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let c = Box::new(Conn {
+            generation: self.generations[id as usize],
+            fd: Some(sock.into()),
+            peer,
+            ip,
+            rbuf: vec![0u8; RBUF_INITIAL],
+            rlen: 0,
+            recv_armed: false,
+            head: Vec::with_capacity(512),
+            body: Body::Empty,
+            zc_keep: Vec::new(),
+            zc_pending: 0,
+            total: 0,
+            sent: 0,
+            sending: false,
+            iov: Vec::with_capacity(IOV_MAX),
+            msg: unsafe { std::mem::zeroed() },
+            close_after: false,
+            closing: false,
+            deadline: now + Duration::from_millis(cfg.keepalive_idle_ms),
+            request_started: false,
+            timer_due: None,
+            status: 0,
+            dirty: false,
+            requests: 0,
+            opened: now,
+        });
+        self.conns[id as usize] = Some(c);
+        self.active += 1;
+        let _ = ring;
+        self.mark(id);
+    }
+
+    pub fn on_timer(&mut self, id: u32, generation: u16, now: Instant) {
+        let Some(c) = self.conn(id, generation) else { return };
+        c.timer_due = None;
+        if c.closing || c.sending || now < c.deadline {
+            self.mark(id);
+            return;
+        }
+        if c.request_started {
+            // Slowloris: the request's header did not complete in time.
+            c.close_after = true;
+            c.status = 408;
+            self.count(Counter::HttpTimeoutHeader, 1);
+        } else {
+            c.closing_requested();
+            self.count(Counter::HttpTimeoutIdle, 1);
+        }
+        self.mark(id);
+    }
+
+    pub fn flush(&mut self, ring: &mut IoUring, wheel: &mut Wheel, now: Instant) {
+        if !self.accept_armed {
+            if let Some(l) = self.listener.as_ref() {
+                push(ring, &opcode::AcceptMulti::new(types::Fd(l.as_raw_fd())).build().user_data(ud(K_ACCEPT, 0, 0, 0)));
+                self.accept_armed = true;
+            }
+        }
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let id = self.dirty[i];
+            i += 1;
+            self.flush_one(id, ring, wheel, now);
+        }
+        self.dirty.clear();
+    }
+
+    fn flush_one(&mut self, id: u32, ring: &mut IoUring, wheel: &mut Wheel, now: Instant) {
+        let snap = self.shared.store.load();
+        let cfg = snap.config.http.clone();
+        let zc_min = cfg_zc_min(&snap);
+        let Some(c) = self.conns[id as usize].as_deref_mut() else { return };
+        c.dirty = false;
+        if c.closing {
+            if !c.sending && c.zc_pending == 0 {
+                self.free_conn(id);
+            }
+            return;
+        }
+        // A response in progress: continue it, or finish it.
+        if c.total > 0 && !c.sending {
+            if c.sent < c.total {
+                submit_send(c, id, ring, zc_min);
+                return;
+            }
+            let status = c.status;
+            c.requests += 1;
+            c.total = 0;
+            c.sent = 0;
+            let old = std::mem::replace(&mut c.body, Body::Empty);
+            if c.zc_pending > 0 {
+                c.zc_keep.push(old);
+            }
+            c.request_started = c.rlen > 0;
+            c.deadline = now + Duration::from_millis(if c.request_started { cfg.header_timeout_ms } else { cfg.keepalive_idle_ms });
+            let class = match status {
+                200..=299 => Counter::HttpResponses2xx,
+                300..=399 => Counter::HttpResponses3xx,
+                400..=499 => Counter::HttpResponses4xx,
+                _ => Counter::HttpResponses5xx,
+            };
+            self.stats.counters.add(class, 1);
+            let c = self.conns[id as usize].as_deref_mut().unwrap();
+            if c.close_after {
+                self.close(id, ring);
+                return;
+            }
+        }
+        let c = self.conns[id as usize].as_deref_mut().unwrap();
+        if c.sending {
+            return;
+        }
+        if c.status == 408 && c.total == 0 {
+            // Header timeout: answer 408 and close.
+            let body = http::error_page(&mut c.head, 408, false, 1, unix_now(), "request header not received in time");
+            start_response(c, 408, body, true);
+            submit_send(c, id, ring, zc_min);
+            return;
+        }
+        if c.close_after && c.rlen == 0 && c.total == 0 {
+            self.close(id, ring);
+            return;
+        }
+        // Parse the next request, if a whole one is buffered.
+        if c.rlen > 0 {
+            let limits = wire::Limits { request_line_bytes_max: cfg.request_line_bytes_max, header_bytes_max: cfg.header_bytes_max, headers_max: cfg.headers_max };
+            let mut env = EnvImpl { snap: snap.clone(), shared: &self.shared, files: &mut self.files };
+            let c = self.conns[id as usize].as_deref_mut().unwrap();
+            match wire::parse(&c.rbuf[..c.rlen], &limits) {
+                Ok((req, used)) => {
+                    let mut head = std::mem::take(&mut c.head);
+                    let body = http::respond(&req, &mut env, &mut head);
+                    let keep = req.keep_alive && !env_draining(&self.shared);
+                    let status = status_of(&head);
+                    c.head = head;
+                    c.rbuf.copy_within(used..c.rlen, 0);
+                    c.rlen -= used;
+                    start_response(c, status, body, !keep);
+                    submit_send(c, id, ring, zc_min);
+                    return;
+                }
+                Err(wire::Error::Incomplete) => {
+                    if c.rlen == c.rbuf.len() {
+                        // Grow up to the limit (parse answers 431/414 beyond it).
+                        let cap = (c.rbuf.len() * 2).min(cfg.header_bytes_max + 1);
+                        c.rbuf.resize(cap.max(c.rbuf.len()), 0);
+                    }
+                }
+                Err(e) => {
+                    let detail = match e {
+                        wire::Error::BadRequest(d) => d,
+                        wire::Error::MethodNotAllowed => "only GET and HEAD are served",
+                        wire::Error::UriTooLong => "request line too long",
+                        wire::Error::HeadersTooLarge => "request header too large or too many fields",
+                        wire::Error::PayloadTooLarge => "request bodies are not accepted",
+                        wire::Error::VersionNotSupported => "HTTP/1.0 and HTTP/1.1 only",
+                        wire::Error::Incomplete => unreachable!(),
+                    };
+                    let status = e.status();
+                    let body = http::error_page(&mut c.head, status, false, 1, unix_now(), detail);
+                    c.rlen = 0;
+                    self.stats.counters.add(Counter::HttpBadRequests, 1);
+                    start_response(c, status, body, true);
+                    submit_send(c, id, ring, zc_min);
+                    return;
+                }
+            }
+        }
+        let c = self.conns[id as usize].as_deref_mut().unwrap();
+        if !c.recv_armed && !c.close_after {
+            let fd = c.fd.as_ref().unwrap().as_raw_fd();
+            let spare = &mut c.rbuf[c.rlen..];
+            if spare.is_empty() {
+                // Full buffer at the limit: parse will refuse it (431).
+                let body = http::error_page(&mut c.head, 431, false, 1, unix_now(), "request header too large");
+                start_response(c, 431, body, true);
+                submit_send(c, id, ring, zc_min);
+                return;
+            }
+            let e = opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build().user_data(ud(K_RECV, id, c.generation, 0));
+            push(ring, &e);
+            c.recv_armed = true;
+        }
+        if c.timer_due.is_none_or(|d| c.deadline < d) {
+            wheel.insert(c.deadline, id | TIMER_BIT, c.generation);
+            c.timer_due = Some(c.deadline);
+        }
+    }
+
+    fn close(&mut self, id: u32, ring: &mut IoUring) {
+        let Some(c) = self.conns[id as usize].as_deref_mut() else { return };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        if c.recv_armed {
+            push(ring, &opcode::AsyncCancel::new(ud(K_RECV, id, c.generation, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
+            c.recv_armed = false;
+        }
+        if let Some(fd) = c.fd.take() {
+            // Let an in-flight send finish into the socket; the descriptor closes now.
+            drop(fd);
+        }
+        let ip = c.ip;
+        tracing::info!(worker = self.worker, client = %c.peer, requests = c.requests, ms = c.opened.elapsed().as_millis() as u64, "http connection closed");
+        let lingering = c.sending || c.zc_pending > 0;
+        self.active -= 1;
+        self.stats.http_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.http_admission.release(ip);
+        if !lingering {
+            self.free_conn(id);
+        }
+    }
+
+    fn free_conn(&mut self, id: u32) {
+        self.conns[id as usize] = None;
+        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+        self.free.push(id);
+    }
+
+    /// Closes everything (drain deadline).
+    pub fn abort_all(&mut self, ring: &mut IoUring) {
+        for id in 0..self.conns.len() as u32 {
+            if self.conns[id as usize].as_ref().is_some_and(|c| !c.closing) {
+                self.close(id, ring);
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn closing_requested(&mut self) {
+        self.close_after = true;
+        self.total = 0;
+    }
+}
+
+fn env_draining(s: &Shared) -> bool {
+    s.draining.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn cfg_zc_min(snap: &crate::config::Snapshot) -> u64 {
+    snap.config.http.send_zc_min_bytes
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn status_of(head: &[u8]) -> u16 {
+    head.get(9..12).and_then(|s| std::str::from_utf8(s).ok()).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn start_response(c: &mut Conn, status: u16, body: Body, close: bool) {
+    c.status = status;
+    c.body = body;
+    c.total = c.head.len() as u64 + c.body.len();
+    c.sent = 0;
+    c.close_after |= close;
+}
+
+/// Builds the iovec from the byte cursor and submits one send.
+fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64) {
+    let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+    c.iov.clear();
+    let head_len = c.head.len() as u64;
+    let mut budget = SEND_BYTES_MAX;
+    if c.sent < head_len {
+        let h = &c.head[c.sent as usize..];
+        c.iov.push(libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: h.len() });
+        budget -= h.len() as u64;
+    }
+    let body_off = c.sent.saturating_sub(head_len);
+    let body_left = c.body.len() - body_off;
+    let want = body_left.min(budget);
+    let mut body_bytes_now = 0u64;
+    if want > 0 {
+        let iov = &mut c.iov;
+        let mut push_slice = |p: *const u8, n: usize| {
+            if iov.len() < IOV_MAX {
+                iov.push(libc::iovec { iov_base: p as *mut _, iov_len: n });
+                body_bytes_now += n as u64;
+            }
+        };
+        match &c.body {
+            Body::Empty => {}
+            Body::Owned(v) => push_slice(v[body_off as usize..].as_ptr(), want as usize),
+            Body::File { data, start, .. } => push_slice(data.bytes()[(start + body_off) as usize..].as_ptr(), want as usize),
+            Body::Vdisk { vdisk, start, .. } => {
+                let _ = vdisk.chain.read(start + body_off, want, &mut |s| match s {
+                    Segment::Data(d) => push_slice(d.as_ptr(), d.len()),
+                    Segment::Zero(mut n) => {
+                        while n > 0 {
+                            let k = n.min(ZEROS_LEN as u64);
+                            push_slice(ZEROS.as_ptr(), k as usize);
+                            n -= k;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    c.msg.msg_iov = c.iov.as_mut_ptr();
+    c.msg.msg_iovlen = c.iov.len() as _;
+    let user_data = ud(K_SEND, id, c.generation, 0);
+    let e = if zc_min > 0 && body_bytes_now >= zc_min {
+        opcode::SendMsgZc::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
+    } else {
+        opcode::SendMsg::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
+    };
+    push(ring, &e);
+    c.sending = true;
+}

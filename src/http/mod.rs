@@ -1,0 +1,305 @@
+//! The HTTP service's routes: what to answer to a parsed request, as a status, a header block
+//! written into the connection's reusable buffer, and a body that points at bytes where they
+//! live (a file mapping, a vDisk chain) or, for small generated pages, owns them.
+//!
+//! Routes: /boot/<path> (files under tftp.root), /vdisk/<name> (the virtual disk, raw, with
+//! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script), /metrics, /healthz,
+//! /api/status. Multi-range requests get the whole representation (200), as RFC 9110 allows.
+
+pub mod wire;
+
+use crate::config::{Snapshot, Vdisk};
+use crate::image::Backing;
+use std::io::Write;
+use std::sync::Arc;
+use wire::{Range, Request};
+
+pub enum Body {
+    Empty,
+    Owned(Vec<u8>),
+    File { data: Arc<Backing>, start: u64, len: u64 },
+    Vdisk { vdisk: Arc<Vdisk>, start: u64, len: u64 },
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::Owned(v) => v.len() as u64,
+            Body::File { len, .. } | Body::Vdisk { len, .. } => *len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the routes need from the engine.
+pub trait Env {
+    fn snapshot(&self) -> &Arc<Snapshot>;
+    fn draining(&self) -> bool;
+    fn now_unix(&self) -> i64;
+    fn metrics(&self) -> String;
+    fn sessions(&self) -> (u64, u64);
+    /// A mapped file under tftp.root, with (inode, mtime seconds) for validators.
+    fn file(&mut self, path: &std::path::Path) -> std::io::Result<(Arc<Backing>, u64, i64)>;
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+/// Starts a header block: status line, Server, Date, Connection.
+pub fn head(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64) {
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\nServer: bootfarm\r\nDate: ", reason(status));
+    wire::format_date(now_unix, out);
+    out.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
+/// A complete small response (errors, status pages). Returns the body.
+pub fn simple(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64, content_type: &str, body: Vec<u8>, head_only: bool) -> Body {
+    head(out, status, keep_alive, minor, now_unix);
+    let _ = write!(out, "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
+    if status == 405 {
+        out.extend_from_slice(b"Allow: GET, HEAD\r\n");
+    }
+    if status == 503 {
+        out.extend_from_slice(b"Retry-After: 5\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if head_only {
+        Body::Empty
+    } else {
+        Body::Owned(body)
+    }
+}
+
+pub fn error_page(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64, detail: &str) -> Body {
+    let body = format!("{status} {}: {detail}\n", reason(status)).into_bytes();
+    simple(out, status, keep_alive, minor, now_unix, "text/plain; charset=utf-8", body, false)
+}
+
+struct Validators {
+    etag: String,
+    last_modified: i64,
+}
+
+/// 304 when the client's copy is current (If-None-Match first, then If-Modified-Since).
+fn not_modified(req: &Request, v: &Validators) -> bool {
+    if let Some(inm) = req.if_none_match {
+        return inm.split(|&c| c == b',').any(|t| {
+            let t = t.trim_ascii();
+            t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == v.etag.as_bytes()
+        });
+    }
+    req.if_modified_since.and_then(wire::parse_date).is_some_and(|since| v.last_modified <= since)
+}
+
+/// Range handling shared by files and vDisks; returns (status, start, len, content-range size).
+fn ranged(req: &Request, size: u64, v: &Validators) -> (u16, u64, u64) {
+    let range_applies = match req.if_range {
+        None => true,
+        Some(ir) => ir == v.etag.as_bytes() || wire::parse_date(ir).is_some_and(|d| d >= v.last_modified),
+    };
+    match req.range.filter(|_| range_applies).map(|r| wire::parse_range(r, size)) {
+        None | Some(Range::Full) | Some(Range::Multiple) => (200, 0, size),
+        Some(Range::Single(a, b)) => (206, a, b - a + 1),
+        Some(Range::Unsatisfiable) => (416, 0, 0),
+    }
+}
+
+fn representation(out: &mut Vec<u8>, req: &Request, now: i64, size: u64, v: &Validators, content_type: &str) -> Option<(u64, u64)> {
+    let (status, start, len) = if not_modified(req, v) { (304, 0, 0) } else { ranged(req, size, v) };
+    head(out, status, req.keep_alive, req.minor, now);
+    let _ = write!(out, "Accept-Ranges: bytes\r\nETag: {}\r\nLast-Modified: ", v.etag);
+    wire::format_date(v.last_modified, out);
+    out.extend_from_slice(b"\r\n");
+    match status {
+        304 => {
+            out.extend_from_slice(b"\r\n");
+            None
+        }
+        416 => {
+            let _ = write!(out, "Content-Range: bytes */{size}\r\nContent-Length: 0\r\n\r\n");
+            None
+        }
+        _ => {
+            let _ = write!(out, "Content-Type: {content_type}\r\nContent-Length: {len}\r\n");
+            if status == 206 {
+                let _ = write!(out, "Content-Range: bytes {start}-{}/{size}\r\n", start + len - 1);
+            }
+            out.extend_from_slice(b"\r\n");
+            (!req.head && len > 0).then_some((start, len))
+        }
+    }
+}
+
+fn query<'a>(q: &'a str, key: &str) -> Option<&'a str> {
+    q.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+fn vdisk_validators(v: &Vdisk) -> Validators {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for l in &v.chain.layers {
+        for b in l.id.iter().chain(&l.file_len().to_le_bytes()) {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let last_modified = v.modified_unix();
+    for b in last_modified.to_le_bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    Validators { etag: format!("\"{h:016x}\""), last_modified }
+}
+
+/// Answers one request: writes the header block into `out` and returns the body.
+pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
+    let now = env.now_unix();
+    let (ka, minor, head_only) = (req.keep_alive, req.minor, req.head);
+    let Some(target) = wire::percent_decode(req.target) else {
+        return error_page(out, 400, ka, minor, now, "malformed percent-encoding");
+    };
+    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+    let snap = env.snapshot().clone();
+    if let Some(rest) = path.strip_prefix("/boot/") {
+        let file = match crate::tftp::path::resolve(&snap.tftp_root, rest.as_bytes()) {
+            Ok(f) => f,
+            Err(crate::tftp::path::Refused::NotFound) => return error_page(out, 404, ka, minor, now, "no such bootstrap file"),
+            Err(_) => return error_page(out, 404, ka, minor, now, "not a file under the boot root"),
+        };
+        let Ok((data, ino, mtime)) = env.file(&file) else {
+            return error_page(out, 404, ka, minor, now, "file not readable");
+        };
+        let size = data.bytes().len() as u64;
+        let v = Validators { etag: format!("\"{ino:x}-{size:x}-{mtime:x}\""), last_modified: mtime };
+        return match representation(out, req, now, size, &v, "application/octet-stream") {
+            Some((start, len)) => Body::File { data, start, len },
+            None => Body::Empty,
+        };
+    }
+    if let Some(name) = path.strip_prefix("/vdisk/") {
+        let Some(vd) = snap.vdisk(name) else {
+            return error_page(out, 404, ka, minor, now, "no such vdisk");
+        };
+        let v = vdisk_validators(vd);
+        return match representation(out, req, now, vd.chain.virtual_size(), &v, "application/octet-stream") {
+            Some((start, len)) => Body::Vdisk { vdisk: vd.clone(), start, len },
+            None => Body::Empty,
+        };
+    }
+    match path {
+        "/healthz" if env.draining() => simple(out, 503, false, minor, now, "text/plain", b"draining\n".to_vec(), head_only),
+        "/healthz" => simple(out, 200, ka, minor, now, "text/plain", b"ok\n".to_vec(), head_only),
+        "/metrics" => simple(out, 200, ka, minor, now, "text/plain; version=0.0.4", env.metrics().into_bytes(), head_only),
+        "/api/status" => {
+            let body = status_json(&snap, env.draining(), env.sessions()).into_bytes();
+            simple(out, 200, ka, minor, now, "application/json", body, head_only)
+        }
+        "/ipxe" => {
+            let vd = match query(q, "vdisk") {
+                Some(n) => snap.vdisk(n),
+                None => snap.default_vdisk(),
+            };
+            let Some(vd) = vd else {
+                return error_page(out, 404, ka, minor, now, "no such vdisk (and no default vdisk configured)");
+            };
+            let host = req.host.and_then(|h| std::str::from_utf8(h).ok()).filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic()));
+            let script = ipxe_script(&snap, vd, host, query(q, "mac").unwrap_or("unknown"));
+            simple(out, 200, ka, minor, now, "text/plain; charset=utf-8", script.into_bytes(), head_only)
+        }
+        _ => error_page(out, 404, ka, minor, now, "no such route (try /boot/<file>, /vdisk/<name>, /ipxe, /metrics, /healthz, /api/status)"),
+    }
+}
+
+/// The iPXE script: sanboot of the vdisk from this node (as the client reached it), then the
+/// other farm servers holding it, as multipath URIs in failover order.
+pub fn ipxe_script(snap: &Snapshot, vd: &Vdisk, host: Option<&str>, mac: &str) -> String {
+    let me = &snap.config.server;
+    let mut uris = Vec::new();
+    let own = host.map(str::to_string).unwrap_or_else(|| format!("{}:{}", me.listen, me.http_port));
+    uris.push(format!("http://{own}/vdisk/{}", vd.name));
+    for s in snap.farm.iter().filter(|s| s.name != me.name && (s.vdisks.is_empty() || s.vdisks.contains(&vd.name))).take(3) {
+        let addr = match s.address {
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+            a => a.to_string(),
+        };
+        uris.push(format!("http://{addr}:{}/vdisk/{}", s.http_port, vd.name));
+    }
+    let mac: String = mac.chars().filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').take(32).collect();
+    format!(
+        "#!ipxe\n# bootfarm node {} (configuration generation {}): vdisk {} for target {mac}\necho bootfarm: booting vdisk {} ({} bytes)\nsanboot {} || goto failed\n:failed\necho bootfarm: sanboot failed, no server answered\nshell\n",
+        me.name,
+        snap.generation,
+        vd.name,
+        vd.name,
+        vd.chain.virtual_size(),
+        uris.join(" ")
+    )
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64)) -> String {
+    let vdisks: Vec<String> = snap
+        .vdisks
+        .iter()
+        .map(|v| {
+            let chain: Vec<String> = v
+                .chain
+                .layers
+                .iter()
+                .map(|l| {
+                    let id = if l.format.is_vhd() { crate::image::bytes::uuid_to_string(&l.id) } else { crate::image::bytes::guid_to_string(&l.id) };
+                    format!("{{\"path\": {}, \"format\": \"{}\", \"id\": \"{id}\", \"file_bytes\": {}}}", json_str(&l.path.to_string_lossy()), l.format.name(), l.file_len())
+                })
+                .collect();
+            format!(
+                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"chain\": [{}]}}",
+                json_str(&v.name),
+                if v.mode == crate::config::Mode::Standard { "standard" } else { "private" },
+                v.chain.virtual_size(),
+                chain.join(", ")
+            )
+        })
+        .collect();
+    format!(
+        "{{\"node\": {}, \"generation\": {}, \"draining\": {draining}, \"vdisks\": [{}], \"sessions\": {{\"tftp\": {tftp}, \"http\": {http}}}}}\n",
+        json_str(&snap.config.server.name),
+        snap.generation,
+        vdisks.join(", ")
+    )
+}
