@@ -60,3 +60,26 @@ fn ipxe_boots_a_pxe_program_over_tftp() {
     assert!(l.contains("blksize=1432") && l.contains("bootsect.0"), "{l}");
     server.wait_for("outcome=\"completed\"");
 }
+
+#[test]
+fn ipxe_sanboots_a_vhdx_chain_over_http() {
+    // The demo store: a two-version VHDX chain whose boot sector prints the marker.
+    let dir = TempDir::new("ipxe-http");
+    let http = free_port();
+    let mut c = bootfarm::demo::write_store(&dir.0, http).unwrap();
+    c.server.tftp_port = free_port();
+    c.server.nbd_port = free_port();
+    let text = toml::to_string(&c).unwrap();
+    std::fs::write(dir.join("bootfarm.toml"), text).unwrap();
+    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+    // DHCP option 67 as a full URL, no TFTP involved: script, then sanboot over HTTP ranges.
+    let (code, serial) = boot_qemu(&dir, &format!("http://10.0.2.2:{http}/ipxe"), Duration::from_secs(90));
+    assert!(serial.contains("bootfarm: booting vdisk demo"), "the generated script ran:\n{serial}");
+    assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; serial output:\n{serial}");
+    assert_eq!(code, Some(33));
+    let m = String::from_utf8(run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/metrics")])).stdout).unwrap();
+    let line = m.lines().find(|l| l.starts_with("bootfarm_http_responses_total{class=\"2xx\"}")).unwrap();
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 4, "script, HEAD and range reads were answered: {line}");
+    drop(server);
+}

@@ -93,7 +93,11 @@ pub fn create_vhd(path: &Path, size: u64, block_size: u64, parent: Option<&Paren
         version: 0x0001_0000,
         data_offset: 512,
         timestamp: now_vhd_timestamp(),
-        creator_app: *b"bfrm",
+        // The creator code doubles as a size-semantics flag: qemu before 10.0 (still Debian
+        // bookworm's) sizes a VHD by its CHS geometry unless the creator is one of "win ",
+        // "qem2", "d2v ", "CTXS", "tap\0". Our disks are sized by current_size, as Hyper-V's
+        // are, so they carry Hyper-V's code; any other code would shrink them in those readers.
+        creator_app: *b"win ",
         creator_version: 0x0001_0000,
         creator_os: u32::from_be_bytes(*b"Wi2k"),
         original_size: size,

@@ -1,0 +1,242 @@
+//! HTTP against the running binary: curl for ranges at every boundary (first and last byte,
+//! past the end, across VHD/VHDX block boundaries and zero regions), keep-alive reuse,
+//! HEAD = GET headers, validators, and raw TCP for pipelining and every limit.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Fixture {
+    dir: TempDir,
+    server: Server,
+    port: u16,
+}
+
+const MIB: u64 = 1 << 20;
+
+fn fixture(extra: &str) -> Fixture {
+    let dir = TempDir::new("http");
+    std::fs::create_dir_all(dir.join("boot/sub")).unwrap();
+    std::fs::write(dir.join("boot/boot.bin"), pattern(5, 0, 300_000)).unwrap();
+    std::fs::write(dir.join("boot/sub/a b.txt"), b"spaced\n").unwrap();
+    std::fs::write(dir.join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret"), dir.join("boot/escape")).unwrap();
+    // A VHD made by qemu-img (2 MiB blocks: data, holes, a partial last block) and a VHDX chain.
+    let src = dir.join("src.raw");
+    std::fs::File::create(&src).unwrap().set_len(9 * MIB + 512 * 3).unwrap();
+    write_at(&src, 0, &pattern(1, 0, (2 * MIB + 4096) as usize));
+    write_at(&src, 6 * MIB - 100, &pattern(2, 6 * MIB - 100, 200));
+    write_at(&src, 9 * MIB, &pattern(3, 9 * MIB, 1536));
+    let vhd = dir.join("disk.vhd");
+    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", src.to_str().unwrap(), vhd.to_str().unwrap()]);
+    let base = dir.join("base.vhdx");
+    qemu_img(&["convert", "-f", "raw", "-O", "vhdx", "-o", "block_size=1M", src.to_str().unwrap(), base.to_str().unwrap()]);
+    let top = dir.join("v2.avhdx");
+    assert!(bootfarm(&["vdisk", "new-version", base.to_str().unwrap(), "-o", top.to_str().unwrap()]).status.success());
+    let w = dir.join("w.bin");
+    std::fs::write(&w, pattern(4, 0, 8192)).unwrap();
+    assert!(bootfarm(&["vdisk", "write", top.to_str().unwrap(), "--offset", &(MIB - 4096).to_string(), "--from", w.to_str().unwrap()]).status.success());
+    let port = free_port();
+    let cfg = format!(
+        "[server]\ntftp_port = {}\nhttp_port = {port}\nnbd_port = {}\nworkers = 2\n[tftp]\nroot = \"boot\"\n[http]\n{extra}\n[[vdisk]]\nname = \"vhd\"\npath = \"disk.vhd\"\n[[vdisk]]\nname = \"chain\"\npath = \"v2.avhdx\"\n",
+        free_port(),
+        free_port()
+    );
+    std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
+    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+    Fixture { dir, server, port }
+}
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    run(Command::new("curl").args(["-sS"]).args(args)).stdout
+}
+
+fn export(f: &Fixture, name: &str) -> Vec<u8> {
+    let p = f.dir.join(&format!("{name}.export"));
+    assert!(bootfarm(&["vdisk", "export", f.dir.join(name).to_str().unwrap(), "-o", p.to_str().unwrap()]).status.success());
+    read_file(&p)
+}
+
+#[test]
+fn vdisks_and_files_with_ranges_match_export() {
+    let f = fixture("");
+    let base = format!("http://127.0.0.1:{}", f.port);
+    for (name, file) in [("vhd", "disk.vhd"), ("chain", "v2.avhdx")] {
+        let want = export(&f, file);
+        let size = want.len() as u64;
+        let url = format!("{base}/vdisk/{name}");
+        assert_same(&format!("{name} whole"), &curl(&[&url]), &want);
+        // Ranges: first byte, last byte, block boundaries (1 MiB VHDX, 2 MiB VHD), a hole,
+        // the partial last block, open-ended and suffix forms.
+        let ranges: Vec<(u64, u64)> = vec![(0, 0), (size - 1, size - 1), (0, 511), (MIB - 4097, MIB + 4097), (2 * MIB - 10, 2 * MIB + 9), (3 * MIB, 4 * MIB), (6 * MIB - 150, 6 * MIB + 150), (9 * MIB - 1, size - 1), (32768, 34815)];
+        for (a, b) in ranges {
+            let got = curl(&["-r", &format!("{a}-{b}"), &url]);
+            assert_same(&format!("{name} {a}-{b}"), &got, &want[a as usize..=b as usize]);
+        }
+        assert_same(&format!("{name} suffix"), &curl(&["-r", "-1000", &url]), &want[want.len() - 1000..]);
+        assert_same(&format!("{name} open"), &curl(&["-r", &format!("{}-", size - 700), &url]), &want[want.len() - 700..]);
+        // Past the end: 416 with the size.
+        let h = String::from_utf8(curl(&["-i", "-r", &format!("{size}-"), &url])).unwrap();
+        assert!(h.starts_with("HTTP/1.1 416") && h.contains(&format!("Content-Range: bytes */{size}")), "{h}");
+        // Several ranges: the whole disk, 200.
+        let h = curl(&["-i", "-r", "0-1,5-6", &url]);
+        assert!(h.starts_with(b"HTTP/1.1 200"));
+        // HEAD has GET's headers.
+        let head = String::from_utf8(curl(&["-I", &url])).unwrap();
+        let get = String::from_utf8(curl(&["-s", "-D", "-", "-o", "/dev/null", &url])).unwrap();
+        let strip = |s: &str| s.lines().filter(|l| !l.starts_with("Date:")).collect::<Vec<_>>().join("\n");
+        assert_eq!(strip(&head), strip(&get));
+        assert!(head.contains(&format!("Content-Length: {size}")));
+    }
+    let want = read_file(&f.dir.join("boot/boot.bin"));
+    assert_same("boot file", &curl(&[&format!("{base}/boot/boot.bin")]), &want);
+    assert_same("boot range", &curl(&["-r", "1000-1999", &format!("{base}/boot/boot.bin")]), &want[1000..2000]);
+    assert_eq!(curl(&[&format!("{base}/boot/sub/a%20b.txt")]), b"spaced\n");
+}
+
+#[test]
+fn keep_alive_reuse_and_validators() {
+    let f = fixture("");
+    let url = format!("http://127.0.0.1:{}/vdisk/chain", f.port);
+    // One curl, three requests: one connection.
+    let out = Command::new("curl").args(["-sS", "-v", "-r", "0-511", &url, "-r", "512-1023", &url, "-r", "0-0", &url, "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("Connected to").count(), 1, "{err}");
+    assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing"), "{err}");
+    // ETag and Last-Modified drive 304s; If-Range with a stale validator ignores the Range.
+    let h = String::from_utf8(curl(&["-I", &url])).unwrap();
+    let etag = h.lines().find_map(|l| l.strip_prefix("ETag: ")).unwrap().trim().to_string();
+    let lm = h.lines().find_map(|l| l.strip_prefix("Last-Modified: ")).unwrap().trim().to_string();
+    let r = String::from_utf8(curl(&["-i", "-H", &format!("If-None-Match: {etag}"), &url])).unwrap();
+    assert!(r.starts_with("HTTP/1.1 304"), "{r}");
+    let r = String::from_utf8(curl(&["-i", "-H", &format!("If-Modified-Since: {lm}"), &url])).unwrap();
+    assert!(r.starts_with("HTTP/1.1 304"), "{r}");
+    let r = curl(&["-i", "-r", "0-9", "-H", "If-Range: \"stale\"", &url]);
+    assert!(r.starts_with(b"HTTP/1.1 200"), "a stale If-Range gets the whole disk");
+    let r = curl(&["-i", "-r", "0-9", "-H", &format!("If-Range: {etag}"), &url]);
+    assert!(r.starts_with(b"HTTP/1.1 206"));
+}
+
+/// Sends raw bytes, returns everything read until the server closes or `wait` passes.
+fn raw(port: u16, req: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    let t0 = Instant::now();
+    while t0.elapsed() < wait {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn pipelining_http10_and_bad_requests() {
+    let f = fixture("request_line_bytes_max = 200\nheader_bytes_max = 1024\nheaders_max = 8");
+    let w = Duration::from_millis(1500);
+    // Two pipelined requests in one write: two answers, in order.
+    let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /boot/sub/a%20b.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", w);
+    let first = r.find("ok\n").unwrap();
+    let second = r.find("spaced\n").unwrap();
+    assert!(first < second && r.matches("HTTP/1.1 200").count() == 2, "{r}");
+    // HTTP/1.0: answered, then closed (no keep-alive asked).
+    let r = raw(f.port, b"GET /healthz HTTP/1.0\r\n\r\n", w);
+    assert!(r.starts_with("HTTP/1.1 200") && r.contains("Connection: close"), "{r}");
+    let cases: &[(&[u8], &str)] = &[
+        (b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", "405"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", "400"),
+        (b"GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n", "505"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n", "413"),
+        (b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+        (b"GET /vdisk/none HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+        (b"GET /boot/../secret HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+        (b"GET /boot/%2e%2e/secret HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+        (b"GET /boot/escape HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+        (b"GET /boot/sub HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+        (b"GET /boot/a%00b HTTP/1.1\r\nHost: a\r\n\r\n", "400"),
+    ];
+    for (req, status) in cases {
+        let r = raw(f.port, req, w);
+        assert!(r.starts_with(&format!("HTTP/1.1 {status}")), "{:?} -> {r}", String::from_utf8_lossy(req));
+        assert!(!r.contains("outside"), "nothing outside the root leaks");
+    }
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(300));
+    assert!(raw(f.port, long.as_bytes(), w).starts_with("HTTP/1.1 414"));
+    let many: String = (0..10).map(|i| format!("X-{i}: y\r\n")).collect();
+    assert!(raw(f.port, format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(), w).starts_with("HTTP/1.1 431"));
+    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(2000));
+    assert!(raw(f.port, big.as_bytes(), w).starts_with("HTTP/1.1 431"));
+    let m = curl(&[&format!("http://127.0.0.1:{}/metrics", f.port)]);
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("bootfarm_http_bad_requests_total"), "{m}");
+}
+
+#[test]
+fn slowloris_idle_and_connection_limits() {
+    let f = fixture("header_timeout_ms = 400\nkeepalive_idle_ms = 600\nconnections_per_ip_max = 3");
+    // Slowloris: a request that never completes gets 408 and a close.
+    let t0 = Instant::now();
+    let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: ", Duration::from_secs(3));
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // An idle keep-alive connection is closed after keepalive_idle_ms.
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let t0 = Instant::now();
+    let mut b = [0u8; 16];
+    assert_eq!(s.read(&mut b).unwrap_or(0), 0, "closed without a byte");
+    let idle = t0.elapsed();
+    assert!(idle >= Duration::from_millis(500) && idle < Duration::from_secs(2), "{idle:?}");
+    // At most 3 connections from one address: the 4th gets 503.
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(("127.0.0.1", f.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", Duration::from_secs(1));
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(1));
+    assert!(r.starts_with("HTTP/1.1 200"), "places are given back: {r}");
+}
+
+#[test]
+fn zero_copy_sends_deliver_the_same_bytes() {
+    let f = fixture("send_zc_min_bytes = 4096");
+    let want = export(&f, "v2.avhdx");
+    let got = curl(&[&format!("http://127.0.0.1:{}/vdisk/chain", f.port)]);
+    assert_same("SEND_ZC body", &got, &want);
+    let got = curl(&["-r", "100000-3000000", &format!("http://127.0.0.1:{}/vdisk/chain", f.port)]);
+    assert_same("SEND_ZC range", &got, &want[100000..=3000000]);
+}
+
+#[test]
+fn healthz_reports_draining_and_ipxe_script_lists_the_farm() {
+    let f = fixture("");
+    let s = String::from_utf8(curl(&[&format!("http://127.0.0.1:{}/ipxe?mac=52:54:00:aa:bb:cc&vdisk=vhd", f.port)])).unwrap();
+    assert!(s.starts_with("#!ipxe\n"), "{s}");
+    assert!(s.contains(&format!("sanboot http://127.0.0.1:{}/vdisk/vhd", f.port)), "{s}");
+    assert!(s.contains("52:54:00:aa:bb:cc"));
+    let s = String::from_utf8(curl(&[&format!("http://127.0.0.1:{}/ipxe", f.port)])).unwrap();
+    assert!(s.contains("/vdisk/vhd"), "default vdisk is the first: {s}");
+    let j = String::from_utf8(curl(&[&format!("http://127.0.0.1:{}/api/status", f.port)])).unwrap();
+    assert!(j.contains("\"generation\": 1") && j.contains("\"name\": \"chain\"") && j.contains("vhdx-differencing"), "{j}");
+    // Keep one connection busy-ish so draining takes a moment, then check /healthz says 503.
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut b = [0u8; 256];
+    let n = s.read(&mut b).unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+    f.server.signal(libc::SIGTERM);
+    f.server.wait_for("draining");
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    let n = s.read(&mut b).unwrap_or(0);
+    let r = String::from_utf8_lossy(&b[..n]);
+    assert!(n == 0 || r.starts_with("HTTP/1.1 503"), "while draining /healthz is 503 (or the idle connection was closed): {r}");
+}
