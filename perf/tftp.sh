@@ -42,23 +42,40 @@ root = "root"
 sessions_max = 8192
 sessions_per_ip_max = 4096
 TOML
-"$BF" serve --config "$W/bootfarm.toml" --log warn & pids+=($!); BF_PID=$!
-"$HPA" -L -u root -a 127.0.0.1:6902 -s "$W/root" -B 1468 & pids+=($!)
-/usr/sbin/atftpd --daemon --no-fork --user root.root --port 6903 --bind-address 127.0.0.1 --maxthread 2000 --logfile /dev/null "$W/root" & pids+=($!)
-# dnsmasq's TFTP port is fixed at 69.
-/usr/sbin/dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$W/root" --listen-address=127.0.0.1 --bind-interfaces --tftp-max=2000 --user=root --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null & pids+=($!)
+# Each server is started (and, if a storm killed it, restarted before the next run) here.
+declare -A PID CRASHES=([bootfarm]=0 [tftpd-hpa]=0 [atftpd]=0 [dnsmasq]=0)
+start() {
+  case $1 in
+    bootfarm) "$BF" serve --config "$W/bootfarm.toml" --log warn & ;;
+    tftpd-hpa) "$HPA" -L -u root -a 127.0.0.1:6902 -s "$W/root" -B 1468 & ;;
+    atftpd) /usr/sbin/atftpd --daemon --no-fork --user root.root --port 6903 --bind-address 127.0.0.1 --maxthread 2000 --logfile /dev/null "$W/root" 2>/dev/null & ;;
+    # dnsmasq's TFTP port is fixed at 69.
+    dnsmasq) /usr/sbin/dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$W/root" --listen-address=127.0.0.1 --bind-interfaces --tftp-max=2000 --user=root --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null --quiet-tftp 2>/dev/null & ;;
+  esac
+  PID[$1]=$!; pids+=($!)
+}
+for s in bootfarm tftpd-hpa atftpd dnsmasq; do start "$s"; done
+BF_PID=${PID[bootfarm]}
 sleep 1
 declare -A PORT=([bootfarm]=6901 [tftpd-hpa]=6902 [atftpd]=6903 [dnsmasq]=69)
 SERVERS=(bootfarm tftpd-hpa atftpd dnsmasq)
 
 # run SCENARIO SERVER ARGS... -> appends "scenario server per_second p99_ms failed" to results
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 run() {
   local sc=$1 srv=$2; shift 2
+  if ! kill -0 "${PID[$srv]}" 2>/dev/null; then
+    CRASHES[$srv]=$((CRASHES[$srv] + 1)); start "$srv"; sleep 0.5
+  fi
+  local c0; c0=$(cpu_ticks "${PID[$srv]}")
   "$BS" tftp --server "127.0.0.1:${PORT[$srv]}" --duration-max-s 90 --json "$W/out.json" "$@" > /dev/null || true
-  python3 - "$W/out.json" "$sc" "$srv" >> "$W/results" <<'PY'
+  local c1; c1=$(cpu_ticks "${PID[$srv]}")
+  python3 - "$W/out.json" "$sc" "$srv" "$((c1 - c0))" "$(getconf CLK_TCK)" >> "$W/results" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))["phases"][0]
-print(sys.argv[2], sys.argv[3], d["per_second"], d["ms"]["p99"], d["failed"], d["seconds"])
+cpu_ms = int(sys.argv[4]) * 1000 / int(sys.argv[5])
+per = cpu_ms / d["completed"] if d["completed"] else float("nan")
+print(sys.argv[2], sys.argv[3], d["per_second"], d["ms"]["p99"], d["failed"], d["seconds"], per)
 PY
 }
 
@@ -85,22 +102,23 @@ python3 - "$W/results" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    sc, srv, rate, p99, failed, secs = line.split()
-    rows[(sc, srv)].append((float(rate), float(p99), int(failed), float(secs)))
+    sc, srv, rate, p99, failed, secs, cpu = line.split()
+    rows[(sc, srv)].append((float(rate), float(p99), int(failed), float(secs), float(cpu)))
 scen = []
 for sc, _ in rows:
     if sc not in scen: scen.append(sc)
-print(f"{'scenario':<22}{'server':<11}{'transfers/s':>12}{'seconds':>9}{'p99 ms':>10}{'failed':>8}{'bootfarm x':>12}")
+print(f"{'scenario':<22}{'server':<11}{'transfers/s':>12}{'seconds':>9}{'p99 ms':>10}{'failed':>8}{'cpu ms/xfer':>12}{'bootfarm x':>12}")
 for sc in scen:
-    med = {srv: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v), statistics.median(r[3] for r in v)) for (s, srv), v in rows.items() if s == sc}
+    med = {srv: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v), statistics.median(r[3] for r in v), statistics.median(r[4] for r in v)) for (s, srv), v in rows.items() if s == sc}
     best_peer = max((m[0] for srv, m in med.items() if srv != "bootfarm"), default=0)
     for srv in ["bootfarm", "tftpd-hpa", "atftpd", "dnsmasq"]:
         if srv not in med: continue
-        rate, p99, failed, secs = med[srv]
+        rate, p99, failed, secs, cpu = med[srv]
         ratio = "" if srv == "bootfarm" else f"{med['bootfarm'][0] / rate:.2f}" if rate else "inf"
-        print(f"{sc:<22}{srv:<11}{rate:>12.1f}{secs:>9.2f}{p99:>10.1f}{failed:>8}{ratio:>12}")
+        print(f"{sc:<22}{srv:<11}{rate:>12.1f}{secs:>9.2f}{p99:>10.1f}{failed:>8}{cpu:>12.2f}{ratio:>12}")
 w1 = statistics.median(r[0] for r in rows[("a:64MiB-w1", "bootfarm")])
 w16 = statistics.median(r[0] for r in rows[("a:64MiB-w16", "bootfarm")])
 print(f"bootfarm windowsize 16 vs 1 on one 64 MiB transfer: {w16 / w1:.2f}x")
 PY
 echo "bootfarm anonymous memory (RssAnon, max while 1024 transfers ran): $((rss_max / 1024)) MiB"
+echo "server restarts after a crash: bootfarm ${CRASHES[bootfarm]}, tftpd-hpa ${CRASHES[tftpd-hpa]}, atftpd ${CRASHES[atftpd]}, dnsmasq ${CRASHES[dnsmasq]}"
