@@ -3,7 +3,7 @@
 # Prints MB/s (virtual bytes / wall time) medians and the ratio. Bounded: 5 rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q
+cargo build --release -q --workspace
 BF=target/release/bootfarm
 W=$(mktemp -d /tmp/bootfarm-perf-export.XXXXXX)
 trap 'rm -rf "$W"' EXIT

@@ -13,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive
 [ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
 command -v wrk >/dev/null || apt-get install -y -qq --no-install-recommends wrk >/dev/null
 [ -x /usr/sbin/nginx ] || apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
-cargo build --release -q
+cargo build --release -q --workspace
 BF=$PWD/target/release/bootfarm
 W=$(mktemp -d /tmp/bootfarm-perf-http.XXXXXX)
 pids=()

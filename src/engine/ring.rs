@@ -16,18 +16,45 @@ pub fn build() -> io::Result<IoUring> {
         .setup_cqsize(CQ_ENTRIES)
         .setup_submit_all()
         .build(SQ_ENTRIES)
-        .map_err(|e| {
-            let hint = match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => {
-                    "io_uring is not permitted: check `sysctl kernel.io_uring_disabled` (must be 0, or 1 with this user in kernel.io_uring_group) and, in a container, that its seccomp profile allows io_uring_setup, io_uring_enter and io_uring_register"
-                }
-                Some(libc::ENOSYS) => "this kernel has no io_uring (needs Linux 6.1 or later, built with CONFIG_IO_URING)",
-                Some(libc::EINVAL) => "this kernel lacks IORING_SETUP_SINGLE_ISSUER/DEFER_TASKRUN (needs Linux 6.1 or later)",
-                Some(libc::ENOMEM) => "not enough locked memory for the ring: raise `ulimit -l` (RLIMIT_MEMLOCK)",
-                _ => "io_uring_setup failed",
-            };
-            io::Error::new(e.kind(), format!("cannot create an io_uring ({e}): {hint}"))
-        })
+        .map_err(explain)
+}
+
+/// Turns an io_uring_setup failure into a message naming the cause and what to check.
+pub fn explain(e: io::Error) -> io::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "io_uring is not permitted: check `sysctl kernel.io_uring_disabled` (must be 0, or 1 with this user in kernel.io_uring_group) and, in a container, that its seccomp profile allows io_uring_setup, io_uring_enter and io_uring_register"
+        }
+        Some(libc::ENOSYS) => "this kernel has no io_uring (needs Linux 6.1 or later, built with CONFIG_IO_URING)",
+        Some(libc::EINVAL) => "this kernel lacks IORING_SETUP_SINGLE_ISSUER/DEFER_TASKRUN (needs Linux 6.1 or later)",
+        Some(libc::ENOMEM) => "not enough locked memory for the ring: raise `ulimit -l` (RLIMIT_MEMLOCK)",
+        _ => "io_uring_setup failed",
+    };
+    io::Error::new(e.kind(), format!("cannot create an io_uring ({e}): {hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_failures_say_what_to_check() {
+        let m = explain(io::Error::from_raw_os_error(libc::EPERM)).to_string();
+        assert!(m.contains("kernel.io_uring_disabled") && m.contains("seccomp"), "{m}");
+        let m = explain(io::Error::from_raw_os_error(libc::ENOSYS)).to_string();
+        assert!(m.contains("6.1"), "{m}");
+        let m = explain(io::Error::from_raw_os_error(libc::ENOMEM)).to_string();
+        assert!(m.contains("RLIMIT_MEMLOCK"), "{m}");
+    }
+
+    #[test]
+    fn a_ring_and_its_buffers_can_be_built_here() {
+        let ring = build().expect("io_uring available on the test machine");
+        let mut b = BufRing::new(&ring, 3, 8, 256).unwrap();
+        b.recycle(0);
+        assert_eq!(b.get(1, 300).len(), 256, "reads are clamped to the buffer");
+        b.unregister(&ring);
+    }
 }
 
 /// Pushes an entry, submitting first if the submission queue is full.

@@ -100,8 +100,27 @@ pub fn error_page(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, n
     simple(out, status, keep_alive, minor, now_unix, "text/plain; charset=utf-8", body, false)
 }
 
+/// An entity tag, formatted on the stack (no allocation per request).
+struct Tag {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Tag {
+    fn new(args: std::fmt::Arguments) -> Tag {
+        let mut t = Tag { buf: [0; 64], len: 0 };
+        let mut c = std::io::Cursor::new(&mut t.buf[..]);
+        let _ = c.write_fmt(args);
+        t.len = c.position() as usize;
+        t
+    }
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 struct Validators {
-    etag: String,
+    etag: Tag,
     last_modified: i64,
 }
 
@@ -132,7 +151,9 @@ fn ranged(req: &Request, size: u64, v: &Validators) -> (u16, u64, u64) {
 fn representation(out: &mut Vec<u8>, req: &Request, now: i64, size: u64, v: &Validators, content_type: &str) -> Option<(u64, u64)> {
     let (status, start, len) = if not_modified(req, v) { (304, 0, 0) } else { ranged(req, size, v) };
     head(out, status, req.keep_alive, req.minor, now);
-    let _ = write!(out, "Accept-Ranges: bytes\r\nETag: {}\r\nLast-Modified: ", v.etag);
+    out.extend_from_slice(b"Accept-Ranges: bytes\r\nETag: ");
+    out.extend_from_slice(v.etag.as_bytes());
+    out.extend_from_slice(b"\r\nLast-Modified: ");
     wire::format_date(v.last_modified, out);
     out.extend_from_slice(b"\r\n");
     match status {
@@ -170,7 +191,7 @@ fn vdisk_validators(v: &Vdisk) -> Validators {
     for b in last_modified.to_le_bytes() {
         h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
     }
-    Validators { etag: format!("\"{h:016x}\""), last_modified }
+    Validators { etag: Tag::new(format_args!("\"{h:016x}\"")), last_modified }
 }
 
 /// Answers one request: writes the header block into `out` and returns the body.
@@ -180,7 +201,7 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
     let Some(target) = wire::percent_decode(req.target) else {
         return error_page(out, 400, ka, minor, now, "malformed percent-encoding");
     };
-    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+    let (path, q) = target.split_once('?').unwrap_or((target.as_ref(), ""));
     let snap = env.snapshot().clone();
     if let Some(rest) = path.strip_prefix("/boot/") {
         let file = match crate::tftp::path::resolve(&snap.tftp_root, rest.as_bytes()) {
@@ -192,7 +213,7 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
             return error_page(out, 404, ka, minor, now, "file not readable");
         };
         let size = data.bytes().len() as u64;
-        let v = Validators { etag: format!("\"{ino:x}-{size:x}-{mtime:x}\""), last_modified: mtime };
+        let v = Validators { etag: Tag::new(format_args!("\"{ino:x}-{size:x}-{mtime:x}\"")), last_modified: mtime };
         return match representation(out, req, now, size, &v, "application/octet-stream") {
             Some((start, len)) => Body::File { data, start, len },
             None => Body::Empty,

@@ -300,8 +300,12 @@ pub fn parse_date(s: &[u8]) -> Option<i64> {
     Some(days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-/// Decodes %XX escapes once. Refuses NUL, malformed escapes and non-UTF-8 results.
-pub fn percent_decode(s: &[u8]) -> Option<String> {
+/// Decodes %XX escapes once. Refuses NUL, malformed escapes and non-UTF-8 results. Borrows
+/// when there is nothing to decode (the common case: no allocation).
+pub fn percent_decode(s: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    if !s.contains(&b'%') {
+        return std::str::from_utf8(s).ok().map(std::borrow::Cow::Borrowed);
+    }
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -318,7 +322,7 @@ pub fn percent_decode(s: &[u8]) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
 }
 
 #[cfg(test)]

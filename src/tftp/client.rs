@@ -147,7 +147,11 @@ impl Client {
             }
             Ok(Packet::Data { block, payload }) => {
                 if self.server_tid.is_none() {
-                    // No OACK: the server ignored our options (RFC 2347), defaults apply.
+                    // No OACK: the server ignored our options (RFC 2347) and starts with DATA 1.
+                    // Anything else is a stray (an old transfer's packet to a reused port).
+                    if block != 1 {
+                        return;
+                    }
                     self.server_tid = Some(from);
                 }
                 let want = (self.expect & 0xFFFF) as u16;
@@ -252,6 +256,25 @@ mod tests {
         pkt.extend_from_slice(b"abc");
         c.handle(tid, &pkt, t0, &mut |_, p| p == b"abd");
         assert_eq!(c.outcome(), Outcome::Corrupted);
+    }
+
+    #[test]
+    fn only_data_1_can_start_a_transfer_without_oack() {
+        let t0 = Instant::now();
+        let stray: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let real: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        let req = Request { file: "f".into(), blksize: None, windowsize: None, tsize: false, timeout: Duration::from_secs(1), retries_max: 3 };
+        let mut c = Client::new(req, t0);
+        c.poll_send();
+        let mut old = wire::data_header(733).to_vec();
+        old.extend_from_slice(b"zz");
+        c.handle(stray, &old, t0, &mut |_, _| true);
+        assert_eq!(c.poll_send(), None, "a stray DATA is neither the TID nor acknowledged");
+        let mut d1 = wire::data_header(1).to_vec();
+        d1.extend_from_slice(b"ok");
+        c.handle(real, &d1, t0, &mut |_, p| p == b"ok");
+        assert_eq!(c.poll_send(), Some(Send::Ack(1, real)));
+        assert_eq!(c.outcome(), Outcome::Done);
     }
 
     #[test]

@@ -239,8 +239,12 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64) -> 
                     if let Some(t) = slots[idx].as_deref_mut() {
                         t.sending = false;
                         if t.finished {
-                            slots[idx] = None;
-                            lingering -= 1;
+                            // A finished target may still owe its final ACK.
+                            flush(&mut uring, &mut slots, idx, &mut rng, a.loss);
+                            if !slots[idx].as_ref().unwrap().sending {
+                                slots[idx] = None;
+                                lingering -= 1;
+                            }
                         }
                     }
                 }
@@ -305,9 +309,11 @@ fn settle(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx:
     if t.recv_armed {
         ring::push(uring, &opcode::AsyncCancel::new(ud(K_RECV, idx)).build().user_data(ud(K_CANCEL, idx)));
     }
-    t.sock = None;
     if t.sending {
-        *lingering += 1; // freed when its send completes
+        // A send (maybe the final ACK, maybe one before it with the final ACK still owed) is in
+        // flight, and io_uring looks the socket up only at submission: the socket and the
+        // target stay until the sends complete (see K_SEND).
+        *lingering += 1;
     } else {
         slots[idx] = None;
     }
@@ -315,7 +321,8 @@ fn settle(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx:
 
 fn flush(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: usize, rng: &mut Rng, loss: f64) {
     let Some(t) = slots[idx].as_deref_mut() else { return };
-    if t.sending || t.finished {
+    // One send at a time per target; a finished one still sends what it owes (its last ACK).
+    if t.sending || t.sock.is_none() {
         return;
     }
     let Some(s) = t.client.poll_send() else { return };
