@@ -233,6 +233,14 @@ impl Layer {
         }
     }
 
+    /// Tells the kernel this mapping will be read front to back (export, merge): readahead
+    /// instead of the random-access advice that suits serving.
+    pub fn advise_sequential(&self) {
+        if let Backing::Map(m) = &self.backing {
+            let _ = m.advise(memmap2::Advice::Sequential);
+        }
+    }
+
     /// Checks that can take a while (every table entry against every other): run by `verify`.
     pub fn deep_check(&self) -> Result<(), String> {
         match &self.map {

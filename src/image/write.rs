@@ -533,6 +533,9 @@ pub fn merge(chain: &Chain, out: &Path) -> Result<(), ImageError> {
 
 fn merge_into(chain: &Chain, out: &Path, tmp: &Path) -> Result<(), ImageError> {
     let size = chain.virtual_size();
+    for l in &chain.layers {
+        l.advise_sequential();
+    }
     let ext = out.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
     let vhdx_block = chain.layers.iter().find(|l| l.format.is_vhdx()).map(|l| l.block_size).unwrap_or(32 * MIB);
     let (unit, mut writer): (u64, Option<Writer>) = match ext.as_str() {
@@ -576,11 +579,19 @@ fn merge_into(chain: &Chain, out: &Path, tmp: &Path) -> Result<(), ImageError> {
     }
 }
 
-/// `vdisk export`: the virtual disk as raw bytes. Into a regular file, zero runs become holes.
+/// `vdisk export`: the virtual disk as raw bytes. Into a regular file, extents are copied in
+/// parallel (one thread per core) with pread/pwrite from the image files, and zero runs — the
+/// unallocated ones and all-zero 4 KiB sectors inside allocated blocks — become holes; into a
+/// pipe, bytes are written from the mappings in order.
 pub fn export(chain: &Chain, out: &mut File, seekable: bool, path_for_errors: &Path) -> Result<u64, ImageError> {
-    use std::io::{Seek, SeekFrom};
+    if seekable {
+        return export_to_file(chain, out, path_for_errors);
+    }
     const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let size = chain.virtual_size();
+    for l in &chain.layers {
+        l.advise_sequential();
+    }
     let mut err: Option<std::io::Error> = None;
     let mut out_w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
     let mut pos = 0u64;
@@ -594,7 +605,6 @@ pub fn export(chain: &Chain, out: &mut File, seekable: bool, path_for_errors: &P
                 }
                 let r = match s {
                     Segment::Data(d) => out_w.write_all(d),
-                    Segment::Zero(z) if seekable => out_w.seek(SeekFrom::Current(z as i64)).map(|_| ()),
                     Segment::Zero(mut z) => loop {
                         if z == 0 {
                             break Ok(());
@@ -617,9 +627,104 @@ pub fn export(chain: &Chain, out: &mut File, seekable: bool, path_for_errors: &P
         return Err(ImageError::new(path_for_errors, format!("write failed: {e}")));
     }
     out_w.flush().map_err(io(path_for_errors, "write failed"))?;
-    drop(out_w);
-    if seekable {
-        out.set_len(size).map_err(io(path_for_errors, "cannot size"))?;
+    Ok(size)
+}
+
+/// Writes `data` at `off`, leaving out all-zero 4 KiB sectors (the file was sized, so they
+/// read as zeros: holes). Allocated image blocks often hold long zero runs.
+fn write_nonzero(out: &File, data: &[u8], off: u64) -> std::io::Result<()> {
+    const SECTOR: usize = 4096;
+    let zero = |c: &[u8]| c.chunks_exact(8).all(|w| u64::from_ne_bytes(w.try_into().unwrap()) == 0) && c.len() % 8 == 0;
+    let mut i = 0;
+    while i < data.len() {
+        let end = (i + SECTOR).min(data.len());
+        if zero(&data[i..end]) {
+            i = end;
+            continue;
+        }
+        // Extend over the following non-zero sectors and write the run at once.
+        let mut j = end;
+        while j < data.len() {
+            let e = (j + SECTOR).min(data.len());
+            if zero(&data[j..e]) {
+                break;
+            }
+            j = e;
+        }
+        out.write_all_at(&data[i..j], off + i as u64)?;
+        i = j;
+    }
+    Ok(())
+}
+
+fn export_to_file(chain: &Chain, out: &mut File, path: &Path) -> Result<u64, ImageError> {
+    let size = chain.virtual_size();
+    // Each layer's file, and where its mapping starts, to turn a segment into a file offset.
+    let mut sources = Vec::with_capacity(chain.layers.len());
+    for l in &chain.layers {
+        let f = File::open(&l.path).map_err(io(&l.path, "cannot open"))?;
+        let base = l.bytes().as_ptr() as usize;
+        sources.push((f, base, base + l.bytes().len()));
+    }
+    // Full size first (sparse): writes then never extend the file, and ext4 need not update
+    // and journal the inode size on every one of them (measured: 2x faster).
+    out.set_len(0).map_err(io(path, "cannot truncate"))?;
+    out.set_len(size).map_err(io(path, "cannot size"))?;
+    let out: &File = out;
+    // Extents are copied by one thread per core, each with explicit offsets (no shared cursor):
+    // a single thread leaves the other cores idle while the kernel copies.
+    const EXTENT: u64 = 64 * MIB;
+    let extents = size.div_ceil(EXTENT);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8) as u64;
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let copy_extent = |k: u64, buf: &mut Vec<u8>| -> Result<(), ImageError> {
+        let at = k * EXTENT;
+        let n = EXTENT.min(size - at);
+        let mut vpos = at;
+        let mut err = None;
+        chain
+            .read(at, n, &mut |s| {
+                let len = s.len();
+                if let (Segment::Data(d), None) = (s, &err) {
+                    let p = d.as_ptr() as usize;
+                    let (src, base, _) = sources.iter().find(|(_, b, e)| p >= *b && p < *e).expect("segments come from the chain's mappings");
+                    // pread into a buffer, then pwrite: on ext4 this beats both copy_file_range
+                    // (a page-by-page splice) and writing from the mapping (a fault per page).
+                    let mut done = 0usize;
+                    while done < d.len() && err.is_none() {
+                        let k = (d.len() - done).min(buf.len());
+                        let src_off = (p - base + done) as u64;
+                        let r = src.read_exact_at(&mut buf[..k], src_off).and_then(|_| write_nonzero(out, &buf[..k], vpos + done as u64));
+                        if let Err(e) = r {
+                            err = Some(ImageError::new(path, format!("copy failed: {e}")));
+                        }
+                        done += k;
+                    }
+                }
+                vpos += len;
+            })
+            .expect("inside the disk");
+        err.map_or(Ok(()), Err)
+    };
+    let results: Vec<Result<(), ImageError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = vec![0u8; 2 << 20];
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if k >= extents {
+                            return Ok(());
+                        }
+                        copy_extent(k, &mut buf)?;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("export thread panicked")).collect()
+    });
+    for r in results {
+        r?;
     }
     Ok(size)
 }
