@@ -8,6 +8,7 @@
 
 use super::ring::push;
 use super::timer::Wheel;
+use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
 use crate::http::{self, wire, Body};
 use crate::image::{Backing, Segment};
@@ -77,9 +78,7 @@ struct Conn {
 pub struct HttpService {
     listener: Option<Socket>,
     accept_armed: bool,
-    conns: Vec<Option<Box<Conn>>>,
-    generations: Vec<u16>,
-    free: Vec<u32>,
+    conns: Slab<Conn>,
     active: usize,
     dirty: Vec<u32>,
     files: HashMap<PathBuf, (u64, i64, u64, Arc<Backing>)>,
@@ -141,9 +140,7 @@ impl HttpService {
         HttpService {
             listener: Some(listener),
             accept_armed: false,
-            conns: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
+            conns: Slab::default(),
             active: 0,
             dirty: Vec::new(),
             files: HashMap::new(),
@@ -157,7 +154,7 @@ impl HttpService {
         self.active
     }
     pub fn lingering(&self) -> usize {
-        self.conns.iter().flatten().count()
+        self.conns.stored()
     }
 
     fn count(&self, c: Counter, n: u64) {
@@ -165,11 +162,11 @@ impl HttpService {
     }
 
     fn conn(&mut self, id: u32, generation: u16) -> Option<&mut Conn> {
-        self.conns.get_mut(id as usize)?.as_deref_mut().filter(|c| c.generation == generation)
+        self.conns.get_mut(id, generation)
     }
 
     fn mark(&mut self, id: u32) {
-        if let Some(Some(c)) = self.conns.get_mut(id as usize) {
+        if let Some(c) = self.conns.at(id) {
             if !c.dirty {
                 c.dirty = true;
                 self.dirty.push(id);
@@ -182,8 +179,8 @@ impl HttpService {
             push(ring, &opcode::AsyncCancel::new(ud(K_ACCEPT, 0, 0, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
         }
         // Idle keep-alive connections are closed now; busy ones after their response.
-        for id in 0..self.conns.len() as u32 {
-            if let Some(c) = self.conns[id as usize].as_deref_mut() {
+        for id in 0..self.conns.capacity_ids() {
+            if let Some(c) = self.conns.at(id) {
                 c.close_after = true;
                 if !c.sending && c.rlen == 0 && !c.closing {
                     self.mark(id);
@@ -277,16 +274,8 @@ impl HttpService {
         }
         self.count(Counter::HttpConnections, 1);
         self.stats.http_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                self.conns.push(None);
-                self.generations.push(0);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let c = Box::new(Conn {
-            generation: self.generations[id as usize],
+        let (id, _) = self.conns.insert(|generation| Box::new(Conn {
+            generation,
             fd: Some(sock.into()),
             peer,
             ip,
@@ -311,8 +300,7 @@ impl HttpService {
             dirty: false,
             requests: 0,
             opened: now,
-        });
-        self.conns[id as usize] = Some(c);
+        }));
         self.active += 1;
         let _ = ring;
         self.mark(id);
@@ -357,7 +345,7 @@ impl HttpService {
         let snap = self.shared.store.load();
         let cfg = snap.config.http.clone();
         let zc_min = cfg_zc_min(&snap);
-        let Some(c) = self.conns[id as usize].as_deref_mut() else { return };
+        let Some(c) = self.conns.at(id) else { return };
         c.dirty = false;
         if c.closing {
             if !c.sending && c.zc_pending == 0 {
@@ -388,13 +376,13 @@ impl HttpService {
                 _ => Counter::HttpResponses5xx,
             };
             self.stats.counters.add(class, 1);
-            let c = self.conns[id as usize].as_deref_mut().unwrap();
+            let c = self.conns.at(id).unwrap();
             if c.close_after {
                 self.close(id, ring);
                 return;
             }
         }
-        let c = self.conns[id as usize].as_deref_mut().unwrap();
+        let c = self.conns.at(id).unwrap();
         if c.sending {
             return;
         }
@@ -413,7 +401,7 @@ impl HttpService {
         if c.rlen > 0 {
             let limits = wire::Limits { request_line_bytes_max: cfg.request_line_bytes_max, header_bytes_max: cfg.header_bytes_max, headers_max: cfg.headers_max };
             let mut env = EnvImpl { snap: snap.clone(), shared: &self.shared, files: &mut self.files };
-            let c = self.conns[id as usize].as_deref_mut().unwrap();
+            let c = self.conns.at(id).unwrap();
             match wire::parse(&c.rbuf[..c.rlen], &limits) {
                 Ok((req, used)) => {
                     let mut head = std::mem::take(&mut c.head);
@@ -454,7 +442,7 @@ impl HttpService {
                 }
             }
         }
-        let c = self.conns[id as usize].as_deref_mut().unwrap();
+        let c = self.conns.at(id).unwrap();
         if !c.recv_armed && !c.close_after {
             let fd = c.fd.as_ref().unwrap().as_raw_fd();
             let spare = &mut c.rbuf[c.rlen..];
@@ -476,7 +464,7 @@ impl HttpService {
     }
 
     fn close(&mut self, id: u32, ring: &mut IoUring) {
-        let Some(c) = self.conns[id as usize].as_deref_mut() else { return };
+        let Some(c) = self.conns.at(id) else { return };
         if c.closing {
             return;
         }
@@ -501,17 +489,13 @@ impl HttpService {
     }
 
     fn free_conn(&mut self, id: u32) {
-        self.conns[id as usize] = None;
-        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-        self.free.push(id);
+        self.conns.remove(id);
     }
 
     /// Closes everything (drain deadline).
     pub fn abort_all(&mut self, ring: &mut IoUring) {
-        for id in 0..self.conns.len() as u32 {
-            if self.conns[id as usize].as_ref().is_some_and(|c| !c.closing) {
-                self.close(id, ring);
-            }
+        for id in self.conns.ids_where(|c| !c.closing) {
+            self.close(id, ring);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod http;
 pub mod ring;
+mod slab;
 pub mod timer;
 mod tftp;
 

@@ -6,6 +6,7 @@
 
 use super::ring::{push, BufRing};
 use super::timer::Wheel;
+use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
 use crate::config::Snapshot;
 use crate::image::Backing;
@@ -100,9 +101,7 @@ pub struct TftpService {
     listen_armed: bool,
     /// Template for multishot recvmsg: room for any peer address, no control data.
     msg: Box<libc::msghdr>,
-    sessions: Vec<Option<Box<Session>>>,
-    generations: Vec<u16>,
-    free: Vec<u32>,
+    sessions: Slab<Session>,
     active: usize,
     files: HashMap<PathBuf, CachedFile>,
     dirty: Vec<u32>,
@@ -131,9 +130,7 @@ impl TftpService {
             listen_ip,
             listen_armed: false,
             msg,
-            sessions: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
+            sessions: Slab::default(),
             active: 0,
             files: HashMap::new(),
             dirty: Vec::new(),
@@ -149,7 +146,7 @@ impl TftpService {
 
     /// Sessions whose memory is still referenced by the kernel (sends in flight).
     pub fn lingering(&self) -> usize {
-        self.sessions.iter().flatten().count()
+        self.sessions.stored()
     }
 
     fn count(&self, c: Counter, n: u64) {
@@ -226,11 +223,11 @@ impl TftpService {
     }
 
     fn session_mut(&mut self, id: u32, generation: u16) -> Option<&mut Session> {
-        self.sessions.get_mut(id as usize)?.as_deref_mut().filter(|s| s.generation == generation)
+        self.sessions.get_mut(id, generation)
     }
 
     fn mark(&mut self, id: u32) {
-        if let Some(Some(s)) = self.sessions.get_mut(id as usize) {
+        if let Some(s) = self.sessions.at(id) {
             if !s.dirty {
                 s.dirty = true;
                 self.dirty.push(id);
@@ -358,16 +355,10 @@ impl TftpService {
         for _ in 0..slots_n {
             s.slots.push(SendSlot { msg: unsafe { std::mem::zeroed() }, iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2], head: [0; 4] });
         }
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                self.sessions.push(None);
-                self.generations.push(0);
-                (self.sessions.len() - 1) as u32
-            }
-        };
-        s.generation = self.generations[id as usize];
-        self.sessions[id as usize] = Some(s);
+        let (id, _) = self.sessions.insert(|g| {
+            s.generation = g;
+            s
+        });
         self.active += 1;
         self.stats.tftp_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.count(Counter::TftpStarted, 1);
@@ -381,7 +372,7 @@ impl TftpService {
             oack = negotiated.oack(),
             "tftp transfer started"
         );
-        let sess = self.sessions[id as usize].as_mut().unwrap();
+        let sess = self.sessions.at(id).unwrap();
         let fd = sess.sock.as_ref().unwrap().as_raw_fd();
         Self::arm_recv(ring, fd, &self.msg, bgid, ud(K_RECV, id, sess.generation, 0));
         sess.recv_armed = true;
@@ -451,7 +442,7 @@ impl TftpService {
 
     fn flush_one(&mut self, id: u32, ring: &mut IoUring, wheel: &mut Wheel, bgid: u16, now: Instant) {
         let msg_template: *const libc::msghdr = &*self.msg;
-        let Some(s) = self.sessions[id as usize].as_deref_mut() else { return };
+        let Some(s) = self.sessions.at(id) else { return };
         s.dirty = false;
         if s.closing {
             if s.inflight == 0 {
@@ -510,7 +501,7 @@ impl TftpService {
 
     fn end(&mut self, id: u32, ring: &mut IoUring, status: Status, now: Instant) {
         let worker = self.worker;
-        let s = self.sessions[id as usize].as_deref_mut().unwrap();
+        let s = self.sessions.at(id).unwrap();
         if s.closing {
             return;
         }
@@ -556,14 +547,12 @@ impl TftpService {
     }
 
     fn free_session(&mut self, id: u32) {
-        self.sessions[id as usize] = None;
-        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-        self.free.push(id);
+        self.sessions.remove(id);
     }
 
     /// Ends every running transfer (drain deadline passed).
     pub fn abort_all(&mut self, ring: &mut IoUring, now: Instant) {
-        let ids: Vec<u32> = (0..self.sessions.len() as u32).filter(|&i| self.sessions[i as usize].as_ref().is_some_and(|s| !s.closing)).collect();
+        let ids = self.sessions.ids_where(|s| !s.closing);
         for id in ids {
             self.end(id, ring, Status::Active, now);
         }
