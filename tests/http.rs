@@ -240,3 +240,33 @@ fn healthz_reports_draining_and_ipxe_script_lists_the_farm() {
     let r = String::from_utf8_lossy(&b[..n]);
     assert!(n == 0 || r.starts_with("HTTP/1.1 503"), "while draining /healthz is 503 (or the idle connection was closed): {r}");
 }
+
+#[test]
+fn total_connection_limit() {
+    let f = fixture("connections_max = 2\nconnections_per_ip_max = 64");
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", f.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", Duration::from_secs(1));
+    assert!(r.starts_with("HTTP/1.1 503") && r.contains("Retry-After"), "{r}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let m = curl(&[&format!("http://127.0.0.1:{}/metrics", f.port)]);
+    assert!(String::from_utf8(m).unwrap().contains("bootfarm_http_connections_refused_total 1"));
+}
+
+#[test]
+fn wrk_range_load_gets_only_206s() {
+    // wrk with the suite's Lua script: random 4 KiB ranges over keep-alive connections, 2 s.
+    let f = fixture("");
+    let disk = export(&f, "v2.avhdx").len();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/range.lua");
+    let out = run(Command::new("wrk")
+        .args(["-t1", "-c16", "-d2s", "-s", script.to_str().unwrap(), &format!("http://127.0.0.1:{}/vdisk/chain", f.port)])
+        .env("SIZE", disk.to_string())
+        .env("LEN", "4096")
+        .env("ALIGN", "512"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx") && !text.contains("Socket errors"), "{text}");
+    let rps: f64 = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).unwrap().trim().parse().unwrap();
+    assert!(rps > 100.0, "{text}");
+}
