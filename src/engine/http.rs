@@ -8,6 +8,7 @@
 
 use super::ring::push;
 use super::timer::Wheel;
+use super::files::FileCache;
 use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
 use crate::http::{self, wire, Body};
@@ -15,10 +16,9 @@ use crate::image::{Backing, Segment};
 use crate::metrics::Counter;
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,7 +81,7 @@ pub struct HttpService {
     conns: Slab<Conn>,
     active: usize,
     dirty: Vec<u32>,
-    files: HashMap<PathBuf, (u64, i64, u64, Arc<Backing>)>,
+    files: FileCache,
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
     worker: usize,
@@ -90,7 +90,7 @@ pub struct HttpService {
 struct EnvImpl<'a> {
     snap: Arc<crate::config::Snapshot>,
     shared: &'a Shared,
-    files: &'a mut HashMap<PathBuf, (u64, i64, u64, Arc<Backing>)>,
+    files: &'a mut FileCache,
 }
 
 impl http::Env for EnvImpl<'_> {
@@ -111,19 +111,7 @@ impl http::Env for EnvImpl<'_> {
         (self.shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum(), self.shared.workers.iter().map(|w| w.http_connections.load(r)).sum())
     }
     fn file(&mut self, path: &Path) -> std::io::Result<(Arc<Backing>, u64, i64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path)?;
-        if let Some((ino, mtime, size, data)) = self.files.get(path) {
-            if *ino == m.ino() && *mtime == m.mtime() && *size == m.size() {
-                return Ok((data.clone(), *ino, *mtime));
-            }
-        }
-        if self.files.len() >= 4096 {
-            self.files.clear();
-        }
-        let data = Arc::new(Backing::map(path).map_err(|e| std::io::Error::other(e.defect))?);
-        self.files.insert(path.to_path_buf(), (m.ino(), m.mtime(), m.size(), data.clone()));
-        Ok((data, m.ino(), m.mtime()))
+        self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix))
     }
 }
 
@@ -143,7 +131,7 @@ impl HttpService {
             conns: Slab::default(),
             active: 0,
             dirty: Vec::new(),
-            files: HashMap::new(),
+            files: FileCache::default(),
             stats,
             shared,
             worker,

@@ -3,6 +3,7 @@
 //! configuration comes from the snapshot store (one atomic load per new session) and counters
 //! are per worker. The engine is the only code that makes system calls for the services.
 
+mod files;
 mod http;
 pub mod ring;
 mod slab;

@@ -6,6 +6,7 @@
 
 use super::ring::{push, BufRing};
 use super::timer::Wheel;
+use super::files::FileCache;
 use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
 use crate::config::Snapshot;
@@ -16,7 +17,6 @@ use crate::tftp::transfer::{self, Limits, Status, Transfer, Transmit};
 use crate::tftp::wire::{self, Packet};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -30,8 +30,6 @@ pub const K_CANCEL: u8 = 4;
 
 /// Sends in flight per transfer (the rest of a large window waits for completions).
 const SEND_SLOTS_MAX: usize = 64;
-/// Distinct files kept mapped per worker before the cache starts over.
-const FILE_CACHE_MAX: usize = 4096;
 
 /// Binds one worker's SO_REUSEPORT listening socket.
 pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
@@ -43,13 +41,6 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s)
-}
-
-struct CachedFile {
-    ino: u64,
-    mtime_ns: i128,
-    size: u64,
-    data: Arc<Backing>,
 }
 
 enum Source {
@@ -103,7 +94,7 @@ pub struct TftpService {
     msg: Box<libc::msghdr>,
     sessions: Slab<Session>,
     active: usize,
-    files: HashMap<PathBuf, CachedFile>,
+    files: FileCache,
     dirty: Vec<u32>,
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
@@ -132,7 +123,7 @@ impl TftpService {
             msg,
             sessions: Slab::default(),
             active: 0,
-            files: HashMap::new(),
+            files: FileCache::default(),
             dirty: Vec::new(),
             stats,
             shared,
@@ -294,8 +285,8 @@ impl TftpService {
             Err(Refused::NotFound) => return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not found"),
             Err(_) => return refuse(self, Counter::TftpRefusedAccess, wire::ERR_ACCESS, "access violation"),
         };
-        let data = match self.mapped(&file) {
-            Ok(d) => d,
+        let data = match self.files.get(&file) {
+            Ok(m) => m.data,
             Err(e) => {
                 tracing::warn!(file = %file.display(), "cannot map: {e}");
                 return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not readable");
@@ -377,25 +368,6 @@ impl TftpService {
         Self::arm_recv(ring, fd, &self.msg, bgid, ud(K_RECV, id, sess.generation, 0));
         sess.recv_armed = true;
         self.mark(id);
-    }
-
-    fn mapped(&mut self, file: &PathBuf) -> std::io::Result<Arc<Backing>> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(file)?;
-        let (ino, mtime_ns, size) = (m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.size());
-        if let Some(c) = self.files.get(file) {
-            if c.ino == ino && c.mtime_ns == mtime_ns && c.size == size {
-                return Ok(c.data.clone());
-            }
-        }
-        if self.files.len() >= FILE_CACHE_MAX {
-            self.files.clear(); // running transfers keep their mappings through their Arcs
-        }
-        let data = Arc::new(Backing::map(file).map_err(|e| std::io::Error::other(e.defect))?);
-        // A file replaced while we mapped it would show a different size: trust the mapping.
-        let size = data.bytes().len() as u64;
-        self.files.insert(file.clone(), CachedFile { ino, mtime_ns, size, data: data.clone() });
-        Ok(data)
     }
 
     fn on_session_packet(&mut self, id: u32, generation: u16, raw: &[u8], now: Instant) {

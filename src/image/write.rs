@@ -587,7 +587,7 @@ pub fn export(chain: &Chain, out: &mut File, seekable: bool, path_for_errors: &P
     if seekable {
         return export_to_file(chain, out, path_for_errors);
     }
-    const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let size = chain.virtual_size();
     for l in &chain.layers {
         l.advise_sequential();

@@ -297,8 +297,7 @@ impl Transfer {
                 self.rttvar = r / 2;
             }
             Some(srtt) => {
-                let diff = if srtt > r { srtt - r } else { r - srtt };
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.rttvar = (self.rttvar * 3 + srtt.abs_diff(r)) / 4;
                 self.srtt = Some((srtt * 7 + r) / 8);
             }
         }
