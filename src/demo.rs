@@ -71,7 +71,8 @@ pub fn write_store(dir: &Path, http_port: u16) -> Result<Config, String> {
     write(boot.join(NBP_NAME), &boot_sector())?;
     write(
         boot.join("demo.ipxe"),
-        format!("#!ipxe\necho bootfarm demo: booting vdisk {VDISK_NAME}\nsanboot http://${{next-server}}:{http_port}/vdisk/{VDISK_NAME}\n").as_bytes(),
+        format!("#!ipxe\necho bootfarm demo: booting vdisk {VDISK_NAME}\nsanboot http://${{next-server}}:{http_port}/vdisk/{VDISK_NAME}\n")
+            .as_bytes(),
     )?;
     // Base version: the boot sector and a text block; version 2 adds a block of its own.
     let base = vdisks.join("demo.1.vhdx");

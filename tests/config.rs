@@ -72,7 +72,10 @@ fn example_is_valid_apart_from_its_example_paths() {
     assert_eq!(parsed.http, d.http);
     assert_eq!(parsed.nbd, d.nbd);
     assert_eq!(parsed.image, d.image);
-    assert_eq!((parsed.tftp.blksize_max, parsed.tftp.windowsize_max, parsed.tftp.retries_max), (d.tftp.blksize_max, d.tftp.windowsize_max, d.tftp.retries_max));
+    assert_eq!(
+        (parsed.tftp.blksize_max, parsed.tftp.windowsize_max, parsed.tftp.retries_max),
+        (d.tftp.blksize_max, d.tftp.windowsize_max, d.tftp.retries_max)
+    );
 }
 
 #[test]

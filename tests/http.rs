@@ -38,7 +38,9 @@ fn fixture(extra: &str) -> Fixture {
     assert!(bootfarm(&["vdisk", "new-version", base.to_str().unwrap(), "-o", top.to_str().unwrap()]).status.success());
     let w = dir.join("w.bin");
     std::fs::write(&w, pattern(4, 0, 8192)).unwrap();
-    assert!(bootfarm(&["vdisk", "write", top.to_str().unwrap(), "--offset", &(MIB - 4096).to_string(), "--from", w.to_str().unwrap()]).status.success());
+    assert!(bootfarm(&["vdisk", "write", top.to_str().unwrap(), "--offset", &(MIB - 4096).to_string(), "--from", w.to_str().unwrap()])
+        .status
+        .success());
     let port = free_port();
     let cfg = format!(
         "[server]\ntftp_port = {}\nhttp_port = {port}\nnbd_port = {}\nworkers = 2\n[tftp]\nroot = \"boot\"\n[http]\n{extra}\n[[vdisk]]\nname = \"vhd\"\npath = \"disk.vhd\"\n[[vdisk]]\nname = \"chain\"\npath = \"v2.avhdx\"\n",
@@ -71,7 +73,17 @@ fn vdisks_and_files_with_ranges_match_export() {
         assert_same(&format!("{name} whole"), &curl(&[&url]), &want);
         // Ranges: first byte, last byte, block boundaries (1 MiB VHDX, 2 MiB VHD), a hole,
         // the partial last block, open-ended and suffix forms.
-        let ranges: Vec<(u64, u64)> = vec![(0, 0), (size - 1, size - 1), (0, 511), (MIB - 4097, MIB + 4097), (2 * MIB - 10, 2 * MIB + 9), (3 * MIB, 4 * MIB), (6 * MIB - 150, 6 * MIB + 150), (9 * MIB - 1, size - 1), (32768, 34815)];
+        let ranges: Vec<(u64, u64)> = vec![
+            (0, 0),
+            (size - 1, size - 1),
+            (0, 511),
+            (MIB - 4097, MIB + 4097),
+            (2 * MIB - 10, 2 * MIB + 9),
+            (3 * MIB, 4 * MIB),
+            (6 * MIB - 150, 6 * MIB + 150),
+            (9 * MIB - 1, size - 1),
+            (32768, 34815),
+        ];
         for (a, b) in ranges {
             let got = curl(&["-r", &format!("{a}-{b}"), &url]);
             assert_same(&format!("{name} {a}-{b}"), &got, &want[a as usize..=b as usize]);
@@ -102,7 +114,28 @@ fn keep_alive_reuse_and_validators() {
     let f = fixture("");
     let url = format!("http://127.0.0.1:{}/vdisk/chain", f.port);
     // One curl, three requests: one connection.
-    let out = Command::new("curl").args(["-sS", "-v", "-r", "0-511", &url, "-r", "512-1023", &url, "-r", "0-0", &url, "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"]).output().unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-v",
+            "-r",
+            "0-511",
+            &url,
+            "-r",
+            "512-1023",
+            &url,
+            "-r",
+            "0-0",
+            &url,
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("Connected to").count(), 1, "{err}");
     assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing"), "{err}");
@@ -143,7 +176,8 @@ fn pipelining_http10_and_bad_requests() {
     let f = fixture("request_line_bytes_max = 200\nheader_bytes_max = 1024\nheaders_max = 8");
     let w = Duration::from_millis(1500);
     // Two pipelined requests in one write: two answers, in order.
-    let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /boot/sub/a%20b.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", w);
+    let r =
+        raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /boot/sub/a%20b.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", w);
     let first = r.find("ok\n").unwrap();
     let second = r.find("spaced\n").unwrap();
     assert!(first < second && r.matches("HTTP/1.1 200").count() == 2, "{r}");

@@ -118,7 +118,10 @@ fn mutated_images_never_panic() {
         rng ^= rng << 17;
         rng
     };
-    for (path, hot) in [(&vhdx_top, vec![0u64, 64 << 10, 128 << 10, 192 << 10, 256 << 10, 2 << 20, (2 << 20) + (64 << 10), 3 << 20]), (&vhd_top, vec![0, 512, 1536])] {
+    for (path, hot) in [
+        (&vhdx_top, vec![0u64, 64 << 10, 128 << 10, 192 << 10, 256 << 10, 2 << 20, (2 << 20) + (64 << 10), 3 << 20]),
+        (&vhd_top, vec![0, 512, 1536]),
+    ] {
         let original = read_file(path);
         let len = original.len() as u64;
         for i in 0..1500 {

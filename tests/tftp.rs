@@ -68,11 +68,34 @@ fn independent_clients_get_exact_bytes() {
         // atftp with RFC 7440 windowsize.
         for w in ["8", "16"] {
             let _ = std::fs::remove_file(&out);
-            run(Command::new("atftp").args(["--option", &format!("windowsize {w}"), "--option", "blksize 1468", "-g", "-r", name, "-l", out.to_str().unwrap(), "127.0.0.1", &f.port.to_string()]));
+            run(Command::new("atftp").args([
+                "--option",
+                &format!("windowsize {w}"),
+                "--option",
+                "blksize 1468",
+                "-g",
+                "-r",
+                name,
+                "-l",
+                out.to_str().unwrap(),
+                "127.0.0.1",
+                &f.port.to_string(),
+            ]));
             assert_same(&format!("atftp windowsize {w} {name}"), &read_file(&out), &want);
         }
         let _ = std::fs::remove_file(&out);
-        run(Command::new("busybox").args(["tftp", "-g", "-b", "1432", "-r", name, "-l", out.to_str().unwrap(), "127.0.0.1", &f.port.to_string()]));
+        run(Command::new("busybox").args([
+            "tftp",
+            "-g",
+            "-b",
+            "1432",
+            "-r",
+            name,
+            "-l",
+            out.to_str().unwrap(),
+            "127.0.0.1",
+            &f.port.to_string(),
+        ]));
         assert_same(&format!("busybox {name}"), &read_file(&out), &want);
     }
     // Netascii: tftp-hpa converts back, so the text arrives as it is on disk.
@@ -159,7 +182,9 @@ fn refusals_and_bad_options() {
     c.rrq("b1433", &[("blksize", "65464"), ("frobnicate", "1"), ("tsize", "0")]);
     let (oack, tid) = c.recv().unwrap();
     let opts: Vec<(String, String)> = match wire::parse(&oack) {
-        Ok(Packet::Oack { options }) => wire::oack_options(options).map(|(k, v)| (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(v).into())).collect(),
+        Ok(Packet::Oack { options }) => {
+            wire::oack_options(options).map(|(k, v)| (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(v).into())).collect()
+        }
         other => panic!("expected OACK, got {other:?}"),
     };
     assert_eq!(opts, vec![("blksize".to_string(), "1468".to_string()), ("tsize".to_string(), "1433".to_string())]);

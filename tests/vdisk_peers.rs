@@ -14,7 +14,9 @@ fn make_source(dir: &TempDir) -> std::path::PathBuf {
     let p = dir.join("src.raw");
     let size = 37 * MIB + 5 * 512;
     std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-    for (i, (off, len)) in [(0, 4096), (MIB - 512, 1024), (3 * MIB + 512, 3 * MIB), (17 * MIB, 1), (33 * MIB, 2 * MIB), (size - 3000, 3000)].iter().enumerate() {
+    for (i, (off, len)) in
+        [(0, 4096), (MIB - 512, 1024), (3 * MIB + 512, 3 * MIB), (17 * MIB, 1), (33 * MIB, 2 * MIB), (size - 3000, 3000)].iter().enumerate()
+    {
         write_at(&p, *off, &pattern(i as u64, *off, *len as usize));
     }
     p
@@ -58,7 +60,13 @@ fn qemu_made_images_export_like_qemu_reads_them() {
         a.extend_from_slice(args);
         a.extend([s, img.to_str().unwrap()]);
         qemu_img(&a);
-        let fmt = if name.ends_with(".vhd") { "vpc" } else if name.ends_with(".vhdx") { "vhdx" } else { "raw" };
+        let fmt = if name.ends_with(".vhd") {
+            "vpc"
+        } else if name.ends_with(".vhdx") {
+            "vhdx"
+        } else {
+            "raw"
+        };
         export_equals_qemu(&img, fmt, &dir, name);
     }
 }
@@ -77,7 +85,15 @@ fn build_chain(dir: &TempDir, base: &Path, ext: &str, depth: usize, sector: u64)
             let data = if off + data.len() as u64 > 16 * MIB { &data[..sector as usize] } else { &data[..] };
             let f = dir.join("w.bin");
             std::fs::write(&f, data).unwrap();
-            let out = bootfarm(&["vdisk", "write", child.to_str().unwrap(), "--offset", &(off + level as u64 * sector).min(16 * MIB - data.len() as u64).to_string(), "--from", f.to_str().unwrap()]);
+            let out = bootfarm(&[
+                "vdisk",
+                "write",
+                child.to_str().unwrap(),
+                "--offset",
+                &(off + level as u64 * sector).min(16 * MIB - data.len() as u64).to_string(),
+                "--from",
+                f.to_str().unwrap(),
+            ]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
         chain.push(child);
@@ -160,7 +176,17 @@ fn vhd_chain_of_depth_4_reads_like_libvhdi() {
     std::fs::File::create(&src).unwrap().set_len(16 * MIB).unwrap();
     write_at(&src, MIB, &pattern(3, MIB, 5 * MIB as usize));
     let base = dir.join("base.vhd");
-    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", src.to_str().unwrap(), base.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "-o",
+        "subformat=dynamic,force_size=on",
+        src.to_str().unwrap(),
+        base.to_str().unwrap(),
+    ]);
     let chain = build_chain(&dir, &base, "avhd", 4, 512);
     check_chain_against_libvhdi(&dir, &chain, "vhd-chain");
 }

@@ -179,7 +179,9 @@ fn identity(chain: &Chain) -> Vec<(u64, u64, u64, i64)> {
     chain
         .layers
         .iter()
-        .map(|l| std::fs::metadata(&l.path).map(|m| (m.dev(), m.ino(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000)).unwrap_or_default())
+        .map(|l| {
+            std::fs::metadata(&l.path).map(|m| (m.dev(), m.ino(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000)).unwrap_or_default()
+        })
         .collect()
 }
 
@@ -271,7 +273,12 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     for (i, v) in c.vdisk.iter_mut().enumerate() {
         let key = |k: &str| format!("vdisk[{i}].{k}");
         if !valid_name(&v.name) {
-            return Err(err(file, key("name"), format!("{:?}", v.name), "must be 1-64 letters, digits, '.', '_' or '-' (it is a URL path and an NBD export name)"));
+            return Err(err(
+                file,
+                key("name"),
+                format!("{:?}", v.name),
+                "must be 1-64 letters, digits, '.', '_' or '-' (it is a URL path and an NBD export name)",
+            ));
         }
         if vdisks.iter().any(|o| o.name == v.name) {
             return Err(err(file, key("name"), format!("{:?}", v.name), "is used by an earlier [[vdisk]]; names must be unique"));
@@ -279,7 +286,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         let p = base.join(&v.path);
         let path = std::fs::canonicalize(&p).map_err(|e| err(file, key("path"), p.display(), format!("cannot be used: {e}")))?;
         v.path = path.clone();
-        let reused = previous.and_then(|prev| prev.vdisk(&v.name)).filter(|old| old.path == path && old.mode == v.mode && identity(&old.chain) == old.identity);
+        let reused = previous
+            .and_then(|prev| prev.vdisk(&v.name))
+            .filter(|old| old.path == path && old.mode == v.mode && identity(&old.chain) == old.identity);
         let vd = match reused {
             Some(old) => old.clone(),
             None => {
@@ -309,7 +318,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         }
         let mut subnets = Vec::new();
         for n in &s.subnets {
-            subnets.push(parse_cidr(n).ok_or_else(|| err(file, key("subnets"), format!("{n:?}"), "is not a CIDR subnet such as \"10.1.0.0/16\""))?);
+            subnets.push(
+                parse_cidr(n).ok_or_else(|| err(file, key("subnets"), format!("{n:?}"), "is not a CIDR subnet such as \"10.1.0.0/16\""))?,
+            );
         }
         for v in &s.vdisks {
             if !c.vdisk.iter().any(|d| &d.name == v) {
@@ -327,7 +338,12 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         });
     }
     if !farm.is_empty() && !farm.iter().any(|f| f.name == c.server.name) {
-        return Err(err(file, "server.name", format!("{:?}", c.server.name), "is not one of the [[farm.server]] names; a node must be in its own farm"));
+        return Err(err(
+            file,
+            "server.name",
+            format!("{:?}", c.server.name),
+            "is not one of the [[farm.server]] names; a node must be in its own farm",
+        ));
     }
     if farm.is_empty() {
         farm.push(FarmMember {
@@ -362,7 +378,6 @@ impl Store {
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
-
 
     /// Publishes a fully built snapshot with one store.
     pub fn publish(&self, s: Snapshot) {

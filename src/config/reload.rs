@@ -71,12 +71,19 @@ impl Control {
             Ok(generation) => {
                 let new = self.store.load();
                 let s = (&old.config.server, &new.config.server);
-                if s.0.listen != s.1.listen || s.0.tftp_port != s.1.tftp_port || s.0.http_port != s.1.http_port || s.0.nbd_port != s.1.nbd_port || s.0.workers != s.1.workers {
+                if s.0.listen != s.1.listen
+                    || s.0.tftp_port != s.1.tftp_port
+                    || s.0.http_port != s.1.http_port
+                    || s.0.nbd_port != s.1.nbd_port
+                    || s.0.workers != s.1.workers
+                {
                     tracing::warn!(generation, "server.listen/ports/workers changed: they take effect at the next restart");
                 }
                 tracing::info!(generation, why, vdisks = new.vdisks.len(), farm = new.farm.len(), "configuration loaded");
             }
-            Err(e) => tracing::error!(generation = old.generation, why, "configuration refused, generation {} keeps serving: {e}", old.generation),
+            Err(e) => {
+                tracing::error!(generation = old.generation, why, "configuration refused, generation {} keeps serving: {e}", old.generation)
+            }
         }
     }
 

@@ -6,10 +6,10 @@
 //! allocation). Large bodies may go out with SEND_ZC (http_send_zc_min_bytes), the connection
 //! keeping its body alive until the kernel's notification.
 
-use super::ring::push;
-use super::timer::Wheel;
 use super::files::FileCache;
+use super::ring::push;
 use super::slab::Slab;
+use super::timer::Wheel;
 use super::{ud, Shared, WorkerStats};
 use crate::http::{self, wire, Body};
 use crate::image::{Backing, Segment};
@@ -108,7 +108,10 @@ impl http::Env for EnvImpl<'_> {
     }
     fn sessions(&self) -> (u64, u64) {
         let r = std::sync::atomic::Ordering::Relaxed;
-        (self.shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum(), self.shared.workers.iter().map(|w| w.http_connections.load(r)).sum())
+        (
+            self.shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum(),
+            self.shared.workers.iter().map(|w| w.http_connections.load(r)).sum(),
+        )
     }
     fn file(&mut self, path: &Path) -> std::io::Result<(Arc<Backing>, u64, i64)> {
         self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix))
@@ -262,33 +265,35 @@ impl HttpService {
         }
         self.count(Counter::HttpConnections, 1);
         self.stats.http_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (id, _) = self.conns.insert(|generation| Box::new(Conn {
-            generation,
-            fd: Some(sock.into()),
-            peer,
-            ip,
-            rbuf: vec![0u8; RBUF_INITIAL],
-            rlen: 0,
-            recv_armed: false,
-            head: Vec::with_capacity(512),
-            body: Body::Empty,
-            zc_keep: Vec::new(),
-            zc_pending: 0,
-            total: 0,
-            sent: 0,
-            sending: false,
-            iov: Vec::with_capacity(IOV_MAX),
-            msg: unsafe { std::mem::zeroed() },
-            close_after: false,
-            closing: false,
-            deadline: now + Duration::from_millis(cfg.keepalive_idle_ms),
-            request_started: false,
-            timer_due: None,
-            status: 0,
-            dirty: false,
-            requests: 0,
-            opened: now,
-        }));
+        let (id, _) = self.conns.insert(|generation| {
+            Box::new(Conn {
+                generation,
+                fd: Some(sock.into()),
+                peer,
+                ip,
+                rbuf: vec![0u8; RBUF_INITIAL],
+                rlen: 0,
+                recv_armed: false,
+                head: Vec::with_capacity(512),
+                body: Body::Empty,
+                zc_keep: Vec::new(),
+                zc_pending: 0,
+                total: 0,
+                sent: 0,
+                sending: false,
+                iov: Vec::with_capacity(IOV_MAX),
+                msg: unsafe { std::mem::zeroed() },
+                close_after: false,
+                closing: false,
+                deadline: now + Duration::from_millis(cfg.keepalive_idle_ms),
+                request_started: false,
+                timer_due: None,
+                status: 0,
+                dirty: false,
+                requests: 0,
+                opened: now,
+            })
+        });
         self.active += 1;
         let _ = ring;
         self.mark(id);
@@ -387,7 +392,11 @@ impl HttpService {
         }
         // Parse the next request, if a whole one is buffered.
         if c.rlen > 0 {
-            let limits = wire::Limits { request_line_bytes_max: cfg.request_line_bytes_max, header_bytes_max: cfg.header_bytes_max, headers_max: cfg.headers_max };
+            let limits = wire::Limits {
+                request_line_bytes_max: cfg.request_line_bytes_max,
+                header_bytes_max: cfg.header_bytes_max,
+                headers_max: cfg.headers_max,
+            };
             let mut env = EnvImpl { snap: snap.clone(), shared: &self.shared, files: &mut self.files };
             let c = self.conns.at(id).unwrap();
             match wire::parse(&c.rbuf[..c.rlen], &limits) {
@@ -441,7 +450,8 @@ impl HttpService {
                 submit_send(c, id, ring, zc_min);
                 return;
             }
-            let e = opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build().user_data(ud(K_RECV, id, c.generation, 0));
+            let e =
+                opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build().user_data(ud(K_RECV, id, c.generation, 0));
             push(ring, &e);
             c.recv_armed = true;
         }

@@ -7,8 +7,8 @@ mod files;
 mod http;
 pub mod ring;
 mod slab;
-pub mod timer;
 mod tftp;
+pub mod timer;
 
 use crate::config::{Snapshot, Store};
 use crate::metrics::{Histogram, WorkerCounters};
@@ -224,7 +224,13 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<Shared>, listener: socket2::Socket, http_listener: socket2::Socket, listen_ip: std::net::IpAddr) -> Result<Worker, String> {
+    fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        listener: socket2::Socket,
+        http_listener: socket2::Socket,
+        listen_ip: std::net::IpAddr,
+    ) -> Result<Worker, String> {
         let ring = ring::build().map_err(|e| e.to_string())?;
         let bufs = ring::BufRing::new(&ring, 0, 1024, 2048).map_err(|e| format!("cannot register receive buffers: {e}"))?;
         let stats = shared.workers[index].clone();

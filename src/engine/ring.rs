@@ -89,7 +89,9 @@ impl BufRing {
         assert!(count.is_power_of_two());
         let ring_bytes = count as usize * std::mem::size_of::<types::BufRingEntry>();
         // Page-aligned, as the kernel requires.
-        let ring = unsafe { libc::mmap(std::ptr::null_mut(), ring_bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        let ring = unsafe {
+            libc::mmap(std::ptr::null_mut(), ring_bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
         if ring == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -4,10 +4,10 @@
 //! space, no allocation per packet. Error replies (rare, off the data path) use sendto.
 //! Costs per DATA block: one SQE, one CQE, zero copies; per ACK: one CQE and a buffer recycle.
 
-use super::ring::{push, BufRing};
-use super::timer::Wheel;
 use super::files::FileCache;
+use super::ring::{push, BufRing};
 use super::slab::Slab;
+use super::timer::Wheel;
 use super::{ud, Shared, WorkerStats};
 use crate::config::Snapshot;
 use crate::image::Backing;
@@ -164,7 +164,19 @@ impl TftpService {
         unsafe { libc::sendto(fd, b.as_ptr().cast(), n, libc::MSG_DONTWAIT, to.as_ptr(), to.len()) };
     }
 
-    pub fn on_cqe(&mut self, kind: u8, id: u32, generation: u16, slot: u16, res: i32, flags: u32, bufs: &mut BufRing, ring: &mut IoUring, now: Instant, snapshot: &dyn Fn() -> Arc<Snapshot>) {
+    pub fn on_cqe(
+        &mut self,
+        kind: u8,
+        id: u32,
+        generation: u16,
+        slot: u16,
+        res: i32,
+        flags: u32,
+        bufs: &mut BufRing,
+        ring: &mut IoUring,
+        now: Instant,
+        snapshot: &dyn Fn() -> Arc<Snapshot>,
+    ) {
         let bid = cqueue::buffer_select(flags);
         match kind {
             K_LISTEN => {
@@ -344,7 +356,11 @@ impl TftpService {
         });
         s.oack_len = negotiated.encode_oack(&mut s.oack);
         for _ in 0..slots_n {
-            s.slots.push(SendSlot { msg: unsafe { std::mem::zeroed() }, iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2], head: [0; 4] });
+            s.slots.push(SendSlot {
+                msg: unsafe { std::mem::zeroed() },
+                iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+                head: [0; 4],
+            });
         }
         let (id, _) = self.sessions.insert(|g| {
             s.generation = g;

@@ -78,7 +78,16 @@ pub fn head(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_uni
 }
 
 /// A complete small response (errors, status pages). Returns the body.
-pub fn simple(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64, content_type: &str, body: Vec<u8>, head_only: bool) -> Body {
+pub fn simple(
+    out: &mut Vec<u8>,
+    status: u16,
+    keep_alive: bool,
+    minor: u8,
+    now_unix: i64,
+    content_type: &str,
+    body: Vec<u8>,
+    head_only: bool,
+) -> Body {
     head(out, status, keep_alive, minor, now_unix);
     let _ = write!(out, "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
     if status == 405 {
@@ -245,11 +254,14 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
             let Some(vd) = vd else {
                 return error_page(out, 404, ka, minor, now, "no such vdisk (and no default vdisk configured)");
             };
-            let host = req.host.and_then(|h| std::str::from_utf8(h).ok()).filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic()));
+            let host =
+                req.host.and_then(|h| std::str::from_utf8(h).ok()).filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic()));
             let script = ipxe_script(&snap, vd, host, query(q, "mac").unwrap_or("unknown"));
             simple(out, 200, ka, minor, now, "text/plain; charset=utf-8", script.into_bytes(), head_only)
         }
-        _ => error_page(out, 404, ka, minor, now, "no such route (try /boot/<file>, /vdisk/<name>, /ipxe, /metrics, /healthz, /api/status)"),
+        _ => {
+            error_page(out, 404, ka, minor, now, "no such route (try /boot/<file>, /vdisk/<name>, /ipxe, /metrics, /healthz, /api/status)")
+        }
     }
 }
 
@@ -304,8 +316,17 @@ pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64)) ->
                 .layers
                 .iter()
                 .map(|l| {
-                    let id = if l.format.is_vhd() { crate::image::bytes::uuid_to_string(&l.id) } else { crate::image::bytes::guid_to_string(&l.id) };
-                    format!("{{\"path\": {}, \"format\": \"{}\", \"id\": \"{id}\", \"file_bytes\": {}}}", json_str(&l.path.to_string_lossy()), l.format.name(), l.file_len())
+                    let id = if l.format.is_vhd() {
+                        crate::image::bytes::uuid_to_string(&l.id)
+                    } else {
+                        crate::image::bytes::guid_to_string(&l.id)
+                    };
+                    format!(
+                        "{{\"path\": {}, \"format\": \"{}\", \"id\": \"{id}\", \"file_bytes\": {}}}",
+                        json_str(&l.path.to_string_lossy()),
+                        l.format.name(),
+                        l.file_len()
+                    )
                 })
                 .collect();
             format!(

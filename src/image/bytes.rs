@@ -70,11 +70,8 @@ pub fn crc32c_zeroed(data: &[u8], zeroed_at: usize) -> u32 {
 
 /// VHD checksum: one's complement of the byte sum, the checksum field itself excluded.
 pub fn vhd_checksum(data: &[u8], field_at: usize) -> u32 {
-    let sum = data
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(field_at..field_at + 4).contains(i))
-        .fold(0u32, |s, (_, &b)| s.wrapping_add(b as u32));
+    let sum =
+        data.iter().enumerate().filter(|(i, _)| !(field_at..field_at + 4).contains(i)).fold(0u32, |s, (_, &b)| s.wrapping_add(b as u32));
     !sum
 }
 

@@ -175,7 +175,12 @@ fn check_link(child: &mut Layer, parent: &Layer, pref: &super::ParentRef) -> Res
         let show = if child.format.is_vhd() { bytes::uuid_to_string } else { bytes::guid_to_string };
         return Err(ImageError::new(
             &child.path,
-            format!("parent {} has identity {} but this image expects {}: the parent was modified or replaced after this version was made", parent.path.display(), show(&parent.id), show(&pref.id)),
+            format!(
+                "parent {} has identity {} but this image expects {}: the parent was modified or replaced after this version was made",
+                parent.path.display(),
+                show(&parent.id),
+                show(&pref.id)
+            ),
         ));
     }
     if parent.virtual_size != child.virtual_size {
@@ -192,7 +197,10 @@ fn check_link(child: &mut Layer, parent: &Layer, pref: &super::ParentRef) -> Res
     }
     if let Some(ts) = pref.timestamp {
         if ts != parent.timestamp {
-            child.problems.push(format!("parent time stamp {ts} differs from the parent footer's {} (UUID matches, so the chain is used)", parent.timestamp));
+            child.problems.push(format!(
+                "parent time stamp {ts} differs from the parent footer's {} (UUID matches, so the chain is used)",
+                parent.timestamp
+            ));
         }
     }
     Ok(())

@@ -79,8 +79,7 @@ impl Backing {
         // Safety: the mapping is read-only and bootfarm never writes a file it serves; a new
         // version is a new file (DESIGN.md principle 3). Another process truncating the file
         // under us would SIGBUS — the same contract every mmap-based server has.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file) }
-            .map_err(|e| ImageError::new(path, format!("cannot map: {e}")))?;
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| ImageError::new(path, format!("cannot map: {e}")))?;
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::Random);
         Ok(Backing::Map(map))
@@ -132,7 +131,9 @@ pub struct ParentRef {
 /// How a layer maps virtual offsets to file offsets. Tables are read from the mapping in place.
 pub(crate) enum Map {
     /// Raw and fixed VHD: virtual offset + `data_off`.
-    Flat { data_off: u64 },
+    Flat {
+        data_off: u64,
+    },
     Vhd(vhd::VhdMap),
     Vhdx(vhdx::VhdxMap),
 }

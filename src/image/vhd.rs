@@ -201,13 +201,18 @@ impl VhdMap {
 pub(crate) fn parse(b: &[u8]) -> Result<Parsed, String> {
     let len = b.len() as u64;
     let mut problems = Vec::new();
-    let end_footer = if len >= FOOTER_LEN as u64 { Footer::parse(&b[b.len() - FOOTER_LEN..]) } else { Err("file shorter than a footer".into()) };
+    let end_footer =
+        if len >= FOOTER_LEN as u64 { Footer::parse(&b[b.len() - FOOTER_LEN..]) } else { Err("file shorter than a footer".into()) };
     let footer = match end_footer {
         Ok(f) => f,
         Err(e) => {
             // A dynamic disk keeps a copy at offset 0: say what happened instead of guessing.
             match Footer::parse(b) {
-                Ok(_) => return Err(format!("{e} at the end of the file, but the copy at offset 0 is intact: the file was truncated or its last sector overwritten")),
+                Ok(_) => {
+                    return Err(format!(
+                    "{e} at the end of the file, but the copy at offset 0 is intact: the file was truncated or its last sector overwritten"
+                ))
+                }
                 Err(_) => return Err(e),
             }
         }
@@ -235,10 +240,7 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, String> {
     match footer.disk_type {
         TYPE_FIXED => {
             if size > footer_pos {
-                return Err(format!(
-                    "fixed disk of {size} bytes needs {} bytes of file, found {len}: truncated",
-                    size + FOOTER_LEN as u64
-                ));
+                return Err(format!("fixed disk of {size} bytes needs {} bytes of file, found {len}: truncated", size + FOOTER_LEN as u64));
             }
             return Ok(base(Format::VhdFixed, Map::Flat { data_off: 0 }, None));
         }
@@ -326,7 +328,9 @@ fn parse_parent(b: &[u8], h: &[u8], footer_pos: u64, problems: &mut Vec<String>)
             PLATFORM_W2RU => relative.push(utf16le_decode(data)),
             PLATFORM_W2KU => absolute.push(utf16le_decode(data)),
             PLATFORM_MACX => absolute.push(String::from_utf8_lossy(data).trim_start_matches("file://").trim_end_matches('\0').to_string()),
-            other => problems.push(format!("parent locator {k}: platform code {:?} ignored", String::from_utf8_lossy(&other.to_be_bytes()))),
+            other => {
+                problems.push(format!("parent locator {k}: platform code {:?} ignored", String::from_utf8_lossy(&other.to_be_bytes())))
+            }
         }
     }
     let mut locators = relative;

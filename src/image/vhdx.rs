@@ -115,12 +115,7 @@ fn parse_region_table(t: &[u8]) -> Result<Vec<Region>, String> {
     Ok((0..count)
         .map(|i| {
             let e = &t[16 + 32 * i..48 + 32 * i];
-            Region {
-                guid: e[..16].try_into().unwrap(),
-                offset: le64(e, 16),
-                length: le32(e, 24) as u64,
-                required: le32(e, 28) & 1 == 1,
-            }
+            Region { guid: e[..16].try_into().unwrap(), offset: le64(e, 16), length: le32(e, 24) as u64, required: le32(e, 28) & 1 == 1 }
         })
         .collect())
 }
@@ -360,7 +355,12 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, String> {
     let mut bat = None;
     let mut meta = None;
     for r in &regions {
-        if r.offset < MIB || r.offset % MIB != 0 || r.length % MIB != 0 || r.length == 0 || r.offset.checked_add(r.length).is_none_or(|e| e > len) {
+        if r.offset < MIB
+            || r.offset % MIB != 0
+            || r.length % MIB != 0
+            || r.length == 0
+            || r.offset.checked_add(r.length).is_none_or(|e| e > len)
+        {
             return Err(format!(
                 "region {}: {} bytes at {:#x} must be MiB-aligned, non-empty and inside the file ({len} bytes)",
                 super::bytes::guid_to_string(&r.guid),

@@ -254,7 +254,10 @@ pub fn new_version_of(parent: &Path, child: &Path) -> Result<(), ImageError> {
     } else if top.format.is_vhd() {
         create_vhd(child, top.virtual_size, if top.block_size > 0 { top.block_size } else { 2 * MIB }, Some(&info))
     } else {
-        Err(ImageError::new(parent, "a raw image has no identity a differencing child could refer to: convert it to VHDX first (`vdisk merge RAW -o BASE.vhdx`)"))
+        Err(ImageError::new(
+            parent,
+            "a raw image has no identity a differencing child could refer to: convert it to VHDX first (`vdisk merge RAW -o BASE.vhdx`)",
+        ))
     }
 }
 
@@ -323,10 +326,16 @@ impl Writer {
     pub fn write(&mut self, off: u64, data: &[u8]) -> Result<(), ImageError> {
         let len = data.len() as u64;
         if off % self.logical_sector != 0 || len % self.logical_sector != 0 {
-            return Err(ImageError::new(&self.path, format!("write of {len} bytes at {off} is not aligned to the {}-byte sector", self.logical_sector)));
+            return Err(ImageError::new(
+                &self.path,
+                format!("write of {len} bytes at {off} is not aligned to the {}-byte sector", self.logical_sector),
+            ));
         }
         if off.checked_add(len).is_none_or(|e| e > self.virtual_size) {
-            return Err(ImageError::new(&self.path, format!("write of {len} bytes at {off} goes past the end of the {}-byte disk", self.virtual_size)));
+            return Err(ImageError::new(
+                &self.path,
+                format!("write of {len} bytes at {off} goes past the end of the {}-byte disk", self.virtual_size),
+            ));
         }
         let block_size = match self.kind {
             Kind::Raw => return self.file.write_all_at(data, off).map_err(io(&self.path, "write failed")),
@@ -441,7 +450,15 @@ impl Writer {
     /// filling the added sectors with what the disk reads there now (this image's sector where
     /// its bit is set, otherwise the parents'). Bitmap bytes then stay 0x00 or 0xFF, which every
     /// reader interprets alike: python3-libvhdi, for one, treats a bitmap byte as all-or-nothing.
-    fn complete_groups(&self, block: u64, in_block: u64, data: &[u8], entry: u32, block_size: u64, bitmap_bytes: u64) -> Result<(u64, Vec<u8>), ImageError> {
+    fn complete_groups(
+        &self,
+        block: u64,
+        in_block: u64,
+        data: &[u8],
+        entry: u32,
+        block_size: u64,
+        bitmap_bytes: u64,
+    ) -> Result<(u64, Vec<u8>), ImageError> {
         let block_start = block * block_size;
         let block_end = block_size.min(self.virtual_size - block_start);
         let g0 = in_block & !4095;
@@ -687,7 +704,8 @@ fn export_to_file(chain: &Chain, out: &mut File, path: &Path) -> Result<u64, Ima
                 let len = s.len();
                 if let (Segment::Data(d), None) = (s, &err) {
                     let p = d.as_ptr() as usize;
-                    let (src, base, _) = sources.iter().find(|(_, b, e)| p >= *b && p < *e).expect("segments come from the chain's mappings");
+                    let (src, base, _) =
+                        sources.iter().find(|(_, b, e)| p >= *b && p < *e).expect("segments come from the chain's mappings");
                     // pread into a buffer, then pwrite: on ext4 this beats both copy_file_range
                     // (a page-by-page splice) and writing from the mapping (a fault per page).
                     let mut done = 0usize;

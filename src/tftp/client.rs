@@ -207,11 +207,24 @@ mod tests {
         let t0 = Instant::now();
         let file: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let tid: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let req = Request { file: "f".into(), blksize: Some(1432), windowsize: Some(8), tsize: true, timeout: Duration::from_secs(1), retries_max: 3 };
+        let req = Request {
+            file: "f".into(),
+            blksize: Some(1432),
+            windowsize: Some(8),
+            tsize: true,
+            timeout: Duration::from_secs(1),
+            retries_max: 3,
+        };
         let mut c = Client::new(req, t0);
         let Some(Send::Rrq(rrq)) = c.poll_send() else { panic!() };
         let Ok(Packet::Request(r)) = wire::parse(&rrq) else { panic!() };
-        let limits = Limits { blksize_max: 1468, windowsize_max: 64, timeout: Duration::from_secs(1), timeout_min: Duration::from_millis(50), retries_max: 3 };
+        let limits = Limits {
+            blksize_max: 1468,
+            windowsize_max: 64,
+            timeout: Duration::from_secs(1),
+            timeout_min: Duration::from_millis(50),
+            retries_max: 3,
+        };
         let n = negotiate(&r, file.len() as u64, &limits).unwrap();
         let mut s = Transfer::new(n, file.len() as u64, &limits, t0);
         let mut acks = 0;
@@ -249,7 +262,8 @@ mod tests {
     fn wrong_bytes_are_corruption() {
         let t0 = Instant::now();
         let tid: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let req = Request { file: "f".into(), blksize: None, windowsize: None, tsize: false, timeout: Duration::from_secs(1), retries_max: 3 };
+        let req =
+            Request { file: "f".into(), blksize: None, windowsize: None, tsize: false, timeout: Duration::from_secs(1), retries_max: 3 };
         let mut c = Client::new(req, t0);
         c.poll_send();
         let mut pkt = wire::data_header(1).to_vec();
@@ -263,7 +277,8 @@ mod tests {
         let t0 = Instant::now();
         let stray: SocketAddr = "127.0.0.1:4001".parse().unwrap();
         let real: SocketAddr = "127.0.0.1:4002".parse().unwrap();
-        let req = Request { file: "f".into(), blksize: None, windowsize: None, tsize: false, timeout: Duration::from_secs(1), retries_max: 3 };
+        let req =
+            Request { file: "f".into(), blksize: None, windowsize: None, tsize: false, timeout: Duration::from_secs(1), retries_max: 3 };
         let mut c = Client::new(req, t0);
         c.poll_send();
         let mut old = wire::data_header(733).to_vec();
@@ -280,7 +295,14 @@ mod tests {
     #[test]
     fn resends_rrq_then_acks_then_gives_up() {
         let t0 = Instant::now();
-        let req = Request { file: "f".into(), blksize: None, windowsize: None, tsize: false, timeout: Duration::from_millis(100), retries_max: 2 };
+        let req = Request {
+            file: "f".into(),
+            blksize: None,
+            windowsize: None,
+            tsize: false,
+            timeout: Duration::from_millis(100),
+            retries_max: 2,
+        };
         let mut c = Client::new(req, t0);
         assert!(matches!(c.poll_send(), Some(Send::Rrq(_))));
         c.handle_timeout(t0 + Duration::from_millis(100));

@@ -123,7 +123,11 @@ pub fn negotiate(req: &Request<'_>, size: u64, limits: &Limits) -> Result<Negoti
 pub enum Transmit {
     Oack,
     /// DATA with wire block number `block`: `len` bytes of the file at `offset`.
-    Data { block: u16, offset: u64, len: usize },
+    Data {
+        block: u16,
+        offset: u64,
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,7 +367,13 @@ mod tests {
     use super::*;
     use std::collections::BinaryHeap;
 
-    const LIMITS: Limits = Limits { blksize_max: 1468, windowsize_max: 64, timeout: Duration::from_millis(1000), timeout_min: Duration::from_millis(1000), retries_max: 5 };
+    const LIMITS: Limits = Limits {
+        blksize_max: 1468,
+        windowsize_max: 64,
+        timeout: Duration::from_millis(1000),
+        timeout_min: Duration::from_millis(1000),
+        retries_max: 5,
+    };
 
     fn req(opts: &[u8]) -> Vec<u8> {
         let mut v = b"\x00\x01f\x00octet\x00".to_vec();
@@ -587,11 +597,16 @@ mod tests {
             for _ in 0..copies {
                 let delay = 1 + if rng.chance(reorder) { rng.next() % 20 } else { 0 };
                 seq += 1;
-                net.push(std::cmp::Reverse((at + ms(delay), seq, to_client, match &m {
-                    Msg::Oack => Msg::Oack,
-                    Msg::Data(b, o, l) => Msg::Data(*b, *o, *l),
-                    Msg::Ack(b) => Msg::Ack(*b),
-                })));
+                net.push(std::cmp::Reverse((
+                    at + ms(delay),
+                    seq,
+                    to_client,
+                    match &m {
+                        Msg::Oack => Msg::Oack,
+                        Msg::Data(b, o, l) => Msg::Data(*b, *o, *l),
+                        Msg::Ack(b) => Msg::Ack(*b),
+                    },
+                )));
             }
         };
         // Client model (RFC 7440): ACKs every `window` in-order blocks, the short last block,
@@ -678,7 +693,17 @@ mod tests {
             }
         }
         if std::env::var("SIM_DEBUG").is_ok() {
-            eprintln!("end: status {:?} base {} next {} last {} now {:?} client_done {} got {} net {}", srv.status(), srv.base, srv.next, srv.last, now, client_done, got.len(), net.len());
+            eprintln!(
+                "end: status {:?} base {} next {} last {} now {:?} client_done {} got {} net {}",
+                srv.status(),
+                srv.base,
+                srv.next,
+                srv.last,
+                now,
+                client_done,
+                got.len(),
+                net.len()
+            );
         }
         (srv.status(), got, client_done)
     }

@@ -16,7 +16,14 @@ pub struct Phase {
 
 impl Phase {
     pub fn new(name: &'static str) -> Phase {
-        Phase { name, completed: 0, failures: Vec::new(), bytes: 0, resends: 0, micros: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap() }
+        Phase {
+            name,
+            completed: 0,
+            failures: Vec::new(),
+            bytes: 0,
+            resends: 0,
+            micros: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
+        }
     }
 
     pub fn fail(&mut self, reason: &'static str) {

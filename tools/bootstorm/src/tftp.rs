@@ -114,7 +114,7 @@ pub fn run(a: Args) -> Result<bool, String> {
         .map(|t| {
             let a = a.clone();
             let expect = expect.clone();
-            let share = |n: u64| n / threads as u64 + (t as u64) .lt(&(n % threads as u64)) as u64;
+            let share = |n: u64| n / threads as u64 + (t as u64).lt(&(n % threads as u64)) as u64;
             let (targets, conc) = (share(a.targets), share(concurrency).max(1));
             std::thread::spawn(move || storm(&a, targets, conc, &expect, a.seed.wrapping_add(t as u64 * 7919) | 1))
         })
@@ -154,7 +154,14 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64) -> 
     let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
     msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
     let mut rng = Rng(seed);
-    let req = Request { file: a.file.clone(), blksize: a.blksize, windowsize: a.windowsize, tsize: !a.no_tsize, timeout: Duration::from_millis(a.timeout_ms), retries_max: a.retries };
+    let req = Request {
+        file: a.file.clone(),
+        blksize: a.blksize,
+        windowsize: a.windowsize,
+        tsize: !a.no_tsize,
+        timeout: Duration::from_millis(a.timeout_ms),
+        retries_max: a.retries,
+    };
     let server: SockAddr = a.server.into();
     let mut slots: Vec<Option<Box<Target>>> = Vec::with_capacity(targets as usize);
     let (mut launched, mut running, mut lingering) = (0u64, 0u64, 0u64);
@@ -279,7 +286,19 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64) -> 
 
 /// After a target's client changed: send what it wants, re-arm its receive, record its end.
 #[allow(clippy::too_many_arguments)]
-fn settle(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: usize, phase: &mut Phase, running: &mut u64, lingering: &mut u64, rng: &mut Rng, loss: f64, msg: &libc::msghdr, bgid: u16, now: Instant) {
+fn settle(
+    uring: &mut io_uring::IoUring,
+    slots: &mut [Option<Box<Target>>],
+    idx: usize,
+    phase: &mut Phase,
+    running: &mut u64,
+    lingering: &mut u64,
+    rng: &mut Rng,
+    loss: f64,
+    msg: &libc::msghdr,
+    bgid: u16,
+    now: Instant,
+) {
     flush(uring, slots, idx, rng, loss);
     let Some(t) = slots[idx].as_deref_mut() else { return };
     if t.finished {

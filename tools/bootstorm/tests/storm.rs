@@ -48,15 +48,43 @@ fn tiny_storm_against_bootfarm_completes_with_json() {
     let port = free_port();
     std::fs::write(
         d.join("bf.toml"),
-        format!("[server]\ntftp_port = {port}\nhttp_port = {}\nnbd_port = {}\n[tftp]\nroot = \"boot\"\nsessions_per_ip_max = 64\n", free_port(), free_port()),
+        format!(
+            "[server]\ntftp_port = {port}\nhttp_port = {}\nnbd_port = {}\n[tftp]\nroot = \"boot\"\nsessions_per_ip_max = 64\n",
+            free_port(),
+            free_port()
+        ),
     )
     .unwrap();
-    let mut server = Command::new(bootfarm_bin()).args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn"]).spawn().unwrap();
+    let mut server =
+        Command::new(bootfarm_bin()).args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let json = d.join("out.json");
     let out = Command::new(env!("CARGO_BIN_EXE_bootstorm"))
-        .args(["tftp", "--server", &format!("127.0.0.1:{port}"), "--file", "boot.bin", "--expect", d.join("boot/boot.bin").to_str().unwrap()])
-        .args(["--targets", "20", "--blksize", "1432", "--loss", "0.02", "--dup", "0.02", "--reorder", "0.02", "--duration-max-s", "60", "--json", json.to_str().unwrap()])
+        .args([
+            "tftp",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--file",
+            "boot.bin",
+            "--expect",
+            d.join("boot/boot.bin").to_str().unwrap(),
+        ])
+        .args([
+            "--targets",
+            "20",
+            "--blksize",
+            "1432",
+            "--loss",
+            "0.02",
+            "--dup",
+            "0.02",
+            "--reorder",
+            "0.02",
+            "--duration-max-s",
+            "60",
+            "--json",
+            json.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let _ = server.kill();
@@ -107,7 +135,20 @@ fn a_corrupted_byte_is_reported_as_a_corrupted_boot() {
     let port = sock.local_addr().unwrap().port();
     let t = std::thread::spawn(move || corrupting_server(sock, data));
     let out = Command::new(env!("CARGO_BIN_EXE_bootstorm"))
-        .args(["tftp", "--server", &format!("127.0.0.1:{port}"), "--file", "f.bin", "--expect", d.join("f.bin").to_str().unwrap(), "--targets", "1", "--no-tsize", "--duration-max-s", "20"])
+        .args([
+            "tftp",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--file",
+            "f.bin",
+            "--expect",
+            d.join("f.bin").to_str().unwrap(),
+            "--targets",
+            "1",
+            "--no-tsize",
+            "--duration-max-s",
+            "20",
+        ])
         .output()
         .unwrap();
     t.join().unwrap();
@@ -125,7 +166,21 @@ fn an_unreachable_server_ends_in_bounded_timeouts() {
     let port = silent.local_addr().unwrap().port();
     let t0 = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_bootstorm"))
-        .args(["tftp", "--server", &format!("127.0.0.1:{port}"), "--file", "f.bin", "--expect", d.join("f.bin").to_str().unwrap(), "--targets", "3", "--timeout-ms", "100", "--retries", "2"])
+        .args([
+            "tftp",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--file",
+            "f.bin",
+            "--expect",
+            d.join("f.bin").to_str().unwrap(),
+            "--targets",
+            "3",
+            "--timeout-ms",
+            "100",
+            "--retries",
+            "2",
+        ])
         .output()
         .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5));
