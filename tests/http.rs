@@ -304,3 +304,27 @@ fn wrk_range_load_gets_only_206s() {
     let rps: f64 = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).unwrap().trim().parse().unwrap();
     assert!(rps > 100.0, "{text}");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    let f = fixture("send_timeout_ms = 500");
+    // A tiny receive buffer, so the ~9 MiB body cannot drain into socket buffers.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], f.port)).into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.write_all(b"GET /vdisk/vhd HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    // Never read: the stalled send is cancelled and the connection closed and counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = String::from_utf8(curl(&[&format!("http://127.0.0.1:{}/metrics", f.port)])).unwrap();
+        if m.contains("bootfarm_http_timeouts_total{kind=\"send\"} 1") {
+            // Only the metrics request's own connection is left open.
+            assert!(m.contains("bootfarm_http_connections 1\n"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no send timeout:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(s);
+}

@@ -231,6 +231,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("http.connections_per_ip_max", c.http.connections_per_ip_max as u64),
         ("http.keepalive_idle_ms", c.http.keepalive_idle_ms),
         ("http.header_timeout_ms", c.http.header_timeout_ms),
+        ("http.send_timeout_ms", c.http.send_timeout_ms),
         ("nbd.connections_max", c.nbd.connections_max as u64),
         ("nbd.queue_depth_max", c.nbd.queue_depth_max as u64),
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),

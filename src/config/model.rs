@@ -97,6 +97,8 @@ pub struct Http {
     pub keepalive_idle_ms: u64,
     /// A request's headers must be complete within this time (slowloris).
     pub header_timeout_ms: u64,
+    /// A response send must make progress within this time (a client that stops reading).
+    pub send_timeout_ms: u64,
     /// Sends with at least this many body bytes use SEND_ZC (0 = never). Zero-copy pays off
     /// on real NICs; over loopback the kernel copies anyway and adds a notification.
     pub send_zc_min_bytes: u64,
@@ -112,6 +114,7 @@ impl Default for Http {
             connections_per_ip_max: 64,
             keepalive_idle_ms: 60_000,
             header_timeout_ms: 10_000,
+            send_timeout_ms: 30_000,
             send_zc_min_bytes: 0,
         }
     }
@@ -279,6 +282,7 @@ connections_max = 8192
 connections_per_ip_max = 64
 keepalive_idle_ms = 60000
 header_timeout_ms = 10000   # slowloris guard
+send_timeout_ms = 30000     # a response must make progress this often (clients that stop reading)
 send_zc_min_bytes = 0       # bodies of at least this size use SEND_ZC (0 = off; try 65536 on real NICs)
 
 [nbd]

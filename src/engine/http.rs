@@ -69,6 +69,9 @@ struct Conn {
     deadline: Instant,
     request_started: bool,
     timer_due: Option<Instant>,
+    /// A send must make progress by then (a client that stops reading).
+    send_deadline: Instant,
+    send_stalled: bool,
     status: u16,
     dirty: bool,
     requests: u64,
@@ -288,6 +291,8 @@ impl HttpService {
                 deadline: now + Duration::from_millis(cfg.keepalive_idle_ms),
                 request_started: false,
                 timer_due: None,
+                send_deadline: now,
+                send_stalled: false,
                 status: 0,
                 dirty: false,
                 requests: 0,
@@ -302,6 +307,13 @@ impl HttpService {
     pub fn on_timer(&mut self, id: u32, generation: u16, now: Instant) {
         let Some(c) = self.conn(id, generation) else { return };
         c.timer_due = None;
+        if c.sending && !c.closing && now >= c.send_deadline {
+            // The client stopped reading: the send is cancelled and the connection closed.
+            c.send_stalled = true;
+            self.count(Counter::HttpTimeoutSend, 1);
+            self.mark(id);
+            return;
+        }
         if c.closing || c.sending || now < c.deadline {
             self.mark(id);
             return;
@@ -338,6 +350,7 @@ impl HttpService {
         let snap = self.shared.store.load();
         let cfg = snap.config.http.clone();
         let zc_min = cfg_zc_min(&snap);
+        let send_deadline = now + Duration::from_millis(cfg.send_timeout_ms);
         let Some(c) = self.conns.at(id) else { return };
         c.dirty = false;
         if c.closing {
@@ -346,10 +359,20 @@ impl HttpService {
             }
             return;
         }
+        if c.sending {
+            if c.send_stalled {
+                c.send_stalled = false;
+                c.close_after = true;
+                push(ring, &opcode::AsyncCancel::new(ud(K_SEND, id, c.generation, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
+            } else {
+                arm_timer(c, id, wheel, c.send_deadline);
+            }
+            return;
+        }
         // A response in progress: continue it, or finish it.
         if c.total > 0 && !c.sending {
             if c.sent < c.total {
-                submit_send(c, id, ring, zc_min);
+                submit_send(c, id, ring, zc_min, wheel, send_deadline);
                 return;
             }
             let status = c.status;
@@ -383,7 +406,7 @@ impl HttpService {
             // Header timeout: answer 408 and close.
             let body = http::error_page(&mut c.head, 408, false, 1, unix_now(), "request header not received in time");
             start_response(c, 408, body, true);
-            submit_send(c, id, ring, zc_min);
+            submit_send(c, id, ring, zc_min, wheel, send_deadline);
             return;
         }
         if c.close_after && c.rlen == 0 && c.total == 0 {
@@ -409,7 +432,7 @@ impl HttpService {
                     c.rbuf.copy_within(used..c.rlen, 0);
                     c.rlen -= used;
                     start_response(c, status, body, !keep);
-                    submit_send(c, id, ring, zc_min);
+                    submit_send(c, id, ring, zc_min, wheel, send_deadline);
                     return;
                 }
                 Err(wire::Error::Incomplete) => {
@@ -434,7 +457,7 @@ impl HttpService {
                     c.rlen = 0;
                     self.stats.counters.add(Counter::HttpBadRequests, 1);
                     start_response(c, status, body, true);
-                    submit_send(c, id, ring, zc_min);
+                    submit_send(c, id, ring, zc_min, wheel, send_deadline);
                     return;
                 }
             }
@@ -447,7 +470,7 @@ impl HttpService {
                 // Full buffer at the limit: parse will refuse it (431).
                 let body = http::error_page(&mut c.head, 431, false, 1, unix_now(), "request header too large");
                 start_response(c, 431, body, true);
-                submit_send(c, id, ring, zc_min);
+                submit_send(c, id, ring, zc_min, wheel, send_deadline);
                 return;
             }
             let e =
@@ -455,10 +478,8 @@ impl HttpService {
             push(ring, &e);
             c.recv_armed = true;
         }
-        if c.timer_due.is_none_or(|d| c.deadline < d) {
-            wheel.insert(c.deadline, id | TIMER_BIT, c.generation);
-            c.timer_due = Some(c.deadline);
-        }
+        let deadline = c.deadline;
+        arm_timer(c, id, wheel, deadline);
     }
 
     fn close(&mut self, id: u32, ring: &mut IoUring) {
@@ -529,8 +550,19 @@ fn start_response(c: &mut Conn, status: u16, body: Body, close: bool) {
     c.close_after |= close;
 }
 
-/// Builds the iovec from the byte cursor and submits one send.
-fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64) {
+/// Makes sure a wake-up is armed no later than `at` (one live wheel entry per connection).
+fn arm_timer(c: &mut Conn, id: u32, wheel: &mut Wheel, at: Instant) {
+    if c.timer_due.is_none_or(|d| at < d) {
+        wheel.insert(at, id | TIMER_BIT, c.generation);
+        c.timer_due = Some(at);
+    }
+}
+
+/// Builds the iovec from the byte cursor and submits one send, which must complete (make
+/// progress) before `deadline`.
+fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &mut Wheel, deadline: Instant) {
+    c.send_deadline = deadline;
+    arm_timer(c, id, wheel, deadline);
     let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
     c.iov.clear();
     let head_len = c.head.len() as u64;
