@@ -15,9 +15,39 @@ pub fn worker_count(configured: usize) -> usize {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: every TFTP transfer and HTTP connection is
+/// a descriptor, and the usual soft limit (1024) would refuse a boot storm. Returns the limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // Safety: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+    }
+    r.rlim_cur as u64
+}
+
 pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_dir: Option<&Path>) -> Result<(), String> {
     let snap = store.load();
     let s = &snap.config.server;
+    let nofile = raise_nofile_limit();
+    let needed = (snap.config.tftp.sessions_max + snap.config.http.connections_max + 64) as u64;
+    if nofile < needed {
+        tracing::warn!(
+            open_files = nofile,
+            needed,
+            "the open-file limit is below tftp.sessions_max + http.connections_max: raise it (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower those limits"
+        );
+    } else {
+        tracing::info!(open_files = nofile, "open-file limit");
+    }
     tracing::info!(
         generation = snap.generation,
         node = %s.name,

@@ -116,3 +116,35 @@ fn running_server_reloads_on_change_and_sighup_and_exits_on_sigterm() {
     let status = s.child.wait().unwrap();
     assert!(status.success(), "SIGTERM must end in exit 0, got {status:?}");
 }
+
+#[test]
+fn open_file_limit_is_raised_to_the_hard_limit_and_checked() {
+    let dir = TempDir::new("nofile");
+    store_dir(&dir);
+    let file = dir.join("bootfarm.toml");
+    std::fs::write(&file, text(1)).unwrap();
+    let start = |limits: &str| {
+        std::process::Command::new("prlimit")
+            .args([&format!("--nofile={limits}"), "--"])
+            .arg(bin())
+            .args(["serve", "--config", file.to_str().unwrap(), "--tftp-port", &free_port().to_string(), "--log", "info"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Soft 256, hard 20000: raised to 20000, enough for the default limits (8192 + 8192).
+    let c = start("256:20000");
+    std::thread::sleep(Duration::from_millis(700));
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let out = c.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("open-file limit open_files=20000"), "{log}");
+    // Hard 512: cannot be raised enough, so a warning says what to do.
+    let c = start("256:512");
+    std::thread::sleep(Duration::from_millis(700));
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let out = c.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("open_files=512") && log.contains("LimitNOFILE"), "{log}");
+}

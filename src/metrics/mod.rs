@@ -72,6 +72,7 @@ counters! {
     HttpBadRequests => ("bootfarm_http_bad_requests_total", "", "Requests refused before routing (400/405/413/414/431/505)."),
     HttpTimeoutHeader => ("bootfarm_http_timeouts_total", "kind=\"header\"", "Connections closed by a timeout, by kind (header = slowloris)."),
     HttpTimeoutIdle => ("bootfarm_http_timeouts_total", "kind=\"idle\"", "Connections closed by a timeout, by kind (header = slowloris)."),
+    HttpAcceptErrors => ("bootfarm_http_accept_errors_total", "", "Accepts that failed for lack of descriptors or memory (accepting pauses 100 ms)."),
     HttpTimeoutSend => ("bootfarm_http_timeouts_total", "kind=\"send\"", "Connections closed by a timeout, by kind (header = slowloris)."),
     HttpBodyBytes => ("bootfarm_http_sent_bytes_total", "", "Bytes written to HTTP connections (headers and bodies)."),
     RecvBuffersExhausted => ("bootfarm_recv_buffers_exhausted_total", "", "Multishot receives stopped because every provided buffer was in use (re-armed)."),
