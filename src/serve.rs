@@ -74,24 +74,28 @@ pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_
 
 fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
     let v = snap.default_vdisk().map(|v| v.path.display().to_string()).unwrap_or_default();
+    let name = snap.default_vdisk().map(|v| v.name.clone()).unwrap_or_default();
+    let (ip, tftp, http) = (snap.config.server.listen, snap.config.server.tftp_port, snap.config.server.http_port);
+    let (root, boot, nbp) = (snap.tftp_root.display(), crate::demo::BOOTSTRAP_NAME, crate::demo::NBP_NAME);
+    let qemu = "qemu-system-x86_64 -accel tcg -m 128 -display none -vga none -nodefaults -serial stdio \\\n    \
+                -fw_cfg name=etc/sercon-port,file=sercon -device isa-debug-exit,iobase=0xf4,iosize=0x04 \\\n    \
+                -device e1000,netdev=n0 -boot n";
     format!(
-        "bootfarm demo store in {dir}\n\
-         \n  bootstrap: {root}/{boot}\n  vdisk:     {v} (a 2-version VHDX chain)\n\
-         \nTry:\n  curl -so boot.bin tftp://{ip}:{tftp}/{boot} && cmp boot.bin {root}/{boot} && echo same\n\
-         \x20 curl -so boot.bin --tftp-blksize 1432 tftp://{ip}:{tftp}/{boot}\n\
-         \x20 tftp {ip} {tftp} -m binary -c get {boot}\n\
-         \x20 bootfarm vdisk inspect {v}\n\
-         \nNetwork-boot a VM (qemu-system-x86 + ipxe-qemu; the NBP prints a marker, then QEMU exits):\n\
-         \x20 printf '\\xf8\\x03' > sercon; qemu-system-x86_64 -accel tcg -m 128 -display none -vga none -nodefaults \\\n\
-         \x20   -serial stdio -fw_cfg name=etc/sercon-port,file=sercon -device isa-debug-exit,iobase=0xf4,iosize=0x04 \\\n\
-         \x20   -netdev user,id=n0,bootfile=tftp://10.0.2.2:{tftp}/{nbp} -device e1000,netdev=n0 -boot n\n\
-         \x20 bootfarm vdisk export {v} -o demo.raw && head -c 512 demo.raw | xxd | tail -4\n\
-         \nPress Ctrl-C to stop (the demo folder is removed).",
+        "bootfarm demo store in {dir}\n\n  bootstrap: {root}/{boot}\n  vdisk:     {v} (a 2-version VHDX chain)\n\n\
+         TFTP:\n  curl -so boot.bin tftp://{ip}:{tftp}/{boot} && cmp boot.bin {root}/{boot} && echo same\n  \
+         curl -so boot.bin --tftp-blksize 1432 tftp://{ip}:{tftp}/{boot}\n  \
+         tftp {ip} {tftp} -m binary -c get {boot}\n\n\
+         HTTP:\n  curl -s http://{ip}:{http}/ipxe\n  \
+         curl -s -r 0-511 http://{ip}:{http}/vdisk/{name} | xxd | tail -2\n  \
+         curl -s http://{ip}:{http}/metrics | grep bootfarm_tftp\n\n\
+         Network-boot a VM (qemu-system-x86 + ipxe-qemu), after: printf '\\xf8\\x03' > sercon\n  \
+         # iPXE sanboots the vdisk over HTTP; its boot sector prints a marker, then QEMU exits:\n  \
+         {qemu} -netdev user,id=n0,bootfile=http://10.0.2.2:{http}/ipxe\n  \
+         # or runs a PXE program fetched over TFTP:\n  \
+         {qemu} -netdev user,id=n0,bootfile=tftp://10.0.2.2:{tftp}/{nbp}\n\n\
+         Images:\n  bootfarm vdisk inspect {v}\n  \
+         bootfarm vdisk export {v} -o demo.raw\n\n\
+         Press Ctrl-C to stop (the demo folder is removed).",
         dir = dir.display(),
-        root = snap.tftp_root.display(),
-        boot = crate::demo::BOOTSTRAP_NAME,
-        ip = snap.config.server.listen,
-        tftp = snap.config.server.tftp_port,
-        nbp = crate::demo::NBP_NAME,
     )
 }
