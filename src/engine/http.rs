@@ -55,8 +55,10 @@ struct Conn {
     recv_armed: bool,
     head: Vec<u8>,
     body: Body,
-    /// Bodies of finished zero-copy sends, kept until their notifications arrive.
-    zc_keep: Vec<Body>,
+    /// Bodies and header blocks of finished zero-copy sends: the kernel may read them (a TCP
+    /// retransmission, say) until its notification arrives, so they are neither freed nor
+    /// reused before that.
+    zc_keep: Vec<(Vec<u8>, Body)>,
     zc_pending: u32,
     total: u64,
     sent: u64,
@@ -391,7 +393,8 @@ impl HttpService {
             c.sent = 0;
             let old = std::mem::replace(&mut c.body, Body::Empty);
             if c.zc_pending > 0 {
-                c.zc_keep.push(old);
+                let head = std::mem::take(&mut c.head);
+                c.zc_keep.push((head, old));
             }
             c.request_started = c.rlen > 0;
             c.deadline = now + Duration::from_millis(if c.request_started { cfg.header_timeout_ms } else { cfg.keepalive_idle_ms });
@@ -423,8 +426,10 @@ impl HttpService {
             self.close(id, ring);
             return;
         }
-        // Parse the next request, if a whole one is buffered.
-        if c.rlen > 0 {
+        // Parse the next request, if a whole one is buffered. Never while a receive into the
+        // buffer is armed: only its completion changes what the buffer holds, and the kernel
+        // holds a pointer into it.
+        if c.rlen > 0 && !c.recv_armed {
             let limits = wire::Limits {
                 request_line_bytes_max: cfg.request_line_bytes_max,
                 header_bytes_max: cfg.header_bytes_max,
