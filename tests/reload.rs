@@ -148,3 +148,39 @@ fn open_file_limit_is_raised_to_the_hard_limit_and_checked() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("open_files=512") && log.contains("LimitNOFILE"), "{log}");
 }
+
+#[test]
+fn out_of_descriptors_pauses_accepting_and_recovers() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("emfile");
+    store_dir(&dir);
+    let file = dir.join("bootfarm.toml");
+    let http = free_port();
+    std::fs::write(&file, text(1).replace("http_port = 18080", &format!("http_port = {http}"))).unwrap();
+    // A hard limit of 48 descriptors: the server runs, but cannot accept 100 connections.
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=48:48", "--"])
+        .arg(bin())
+        .args(["serve", "--config", file.to_str().unwrap(), "--tftp-port", &free_port().to_string(), "--workers", "1", "--log", "warn"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let held: Vec<std::net::TcpStream> = (0..100).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", http)).ok()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(400));
+    // Accepting resumed: a fresh request is answered, and the failures were counted.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let n: u64 =
+        body.lines().find_map(|l| l.strip_prefix("bootfarm_http_accept_errors_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    assert!(n > 0, "accept failures are counted:\n{body}");
+}
