@@ -311,3 +311,33 @@ fn sigterm_lets_a_running_transfer_finish() {
     assert!(status.success(), "{status:?}");
     let _ = Path::new("");
 }
+
+#[test]
+fn a_transfer_finishes_on_the_snapshot_it_started_with() {
+    let f = fixture("");
+    let c = Raw::new(f.port);
+    c.rrq("b1433", &[]);
+    let (d1, tid) = c.recv().unwrap();
+    // Reload: the new configuration serves an empty root.
+    std::fs::create_dir_all(f.dir.join("empty-root")).unwrap();
+    let cfg = std::fs::read_to_string(f.dir.join("bootfarm.toml")).unwrap().replace("root = \"boot\"", "root = \"empty-root\"");
+    std::fs::write(f.dir.join("bootfarm.toml"), cfg).unwrap();
+    f.server.wait_for("generation=2");
+    // The running transfer still completes with the old root's bytes …
+    let mut got = d1[4..].to_vec();
+    for block in 1u16.. {
+        c.sock.send_to(&wire::encode_ack(block), tid).unwrap();
+        let (d, _) = c.recv().unwrap();
+        got.extend_from_slice(&d[4..]);
+        if d.len() < 516 {
+            c.sock.send_to(&wire::encode_ack(block + 1), tid).unwrap();
+            break;
+        }
+    }
+    assert_same("transfer across a reload", &got, &expected(&f, "b1433"));
+    f.server.wait_for("outcome=\"completed\"");
+    // … while a new request sees the new snapshot.
+    let late = Raw::new(f.port);
+    late.rrq("b1433", &[]);
+    late.expect_error(wire::ERR_NOT_FOUND, "not found");
+}
