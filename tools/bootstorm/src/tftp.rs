@@ -65,6 +65,9 @@ pub struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a one-page HTML report (plots included, no network needed) here.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 struct Rng(u64);
@@ -116,7 +119,7 @@ pub fn run(a: Args) -> Result<bool, String> {
             let expect = expect.clone();
             let share = |n: u64| n / threads as u64 + (t as u64).lt(&(n % threads as u64)) as u64;
             let (targets, conc) = (share(a.targets), share(concurrency).max(1));
-            std::thread::spawn(move || storm(&a, targets, conc, &expect, a.seed.wrapping_add(t as u64 * 7919) | 1))
+            std::thread::spawn(move || storm(&a, targets, conc, &expect, a.seed.wrapping_add(t as u64 * 7919) | 1, t0))
         })
         .collect();
     let mut total = Phase::new("tftp");
@@ -140,10 +143,23 @@ pub fn run(a: Args) -> Result<bool, String> {
         );
         std::fs::write(j, body).map_err(|e| format!("{}: {e}", j.display()))?;
     }
+    if let Some(h) = &a.html {
+        let context = format!(
+            "{} targets ({} at once) fetching {} from {} over TFTP, blksize {}, windowsize {}, loss {}",
+            a.targets,
+            concurrency,
+            a.file,
+            a.server,
+            a.blksize.unwrap_or(512),
+            a.windowsize.unwrap_or(1),
+            a.loss
+        );
+        std::fs::write(h, total.html(wall, &context)).map_err(|e| format!("{}: {e}", h.display()))?;
+    }
     Ok(total.failed() == 0 && total.completed == a.targets)
 }
 
-fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64) -> Result<Phase, String> {
+fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0: Instant) -> Result<Phase, String> {
     let mut phase = Phase::new("tftp");
     if targets == 0 {
         return Ok(phase);
@@ -261,7 +277,7 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64) -> 
                 bufs.recycle(bid);
             }
             if kind == K_RECV || kind == K_SEND {
-                settle(&mut uring, &mut slots, idx, &mut phase, &mut running, &mut lingering, &mut rng, a.loss, &msg, bufs.bgid, now);
+                settle(&mut uring, &mut slots, idx, &mut phase, &mut running, &mut lingering, &mut rng, a.loss, &msg, bufs.bgid, now, t0);
             }
         }
         if now.duration_since(last_scan) >= Duration::from_millis(5) {
@@ -270,7 +286,20 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64) -> 
                 let due = slots[idx].as_ref().is_some_and(|t| !t.finished && t.client.poll_timeout().is_some_and(|d| d <= now));
                 if due {
                     slots[idx].as_mut().unwrap().client.handle_timeout(now);
-                    settle(&mut uring, &mut slots, idx, &mut phase, &mut running, &mut lingering, &mut rng, a.loss, &msg, bufs.bgid, now);
+                    settle(
+                        &mut uring,
+                        &mut slots,
+                        idx,
+                        &mut phase,
+                        &mut running,
+                        &mut lingering,
+                        &mut rng,
+                        a.loss,
+                        &msg,
+                        bufs.bgid,
+                        now,
+                        t0,
+                    );
                 }
             }
         }
@@ -298,6 +327,7 @@ fn settle(
     msg: &libc::msghdr,
     bgid: u16,
     now: Instant,
+    t0: Instant,
 ) {
     flush(uring, slots, idx, rng, loss);
     let Some(t) = slots[idx].as_deref_mut() else { return };
@@ -316,6 +346,7 @@ fn settle(
         Outcome::Done => {
             phase.completed += 1;
             phase.micros.record((now - t.started).as_micros().max(1) as u64).ok();
+            phase.done_at_ms.push((now - t0).as_secs_f64() * 1000.0);
         }
         Outcome::Corrupted => phase.fail("corrupted: wrong bytes or size"),
         Outcome::TimedOut => phase.fail("timed out"),

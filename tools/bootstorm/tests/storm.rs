@@ -59,6 +59,7 @@ fn tiny_storm_against_bootfarm_completes_with_json() {
         Command::new(bootfarm_bin()).args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let json = d.join("out.json");
+    let html = d.join("report.html");
     let out = Command::new(env!("CARGO_BIN_EXE_bootstorm"))
         .args([
             "tftp",
@@ -85,6 +86,7 @@ fn tiny_storm_against_bootfarm_completes_with_json() {
             "--json",
             json.to_str().unwrap(),
         ])
+        .args(["--html", html.to_str().unwrap()])
         .output()
         .unwrap();
     let _ = server.kill();
@@ -99,6 +101,16 @@ fn tiny_storm_against_bootfarm_completes_with_json() {
         .status()
         .unwrap();
     assert!(check.success(), "{j}");
+    // The HTML report: self-contained, both plots present and well-formed SVG (XML parser).
+    let h = std::fs::read_to_string(&html).unwrap();
+    assert!(h.starts_with("<!doctype html>") && h.trim_end().ends_with("</html>"), "{h}");
+    assert!(!h.contains("<script") && !h.contains("src="), "no scripts, nothing fetched");
+    assert!(h.contains("Completed over time") && h.contains("Time to complete") && h.contains("<td>20</td>"), "{h}");
+    let svg_ok = Command::new("python3")
+        .args(["-c", "import re,sys,xml.etree.ElementTree as E; t=open(sys.argv[1]).read(); s=re.findall(r'<svg.*?</svg>', t, re.S); assert len(s)==2; [E.fromstring(x) for x in s]", html.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(svg_ok.success(), "plots are well-formed SVG");
     let _ = std::fs::remove_dir_all(&d);
 }
 
