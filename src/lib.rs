@@ -8,5 +8,6 @@ pub mod engine;
 pub mod http;
 pub mod image;
 pub mod metrics;
+pub mod nbd;
 pub mod serve;
 pub mod tftp;

@@ -5,6 +5,7 @@
 
 mod files;
 mod http;
+mod nbd;
 pub mod ring;
 mod slab;
 mod tftp;
@@ -97,6 +98,7 @@ pub struct Shared {
     pub grace: Duration,
     pub tftp_admission: Admission,
     pub http_admission: Admission,
+    pub nbd_admission: Admission,
 }
 
 /// /metrics: every worker's counters summed, histograms, and gauges.
@@ -148,11 +150,13 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     let n = crate::serve::worker_count(s.workers);
     let tftp_addr = SocketAddr::new(s.listen, s.tftp_port);
     let http_addr = SocketAddr::new(s.listen, s.http_port);
+    let nbd_addr = SocketAddr::new(s.listen, s.nbd_port);
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
         let t = tftp::bind_listener(tftp_addr).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?;
         let h = http::bind_listener(http_addr).map_err(|e| format!("cannot bind HTTP on tcp/{http_addr}: {e}"))?;
-        listeners.push((t, h));
+        let b = http::bind_listener(nbd_addr).map_err(|e| format!("cannot bind NBD on tcp/{nbd_addr}: {e}"))?;
+        listeners.push((t, h, b));
     }
     let workers: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
     let shared = Arc::new(Shared {
@@ -162,11 +166,12 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         grace: Duration::from_millis(s.shutdown_grace_ms),
         tftp_admission: Admission::default(),
         http_admission: Admission::default(),
+        nbd_admission: Admission::default(),
     });
     let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
-    for (i, (listener, http_listener)) in listeners.into_iter().enumerate() {
+    for (i, (listener, http_listener, nbd_listener)) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let listen_ip = tftp_addr.ip();
@@ -174,7 +179,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
             .name(format!("bootfarm-w{i}"))
             .spawn(move || {
                 pin(i % cpus);
-                let mut w = match Worker::new(i, shared, listener, http_listener, listen_ip) {
+                let mut w = match Worker::new(i, shared, listener, http_listener, nbd_listener, listen_ip) {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -197,7 +202,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         shared.draining.store(true, Ordering::Relaxed);
         return Err(failure);
     }
-    tracing::info!(workers = n, tftp = %tftp_addr, http = %http_addr, "engine started");
+    tracing::info!(workers = n, tftp = %tftp_addr, http = %http_addr, nbd = %nbd_addr, "engine started");
     Ok(Engine { shared, threads, tftp_addr, http_addr })
 }
 
@@ -218,6 +223,7 @@ struct Worker {
     wheel: timer::Wheel,
     tftp: tftp::TftpService,
     http: http::HttpService,
+    nbd: nbd::NbdService,
     shared: Arc<Shared>,
     cqes: Vec<(u64, i32, u32)>,
     expired: Vec<(u32, u16)>,
@@ -229,6 +235,7 @@ impl Worker {
         shared: Arc<Shared>,
         listener: socket2::Socket,
         http_listener: socket2::Socket,
+        nbd_listener: socket2::Socket,
         listen_ip: std::net::IpAddr,
     ) -> Result<Worker, String> {
         let ring = ring::build().map_err(|e| e.to_string())?;
@@ -240,7 +247,8 @@ impl Worker {
             bufs,
             wheel: timer::Wheel::new(Instant::now()),
             tftp: tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index),
-            http: http::HttpService::new(http_listener, stats, shared.clone(), index),
+            http: http::HttpService::new(http_listener, stats.clone(), shared.clone(), index),
+            nbd: nbd::NbdService::new(nbd_listener, stats, shared.clone(), index),
             shared,
             cqes: Vec::with_capacity(ring::CQ_ENTRIES as usize),
             expired: Vec::new(),
@@ -268,7 +276,9 @@ impl Worker {
             for i in 0..self.cqes.len() {
                 let (u, res, flags) = self.cqes[i];
                 let (kind, id, generation, slot) = ud_parts(u);
-                if kind >= http::K_ACCEPT {
+                if kind >= nbd::K_ACCEPT {
+                    self.nbd.on_cqe(kind, id, generation, res, flags, now);
+                } else if kind >= http::K_ACCEPT {
                     self.http.on_cqe(kind, id, generation, res, flags, &mut self.ring, now);
                 } else {
                     self.tftp.on_cqe(kind, id, generation, slot, res, flags, &mut self.bufs, &mut self.ring, now, &snapshot);
@@ -286,21 +296,27 @@ impl Worker {
             }
             self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
             self.http.flush(&mut self.ring, &mut self.wheel, now);
+            self.nbd.flush(&mut self.ring);
             if self.shared.draining.load(Ordering::Relaxed) {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
                     tracing::info!(worker = self.index, tftp = self.tftp.active(), http = self.http.active(), "draining");
                     self.http.stop_listening(&mut self.ring);
+                    self.nbd.stop_listening(&mut self.ring);
                     now + self.shared.grace
                 });
                 self.tftp.stop_listening(&mut self.ring);
-                if now >= deadline && self.tftp.active() + self.http.active() > 0 {
+                if now >= deadline && self.tftp.active() + self.http.active() + self.nbd.active() > 0 {
                     self.tftp.abort_all(&mut self.ring, now);
                     self.http.abort_all(&mut self.ring);
+                    self.nbd.abort_all(&mut self.ring);
+                    self.nbd.flush(&mut self.ring);
                     self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
                     self.http.flush(&mut self.ring, &mut self.wheel, now);
                 }
                 // Done when nothing runs and the kernel holds no session memory.
-                if self.tftp.active() + self.http.active() == 0 && self.tftp.lingering() + self.http.lingering() == 0 {
+                if self.tftp.active() + self.http.active() + self.nbd.active() == 0
+                    && self.tftp.lingering() + self.http.lingering() + self.nbd.lingering() == 0
+                {
                     break;
                 }
                 if now >= deadline + Duration::from_secs(5) {

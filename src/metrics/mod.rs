@@ -75,6 +75,11 @@ counters! {
     HttpAcceptErrors => ("bootfarm_http_accept_errors_total", "", "Accepts that failed for lack of descriptors or memory (accepting pauses 100 ms)."),
     HttpTimeoutSend => ("bootfarm_http_timeouts_total", "kind=\"send\"", "Connections closed by a timeout, by kind (header = slowloris)."),
     HttpBodyBytes => ("bootfarm_http_sent_bytes_total", "", "Bytes written to HTTP connections (headers and bodies)."),
+    NbdConnections => ("bootfarm_nbd_connections_accepted_total", "", "NBD connections accepted."),
+    NbdRefusedLimit => ("bootfarm_nbd_connections_refused_total", "", "NBD connections closed at once at nbd.connections_max."),
+    NbdReads => ("bootfarm_nbd_reads_total", "", "NBD READ requests answered with data."),
+    NbdErrors => ("bootfarm_nbd_error_replies_total", "", "NBD requests answered with an error (EPERM for writes on read-only exports, EINVAL, EOVERFLOW)."),
+    NbdSentBytes => ("bootfarm_nbd_sent_bytes_total", "", "Bytes written to NBD connections."),
     RecvBuffersExhausted => ("bootfarm_recv_buffers_exhausted_total", "", "Multishot receives stopped because every provided buffer was in use (re-armed)."),
 }
 

@@ -1,0 +1,193 @@
+//! NBD wire format (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md), big
+//! endian. Parsing works on the connection's receive buffer in place.
+
+pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
+pub const FLAG_NO_ZEROES: u16 = 2;
+
+pub const OPT_EXPORT_NAME: u32 = 1;
+pub const OPT_ABORT: u32 = 2;
+pub const OPT_LIST: u32 = 3;
+pub const OPT_INFO: u32 = 6;
+pub const OPT_GO: u32 = 7;
+
+pub const REP_ACK: u32 = 1;
+pub const REP_SERVER: u32 = 2;
+pub const REP_INFO: u32 = 3;
+pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
+pub const REP_ERR_INVALID: u32 = 0x8000_0003;
+pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+
+pub const INFO_EXPORT: u16 = 0;
+pub const INFO_BLOCK_SIZE: u16 = 3;
+
+pub const TFLAG_HAS_FLAGS: u16 = 1;
+pub const TFLAG_READ_ONLY: u16 = 2;
+pub const TFLAG_SEND_FLUSH: u16 = 4;
+pub const TFLAG_CAN_MULTI_CONN: u16 = 256;
+
+pub const CMD_READ: u16 = 0;
+pub const CMD_WRITE: u16 = 1;
+pub const CMD_DISC: u16 = 2;
+pub const CMD_FLUSH: u16 = 3;
+
+pub const EPERM: u32 = 1;
+pub const EINVAL: u32 = 22;
+pub const EOVERFLOW: u32 = 75;
+pub const ENOTSUP: u32 = 95;
+
+/// Longest option payload accepted during the handshake.
+pub const OPTION_BYTES_MAX: u32 = 4096;
+
+fn be16(b: &[u8], o: usize) -> u16 {
+    u16::from_be_bytes([b[o], b[o + 1]])
+}
+fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn be64(b: &[u8], o: usize) -> u64 {
+    u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// The server's opening: NBDMAGIC, IHAVEOPT, handshake flags.
+pub fn greeting() -> [u8; 18] {
+    let mut g = [0u8; 18];
+    g[..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    g[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    g[16..].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    g
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parse<T> {
+    /// Need more bytes.
+    More,
+    Done(T, usize),
+    /// A protocol violation: the connection ends.
+    Fatal(&'static str),
+}
+
+/// Client flags (4 bytes) after the greeting.
+pub fn client_flags(b: &[u8]) -> Parse<u32> {
+    if b.len() < 4 {
+        return Parse::More;
+    }
+    let f = be32(b, 0);
+    if f & FLAG_FIXED_NEWSTYLE as u32 == 0 {
+        return Parse::Fatal("client does not speak fixed newstyle");
+    }
+    Parse::Done(f, 4)
+}
+
+/// One option: (option, payload range in `b`).
+pub fn option(b: &[u8]) -> Parse<(u32, std::ops::Range<usize>)> {
+    if b.len() < 16 {
+        return Parse::More;
+    }
+    if be64(b, 0) != IHAVEOPT {
+        return Parse::Fatal("bad option magic");
+    }
+    let (opt, len) = (be32(b, 8), be32(b, 12));
+    if len > OPTION_BYTES_MAX {
+        return Parse::Fatal("option payload too large");
+    }
+    let end = 16 + len as usize;
+    if b.len() < end {
+        return Parse::More;
+    }
+    Parse::Done((opt, 16..end), end)
+}
+
+pub fn option_reply(out: &mut Vec<u8>, opt: u32, kind: u32, data: &[u8]) {
+    out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&opt.to_be_bytes());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// INFO/GO payload: export name and the information types asked for.
+pub fn info_request(p: &[u8]) -> Option<(&[u8], Vec<u16>)> {
+    if p.len() < 6 {
+        return None;
+    }
+    let n = be32(p, 0) as usize;
+    if p.len() < 4 + n + 2 {
+        return None;
+    }
+    let name = &p[4..4 + n];
+    let count = be16(p, 4 + n) as usize;
+    let reqs = &p[6 + n..];
+    if reqs.len() != 2 * count {
+        return None;
+    }
+    Some((name, (0..count).map(|i| be16(reqs, 2 * i)).collect()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub flags: u16,
+    pub kind: u16,
+    pub cookie: u64,
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// A transmission request header (28 bytes; a WRITE's payload follows it).
+pub fn request(b: &[u8]) -> Parse<Request> {
+    if b.len() < 28 {
+        return Parse::More;
+    }
+    if be32(b, 0) != REQUEST_MAGIC {
+        return Parse::Fatal("bad request magic");
+    }
+    Parse::Done(Request { flags: be16(b, 4), kind: be16(b, 6), cookie: be64(b, 8), offset: be64(b, 16), length: be32(b, 24) }, 28)
+}
+
+pub fn simple_reply(out: &mut Vec<u8>, error: u32, cookie: u64) {
+    out.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&error.to_be_bytes());
+    out.extend_from_slice(&cookie.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_pieces() {
+        assert_eq!(&greeting()[..8], b"NBDMAGIC");
+        assert_eq!(&greeting()[8..16], b"IHAVEOPT");
+        assert_eq!(client_flags(&[0, 0, 0, 3]), Parse::Done(3, 4));
+        assert!(matches!(client_flags(&[0, 0, 0, 0]), Parse::Fatal(_)));
+        let mut o = IHAVEOPT.to_be_bytes().to_vec();
+        o.extend_from_slice(&OPT_GO.to_be_bytes());
+        o.extend_from_slice(&8u32.to_be_bytes());
+        assert_eq!(option(&o), Parse::More);
+        o.extend_from_slice(&[0, 0, 0, 2, b'v', b'd', 0, 0]);
+        assert_eq!(option(&o), Parse::Done((OPT_GO, 16..24), 24));
+        assert_eq!(info_request(&o[16..24]), Some((&b"vd"[..], vec![])));
+        let mut big = IHAVEOPT.to_be_bytes().to_vec();
+        big.extend_from_slice(&OPT_GO.to_be_bytes());
+        big.extend_from_slice(&(OPTION_BYTES_MAX + 1).to_be_bytes());
+        assert!(matches!(option(&big), Parse::Fatal(_)));
+    }
+
+    #[test]
+    fn requests() {
+        let mut r = REQUEST_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&CMD_READ.to_be_bytes());
+        r.extend_from_slice(&7u64.to_be_bytes());
+        r.extend_from_slice(&4096u64.to_be_bytes());
+        r.extend_from_slice(&512u32.to_be_bytes());
+        assert_eq!(request(&r), Parse::Done(Request { flags: 0, kind: CMD_READ, cookie: 7, offset: 4096, length: 512 }, 28));
+        r[0] = 0;
+        assert!(matches!(request(&r), Parse::Fatal(_)));
+    }
+}
