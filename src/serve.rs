@@ -31,7 +31,7 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_dir: Option<&Path>) -> Result<(), String> {
@@ -75,7 +75,8 @@ pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_
 fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
     let v = snap.default_vdisk().map(|v| v.path.display().to_string()).unwrap_or_default();
     let name = snap.default_vdisk().map(|v| v.name.clone()).unwrap_or_default();
-    let (ip, tftp, http) = (snap.config.server.listen, snap.config.server.tftp_port, snap.config.server.http_port);
+    let (ip, tftp, http, nbd) =
+        (snap.config.server.listen, snap.config.server.tftp_port, snap.config.server.http_port, snap.config.server.nbd_port);
     let (root, boot, nbp) = (snap.tftp_root.display(), crate::demo::BOOTSTRAP_NAME, crate::demo::NBP_NAME);
     let qemu = "qemu-system-x86_64 -accel tcg -m 128 -display none -vga none -nodefaults -serial stdio \\\n    \
                 -fw_cfg name=etc/sercon-port,file=sercon -device isa-debug-exit,iobase=0xf4,iosize=0x04 \\\n    \
@@ -88,6 +89,8 @@ fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
          HTTP:\n  curl -s http://{ip}:{http}/ipxe\n  \
          curl -s -r 0-511 http://{ip}:{http}/vdisk/{name} | xxd | tail -2\n  \
          curl -s http://{ip}:{http}/metrics | grep bootfarm_tftp\n\n\
+         NBD (libnbd-bin):\n  nbdinfo --list nbd://{ip}:{nbd}\n  \
+         nbdcopy nbd://{ip}:{nbd}/{name} demo-nbd.raw\n\n\
          Network-boot a VM (qemu-system-x86 + ipxe-qemu), after: printf '\\xf8\\x03' > sercon\n  \
          # iPXE sanboots the vdisk over HTTP; its boot sector prints a marker, then QEMU exits:\n  \
          {qemu} -netdev user,id=n0,bootfile=http://10.0.2.2:{http}/ipxe\n  \
