@@ -292,12 +292,13 @@ pub fn parse_date(s: &[u8]) -> Option<i64> {
     }
     let d: u32 = p[1].parse().ok()?;
     let m = MONTHS.iter().position(|&x| x == p[2])? as u32 + 1;
-    let y: i64 = p[3].parse().ok()?;
-    let (hh, mm, ss): (i64, i64, i64) = (p[4].parse().ok()?, p[5].parse().ok()?, p[6].parse().ok()?);
-    if !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    // Unsigned fields and a four-digit year: no sign tricks, no overflow in the arithmetic.
+    let y: u32 = p[3].parse().ok()?;
+    let (hh, mm, ss): (u32, u32, u32) = (p[4].parse().ok()?, p[5].parse().ok()?, p[6].parse().ok()?);
+    if !(1..=31).contains(&d) || !(1000..=9999).contains(&y) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
-    Some(days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss)
+    Some(days_from_civil(y as i64, m, d) * 86_400 + (hh * 3600 + mm * 60 + ss) as i64)
 }
 
 /// Decodes %XX escapes once. Refuses NUL, malformed escapes and non-UTF-8 results. Borrows
@@ -392,6 +393,10 @@ mod tests {
         assert_eq!(v, b"Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(parse_date(&v), Some(784_111_777));
         assert_eq!(parse_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        // Found by fuzzing: absurd years and signed fields must not overflow.
+        assert_eq!(parse_date(b":3:Dec:5717777777717777:4:5:-717777777777777717777737:GMT"), None);
+        assert_eq!(parse_date(b"Sun, 06 Nov 99999999999 08:49:37 GMT"), None);
+        assert_eq!(parse_date(b"Sun, 06 Nov 1994 08:49:-1 GMT"), None);
         v.clear();
         format_date(1_795_000_000, &mut v);
         assert_eq!(parse_date(&v), Some(1_795_000_000));
