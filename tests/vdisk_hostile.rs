@@ -90,6 +90,12 @@ fn vhdx_defects() {
     write_at(&p, 2 * MIB + 64 * 1024 + 8, &(1u64 << 60).to_le_bytes());
     refused(&p, "exceeds the VHDX maximum");
 
+    // An empty metadata item (length 0) whose offset lies past the region (found by fuzzing).
+    let p = vhdx(&dir, "meta-empty.vhdx");
+    write_at(&p, 2 * MIB + 32 + 16, &(16 * MIB as u32).to_le_bytes());
+    write_at(&p, 2 * MIB + 32 + 20, &0u32.to_le_bytes());
+    refused(&p, "outside the metadata region");
+
     let p = vhdx(&dir, "blocksize.vhdx");
     write_at(&p, 2 * MIB + 64 * 1024, &(3 * MIB as u32).to_le_bytes());
     refused(&p, "block size 3145728 is not a power of two");

@@ -241,7 +241,8 @@ fn parse_metadata(b: &[u8], region: Region) -> Result<Metadata, String> {
         let e = &m[32 + 32 * i..64 + 32 * i];
         let id: Guid = e[..16].try_into().unwrap();
         let (off, len, flags) = (le32(e, 16) as u64, le32(e, 20) as u64, le32(e, 24));
-        if len > 0 && (off < 64 * 1024 || off + len > region.length) {
+        // Found by fuzzing: an empty item's offset must be checked too before slicing at it.
+        if off + len > region.length || (len > 0 && off < 64 * 1024) {
             return Err(format!("metadata item {i}: {len} bytes at {off:#x} lie outside the metadata region"));
         }
         let known = [FILE_PARAMETERS, VIRTUAL_DISK_SIZE, VIRTUAL_DISK_ID, LOGICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE, PARENT_LOCATOR];
