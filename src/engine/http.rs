@@ -7,12 +7,13 @@
 //! keeping its body alive until the kernel's notification.
 
 use super::files::FileCache;
+use super::iov::{push_chain, push_slice, IOV_MAX};
 use super::ring::push;
 use super::slab::Slab;
 use super::timer::Wheel;
 use super::{ud, Shared, WorkerStats};
 use crate::http::{self, wire, Body};
-use crate::image::{Backing, Segment};
+use crate::image::Backing;
 use crate::metrics::Counter;
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -29,10 +30,7 @@ pub const K_CANCEL: u8 = 19;
 /// Timer ids of HTTP connections carry this bit (TFTP sessions do not).
 pub const TIMER_BIT: u32 = 1 << 23;
 
-const IOV_MAX: usize = 64;
 const SEND_BYTES_MAX: u64 = 4 << 20;
-const ZEROS_LEN: usize = 64 * 1024;
-static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
 const RBUF_INITIAL: usize = 4096;
 
 pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
@@ -592,30 +590,12 @@ fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &m
     let want = body_left.min(budget);
     let mut body_bytes_now = 0u64;
     if want > 0 {
-        let iov = &mut c.iov;
-        let mut push_slice = |p: *const u8, n: usize| {
-            if iov.len() < IOV_MAX {
-                iov.push(libc::iovec { iov_base: p as *mut _, iov_len: n });
-                body_bytes_now += n as u64;
-            }
+        body_bytes_now = match &c.body {
+            Body::Empty => 0,
+            Body::Owned(v) => push_slice(&mut c.iov, v[body_off as usize..].as_ptr(), want as usize),
+            Body::File { data, start, .. } => push_slice(&mut c.iov, data.bytes()[(start + body_off) as usize..].as_ptr(), want as usize),
+            Body::Vdisk { vdisk, start, .. } => push_chain(&mut c.iov, &vdisk.chain, start + body_off, want),
         };
-        match &c.body {
-            Body::Empty => {}
-            Body::Owned(v) => push_slice(v[body_off as usize..].as_ptr(), want as usize),
-            Body::File { data, start, .. } => push_slice(data.bytes()[(start + body_off) as usize..].as_ptr(), want as usize),
-            Body::Vdisk { vdisk, start, .. } => {
-                let _ = vdisk.chain.read(start + body_off, want, &mut |s| match s {
-                    Segment::Data(d) => push_slice(d.as_ptr(), d.len()),
-                    Segment::Zero(mut n) => {
-                        while n > 0 {
-                            let k = n.min(ZEROS_LEN as u64);
-                            push_slice(ZEROS.as_ptr(), k as usize);
-                            n -= k;
-                        }
-                    }
-                });
-            }
-        }
     }
     c.msg.msg_iov = c.iov.as_mut_ptr();
     c.msg.msg_iovlen = c.iov.len() as _;

@@ -5,6 +5,7 @@
 
 mod files;
 mod http;
+mod iov;
 mod nbd;
 pub mod ring;
 mod slab;

@@ -4,11 +4,11 @@
 //! connection are answered in order, one reply in flight. Read-only in this slice: WRITE/TRIM
 //! get EPERM (their payload is consumed so the stream stays in step).
 
+use super::iov::{push_chain, IOV_MAX};
 use super::ring::push;
 use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
 use crate::config::Vdisk;
-use crate::image::Segment;
 use crate::metrics::Counter;
 use crate::nbd::wire::{self, Parse};
 use io_uring::{cqueue, opcode, types, IoUring};
@@ -22,10 +22,6 @@ pub const K_ACCEPT: u8 = 32;
 pub const K_RECV: u8 = 33;
 pub const K_SEND: u8 = 34;
 pub const K_CANCEL: u8 = 35;
-
-const IOV_MAX: usize = 64;
-const ZEROS_LEN: usize = 64 * 1024;
-static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
 
 #[derive(PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -467,23 +463,8 @@ fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring) {
     if let Some((vd, start, len)) = &c.body {
         let off = c.sent.saturating_sub(head);
         let want = (len - off).min(4 << 20);
-        let iov = &mut c.iov;
-        let mut push_slice = |p: *const u8, n: usize| {
-            if iov.len() < IOV_MAX {
-                iov.push(libc::iovec { iov_base: p as *mut _, iov_len: n });
-            }
-        };
         if want > 0 {
-            let _ = vd.chain.read(start + off, want, &mut |s| match s {
-                Segment::Data(d) => push_slice(d.as_ptr(), d.len()),
-                Segment::Zero(mut n) => {
-                    while n > 0 {
-                        let k = n.min(ZEROS_LEN as u64);
-                        push_slice(ZEROS.as_ptr(), k as usize);
-                        n -= k;
-                    }
-                }
-            });
+            push_chain(&mut c.iov, &vd.chain, start + off, want);
         }
     }
     c.msg.msg_iov = c.iov.as_mut_ptr();
