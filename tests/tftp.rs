@@ -7,7 +7,6 @@ mod common;
 use bootfarm::tftp::wire::{self, Packet};
 use common::*;
 use std::net::UdpSocket;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -138,6 +137,22 @@ impl Raw {
         b.truncate(n);
         Some((b, from))
     }
+    /// Lockstep from DATA 1 (`first`, 512-byte blocks) to the end: ACKs every block, returns
+    /// the bytes.
+    fn finish(&self, first: &[u8], tid: std::net::SocketAddr) -> Vec<u8> {
+        let mut got = first[4..].to_vec();
+        for block in 1u16.. {
+            self.sock.send_to(&wire::encode_ack(block), tid).unwrap();
+            let (d, _) = self.recv().unwrap();
+            got.extend_from_slice(&d[4..]);
+            if d.len() < 516 {
+                self.sock.send_to(&wire::encode_ack(block + 1), tid).unwrap();
+                break;
+            }
+        }
+        got
+    }
+
     fn expect_error(&self, code: u16, text: &str) {
         let (b, _) = self.recv().expect("an ERROR reply");
         match wire::parse(&b) {
@@ -295,21 +310,11 @@ fn sigterm_lets_a_running_transfer_finish() {
     late.rrq("b512", &[]);
     assert!(late.recv().is_none(), "no new transfer while draining");
     // … but the running one completes.
-    let mut got = d1[4..].to_vec();
-    for block in 1u16.. {
-        c.sock.send_to(&wire::encode_ack(block), tid).unwrap();
-        let (d, _) = c.recv().unwrap();
-        got.extend_from_slice(&d[4..]);
-        if d.len() < 516 {
-            c.sock.send_to(&wire::encode_ack(block + 1), tid).unwrap();
-            break;
-        }
-    }
+    let got = c.finish(&d1, tid);
     assert_same("drained transfer", &got, &expected(&f, "b1433"));
     let mut server = f.server;
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let _ = Path::new("");
 }
 
 #[test]
@@ -324,16 +329,7 @@ fn a_transfer_finishes_on_the_snapshot_it_started_with() {
     std::fs::write(f.dir.join("bootfarm.toml"), cfg).unwrap();
     f.server.wait_for("generation=2");
     // The running transfer still completes with the old root's bytes …
-    let mut got = d1[4..].to_vec();
-    for block in 1u16.. {
-        c.sock.send_to(&wire::encode_ack(block), tid).unwrap();
-        let (d, _) = c.recv().unwrap();
-        got.extend_from_slice(&d[4..]);
-        if d.len() < 516 {
-            c.sock.send_to(&wire::encode_ack(block + 1), tid).unwrap();
-            break;
-        }
-    }
+    let got = c.finish(&d1, tid);
     assert_same("transfer across a reload", &got, &expected(&f, "b1433"));
     f.server.wait_for("outcome=\"completed\"");
     // … while a new request sees the new snapshot.
