@@ -6,6 +6,7 @@
 # (measured here: ratios from 0.56x to 1.87x between identical runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 cargo build --release -q --workspace
 BF=target/release/bootfarm
 W=$(mktemp -d /tmp/bootfarm-perf-export.XXXXXX)
@@ -14,18 +15,7 @@ if [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt $((3 << 20)) ]
 trap 'rm -rf "$W" "$O"' EXIT
 ROUNDS=${ROUNDS:-9}
 # Source: 1 GiB with ~60% data in 1 MiB runs (a boot image is mostly allocated), rest holes.
-python3 - "$W/src.raw" <<'PY'
-import os, random, sys
-random.seed(7)
-with open(sys.argv[1], "wb") as f:
-    f.truncate(1 << 30)
-    for mib in range(1024):
-        if random.random() < 0.6:
-            f.seek(mib << 20)
-            f.write(random.randbytes(1 << 20))
-PY
-qemu-img convert -f raw -O vhdx -o block_size=32M "$W/src.raw" "$W/disk.vhdx"
-rm "$W/src.raw"
+make_test_vhdx "$W"
 cat "$W/disk.vhdx" > /dev/null   # both read from the page cache
 now() { date +%s.%N; }
 ours=(); theirs=()

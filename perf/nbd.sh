@@ -5,6 +5,7 @@
 # issue 6 need the write cache and a fio with its nbd engine: not measured here yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 ROUNDS=${ROUNDS:-5}
 export DEBIAN_FRONTEND=noninteractive
 command -v nbdcopy >/dev/null || apt-get install -y -qq --no-install-recommends libnbd-bin >/dev/null
@@ -15,18 +16,7 @@ W=$(mktemp -d /tmp/bootfarm-perf-nbd.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-python3 - "$W/src.raw" <<'PY'
-import random, sys
-random.seed(7)
-with open(sys.argv[1], "wb") as f:
-    f.truncate(1 << 30)
-    for mib in range(1024):
-        if random.random() < 0.6:
-            f.seek(mib << 20)
-            f.write(random.randbytes(1 << 20))
-PY
-qemu-img convert -f raw -O vhdx -o block_size=32M "$W/src.raw" "$W/disk.vhdx"
-rm "$W/src.raw"
+make_test_vhdx "$W"
 mkdir -p "$W/boot"
 printf '[server]\ntftp_port = 6921\nhttp_port = 8921\nnbd_port = 10921\n[tftp]\nroot = "boot"\n[[vdisk]]\nname = "disk"\npath = "disk.vhdx"\n' > "$W/bootfarm.toml"
 "$BF" serve --config "$W/bootfarm.toml" --log warn & pids+=($!)
