@@ -100,6 +100,7 @@ pub struct Shared {
     pub tftp_admission: Admission,
     pub http_admission: Admission,
     pub nbd_admission: Admission,
+    pub nbd_targets: crate::nbd::cache::Registry,
 }
 
 /// /metrics: every worker's counters summed, histograms, and gauges.
@@ -110,6 +111,7 @@ pub fn render_metrics(shared: &Shared) -> String {
     blocks.push(&shared.store.counters);
     let tftp: u64 = shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum();
     let http: u64 = shared.workers.iter().map(|w| w.http_connections.load(r)).sum();
+    let (targets, connected) = shared.nbd_targets.counts();
     let mut out = crate::metrics::render(
         &blocks,
         &[
@@ -118,6 +120,9 @@ pub fn render_metrics(shared: &Shared) -> String {
             ("bootfarm_http_connections", "", "HTTP connections open now.", http as f64),
             ("bootfarm_workers", "", "Engine worker threads.", shared.workers.len() as f64),
             ("bootfarm_draining", "", "1 while shutting down.", shared.draining.load(r) as u8 as f64),
+            ("bootfarm_nbd_targets", "", "NBD targets with a write cache (connected or kept for a reconnect).", targets as f64),
+            ("bootfarm_nbd_targets_connected", "", "NBD targets with at least one connection.", connected as f64),
+            ("bootfarm_nbd_cache_bytes", "", "RAM and overflow bytes held by all NBD write caches.", shared.nbd_targets.total.load(r) as f64),
         ],
     );
     let hs: Vec<&Histogram> = shared.workers.iter().map(|w| &w.tftp_duration).collect();
@@ -168,6 +173,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         tftp_admission: Admission::default(),
         http_admission: Admission::default(),
         nbd_admission: Admission::default(),
+        nbd_targets: Default::default(),
     });
     let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -297,7 +303,7 @@ impl Worker {
             }
             self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
             self.http.flush(&mut self.ring, &mut self.wheel, now);
-            self.nbd.flush(&mut self.ring);
+            self.nbd.flush(&mut self.ring, now);
             if self.shared.draining.load(Ordering::Relaxed) {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
                     tracing::info!(worker = self.index, tftp = self.tftp.active(), http = self.http.active(), "draining");
@@ -310,7 +316,7 @@ impl Worker {
                     self.tftp.abort_all(&mut self.ring, now);
                     self.http.abort_all(&mut self.ring);
                     self.nbd.abort_all(&mut self.ring);
-                    self.nbd.flush(&mut self.ring);
+                    self.nbd.flush(&mut self.ring, now);
                     self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
                     self.http.flush(&mut self.ring, &mut self.wheel, now);
                 }

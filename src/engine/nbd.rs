@@ -1,27 +1,45 @@
-//! NBD on the engine: SO_REUSEPORT listener per worker, multishot accept, one receive buffer per
-//! connection parsed in place. Replies go out as one sendmsg: the 16-byte reply header plus
-//! iovecs over the vdisk's chain segments (zero runs from the static zero page). Requests on a
-//! connection are answered in order, one reply in flight. Read-only in this slice: WRITE/TRIM
-//! get EPERM (their payload is consumed so the stream stays in step).
+//! NBD on the engine: SO_REUSEPORT listener per worker, multishot accept, one receive buffer
+//! per connection parsed in place.
+//!
+//! Requests are pipelined: everything the client has sent (up to `nbd.queue_depth_max`
+//! requests) is answered in one batch, and the batch goes out as one sendmsg whose iovecs
+//! point at reply headers, at the image mapping and at the target's RAM cache pages (no copy;
+//! only overflow-file blocks are copied). The next batch is parsed while nothing is being
+//! sent; receiving goes on meanwhile into the free end of the buffer. When a client sends more
+//! than the queue allows, reading stops until the replies are out, so TCP pushes back.
+//!
+//! Replies come in request order (the protocol allows any order; serving from memory gains
+//! nothing by reordering). WRITE payloads are applied to the target's cache as they arrive.
 
-use super::iov::{push_chain, IOV_MAX};
 use super::ring::push;
 use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
-use crate::config::Vdisk;
+use crate::config::Mode;
+use crate::config::{Snapshot, Vdisk};
 use crate::metrics::Counter;
+use crate::nbd::cache::{self, CacheError, Piece, Target};
 use crate::nbd::wire::{self, Parse};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::Socket;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const K_ACCEPT: u8 = 32;
 pub const K_RECV: u8 = 33;
 pub const K_SEND: u8 = 34;
 pub const K_CANCEL: u8 = 35;
+
+/// Receive buffer per connection: a few large WRITEs, or thousands of request headers.
+const RBUF: usize = 256 * 1024;
+/// Most iovecs in one sendmsg (the kernel's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
+/// A batch stops growing past these (reply bytes, pieces), whatever the queue depth.
+const BATCH_BYTES: u64 = 64 << 20;
+const BATCH_PIECES: usize = 16 * 1024;
+const ZEROS_LEN: usize = 64 * 1024;
+static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
 
 #[derive(PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -30,23 +48,47 @@ enum Phase {
     Transmission,
 }
 
+/// Part of a batch: bytes of `out` (headers), of `scratch` (overflow-file copies), or memory
+/// that outlives the send (the image mapping, cache pages, the zero page).
+#[derive(Clone, Copy)]
+enum P {
+    Out(u32, u32),
+    Scratch(u32, u32),
+    Mem(*const u8, usize),
+}
+
+/// A WRITE whose payload is still arriving.
+struct Incoming {
+    cookie: u64,
+    next: u64,
+    remaining: u64,
+    fua: bool,
+    /// Refused up front or failed part way: the rest is skipped and this is the answer.
+    error: Option<(u32, String)>,
+}
+
 struct Conn {
     generation: u16,
     fd: Option<OwnedFd>,
     peer: SocketAddr,
     ip: IpAddr,
-    rbuf: Vec<u8>,
-    rlen: usize,
+    rbuf: Box<[u8]>,
+    head: usize,
+    tail: usize,
     recv_armed: bool,
     phase: Phase,
     no_zeroes: bool,
-    export: Option<Arc<Vdisk>>,
-    /// Bytes of a refused WRITE's payload still to skip.
-    discard: u64,
+    structured: bool,
+    meta_base: bool,
+    target: Option<Arc<Target>>,
+    incoming: Option<Incoming>,
+    // The batch being sent.
     out: Vec<u8>,
-    body: Option<(Arc<Vdisk>, u64, u64)>,
+    scratch: Vec<u8>,
+    pieces: Vec<P>,
     total: u64,
     sent: u64,
+    cursor: (usize, usize),
     sending: bool,
     iov: Vec<libc::iovec>,
     msg: libc::msghdr,
@@ -55,6 +97,73 @@ struct Conn {
     dirty: bool,
     requests: u64,
     opened: Instant,
+    // Scratch for one read: the pieces the cache emits.
+    tmp: Vec<RPiece>,
+}
+
+#[derive(Clone, Copy)]
+enum RPiece {
+    Mem(*const u8, usize),
+    Scratch(u32, u32),
+    Zero(u64),
+}
+
+impl Conn {
+    fn avail(&self) -> &[u8] {
+        &self.rbuf[self.head..self.tail]
+    }
+    fn consume(&mut self, n: usize) {
+        self.head += n;
+        if self.head == self.tail && !self.recv_armed {
+            self.head = 0;
+            self.tail = 0;
+        }
+    }
+    /// Appends header bytes to the batch.
+    fn put(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.out.len();
+        f(&mut self.out);
+        let n = (self.out.len() - start) as u32;
+        if n == 0 {
+            return;
+        }
+        match self.pieces.last_mut() {
+            Some(P::Out(s, l)) if (*s + *l) as usize == start => *l += n,
+            _ => self.pieces.push(P::Out(start as u32, n)),
+        }
+        self.total += n as u64;
+    }
+    fn mem(&mut self, p: *const u8, n: usize) {
+        self.pieces.push(P::Mem(p, n));
+        self.total += n as u64;
+    }
+    fn zeros(&mut self, mut n: u64) {
+        while n > 0 {
+            let k = n.min(ZEROS_LEN as u64) as usize;
+            self.mem(ZEROS.as_ptr(), k);
+            n -= k as u64;
+        }
+    }
+    fn reply_ok(&mut self, cookie: u64) {
+        let structured = self.structured;
+        self.put(|o| {
+            if structured {
+                wire::chunk(o, wire::REPLY_FLAG_DONE, wire::REPLY_TYPE_NONE, cookie, 0)
+            } else {
+                wire::simple_reply(o, 0, cookie)
+            }
+        });
+    }
+    fn reply_err(&mut self, cookie: u64, error: u32, msg: &str) {
+        let structured = self.structured;
+        self.put(|o| {
+            if structured {
+                wire::error_chunk(o, cookie, error, msg)
+            } else {
+                wire::simple_reply(o, error, cookie)
+            }
+        });
+    }
 }
 
 pub struct NbdService {
@@ -66,6 +175,7 @@ pub struct NbdService {
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
     worker: usize,
+    last_sweep: Instant,
 }
 
 impl NbdService {
@@ -79,6 +189,7 @@ impl NbdService {
             stats,
             shared,
             worker,
+            last_sweep: Instant::now(),
         }
     }
 
@@ -120,9 +231,8 @@ impl NbdService {
                 c.recv_armed = false;
                 if res <= 0 {
                     c.close_after = true;
-                    c.rlen = 0;
                 } else {
-                    c.rlen += res as usize;
+                    c.tail += res as usize;
                 }
                 self.mark(id);
             }
@@ -131,9 +241,10 @@ impl NbdService {
                 c.sending = false;
                 if res < 0 {
                     c.close_after = true;
-                    c.total = 0;
+                    c.total = c.sent;
                 } else {
                     c.sent += res as u64;
+                    advance(c, res as usize);
                     self.stats.counters.add(Counter::NbdSentBytes, res as u64);
                 }
                 self.mark(id);
@@ -163,17 +274,22 @@ impl NbdService {
                 fd: Some(sock.into()),
                 peer,
                 ip,
-                rbuf: vec![0u8; 64 * 1024],
-                rlen: 0,
+                rbuf: vec![0u8; RBUF].into_boxed_slice(),
+                head: 0,
+                tail: 0,
                 recv_armed: false,
                 phase: Phase::ClientFlags,
                 no_zeroes: false,
-                export: None,
-                discard: 0,
-                out: Vec::with_capacity(256),
-                body: None,
+                structured: false,
+                meta_base: false,
+                target: None,
+                incoming: None,
+                out: Vec::with_capacity(4096),
+                scratch: Vec::new(),
+                pieces: Vec::with_capacity(64),
                 total: 0,
                 sent: 0,
+                cursor: (0, 0),
                 sending: false,
                 iov: Vec::with_capacity(IOV_MAX),
                 msg: unsafe { std::mem::zeroed() },
@@ -182,32 +298,37 @@ impl NbdService {
                 dirty: false,
                 requests: 0,
                 opened: now,
+                tmp: Vec::new(),
             });
-            c.out.extend_from_slice(&wire::greeting());
-            c.total = c.out.len() as u64;
+            c.put(|o| o.extend_from_slice(&wire::greeting()));
             c
         });
         self.active += 1;
         self.mark(id);
     }
 
-    pub fn flush(&mut self, ring: &mut IoUring) {
+    pub fn flush(&mut self, ring: &mut IoUring, now: Instant) {
         if !self.accept_armed {
             if let Some(l) = self.listener.as_ref() {
                 push(ring, &opcode::AcceptMulti::new(types::Fd(l.as_raw_fd())).build().user_data(ud(K_ACCEPT, 0, 0, 0)));
                 self.accept_armed = true;
             }
         }
+        if self.worker == 0 && now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.last_sweep = now;
+            let keep = Duration::from_millis(self.shared.store.load().config.nbd.cache_keep_after_disconnect_ms);
+            self.shared.nbd_targets.sweep(now, keep);
+        }
         let mut i = 0;
         while i < self.dirty.len() {
             let id = self.dirty[i];
             i += 1;
-            self.flush_one(id, ring);
+            self.flush_one(id, ring, now);
         }
         self.dirty.clear();
     }
 
-    fn flush_one(&mut self, id: u32, ring: &mut IoUring) {
+    fn flush_one(&mut self, id: u32, ring: &mut IoUring, now: Instant) {
         let snap = self.shared.store.load();
         let Some(c) = self.conns.at(id) else { return };
         c.dirty = false;
@@ -217,45 +338,47 @@ impl NbdService {
             }
             return;
         }
-        if c.sending {
-            return;
-        }
-        if c.total > 0 {
-            if c.sent < c.total {
-                submit_send(c, id, ring);
-                return;
-            }
+        if !c.sending && c.sent == c.total && c.total > 0 {
+            // The batch is out: start the next one.
+            c.out.clear();
+            c.scratch.clear();
+            c.pieces.clear();
             c.total = 0;
             c.sent = 0;
-            c.out.clear();
-            c.body = None;
+            c.cursor = (0, 0);
         }
-        // Answer what is buffered, one reply at a time.
-        if !c.close_after && !c.recv_armed && c.rlen > 0 {
-            if let Some(close) = step(c, &snap, &self.stats) {
-                if close {
-                    c.close_after = true;
-                }
-            }
-            if c.total > 0 {
-                submit_send(c, id, ring);
-                return;
+        if !c.sending && c.total == 0 && !c.close_after {
+            let mut ctx = Ctx { snap: &snap, stats: &self.stats, shared: &self.shared, now };
+            if step(c, &mut ctx) {
+                c.close_after = true;
             }
         }
-        if c.close_after {
-            self.close(id, ring);
+        if !c.sending && c.sent < c.total {
+            submit_send(c, id, ring);
+        }
+        if c.close_after && !c.sending && c.sent == c.total {
+            self.close(id, ring, now);
             return;
         }
         let c = self.conns.at(id).unwrap();
-        if !c.recv_armed && c.total == 0 {
-            if c.rlen == c.rbuf.len() {
-                // A request header never exceeds 28 bytes and options are capped: a full buffer
-                // here is a client that is not speaking NBD.
-                self.close(id, ring);
-                return;
+        if !c.recv_armed && !c.close_after {
+            if c.head == c.tail {
+                c.head = 0;
+                c.tail = 0;
+            } else if c.tail == c.rbuf.len() && c.head > 0 {
+                c.rbuf.copy_within(c.head..c.tail, 0);
+                c.tail -= c.head;
+                c.head = 0;
+            }
+            if c.tail == c.rbuf.len() {
+                if c.head == 0 && !c.sending && c.total == 0 {
+                    // Full of bytes that make no progress: not NBD.
+                    self.close(id, ring, now);
+                }
+                return; // the queue is full: TCP pushes back until replies are out
             }
             let fd = c.fd.as_ref().unwrap().as_raw_fd();
-            let spare = &mut c.rbuf[c.rlen..];
+            let spare = &mut c.rbuf[c.tail..];
             let e =
                 opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build().user_data(ud(K_RECV, id, c.generation, 0));
             push(ring, &e);
@@ -263,7 +386,7 @@ impl NbdService {
         }
     }
 
-    fn close(&mut self, id: u32, ring: &mut IoUring) {
+    fn close(&mut self, id: u32, ring: &mut IoUring, now: Instant) {
         let worker = self.worker;
         let Some(c) = self.conns.at(id) else { return };
         if c.closing {
@@ -278,11 +401,16 @@ impl NbdService {
         tracing::info!(
             worker,
             client = %c.peer,
-            export = c.export.as_ref().map(|v| v.name.as_str()).unwrap_or("-"),
+            export = c.target.as_ref().map(|t| t.vdisk.name.as_str()).unwrap_or("-"),
+            target = c.target.as_ref().map(|t| t.id.as_str()).unwrap_or("-"),
             requests = c.requests,
             ms = c.opened.elapsed().as_millis() as u64,
             "nbd connection closed"
         );
+        if let Some(t) = c.target.as_ref() {
+            let keep = Duration::from_millis(self.shared.store.load().config.nbd.cache_keep_after_disconnect_ms);
+            self.shared.nbd_targets.detach(t, keep, now);
+        }
         let (ip, lingering) = (c.ip, c.sending);
         self.active -= 1;
         self.shared.nbd_admission.release(ip);
@@ -292,180 +420,543 @@ impl NbdService {
     }
 
     pub fn abort_all(&mut self, ring: &mut IoUring) {
+        let now = Instant::now();
         for id in self.conns.ids_where(|c| !c.closing) {
-            self.close(id, ring);
+            self.close(id, ring, now);
         }
     }
 }
 
-fn consume(c: &mut Conn, n: usize) {
-    c.rbuf.copy_within(n..c.rlen, 0);
-    c.rlen -= n;
+struct Ctx<'a> {
+    snap: &'a Snapshot,
+    stats: &'a WorkerStats,
+    shared: &'a Shared,
+    now: Instant,
 }
 
-/// Handles what the buffer holds until a reply is ready or more bytes are needed. Returns
-/// Some(true) when the connection must end after what was queued.
-fn step(c: &mut Conn, snap: &crate::config::Snapshot, stats: &WorkerStats) -> Option<bool> {
+/// Moves the send cursor over `n` bytes that went out.
+fn advance(c: &mut Conn, mut n: usize) {
+    while n > 0 && c.cursor.0 < c.pieces.len() {
+        let len = match c.pieces[c.cursor.0] {
+            P::Out(_, l) | P::Scratch(_, l) => l as usize,
+            P::Mem(_, l) => l,
+        };
+        let left = len - c.cursor.1;
+        if n >= left {
+            n -= left;
+            c.cursor = (c.cursor.0 + 1, 0);
+        } else {
+            c.cursor.1 += n;
+            n = 0;
+        }
+    }
+}
+
+/// Parses and answers what the buffer holds, building one batch. Returns true when the
+/// connection must end once the batch is out.
+fn step(c: &mut Conn, ctx: &mut Ctx) -> bool {
+    let depth = ctx.snap.config.nbd.queue_depth_max.max(1);
+    let mut answered = 0usize;
     loop {
-        if c.total > 0 || c.rlen == 0 {
-            return None;
+        if answered >= depth || c.total >= BATCH_BYTES || c.pieces.len() >= BATCH_PIECES {
+            return false;
+        }
+        if c.incoming.is_some() {
+            match payload(c, ctx) {
+                Some(true) => answered += 1,
+                Some(false) => {}
+                None => return false,
+            }
+            continue;
+        }
+        if c.head == c.tail {
+            return false;
         }
         match c.phase {
-            Phase::ClientFlags => match wire::client_flags(&c.rbuf[..c.rlen]) {
-                Parse::More => return None,
-                Parse::Fatal(_) => return Some(true),
+            Phase::ClientFlags => match wire::client_flags(c.avail()) {
+                Parse::More => return false,
+                Parse::Fatal(_) => return true,
                 Parse::Done(f, n) => {
                     c.no_zeroes = f & wire::FLAG_NO_ZEROES as u32 != 0;
-                    consume(c, n);
+                    c.consume(n);
                     c.phase = Phase::Options;
                 }
             },
             Phase::Options => {
-                let (opt, range, n) = match wire::option(&c.rbuf[..c.rlen]) {
-                    Parse::More => return None,
-                    Parse::Fatal(_) => return Some(true),
+                let (opt, range, n) = match wire::option(c.avail()) {
+                    Parse::More => return false,
+                    Parse::Fatal(_) => return true,
                     Parse::Done((o, r), n) => (o, r, n),
                 };
-                let payload = c.rbuf[range].to_vec();
-                consume(c, n);
-                let close = option(c, opt, &payload, snap);
-                c.total = c.out.len() as u64;
-                if close {
-                    return Some(true);
+                let payload = c.avail()[range].to_vec();
+                c.consume(n);
+                if option(c, opt, &payload, ctx) {
+                    return true;
                 }
+                answered += 1;
             }
             Phase::Transmission => {
-                if c.discard > 0 {
-                    let n = (c.discard as usize).min(c.rlen);
-                    consume(c, n);
-                    c.discard -= n as u64;
-                    continue;
-                }
-                let r = match wire::request(&c.rbuf[..c.rlen]) {
-                    Parse::More => return None,
-                    Parse::Fatal(_) => return Some(true),
+                let r = match wire::request(c.avail()) {
+                    Parse::More => return false,
+                    Parse::Fatal(_) => return true,
                     Parse::Done(r, n) => {
-                        consume(c, n);
+                        c.consume(n);
                         r
                     }
                 };
                 c.requests += 1;
-                let vd = c.export.clone().expect("transmission has an export");
-                let size = vd.chain.virtual_size();
-                let max = snap.config.nbd.request_bytes_max as u64;
-                match r.kind {
-                    wire::CMD_READ => {
-                        let err = if r.length as u64 > max {
-                            wire::EOVERFLOW
-                        } else if r.offset.checked_add(r.length as u64).is_none_or(|e| e > size) {
-                            wire::EINVAL
-                        } else {
-                            0
-                        };
-                        wire::simple_reply(&mut c.out, err, r.cookie);
-                        if err == 0 && r.length > 0 {
-                            c.body = Some((vd, r.offset, r.length as u64));
-                        }
-                        stats.counters.add(if err == 0 { Counter::NbdReads } else { Counter::NbdErrors }, 1);
-                    }
-                    wire::CMD_WRITE => {
-                        c.discard = r.length as u64;
-                        wire::simple_reply(&mut c.out, wire::EPERM, r.cookie);
-                        stats.counters.add(Counter::NbdErrors, 1);
-                    }
-                    wire::CMD_DISC => return Some(true),
-                    wire::CMD_FLUSH => wire::simple_reply(&mut c.out, 0, r.cookie),
-                    4 | 6 => wire::simple_reply(&mut c.out, wire::EPERM, r.cookie), // TRIM, WRITE_ZEROES
-                    _ => wire::simple_reply(&mut c.out, wire::EINVAL, r.cookie),
+                if r.kind == wire::CMD_DISC {
+                    return true;
                 }
-                c.total = c.out.len() as u64 + c.body.as_ref().map_or(0, |b| b.2);
+                if command(c, r, ctx) {
+                    answered += 1;
+                }
             }
         }
     }
 }
 
-/// Handshake options; returns true when the connection must end after the reply.
-fn option(c: &mut Conn, opt: u32, payload: &[u8], snap: &crate::config::Snapshot) -> bool {
-    let find = |name: &[u8]| -> Option<Arc<Vdisk>> {
-        if name.is_empty() {
-            snap.default_vdisk().cloned()
-        } else {
-            std::str::from_utf8(name).ok().and_then(|n| snap.vdisk(n).cloned())
+/// One transmission request (a WRITE only starts here). Returns true when it was answered.
+fn command(c: &mut Conn, r: wire::Request, ctx: &mut Ctx) -> bool {
+    let target = c.target.clone().expect("transmission has a target");
+    let size = target.vdisk.chain.virtual_size();
+    let max = ctx.snap.config.nbd.request_bytes_max as u64;
+    let len = r.length as u64;
+    let in_range = r.offset.checked_add(len).is_some_and(|e| e <= size);
+    let counters = &ctx.stats.counters;
+    match r.kind {
+        wire::CMD_READ => {
+            if len > max {
+                c.reply_err(r.cookie, wire::EOVERFLOW, "read larger than the advertised maximum block size");
+            } else if !in_range {
+                c.reply_err(r.cookie, wire::EINVAL, "read past the end of the disk");
+            } else {
+                read(c, &target, r);
+                counters.add(Counter::NbdReads, 1);
+                return true;
+            }
+            counters.add(Counter::NbdErrors, 1);
         }
+        wire::CMD_WRITE => {
+            // Refused whole before any byte lands: too large, out of range, or no room.
+            let error = if len > max {
+                Some((wire::EOVERFLOW, "write larger than the advertised maximum block size".to_string()))
+            } else if !in_range {
+                Some((wire::EINVAL, "write past the end of the disk".to_string()))
+            } else {
+                target.overlay.lock().unwrap().reserve(r.offset, len).err().map(|e| (wire::ENOSPC, e.to_string()))
+            };
+            c.incoming = Some(Incoming { cookie: r.cookie, next: r.offset, remaining: len, fua: r.flags & wire::CMD_FLAG_FUA != 0, error });
+            if len == 0 {
+                return payload(c, ctx) == Some(true);
+            }
+            return false;
+        }
+        wire::CMD_FLUSH => {
+            match target.overlay.lock().unwrap().sync() {
+                Ok(()) => c.reply_ok(r.cookie),
+                Err(e) => {
+                    c.reply_err(r.cookie, wire::EIO, &e.to_string());
+                    counters.add(Counter::NbdErrors, 1);
+                }
+            }
+            return true;
+        }
+        wire::CMD_TRIM | wire::CMD_WRITE_ZEROES => {
+            if !in_range {
+                c.reply_err(r.cookie, wire::EINVAL, "range past the end of the disk");
+                counters.add(Counter::NbdErrors, 1);
+                return true;
+            }
+            let mut o = target.overlay.lock().unwrap();
+            let mut res = o.zero(r.offset, len, &target.vdisk.chain);
+            if res.is_ok() && r.flags & wire::CMD_FLAG_FUA != 0 {
+                res = o.sync();
+            }
+            drop(o);
+            match res {
+                Ok(()) => {
+                    counters.add(Counter::NbdWrites, 1);
+                    c.reply_ok(r.cookie);
+                }
+                Err(e) => cache_error(c, r.cookie, &e, ctx),
+            }
+            return true;
+        }
+        wire::CMD_BLOCK_STATUS => {
+            if !c.structured || !c.meta_base {
+                c.reply_err(r.cookie, wire::EINVAL, "no metadata context was negotiated");
+            } else if len == 0 || !in_range {
+                c.reply_err(r.cookie, wire::EINVAL, "block status range empty or past the end of the disk");
+            } else {
+                block_status(c, &target, r);
+                return true;
+            }
+            counters.add(Counter::NbdErrors, 1);
+        }
+        _ => {
+            c.reply_err(r.cookie, wire::EINVAL, "unknown command");
+            counters.add(Counter::NbdErrors, 1);
+        }
+    }
+    true
+}
+
+fn cache_error(c: &mut Conn, cookie: u64, e: &CacheError, ctx: &Ctx) {
+    let (errno, counter) = match e {
+        CacheError::NoSpace(_) => (wire::ENOSPC, Counter::NbdNoSpace),
+        CacheError::Io(_) => (wire::EIO, Counter::NbdErrors),
     };
-    let tflags = wire::TFLAG_HAS_FLAGS | wire::TFLAG_READ_ONLY | wire::TFLAG_SEND_FLUSH | wire::TFLAG_CAN_MULTI_CONN;
+    ctx.stats.counters.add(counter, 1);
+    let t = c.target.as_ref().map(|t| t.id.as_str()).unwrap_or("-");
+    tracing::warn!(client = %c.peer, target = t, "nbd write refused: {e}");
+    c.reply_err(cookie, errno, &e.to_string());
+}
+
+/// Applies the arrived part of a WRITE payload. Some(true) when the write was answered,
+/// Some(false) when progress was made, None when more bytes are needed.
+fn payload(c: &mut Conn, ctx: &mut Ctx) -> Option<bool> {
+    let Incoming { next, remaining, ref error, .. } = *c.incoming.as_ref().unwrap();
+    let refused = error.is_some();
+    if remaining > 0 {
+        let avail = (c.tail - c.head) as u64;
+        let mut n = avail.min(remaining);
+        if !refused && n < remaining {
+            // Apply whole blocks only, so a block split across receives is not copied up
+            // from the image twice; wait for the rest when less than a block is here.
+            let end = next + n;
+            let aligned = end - end % cache::BLOCK;
+            if aligned <= next {
+                return None;
+            }
+            n = aligned - next;
+        }
+        if n == 0 {
+            return None;
+        }
+        if !refused {
+            let t = c.target.as_ref().unwrap();
+            let data = &c.rbuf[c.head..c.head + n as usize];
+            let r = t.overlay.lock().unwrap().write(next, data, &t.vdisk.chain);
+            if let Err(e) = r {
+                let errno = if matches!(e, CacheError::NoSpace(_)) { wire::ENOSPC } else { wire::EIO };
+                c.incoming.as_mut().unwrap().error = Some((errno, e.to_string()));
+            }
+            ctx.stats.counters.add(Counter::NbdWrittenBytes, n);
+        }
+        let inc = c.incoming.as_mut().unwrap();
+        inc.next += n;
+        inc.remaining -= n;
+        let more = inc.remaining > 0;
+        c.consume(n as usize);
+        if more {
+            return Some(false);
+        }
+    }
+    let inc = c.incoming.take().unwrap();
+    let mut error = inc.error;
+    if error.is_none() && inc.fua {
+        if let Err(e) = c.target.as_ref().unwrap().overlay.lock().unwrap().sync() {
+            error = Some((wire::EIO, e.to_string()));
+        }
+    }
+    match error {
+        None => {
+            ctx.stats.counters.add(Counter::NbdWrites, 1);
+            c.reply_ok(inc.cookie);
+        }
+        Some((wire::ENOSPC, m)) => cache_error(c, inc.cookie, &CacheError::NoSpace(m), ctx),
+        Some((errno, m)) => {
+            ctx.stats.counters.add(Counter::NbdErrors, 1);
+            c.reply_err(inc.cookie, errno, &m);
+        }
+    }
+    Some(true)
+}
+
+/// A READ reply: simple (header + bytes) or structured (data and hole chunks).
+fn read(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
+    let len = r.length as u64;
+    c.tmp.clear();
+    {
+        let o = target.overlay.lock().unwrap();
+        let (tmp, scratch) = (&mut c.tmp, &mut c.scratch);
+        let res = o.read(r.offset, len, &target.vdisk.chain, scratch, &mut |p| match p {
+            Piece::Data(d) => tmp.push(RPiece::Mem(d.as_ptr(), d.len())),
+            Piece::Copied(rg) => tmp.push(RPiece::Scratch(rg.start as u32, rg.len() as u32)),
+            Piece::Zero(n) => match tmp.last_mut() {
+                Some(RPiece::Zero(z)) => *z += n,
+                _ => tmp.push(RPiece::Zero(n)),
+            },
+        });
+        if let Err(e) = res {
+            drop(o);
+            c.reply_err(r.cookie, wire::EIO, &e.to_string());
+            return;
+        }
+    }
+    let tmp = std::mem::take(&mut c.tmp);
+    if !c.structured {
+        c.put(|o| wire::simple_reply(o, 0, r.cookie));
+        for p in &tmp {
+            emit_piece(c, *p);
+        }
+    } else if len == 0 {
+        c.reply_ok(r.cookie);
+    } else {
+        // Chunks: holes as OFFSET_HOLE (unless the client asked for one data chunk), data
+        // runs as OFFSET_DATA whose length is patched when the run ends.
+        let df = r.flags & wire::CMD_FLAG_DF != 0;
+        let mut at = r.offset;
+        let mut open: Option<(usize, u64)> = None; // (length field position in out, bytes)
+        let mut last_hdr = 0usize;
+        for p in &tmp {
+            match *p {
+                RPiece::Zero(n) if !df => {
+                    if let Some((pos, l)) = open.take() {
+                        c.out[pos..pos + 4].copy_from_slice(&(8 + l as u32).to_be_bytes());
+                    }
+                    last_hdr = c.out.len();
+                    c.put(|o| {
+                        wire::chunk(o, 0, wire::REPLY_TYPE_OFFSET_HOLE, r.cookie, 12);
+                        o.extend_from_slice(&at.to_be_bytes());
+                        o.extend_from_slice(&(n as u32).to_be_bytes());
+                    });
+                    at += n;
+                }
+                p => {
+                    if open.is_none() {
+                        last_hdr = c.out.len();
+                        c.put(|o| {
+                            wire::chunk(o, 0, wire::REPLY_TYPE_OFFSET_DATA, r.cookie, 0);
+                            o.extend_from_slice(&at.to_be_bytes());
+                        });
+                        open = Some((last_hdr + 16, 0));
+                    }
+                    let n = emit_piece(c, p);
+                    open.as_mut().unwrap().1 += n;
+                    at += n;
+                }
+            }
+        }
+        if let Some((pos, l)) = open.take() {
+            c.out[pos..pos + 4].copy_from_slice(&(8 + l as u32).to_be_bytes());
+        }
+        // The last chunk ends the reply.
+        c.out[last_hdr + 4..last_hdr + 6].copy_from_slice(&wire::REPLY_FLAG_DONE.to_be_bytes());
+    }
+    c.tmp = tmp;
+}
+
+fn emit_piece(c: &mut Conn, p: RPiece) -> u64 {
+    match p {
+        RPiece::Mem(ptr, n) => {
+            c.mem(ptr, n);
+            n as u64
+        }
+        RPiece::Scratch(s, n) => {
+            c.pieces.push(P::Scratch(s, n));
+            c.total += n as u64;
+            n as u64
+        }
+        RPiece::Zero(n) => {
+            c.zeros(n);
+            n
+        }
+    }
+}
+
+/// BLOCK_STATUS for base:allocation: at most 1024 extents (one with REQ_ONE).
+fn block_status(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
+    let cap = if r.flags & wire::CMD_FLAG_REQ_ONE != 0 { 1 } else { 1024 };
+    let mut ext: Vec<(u64, u32)> = Vec::new();
+    target.overlay.lock().unwrap().status(r.offset, r.length as u64, &target.vdisk.chain, &mut |l, f| {
+        if ext.len() < cap {
+            ext.push((l, f));
+        }
+    });
+    c.put(|o| {
+        wire::chunk(o, wire::REPLY_FLAG_DONE, wire::REPLY_TYPE_BLOCK_STATUS, r.cookie, 4 + 8 * ext.len() as u32);
+        o.extend_from_slice(&wire::BASE_ALLOCATION_ID.to_be_bytes());
+        for (l, f) in &ext {
+            o.extend_from_slice(&(*l as u32).to_be_bytes());
+            o.extend_from_slice(&f.to_be_bytes());
+        }
+    });
+}
+
+/// The transmission flags of an export.
+fn export_flags(vd: &Vdisk, structured: bool) -> u16 {
+    let mut f = wire::TFLAG_HAS_FLAGS
+        | wire::TFLAG_SEND_FLUSH
+        | wire::TFLAG_SEND_FUA
+        | wire::TFLAG_SEND_TRIM
+        | wire::TFLAG_SEND_WRITE_ZEROES;
+    if structured {
+        f |= wire::TFLAG_SEND_DF;
+    }
+    // Every connection of a target shares one cache, so what one connection wrote (and
+    // flushed) is what any other reads: multi-conn holds. A private vdisk takes one writer.
+    if vd.mode == Mode::Standard {
+        f |= wire::TFLAG_CAN_MULTI_CONN;
+    }
+    f
+}
+
+/// Handshake options; returns true when the connection must end after the reply.
+fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
+    let snap = ctx.snap;
+    let find = |name: &[u8]| -> Result<(Arc<Vdisk>, Option<String>), &'static str> {
+        let name = std::str::from_utf8(name).map_err(|_| "export name is not UTF-8")?;
+        let (vd, id) = cache::split_export(name);
+        if id.is_some_and(|i| !cache::valid_target_id(i)) {
+            return Err("bad target id after @ (1-64 printable characters, no slashes)");
+        }
+        let v = if vd.is_empty() { snap.default_vdisk() } else { snap.vdisk(vd) };
+        v.cloned().map(|v| (v, id.map(str::to_string))).ok_or("no such export")
+    };
     match opt {
         wire::OPT_EXPORT_NAME => {
-            let Some(vd) = find(payload) else { return true }; // the protocol's only answer
-            c.out.extend_from_slice(&vd.chain.virtual_size().to_be_bytes());
-            c.out.extend_from_slice(&tflags.to_be_bytes());
-            if !c.no_zeroes {
-                c.out.extend_from_slice(&[0u8; 124]);
+            let Ok((vd, id)) = find(payload) else { return true }; // the protocol's only answer
+            if attach(c, &vd, id, ctx).is_err() {
+                return true;
             }
-            c.export = Some(vd);
+            let flags = export_flags(&vd, c.structured);
+            let no_zeroes = c.no_zeroes;
+            c.put(|o| {
+                o.extend_from_slice(&vd.chain.virtual_size().to_be_bytes());
+                o.extend_from_slice(&flags.to_be_bytes());
+                if !no_zeroes {
+                    o.extend_from_slice(&[0u8; 124]);
+                }
+            });
             c.phase = Phase::Transmission;
         }
         wire::OPT_ABORT => {
-            wire::option_reply(&mut c.out, opt, wire::REP_ACK, &[]);
+            c.put(|o| wire::option_reply(o, opt, wire::REP_ACK, &[]));
             return true;
         }
         wire::OPT_LIST => {
-            if !payload.is_empty() {
-                wire::option_reply(&mut c.out, opt, wire::REP_ERR_INVALID, &[]);
-            } else {
-                for v in &snap.vdisks {
-                    let mut d = (v.name.len() as u32).to_be_bytes().to_vec();
-                    d.extend_from_slice(v.name.as_bytes());
-                    wire::option_reply(&mut c.out, opt, wire::REP_SERVER, &d);
+            c.put(|o| {
+                if !payload.is_empty() {
+                    wire::option_reply(o, opt, wire::REP_ERR_INVALID, &[]);
+                } else {
+                    for v in &snap.vdisks {
+                        let mut d = (v.name.len() as u32).to_be_bytes().to_vec();
+                        d.extend_from_slice(v.name.as_bytes());
+                        wire::option_reply(o, opt, wire::REP_SERVER, &d);
+                    }
+                    wire::option_reply(o, opt, wire::REP_ACK, &[]);
                 }
-                wire::option_reply(&mut c.out, opt, wire::REP_ACK, &[]);
+            });
+        }
+        wire::OPT_STRUCTURED_REPLY => {
+            c.structured = payload.is_empty();
+            let kind = if payload.is_empty() { wire::REP_ACK } else { wire::REP_ERR_INVALID };
+            c.put(|o| wire::option_reply(o, opt, kind, &[]));
+        }
+        wire::OPT_LIST_META_CONTEXT | wire::OPT_SET_META_CONTEXT => {
+            let set = opt == wire::OPT_SET_META_CONTEXT;
+            let Some((name, queries)) = wire::meta_request(payload) else {
+                c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, b"malformed meta context request"));
+                return false;
+            };
+            if set && !c.structured {
+                c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, b"structured replies first"));
+                return false;
             }
+            if find(name).is_err() {
+                c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNKNOWN, b"no such export"));
+                return false;
+            }
+            let chosen = if queries.is_empty() { !set } else { queries.iter().any(|q| wire::selects_base_allocation(q)) };
+            if set {
+                c.meta_base = chosen;
+            }
+            c.put(|o| {
+                if chosen {
+                    let mut d = wire::BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                    d.extend_from_slice(wire::BASE_ALLOCATION.as_bytes());
+                    wire::option_reply(o, opt, wire::REP_META_CONTEXT, &d);
+                }
+                wire::option_reply(o, opt, wire::REP_ACK, &[]);
+            });
         }
         wire::OPT_INFO | wire::OPT_GO => {
             let Some((name, reqs)) = wire::info_request(payload) else {
-                wire::option_reply(&mut c.out, opt, wire::REP_ERR_INVALID, &[]);
+                c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, &[]));
                 return false;
             };
-            let Some(vd) = find(name) else {
-                wire::option_reply(&mut c.out, opt, wire::REP_ERR_UNKNOWN, b"no such export");
-                return false;
+            let (vd, id) = match find(name) {
+                Ok(v) => v,
+                Err(why) => {
+                    c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNKNOWN, why.as_bytes()));
+                    return false;
+                }
             };
-            let mut d = wire::INFO_EXPORT.to_be_bytes().to_vec();
-            d.extend_from_slice(&vd.chain.virtual_size().to_be_bytes());
-            d.extend_from_slice(&tflags.to_be_bytes());
-            wire::option_reply(&mut c.out, opt, wire::REP_INFO, &d);
-            if reqs.contains(&wire::INFO_BLOCK_SIZE) {
-                let mut d = wire::INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-                d.extend_from_slice(&1u32.to_be_bytes());
-                d.extend_from_slice(&4096u32.to_be_bytes());
-                d.extend_from_slice(&snap.config.nbd.request_bytes_max.to_be_bytes());
-                wire::option_reply(&mut c.out, opt, wire::REP_INFO, &d);
-            }
-            wire::option_reply(&mut c.out, opt, wire::REP_ACK, &[]);
             if opt == wire::OPT_GO {
-                c.export = Some(vd);
+                if let Err(why) = attach(c, &vd, id, ctx) {
+                    c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_POLICY, why.as_bytes()));
+                    return false;
+                }
+            }
+            let flags = export_flags(&vd, c.structured);
+            let max = snap.config.nbd.request_bytes_max;
+            c.put(|o| {
+                let mut d = wire::INFO_EXPORT.to_be_bytes().to_vec();
+                d.extend_from_slice(&vd.chain.virtual_size().to_be_bytes());
+                d.extend_from_slice(&flags.to_be_bytes());
+                wire::option_reply(o, opt, wire::REP_INFO, &d);
+                if reqs.contains(&wire::INFO_BLOCK_SIZE) {
+                    let mut d = wire::INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                    d.extend_from_slice(&1u32.to_be_bytes());
+                    d.extend_from_slice(&(cache::BLOCK as u32).to_be_bytes());
+                    d.extend_from_slice(&max.to_be_bytes());
+                    wire::option_reply(o, opt, wire::REP_INFO, &d);
+                }
+                wire::option_reply(o, opt, wire::REP_ACK, &[]);
+            });
+            if opt == wire::OPT_GO {
                 c.phase = Phase::Transmission;
             }
         }
-        _ => wire::option_reply(&mut c.out, opt, wire::REP_ERR_UNSUP, &[]),
+        _ => c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNSUP, &[])),
     }
     false
+}
+
+/// Gives the connection its target's write cache (or refuses: a private vdisk's second writer).
+fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> Result<(), String> {
+    let id = id.unwrap_or_else(|| c.ip.to_string());
+    let client = c.peer.to_string();
+    match ctx.shared.nbd_targets.attach(vd, &id, &client, &ctx.snap.config.nbd, ctx.now) {
+        Ok((t, resumed)) => {
+            tracing::info!(client = %c.peer, export = %vd.name, target = %t.id, resumed, "nbd target attached");
+            c.target = Some(t);
+            Ok(())
+        }
+        Err(e) => {
+            ctx.stats.counters.add(Counter::NbdRefusedPrivate, 1);
+            tracing::warn!(client = %c.peer, export = %vd.name, "nbd connection refused: {e}");
+            Err(e)
+        }
+    }
 }
 
 fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring) {
     let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
     c.iov.clear();
-    let head = c.out.len() as u64;
-    if c.sent < head {
-        let h = &c.out[c.sent as usize..];
-        c.iov.push(libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: h.len() });
-    }
-    if let Some((vd, start, len)) = &c.body {
-        let off = c.sent.saturating_sub(head);
-        let want = (len - off).min(4 << 20);
-        if want > 0 {
-            push_chain(&mut c.iov, &vd.chain, start + off, want);
-        }
+    let (mut i, mut skip) = c.cursor;
+    while i < c.pieces.len() && c.iov.len() < IOV_MAX {
+        let (p, n) = match c.pieces[i] {
+            P::Out(s, l) => (c.out[s as usize..].as_ptr(), l as usize),
+            P::Scratch(s, l) => (c.scratch[s as usize..].as_ptr(), l as usize),
+            P::Mem(p, l) => (p, l),
+        };
+        // Safety: `skip` < n; the pointer stays inside the piece.
+        c.iov.push(libc::iovec { iov_base: unsafe { p.add(skip) } as *mut _, iov_len: n - skip });
+        skip = 0;
+        i += 1;
     }
     c.msg.msg_iov = c.iov.as_mut_ptr();
     c.msg.msg_iovlen = c.iov.len() as _;

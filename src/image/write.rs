@@ -526,7 +526,12 @@ impl Writer {
         self.file.write_all_at(&h, other).map_err(io(&self.path, "header write failed"))
     }
 
-    pub fn finish(self) -> Result<(), ImageError> {
+    pub fn finish(mut self) -> Result<(), ImageError> {
+        self.sync()
+    }
+
+    /// Makes everything written so far durable (NBD FLUSH and FUA in private mode).
+    pub fn sync(&mut self) -> Result<(), ImageError> {
         self.file.sync_all().map_err(io(&self.path, "fsync failed"))
     }
 }

@@ -78,7 +78,11 @@ counters! {
     NbdConnections => ("bootfarm_nbd_connections_accepted_total", "", "NBD connections accepted."),
     NbdRefusedLimit => ("bootfarm_nbd_connections_refused_total", "", "NBD connections closed at once at nbd.connections_max."),
     NbdReads => ("bootfarm_nbd_reads_total", "", "NBD READ requests answered with data."),
-    NbdErrors => ("bootfarm_nbd_error_replies_total", "", "NBD requests answered with an error (EPERM for writes on read-only exports, EINVAL, EOVERFLOW)."),
+    NbdWrites => ("bootfarm_nbd_writes_total", "", "NBD WRITE, WRITE_ZEROES and TRIM requests applied to a write cache."),
+    NbdWrittenBytes => ("bootfarm_nbd_written_bytes_total", "", "Bytes written into write caches (WRITE payloads)."),
+    NbdNoSpace => ("bootfarm_nbd_nospace_total", "", "Writes refused with ENOSPC at a write-cache limit."),
+    NbdRefusedPrivate => ("bootfarm_nbd_private_refused_total", "", "Connections refused because a private-mode vdisk already had its writer."),
+    NbdErrors => ("bootfarm_nbd_error_replies_total", "", "NBD requests answered with an error (EINVAL, EOVERFLOW, ENOSPC, EIO)."),
     NbdSentBytes => ("bootfarm_nbd_sent_bytes_total", "", "Bytes written to NBD connections."),
     RecvBuffersExhausted => ("bootfarm_recv_buffers_exhausted_total", "", "Multishot receives stopped because every provided buffer was in use (re-armed)."),
 }

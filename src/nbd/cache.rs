@@ -1,0 +1,633 @@
+//! Per-target write caches (PVS "cache on server" / "RAM with overflow to disk"), and the
+//! registry that hands them to connections.
+//!
+//! A target's overlay maps 4 KiB blocks of the virtual disk to where the target's own version
+//! of the block lives: a page of RAM (up to `nbd.cache_ram_bytes_per_target`), a slot in an
+//! unlinked sparse overflow file in `nbd.cache_dir`, or "zero" (WRITE_ZEROES/TRIM). Blocks not
+//! in the map read from the shared image chain, which nobody writes. A partial write to a
+//! block first copies the block from below (copy on write), so the cache never holds a block
+//! it cannot serve whole.
+//!
+//! Memory: RAM pages come from 1 MiB chunks that are only freed with the overlay, so a page
+//! handed to the kernel for a send stays valid while the connection (which holds the target)
+//! lives, whatever later requests do. A block that is zeroed gives its page back to a per-target
+//! free list. Every page and file slot counts against the per-target and the global limit;
+//! a write that would go past either fails whole with ENOSPC before anything is changed.
+//!
+//! Overflow reads and writes are plain pread/pwrite on the worker thread: the overflow file is
+//! normally in the page cache, and the RAM tier is sized so the hot set stays in memory.
+//!
+//! In private mode the overlay is the read side of a session that also writes every changed
+//! block through to a new differencing version file (image::write::Writer).
+
+use crate::image::write::Writer;
+use crate::image::{Chain, Segment};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BLOCK: u64 = 4096;
+const PAGES_PER_CHUNK: u32 = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Ram(u32),
+    File(u32),
+    Zero,
+}
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheError {
+    /// A cache limit (per target or total) would be exceeded, or the overflow file failed.
+    NoSpace(String),
+    /// The private-mode version file could not be written.
+    Io(String),
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::NoSpace(s) | CacheError::Io(s) => f.write_str(s),
+        }
+    }
+}
+
+/// What a read of the overlay yields, in disk order.
+pub enum Piece<'a> {
+    /// Bytes that stay valid while the target lives (image mapping or a RAM page).
+    Data(&'a [u8]),
+    /// Bytes copied into the caller's buffer (overflow file), at this range of it.
+    Copied(std::ops::Range<usize>),
+    Zero(u64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub ram_bytes: u64,
+    pub target_bytes_max: u64,
+    pub total_bytes_max: u64,
+    pub dir: PathBuf,
+}
+
+pub struct Overlay {
+    map: BTreeMap<u64, Slot>,
+    chunks: Vec<Box<[u8]>>,
+    ram_pages: u32,
+    free_ram: Vec<u32>,
+    file: Option<File>,
+    file_slots: u32,
+    free_file: Vec<u32>,
+    limits: Limits,
+    total: Arc<AtomicU64>,
+    size: u64,
+    /// Private mode: every changed block is also written here.
+    persist: Option<Writer>,
+    pub bytes_written: u64,
+}
+
+impl Overlay {
+    pub fn new(size: u64, limits: Limits, total: Arc<AtomicU64>, persist: Option<Writer>) -> Overlay {
+        Overlay {
+            map: BTreeMap::new(),
+            chunks: Vec::new(),
+            ram_pages: 0,
+            free_ram: Vec::new(),
+            file: None,
+            file_slots: 0,
+            free_file: Vec::new(),
+            limits,
+            total,
+            size,
+            persist,
+            bytes_written: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of RAM and overflow file this overlay holds.
+    pub fn allocated_bytes(&self) -> u64 {
+        (self.ram_pages as u64 + self.file_slots as u64) * BLOCK
+    }
+
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_pages as u64 * BLOCK
+    }
+
+    fn page(&self, p: u32) -> &[u8] {
+        let (c, i) = ((p / PAGES_PER_CHUNK) as usize, (p % PAGES_PER_CHUNK) as usize * BLOCK as usize);
+        &self.chunks[c][i..i + BLOCK as usize]
+    }
+
+    fn page_mut(&mut self, p: u32) -> &mut [u8] {
+        let (c, i) = ((p / PAGES_PER_CHUNK) as usize, (p % PAGES_PER_CHUNK) as usize * BLOCK as usize);
+        &mut self.chunks[c][i..i + BLOCK as usize]
+    }
+
+    /// Bytes of the block at `b` that lie inside the disk (the last block may be short).
+    fn block_len(&self, b: u64) -> usize {
+        (self.size - b * BLOCK).min(BLOCK) as usize
+    }
+
+    /// Checks that a write over `[off, off + len)` can get the slots it needs.
+    pub fn reserve(&self, off: u64, len: u64) -> Result<(), CacheError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (first, last) = (off / BLOCK, (off + len - 1) / BLOCK);
+        let backed = self.map.range(first..=last).filter(|(_, s)| !matches!(s, Slot::Zero)).count() as u64;
+        let want = (last - first + 1 - backed).saturating_sub((self.free_ram.len() + self.free_file.len()) as u64);
+        if want == 0 {
+            return Ok(());
+        }
+        let grow = want * BLOCK;
+        if self.allocated_bytes() + grow > self.limits.target_bytes_max {
+            return Err(CacheError::NoSpace(format!(
+                "target write cache full: {} of nbd.cache_bytes_per_target_max {} in use",
+                self.allocated_bytes(),
+                self.limits.target_bytes_max
+            )));
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        if total + grow > self.limits.total_bytes_max {
+            return Err(CacheError::NoSpace(format!(
+                "write caches full: {total} of nbd.cache_bytes_total_max {} in use",
+                self.limits.total_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self) -> Result<Slot, CacheError> {
+        if let Some(p) = self.free_ram.pop() {
+            return Ok(Slot::Ram(p));
+        }
+        if let Some(s) = self.free_file.pop() {
+            return Ok(Slot::File(s));
+        }
+        if self.allocated_bytes() + BLOCK > self.limits.target_bytes_max {
+            return Err(CacheError::NoSpace(format!("target write cache full (nbd.cache_bytes_per_target_max {})", self.limits.target_bytes_max)));
+        }
+        // The global count moves first, so two targets cannot both take the last bytes.
+        if self.total.fetch_add(BLOCK, Ordering::AcqRel) + BLOCK > self.limits.total_bytes_max {
+            self.total.fetch_sub(BLOCK, Ordering::AcqRel);
+            return Err(CacheError::NoSpace(format!("write caches full (nbd.cache_bytes_total_max {})", self.limits.total_bytes_max)));
+        }
+        if (self.ram_pages as u64 + 1) * BLOCK <= self.limits.ram_bytes {
+            let p = self.ram_pages;
+            if p % PAGES_PER_CHUNK == 0 {
+                self.chunks.push(vec![0u8; (PAGES_PER_CHUNK as u64 * BLOCK) as usize].into_boxed_slice());
+            }
+            self.ram_pages += 1;
+            return Ok(Slot::Ram(p));
+        }
+        if self.file.is_none() {
+            match overflow_file(&self.limits.dir) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.total.fetch_sub(BLOCK, Ordering::AcqRel);
+                    return Err(CacheError::NoSpace(format!("cannot create an overflow file in {}: {e}", self.limits.dir.display())));
+                }
+            }
+        }
+        self.file_slots += 1;
+        Ok(Slot::File(self.file_slots - 1))
+    }
+
+    fn release(&mut self, s: Slot) {
+        match s {
+            Slot::Ram(p) => self.free_ram.push(p),
+            Slot::File(f) => self.free_file.push(f),
+            Slot::Zero => {}
+        }
+    }
+
+    fn file_io(&self, slot: u32, at: usize, buf: &mut [u8], write: Option<&[u8]>) -> Result<(), CacheError> {
+        let f = self.file.as_ref().expect("file slots imply the file");
+        let pos = slot as u64 * BLOCK + at as u64;
+        let r = match write {
+            Some(d) => f.write_all_at(d, pos),
+            None => f.read_exact_at(buf, pos),
+        };
+        r.map_err(|e| CacheError::NoSpace(format!("overflow file: {e}")))
+    }
+
+    /// Writes `data` at `off` (any alignment). The range must lie inside the disk.
+    pub fn write(&mut self, off: u64, data: &[u8], base: &Chain) -> Result<(), CacheError> {
+        self.reserve(off, data.len() as u64)?;
+        self.apply(off, data.len() as u64, Some(data), base)
+    }
+
+    /// WRITE_ZEROES and TRIM: whole blocks become "zero" (their storage is freed), the edges of
+    /// the range are written with zeros.
+    pub fn zero(&mut self, off: u64, len: u64, base: &Chain) -> Result<(), CacheError> {
+        let end = off + len;
+        let (first_full, end_full) = (off.div_ceil(BLOCK), end / BLOCK);
+        if first_full >= end_full {
+            self.reserve(off, len)?;
+            return self.apply(off, len, None, base);
+        }
+        let head = first_full * BLOCK - off;
+        let tail = end - end_full * BLOCK;
+        self.reserve(off, head)?;
+        self.reserve(end_full * BLOCK, tail)?;
+        self.apply(off, head, None, base)?;
+        self.apply(end_full * BLOCK, tail, None, base)?;
+        for b in first_full..end_full {
+            if let Some(old) = self.map.insert(b, Slot::Zero) {
+                self.release(old);
+            }
+        }
+        if let Some(w) = self.persist.as_mut() {
+            let zeros = [0u8; BLOCK as usize];
+            for b in first_full..end_full {
+                let n = (self.size - b * BLOCK).min(BLOCK) as usize;
+                w.write(b * BLOCK, &zeros[..n]).map_err(|e| CacheError::Io(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `data` (or zeros) over `[off, off + len)`, block by block.
+    fn apply(&mut self, off: u64, len: u64, data: Option<&[u8]>, base: &Chain) -> Result<(), CacheError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let mut block = [0u8; BLOCK as usize];
+        let mut at = off;
+        let end = off + len;
+        while at < end {
+            let b = at / BLOCK;
+            let in_block = (at - b * BLOCK) as usize;
+            let n = ((b + 1) * BLOCK).min(end) - at;
+            let src_range = (at - off) as usize..(at - off + n) as usize;
+            let blen = self.block_len(b);
+            let whole = in_block == 0 && n as usize == blen;
+            let slot = match self.map.get(&b).copied() {
+                Some(s @ (Slot::Ram(_) | Slot::File(_))) => s,
+                prior => {
+                    let s = self.alloc()?;
+                    if !whole {
+                        // Copy on write: the block's current content first.
+                        block[..blen].fill(0);
+                        if prior.is_none() {
+                            base.read_into(b * BLOCK, &mut block[..blen]).expect("block inside the disk");
+                        }
+                        self.store(s, 0, &block[..blen])?;
+                    }
+                    self.map.insert(b, s);
+                    s
+                }
+            };
+            match data {
+                Some(d) => self.store(slot, in_block, &d[src_range])?,
+                None => {
+                    block[..n as usize].fill(0);
+                    self.store(slot, in_block, &block[..n as usize])?
+                }
+            }
+            if self.persist.is_some() {
+                self.load(slot, &mut block[..blen])?;
+                let w = self.persist.as_mut().unwrap();
+                w.write(b * BLOCK, &block[..blen]).map_err(|e| CacheError::Io(e.to_string()))?;
+            }
+            at += n;
+        }
+        self.bytes_written += len;
+        Ok(())
+    }
+
+    fn store(&mut self, s: Slot, at: usize, d: &[u8]) -> Result<(), CacheError> {
+        match s {
+            Slot::Ram(p) => {
+                self.page_mut(p)[at..at + d.len()].copy_from_slice(d);
+                Ok(())
+            }
+            Slot::File(f) => self.file_io(f, at, &mut [], Some(d)),
+            Slot::Zero => unreachable!("zero blocks have no storage"),
+        }
+    }
+
+    fn load(&self, s: Slot, buf: &mut [u8]) -> Result<(), CacheError> {
+        match s {
+            Slot::Ram(p) => {
+                buf.copy_from_slice(&self.page(p)[..buf.len()]);
+                Ok(())
+            }
+            Slot::File(f) => self.file_io(f, 0, buf, None),
+            Slot::Zero => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Private mode: makes the version file durable (FLUSH, FUA).
+    pub fn sync(&mut self) -> Result<(), CacheError> {
+        match self.persist.as_mut() {
+            Some(w) => w.sync().map_err(|e| CacheError::Io(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Emits `[off, off + len)` as the target sees it. Overflow blocks are copied to the end of
+    /// `out` (the only copy on this path). The range must lie inside the disk.
+    pub fn read<'a>(&'a self, off: u64, len: u64, base: &'a Chain, out: &mut Vec<u8>, emit: &mut dyn FnMut(Piece<'a>)) -> Result<(), CacheError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = off + len;
+        let mut at = off;
+        let below = |from: u64, to: u64, emit: &mut dyn FnMut(Piece<'a>)| {
+            base.read(from, to - from, &mut |s| match s {
+                Segment::Data(d) => emit(Piece::Data(d)),
+                Segment::Zero(n) => emit(Piece::Zero(n)),
+            })
+            .expect("inside the disk")
+        };
+        for (&b, &s) in self.map.range(off / BLOCK..=(end - 1) / BLOCK) {
+            let bstart = (b * BLOCK).max(at);
+            if bstart > at {
+                below(at, bstart, emit);
+                at = bstart;
+            }
+            let bend = ((b + 1) * BLOCK).min(end);
+            let (i, n) = ((at - b * BLOCK) as usize, (bend - at) as usize);
+            match s {
+                Slot::Ram(p) => emit(Piece::Data(&self.page(p)[i..i + n])),
+                Slot::File(f) => {
+                    let start = out.len();
+                    out.resize(start + n, 0);
+                    self.file_io(f, i, &mut out[start..], None)?;
+                    emit(Piece::Copied(start..start + n));
+                }
+                Slot::Zero => emit(Piece::Zero(n as u64)),
+            }
+            at = bend;
+        }
+        if at < end {
+            below(at, end, emit);
+        }
+        Ok(())
+    }
+
+    /// Allocation status (NBD base:allocation) of `[off, off + len)`: (length, flags) runs with
+    /// flags 1 = hole, 2 = reads as zeros. Written blocks are data; zeroed blocks read as zeros;
+    /// the rest is what the chain says.
+    pub fn status(&self, off: u64, len: u64, base: &Chain, emit: &mut dyn FnMut(u64, u32)) {
+        let end = off + len;
+        let mut at = off;
+        let mut run: Option<(u64, u32)> = None;
+        let mut push = |n: u64, flags: u32| match run.as_mut() {
+            Some((l, f)) if *f == flags => *l += n,
+            _ => {
+                if let Some((l, f)) = run.take() {
+                    emit(l, f);
+                }
+                run = Some((n, flags));
+            }
+        };
+        let below = |from: u64, to: u64, push: &mut dyn FnMut(u64, u32)| {
+            let _ = base.allocation(from, to - from, &mut |_, n, allocated| push(n, if allocated { 0 } else { 3 }));
+        };
+        for (&b, s) in self.map.range(off / BLOCK..=(end - 1) / BLOCK) {
+            let bstart = (b * BLOCK).max(at);
+            if bstart > at {
+                below(at, bstart, &mut push);
+            }
+            let bend = ((b + 1) * BLOCK).min(end);
+            push(bend - bstart, if matches!(s, Slot::Zero) { 2 } else { 0 });
+            at = bend;
+        }
+        if at < end {
+            below(at, end, &mut push);
+        }
+        if let Some((l, f)) = run {
+            emit(l, f);
+        }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.allocated_bytes(), Ordering::AcqRel);
+    }
+}
+
+/// An unlinked, sparse file in `dir` (O_TMPFILE where the file system has it).
+fn overflow_file(dir: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(dir) {
+        Ok(f) => Ok(f),
+        Err(_) => {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let p = dir.join(format!(".bootfarm-cache-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&p)?;
+            std::fs::remove_file(&p)?;
+            Ok(f)
+        }
+    }
+}
+
+/// A target (a booted machine) as the write cache knows it.
+pub struct Target {
+    /// The vdisk as it was when the target's cache was made: its overlay only makes sense on
+    /// that chain, so a reload that changes the image gives later boots a new cache while
+    /// this one keeps reading the old mapping.
+    pub vdisk: Arc<crate::config::Vdisk>,
+    /// Client IP, or the id given in the export name (`win10@00:11:22:33:44:55`).
+    pub id: String,
+    pub overlay: Mutex<Overlay>,
+    /// Private mode: the version file this session writes.
+    pub version_file: Option<PathBuf>,
+}
+
+struct Entry {
+    target: Arc<Target>,
+    conns: usize,
+    idle_since: Option<Instant>,
+    client: String,
+}
+
+/// Every target's cache, shared by the workers (a reconnect may land on any of them). The
+/// lock is taken on connect and disconnect only; requests lock their own target's overlay.
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<(String, String), Entry>>,
+    /// Bytes of RAM and overflow held by all overlays (nbd.cache_bytes_total_max).
+    pub total: Arc<AtomicU64>,
+}
+
+/// Splits an export name into (vdisk, explicit target id).
+pub fn split_export(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('@') {
+        Some((v, id)) => (v, Some(id)),
+        None => (name, None),
+    }
+}
+
+/// A target id given by a client: printable, no spaces, bounded.
+pub fn valid_target_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+}
+
+impl Registry {
+    /// Gives a connection its target: the cache kept from an earlier connection (still open,
+    /// or closed less than `keep` ago, on the same image) or a new one.
+    pub fn attach(
+        &self,
+        vdisk: &Arc<crate::config::Vdisk>,
+        id: &str,
+        client: &str,
+        cfg: &crate::config::Nbd,
+        now: Instant,
+    ) -> Result<(Arc<Target>, bool), String> {
+        use crate::config::Mode;
+        let keep = Duration::from_millis(cfg.cache_keep_after_disconnect_ms);
+        self.sweep(now, keep);
+        let private = vdisk.mode == Mode::Private;
+        let key = (vdisk.name.clone(), if private { String::new() } else { id.to_string() });
+        let stale = {
+            let mut map = self.entries.lock().unwrap();
+            match map.get_mut(&key) {
+                Some(e) if e.conns > 0 && private => {
+                    return Err(format!(
+                        "vdisk {} is in private mode and already has a writer ({}); one connection at a time",
+                        vdisk.name, e.client
+                    ));
+                }
+                Some(e) if e.conns > 0 || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                    e.conns += 1;
+                    e.idle_since = None;
+                    e.client = client.to_string();
+                    return Ok((e.target.clone(), true));
+                }
+                Some(_) => map.remove(&key).map(|e| e.target),
+                None => None,
+            }
+        };
+        if let Some(t) = stale {
+            end_target(&t, "the vdisk changed");
+        }
+        let limits = Limits {
+            ram_bytes: cfg.cache_ram_bytes_per_target,
+            target_bytes_max: cfg.cache_bytes_per_target_max,
+            total_bytes_max: cfg.cache_bytes_total_max,
+            dir: cfg.cache_dir.clone(),
+        };
+        let (persist, version_file) = if private {
+            let (w, p) = private_version(vdisk)?;
+            (Some(w), Some(p))
+        } else {
+            (None, None)
+        };
+        let target = Arc::new(Target {
+            vdisk: vdisk.clone(),
+            id: key.1.clone(),
+            overlay: Mutex::new(Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), persist)),
+            version_file,
+        });
+        let mut map = self.entries.lock().unwrap();
+        if private && map.get(&key).is_some_and(|e| e.conns > 0) {
+            return Err(format!("vdisk {} is in private mode and already has a writer; one connection at a time", vdisk.name));
+        }
+        map.insert(key, Entry { target: target.clone(), conns: 1, idle_since: None, client: client.to_string() });
+        Ok((target, false))
+    }
+
+    /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
+    pub fn detach(&self, t: &Arc<Target>, keep: Duration, now: Instant) {
+        let key = (t.vdisk.name.clone(), t.id.clone());
+        let gone = {
+            let mut map = self.entries.lock().unwrap();
+            match map.get_mut(&key) {
+                Some(e) if Arc::ptr_eq(&e.target, t) => {
+                    e.conns -= 1;
+                    if e.conns == 0 {
+                        e.idle_since = Some(now);
+                    }
+                    if e.conns == 0 && keep.is_zero() {
+                        map.remove(&key).map(|e| e.target)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(t) = gone {
+            end_target(&t, "disconnected");
+        }
+    }
+
+    /// Drops caches whose target has been gone longer than `keep`.
+    pub fn sweep(&self, now: Instant, keep: Duration) {
+        let gone: Vec<Arc<Target>> = {
+            let mut map = self.entries.lock().unwrap();
+            let old: Vec<(String, String)> = map
+                .iter()
+                .filter(|(_, e)| e.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= keep))
+                .map(|(k, _)| k.clone())
+                .collect();
+            old.into_iter().filter_map(|k| map.remove(&k)).map(|e| e.target).collect()
+        };
+        for t in gone {
+            end_target(&t, "not reconnected in time");
+        }
+    }
+
+    /// (targets, of which connected) for status and metrics.
+    pub fn counts(&self) -> (usize, usize) {
+        let map = self.entries.lock().unwrap();
+        (map.len(), map.values().filter(|e| e.conns > 0).count())
+    }
+}
+
+fn end_target(t: &Arc<Target>, why: &str) {
+    let mut o = t.overlay.lock().unwrap();
+    let (written, held) = (o.bytes_written, o.allocated_bytes());
+    match &t.version_file {
+        Some(p) => match o.sync() {
+            Ok(()) => tracing::info!(
+                vdisk = %t.vdisk.name,
+                bytes_written = written,
+                file = %p.display(),
+                "private session ended ({why}); its writes are in the new version: point the vdisk's path at it and reload to serve it"
+            ),
+            Err(e) => tracing::error!(vdisk = %t.vdisk.name, file = %p.display(), "private session ended but the version file could not be synced: {e}"),
+        },
+        None => tracing::info!(vdisk = %t.vdisk.name, target = %t.id, bytes_written = written, cache_bytes = held, "write cache discarded ({why})"),
+    }
+}
+
+/// Private mode: a new differencing version beside the newest image, and its writer.
+fn private_version(vdisk: &crate::config::Vdisk) -> Result<(Writer, PathBuf), String> {
+    let top = vdisk.chain.top();
+    let ext = if top.format.is_vhdx() {
+        "vhdx"
+    } else if top.format.is_vhd() {
+        "vhd"
+    } else {
+        return Err(format!("vdisk {} is raw; private mode needs a VHD or VHDX image", vdisk.name));
+    };
+    let dir = top.path.parent().unwrap_or(Path::new("."));
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut path = dir.join(format!("{}.private-{secs}.{ext}", vdisk.name));
+    let mut n = 1;
+    while path.exists() {
+        path = dir.join(format!("{}.private-{secs}-{n}.{ext}", vdisk.name));
+        n += 1;
+    }
+    crate::image::write::new_version_of(&top.path, &path).map_err(|e| format!("cannot create the private version: {e}"))?;
+    let w = Writer::open(&path).map_err(|e| format!("cannot open the private version: {e}"))?;
+    tracing::info!(vdisk = %vdisk.name, file = %path.display(), "private session: writes go into a new version");
+    Ok((w, path))
+}
