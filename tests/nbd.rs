@@ -32,7 +32,7 @@ fn fixture(extra: &str) -> Fixture {
     assert!(bootfarm(&["vdisk", "write", top.to_str().unwrap(), "--offset", "2093056", "--from", w.to_str().unwrap()]).status.success());
     let port = free_port();
     let cfg = format!(
-        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{extra}\n[[vdisk]]\nname = \"chain\"\npath = \"v2.avhdx\"\n[[vdisk]]\nname = \"base\"\npath = \"base.vhdx\"\n",
+        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{extra}\n[[vdisk]]\nname = \"chain\"\npath = \"v2.avhdx\"\n[[vdisk]]\nname = \"base\"\npath = \"base.vhdx\"\n[[vdisk]]\nname = \"priv\"\npath = \"base.vhdx\"\nmode = \"private\"\n",
         free_port(),
         free_port()
     );
@@ -70,15 +70,44 @@ fn nbdinfo_nbdcopy_and_qemu_img_read_the_exports() {
         &format!("nbd://127.0.0.1:{}/chain", f.port),
     ]));
     assert!(String::from_utf8_lossy(&cmp.stdout).contains("identical"));
+    // Block status (structured replies + base:allocation) as nbdinfo --map sees it: the image's
+    // allocated blocks are data, the rest holes; a target's write shows as data for it alone.
+    let map = |export: &str| -> Vec<(u64, u64, u32)> {
+        let o = run(Command::new("nbdinfo").args(["--map", &format!("nbd://127.0.0.1:{}/{export}", f.port)]));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let t: Vec<&str> = l.split_whitespace().collect();
+                (t[0].parse().unwrap(), t[1].parse().unwrap(), t[2].parse().unwrap())
+            })
+            .collect()
+    };
+    let m = 1u64 << 20;
+    assert_eq!(map("base"), vec![(0, 3 * m, 0), (3 * m, 6 * m, 3), (9 * m, m, 0), (10 * m, 2 * m, 3)]);
+    qemu_io(f.port, "base@mapper", &format!("write -P 7 {} 4096", 5 * m));
+    assert_eq!(map("base@mapper"), vec![(0, 3 * m, 0), (3 * m, 2 * m, 3), (5 * m, 4096, 0), (5 * m + 4096, 4 * m - 4096, 3), (9 * m, m, 0), (10 * m, 2 * m, 3)]);
+    assert_eq!(map("base@someone-else").len(), 4);
     let bad = Command::new("nbdinfo").arg(format!("nbd://127.0.0.1:{}/nope", f.port)).output().unwrap();
     assert!(!bad.status.success(), "an unknown export is refused");
+}
+
+fn encode(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> Vec<u8> {
+    let mut r = wire::REQUEST_MAGIC.to_be_bytes().to_vec();
+    r.extend_from_slice(&0u16.to_be_bytes());
+    r.extend_from_slice(&kind.to_be_bytes());
+    r.extend_from_slice(&cookie.to_be_bytes());
+    r.extend_from_slice(&offset.to_be_bytes());
+    r.extend_from_slice(&length.to_be_bytes());
+    r.extend_from_slice(payload);
+    r
 }
 
 /// A minimal fixed-newstyle client: handshake with GO, then raw requests.
 struct Raw(TcpStream);
 
 impl Raw {
-    fn go(port: u16, export: &str) -> Raw {
+    fn try_go(port: u16, export: &str) -> Result<Raw, (u32, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut g = [0u8; 18];
@@ -99,21 +128,26 @@ impl Raw {
             let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
             s.read_exact(&mut d).unwrap();
             match kind {
-                wire::REP_ACK => return Raw(s),
+                wire::REP_ACK => return Ok(Raw(s)),
                 wire::REP_INFO => {}
-                other => panic!("GO answered {other:#x}"),
+                other => return Err((other, String::from_utf8_lossy(&d).into_owned())),
             }
         }
     }
+    fn go(port: u16, export: &str) -> Raw {
+        Raw::try_go(port, export).unwrap_or_else(|e| panic!("GO {export}: {e:?}"))
+    }
+    fn read(&mut self, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        assert_eq!(self.request(wire::CMD_READ, cookie, offset, len, &[]), (0, cookie), "READ {len} at {offset}");
+        let mut d = vec![0u8; len as usize];
+        self.0.read_exact(&mut d).unwrap();
+        d
+    }
     fn request(&mut self, kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> (u32, u64) {
-        let mut r = wire::REQUEST_MAGIC.to_be_bytes().to_vec();
-        r.extend_from_slice(&0u16.to_be_bytes());
-        r.extend_from_slice(&kind.to_be_bytes());
-        r.extend_from_slice(&cookie.to_be_bytes());
-        r.extend_from_slice(&offset.to_be_bytes());
-        r.extend_from_slice(&length.to_be_bytes());
-        r.extend_from_slice(payload);
-        self.0.write_all(&r).unwrap();
+        self.0.write_all(&encode(kind, cookie, offset, length, payload)).unwrap();
+        self.reply()
+    }
+    fn reply(&mut self) -> (u32, u64) {
         let mut h = [0u8; 16];
         self.0.read_exact(&mut h).unwrap();
         assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), wire::SIMPLE_REPLY_MAGIC);
@@ -170,4 +204,188 @@ fn connection_limit() {
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut b = [0u8; 18];
     assert_eq!(s.read(&mut b).unwrap_or(0), 0, "the connection beyond nbd.connections_max is closed");
+}
+
+fn qemu_io(port: u16, export: &str, cmd: &str) -> String {
+    let (ok, text) = qemu_io_status(port, export, cmd);
+    assert!(ok, "qemu-io {cmd} on {export}: {text}");
+    text
+}
+
+fn qemu_io_status(port: u16, export: &str, cmd: &str) -> (bool, String) {
+    let o = Command::new("qemu-io")
+        .args([
+            "--image-opts",
+            &format!("driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export={export}"),
+            "-c",
+            cmd,
+        ])
+        .output()
+        .unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// qemu-io's `read -P` (it fails on a mismatch).
+fn pattern_ok(port: u16, export: &str, byte: u8, off: u64, len: u64) -> bool {
+    let (ok, text) = qemu_io_status(port, export, &format!("read -P {byte} {off} {len}"));
+    assert!(ok == !text.contains("Pattern verification failed"), "{text}");
+    ok
+}
+
+#[test]
+fn writes_are_per_target_and_gone_after_a_reboot() {
+    let f = fixture("cache_keep_after_disconnect_ms = 1500");
+    let orig = export(&f, "v2.avhdx");
+    let at = 2093056 - 1024; // across the version's block boundary, unaligned
+    qemu_io(f.port, "chain@aa:bb:cc:00:00:01", &format!("write -P 171 {at} 70000"));
+    // The same target on a new connection (within the keep window) reads its writes...
+    assert!(pattern_ok(f.port, "chain@aa:bb:cc:00:00:01", 171, at, 70000));
+    // ...and every other target reads the image.
+    let mut other = Raw::go(f.port, "chain@aa:bb:cc:00:00:02");
+    assert_same("another target", &other.read(1, at, 70000), &orig[at as usize..at as usize + 70000]);
+    let mut base = Raw::go(f.port, "base@aa:bb:cc:00:00:01");
+    let want = export(&f, "base.vhdx");
+    assert_same("the same target id on another vdisk", &base.read(2, at, 4096), &want[at as usize..at as usize + 4096]);
+    drop((other, base));
+    // The bytes around the write are untouched (copy on write of the edge blocks).
+    let mut same = Raw::go(f.port, "chain@aa:bb:cc:00:00:01");
+    let edge = same.read(3, at - 3072, 4096);
+    assert_same("bytes before the write", &edge[..3072], &orig[(at - 3072) as usize..at as usize]);
+    assert!(edge[3072..].iter().all(|&b| b == 171));
+    drop(same);
+    // A reconnect after the keep window is a new boot: the cache is gone.
+    std::thread::sleep(Duration::from_millis(2600));
+    assert!(!pattern_ok(f.port, "chain@aa:bb:cc:00:00:01", 171, at, 70000), "the write survived a reboot");
+    let mut fresh = Raw::go(f.port, "chain@aa:bb:cc:00:00:01");
+    assert_same("after the reboot", &fresh.read(4, at, 70000), &orig[at as usize..at as usize + 70000]);
+    // Without an id in the export name the client address is the target: qemu-io writes, a raw
+    // client from the same address (within the window) sees it, and the image file is untouched.
+    let before = read_file(&f.dir.join("v2.avhdx"));
+    qemu_io(f.port, "chain", "write -z 0 1M");
+    assert_same("another target's write", &fresh.read(5, 0, 4096), &orig[..4096]);
+    let mut by_ip = Raw::go(f.port, "chain");
+    assert!(by_ip.read(6, 0, 1 << 20).iter().all(|&b| b == 0), "write -z reads back as zeros");
+    assert!(read_file(&f.dir.join("v2.avhdx")) == before, "the shared image is never written");
+}
+
+#[test]
+fn private_mode_takes_one_writer_and_writes_a_new_version() {
+    let f = fixture("cache_keep_after_disconnect_ms = 0");
+    let base_before = read_file(&f.dir.join("base.vhdx"));
+    let mut expect = export(&f, "base.vhdx");
+    let mut w = Raw::go(f.port, "priv");
+    let (e, why) = Raw::try_go(f.port, "priv").err().expect("a second writer is refused");
+    assert_eq!(e, wire::REP_ERR_POLICY);
+    assert!(why.contains("private mode"), "{why}");
+    for (i, (off, len)) in [(0u64, 4096usize), (1_000_003, 70_001), (9 << 20, 512), ((12 << 20) - 100, 100)].into_iter().enumerate() {
+        let d = pattern(40 + i as u64, off, len);
+        assert_eq!(w.request(wire::CMD_WRITE, i as u64, off, len as u32, &d), (0, i as u64));
+        expect[off as usize..off as usize + len].copy_from_slice(&d);
+    }
+    assert_eq!(w.request(wire::CMD_WRITE_ZEROES, 10, 2 << 20, 1 << 20, &[]), (0, 10));
+    expect[2 << 20..3 << 20].fill(0);
+    assert_eq!(w.request(wire::CMD_FLUSH, 11, 0, 0, &[]), (0, 11));
+    assert_same("read back in the session", &w.read(12, 0, 12 << 20), &expect);
+    drop(w);
+    // The session ends at disconnect: its version is complete, the base untouched.
+    let mut version = None;
+    for _ in 0..50 {
+        version = std::fs::read_dir(&f.dir.0).unwrap().flatten().map(|e| e.path()).find(|p| {
+            p.file_name().unwrap().to_str().unwrap().starts_with("priv.private-")
+        });
+        if version.is_some() && _server_log(&f).contains("private session ended") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let version = version.expect("a new version file");
+    assert!(read_file(&f.dir.join("base.vhdx")) == base_before, "the base is never written");
+    let out = f.dir.join("libvhdi.raw");
+    libvhdi_export(&[&version, &f.dir.join("base.vhdx")], &out);
+    assert_same("the new version read by libvhdi", &read_file(&out), &expect);
+    let ours = f.dir.join("ours.raw");
+    assert!(bootfarm(&["vdisk", "export", version.to_str().unwrap(), "-o", ours.to_str().unwrap()]).status.success());
+    assert_same("the new version read by bootfarm", &read_file(&ours), &expect);
+    // The writer gone, the next one gets in.
+    drop(Raw::go(f.port, "priv"));
+}
+
+fn _server_log(f: &Fixture) -> String {
+    f._server.log()
+}
+
+#[test]
+fn cache_limits_overflow_and_enospc() {
+    let f = fixture("cache_ram_bytes_per_target = 65536\ncache_bytes_per_target_max = 262144\ncache_bytes_total_max = 393216\ncache_keep_after_disconnect_ms = 0");
+    let orig = export(&f, "v2.avhdx");
+    let mut a = Raw::go(f.port, "chain@a");
+    let big = pattern(7, 4096, 256 * 1024);
+    // 256 KiB at 4096: 64 blocks, 16 in RAM and 48 in the overflow file.
+    assert_eq!(a.request(wire::CMD_WRITE, 1, 4096, big.len() as u32, &big), (0, 1));
+    assert_same("RAM and overflow read back", &a.read(2, 0, 300 * 1024), &[&orig[..4096], &big[..], &orig[4096 + big.len()..300 * 1024]].concat());
+    // One block more than the target may hold: ENOSPC, nothing changed, the stream in step.
+    assert_eq!(a.request(wire::CMD_WRITE, 3, 1 << 20, 4096, &[9u8; 4096]), (wire::ENOSPC, 3));
+    assert_same("a refused write changes nothing", &a.read(4, 1 << 20, 4096), &orig[1 << 20..(1 << 20) + 4096]);
+    // Rewrites within what it holds still work.
+    assert_eq!(a.request(wire::CMD_WRITE, 5, 8192, 10, &[3u8; 10]), (0, 5));
+    // Another target has its own budget but meets the total: 128 KiB left of 384 KiB.
+    let mut b = Raw::go(f.port, "chain@b");
+    assert_eq!(b.request(wire::CMD_WRITE, 6, 0, 128 * 1024, &[5u8; 128 * 1024]), (0, 6));
+    assert_eq!(b.request(wire::CMD_WRITE, 7, 1 << 20, 4096, &[5u8; 4096]), (wire::ENOSPC, 7));
+    assert_same("b does not see a's writes", &b.read(8, 128 * 1024, 64 * 1024), &orig[128 * 1024..192 * 1024]);
+    // a disconnects: its cache is discarded and the room comes back for b.
+    drop(a);
+    let (mut ok, mut refused) = (false, 2);
+    for i in 0..50 {
+        match b.request(wire::CMD_WRITE, 100 + i, 1 << 20, 4096, &[5u8; 4096]).0 {
+            0 => {
+                ok = true;
+                break;
+            }
+            e => assert_eq!(e, wire::ENOSPC),
+        }
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok, "room freed by a discarded cache is reused");
+    let m = http_get(&f, "/metrics");
+    let nospace = m.lines().find(|l| l.starts_with("bootfarm_nbd_nospace_total ")).unwrap_or_default();
+    assert_eq!(nospace, format!("bootfarm_nbd_nospace_total {refused}"), "ENOSPC replies are counted");
+}
+
+fn http_get(f: &Fixture, path: &str) -> String {
+    let cfg = std::fs::read_to_string(f.dir.join("bootfarm.toml")).unwrap();
+    let port: u16 = cfg.lines().find_map(|l| l.strip_prefix("http_port = ")).unwrap().trim().parse().unwrap();
+    String::from_utf8(run(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}{path}")])).stdout).unwrap()
+}
+
+#[test]
+fn a_flood_beyond_the_queue_and_a_client_gone_mid_write() {
+    let f = fixture("queue_depth_max = 8\ncache_keep_after_disconnect_ms = 0");
+    let orig = export(&f, "v2.avhdx");
+    // A client gone half way through a WRITE payload: the server carries on.
+    let mut gone = Raw::go(f.port, "chain@gone");
+    gone.0.write_all(&encode(wire::CMD_WRITE, 1, 0, 65536, &[1u8; 1000])).unwrap();
+    drop(gone);
+    // 20,000 reads sent before any reply is read: TCP pushes back at the queue limit, and every
+    // reply comes, in order, with the right bytes.
+    let c = Raw::go(f.port, "chain");
+    let mut tx = c.0.try_clone().unwrap();
+    let n = 20_000u64;
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            let off = (i * 7919 * 512) % ((12 << 20) - 4096);
+            tx.write_all(&encode(wire::CMD_READ, i, off, 4096, &[])).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = c;
+    let mut d = vec![0u8; 4096];
+    for i in 0..n {
+        assert_eq!(c.reply(), (0, i));
+        c.0.read_exact(&mut d).unwrap();
+        let off = ((i * 7919 * 512) % ((12 << 20) - 4096)) as usize;
+        assert!(d == orig[off..off + 4096], "reply {i}");
+    }
+    sender.join().unwrap();
 }

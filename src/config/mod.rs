@@ -294,6 +294,14 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
             Some(old) => old.clone(),
             None => {
                 let chain = Chain::open(&path, limits).map_err(|e| err(file, key("path"), path.display(), e.to_string()))?;
+                if v.mode == Mode::Private && !(chain.top().format.is_vhd() || chain.top().format.is_vhdx()) {
+                    return Err(err(
+                        file,
+                        key("mode"),
+                        "\"private\"",
+                        "needs a VHD or VHDX image (writes go into a new differencing version); convert with `bootfarm vdisk merge RAW -o BASE.vhdx`",
+                    ));
+                }
                 let identity = identity(&chain);
                 Arc::new(Vdisk { name: v.name.clone(), mode: v.mode, path, chain, identity })
             }

@@ -133,7 +133,9 @@ pub struct Nbd {
     pub cache_ram_bytes_per_target: u64,
     pub cache_bytes_per_target_max: u64,
     pub cache_bytes_total_max: u64,
-    /// A target reconnecting within this time keeps its write cache (failover, network blip).
+    /// A target reconnecting within this time keeps its write cache (failover, network blip);
+    /// a later connection is a new boot and starts clean. Kept short so that a quick reboot is
+    /// not mistaken for a blip; a client that names itself per boot (`vdisk@id`) can go longer.
     pub cache_keep_after_disconnect_ms: u64,
 }
 
@@ -147,7 +149,7 @@ impl Default for Nbd {
             cache_ram_bytes_per_target: 64 << 20,
             cache_bytes_per_target_max: 8 << 30,
             cache_bytes_total_max: 256 << 30,
-            cache_keep_after_disconnect_ms: 60_000,
+            cache_keep_after_disconnect_ms: 15_000,
         }
     }
 }
@@ -293,7 +295,8 @@ cache_dir = "/var/cache/bootfarm"   # write caches overflow here
 cache_ram_bytes_per_target = 67108864       # 64 MiB in RAM, then the sparse file
 cache_bytes_per_target_max = 8589934592     # 8 GiB: beyond it writes fail with ENOSPC
 cache_bytes_total_max = 274877906944        # 256 GiB
-cache_keep_after_disconnect_ms = 60000      # a reconnect within this keeps the cache
+cache_keep_after_disconnect_ms = 15000      # a reconnect within this keeps the cache (blip, failover);
+                                            # later = a new boot, the cache is discarded
 
 [image]
 chain_depth_max = 16

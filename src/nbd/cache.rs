@@ -295,8 +295,9 @@ impl Overlay {
             }
             if self.persist.is_some() {
                 self.load(slot, &mut block[..blen])?;
-                let w = self.persist.as_mut().unwrap();
-                w.write(b * BLOCK, &block[..blen]).map_err(|e| CacheError::Io(e.to_string()))?;
+                if let Some(w) = self.persist.as_mut() {
+                    w.write(b * BLOCK, &block[..blen]).map_err(|e| CacheError::Io(e.to_string()))?;
+                }
             }
             at += n;
         }
@@ -630,4 +631,136 @@ fn private_version(vdisk: &crate::config::Vdisk) -> Result<(Writer, PathBuf), St
     let w = Writer::open(&path).map_err(|e| format!("cannot open the private version: {e}"))?;
     tracing::info!(vdisk = %vdisk.name, file = %path.display(), "private session: writes go into a new version");
     Ok((w, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ChainLimits;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn base(dir: &Path, size: u64) -> (Chain, Vec<u8>) {
+        let p = dir.join("base.raw");
+        let content: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
+        std::fs::write(&p, &content).unwrap();
+        (Chain::open(&p, ChainLimits::default()).unwrap(), content)
+    }
+
+    fn read_all(o: &Overlay, chain: &Chain, off: u64, len: u64) -> Vec<u8> {
+        let mut scratch = Vec::new();
+        let mut pieces: Vec<(u8, usize, usize, u64)> = Vec::new();
+        let mut out = Vec::new();
+        o.read(off, len, chain, &mut scratch, &mut |p| match p {
+            Piece::Data(d) => out.extend_from_slice(d),
+            Piece::Copied(r) => pieces.push((1, r.start, r.end, out.len() as u64)),
+            Piece::Zero(n) => out.extend(std::iter::repeat_n(0u8, n as usize)),
+        })
+        .unwrap();
+        // Copied pieces are placed where they were emitted.
+        for (_, s, e, at) in pieces.into_iter().rev() {
+            let at = at as usize;
+            out.splice(at..at, scratch[s..e].iter().copied());
+        }
+        out
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bootfarm-cache-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Random writes and zeroings of any alignment against a flat model, with a RAM tier small
+    /// enough that most blocks overflow to the file: every read equals the model.
+    #[test]
+    fn overlay_matches_a_flat_model() {
+        let dir = tmpdir("model");
+        let size = 1 << 20 | 1536; // a short last block
+        let (chain, mut model) = base(&dir, size);
+        let total = Arc::new(AtomicU64::new(0));
+        let limits = Limits { ram_bytes: 16 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone() };
+        let mut o = Overlay::new(size, limits, total.clone(), None);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..3000 {
+            let off = rng.below(size);
+            let len = (rng.below(3 * BLOCK) + 1).min(size - off);
+            match rng.below(10) {
+                0 => {
+                    o.zero(off, len, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].fill(0);
+                }
+                1..=5 => {
+                    let d: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    o.write(off, &d, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].copy_from_slice(&d);
+                }
+                _ => {
+                    let got = read_all(&o, &chain, off, len);
+                    assert!(got == model[off as usize..(off + len) as usize], "round {round}: read of {len} at {off} differs");
+                }
+            }
+        }
+        assert!(read_all(&o, &chain, 0, size) == model, "the whole disk equals the model");
+        assert!(o.file_slots > 0 && o.ram_pages == 16, "both tiers were used");
+        assert_eq!(total.load(Ordering::Relaxed), o.allocated_bytes());
+        drop(o);
+        assert_eq!(total.load(Ordering::Relaxed), 0, "dropping the overlay returns its bytes");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn limits_refuse_whole_writes_and_targets_are_isolated() {
+        let dir = tmpdir("limits");
+        let (chain, content) = base(&dir, 1 << 20);
+        let total = Arc::new(AtomicU64::new(0));
+        let limits = Limits { ram_bytes: 4 * BLOCK, target_bytes_max: 8 * BLOCK, total_bytes_max: 12 * BLOCK, dir: dir.clone() };
+        let mut a = Overlay::new(1 << 20, limits.clone(), total.clone(), None);
+        let mut b = Overlay::new(1 << 20, limits, total.clone(), None);
+        a.write(0, &vec![0xaa; 8 * BLOCK as usize], &chain).unwrap();
+        // A write needing one more block than the target may hold is refused before any byte lands.
+        let e = a.write(7 * BLOCK, &vec![0xbb; 2 * BLOCK as usize], &chain).unwrap_err();
+        assert!(matches!(e, CacheError::NoSpace(ref m) if m.contains("per_target")), "{e}");
+        assert_eq!(read_all(&a, &chain, 7 * BLOCK, 2 * BLOCK)[..BLOCK as usize], vec![0xaa; BLOCK as usize][..]);
+        // Rewriting blocks it already holds needs no room.
+        a.write(BLOCK + 5, b"again", &chain).unwrap();
+        // Zeroing frees blocks for reuse.
+        a.zero(0, 2 * BLOCK, &chain).unwrap();
+        a.write(20 * BLOCK, &vec![0xcc; 2 * BLOCK as usize], &chain).unwrap();
+        // The other target sees none of it, and meets the global limit.
+        assert!(read_all(&b, &chain, 0, 1 << 20) == content);
+        b.write(0, &vec![1; 4 * BLOCK as usize], &chain).unwrap();
+        let e = b.write(4 * BLOCK, &[1], &chain).unwrap_err();
+        assert!(matches!(e, CacheError::NoSpace(ref m) if m.contains("total")), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn block_status_reports_written_zeroed_and_base() {
+        let dir = tmpdir("status");
+        let (chain, _) = base(&dir, 64 * BLOCK);
+        let limits = Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone() };
+        let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
+        o.zero(4 * BLOCK, 4 * BLOCK, &chain).unwrap();
+        o.write(8 * BLOCK, &[9; 4096], &chain).unwrap();
+        let mut runs = Vec::new();
+        o.status(0, 64 * BLOCK, &chain, &mut |l, f| runs.push((l, f)));
+        // A raw base is all data; the zeroed blocks read as zeros.
+        assert_eq!(runs, vec![(4 * BLOCK, 0), (4 * BLOCK, 2), (56 * BLOCK, 0)]);
+        assert_eq!(split_export("win10@00:11:22:33:44:55"), ("win10", Some("00:11:22:33:44:55")));
+        assert!(valid_target_id("00:11:22:33:44:55") && !valid_target_id("a/b") && !valid_target_id(""));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
