@@ -263,6 +263,9 @@ impl Overlay {
         let mut block = [0u8; BLOCK as usize];
         let mut at = off;
         let end = off + len;
+        // Whole blocks bound for consecutive overflow slots go out in one pwrite:
+        // (first slot, blocks, start in `data`).
+        let mut run: Option<(u32, u32, usize)> = None;
         while at < end {
             let b = at / BLOCK;
             let in_block = (at - b * BLOCK) as usize;
@@ -286,9 +289,21 @@ impl Overlay {
                     s
                 }
             };
-            match data {
-                Some(d) => self.store(slot, in_block, &d[src_range])?,
-                None => {
+            match (data, slot) {
+                (Some(_), Slot::File(f)) if whole && blen == BLOCK as usize && self.persist.is_none() => {
+                    run = match run {
+                        Some((first, k, src)) if first + k == f && src + k as usize * BLOCK as usize == src_range.start => Some((first, k + 1, src)),
+                        other => {
+                            self.flush_run(other, data)?;
+                            Some((f, 1, src_range.start))
+                        }
+                    };
+                }
+                (Some(d), _) => {
+                    self.flush_run(run.take(), data)?;
+                    self.store(slot, in_block, &d[src_range])?
+                }
+                (None, _) => {
                     block[..n as usize].fill(0);
                     self.store(slot, in_block, &block[..n as usize])?
                 }
@@ -301,8 +316,16 @@ impl Overlay {
             }
             at += n;
         }
+        self.flush_run(run, data)?;
         self.bytes_written += len;
         Ok(())
+    }
+
+    fn flush_run(&mut self, run: Option<(u32, u32, usize)>, data: Option<&[u8]>) -> Result<(), CacheError> {
+        match (run, data) {
+            (Some((first, k, src)), Some(d)) => self.file_io(first, 0, &mut [], Some(&d[src..src + k as usize * BLOCK as usize])),
+            _ => Ok(()),
+        }
     }
 
     fn store(&mut self, s: Slot, at: usize, d: &[u8]) -> Result<(), CacheError> {
@@ -353,26 +376,57 @@ impl Overlay {
             })
             .expect("inside the disk")
         };
+        // Whole blocks in consecutive overflow slots come in with one pread:
+        // (first slot, blocks, start in `out`).
+        let mut run: Option<(u32, u32, usize)> = None;
+        let flush = |run: &mut Option<(u32, u32, usize)>, out: &mut Vec<u8>, emit: &mut dyn FnMut(Piece<'a>)| -> Result<(), CacheError> {
+            if let Some((first, k, start)) = run.take() {
+                let n = k as usize * BLOCK as usize;
+                out.resize(start + n, 0);
+                self.file_io(first, 0, &mut out[start..start + n], None)?;
+                emit(Piece::Copied(start..start + n));
+            }
+            Ok(())
+        };
         for (&b, &s) in self.map.range(off / BLOCK..=(end - 1) / BLOCK) {
             let bstart = (b * BLOCK).max(at);
             if bstart > at {
+                flush(&mut run, out, emit)?;
                 below(at, bstart, emit);
                 at = bstart;
             }
             let bend = ((b + 1) * BLOCK).min(end);
             let (i, n) = ((at - b * BLOCK) as usize, (bend - at) as usize);
             match s {
-                Slot::Ram(p) => emit(Piece::Data(&self.page(p)[i..i + n])),
+                Slot::File(f) if i == 0 && n == BLOCK as usize => {
+                    run = match run {
+                        Some((first, k, start)) if first + k == f => Some((first, k + 1, start)),
+                        other => {
+                            let mut other = other;
+                            flush(&mut other, out, emit)?;
+                            Some((f, 1, out.len()))
+                        }
+                    };
+                }
+                Slot::Ram(p) => {
+                    flush(&mut run, out, emit)?;
+                    emit(Piece::Data(&self.page(p)[i..i + n]))
+                }
                 Slot::File(f) => {
+                    flush(&mut run, out, emit)?;
                     let start = out.len();
                     out.resize(start + n, 0);
                     self.file_io(f, i, &mut out[start..], None)?;
                     emit(Piece::Copied(start..start + n));
                 }
-                Slot::Zero => emit(Piece::Zero(n as u64)),
+                Slot::Zero => {
+                    flush(&mut run, out, emit)?;
+                    emit(Piece::Zero(n as u64))
+                }
             }
             at = bend;
         }
+        flush(&mut run, out, emit)?;
         if at < end {
             below(at, end, emit);
         }
@@ -696,7 +750,8 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for round in 0..3000 {
             let off = rng.below(size);
-            let len = (rng.below(3 * BLOCK) + 1).min(size - off);
+            let span = if rng.below(4) == 0 { 24 * BLOCK } else { 3 * BLOCK };
+            let len = (rng.below(span) + 1).min(size - off);
             match rng.below(10) {
                 0 => {
                     o.zero(off, len, &chain).unwrap();
