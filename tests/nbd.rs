@@ -86,7 +86,10 @@ fn nbdinfo_nbdcopy_and_qemu_img_read_the_exports() {
     let m = 1u64 << 20;
     assert_eq!(map("base"), vec![(0, 3 * m, 0), (3 * m, 6 * m, 3), (9 * m, m, 0), (10 * m, 2 * m, 3)]);
     qemu_io(f.port, "base@mapper", &format!("write -P 7 {} 4096", 5 * m));
-    assert_eq!(map("base@mapper"), vec![(0, 3 * m, 0), (3 * m, 2 * m, 3), (5 * m, 4096, 0), (5 * m + 4096, 4 * m - 4096, 3), (9 * m, m, 0), (10 * m, 2 * m, 3)]);
+    assert_eq!(
+        map("base@mapper"),
+        vec![(0, 3 * m, 0), (3 * m, 2 * m, 3), (5 * m, 4096, 0), (5 * m + 4096, 4 * m - 4096, 3), (9 * m, m, 0), (10 * m, 2 * m, 3)]
+    );
     assert_eq!(map("base@someone-else").len(), 4);
     let bad = Command::new("nbdinfo").arg(format!("nbd://127.0.0.1:{}/nope", f.port)).output().unwrap();
     assert!(!bad.status.success(), "an unknown export is refused");
@@ -169,6 +172,10 @@ fn protocol_negative_space() {
     assert_eq!(c.request(wire::CMD_READ, 2, 12 << 20, 512, &[]), (wire::EINVAL, 2));
     assert_eq!(c.request(wire::CMD_READ, 3, 0, 65537, &[]), (wire::EOVERFLOW, 3));
     assert_eq!(c.request(wire::CMD_WRITE, 4, (12 << 20) - 512, 1024, &[7u8; 1024]), (wire::EINVAL, 4));
+    // An oversized WRITE: EOVERFLOW, its payload skipped so the stream stays in step.
+    assert_eq!(c.request(wire::CMD_WRITE, 40, 0, 65537, &vec![9u8; 65537]), (wire::EOVERFLOW, 40));
+    assert_eq!(c.request(wire::CMD_BLOCK_STATUS, 41, 0, 4096, &[]), (wire::EINVAL, 41), "no meta context negotiated");
+    assert_eq!(c.request(77, 42, 0, 0, &[]), (wire::EINVAL, 42), "unknown command");
     assert_eq!(c.request(wire::CMD_FLUSH, 5, 0, 0, &[]), (0, 5));
     assert_eq!(c.request(wire::CMD_READ, 6, 0, 512, &[]), (0, 6));
     let mut d = vec![0u8; 512];
@@ -214,12 +221,7 @@ fn qemu_io(port: u16, export: &str, cmd: &str) -> String {
 
 fn qemu_io_status(port: u16, export: &str, cmd: &str) -> (bool, String) {
     let o = Command::new("qemu-io")
-        .args([
-            "--image-opts",
-            &format!("driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export={export}"),
-            "-c",
-            cmd,
-        ])
+        .args(["--image-opts", &format!("driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export={export}"), "-c", cmd])
         .output()
         .unwrap();
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
@@ -290,9 +292,11 @@ fn private_mode_takes_one_writer_and_writes_a_new_version() {
     // The session ends at disconnect: its version is complete, the base untouched.
     let mut version = None;
     for _ in 0..50 {
-        version = std::fs::read_dir(&f.dir.0).unwrap().flatten().map(|e| e.path()).find(|p| {
-            p.file_name().unwrap().to_str().unwrap().starts_with("priv.private-")
-        });
+        version = std::fs::read_dir(&f.dir.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("priv.private-"));
         if version.is_some() && _server_log(&f).contains("private session ended") {
             break;
         }
@@ -322,7 +326,11 @@ fn cache_limits_overflow_and_enospc() {
     let big = pattern(7, 4096, 256 * 1024);
     // 256 KiB at 4096: 64 blocks, 16 in RAM and 48 in the overflow file.
     assert_eq!(a.request(wire::CMD_WRITE, 1, 4096, big.len() as u32, &big), (0, 1));
-    assert_same("RAM and overflow read back", &a.read(2, 0, 300 * 1024), &[&orig[..4096], &big[..], &orig[4096 + big.len()..300 * 1024]].concat());
+    assert_same(
+        "RAM and overflow read back",
+        &a.read(2, 0, 300 * 1024),
+        &[&orig[..4096], &big[..], &orig[4096 + big.len()..300 * 1024]].concat(),
+    );
     // One block more than the target may hold: ENOSPC, nothing changed, the stream in step.
     assert_eq!(a.request(wire::CMD_WRITE, 3, 1 << 20, 4096, &[9u8; 4096]), (wire::ENOSPC, 3));
     assert_same("a refused write changes nothing", &a.read(4, 1 << 20, 4096), &orig[1 << 20..(1 << 20) + 4096]);
@@ -361,14 +369,14 @@ fn http_get(f: &Fixture, path: &str) -> String {
 
 #[test]
 fn a_flood_beyond_the_queue_and_a_client_gone_mid_write() {
-    let f = fixture("queue_depth_max = 8\ncache_keep_after_disconnect_ms = 0");
+    let f = fixture("queue_depth_max = 8\ncache_keep_after_disconnect_ms = 0\nsend_zc_min_bytes = 8192");
     let orig = export(&f, "v2.avhdx");
     // A client gone half way through a WRITE payload: the server carries on.
     let mut gone = Raw::go(f.port, "chain@gone");
     gone.0.write_all(&encode(wire::CMD_WRITE, 1, 0, 65536, &[1u8; 1000])).unwrap();
     drop(gone);
     // 20,000 reads sent before any reply is read: TCP pushes back at the queue limit, and every
-    // reply comes, in order, with the right bytes.
+    // reply comes, in order, with the right bytes (the batches go out with SEND_ZC here).
     let c = Raw::go(f.port, "chain");
     let mut tx = c.0.try_clone().unwrap();
     let n = 20_000u64;

@@ -137,6 +137,8 @@ pub struct Nbd {
     /// a later connection is a new boot and starts clean. Kept short so that a quick reboot is
     /// not mistaken for a blip; a client that names itself per boot (`vdisk@id`) can go longer.
     pub cache_keep_after_disconnect_ms: u64,
+    /// Reply batches of at least this many bytes use SEND_ZC (0 = never), as http.send_zc_min_bytes.
+    pub send_zc_min_bytes: u64,
 }
 
 impl Default for Nbd {
@@ -150,6 +152,7 @@ impl Default for Nbd {
             cache_bytes_per_target_max: 8 << 30,
             cache_bytes_total_max: 256 << 30,
             cache_keep_after_disconnect_ms: 15_000,
+            send_zc_min_bytes: 0,
         }
     }
 }
@@ -297,6 +300,7 @@ cache_bytes_per_target_max = 8589934592     # 8 GiB: beyond it writes fail with 
 cache_bytes_total_max = 274877906944        # 256 GiB
 cache_keep_after_disconnect_ms = 15000      # a reconnect within this keeps the cache (blip, failover);
                                             # later = a new boot, the cache is discarded
+send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)
 
 [image]
 chain_depth_max = 16

@@ -122,7 +122,12 @@ pub fn render_metrics(shared: &Shared) -> String {
             ("bootfarm_draining", "", "1 while shutting down.", shared.draining.load(r) as u8 as f64),
             ("bootfarm_nbd_targets", "", "NBD targets with a write cache (connected or kept for a reconnect).", targets as f64),
             ("bootfarm_nbd_targets_connected", "", "NBD targets with at least one connection.", connected as f64),
-            ("bootfarm_nbd_cache_bytes", "", "RAM and overflow bytes held by all NBD write caches.", shared.nbd_targets.total.load(r) as f64),
+            (
+                "bootfarm_nbd_cache_bytes",
+                "",
+                "RAM and overflow bytes held by all NBD write caches.",
+                shared.nbd_targets.total.load(r) as f64,
+            ),
         ],
     );
     let hs: Vec<&Histogram> = shared.workers.iter().map(|w| &w.tftp_duration).collect();

@@ -8,6 +8,9 @@
 //! sent; receiving goes on meanwhile into the free end of the buffer. When a client sends more
 //! than the queue allows, reading stops until the replies are out, so TCP pushes back.
 //!
+//! Large batches may go out with SEND_ZC (`nbd.send_zc_min_bytes`); the batch then stays
+//! untouched until the kernel's notification.
+//!
 //! Replies come in request order (the protocol allows any order; serving from memory gains
 //! nothing by reordering). WRITE payloads are applied to the target's cache as they arrive.
 
@@ -90,6 +93,8 @@ struct Conn {
     sent: u64,
     cursor: (usize, usize),
     sending: bool,
+    /// SEND_ZC notifications still to come: the batch stays untouched until then.
+    zc_pending: u32,
     iov: Vec<libc::iovec>,
     msg: libc::msghdr,
     close_after: bool,
@@ -156,13 +161,7 @@ impl Conn {
     }
     fn reply_err(&mut self, cookie: u64, error: u32, msg: &str) {
         let structured = self.structured;
-        self.put(|o| {
-            if structured {
-                wire::error_chunk(o, cookie, error, msg)
-            } else {
-                wire::simple_reply(o, error, cookie)
-            }
-        });
+        self.put(|o| if structured { wire::error_chunk(o, cookie, error, msg) } else { wire::simple_reply(o, error, cookie) });
     }
 }
 
@@ -238,6 +237,14 @@ impl NbdService {
             }
             K_SEND => {
                 let Some(c) = self.conns.get_mut(id, generation) else { return };
+                if cqueue::notif(flags) {
+                    c.zc_pending -= 1;
+                    self.mark(id);
+                    return;
+                }
+                if cqueue::more(flags) {
+                    c.zc_pending += 1; // a notification follows
+                }
                 c.sending = false;
                 if res < 0 {
                     c.close_after = true;
@@ -291,6 +298,7 @@ impl NbdService {
                 sent: 0,
                 cursor: (0, 0),
                 sending: false,
+                zc_pending: 0,
                 iov: Vec::with_capacity(IOV_MAX),
                 msg: unsafe { std::mem::zeroed() },
                 close_after: false,
@@ -333,12 +341,12 @@ impl NbdService {
         let Some(c) = self.conns.at(id) else { return };
         c.dirty = false;
         if c.closing {
-            if !c.sending {
+            if !c.sending && c.zc_pending == 0 {
                 self.conns.remove(id);
             }
             return;
         }
-        if !c.sending && c.sent == c.total && c.total > 0 {
+        if !c.sending && c.sent == c.total && c.total > 0 && c.zc_pending == 0 {
             // The batch is out: start the next one.
             c.out.clear();
             c.scratch.clear();
@@ -354,7 +362,7 @@ impl NbdService {
             }
         }
         if !c.sending && c.sent < c.total {
-            submit_send(c, id, ring);
+            submit_send(c, id, ring, snap.config.nbd.send_zc_min_bytes);
         }
         if c.close_after && !c.sending && c.sent == c.total {
             self.close(id, ring, now);
@@ -411,7 +419,7 @@ impl NbdService {
             let keep = Duration::from_millis(self.shared.store.load().config.nbd.cache_keep_after_disconnect_ms);
             self.shared.nbd_targets.detach(t, keep, now);
         }
-        let (ip, lingering) = (c.ip, c.sending);
+        let (ip, lingering) = (c.ip, c.sending || c.zc_pending > 0);
         self.active -= 1;
         self.shared.nbd_admission.release(ip);
         if !lingering {
@@ -787,11 +795,8 @@ fn block_status(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
 
 /// The transmission flags of an export.
 fn export_flags(vd: &Vdisk, structured: bool) -> u16 {
-    let mut f = wire::TFLAG_HAS_FLAGS
-        | wire::TFLAG_SEND_FLUSH
-        | wire::TFLAG_SEND_FUA
-        | wire::TFLAG_SEND_TRIM
-        | wire::TFLAG_SEND_WRITE_ZEROES;
+    let mut f =
+        wire::TFLAG_HAS_FLAGS | wire::TFLAG_SEND_FLUSH | wire::TFLAG_SEND_FUA | wire::TFLAG_SEND_TRIM | wire::TFLAG_SEND_WRITE_ZEROES;
     if structured {
         f |= wire::TFLAG_SEND_DF;
     }
@@ -943,7 +948,8 @@ fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> R
     }
 }
 
-fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring) {
+/// One sendmsg from the cursor, up to IOV_MAX pieces; SEND_ZC when the batch is large enough.
+fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64) {
     let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
     c.iov.clear();
     let (mut i, mut skip) = c.cursor;
@@ -960,7 +966,12 @@ fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring) {
     }
     c.msg.msg_iov = c.iov.as_mut_ptr();
     c.msg.msg_iovlen = c.iov.len() as _;
-    let e = opcode::SendMsg::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(ud(K_SEND, id, c.generation, 0));
+    let user_data = ud(K_SEND, id, c.generation, 0);
+    let e = if zc_min > 0 && c.total - c.sent >= zc_min {
+        opcode::SendMsgZc::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
+    } else {
+        opcode::SendMsg::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
+    };
     push(ring, &e);
     c.sending = true;
 }

@@ -173,7 +173,10 @@ impl Overlay {
             return Ok(Slot::File(s));
         }
         if self.allocated_bytes() + BLOCK > self.limits.target_bytes_max {
-            return Err(CacheError::NoSpace(format!("target write cache full (nbd.cache_bytes_per_target_max {})", self.limits.target_bytes_max)));
+            return Err(CacheError::NoSpace(format!(
+                "target write cache full (nbd.cache_bytes_per_target_max {})",
+                self.limits.target_bytes_max
+            )));
         }
         // The global count moves first, so two targets cannot both take the last bytes.
         if self.total.fetch_add(BLOCK, Ordering::AcqRel) + BLOCK > self.limits.total_bytes_max {
@@ -292,7 +295,9 @@ impl Overlay {
             match (data, slot) {
                 (Some(_), Slot::File(f)) if whole && blen == BLOCK as usize && self.persist.is_none() => {
                     run = match run {
-                        Some((first, k, src)) if first + k == f && src + k as usize * BLOCK as usize == src_range.start => Some((first, k + 1, src)),
+                        Some((first, k, src)) if first + k == f && src + k as usize * BLOCK as usize == src_range.start => {
+                            Some((first, k + 1, src))
+                        }
                         other => {
                             self.flush_run(other, data)?;
                             Some((f, 1, src_range.start))
@@ -363,7 +368,14 @@ impl Overlay {
 
     /// Emits `[off, off + len)` as the target sees it. Overflow blocks are copied to the end of
     /// `out` (the only copy on this path). The range must lie inside the disk.
-    pub fn read<'a>(&'a self, off: u64, len: u64, base: &'a Chain, out: &mut Vec<u8>, emit: &mut dyn FnMut(Piece<'a>)) -> Result<(), CacheError> {
+    pub fn read<'a>(
+        &'a self,
+        off: u64,
+        len: u64,
+        base: &'a Chain,
+        out: &mut Vec<u8>,
+        emit: &mut dyn FnMut(Piece<'a>),
+    ) -> Result<(), CacheError> {
         if len == 0 {
             return Ok(());
         }
@@ -657,9 +669,13 @@ fn end_target(t: &Arc<Target>, why: &str) {
                 file = %p.display(),
                 "private session ended ({why}); its writes are in the new version: point the vdisk's path at it and reload to serve it"
             ),
-            Err(e) => tracing::error!(vdisk = %t.vdisk.name, file = %p.display(), "private session ended but the version file could not be synced: {e}"),
+            Err(e) => {
+                tracing::error!(vdisk = %t.vdisk.name, file = %p.display(), "private session ended but the version file could not be synced: {e}")
+            }
         },
-        None => tracing::info!(vdisk = %t.vdisk.name, target = %t.id, bytes_written = written, cache_bytes = held, "write cache discarded ({why})"),
+        None => {
+            tracing::info!(vdisk = %t.vdisk.name, target = %t.id, bytes_written = written, cache_bytes = held, "write cache discarded ({why})")
+        }
     }
 }
 
