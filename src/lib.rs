@@ -5,6 +5,7 @@
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod farm;
 pub mod http;
 pub mod image;
 pub mod metrics;

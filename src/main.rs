@@ -28,6 +28,22 @@ enum Command {
     /// Inspect, verify, export and version vDisk images.
     #[command(subcommand)]
     Vdisk(VdiskCmd),
+    /// Look at the farm the configuration describes.
+    #[command(subcommand)]
+    Farm(FarmCmd),
+}
+
+#[derive(Subcommand)]
+enum FarmCmd {
+    /// Probe every [[farm.server]] of FILE and show health, configuration generation, load per
+    /// vdisk and replica agreement. Exits 2 when a server is down or a replica differs.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Probe timeout in milliseconds (default: farm.health_timeout_ms x 4).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 #[derive(Args)]
@@ -165,6 +181,11 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCmd::Check { file }) => config_check(&file),
         Command::Vdisk(v) => vdisk(v),
+        Command::Farm(FarmCmd::Status { config, timeout_ms }) => match farm_status(&config, timeout_ms) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +194,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn farm_status(file: &Path, timeout_ms: Option<u64>) -> Result<bool, String> {
+    let s = config::load(file, &Overrides::default(), 1, None).map_err(|e| e.to_string())?;
+    let t = std::time::Duration::from_millis(timeout_ms.unwrap_or(s.config.farm.health_timeout_ms * 4));
+    let (table, good) = bootfarm::farm::status_table(&s, t);
+    print!("{table}");
+    Ok(good)
 }
 
 fn config_check(file: &Path) -> Result<(), String> {

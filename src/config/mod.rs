@@ -237,6 +237,10 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
         ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),
         ("nbd.cache_bytes_total_max", c.nbd.cache_bytes_total_max),
+        ("farm.health_failures_max", c.farm.health_failures_max as u64),
+        ("farm.health_successes_min", c.farm.health_successes_min as u64),
+        ("farm.active_window_ms", c.farm.active_window_ms),
+        ("farm.boot_window_ms", c.farm.boot_window_ms),
     ];
     if let Some((k, v)) = nonzero.iter().find(|(_, v)| *v == 0) {
         return Err(err(file, *k, v, "a limit of 0 would refuse every client; raise it"));

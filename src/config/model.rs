@@ -212,6 +212,11 @@ pub struct Farm {
     pub health_timeout_ms: u64,
     pub health_failures_max: u32,
     pub health_successes_min: u32,
+    /// A target counts as active on a server while it read a vdisk within this time (HTTP) or
+    /// has an NBD connection.
+    pub active_window_ms: u64,
+    /// A target counts as booting (for max_booting) this long after its first read.
+    pub boot_window_ms: u64,
     pub server: Vec<FarmServer>,
 }
 
@@ -224,6 +229,8 @@ impl Default for Farm {
             health_timeout_ms: 500,
             health_failures_max: 3,
             health_successes_min: 2,
+            active_window_ms: 60_000,
+            boot_window_ms: 120_000,
             server: Vec::new(),
         }
     }
@@ -318,6 +325,8 @@ health_interval_ms = 1000
 health_timeout_ms = 500
 health_failures_max = 3     # failed probes before a server leaves the table
 health_successes_min = 2    # good probes before it comes back
+active_window_ms = 60000    # a target read within this counts as active (load figures)
+boot_window_ms = 120000     # ...and as booting this long after its first read (max_booting)
 
 # One table per server of the farm (example); empty = a farm of this node alone.
 [[farm.server]]

@@ -96,6 +96,7 @@ struct EnvImpl<'a> {
     snap: Arc<crate::config::Snapshot>,
     shared: &'a Shared,
     files: &'a mut FileCache,
+    client: std::net::IpAddr,
 }
 
 impl http::Env for EnvImpl<'_> {
@@ -120,6 +121,22 @@ impl http::Env for EnvImpl<'_> {
     }
     fn file(&mut self, path: &Path) -> std::io::Result<(Arc<Backing>, u64, i64)> {
         self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix))
+    }
+    fn client_ip(&self) -> std::net::IpAddr {
+        self.client
+    }
+    fn farm_health(&self) -> crate::farm::Health {
+        self.shared.farm.health(&self.snap, self.draining(), &self.shared.nbd_targets, std::time::Instant::now())
+    }
+    fn farm_place(&self, vdisk: &str, target: &str) -> Vec<usize> {
+        let me = self.shared.farm_local(&self.snap, std::time::Instant::now());
+        self.shared.farm.place(&self.snap, vdisk, target, Some(self.client), &me)
+    }
+    fn farm_touch(&self, vdisk: &str, target: &str) {
+        self.shared.farm.touch(vdisk, target, std::time::Instant::now());
+    }
+    fn farm_status_json(&self) -> String {
+        crate::farm::status_json(&self.snap, &self.shared.farm, &self.shared.farm_local(&self.snap, std::time::Instant::now()))
     }
 }
 
@@ -433,7 +450,8 @@ impl HttpService {
                 header_bytes_max: cfg.header_bytes_max,
                 headers_max: cfg.headers_max,
             };
-            let mut env = EnvImpl { snap: snap.clone(), shared: &self.shared, files: &mut self.files };
+            let client = c.ip;
+            let mut env = EnvImpl { snap: snap.clone(), shared: &self.shared, files: &mut self.files, client };
             let c = self.conns.at(id).unwrap();
             match wire::parse(&c.rbuf[..c.rlen], &limits) {
                 Ok((req, used)) => {

@@ -101,6 +101,15 @@ pub struct Shared {
     pub http_admission: Admission,
     pub nbd_admission: Admission,
     pub nbd_targets: crate::nbd::cache::Registry,
+    pub farm: Arc<crate::farm::Runtime>,
+}
+
+impl Shared {
+    /// This node's own farm figures, for placement and /healthz.
+    pub fn farm_local(&self, snap: &Snapshot, now: Instant) -> crate::farm::Local {
+        let (active, booting) = self.farm.local_load(snap, &self.nbd_targets, now);
+        crate::farm::Local { draining: self.draining.load(Ordering::Relaxed), active, booting, hashes: self.farm.vdisk_hashes(snap) }
+    }
 }
 
 /// /metrics: every worker's counters summed, histograms, and gauges.
@@ -138,6 +147,7 @@ pub fn render_metrics(shared: &Shared) -> String {
 pub struct Engine {
     pub shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    farm_threads: Vec<std::thread::JoinHandle<()>>,
     pub tftp_addr: SocketAddr,
     pub http_addr: SocketAddr,
 }
@@ -179,6 +189,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         http_admission: Admission::default(),
         nbd_admission: Admission::default(),
         nbd_targets: Default::default(),
+        farm: Default::default(),
     });
     let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -215,7 +226,8 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         return Err(failure);
     }
     tracing::info!(workers = n, tftp = %tftp_addr, http = %http_addr, nbd = %nbd_addr, "engine started");
-    Ok(Engine { shared, threads, tftp_addr, http_addr })
+    let farm_threads = crate::farm::start(shared.farm.clone(), shared.store.clone());
+    Ok(Engine { shared, threads, farm_threads, tftp_addr, http_addr })
 }
 
 impl Engine {
@@ -223,6 +235,10 @@ impl Engine {
     pub fn shutdown(self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         for t in self.threads {
+            let _ = t.join();
+        }
+        self.shared.farm.stop();
+        for t in self.farm_threads {
             let _ = t.join();
         }
     }

@@ -934,6 +934,14 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
 fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> Result<(), String> {
     let id = id.unwrap_or_else(|| c.ip.to_string());
     let client = c.peer.to_string();
+    if ctx.snap.farm.len() > 1 {
+        let me = ctx.shared.farm_local(ctx.snap, ctx.now);
+        let order = ctx.shared.farm.place(ctx.snap, &vd.name, &id, Some(c.ip), &me);
+        if let Some(&first) = order.first().filter(|&&i| ctx.snap.farm[i].name != ctx.snap.config.server.name) {
+            ctx.stats.counters.add(Counter::NbdMisplaced, 1);
+            tracing::debug!(client = %c.peer, export = %vd.name, first = %ctx.snap.farm[first].name, "nbd target is placed on another server; serving it here");
+        }
+    }
     match ctx.shared.nbd_targets.attach(vd, &id, &client, &ctx.snap.config.nbd, ctx.now) {
         Ok((t, resumed)) => {
             tracing::info!(client = %c.peer, export = %vd.name, target = %t.id, resumed, "nbd target attached");

@@ -43,6 +43,14 @@ pub trait Env {
     fn sessions(&self) -> (u64, u64);
     /// A mapped file under tftp.root, with (inode, mtime seconds) for validators.
     fn file(&mut self, path: &std::path::Path) -> std::io::Result<(Arc<Backing>, u64, i64)>;
+    fn client_ip(&self) -> std::net::IpAddr;
+    /// This node's `/healthz` report.
+    fn farm_health(&self) -> crate::farm::Health;
+    /// The farm's server order (indices into the snapshot's farm) for this client.
+    fn farm_place(&self, vdisk: &str, target: &str) -> Vec<usize>;
+    /// Counts `target` as active on `vdisk` here.
+    fn farm_touch(&self, vdisk: &str, target: &str);
+    fn farm_status_json(&self) -> String;
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -50,6 +58,7 @@ pub fn reason(status: u16) -> &'static str {
         200 => "OK",
         206 => "Partial Content",
         304 => "Not Modified",
+        307 => "Temporary Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -213,6 +222,10 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
     let (path, q) = target.split_once('?').unwrap_or((target.as_ref(), ""));
     let snap = env.snapshot().clone();
     if let Some(rest) = path.strip_prefix("/boot/") {
+        let vdisk = query(q, "vdisk").or(snap.default_vdisk().map(|v| v.name.as_str())).unwrap_or("");
+        if let Some(b) = redirect(req, env, &snap, q, vdisk, out) {
+            return b;
+        }
         let file = match crate::tftp::path::resolve(&snap.tftp_root, rest.as_bytes()) {
             Ok(f) => f,
             Err(crate::tftp::path::Refused::NotFound) => return error_page(out, 404, ka, minor, now, "no such bootstrap file"),
@@ -232,6 +245,10 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
         let Some(vd) = snap.vdisk(name) else {
             return error_page(out, 404, ka, minor, now, "no such vdisk");
         };
+        if let Some(b) = redirect(req, env, &snap, q, name, out) {
+            return b;
+        }
+        env.farm_touch(name, &crate::farm::target_key(query(q, "mac"), env.client_ip()));
         let v = vdisk_validators(vd);
         return match representation(out, req, now, vd.chain.virtual_size(), &v, "application/octet-stream") {
             Some((start, len)) => Body::Vdisk { vdisk: vd.clone(), start, len },
@@ -239,11 +256,18 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
         };
     }
     match path {
-        "/healthz" if env.draining() => simple(out, 503, false, minor, now, "text/plain", b"draining\n".to_vec(), head_only),
-        "/healthz" => simple(out, 200, ka, minor, now, "text/plain", b"ok\n".to_vec(), head_only),
+        "/healthz" => {
+            // 200 "ok" or 503 "draining", then the figures peers balance on (see farm::Health).
+            let h = env.farm_health().render().into_bytes();
+            if env.draining() {
+                simple(out, 503, false, minor, now, "text/plain", h, head_only)
+            } else {
+                simple(out, 200, ka, minor, now, "text/plain", h, head_only)
+            }
+        }
         "/metrics" => simple(out, 200, ka, minor, now, "text/plain; version=0.0.4", env.metrics().into_bytes(), head_only),
         "/api/status" => {
-            let body = status_json(&snap, env.draining(), env.sessions()).into_bytes();
+            let body = status_json(&snap, env.draining(), env.sessions(), &env.farm_status_json()).into_bytes();
             simple(out, 200, ka, minor, now, "application/json", body, head_only)
         }
         "/ipxe" => {
@@ -256,7 +280,16 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
             };
             let host =
                 req.host.and_then(|h| std::str::from_utf8(h).ok()).filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic()));
-            let script = ipxe_script(&snap, vd, host, query(q, "mac").unwrap_or("unknown"));
+            let mac = query(q, "mac");
+            let order = if snap.farm.len() > 1 {
+                env.farm_place(&vd.name, &crate::farm::target_key(mac, env.client_ip()))
+            } else {
+                vec![0]
+            };
+            if order.is_empty() {
+                return error_page(out, 503, ka, minor, now, "no farm server can serve this vdisk to this client now (all down, or none for its subnet)");
+            }
+            let script = ipxe_script(&snap, vd, host, mac, &order);
             simple(out, 200, ka, minor, now, "text/plain; charset=utf-8", script.into_bytes(), head_only)
         }
         _ => {
@@ -265,33 +298,68 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
     }
 }
 
-/// The iPXE script: sanboot of the vdisk from this node (as the client reached it), then the
-/// other farm servers holding it, as multipath URIs in failover order.
-pub fn ipxe_script(snap: &Snapshot, vd: &Vdisk, host: Option<&str>, mac: &str) -> String {
-    let me = &snap.config.server;
-    let mut uris = Vec::new();
-    let own = host.map(str::to_string).unwrap_or_else(|| format!("{}:{}", me.listen, me.http_port));
-    uris.push(format!("http://{own}/vdisk/{}", vd.name));
-    for s in snap.farm.iter().filter(|s| s.name != me.name && (s.vdisks.is_empty() || s.vdisks.contains(&vd.name))).take(3) {
-        let addr = match s.address {
-            std::net::IpAddr::V6(a) => format!("[{a}]"),
-            a => a.to_string(),
-        };
-        uris.push(format!("http://{addr}:{}/vdisk/{}", s.http_port, vd.name));
+/// In a farm, a request for a vdisk (or a bootstrap) that reaches a server other than the first
+/// of the target's list is sent there with 307, marked `via=` so that the server it lands on
+/// serves it whatever its own view says (one hop at most, never a loop). Served here when this
+/// node is first, or when no other server is up (the list then starts with this one).
+fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &str, out: &mut Vec<u8>) -> Option<Body> {
+    if snap.farm.len() < 2 || vdisk.is_empty() || query(q, "via").is_some() {
+        return None;
     }
-    let mac: String = mac.chars().filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').take(32).collect();
+    let order = env.farm_place(vdisk, &crate::farm::target_key(query(q, "mac"), env.client_ip()));
+    let m = &snap.farm[*order.first()?];
+    if m.name == snap.config.server.name {
+        return None;
+    }
+    let target = std::str::from_utf8(req.target).ok()?;
+    let sep = if target.contains('?') { '&' } else { '?' };
+    let location = format!("http://{}{target}{sep}via={}", host_port(m.address, m.http_port), snap.config.server.name);
+    let now = env.now_unix();
+    head(out, 307, req.keep_alive, req.minor, now);
+    let _ = write!(out, "Location: {location}\r\nContent-Length: 0\r\n\r\n");
+    Some(Body::Empty)
+}
+
+fn host_port(a: std::net::IpAddr, port: u16) -> String {
+    match a {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    }
+}
+
+/// The iPXE script: `sanboot` with the farm's server list for this target as multipath URIs,
+/// in failover order (this node as the client reached it, the others by address). The URIs
+/// carry the target's MAC so every server places it the same way.
+pub fn ipxe_script(snap: &Snapshot, vd: &Vdisk, host: Option<&str>, mac: Option<&str>, order: &[usize]) -> String {
+    let me = &snap.config.server;
+    let mac: String = mac.unwrap_or("").chars().filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').take(32).collect();
+    let q = if mac.is_empty() { String::new() } else { format!("?mac={mac}") };
+    let uris: Vec<String> = order
+        .iter()
+        .map(|&i| {
+            let s = &snap.farm[i];
+            let hp = match host {
+                Some(h) if s.name == me.name => h.to_string(),
+                _ => host_port(s.address, s.http_port),
+            };
+            format!("http://{hp}/vdisk/{}{q}", vd.name)
+        })
+        .collect();
+    let order_names: Vec<&str> = order.iter().map(|&i| snap.farm[i].name.as_str()).collect();
     format!(
-        "#!ipxe\n# bootfarm node {} (configuration generation {}): vdisk {} for target {mac}\necho bootfarm: booting vdisk {} ({} bytes)\nsanboot {} || goto failed\n:failed\necho bootfarm: sanboot failed, no server answered\nshell\n",
+        "#!ipxe\n# bootfarm node {} (configuration generation {}): vdisk {} for target {}\n# servers in failover order: {}\necho bootfarm: booting vdisk {} ({} bytes)\nsanboot {} || goto failed\n:failed\necho bootfarm: sanboot failed, no server answered\nshell\n",
         me.name,
         snap.generation,
         vd.name,
+        if mac.is_empty() { "unknown" } else { &mac },
+        order_names.join(" "),
         vd.name,
         vd.chain.virtual_size(),
         uris.join(" ")
     )
 }
 
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {
@@ -306,7 +374,7 @@ fn json_str(s: &str) -> String {
     o
 }
 
-pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64)) -> String {
+pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), farm: &str) -> String {
     let vdisks: Vec<String> = snap
         .vdisks
         .iter()
@@ -339,7 +407,7 @@ pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64)) ->
         })
         .collect();
     format!(
-        "{{\"node\": {}, \"generation\": {}, \"draining\": {draining}, \"vdisks\": [{}], \"sessions\": {{\"tftp\": {tftp}, \"http\": {http}}}}}\n",
+        "{{\"node\": {}, \"generation\": {}, \"draining\": {draining}, \"vdisks\": [{}], \"sessions\": {{\"tftp\": {tftp}, \"http\": {http}}}, \"farm\": {farm}}}\n",
         json_str(&snap.config.server.name),
         snap.generation,
         vdisks.join(", ")

@@ -81,6 +81,7 @@ counters! {
     NbdWrites => ("bootfarm_nbd_writes_total", "", "NBD WRITE, WRITE_ZEROES and TRIM requests applied to a write cache."),
     NbdWrittenBytes => ("bootfarm_nbd_written_bytes_total", "", "Bytes written into write caches (WRITE payloads)."),
     NbdNoSpace => ("bootfarm_nbd_nospace_total", "", "Writes refused with ENOSPC at a write-cache limit."),
+    NbdMisplaced => ("bootfarm_nbd_misplaced_total", "", "NBD targets served here while the farm placement puts another server first (bytes are the same; the boot script sends targets to the first)."),
     NbdRefusedPrivate => ("bootfarm_nbd_private_refused_total", "", "Connections refused because a private-mode vdisk already had its writer."),
     NbdErrors => ("bootfarm_nbd_error_replies_total", "", "NBD requests answered with an error (EINVAL, EOVERFLOW, ENOSPC, EIO)."),
     NbdSentBytes => ("bootfarm_nbd_sent_bytes_total", "", "Bytes written to NBD connections."),

@@ -519,6 +519,7 @@ pub struct Target {
 
 struct Entry {
     target: Arc<Target>,
+    started: Instant,
     conns: usize,
     idle_since: Option<Instant>,
     client: String,
@@ -606,7 +607,7 @@ impl Registry {
         if private && map.get(&key).is_some_and(|e| e.conns > 0) {
             return Err(format!("vdisk {} is in private mode and already has a writer; one connection at a time", vdisk.name));
         }
-        map.insert(key, Entry { target: target.clone(), conns: 1, idle_since: None, client: client.to_string() });
+        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client: client.to_string() });
         Ok((target, false))
     }
 
@@ -649,6 +650,23 @@ impl Registry {
         for t in gone {
             end_target(&t, "not reconnected in time");
         }
+    }
+
+    /// Connected targets per vdisk, and how many of them connected within `boot` (farm load).
+    pub fn connected_by_vdisk(&self, now: Instant, boot: Duration) -> Vec<(String, u32, u32)> {
+        let map = self.entries.lock().unwrap();
+        let mut out: Vec<(String, u32, u32)> = Vec::new();
+        for ((v, _), e) in map.iter().filter(|(_, e)| e.conns > 0) {
+            let booting = (now.saturating_duration_since(e.started) < boot) as u32;
+            match out.iter_mut().find(|(n, _, _)| n == v) {
+                Some(x) => {
+                    x.1 += 1;
+                    x.2 += booting;
+                }
+                None => out.push((v.clone(), 1, booting)),
+            }
+        }
+        out
     }
 
     /// (targets, of which connected) for status and metrics.

@@ -1,0 +1,582 @@
+//! The farm at run time: what this node knows of its peers (health, load, replica hashes, from
+//! probing their `/healthz`), what it knows of itself (active and booting targets, content
+//! hashes of its images), and placement (`place`) over both. The farm table itself is part of
+//! the configuration snapshot, so a reload swaps it atomically with everything else.
+//!
+//! Threads: one prober (each round probes every peer in parallel, with a timeout, then
+//! publishes a new `View` with one store) and one hasher (content hashes of new chain members,
+//! computed once per file identity). Workers only read: one atomic load of the view per
+//! placement.
+
+pub mod place;
+
+use crate::config::{Snapshot, Store};
+use arc_swap::ArcSwap;
+use place::ServerState;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What this node learnt of a peer from its last probes.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub up: bool,
+    pub draining: bool,
+    pub fails: u32,
+    pub oks: u32,
+    pub probed: bool,
+    pub report: Option<Health>,
+    pub last_error: Option<String>,
+}
+
+/// A node's `/healthz` body, parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    pub node: String,
+    pub generation: u64,
+    pub draining: bool,
+    pub booting: u32,
+    pub active: HashMap<String, u32>,
+    /// vdisk -> content hash (hex), absent while still being computed.
+    pub hashes: HashMap<String, String>,
+}
+
+impl Health {
+    /// The text body of `/healthz`: line-oriented, `key value...`, first line `ok` or `draining`.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{}\nnode {}\ngeneration {}\nbooting {}\n",
+            if self.draining { "draining" } else { "ok" },
+            self.node,
+            self.generation,
+            self.booting
+        );
+        let mut a: Vec<_> = self.active.iter().collect();
+        a.sort();
+        for (v, n) in a {
+            s.push_str(&format!("active {v} {n}\n"));
+        }
+        let mut h: Vec<_> = self.hashes.iter().collect();
+        h.sort();
+        for (v, x) in h {
+            s.push_str(&format!("hash {v} {x}\n"));
+        }
+        s
+    }
+
+    pub fn parse(body: &str) -> Option<Health> {
+        let mut lines = body.lines();
+        let draining = match lines.next()? {
+            "ok" => false,
+            "draining" => true,
+            _ => return None,
+        };
+        let mut h = Health { draining, ..Default::default() };
+        for l in lines {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            match t.as_slice() {
+                ["node", n] => h.node = n.to_string(),
+                ["generation", g] => h.generation = g.parse().ok()?,
+                ["booting", b] => h.booting = b.parse().ok()?,
+                ["active", v, n] => {
+                    h.active.insert(v.to_string(), n.parse().ok()?);
+                }
+                ["hash", v, x] => {
+                    h.hashes.insert(v.to_string(), x.to_string());
+                }
+                _ => {} // later versions may add lines
+            }
+        }
+        Some(h)
+    }
+}
+
+/// Peers by name, as of the last probe round.
+#[derive(Debug, Default)]
+pub struct View {
+    pub peers: HashMap<String, Peer>,
+    pub round: u64,
+}
+
+/// This node's targets: who read which vdisk (HTTP) and when it started, for load figures and
+/// "booting" counts. NBD targets are counted from the write-cache registry.
+#[derive(Default)]
+struct Activity {
+    seen: HashMap<(String, String), (Instant, Instant)>,
+    cached: Option<(Instant, HashMap<String, u32>, u32)>,
+}
+
+pub struct Runtime {
+    pub view: ArcSwap<View>,
+    activity: Mutex<Activity>,
+    /// File identity (path, size, mtime) -> content hash of that chain member.
+    file_hashes: Mutex<HashMap<(std::path::PathBuf, u64, i64), u64>>,
+    stop: AtomicBool,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime { view: ArcSwap::from_pointee(View::default()), activity: Default::default(), file_hashes: Default::default(), stop: AtomicBool::new(false) }
+    }
+}
+
+/// Content hash of a byte range: 4 lanes of multiply-rotate over 8-byte words, finished with
+/// the length (an xxHash64-style mix; fast enough to hash a 1 GiB image in well under a second
+/// from the page cache). It detects replicas that differ, it is not a cryptographic digest.
+pub fn content_hash(data: &[u8]) -> u64 {
+    const P1: u64 = 0x9E37_79B1_85EB_CA87;
+    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+    let mut acc = [P1.wrapping_add(P2), P2, 0, P1.wrapping_neg()];
+    let mut chunks = data.chunks_exact(32);
+    for c in &mut chunks {
+        for (i, a) in acc.iter_mut().enumerate() {
+            let w = u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap());
+            *a = a.wrapping_add(w.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1);
+        }
+    }
+    let mut h = acc[0].rotate_left(1) ^ acc[1].rotate_left(7) ^ acc[2].rotate_left(12) ^ acc[3].rotate_left(18);
+    h ^= data.len() as u64;
+    for &b in chunks.remainder() {
+        h = (h ^ b as u64).wrapping_mul(P1).rotate_left(11);
+    }
+    place::stable_hash(&[&h.to_le_bytes()])
+}
+
+/// The target key of an HTTP request: the MAC the client gave (`?mac=`), or its address.
+pub fn target_key(mac: Option<&str>, client: IpAddr) -> String {
+    match mac.map(|m| m.to_ascii_lowercase().replace('-', ":")) {
+        Some(m) if !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') => m,
+        _ => client.to_string(),
+    }
+}
+
+impl Runtime {
+    /// An HTTP read of `vdisk` by `target`.
+    pub fn touch(&self, vdisk: &str, target: &str, now: Instant) {
+        let mut a = self.activity.lock().unwrap();
+        match a.seen.get_mut(&(vdisk.to_string(), target.to_string())) {
+            Some(e) => e.1 = now,
+            None => {
+                a.seen.insert((vdisk.to_string(), target.to_string()), (now, now));
+                a.cached = None;
+            }
+        }
+    }
+
+    /// (active targets per vdisk, booting targets) on this node, recomputed at most every
+    /// 200 ms. Active: an HTTP read within `farm.active_window_ms`, or an NBD connection.
+    /// Booting: active and first seen within `farm.boot_window_ms`.
+    pub fn local_load(&self, snap: &Snapshot, nbd: &crate::nbd::cache::Registry, now: Instant) -> (HashMap<String, u32>, u32) {
+        let mut a = self.activity.lock().unwrap();
+        if let Some((at, m, b)) = &a.cached {
+            if now.saturating_duration_since(*at) < Duration::from_millis(200) {
+                return (m.clone(), *b);
+            }
+        }
+        let f = &snap.config.farm;
+        let (active_w, boot_w) = (Duration::from_millis(f.active_window_ms), Duration::from_millis(f.boot_window_ms));
+        a.seen.retain(|_, (_, last)| now.saturating_duration_since(*last) < active_w);
+        let mut m: HashMap<String, u32> = HashMap::new();
+        let mut booting = 0;
+        for ((v, _), (first, _)) in &a.seen {
+            *m.entry(v.clone()).or_default() += 1;
+            if now.saturating_duration_since(*first) < boot_w {
+                booting += 1;
+            }
+        }
+        for (v, n, b) in nbd.connected_by_vdisk(now, boot_w) {
+            *m.entry(v).or_default() += n;
+            booting += b;
+        }
+        a.cached = Some((now, m.clone(), booting));
+        (m, booting)
+    }
+
+    /// This node's vdisk content hashes (hex), for the vdisks already hashed.
+    pub fn vdisk_hashes(&self, snap: &Snapshot) -> HashMap<String, String> {
+        let fh = self.file_hashes.lock().unwrap();
+        let mut out = HashMap::new();
+        'v: for v in &snap.vdisks {
+            let mut parts = Vec::new();
+            for l in &v.chain.layers {
+                match fh.get(&file_identity(&l.path, l.file_len())) {
+                    Some(h) => parts.extend_from_slice(&h.to_le_bytes()),
+                    None => continue 'v,
+                }
+            }
+            out.insert(v.name.clone(), format!("{:016x}", place::stable_hash(&[&parts])));
+        }
+        out
+    }
+
+    /// This node's health report (the `/healthz` body).
+    pub fn health(&self, snap: &Snapshot, draining: bool, nbd: &crate::nbd::cache::Registry, now: Instant) -> Health {
+        let (active, booting) = self.local_load(snap, nbd, now);
+        Health { node: snap.config.server.name.clone(), generation: snap.generation, draining, booting, active, hashes: self.vdisk_hashes(snap) }
+    }
+
+    /// The state placement sees for farm member `i` and `vdisk`.
+    pub fn state_of(&self, snap: &Snapshot, i: usize, vdisk: &str, me: &Local) -> ServerState {
+        let m = &snap.farm[i];
+        if m.name == snap.config.server.name {
+            return ServerState { up: !me.draining, replica_ok: true, active: me.active.get(vdisk).copied().unwrap_or(0), booting: me.booting };
+        }
+        let view = self.view.load();
+        let Some(p) = view.peers.get(&m.name) else {
+            // Not probed yet: assumed up and idle until its probes say otherwise.
+            return ServerState { up: true, replica_ok: true, active: 0, booting: 0 };
+        };
+        let r = p.report.as_ref();
+        let replica_ok = match (r.and_then(|r| r.hashes.get(vdisk)), me.hashes.get(vdisk)) {
+            (Some(theirs), Some(ours)) => theirs == ours,
+            _ => true, // one side still hashing: not known to differ
+        };
+        ServerState {
+            up: p.up && !p.draining,
+            replica_ok,
+            active: r.and_then(|r| r.active.get(vdisk).copied()).unwrap_or(0),
+            booting: r.map_or(0, |r| r.booting),
+        }
+    }
+
+    /// Placement for (target, vdisk) from this node's point of view: farm member indices.
+    pub fn place(&self, snap: &Snapshot, vdisk: &str, target: &str, client: Option<IpAddr>, me: &Local) -> Vec<usize> {
+        let f = &snap.config.farm;
+        place::place(&snap.farm, &|i| self.state_of(snap, i, vdisk, me), vdisk, target, client, f.affinity, f.load_epsilon)
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// This node's own figures, gathered once per request that places.
+pub struct Local {
+    pub draining: bool,
+    pub active: HashMap<String, u32>,
+    pub booting: u32,
+    pub hashes: HashMap<String, String>,
+}
+
+fn file_identity(path: &std::path::Path, len: u64) -> (std::path::PathBuf, u64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = std::fs::metadata(path).map(|m| m.mtime() * 1_000_000_000 + m.mtime_nsec()).unwrap_or(0);
+    (path.to_path_buf(), len, mtime)
+}
+
+/// GET /healthz of one server with a timeout: its report, or why not.
+pub fn probe(addr: SocketAddr, timeout: Duration) -> Result<(u16, Health), String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: bootfarm-probe\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if Instant::now() > deadline {
+            return Err("timed out".into());
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 1 << 20 {
+                    return Err("answer too large".into());
+                }
+            }
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP answer")?;
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("not an HTTP answer")?;
+    let h = Health::parse(body).ok_or_else(|| format!("HTTP {status} without a bootfarm health report"))?;
+    Ok((status, h))
+}
+
+/// Starts the prober and hasher threads; they stop with `Runtime::stop`.
+pub fn start(rt: Arc<Runtime>, store: Arc<Store>) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    let (r, s) = (rt.clone(), store.clone());
+    threads.push(std::thread::Builder::new().name("bootfarm-probe".into()).spawn(move || prober(&r, &s)).expect("spawn prober"));
+    threads.push(std::thread::Builder::new().name("bootfarm-hash".into()).spawn(move || hasher(&rt, &store)).expect("spawn hasher"));
+    threads
+}
+
+fn sleep_unless_stopped(rt: &Runtime, d: Duration) {
+    let end = Instant::now() + d;
+    while !rt.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn prober(rt: &Runtime, store: &Store) {
+    let mut round = 0u64;
+    while !rt.stop.load(Ordering::Relaxed) {
+        let snap = store.load();
+        let f = &snap.config.farm;
+        let timeout = Duration::from_millis(f.health_timeout_ms);
+        let me = &snap.config.server.name;
+        let peers: Vec<_> = snap.farm.iter().filter(|m| &m.name != me).collect();
+        let results: Vec<(String, Result<(u16, Health), String>)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = peers
+                .iter()
+                .map(|m| {
+                    let addr = SocketAddr::new(m.address, m.http_port);
+                    (m.name.clone(), sc.spawn(move || probe(addr, timeout)))
+                })
+                .collect();
+            hs.into_iter().map(|(n, h)| (n, h.join().unwrap_or_else(|_| Err("probe panicked".into())))).collect()
+        });
+        let old = rt.view.load();
+        let mut view = View { peers: HashMap::new(), round };
+        for (name, res) in results {
+            let mut p = old.peers.get(&name).cloned().unwrap_or(Peer { up: true, ..Default::default() });
+            p.probed = true;
+            match res {
+                Ok((status, h)) if (status == 200 || status == 503) && h.node == name => {
+                    p.fails = 0;
+                    p.oks += 1;
+                    p.draining = h.draining;
+                    p.last_error = None;
+                    if !p.up && p.oks >= f.health_successes_min {
+                        tracing::info!(server = %name, "farm server is back");
+                        p.up = true;
+                    }
+                    p.report = Some(h);
+                }
+                other => {
+                    let why = match other {
+                        Ok((_, h)) => format!("answered as node {:?}", h.node),
+                        Err(e) => e,
+                    };
+                    p.oks = 0;
+                    p.fails += 1;
+                    if p.up && p.fails >= f.health_failures_max {
+                        tracing::warn!(server = %name, "farm server left the table after {} failed probes: {why}", p.fails);
+                        p.up = false;
+                    }
+                    p.last_error = Some(why);
+                }
+            }
+            view.peers.insert(name, p);
+        }
+        rt.view.store(Arc::new(view));
+        round += 1;
+        sleep_unless_stopped(rt, Duration::from_millis(f.health_interval_ms));
+    }
+}
+
+fn hasher(rt: &Runtime, store: &Store) {
+    while !rt.stop.load(Ordering::Relaxed) {
+        let snap = store.load();
+        for v in &snap.vdisks {
+            for l in &v.chain.layers {
+                let id = file_identity(&l.path, l.file_len());
+                if rt.file_hashes.lock().unwrap().contains_key(&id) {
+                    continue;
+                }
+                let t = Instant::now();
+                let h = content_hash(l.bytes());
+                tracing::info!(file = %l.path.display(), hash = format!("{h:016x}"), ms = t.elapsed().as_millis() as u64, "image content hashed");
+                rt.file_hashes.lock().unwrap().insert(id, h);
+                if rt.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        }
+        sleep_unless_stopped(rt, Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_reports_round_trip() {
+        let mut h = Health { node: "node2".into(), generation: 7, draining: false, booting: 3, ..Default::default() };
+        h.active.insert("win10".into(), 12);
+        h.hashes.insert("win10".into(), "00ff".into());
+        let text = h.render();
+        assert!(text.starts_with("ok\nnode node2\n"), "{text}");
+        assert_eq!(Health::parse(&text), Some(h.clone()));
+        h.draining = true;
+        assert_eq!(Health::parse(&h.render()).unwrap().draining, true);
+        assert_eq!(Health::parse("ok\nfuture-line 1 2 3\n").map(|h| h.node), Some(String::new()), "unknown lines are skipped");
+        assert!(Health::parse("<html>").is_none());
+        assert!(Health::parse("ok\nbooting many\n").is_none());
+    }
+
+    #[test]
+    fn content_hash_sees_one_changed_byte_anywhere() {
+        let mut d: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let h = content_hash(&d);
+        for at in [0, 31, 32, 4096, 99_999, 100_002] {
+            d[at] ^= 1;
+            assert_ne!(content_hash(&d), h, "byte {at}");
+            d[at] ^= 1;
+        }
+        assert_eq!(content_hash(&d), h);
+        assert_ne!(content_hash(&d[..100_000]), content_hash(&d[..100_001]));
+    }
+
+    #[test]
+    fn target_keys() {
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(target_key(Some("52-54-00-AB-CD-EF"), ip), "52:54:00:ab:cd:ef");
+        assert_eq!(target_key(Some("<script>"), ip), "10.0.0.9");
+        assert_eq!(target_key(None, ip), "10.0.0.9");
+    }
+}
+
+fn json_map<V: std::fmt::Display>(m: &HashMap<String, V>, quote: bool) -> String {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    let items: Vec<String> = v
+        .iter()
+        .map(|(k, x)| if quote { format!("{}: \"{x}\"", crate::http::json_str(k)) } else { format!("{}: {x}", crate::http::json_str(k)) })
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// Replica agreement of one server's copy of `vdisk` with ours.
+pub fn replica(ours: Option<&String>, theirs: Option<&String>) -> &'static str {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if a == b => "match",
+        (Some(_), Some(_)) => "mismatch",
+        _ => "pending",
+    }
+}
+
+/// The "farm" object of /api/status: every server as this node sees it.
+pub fn status_json(snap: &Snapshot, rt: &Runtime, me: &Local) -> String {
+    let view = rt.view.load();
+    let servers: Vec<String> = snap
+        .farm
+        .iter()
+        .map(|m| {
+            let is_me = m.name == snap.config.server.name;
+            let peer = view.peers.get(&m.name);
+            let report = peer.and_then(|p| p.report.as_ref());
+            let (up, draining) = if is_me { (!me.draining, me.draining) } else { peer.map_or((true, false), |p| (p.up, p.draining)) };
+            let (generation, booting, active, hashes) = if is_me {
+                (Some(snap.generation), Some(me.booting), Some(me.active.clone()), Some(me.hashes.clone()))
+            } else {
+                (report.map(|r| r.generation), report.map(|r| r.booting), report.map(|r| r.active.clone()), report.map(|r| r.hashes.clone()))
+            };
+            let replicas: HashMap<String, &str> = snap
+                .vdisks
+                .iter()
+                .filter(|v| place::holds(m, &v.name))
+                .map(|v| (v.name.clone(), replica(me.hashes.get(&v.name), hashes.as_ref().and_then(|h| h.get(&v.name)))))
+                .collect();
+            let opt = |x: Option<String>| x.unwrap_or_else(|| "null".into());
+            format!(
+                "{{\"name\": {}, \"address\": \"{}\", \"http_port\": {}, \"power\": {}, \"max_booting\": {}, \"self\": {is_me}, \"up\": {up}, \"draining\": {draining}, \"probed\": {}, \"last_error\": {}, \"generation\": {}, \"booting\": {}, \"active\": {}, \"hashes\": {}, \"replicas\": {}}}",
+                crate::http::json_str(&m.name),
+                m.address,
+                m.http_port,
+                m.power,
+                m.max_booting,
+                is_me || peer.is_some_and(|p| p.probed),
+                opt(peer.and_then(|p| p.last_error.as_deref()).map(crate::http::json_str)),
+                opt(generation.map(|g| g.to_string())),
+                opt(booting.map(|b| b.to_string())),
+                opt(active.as_ref().map(|a| json_map(a, false))),
+                opt(hashes.as_ref().map(|h| json_map(h, true))),
+                json_map(&replicas, true),
+            )
+        })
+        .collect();
+    format!(
+        "{{\"affinity\": \"{:?}\", \"load_epsilon\": {}, \"probe_round\": {}, \"servers\": [{}]}}",
+        snap.config.farm.affinity,
+        snap.config.farm.load_epsilon,
+        view.round,
+        servers.join(", ")
+    )
+}
+
+/// `bootfarm farm status`: probes every server of the farm table and lays out what they say.
+/// Returns the table and whether every server is up with replicas that agree.
+pub fn status_table(snap: &Snapshot, timeout: Duration) -> (String, bool) {
+    let reports: Vec<Result<(u16, Health), String>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = snap.farm.iter().map(|m| sc.spawn(move || probe(SocketAddr::new(m.address, m.http_port), timeout))).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe panicked".into()))).collect()
+    });
+    // The reference copy of each vdisk: the hash most servers report.
+    let mut reference: HashMap<&str, String> = HashMap::new();
+    for v in &snap.vdisks {
+        let mut counts: HashMap<&String, usize> = HashMap::new();
+        for (m, r) in snap.farm.iter().zip(&reports) {
+            if let (true, Ok((_, h))) = (place::holds(m, &v.name), r) {
+                if let Some(x) = h.hashes.get(&v.name) {
+                    *counts.entry(x).or_default() += 1;
+                }
+            }
+        }
+        if let Some((x, _)) = counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0))) {
+            reference.insert(&v.name, x.clone());
+        }
+    }
+    let mut all_good = true;
+    let mut rows = vec![["SERVER", "ADDRESS", "POWER", "HEALTH", "GEN", "BOOTING", "ACTIVE", "REPLICAS"].map(String::from).to_vec()];
+    for (m, r) in snap.farm.iter().zip(&reports) {
+        let addr = format!("{}:{}", m.address, m.http_port);
+        let mut row = vec![m.name.clone(), addr, format!("{}", m.power)];
+        match r {
+            Ok((status, h)) if h.node == m.name => {
+                let health = if h.draining { "draining" } else if *status == 200 { "up" } else { "error" };
+                all_good &= health == "up";
+                let mut active: Vec<String> = h.active.iter().map(|(v, n)| format!("{v}={n}")).collect();
+                active.sort();
+                let mut reps = Vec::new();
+                for v in snap.vdisks.iter().filter(|v| place::holds(m, &v.name)) {
+                    let state = match (reference.get(v.name.as_str()), h.hashes.get(&v.name)) {
+                        (Some(a), Some(b)) if a == b => "ok",
+                        (Some(_), Some(_)) => {
+                            all_good = false;
+                            "MISMATCH"
+                        }
+                        _ => "pending",
+                    };
+                    reps.push(format!("{}:{state}", v.name));
+                }
+                row.extend([
+                    health.to_string(),
+                    h.generation.to_string(),
+                    h.booting.to_string(),
+                    if active.is_empty() { "-".into() } else { active.join(",") },
+                    if reps.is_empty() { "-".into() } else { reps.join(",") },
+                ]);
+            }
+            Ok((_, h)) => {
+                all_good = false;
+                row.extend([format!("wrong node ({})", h.node), "-".into(), "-".into(), "-".into(), "-".into()]);
+            }
+            Err(e) => {
+                all_good = false;
+                row.extend([format!("down ({e})"), "-".into(), "-".into(), "-".into(), "-".into()]);
+            }
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    (out, all_good)
+}
