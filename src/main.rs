@@ -36,7 +36,8 @@ enum Command {
 #[derive(Subcommand)]
 enum FarmCmd {
     /// Probe every [[farm.server]] of FILE and show health, configuration generation, load per
-    /// vdisk and replica agreement. Exits 2 when a server is down or a replica differs.
+    /// vdisk and replica agreement. Exits 2 when a server is down, a replica differs or is still
+    /// being hashed.
     Status {
         #[arg(long)]
         config: PathBuf,

@@ -59,11 +59,11 @@ pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_
     for v in &snap.vdisks {
         tracing::info!(vdisk = %v.name, bytes = v.chain.virtual_size(), images = v.chain.layers.len(), path = %v.path.display(), "vdisk ready");
     }
+    let control = reload::Control::new(store.clone(), file, overrides);
     let engine = crate::engine::start(store.clone())?;
     if let Some(dir) = demo_dir {
         println!("{}", demo_banner(dir, &snap));
     }
-    let control = reload::Control { store: store.clone(), file, overrides };
     let stop = AtomicBool::new(false);
     let exit = control.run(&stop);
     tracing::info!(?exit, grace_ms = s.shutdown_grace_ms, "shutting down: no new transfers, running ones may finish");

@@ -58,9 +58,18 @@ pub struct Control {
     pub store: std::sync::Arc<Store>,
     pub file: Option<PathBuf>,
     pub overrides: Overrides,
+    /// The file as it was when the serving snapshot was read: a change made while the engine
+    /// starts is still seen.
+    loaded: Option<Stamp>,
 }
 
 impl Control {
+    /// Call right after the snapshot was loaded, before serving starts.
+    pub fn new(store: std::sync::Arc<Store>, file: Option<PathBuf>, overrides: Overrides) -> Control {
+        let loaded = file.as_deref().and_then(stamp);
+        Control { store, file, overrides, loaded }
+    }
+
     fn reload(&self, why: &str) {
         let Some(file) = &self.file else {
             tracing::info!(why, "reload requested, but this instance runs without a config file (--demo): nothing to reload");
@@ -92,7 +101,7 @@ impl Control {
         let cfg = self.store.load().config.server.clone();
         let poll = Duration::from_millis(cfg.reload_poll_ms);
         let debounce = Duration::from_millis(cfg.reload_debounce_ms);
-        let mut last = self.file.as_deref().and_then(stamp);
+        let mut last = self.loaded;
         let mut pending: Option<(Stamp, Instant)> = None;
         loop {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -119,7 +119,12 @@ pub struct Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime { view: ArcSwap::from_pointee(View::default()), activity: Default::default(), file_hashes: Default::default(), stop: AtomicBool::new(false) }
+        Runtime {
+            view: ArcSwap::from_pointee(View::default()),
+            activity: Default::default(),
+            file_hashes: Default::default(),
+            stop: AtomicBool::new(false),
+        }
     }
 }
 
@@ -215,14 +220,26 @@ impl Runtime {
     /// This node's health report (the `/healthz` body).
     pub fn health(&self, snap: &Snapshot, draining: bool, nbd: &crate::nbd::cache::Registry, now: Instant) -> Health {
         let (active, booting) = self.local_load(snap, nbd, now);
-        Health { node: snap.config.server.name.clone(), generation: snap.generation, draining, booting, active, hashes: self.vdisk_hashes(snap) }
+        Health {
+            node: snap.config.server.name.clone(),
+            generation: snap.generation,
+            draining,
+            booting,
+            active,
+            hashes: self.vdisk_hashes(snap),
+        }
     }
 
     /// The state placement sees for farm member `i` and `vdisk`.
     pub fn state_of(&self, snap: &Snapshot, i: usize, vdisk: &str, me: &Local) -> ServerState {
         let m = &snap.farm[i];
         if m.name == snap.config.server.name {
-            return ServerState { up: !me.draining, replica_ok: true, active: me.active.get(vdisk).copied().unwrap_or(0), booting: me.booting };
+            return ServerState {
+                up: !me.draining,
+                replica_ok: true,
+                active: me.active.get(vdisk).copied().unwrap_or(0),
+                booting: me.booting,
+            };
         }
         let view = self.view.load();
         let Some(p) = view.peers.get(&m.name) else {
@@ -267,8 +284,11 @@ fn file_identity(path: &std::path::Path, len: u64) -> (std::path::PathBuf, u64, 
     (path.to_path_buf(), len, mtime)
 }
 
+/// A probe's outcome: (HTTP status, report) or why there is none.
+pub type Probe = Result<(u16, Health), String>;
+
 /// GET /healthz of one server with a timeout: its report, or why not.
-pub fn probe(addr: SocketAddr, timeout: Duration) -> Result<(u16, Health), String> {
+pub fn probe(addr: SocketAddr, timeout: Duration) -> Probe {
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     let deadline = Instant::now() + timeout;
     s.set_read_timeout(Some(timeout)).ok();
@@ -327,7 +347,7 @@ fn prober(rt: &Runtime, store: &Store) {
         let timeout = Duration::from_millis(f.health_timeout_ms);
         let me = &snap.config.server.name;
         let peers: Vec<_> = snap.farm.iter().filter(|m| &m.name != me).collect();
-        let results: Vec<(String, Result<(u16, Health), String>)> = std::thread::scope(|sc| {
+        let results: Vec<(String, Probe)> = std::thread::scope(|sc| {
             let hs: Vec<_> = peers
                 .iter()
                 .map(|m| {
@@ -395,47 +415,6 @@ fn hasher(rt: &Runtime, store: &Store) {
             }
         }
         sleep_unless_stopped(rt, Duration::from_millis(500));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_reports_round_trip() {
-        let mut h = Health { node: "node2".into(), generation: 7, draining: false, booting: 3, ..Default::default() };
-        h.active.insert("win10".into(), 12);
-        h.hashes.insert("win10".into(), "00ff".into());
-        let text = h.render();
-        assert!(text.starts_with("ok\nnode node2\n"), "{text}");
-        assert_eq!(Health::parse(&text), Some(h.clone()));
-        h.draining = true;
-        assert_eq!(Health::parse(&h.render()).unwrap().draining, true);
-        assert_eq!(Health::parse("ok\nfuture-line 1 2 3\n").map(|h| h.node), Some(String::new()), "unknown lines are skipped");
-        assert!(Health::parse("<html>").is_none());
-        assert!(Health::parse("ok\nbooting many\n").is_none());
-    }
-
-    #[test]
-    fn content_hash_sees_one_changed_byte_anywhere() {
-        let mut d: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        let h = content_hash(&d);
-        for at in [0, 31, 32, 4096, 99_999, 100_002] {
-            d[at] ^= 1;
-            assert_ne!(content_hash(&d), h, "byte {at}");
-            d[at] ^= 1;
-        }
-        assert_eq!(content_hash(&d), h);
-        assert_ne!(content_hash(&d[..100_000]), content_hash(&d[..100_001]));
-    }
-
-    #[test]
-    fn target_keys() {
-        let ip: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(target_key(Some("52-54-00-AB-CD-EF"), ip), "52:54:00:ab:cd:ef");
-        assert_eq!(target_key(Some("<script>"), ip), "10.0.0.9");
-        assert_eq!(target_key(None, ip), "10.0.0.9");
     }
 }
 
@@ -510,7 +489,7 @@ pub fn status_json(snap: &Snapshot, rt: &Runtime, me: &Local) -> String {
 /// `bootfarm farm status`: probes every server of the farm table and lays out what they say.
 /// Returns the table and whether every server is up with replicas that agree.
 pub fn status_table(snap: &Snapshot, timeout: Duration) -> (String, bool) {
-    let reports: Vec<Result<(u16, Health), String>> = std::thread::scope(|sc| {
+    let reports: Vec<Probe> = std::thread::scope(|sc| {
         let hs: Vec<_> = snap.farm.iter().map(|m| sc.spawn(move || probe(SocketAddr::new(m.address, m.http_port), timeout))).collect();
         hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe panicked".into()))).collect()
     });
@@ -536,7 +515,13 @@ pub fn status_table(snap: &Snapshot, timeout: Duration) -> (String, bool) {
         let mut row = vec![m.name.clone(), addr, format!("{}", m.power)];
         match r {
             Ok((status, h)) if h.node == m.name => {
-                let health = if h.draining { "draining" } else if *status == 200 { "up" } else { "error" };
+                let health = if h.draining {
+                    "draining"
+                } else if *status == 200 {
+                    "up"
+                } else {
+                    "error"
+                };
                 all_good &= health == "up";
                 let mut active: Vec<String> = h.active.iter().map(|(v, n)| format!("{v}={n}")).collect();
                 active.sort();
@@ -548,7 +533,10 @@ pub fn status_table(snap: &Snapshot, timeout: Duration) -> (String, bool) {
                             all_good = false;
                             "MISMATCH"
                         }
-                        _ => "pending",
+                        _ => {
+                            all_good = false; // still hashing: agreement not known yet
+                            "pending"
+                        }
                     };
                     reps.push(format!("{}:{state}", v.name));
                 }
@@ -579,4 +567,45 @@ pub fn status_table(snap: &Snapshot, timeout: Duration) -> (String, bool) {
         out.push('\n');
     }
     (out, all_good)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_reports_round_trip() {
+        let mut h = Health { node: "node2".into(), generation: 7, draining: false, booting: 3, ..Default::default() };
+        h.active.insert("win10".into(), 12);
+        h.hashes.insert("win10".into(), "00ff".into());
+        let text = h.render();
+        assert!(text.starts_with("ok\nnode node2\n"), "{text}");
+        assert_eq!(Health::parse(&text), Some(h.clone()));
+        h.draining = true;
+        assert!(Health::parse(&h.render()).unwrap().draining);
+        assert_eq!(Health::parse("ok\nfuture-line 1 2 3\n").map(|h| h.node), Some(String::new()), "unknown lines are skipped");
+        assert!(Health::parse("<html>").is_none());
+        assert!(Health::parse("ok\nbooting many\n").is_none());
+    }
+
+    #[test]
+    fn content_hash_sees_one_changed_byte_anywhere() {
+        let mut d: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let h = content_hash(&d);
+        for at in [0, 31, 32, 4096, 99_999, 100_002] {
+            d[at] ^= 1;
+            assert_ne!(content_hash(&d), h, "byte {at}");
+            d[at] ^= 1;
+        }
+        assert_eq!(content_hash(&d), h);
+        assert_ne!(content_hash(&d[..100_000]), content_hash(&d[..100_001]));
+    }
+
+    #[test]
+    fn target_keys() {
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(target_key(Some("52-54-00-AB-CD-EF"), ip), "52:54:00:ab:cd:ef");
+        assert_eq!(target_key(Some("<script>"), ip), "10.0.0.9");
+        assert_eq!(target_key(None, ip), "10.0.0.9");
+    }
 }

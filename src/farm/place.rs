@@ -94,16 +94,14 @@ pub fn place(
     let mut cands: Vec<(usize, ServerState)> =
         (0..farm.len()).filter(|&i| holds(&farm[i], vdisk)).map(|i| (i, state(i))).filter(|(_, s)| s.up && s.replica_ok).collect();
     if affinity != Affinity::None {
-        let near: Vec<(usize, ServerState)> = cands
-            .iter()
-            .copied()
-            .filter(|(i, _)| client.is_some_and(|ip| farm[*i].subnets.iter().any(|n| in_subnet(ip, *n))))
-            .collect();
+        let near: Vec<(usize, ServerState)> =
+            cands.iter().copied().filter(|(i, _)| client.is_some_and(|ip| farm[*i].subnets.iter().any(|n| in_subnet(ip, *n)))).collect();
         if affinity == Affinity::Fixed || !near.is_empty() {
             cands = near;
         }
     }
-    let mut scored: Vec<(f64, usize, ServerState)> = cands.into_iter().map(|(i, s)| (score(target, &farm[i].name, farm[i].power), i, s)).collect();
+    let mut scored: Vec<(f64, usize, ServerState)> =
+        cands.into_iter().map(|(i, s)| (score(target, &farm[i].name, farm[i].power), i, s)).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| farm[a.1].name.cmp(&farm[b.1].name)));
     let total_power: f64 = scored.iter().map(|(_, i, _)| farm[*i].power).sum();
     let total_active: f64 = scored.iter().map(|(_, _, s)| s.active as f64).sum::<f64>() + 1.0;

@@ -281,13 +281,17 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
             let host =
                 req.host.and_then(|h| std::str::from_utf8(h).ok()).filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_graphic()));
             let mac = query(q, "mac");
-            let order = if snap.farm.len() > 1 {
-                env.farm_place(&vd.name, &crate::farm::target_key(mac, env.client_ip()))
-            } else {
-                vec![0]
-            };
+            let order =
+                if snap.farm.len() > 1 { env.farm_place(&vd.name, &crate::farm::target_key(mac, env.client_ip())) } else { vec![0] };
             if order.is_empty() {
-                return error_page(out, 503, ka, minor, now, "no farm server can serve this vdisk to this client now (all down, or none for its subnet)");
+                return error_page(
+                    out,
+                    503,
+                    ka,
+                    minor,
+                    now,
+                    "no farm server can serve this vdisk to this client now (all down, or none for its subnet)",
+                );
             }
             let script = ipxe_script(&snap, vd, host, mac, &order);
             simple(out, 200, ka, minor, now, "text/plain; charset=utf-8", script.into_bytes(), head_only)
