@@ -1,8 +1,9 @@
 //! bootstorm: simulates network-booting targets against a bootfarm (or any server speaking the
 //! same protocols) and measures boots per second and time-to-boot percentiles, checking every
-//! byte received. This release drives the bootstrap phase over TFTP; the HTTP and NBD vDisk
-//! phases come with those services.
+//! byte received. `tftp` is a bootstrap-only storm on io_uring; `boot` runs whole boots
+//! (bootstrap, iPXE script, vDisk over NBD or HTTP) with failover.
 
+mod boot;
 mod report;
 mod tftp;
 
@@ -20,12 +21,15 @@ struct Cli {
 enum Command {
     /// Bootstrap storm over TFTP: N targets each fetch one file, all at once.
     Tftp(tftp::Args),
+    /// Whole boots: bootstrap (TFTP/HTTP), iPXE script, a vDisk boot trace over NBD or HTTP.
+    Boot(boot::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Tftp(a) => tftp::run(a),
+        Command::Boot(a) => boot::run(a),
     };
     match r {
         Ok(ok) if ok => ExitCode::SUCCESS,

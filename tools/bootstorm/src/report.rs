@@ -200,3 +200,21 @@ impl Phase {
         )
     }
 }
+
+/// One self-contained HTML page for several phases: per phase its summary, completions over
+/// time and the time distribution.
+pub fn page(phases: &[&Phase], wall: Duration, context: &str) -> String {
+    let mut body = String::new();
+    for p in phases {
+        let h = p.html(wall, context);
+        let start = h.find("<h1>").unwrap_or(0);
+        let end = h.rfind("</body>").unwrap_or(h.len());
+        body.push_str(&h[start..end].replacen("<h1>", "<h2>", 1).replacen("</h1>", "</h2>", 1));
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bootstorm report</title>\n\
+         <style>body{{font-family:sans-serif;max-width:720px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{padding:2px 10px;text-align:right}}figcaption{{font-weight:bold;margin-top:1em}}</style>\n\
+         </head><body>\n<h1>bootstorm report</h1>\n<p>{}</p>\n{body}</body></html>\n",
+        esc(context)
+    )
+}

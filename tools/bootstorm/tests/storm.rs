@@ -200,3 +200,189 @@ fn an_unreachable_server_ends_in_bounded_timeouts() {
     assert!(text.contains("3 failed") && text.contains("timed out"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A bootfarm serving `boot/boot.bin` and a VHDX vdisk "disk" made by qemu-img from `content`.
+fn boot_fixture(tag: &str) -> (PathBuf, std::process::Child, u16, u16, u16) {
+    let d = tmp(tag);
+    std::fs::create_dir_all(d.join("boot")).unwrap();
+    std::fs::write(d.join("boot/boot.bin"), content(300_000)).unwrap();
+    std::fs::write(d.join("disk.raw"), content(16 << 20)).unwrap();
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vhdx", "-o", "block_size=1M"])
+        .args([d.join("disk.raw"), d.join("disk.vhdx")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (tftp, http, nbd) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        d.join("bf.toml"),
+        format!(
+            "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n[tftp]\nroot = \"boot\"\nsessions_per_ip_max = 64\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n"
+        ),
+    )
+    .unwrap();
+    let server =
+        Command::new(bootfarm_bin()).args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    (d, server, tftp, http, nbd)
+}
+
+fn bootstorm(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bootstorm")).args(args).output().unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn whole_boots_over_tftp_and_nbd_and_over_http_with_the_ipxe_list() {
+    let (d, mut server, tftp, http, nbd) = boot_fixture("boot");
+    let (json, html) = (d.join("boot.json"), d.join("boot.html"));
+    let (boot, img) = (d.join("boot/boot.bin"), d.join("disk.vhdx"));
+    let common = ["--file", "boot.bin", "--expect", boot.to_str().unwrap(), "--vdisk", "disk", "--image", img.to_str().unwrap()];
+    let (code, text) = bootstorm(
+        &[
+            &["boot", "--tftp", &format!("127.0.0.1:{tftp}"), "--nbd", &format!("127.0.0.1:{nbd}"), "--blksize", "1432", "--loss", "0.01"]
+                [..],
+            &common,
+            &[
+                "--targets",
+                "20",
+                "--scale",
+                "0.01",
+                "--arrival",
+                "ramp:0.5",
+                "--json",
+                json.to_str().unwrap(),
+                "--html",
+                html.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase boot: 20 completed, 0 failed") && text.contains("phase vdisk: 20 completed"), "{text}");
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys; d=json.load(open(sys.argv[1])); ph={p['phase']: p for p in d['phases']}; \
+             assert set(ph)=={'bootstrap','vdisk','boot'}, ph.keys(); \
+             assert all(p['completed']==20 and p['failed']==0 for p in ph.values()), ph; \
+             assert ph['vdisk']['bytes']>20*5e6 and d['boots_per_second']>0",
+            json.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(check.success());
+    let h = std::fs::read_to_string(&html).unwrap();
+    assert!(h.contains("phase vdisk") && h.contains("phase bootstrap") && h.matches("<svg").count() == 6, "three phases, two plots each");
+    // HTTP all the way: bootstrap from /boot, the /ipxe list, vdisk ranges.
+    let (code, text) = bootstorm(
+        &[
+            &["boot", "--http", &format!("127.0.0.1:{http}"), "--bootstrap", "http", "--ipxe", "--disk", "http"][..],
+            &common,
+            &["--targets", "10", "--scale", "0.01"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase boot: 10 completed, 0 failed") && text.contains("phase ipxe: 10 completed"), "{text}");
+    // A dead first server in the list: every target fails over to the next and boots.
+    let dead = free_port();
+    let (code, text) = bootstorm(
+        &[
+            &["boot", "--bootstrap", "none", "--nbd", &format!("127.0.0.1:{dead},127.0.0.1:{nbd}")][..],
+            &common[4..],
+            &["--targets", "5", "--scale", "0.005"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("failovers 5"), "{text}");
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A fixed-newstyle NBD server (test double) that serves `data` with one byte flipped at
+/// `flip`, one connection, simple replies.
+fn corrupting_nbd(l: std::net::TcpListener, data: Vec<u8>, flip: usize) {
+    use std::io::{Read, Write};
+    let (mut s, _) = l.accept().unwrap();
+    s.write_all(b"NBDMAGICIHAVEOPT\x00\x03").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let mut p = vec![0u8; u32::from_be_bytes(h[12..16].try_into().unwrap()) as usize];
+    s.read_exact(&mut p).unwrap();
+    let mut info = 0u16.to_be_bytes().to_vec();
+    info.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    info.extend_from_slice(&1u16.to_be_bytes());
+    for (kind, d) in [(3u32, info), (1u32, vec![])] {
+        s.write_all(&0x0003_e889_0455_65a9u64.to_be_bytes()).unwrap();
+        s.write_all(&7u32.to_be_bytes()).unwrap();
+        s.write_all(&kind.to_be_bytes()).unwrap();
+        s.write_all(&(d.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(&d).unwrap();
+    }
+    let mut r = [0u8; 28];
+    while s.read_exact(&mut r).is_ok() {
+        let off = u64::from_be_bytes(r[16..24].try_into().unwrap()) as usize;
+        let len = u32::from_be_bytes(r[24..28].try_into().unwrap()) as usize;
+        let mut out = 0x6744_6698u32.to_be_bytes().to_vec();
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&r[8..16]);
+        let mut d = data[off..off + len].to_vec();
+        if (off..off + len).contains(&flip) {
+            d[flip - off] ^= 0x40;
+        }
+        out.extend_from_slice(&d);
+        if s.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_vdisk_byte_flipped_by_the_server_is_a_corrupted_boot() {
+    let d = tmp("nbd-corrupt");
+    let data = content(1 << 20);
+    std::fs::write(d.join("disk.raw"), &data).unwrap();
+    std::fs::write(d.join("trace.csv"), "offset,length,op\n0,65536,r\n524288,65536,r\n65536,4096,r\n").unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || corrupting_nbd(l, data, 524_288 + 777));
+    let (code, text) = bootstorm(&[
+        "boot",
+        "--bootstrap",
+        "none",
+        "--nbd",
+        &format!("127.0.0.1:{port}"),
+        "--vdisk",
+        "disk",
+        "--image",
+        d.join("disk.raw").to_str().unwrap(),
+        "--trace",
+        d.join("trace.csv").to_str().unwrap(),
+        "--targets",
+        "1",
+    ]);
+    t.join().unwrap();
+    assert_eq!(code, Some(1), "a corrupted boot fails the run: {text}");
+    assert!(text.contains("phase vdisk: 0 completed, 1 failed") && text.contains("1 corrupted"), "{text}");
+    // A trace that is not 4 KiB aligned is refused up front with its line.
+    std::fs::write(d.join("bad.csv"), "100,4096,r\n").unwrap();
+    let (code, text) = bootstorm(&[
+        "boot",
+        "--bootstrap",
+        "none",
+        "--vdisk",
+        "disk",
+        "--image",
+        d.join("disk.raw").to_str().unwrap(),
+        "--trace",
+        d.join("bad.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("bad.csv:1") && text.contains("multiples of 4096"), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
+}

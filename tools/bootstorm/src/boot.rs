@@ -1,0 +1,782 @@
+//! `bootstorm boot`: whole simulated boots. Each target runs a boot profile through real
+//! protocols:
+//!   1. bootstrap: a file over TFTP (the sans-IO client of the bootfarm crate, with client-side
+//!      loss/duplication/reordering) or HTTP (`/boot/<file>`);
+//!   2. optionally the generated iPXE script (`/ipxe?mac=…`), whose server list becomes the
+//!      target's failover order;
+//!   3. the vDisk phase: a boot trace (the built-in Windows-like profile scaled by `--scale`, or a
+//!      CSV trace `offset,length,op`) replayed over NBD (export `vdisk@mac`, so each target has
+//!      its own write cache) or HTTP ranges (reads only: iPXE's HTTP SAN is read-only).
+//! Every byte read is checked: against the local image (`--image`, read with the bootfarm
+//! image code) or against what the target itself wrote there. A target that saw one wrong
+//! byte is "corrupted", never booted. When a server stops answering, the target moves to the
+//! next one of its list and the time lost is recorded.
+//!
+//! Targets run on a pool of `--concurrency` threads with blocking sockets (one target per
+//! thread at a time), started by the arrival pattern. This keeps each boot's phases in order
+//! as on a real machine; the io_uring engine drives the bootstrap-only `tftp` storm.
+
+use crate::report::{self, Phase};
+use bootfarm::image::{Chain, ChainLimits};
+use bootfarm::nbd::wire as nbdw;
+use bootfarm::tftp::client::{Client, Outcome, Request, Send};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// HTTP address of a bootfarm (for `--bootstrap http`, `--ipxe` and `--disk http`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// TFTP address (for `--bootstrap tftp`).
+    #[arg(long, default_value = "127.0.0.1:69")]
+    tftp: SocketAddr,
+    /// NBD address (for `--disk nbd`), or several, comma-separated, as a failover list.
+    #[arg(long, default_value = "127.0.0.1:10809", value_delimiter = ',')]
+    nbd: Vec<SocketAddr>,
+    /// tftp | http | none
+    #[arg(long, default_value = "tftp")]
+    bootstrap: String,
+    /// Bootstrap file name (TFTP) or path under /boot/ (HTTP).
+    #[arg(long, default_value = "")]
+    file: String,
+    /// Local copy of the bootstrap file: every received byte is checked against it.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    #[arg(long)]
+    blksize: Option<u16>,
+    #[arg(long)]
+    windowsize: Option<u16>,
+    /// Fetch /ipxe?mac=… and follow its server list (HTTP disk and failover).
+    #[arg(long)]
+    ipxe: bool,
+    /// nbd | http | none
+    #[arg(long, default_value = "nbd")]
+    disk: String,
+    /// vdisk name (NBD export, /vdisk/<name>).
+    #[arg(long, default_value = "")]
+    vdisk: String,
+    /// The vdisk's image (newest version): expected bytes for every read.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Built-in profile: a Windows-like boot (~560 MB read, ~70,000 I/Os, 65% reads) times this.
+    #[arg(long, default_value_t = 0.01)]
+    scale: f64,
+    /// A boot trace to replay instead: CSV lines `offset,length,op` (op r or w, 4 KiB aligned).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// NBD export name: per-target (`vdisk@mac`, bootfarm's write cache per target) or shared
+    /// (`vdisk` as is, for peers without per-target caches; writes then go to per-target areas).
+    #[arg(long, default_value = "per-target")]
+    export: String,
+    #[arg(long, default_value_t = 100)]
+    targets: u64,
+    /// Targets booting at once (threads); default all (a storm), at most 4096.
+    #[arg(long)]
+    concurrency: Option<u64>,
+    /// storm (all at once) | ramp:SECONDS (starts spread evenly) | rate:PER_SECOND
+    #[arg(long, default_value = "storm")]
+    arrival: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// TFTP: probability of losing / duplicating / reordering each packet (client side).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    #[arg(long, default_value_t = 0.0)]
+    dup: f64,
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Per-request timeout (TFTP retransmission, TCP reads) in ms.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Stop waiting after this long; targets not done count as timed out.
+    #[arg(long, default_value_t = 300)]
+    duration_max_s: u64,
+    /// Print progress every second on stderr (default: when stderr is a terminal).
+    #[arg(long)]
+    progress: bool,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+/// One I/O of a boot trace.
+#[derive(Clone, Copy, Debug)]
+pub struct Io {
+    pub off: u64,
+    pub len: u32,
+    pub write: bool,
+}
+
+const BLOCK: u64 = 4096;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.unit() < p
+    }
+}
+
+/// The built-in profile for one target: reads confined to the first 3/4 of the disk (system
+/// files, partly sequential), writes to the target's own slice of the last quarter (pagefile,
+/// registry, logs), so that servers sharing one overlay between targets can be measured too.
+/// Sizes follow published boot traces: 65% reads averaging ~12 KiB (560 MB over 45,500 reads at
+/// scale 1), writes of 4 KiB (80%) and 16 KiB.
+pub fn windows_profile(scale: f64, disk: u64, target: u64, targets: u64, seed: u64) -> Vec<Io> {
+    let ops = ((70_000.0 * scale).round() as u64).max(1);
+    let mut r = Rng(seed ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let read_area = (disk / 4 * 3) / BLOCK * BLOCK;
+    let slice = ((disk - read_area) / targets.max(1)) / BLOCK * BLOCK;
+    let wbase = read_area + (target % targets.max(1)) * slice;
+    let mut seq = 0u64;
+    let mut out = Vec::with_capacity(ops as usize);
+    for _ in 0..ops {
+        if r.unit() < 0.65 || slice < 16 * BLOCK {
+            let x = r.unit();
+            let len = if x < 0.45 {
+                4096
+            } else if x < 0.80 {
+                16384
+            } else if x < 0.96 {
+                32768
+            } else {
+                131072
+            };
+            let off = if r.unit() < 0.6 && seq + len <= read_area { seq } else { (r.next() % (read_area / BLOCK)) * BLOCK };
+            let len = len.min(read_area - off);
+            seq = off + len;
+            out.push(Io { off, len: len as u32, write: false });
+        } else {
+            let len = if r.unit() < 0.8 { 4096 } else { 16384 };
+            let off = wbase + (r.next() % ((slice - len) / BLOCK + 1)) * BLOCK;
+            out.push(Io { off, len: len as u32, write: true });
+        }
+    }
+    out
+}
+
+pub fn load_trace(p: &std::path::Path, disk: u64) -> Result<Vec<Io>, String> {
+    let f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut out = Vec::new();
+    for (n, l) in BufReader::new(f).lines().enumerate() {
+        let l = l.map_err(|e| format!("{}: {e}", p.display()))?;
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with("offset") {
+            continue;
+        }
+        let bad = |why: &str| format!("{}:{}: {why}: {l:?}", p.display(), n + 1);
+        let t: Vec<&str> = l.split(',').map(str::trim).collect();
+        let [off, len, op] = t.as_slice() else { return Err(bad("want offset,length,op")) };
+        let off: u64 = off.parse().map_err(|_| bad("bad offset"))?;
+        let len: u32 = len.parse().map_err(|_| bad("bad length"))?;
+        let write = match *op {
+            "r" | "R" | "read" => false,
+            "w" | "W" | "write" => true,
+            _ => return Err(bad("op must be r or w")),
+        };
+        if off % BLOCK != 0 || len as u64 % BLOCK != 0 || len == 0 {
+            return Err(bad("offset and length must be non-zero multiples of 4096"));
+        }
+        if off + len as u64 > disk {
+            return Err(bad("past the end of the disk"));
+        }
+        out.push(Io { off, len, write });
+    }
+    Ok(out)
+}
+
+/// What a target expects to read: the image, with its own writes over it.
+struct Expect<'a> {
+    chain: Option<&'a Chain>,
+    written: HashMap<u64, u64>,
+}
+
+fn block_pattern(tag: u64, buf: &mut [u8]) {
+    let mut x = tag | 1;
+    for c in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = c.len();
+        c.copy_from_slice(&x.to_le_bytes()[..n]);
+    }
+}
+
+impl Expect<'_> {
+    fn check(&self, off: u64, got: &[u8], scratch: &mut Vec<u8>) -> bool {
+        scratch.resize(got.len(), 0);
+        match self.chain {
+            Some(c) => {
+                if c.read_into(off, scratch).is_err() {
+                    return false;
+                }
+            }
+            None => return true,
+        }
+        let mut b = off / BLOCK;
+        while b * BLOCK < off + got.len() as u64 {
+            if let Some(tag) = self.written.get(&b) {
+                let s = (b * BLOCK - off) as usize;
+                block_pattern(*tag, &mut scratch[s..s + BLOCK as usize]);
+            }
+            b += 1;
+        }
+        scratch[..] == got[..]
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    started: AtomicU64,
+    booted: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Results {
+    bootstrap: Phase,
+    ipxe: Phase,
+    disk: Phase,
+    boot: Phase,
+    failovers: u64,
+    failover_lost: Duration,
+}
+
+/// A target failed in a phase: (phase, reason).
+type Fail = (&'static str, &'static str);
+
+pub fn run(a: Args) -> Result<bool, String> {
+    let chain = match &a.image {
+        Some(p) => Some(Chain::open(p, ChainLimits::default()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let expect_boot: Option<Vec<u8>> = match &a.expect {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    if a.disk != "none" && a.vdisk.is_empty() {
+        return Err("--vdisk NAME is needed for the vDisk phase (or --disk none)".into());
+    }
+    if a.bootstrap != "none" && a.file.is_empty() {
+        return Err("--file NAME is needed for the bootstrap phase (or --bootstrap none)".into());
+    }
+    let disk_size = match (&chain, a.disk.as_str()) {
+        (Some(c), _) => c.virtual_size(),
+        (None, "none") => 0,
+        (None, _) => return Err("--image PATH is needed to know the disk and check its bytes".into()),
+    };
+    let trace = match &a.trace {
+        Some(p) => Some(load_trace(p, disk_size)?),
+        None => None,
+    };
+    let conc = a.concurrency.unwrap_or(a.targets).clamp(1, 4096);
+    let start_at = arrival(&a.arrival, a.targets)?;
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(a.duration_max_s);
+    let next = AtomicU64::new(0);
+    let live = Live::default();
+    let results = Mutex::new(Results {
+        bootstrap: Phase::new("bootstrap"),
+        ipxe: Phase::new("ipxe"),
+        disk: Phase::new("vdisk"),
+        boot: Phase::new("boot"),
+        failovers: 0,
+        failover_lost: Duration::ZERO,
+    });
+    let show = a.progress || unsafe { libc::isatty(2) } == 1;
+    std::thread::scope(|sc| {
+        for _ in 0..conc {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= a.targets {
+                    return;
+                }
+                let at = t0 + start_at(i);
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                live.started.fetch_add(1, Ordering::Relaxed);
+                let r = boot_one(&a, i, chain.as_ref(), expect_boot.as_deref(), trace.as_deref(), disk_size, t0, deadline, &results);
+                match r {
+                    Ok(()) => live.booted.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => live.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            });
+        }
+        if show {
+            sc.spawn(|| {
+                let mut last = 0;
+                while live.booted.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed) < a.targets && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let (s, b, f) =
+                        (live.started.load(Ordering::Relaxed), live.booted.load(Ordering::Relaxed), live.failed.load(Ordering::Relaxed));
+                    eprintln!(
+                        "bootstorm: {:>6.1} s  booting {:>5}  booted {:>6}  failed {:>4}  boots/s {:>7.1}",
+                        t0.elapsed().as_secs_f64(),
+                        s - b - f,
+                        b,
+                        f,
+                        (b - last) as f64
+                    );
+                    last = b;
+                }
+            });
+        }
+    });
+    let wall = t0.elapsed();
+    let r = results.into_inner().unwrap();
+    let phases: Vec<&Phase> = [&r.bootstrap, &r.ipxe, &r.disk, &r.boot].into_iter().filter(|p| p.completed + p.failed() > 0).collect();
+    for p in &phases {
+        print!("{}", p.text(wall));
+    }
+    println!(
+        "boots: {} of {} in {:.3} s = {:.1} boots/s; failovers {} ({} ms lost in all)",
+        r.boot.completed,
+        a.targets,
+        wall.as_secs_f64(),
+        r.boot.completed as f64 / wall.as_secs_f64(),
+        r.failovers,
+        r.failover_lost.as_millis()
+    );
+    let context = format!(
+        "{} targets ({} at once, arrival {}), bootstrap {} {}, iPXE script {}, vDisk {} over {} ({}), seed {}",
+        a.targets,
+        conc,
+        a.arrival,
+        a.bootstrap,
+        a.file,
+        a.ipxe,
+        a.vdisk,
+        a.disk,
+        match &a.trace {
+            Some(t) => format!("trace {}", t.display()),
+            None => format!("Windows-like profile x {}", a.scale),
+        },
+        a.seed
+    );
+    if let Some(j) = &a.json {
+        let body = format!(
+            "{{\"tool\": \"bootstorm\", \"command\": \"boot\", \"context\": \"{}\", \"targets\": {}, \"concurrency\": {conc}, \"seconds\": {:.6}, \"boots_per_second\": {:.3}, \"failovers\": {}, \"failover_lost_ms\": {}, \"phases\": [{}]}}\n",
+            context.replace('"', "'"),
+            a.targets,
+            wall.as_secs_f64(),
+            r.boot.completed as f64 / wall.as_secs_f64(),
+            r.failovers,
+            r.failover_lost.as_millis(),
+            phases.iter().map(|p| p.json(wall)).collect::<Vec<_>>().join(", ")
+        );
+        std::fs::write(j, body).map_err(|e| format!("{}: {e}", j.display()))?;
+    }
+    if let Some(h) = &a.html {
+        std::fs::write(h, report::page(&phases, wall, &context)).map_err(|e| format!("{}: {e}", h.display()))?;
+    }
+    Ok(r.boot.completed == a.targets)
+}
+
+/// Start offset of target `i` after the storm starts.
+fn arrival(spec: &str, n: u64) -> Result<Box<dyn Fn(u64) -> Duration + Sync>, String> {
+    let bad = || format!("--arrival {spec:?}: want storm, ramp:SECONDS or rate:PER_SECOND");
+    Ok(match spec.split_once(':') {
+        None if spec == "storm" => Box::new(|_| Duration::ZERO),
+        Some(("ramp", s)) => {
+            let s: f64 = s.parse().map_err(|_| bad())?;
+            Box::new(move |i| Duration::from_secs_f64(s * i as f64 / n.max(1) as f64))
+        }
+        Some(("rate", r)) => {
+            let r: f64 = r.parse().ok().filter(|r: &f64| *r > 0.0).ok_or_else(bad)?;
+            Box::new(move |i| Duration::from_secs_f64(i as f64 / r))
+        }
+        _ => return Err(bad()),
+    })
+}
+
+fn mac(seed: u64, i: u64) -> String {
+    let x = (seed.wrapping_mul(0x1000193) ^ i) & 0xff_ffff;
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", (seed >> 8) as u8, (x >> 16) as u8, (x >> 8) as u8, x as u8)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_one(
+    a: &Args,
+    i: u64,
+    chain: Option<&Chain>,
+    expect_boot: Option<&[u8]>,
+    trace: Option<&[Io]>,
+    disk_size: u64,
+    t0: Instant,
+    deadline: Instant,
+    results: &Mutex<Results>,
+) -> Result<(), Fail> {
+    let start = Instant::now();
+    let m = mac(a.seed, i);
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let record = |phase: fn(&mut Results) -> &mut Phase, began: Instant, bytes: u64, resends: u64, r: &Result<(), Fail>| {
+        let mut g = results.lock().unwrap();
+        let p = phase(&mut g);
+        match r {
+            Ok(()) => {
+                p.completed += 1;
+                p.bytes += bytes;
+                p.resends += resends;
+                let _ = p.micros.record(began.elapsed().as_micros().max(1) as u64);
+                p.done_at_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            Err((_, why)) => p.fail(why),
+        }
+    };
+    let fail_boot = |f: Fail| {
+        results.lock().unwrap().boot.fail(f.1);
+        Err(f)
+    };
+    // 1. Bootstrap.
+    let b0 = Instant::now();
+    let (r, bytes, resends) = match a.bootstrap.as_str() {
+        "tftp" => tftp_fetch(a, i, expect_boot, timeout, deadline),
+        "http" => http_fetch(a.http, &format!("/boot/{}?mac={m}", a.file), expect_boot, timeout)
+            .map(|n| (Ok(()), n, 0))
+            .unwrap_or_else(|e| (Err(("bootstrap", e)), 0, 0)),
+        _ => (Ok(()), 0, 0),
+    };
+    if a.bootstrap != "none" {
+        record(|r| &mut r.bootstrap, b0, bytes, resends, &r);
+        if let Err(f) = r {
+            return fail_boot(f);
+        }
+    }
+    // 2. The iPXE script and its server list.
+    let mut http_servers = vec![a.http];
+    if a.ipxe {
+        let b0 = Instant::now();
+        let r = ipxe_servers(a.http, &m, &a.vdisk, timeout);
+        let rr = r.as_ref().map(|_| ()).map_err(|e| ("ipxe", *e));
+        record(|r| &mut r.ipxe, b0, 0, 0, &rr);
+        match r {
+            Ok(s) => http_servers = s,
+            Err(e) => return fail_boot(("ipxe", e)),
+        }
+    }
+    // 3. The vDisk phase.
+    if a.disk != "none" {
+        let b0 = Instant::now();
+        let own;
+        let ios: &[Io] = match trace {
+            Some(t) => t,
+            None => {
+                own = windows_profile(a.scale, disk_size, i, a.targets, a.seed);
+                &own
+            }
+        };
+        let servers: Vec<SocketAddr> = if a.disk == "nbd" {
+            if a.ipxe {
+                http_servers.iter().map(|s| SocketAddr::new(s.ip(), a.nbd[0].port())).collect()
+            } else {
+                a.nbd.clone()
+            }
+        } else {
+            http_servers.clone()
+        };
+        let mut ex = Expect { chain, written: HashMap::new() };
+        let mut st = DiskRun { server: 0, failovers: 0, lost: Duration::ZERO, bytes: 0 };
+        let r = replay(a, &m, i, ios, &servers, &mut ex, &mut st, timeout, deadline);
+        {
+            let mut g = results.lock().unwrap();
+            g.failovers += st.failovers;
+            g.failover_lost += st.lost;
+        }
+        record(|r| &mut r.disk, b0, st.bytes, st.failovers, &r);
+        if let Err(f) = r {
+            return fail_boot(f);
+        }
+    }
+    record(|r| &mut r.boot, start, 0, 0, &Ok(()));
+    Ok(())
+}
+
+fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, deadline: Instant) -> (Result<(), Fail>, u64, u64) {
+    let sock = match UdpSocket::bind(SocketAddr::new(
+        if a.tftp.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() },
+        0,
+    )) {
+        Ok(s) => s,
+        Err(_) => return (Err(("bootstrap", "no local socket")), 0, 0),
+    };
+    let req = Request {
+        file: a.file.clone(),
+        blksize: a.blksize,
+        windowsize: a.windowsize,
+        tsize: true,
+        timeout: timeout.min(Duration::from_secs(1)),
+        retries_max: 6,
+    };
+    let mut rng = Rng(a.seed.wrapping_mul(31).wrapping_add(i) | 1);
+    let mut c = Client::new(req, Instant::now());
+    let mut buf = vec![0u8; 65536];
+    let mut held: Option<(SocketAddr, Vec<u8>)> = None;
+    let size_ok = |n: u64| expect.is_none_or(|e| e.len() as u64 == n);
+    loop {
+        while let Some(s) = c.poll_send() {
+            if rng.chance(a.loss) {
+                continue;
+            }
+            let _ = match s {
+                Send::Rrq(p) => sock.send_to(&p, a.tftp),
+                Send::Ack(n, to) => sock.send_to(&[0, 4, (n >> 8) as u8, n as u8], to),
+            };
+        }
+        match c.outcome() {
+            Outcome::Running => {}
+            Outcome::Done if size_ok(c.bytes) => return (Ok(()), c.bytes, c.resends),
+            Outcome::Done | Outcome::Corrupted => return (Err(("bootstrap", "corrupted")), c.bytes, c.resends),
+            Outcome::ServerError(_) => return (Err(("bootstrap", "tftp error")), 0, c.resends),
+            Outcome::TimedOut => return (Err(("bootstrap", "tftp timed out")), 0, c.resends),
+        }
+        let now = Instant::now();
+        if now > deadline {
+            return (Err(("bootstrap", "run time over")), 0, c.resends);
+        }
+        let wake = c.poll_timeout().unwrap_or(now + timeout);
+        let _ = sock.set_read_timeout(Some(wake.saturating_duration_since(now).max(Duration::from_millis(1))));
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if rng.chance(a.loss) {
+                    continue;
+                }
+                let mut verify = |off: u64, d: &[u8]| expect.is_none_or(|e| e.get(off as usize..off as usize + d.len()) == Some(d));
+                let pkt = buf[..n].to_vec();
+                if rng.chance(a.reorder) && held.is_none() {
+                    held = Some((from, pkt));
+                    continue;
+                }
+                c.handle(from, &pkt, Instant::now(), &mut verify);
+                if rng.chance(a.dup) {
+                    c.handle(from, &pkt, Instant::now(), &mut verify);
+                }
+                if let Some((f, p)) = held.take() {
+                    c.handle(f, &p, Instant::now(), &mut verify);
+                }
+            }
+            Err(_) => c.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// GET over a fresh connection, following one redirect; Ok(body).
+fn http_get(addr: SocketAddr, path: &str, range: Option<(u64, u64)>, timeout: Duration) -> Result<(u16, Vec<u8>), &'static str> {
+    let mut target = (addr, path.to_string());
+    for _ in 0..2 {
+        let mut s = TcpStream::connect_timeout(&target.0, timeout).map_err(|_| "connect failed")?;
+        s.set_read_timeout(Some(timeout)).ok();
+        let r = range.map(|(a, b)| format!("Range: bytes={a}-{b}\r\n")).unwrap_or_default();
+        s.write_all(format!("GET {} HTTP/1.1\r\nHost: {}\r\n{r}Connection: close\r\n\r\n", target.1, target.0).as_bytes())
+            .map_err(|_| "send failed")?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|_| "read timed out")?;
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("truncated answer")?;
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let status: u16 = head.split_whitespace().nth(1).and_then(|x| x.parse().ok()).ok_or("not HTTP")?;
+        if status == 307 {
+            let loc = head.lines().find_map(|l| l.strip_prefix("Location: ")).ok_or("redirect without location")?;
+            let rest = loc.strip_prefix("http://").ok_or("redirect to a non-http URL")?;
+            let (hp, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            target = (hp.parse().map_err(|_| "bad redirect address")?, p.to_string());
+            continue;
+        }
+        return Ok((status, buf[end + 4..].to_vec()));
+    }
+    Err("redirect loop")
+}
+
+fn http_fetch(addr: SocketAddr, path: &str, expect: Option<&[u8]>, timeout: Duration) -> Result<u64, &'static str> {
+    let (st, body) = http_get(addr, path, None, timeout)?;
+    if st != 200 {
+        return Err("http error status");
+    }
+    if expect.is_some_and(|e| e != body.as_slice()) {
+        return Err("corrupted");
+    }
+    Ok(body.len() as u64)
+}
+
+/// The servers an /ipxe script lists (from its sanboot URIs), in order.
+fn ipxe_servers(http: SocketAddr, mac: &str, vdisk: &str, timeout: Duration) -> Result<Vec<SocketAddr>, &'static str> {
+    let (st, body) = http_get(http, &format!("/ipxe?mac={mac}&vdisk={vdisk}"), None, timeout)?;
+    if st != 200 {
+        return Err("ipxe script refused");
+    }
+    let text = String::from_utf8_lossy(&body);
+    let line = text.lines().find(|l| l.starts_with("sanboot ")).ok_or("script without sanboot")?;
+    let servers: Vec<SocketAddr> = line
+        .split_whitespace()
+        .filter_map(|u| u.strip_prefix("http://"))
+        .filter_map(|u| u.split('/').next())
+        .filter_map(|hp| hp.parse().ok())
+        .collect();
+    if servers.is_empty() {
+        return Err("script lists no server");
+    }
+    Ok(servers)
+}
+
+struct DiskRun {
+    server: usize,
+    failovers: u64,
+    lost: Duration,
+    bytes: u64,
+}
+
+/// An NBD connection after GO (simple replies).
+fn nbd_connect(addr: SocketAddr, export: &str, timeout: Duration) -> Result<TcpStream, &'static str> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|_| "connect failed")?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_nodelay(true).ok();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).map_err(|_| "no greeting")?;
+    if &g[..16] != b"NBDMAGICIHAVEOPT" {
+        return Err("not an NBD server");
+    }
+    let mut o = 3u32.to_be_bytes().to_vec();
+    o.extend_from_slice(&nbdw::IHAVEOPT.to_be_bytes());
+    o.extend_from_slice(&nbdw::OPT_GO.to_be_bytes());
+    o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
+    o.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    o.extend_from_slice(export.as_bytes());
+    o.extend_from_slice(&0u16.to_be_bytes());
+    s.write_all(&o).map_err(|_| "send failed")?;
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).map_err(|_| "handshake cut")?;
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        s.read_exact(&mut d).map_err(|_| "handshake cut")?;
+        match kind {
+            nbdw::REP_ACK => return Ok(s),
+            nbdw::REP_INFO => {}
+            _ => return Err("export refused"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    a: &Args,
+    mac: &str,
+    target: u64,
+    ios: &[Io],
+    servers: &[SocketAddr],
+    ex: &mut Expect,
+    st: &mut DiskRun,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<(), Fail> {
+    let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{mac}", a.vdisk) };
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = Vec::new();
+    let mut scratch = Vec::new();
+    let mut k = 0usize;
+    let mut seq = 0u64;
+    let mut down_since: Option<Instant> = None;
+    while k < ios.len() {
+        if Instant::now() > deadline {
+            return Err(("vdisk", "run time over"));
+        }
+        let io = ios[k];
+        let res: Result<(), &'static str> = if a.disk == "http" {
+            if io.write {
+                k += 1; // iPXE's HTTP SAN device is read-only: writes stay in the target
+                continue;
+            }
+            let path = format!("/vdisk/{}?mac={mac}", a.vdisk);
+            match http_get(servers[st.server], &path, Some((io.off, io.off + io.len as u64 - 1)), timeout) {
+                Ok((206, body)) if body.len() == io.len as usize => {
+                    buf = body;
+                    Ok(())
+                }
+                Ok(_) => Err("http error status"),
+                Err(e) => Err(e),
+            }
+        } else {
+            (|| {
+                if conn.is_none() {
+                    conn = Some(nbd_connect(servers[st.server], &export, timeout)?);
+                }
+                let s = conn.as_mut().unwrap();
+                let mut r = nbdw::REQUEST_MAGIC.to_be_bytes().to_vec();
+                r.extend_from_slice(&0u16.to_be_bytes());
+                r.extend_from_slice(&(if io.write { nbdw::CMD_WRITE } else { nbdw::CMD_READ }).to_be_bytes());
+                r.extend_from_slice(&(k as u64).to_be_bytes());
+                r.extend_from_slice(&io.off.to_be_bytes());
+                r.extend_from_slice(&io.len.to_be_bytes());
+                if io.write {
+                    seq += 1;
+                    let at = r.len();
+                    r.resize(at + io.len as usize, 0);
+                    for (j, c) in r[at..].chunks_mut(BLOCK as usize).enumerate() {
+                        block_pattern(target.wrapping_mul(1 << 32) ^ seq << 8 ^ j as u64, c);
+                    }
+                }
+                s.write_all(&r).map_err(|_| "send failed")?;
+                let mut h = [0u8; 16];
+                s.read_exact(&mut h).map_err(|_| "server stopped answering")?;
+                if u32::from_be_bytes(h[..4].try_into().unwrap()) != nbdw::SIMPLE_REPLY_MAGIC
+                    || u64::from_be_bytes(h[8..].try_into().unwrap()) != k as u64
+                {
+                    return Err("protocol error");
+                }
+                if u32::from_be_bytes(h[4..8].try_into().unwrap()) != 0 {
+                    return Err("nbd error reply");
+                }
+                if !io.write {
+                    buf.resize(io.len as usize, 0);
+                    s.read_exact(&mut buf).map_err(|_| "server stopped answering")?;
+                }
+                Ok(())
+            })()
+        };
+        match res {
+            Ok(()) => {
+                if let Some(t) = down_since.take() {
+                    st.lost += t.elapsed();
+                }
+                if io.write {
+                    for j in 0..io.len as u64 / BLOCK {
+                        ex.written.insert(io.off / BLOCK + j, target.wrapping_mul(1 << 32) ^ seq << 8 ^ j);
+                    }
+                } else if !ex.check(io.off, &buf, &mut scratch) {
+                    return Err(("vdisk", "corrupted"));
+                }
+                st.bytes += io.len as u64;
+                k += 1;
+            }
+            Err(e @ ("nbd error reply" | "http error status" | "protocol error")) => return Err(("vdisk", e)),
+            Err(e) => {
+                // The server is gone: the next one of the list, as a PVS target would. Writes
+                // made to the lost server's cache are gone with it (a standard-mode cache lives
+                // on its server), so a failover must forget them.
+                conn = None;
+                down_since.get_or_insert_with(Instant::now);
+                if st.server + 1 >= servers.len() {
+                    return Err(("vdisk", if e == "connect failed" { "no server left" } else { e }));
+                }
+                st.server += 1;
+                st.failovers += 1;
+                ex.written.clear();
+            }
+        }
+    }
+    Ok(())
+}
