@@ -339,19 +339,27 @@ pub fn run(a: Args) -> Result<bool, String> {
         }
     });
     let wall = t0.elapsed();
+    let client_cpu_ms = {
+        // Safety: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        ms(u.ru_utime) + ms(u.ru_stime)
+    };
     let r = results.into_inner().unwrap();
     let phases: Vec<&Phase> = [&r.bootstrap, &r.ipxe, &r.disk, &r.boot].into_iter().filter(|p| p.completed + p.failed() > 0).collect();
     for p in &phases {
         print!("{}", p.text(wall));
     }
     println!(
-        "boots: {} of {} in {:.3} s = {:.1} boots/s; failovers {} ({} ms lost in all)",
+        "boots: {} of {} in {:.3} s = {:.1} boots/s; failovers {} ({} ms lost in all); bootstorm CPU {:.0} ms",
         r.boot.completed,
         a.targets,
         wall.as_secs_f64(),
         r.boot.completed as f64 / wall.as_secs_f64(),
         r.failovers,
-        r.failover_lost.as_millis()
+        r.failover_lost.as_millis(),
+        client_cpu_ms
     );
     let context = format!(
         "{} targets ({} at once, arrival {}), bootstrap {} {}, iPXE script {}, vDisk {} over {} ({}), seed {}",
@@ -371,7 +379,7 @@ pub fn run(a: Args) -> Result<bool, String> {
     );
     if let Some(j) = &a.json {
         let body = format!(
-            "{{\"tool\": \"bootstorm\", \"command\": \"boot\", \"context\": \"{}\", \"targets\": {}, \"concurrency\": {conc}, \"seconds\": {:.6}, \"boots_per_second\": {:.3}, \"failovers\": {}, \"failover_lost_ms\": {}, \"phases\": [{}]}}\n",
+            "{{\"tool\": \"bootstorm\", \"command\": \"boot\", \"context\": \"{}\", \"targets\": {}, \"concurrency\": {conc}, \"seconds\": {:.6}, \"boots_per_second\": {:.3}, \"failovers\": {}, \"failover_lost_ms\": {}, \"client_cpu_ms\": {client_cpu_ms:.0}, \"phases\": [{}]}}\n",
             context.replace('"', "'"),
             a.targets,
             wall.as_secs_f64(),
