@@ -7,6 +7,7 @@
 //!   3. the vDisk phase: a boot trace (the built-in Windows-like profile scaled by `--scale`, or a
 //!      CSV trace `offset,length,op`) replayed over NBD (export `vdisk@mac`, so each target has
 //!      its own write cache) or HTTP ranges (reads only: iPXE's HTTP SAN is read-only).
+//!
 //! Every byte read is checked: against the local image (`--image`, read with the bootfarm
 //! image code) or against what the target itself wrote there. A target that saw one wrong
 //! byte is "corrupted", never booted. When a server stops answering, the target moves to the
@@ -189,7 +190,7 @@ pub fn load_trace(p: &std::path::Path, disk: u64) -> Result<Vec<Io>, String> {
             "w" | "W" | "write" => true,
             _ => return Err(bad("op must be r or w")),
         };
-        if off % BLOCK != 0 || len as u64 % BLOCK != 0 || len == 0 {
+        if !off.is_multiple_of(BLOCK) || !(len as u64).is_multiple_of(BLOCK) || len == 0 {
             return Err(bad("offset and length must be non-zero multiples of 4096"));
         }
         if off + len as u64 > disk {
