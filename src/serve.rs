@@ -90,7 +90,13 @@ fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
          curl -s -r 0-511 http://{ip}:{http}/vdisk/{name} | xxd | tail -2\n  \
          curl -s http://{ip}:{http}/metrics | grep bootfarm_tftp\n\n\
          NBD (libnbd-bin):\n  nbdinfo --list nbd://{ip}:{nbd}\n  \
-         nbdcopy nbd://{ip}:{nbd}/{name} demo-nbd.raw\n\n\
+         nbdcopy nbd://{ip}:{nbd}/{name} demo-nbd.raw\n  \
+         # writes go to this client's own write cache, never into the image:\n  \
+         qemu-io -f raw -c 'write -P 7 0 64k' -c 'read -P 7 0 64k' nbd://{ip}:{nbd}/{name}\n  \
+         nbdinfo --map nbd://{ip}:{nbd}/{name}\n\n\
+         A boot storm (cargo build --release first): 50 simulated targets, TFTP then NBD:\n  \
+         target/release/bootstorm boot --tftp {ip}:{tftp} --file {boot} --expect {root}/{boot} --nbd {ip}:{nbd} \\\n    \
+         --vdisk {name} --image {v} --targets 50 --scale 0.002\n\n\
          Network-boot a VM (qemu-system-x86 + ipxe-qemu), after: printf '\\xf8\\x03' > sercon\n  \
          # iPXE sanboots the vdisk over HTTP; its boot sector prints a marker, then QEMU exits:\n  \
          {qemu} -netdev user,id=n0,bootfile=http://10.0.2.2:{http}/ipxe\n  \
