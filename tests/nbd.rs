@@ -397,3 +397,36 @@ fn a_flood_beyond_the_queue_and_a_client_gone_mid_write() {
     }
     sender.join().unwrap();
 }
+
+#[test]
+fn clients_that_stop_reading_or_never_finish_the_handshake_are_cut_off() {
+    let f = fixture("send_timeout_ms = 400\nhandshake_timeout_ms = 300");
+    // Connected, greeted, then silent: closed after the handshake timeout.
+    let mut idle = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut g = [0u8; 18];
+    idle.read_exact(&mut g).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    assert_eq!(idle.read(&mut b).unwrap_or(0), 0, "closed");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // 64 reads of 1 MiB asked for and never read: the send stalls, the connection is cut off.
+    let mut c = Raw::go(f.port, "chain");
+    for i in 0..64 {
+        c.0.write_all(&encode(wire::CMD_READ, i, 0, 1 << 20, &[])).unwrap();
+    }
+    let mut cut = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let m = http_get(&f, "/metrics");
+        if m.lines().any(|l| l == "bootfarm_nbd_timeouts_total{kind=\"send\"} 1") {
+            assert!(m.lines().any(|l| l == "bootfarm_nbd_timeouts_total{kind=\"handshake\"} 1"), "{m}");
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the stalled connection was cut off");
+    // The server still serves others.
+    let mut d = Raw::go(f.port, "chain");
+    assert_eq!(d.read(1, 0, 512).len(), 512);
+}

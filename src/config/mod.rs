@@ -237,6 +237,8 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
         ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),
         ("nbd.cache_bytes_total_max", c.nbd.cache_bytes_total_max),
+        ("nbd.send_timeout_ms", c.nbd.send_timeout_ms),
+        ("nbd.handshake_timeout_ms", c.nbd.handshake_timeout_ms),
         ("farm.health_failures_max", c.farm.health_failures_max as u64),
         ("farm.health_successes_min", c.farm.health_successes_min as u64),
         ("farm.active_window_ms", c.farm.active_window_ms),

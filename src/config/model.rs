@@ -139,6 +139,10 @@ pub struct Nbd {
     pub cache_keep_after_disconnect_ms: u64,
     /// Reply batches of at least this many bytes use SEND_ZC (0 = never), as http.send_zc_min_bytes.
     pub send_zc_min_bytes: u64,
+    /// A reply send must make progress within this time (a client that stops reading).
+    pub send_timeout_ms: u64,
+    /// The handshake (greeting to GO/EXPORT_NAME) must end within this time.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for Nbd {
@@ -153,6 +157,8 @@ impl Default for Nbd {
             cache_bytes_total_max: 256 << 30,
             cache_keep_after_disconnect_ms: 15_000,
             send_zc_min_bytes: 0,
+            send_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -308,6 +314,8 @@ cache_bytes_total_max = 274877906944        # 256 GiB
 cache_keep_after_disconnect_ms = 15000      # a reconnect within this keeps the cache (blip, failover);
                                             # later = a new boot, the cache is discarded
 send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)
+send_timeout_ms = 30000             # a client that stops reading is cut off
+handshake_timeout_ms = 10000        # a client that never finishes the handshake is cut off
 
 [image]
 chain_depth_max = 16

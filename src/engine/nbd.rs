@@ -102,6 +102,8 @@ struct Conn {
     dirty: bool,
     requests: u64,
     opened: Instant,
+    /// Last time a send made progress (or the batch started).
+    progress_at: Instant,
     // Scratch for one read: the pieces the cache emits.
     tmp: Vec<RPiece>,
 }
@@ -175,6 +177,7 @@ pub struct NbdService {
     shared: Arc<Shared>,
     worker: usize,
     last_sweep: Instant,
+    last_timeouts: Instant,
 }
 
 impl NbdService {
@@ -189,6 +192,7 @@ impl NbdService {
             shared,
             worker,
             last_sweep: Instant::now(),
+            last_timeouts: Instant::now(),
         }
     }
 
@@ -251,6 +255,7 @@ impl NbdService {
                     c.total = c.sent;
                 } else {
                     c.sent += res as u64;
+                    c.progress_at = now;
                     advance(c, res as usize);
                     self.stats.counters.add(Counter::NbdSentBytes, res as u64);
                 }
@@ -306,6 +311,7 @@ impl NbdService {
                 dirty: false,
                 requests: 0,
                 opened: now,
+                progress_at: now,
                 tmp: Vec::new(),
             });
             c.put(|o| o.extend_from_slice(&wire::greeting()));
@@ -326,6 +332,10 @@ impl NbdService {
             self.last_sweep = now;
             let keep = Duration::from_millis(self.shared.store.load().config.nbd.cache_keep_after_disconnect_ms);
             self.shared.nbd_targets.sweep(now, keep);
+        }
+        if now.duration_since(self.last_timeouts) >= Duration::from_millis(100) {
+            self.last_timeouts = now;
+            self.timeouts(ring, now);
         }
         let mut i = 0;
         while i < self.dirty.len() {
@@ -362,6 +372,9 @@ impl NbdService {
             }
         }
         if !c.sending && c.sent < c.total {
+            if c.sent == 0 {
+                c.progress_at = now; // a new batch: its clock starts now
+            }
             submit_send(c, id, ring, snap.config.nbd.send_zc_min_bytes);
         }
         if c.close_after && !c.sending && c.sent == c.total {
@@ -391,6 +404,35 @@ impl NbdService {
                 opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build().user_data(ud(K_RECV, id, c.generation, 0));
             push(ring, &e);
             c.recv_armed = true;
+        }
+    }
+
+    /// Cuts off connections whose send has not moved in `nbd.send_timeout_ms` (a client that
+    /// stopped reading holds its batch and a connection slot) or whose handshake is not done
+    /// in `nbd.handshake_timeout_ms`. Checked every 100 ms by a scan: NBD connections are few
+    /// per worker and long-lived, so no timer per connection is needed.
+    fn timeouts(&mut self, ring: &mut IoUring, now: Instant) {
+        let cfg = &self.shared.store.load().config.nbd;
+        let (send, hs) = (Duration::from_millis(cfg.send_timeout_ms), Duration::from_millis(cfg.handshake_timeout_ms));
+        let late = self.conns.ids_where(|c| {
+            !c.closing
+                && ((c.sent < c.total && now.saturating_duration_since(c.progress_at) > send)
+                    || (c.phase != Phase::Transmission && now.saturating_duration_since(c.opened) > hs))
+        });
+        for id in late {
+            let c = self.conns.at(id).unwrap();
+            let send_stall = c.sent < c.total && now.saturating_duration_since(c.progress_at) > send;
+            let (counter, what) = if send_stall {
+                (Counter::NbdTimeoutSend, "the client stopped reading")
+            } else {
+                (Counter::NbdTimeoutHandshake, "the handshake did not finish in time")
+            };
+            self.stats.counters.add(counter, 1);
+            tracing::warn!(client = %c.peer, "nbd connection cut off: {what}");
+            if c.sending {
+                push(ring, &opcode::AsyncCancel::new(ud(K_SEND, id, c.generation, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
+            }
+            self.close(id, ring, now);
         }
     }
 

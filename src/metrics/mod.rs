@@ -81,6 +81,8 @@ counters! {
     NbdWrites => ("bootfarm_nbd_writes_total", "", "NBD WRITE, WRITE_ZEROES and TRIM requests applied to a write cache."),
     NbdWrittenBytes => ("bootfarm_nbd_written_bytes_total", "", "Bytes written into write caches (WRITE payloads)."),
     NbdNoSpace => ("bootfarm_nbd_nospace_total", "", "Writes refused with ENOSPC at a write-cache limit."),
+    NbdTimeoutSend => ("bootfarm_nbd_timeouts_total", "kind=\"send\"", "NBD connections cut off by a timeout, by kind (send: the client stopped reading; handshake: never finished it)."),
+    NbdTimeoutHandshake => ("bootfarm_nbd_timeouts_total", "kind=\"handshake\"", "NBD connections cut off by a timeout, by kind (send: the client stopped reading; handshake: never finished it)."),
     NbdMisplaced => ("bootfarm_nbd_misplaced_total", "", "NBD targets served here while the farm placement puts another server first (bytes are the same; the boot script sends targets to the first)."),
     NbdRefusedPrivate => ("bootfarm_nbd_private_refused_total", "", "Connections refused because a private-mode vdisk already had its writer."),
     NbdErrors => ("bootfarm_nbd_error_replies_total", "", "NBD requests answered with an error (EINVAL, EOVERFLOW, ENOSPC, EIO)."),
