@@ -116,6 +116,8 @@ pub struct Io {
 }
 
 const BLOCK: u64 = 4096;
+/// Compared against with memcmp: a byte-by-byte zero test was a tenth of bootstorm's CPU.
+static ZEROS: [u8; 16384] = [0; 16384];
 
 struct Rng(u64);
 impl Rng {
@@ -229,7 +231,7 @@ impl Expect<'_> {
                 let n = seg.len() as usize;
                 same &= match seg {
                     bootfarm::image::Segment::Data(d) => got[at..at + n] == *d,
-                    bootfarm::image::Segment::Zero(_) => got[at..at + n].iter().all(|&b| b == 0),
+                    bootfarm::image::Segment::Zero(_) => got[at..at + n].chunks(ZEROS.len()).all(|c| *c == ZEROS[..c.len()]),
                 };
                 at += n;
             });
