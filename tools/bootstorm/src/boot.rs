@@ -13,11 +13,13 @@
 //! byte is "corrupted", never booted. When a server stops answering, the target moves to the
 //! next one of its list and the time lost is recorded.
 //!
-//! Targets run on a pool of `--concurrency` threads with blocking sockets (one target per
-//! thread at a time), started by the arrival pattern. This keeps each boot's phases in order
-//! as on a real machine; the io_uring engine drives the bootstrap-only `tftp` storm.
+//! Targets run on a pool of `--concurrency` threads, started by the arrival pattern, which keeps
+//! each boot's phases in order as on a real machine. The bootstrap, iPXE and HTTP phases use
+//! blocking sockets on that thread; the NBD vDisk phase, the long one, is handed to the io_uring
+//! engine (one thread per core, `uring.rs`) while the target's thread sleeps.
 
 use crate::report::{self, Phase};
+use crate::uring;
 use bootfarm::image::{Chain, ChainLimits};
 use bootfarm::nbd::wire as nbdw;
 use bootfarm::tftp::client::{Client, Outcome, Request, Send};
@@ -115,7 +117,7 @@ pub struct Io {
     pub write: bool,
 }
 
-const BLOCK: u64 = 4096;
+pub(crate) const BLOCK: u64 = 4096;
 /// Compared against with memcmp: a byte-by-byte zero test was a tenth of bootstorm's CPU.
 static ZEROS: [u8; 16384] = [0; 16384];
 
@@ -204,12 +206,12 @@ pub fn load_trace(p: &std::path::Path, disk: u64) -> Result<Vec<Io>, String> {
 }
 
 /// What a target expects to read: the image, with its own writes over it.
-struct Expect<'a> {
-    chain: Option<&'a Chain>,
-    written: HashMap<u64, u64>,
+pub(crate) struct Expect<'a> {
+    pub chain: Option<&'a Chain>,
+    pub written: HashMap<u64, u64>,
 }
 
-fn block_pattern(tag: u64, buf: &mut [u8]) {
+pub(crate) fn block_pattern(tag: u64, buf: &mut [u8]) {
     let mut x = tag | 1;
     for c in buf.chunks_mut(8) {
         x ^= x << 13;
@@ -221,7 +223,7 @@ fn block_pattern(tag: u64, buf: &mut [u8]) {
 }
 
 impl Expect<'_> {
-    fn check(&self, off: u64, got: &[u8], scratch: &mut Vec<u8>) -> bool {
+    pub fn check(&self, off: u64, got: &[u8], scratch: &mut Vec<u8>) -> bool {
         let (first, last) = (off / BLOCK, (off + got.len() as u64).div_ceil(BLOCK));
         if let (Some(c), true) = (self.chain, (first..last).all(|b| !self.written.contains_key(&b))) {
             // Nothing of its own here: compare with the image's segments in place, no copy.
@@ -275,7 +277,7 @@ struct Results {
 }
 
 /// A target failed in a phase: (phase, reason).
-type Fail = (&'static str, &'static str);
+pub(crate) type Fail = (&'static str, &'static str);
 
 pub fn run(a: Args) -> Result<bool, String> {
     let chain = match &a.image {
@@ -316,45 +318,66 @@ pub fn run(a: Args) -> Result<bool, String> {
         failover_lost: Duration::ZERO,
     });
     let show = a.progress || unsafe { libc::isatty(2) } == 1;
-    std::thread::scope(|sc| {
-        for _ in 0..conc {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= a.targets {
-                    return;
-                }
-                let at = t0 + start_at(i);
-                let now = Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
-                }
-                live.started.fetch_add(1, Ordering::Relaxed);
-                let r = boot_one(&a, i, chain.as_ref(), expect_boot.as_deref(), trace.as_deref(), disk_size, t0, deadline, &results);
-                match r {
-                    Ok(()) => live.booted.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => live.failed.fetch_add(1, Ordering::Relaxed),
-                };
-            });
-        }
-        if show {
-            sc.spawn(|| {
-                let mut last = 0;
-                while live.booted.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed) < a.targets && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_secs(1));
-                    let (s, b, f) =
-                        (live.started.load(Ordering::Relaxed), live.booted.load(Ordering::Relaxed), live.failed.load(Ordering::Relaxed));
-                    eprintln!(
-                        "bootstorm: {:>6.1} s  booting {:>5}  booted {:>6}  failed {:>4}  boots/s {:>7.1}",
-                        t0.elapsed().as_secs_f64(),
-                        s - b - f,
-                        b,
-                        f,
-                        (b - last) as f64
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let timeout = Duration::from_millis(a.timeout_ms);
+    std::thread::scope(|outer| {
+        let engine = (a.disk == "nbd").then(|| uring::start(outer, cores, chain.as_ref(), timeout, deadline));
+        std::thread::scope(|sc| {
+            for _ in 0..conc {
+                sc.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= a.targets {
+                        return;
+                    }
+                    let at = t0 + start_at(i);
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    live.started.fetch_add(1, Ordering::Relaxed);
+                    let r = boot_one(
+                        &a,
+                        i,
+                        chain.as_ref(),
+                        expect_boot.as_deref(),
+                        trace.as_deref(),
+                        disk_size,
+                        t0,
+                        deadline,
+                        &results,
+                        engine.as_ref(),
                     );
-                    last = b;
-                }
-            });
-        }
+                    match r {
+                        Ok(()) => live.booted.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => live.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                });
+            }
+            if show {
+                sc.spawn(|| {
+                    let mut last = 0;
+                    while live.booted.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed) < a.targets && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_secs(1));
+                        let (s, b, f) = (
+                            live.started.load(Ordering::Relaxed),
+                            live.booted.load(Ordering::Relaxed),
+                            live.failed.load(Ordering::Relaxed),
+                        );
+                        eprintln!(
+                            "bootstorm: {:>6.1} s  booting {:>5}  booted {:>6}  failed {:>4}  boots/s {:>7.1}",
+                            t0.elapsed().as_secs_f64(),
+                            s - b - f,
+                            b,
+                            f,
+                            (b - last) as f64
+                        );
+                        last = b;
+                    }
+                });
+            }
+        });
+        drop(engine);
     });
     let wall = t0.elapsed();
     let client_cpu_ms = {
@@ -447,6 +470,7 @@ fn boot_one(
     t0: Instant,
     deadline: Instant,
     results: &Mutex<Results>,
+    engine: Option<&uring::Engine>,
 ) -> Result<(), Fail> {
     let start = Instant::now();
     let m = mac(a.seed, i);
@@ -516,9 +540,21 @@ fn boot_one(
         } else {
             http_servers.clone()
         };
-        let mut ex = Expect { chain, written: HashMap::new() };
-        let mut st = DiskRun { server: 0, failovers: 0, lost: Duration::ZERO, bytes: 0 };
-        let r = replay(a, &m, i, ios, &servers, &mut ex, &mut st, timeout, deadline);
+        let (r, st) = match engine {
+            // NBD: the io_uring engine replays the trace; this thread sleeps until it is done.
+            Some(engine) => {
+                let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{m}", a.vdisk) };
+                let stream = nbd_connect(servers[0], &export, timeout).ok();
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                engine.submit(uring::Job { target: i, ios: ios.to_vec(), servers, export, stream, done: tx });
+                rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
+            }
+            None => {
+                let mut ex = Expect { chain, written: HashMap::new() };
+                let mut st = DiskRun::default();
+                (replay(&m, ios, &servers, &a.vdisk, &mut ex, &mut st, timeout, deadline), st)
+            }
+        };
         {
             let mut g = results.lock().unwrap();
             g.failovers += st.failovers;
@@ -658,15 +694,16 @@ fn ipxe_servers(http: SocketAddr, mac: &str, vdisk: &str, timeout: Duration) -> 
     Ok(servers)
 }
 
-struct DiskRun {
-    server: usize,
-    failovers: u64,
-    lost: Duration,
-    bytes: u64,
+#[derive(Default)]
+pub(crate) struct DiskRun {
+    pub server: usize,
+    pub failovers: u64,
+    pub lost: Duration,
+    pub bytes: u64,
 }
 
 /// An NBD connection after GO (simple replies).
-fn nbd_connect(addr: SocketAddr, export: &str, timeout: Duration) -> Result<TcpStream, &'static str> {
+pub(crate) fn nbd_connect(addr: SocketAddr, export: &str, timeout: Duration) -> Result<TcpStream, &'static str> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|_| "connect failed")?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_nodelay(true).ok();
@@ -697,120 +734,51 @@ fn nbd_connect(addr: SocketAddr, export: &str, timeout: Duration) -> Result<TcpS
     }
 }
 
+/// The vDisk phase over HTTP ranges (iPXE's SAN device is read-only: writes stay in the
+/// target and are skipped here), with failover down the server list.
 #[allow(clippy::too_many_arguments)]
 fn replay(
-    a: &Args,
     mac: &str,
-    target: u64,
     ios: &[Io],
     servers: &[SocketAddr],
+    vdisk: &str,
     ex: &mut Expect,
     st: &mut DiskRun,
     timeout: Duration,
     deadline: Instant,
 ) -> Result<(), Fail> {
-    let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{mac}", a.vdisk) };
-    let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::new();
     let mut scratch = Vec::new();
     let mut k = 0usize;
-    let mut seq = 0u64;
     let mut down_since: Option<Instant> = None;
+    let path = format!("/vdisk/{vdisk}?mac={mac}");
     while k < ios.len() {
         if Instant::now() > deadline {
             return Err(("vdisk", "run time over"));
         }
         let io = ios[k];
-        let res: Result<(), &'static str> = if a.disk == "http" {
-            if io.write {
-                k += 1; // iPXE's HTTP SAN device is read-only: writes stay in the target
-                continue;
-            }
-            let path = format!("/vdisk/{}?mac={mac}", a.vdisk);
-            match http_get(servers[st.server], &path, Some((io.off, io.off + io.len as u64 - 1)), timeout) {
-                Ok((206, body)) if body.len() == io.len as usize => {
-                    buf = body;
-                    Ok(())
-                }
-                Ok(_) => Err("http error status"),
-                Err(e) => Err(e),
-            }
-        } else {
-            (|| {
-                if conn.is_none() {
-                    conn = Some(nbd_connect(servers[st.server], &export, timeout)?);
-                }
-                let s = conn.as_mut().unwrap();
-                let mut r = nbdw::REQUEST_MAGIC.to_be_bytes().to_vec();
-                r.extend_from_slice(&0u16.to_be_bytes());
-                r.extend_from_slice(&(if io.write { nbdw::CMD_WRITE } else { nbdw::CMD_READ }).to_be_bytes());
-                r.extend_from_slice(&(k as u64).to_be_bytes());
-                r.extend_from_slice(&io.off.to_be_bytes());
-                r.extend_from_slice(&io.len.to_be_bytes());
-                if io.write {
-                    seq += 1;
-                    let at = r.len();
-                    r.resize(at + io.len as usize, 0);
-                    for (j, c) in r[at..].chunks_mut(BLOCK as usize).enumerate() {
-                        block_pattern(target.wrapping_mul(1 << 32) ^ seq << 8 ^ j as u64, c);
-                    }
-                }
-                s.write_all(&r).map_err(|_| "send failed")?;
-                // Header and data in as few reads as the kernel allows (usually one); the
-                // header is checked as soon as it is in, since an error reply has no data.
-                let want = 16 + if io.write { 0 } else { io.len as usize };
-                buf.resize(want, 0);
-                let (mut got, mut checked) = (0, false);
-                while got < want {
-                    let n = s.read(&mut buf[got..]).map_err(|_| "server stopped answering")?;
-                    if n == 0 {
-                        return Err("server stopped answering");
-                    }
-                    got += n;
-                    if got >= 16 && !checked {
-                        checked = true;
-                        let h = &buf[..16];
-                        if u32::from_be_bytes(h[..4].try_into().unwrap()) != nbdw::SIMPLE_REPLY_MAGIC
-                            || u64::from_be_bytes(h[8..].try_into().unwrap()) != k as u64
-                        {
-                            return Err("protocol error");
-                        }
-                        if u32::from_be_bytes(h[4..8].try_into().unwrap()) != 0 {
-                            return Err("nbd error reply");
-                        }
-                    }
-                }
-                Ok(())
-            })()
-        };
-        match res {
-            Ok(()) => {
+        if io.write {
+            k += 1;
+            continue;
+        }
+        match http_get(servers[st.server], &path, Some((io.off, io.off + io.len as u64 - 1)), timeout) {
+            Ok((206, body)) if body.len() == io.len as usize => {
                 if let Some(t) = down_since.take() {
                     st.lost += t.elapsed();
                 }
-                if io.write {
-                    for j in 0..io.len as u64 / BLOCK {
-                        ex.written.insert(io.off / BLOCK + j, target.wrapping_mul(1 << 32) ^ seq << 8 ^ j);
-                    }
-                } else if !ex.check(io.off, &buf[if a.disk == "http" { 0 } else { 16 }..], &mut scratch) {
+                if !ex.check(io.off, &body, &mut scratch) {
                     return Err(("vdisk", "corrupted"));
                 }
                 st.bytes += io.len as u64;
                 k += 1;
             }
-            Err(e @ ("nbd error reply" | "http error status" | "protocol error")) => return Err(("vdisk", e)),
+            Ok(_) => return Err(("vdisk", "http error status")),
             Err(e) => {
-                // The server is gone: the next one of the list, as a PVS target would. Writes
-                // made to the lost server's cache are gone with it (a standard-mode cache lives
-                // on its server), so a failover must forget them.
-                conn = None;
                 down_since.get_or_insert_with(Instant::now);
                 if st.server + 1 >= servers.len() {
                     return Err(("vdisk", if e == "connect failed" { "no server left" } else { e }));
                 }
                 st.server += 1;
                 st.failovers += 1;
-                ex.written.clear();
             }
         }
     }

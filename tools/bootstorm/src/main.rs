@@ -6,6 +6,7 @@
 mod boot;
 mod report;
 mod tftp;
+mod uring;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -305,6 +305,11 @@ fn whole_boots_over_tftp_and_nbd_and_over_http_with_the_ipxe_list() {
 /// A fixed-newstyle NBD server (test double) that serves `data` with one byte flipped at
 /// `flip`, one connection, simple replies.
 fn corrupting_nbd(l: std::net::TcpListener, data: Vec<u8>, flip: usize) {
+    nbd_double(l, data, Some(flip), usize::MAX)
+}
+
+/// The same double, optionally exact, optionally gone (connection dropped) after `replies`.
+fn nbd_double(l: std::net::TcpListener, data: Vec<u8>, flip: Option<usize>, replies: usize) {
     use std::io::{Read, Write};
     let (mut s, _) = l.accept().unwrap();
     s.write_all(b"NBDMAGICIHAVEOPT\x00\x03").unwrap();
@@ -325,14 +330,16 @@ fn corrupting_nbd(l: std::net::TcpListener, data: Vec<u8>, flip: usize) {
         s.write_all(&d).unwrap();
     }
     let mut r = [0u8; 28];
-    while s.read_exact(&mut r).is_ok() {
+    let mut answered = 0;
+    while answered < replies && s.read_exact(&mut r).is_ok() {
+        answered += 1;
         let off = u64::from_be_bytes(r[16..24].try_into().unwrap()) as usize;
         let len = u32::from_be_bytes(r[24..28].try_into().unwrap()) as usize;
         let mut out = 0x6744_6698u32.to_be_bytes().to_vec();
         out.extend_from_slice(&0u32.to_be_bytes());
         out.extend_from_slice(&r[8..16]);
         let mut d = data[off..off + len].to_vec();
-        if (off..off + len).contains(&flip) {
+        if let Some(flip) = flip.filter(|f| (off..off + len).contains(f)) {
             d[flip - off] ^= 0x40;
         }
         out.extend_from_slice(&d);
@@ -384,5 +391,38 @@ fn a_vdisk_byte_flipped_by_the_server_is_a_corrupted_boot() {
     ]);
     assert_eq!(code, Some(2));
     assert!(text.contains("bad.csv:1") && text.contains("multiples of 4096"), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
+    let d = tmp("nbd-failover");
+    let data = content(1 << 20);
+    std::fs::write(d.join("disk.raw"), &data).unwrap();
+    std::fs::write(d.join("trace.csv"), (0..8).map(|i| format!("{},16384,r\n", i * 65536)).collect::<String>()).unwrap();
+    let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let (pa, pb) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
+    let (da, db) = (data.clone(), data);
+    let ta = std::thread::spawn(move || nbd_double(a, da, None, 3)); // gone after 3 replies
+    let tb = std::thread::spawn(move || nbd_double(b, db, None, usize::MAX));
+    let (code, text) = bootstorm(&[
+        "boot",
+        "--bootstrap",
+        "none",
+        "--nbd",
+        &format!("127.0.0.1:{pa},127.0.0.1:{pb}"),
+        "--vdisk",
+        "disk",
+        "--image",
+        d.join("disk.raw").to_str().unwrap(),
+        "--trace",
+        d.join("trace.csv").to_str().unwrap(),
+        "--targets",
+        "1",
+    ]);
+    ta.join().unwrap();
+    tb.join().unwrap();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
 }

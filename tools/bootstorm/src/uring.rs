@@ -1,0 +1,325 @@
+//! The NBD vDisk phase on io_uring: one engine thread per core drives every booting target's
+//! trace replay, one request in flight per target (a booting OS mostly waits on each read), all
+//! targets' sends and receives batched into the same ring. A target's thread hands its
+//! connected socket here and sleeps until its trace is done: one wake-up per boot instead of
+//! one per I/O, which is what made the thread-per-target replay cost more CPU than the server.
+
+use crate::boot::{block_pattern, nbd_connect, DiskRun, Expect, Fail, Io, BLOCK};
+use bootfarm::image::Chain;
+use bootfarm::nbd::wire as nbdw;
+use io_uring::{opcode, types, IoUring};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct Job {
+    pub target: u64,
+    pub ios: Vec<Io>,
+    pub servers: Vec<SocketAddr>,
+    pub export: String,
+    /// Connected to servers[0], or None when that one refused (the engine fails over).
+    pub stream: Option<TcpStream>,
+    pub done: mpsc::SyncSender<(Result<(), Fail>, DiskRun)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Send,
+    Header,
+    Data,
+}
+
+struct T {
+    job: Job,
+    stream: Option<TcpStream>,
+    k: usize,
+    seq: u64,
+    req: Vec<u8>,
+    sent: usize,
+    buf: Vec<u8>,
+    got: usize,
+    step: Step,
+    written: HashMap<u64, u64>,
+    st: DiskRun,
+    down_since: Option<Instant>,
+}
+
+/// The engine threads' inboxes; `submit` picks one by target number.
+pub struct Engine {
+    inboxes: Vec<mpsc::Sender<Job>>,
+}
+
+impl Engine {
+    pub fn submit(&self, job: Job) {
+        let n = self.inboxes.len();
+        let _ = self.inboxes[job.target as usize % n].send(job);
+    }
+}
+
+/// Starts `threads` engine threads in `scope`; they end when the Engine is dropped and their
+/// targets are done.
+pub fn start<'s, 'e: 's>(
+    scope: &'s std::thread::Scope<'s, 'e>,
+    threads: usize,
+    chain: Option<&'e Chain>,
+    timeout: Duration,
+    deadline: Instant,
+) -> Engine {
+    let mut inboxes = Vec::new();
+    for _ in 0..threads {
+        let (tx, rx) = mpsc::channel::<Job>();
+        inboxes.push(tx);
+        scope.spawn(move || run(rx, chain, timeout, deadline));
+    }
+    Engine { inboxes }
+}
+
+fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadline: Instant) {
+    let mut ring =
+        IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(4096).or_else(|_| IoUring::new(4096)).expect("io_uring");
+    let mut slots: Vec<Option<Box<T>>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut active = 0usize;
+    let mut open = true;
+    let mut scratch = Vec::new();
+    loop {
+        // New targets.
+        loop {
+            let j = if active == 0 && open {
+                match rx.recv() {
+                    Ok(j) => Some(j),
+                    Err(_) => None,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(j) = j else {
+                open = false;
+                break;
+            };
+            let idx = free.pop().unwrap_or_else(|| {
+                slots.push(None);
+                slots.len() - 1
+            });
+            let mut j = j;
+            let stream = j.stream.take();
+            let first_up = stream.is_some();
+            let mut t = Box::new(T {
+                job: j,
+                stream,
+                k: 0,
+                seq: 0,
+                req: Vec::new(),
+                sent: 0,
+                buf: Vec::new(),
+                got: 0,
+                step: Step::Send,
+                written: HashMap::new(),
+                st: DiskRun { server: 0, failovers: 0, lost: Duration::ZERO, bytes: 0 },
+                down_since: None,
+            });
+            if !first_up {
+                if let Err(f) = failover(&mut t, "connect failed", timeout) {
+                    let _ = t.job.done.send((Err(f), t.st));
+                    free.push(idx);
+                    continue;
+                }
+            }
+            if start_io(&mut t, &mut ring, idx) {
+                slots[idx] = Some(t);
+                active += 1;
+            } else {
+                let _ = t.job.done.send((Ok(()), t.st));
+                free.push(idx);
+            }
+        }
+        if active == 0 {
+            if !open {
+                return;
+            }
+            continue;
+        }
+        let ts = types::Timespec::new().nsec(1_000_000);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let _ = ring.submitter().submit_with_args(1, &args);
+        let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        for (ud, res) in cqes {
+            let idx = ud as usize;
+            let Some(t) = slots[idx].as_mut() else { continue };
+            let outcome = advance(t, res, chain, &mut scratch);
+            let finished = match outcome {
+                Adv::Continue => {
+                    submit(t, &mut ring, idx);
+                    None
+                }
+                Adv::NextIo => {
+                    if start_io(t, &mut ring, idx) {
+                        None
+                    } else {
+                        Some(Ok(()))
+                    }
+                }
+                Adv::Broken(e) => {
+                    failover(t, e, timeout).err().map(Err).or_else(|| if start_io(t, &mut ring, idx) { None } else { Some(Ok(())) })
+                }
+                Adv::Fatal(f) => Some(Err(f)),
+            };
+            let finished = match finished {
+                None if Instant::now() > deadline => Some(Err(("vdisk", "run time over"))),
+                f => f,
+            };
+            if let Some(r) = finished {
+                let t = slots[idx].take().unwrap();
+                let _ = t.job.done.send((r, t.st));
+                free.push(idx);
+                active -= 1;
+            }
+        }
+    }
+}
+
+enum Adv {
+    Continue,
+    NextIo,
+    Broken(&'static str),
+    Fatal(Fail),
+}
+
+/// Prepares I/O `t.k` (request bytes) and submits its send; false when the trace is done.
+fn start_io(t: &mut T, ring: &mut IoUring, idx: usize) -> bool {
+    let Some(io) = t.job.ios.get(t.k).copied() else { return false };
+    t.req.clear();
+    t.req.extend_from_slice(&nbdw::REQUEST_MAGIC.to_be_bytes());
+    t.req.extend_from_slice(&0u16.to_be_bytes());
+    t.req.extend_from_slice(&(if io.write { nbdw::CMD_WRITE } else { nbdw::CMD_READ }).to_be_bytes());
+    t.req.extend_from_slice(&(t.k as u64).to_be_bytes());
+    t.req.extend_from_slice(&io.off.to_be_bytes());
+    t.req.extend_from_slice(&io.len.to_be_bytes());
+    if io.write {
+        t.seq += 1;
+        let at = t.req.len();
+        t.req.resize(at + io.len as usize, 0);
+        for (j, c) in t.req[at..].chunks_mut(BLOCK as usize).enumerate() {
+            block_pattern(t.job.target.wrapping_mul(1 << 32) ^ t.seq << 8 ^ j as u64, c);
+        }
+    }
+    t.sent = 0;
+    t.got = 0;
+    t.step = Step::Send;
+    submit(t, ring, idx);
+    true
+}
+
+fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
+    let fd = types::Fd(t.stream.as_ref().expect("connected").as_raw_fd());
+    let e = match t.step {
+        Step::Send => opcode::Send::new(fd, t.req[t.sent..].as_ptr(), (t.req.len() - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build(),
+        Step::Header | Step::Data => {
+            let want = if t.step == Step::Header { 16 } else { t.buf.len() };
+            opcode::Recv::new(fd, t.buf[t.got..want].as_mut_ptr(), (want - t.got) as u32).flags(libc::MSG_WAITALL).build()
+        }
+    };
+    // Safety: the buffers live in the boxed target until its completion arrives.
+    unsafe {
+        while ring.submission().push(&e.clone().user_data(idx as u64)).is_err() {
+            let _ = ring.submit();
+        }
+    }
+}
+
+fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) -> Adv {
+    if res <= 0 {
+        return Adv::Broken(if res == 0 { "server stopped answering" } else { "connection error" });
+    }
+    let n = res as usize;
+    let io = t.job.ios[t.k];
+    match t.step {
+        Step::Send => {
+            t.sent += n;
+            if t.sent < t.req.len() {
+                return Adv::Continue;
+            }
+            t.step = Step::Header;
+            t.buf.clear();
+            t.buf.resize(16.max(if io.write { 0 } else { io.len as usize }), 0);
+            t.got = 0;
+            Adv::Continue
+        }
+        Step::Header => {
+            t.got += n;
+            if t.got < 16 {
+                return Adv::Continue;
+            }
+            let h = &t.buf[..16];
+            if u32::from_be_bytes(h[..4].try_into().unwrap()) != nbdw::SIMPLE_REPLY_MAGIC
+                || u64::from_be_bytes(h[8..].try_into().unwrap()) != t.k as u64
+            {
+                return Adv::Fatal(("vdisk", "protocol error"));
+            }
+            if u32::from_be_bytes(h[4..8].try_into().unwrap()) != 0 {
+                return Adv::Fatal(("vdisk", "nbd error reply"));
+            }
+            if io.write {
+                for j in 0..io.len as u64 / BLOCK {
+                    t.written.insert(io.off / BLOCK + j, t.job.target.wrapping_mul(1 << 32) ^ t.seq << 8 ^ j);
+                }
+                return done_io(t, io);
+            }
+            t.step = Step::Data;
+            t.buf.clear();
+            t.buf.resize(io.len as usize, 0);
+            t.got = 0;
+            Adv::Continue
+        }
+        Step::Data => {
+            t.got += n;
+            if t.got < t.buf.len() {
+                return Adv::Continue;
+            }
+            let ex = Expect { chain, written: std::mem::take(&mut t.written) };
+            let ok = ex.check(io.off, &t.buf, scratch);
+            t.written = ex.written;
+            if !ok {
+                return Adv::Fatal(("vdisk", "corrupted"));
+            }
+            done_io(t, io)
+        }
+    }
+}
+
+fn done_io(t: &mut T, io: Io) -> Adv {
+    if let Some(d) = t.down_since.take() {
+        t.st.lost += d.elapsed();
+    }
+    t.st.bytes += io.len as u64;
+    t.k += 1;
+    Adv::NextIo
+}
+
+/// The server went away: the next of the list (its cache, and so the target's writes, stay
+/// behind), or the end of this boot.
+fn failover(t: &mut T, why: &'static str, timeout: Duration) -> Result<(), Fail> {
+    t.stream = None;
+    t.down_since.get_or_insert_with(Instant::now);
+    loop {
+        if t.st.server + 1 >= t.job.servers.len() {
+            return Err(("vdisk", if why == "connect failed" { "no server left" } else { why }));
+        }
+        t.st.server += 1;
+        t.st.failovers += 1;
+        t.written.clear();
+        match nbd_connect(t.job.servers[t.st.server], &t.job.export, timeout) {
+            Ok(s) => {
+                t.stream = Some(s);
+                return Ok(());
+            }
+            Err(_) => continue,
+        }
+    }
+}
