@@ -10,5 +10,6 @@ pub mod http;
 pub mod image;
 pub mod metrics;
 pub mod nbd;
+pub mod rng;
 pub mod serve;
 pub mod tftp;

@@ -17,7 +17,6 @@ const DISK: u64 = 4 << 20;
 
 struct Node {
     server: Option<Server>,
-    ip: String,
 }
 
 /// A farm of `n` nodes (powers 1, 1, 2, ...), each with its own copy of one vdisk in its own
@@ -51,7 +50,7 @@ fn farm(dir: &TempDir, n: usize, extra: &str, tweak: impl Fn(usize, &std::path::
         );
         std::fs::write(d.join("bootfarm.toml"), cfg).unwrap();
         let server = Server::start(&["--config", d.join("bootfarm.toml").to_str().unwrap()]);
-        nodes.push(Node { server: Some(server), ip: format!("127.0.0.{}", i + 1) });
+        nodes.push(Node { server: Some(server) });
     }
     (nodes, port)
 }

@@ -726,19 +726,6 @@ mod tests {
     use super::*;
     use crate::image::ChainLimits;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     fn base(dir: &Path, size: u64) -> (Chain, Vec<u8>) {
         let p = dir.join("base.raw");
         let content: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
@@ -781,7 +768,7 @@ mod tests {
         let total = Arc::new(AtomicU64::new(0));
         let limits = Limits { ram_bytes: 16 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone() };
         let mut o = Overlay::new(size, limits, total.clone(), None);
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = crate::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
         for round in 0..3000 {
             let off = rng.below(size);
             let span = if rng.below(4) == 0 { 24 * BLOCK } else { 3 * BLOCK };

@@ -558,19 +558,6 @@ mod tests {
     // ---- Simulation: a lossy, duplicating, reordering network between this state machine and
     // an RFC 7440 client model, in virtual time with a seeded RNG. ----
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn chance(&mut self, p: f64) -> bool {
-            (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
-        }
-    }
-
     #[derive(PartialEq, Eq, PartialOrd, Ord)]
     enum Msg {
         Oack,
@@ -580,7 +567,7 @@ mod tests {
 
     /// Returns (outcome, bytes the client assembled, client finished).
     fn simulate(seed: u64, size: u64, blksize: u16, window: u16, loss: f64, dup: f64, reorder: f64) -> (Status, Vec<u8>, bool) {
-        let mut rng = Rng(seed | 1);
+        let mut rng = crate::rng::XorShift::new(seed);
         let file: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
         let t0 = Instant::now();
         let ms = |n: u64| Duration::from_millis(n);
@@ -589,7 +576,7 @@ mod tests {
         let mut srv = Transfer::new(n, size, &LIMITS, t0);
         let mut net: BinaryHeap<std::cmp::Reverse<(Duration, u64, bool, Msg)>> = BinaryHeap::new();
         let mut seq = 0u64;
-        let mut send = |net: &mut BinaryHeap<_>, rng: &mut Rng, at: Duration, to_client: bool, m: Msg| {
+        let mut send = |net: &mut BinaryHeap<_>, rng: &mut crate::rng::XorShift, at: Duration, to_client: bool, m: Msg| {
             if rng.chance(loss) {
                 return;
             }
@@ -710,7 +697,7 @@ mod tests {
 
     #[test]
     fn thousands_of_lossy_transfers_complete_exactly_or_fail_cleanly() {
-        let mut rng = Rng(0xDEC0_DE00_1234_5678);
+        let mut rng = crate::rng::XorShift::new(0xDEC0_DE00_1234_5678);
         let (mut done, mut failed, mut failed_low_loss) = (0, 0, 0);
         for i in 0..3000 {
             let blksize = [8u16, 64, 512, 1432][(rng.next() % 4) as usize];

@@ -22,6 +22,7 @@ use crate::report::{self, Phase};
 use crate::uring;
 use bootfarm::image::{Chain, ChainLimits};
 use bootfarm::nbd::wire as nbdw;
+use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Request, Send};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -121,22 +122,6 @@ pub(crate) const BLOCK: u64 = 4096;
 /// Compared against with memcmp: a byte-by-byte zero test was a tenth of bootstorm's CPU.
 static ZEROS: [u8; 16384] = [0; 16384];
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && self.unit() < p
-    }
-}
-
 /// The built-in profile for one target: reads confined to the first 3/4 of the disk (system
 /// files, partly sequential), writes to the target's own slice of the last quarter (pagefile,
 /// registry, logs), so that servers sharing one overlay between targets can be measured too.
@@ -144,7 +129,7 @@ impl Rng {
 /// scale 1), writes of 4 KiB (80%) and 16 KiB.
 pub fn windows_profile(scale: f64, disk: u64, target: u64, targets: u64, seed: u64) -> Vec<Io> {
     let ops = ((70_000.0 * scale).round() as u64).max(1);
-    let mut r = Rng(seed ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut r = XorShift::new(seed ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let read_area = (disk / 4 * 3) / BLOCK * BLOCK;
     let slice = ((disk - read_area) / targets.max(1)) / BLOCK * BLOCK;
     let wbase = read_area + (target % targets.max(1)) * slice;
@@ -585,7 +570,7 @@ fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, deadli
         timeout: timeout.min(Duration::from_secs(1)),
         retries_max: 6,
     };
-    let mut rng = Rng(a.seed.wrapping_mul(31).wrapping_add(i) | 1);
+    let mut rng = XorShift::new(a.seed.wrapping_mul(31).wrapping_add(i));
     let mut c = Client::new(req, Instant::now());
     let mut buf = vec![0u8; 65536];
     let mut held: Option<(SocketAddr, Vec<u8>)> = None;

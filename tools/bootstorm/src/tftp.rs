@@ -70,19 +70,6 @@ pub struct Args {
     html: Option<PathBuf>,
 }
 
-struct Rng(u64);
-impl Rng {
-    fn chance(&mut self, p: f64) -> bool {
-        if p <= 0.0 {
-            return false;
-        }
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % 1_000_000) as f64 / 1e6 < p
-    }
-}
-
 struct Target {
     sock: Option<Socket>,
     client: Client,
@@ -169,7 +156,7 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0:
     let mut bufs = BufRing::new(&uring, 0, 4096, buf_size).map_err(|e| format!("cannot register buffers: {e}"))?;
     let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
     msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    let mut rng = Rng(seed);
+    let mut rng = bootfarm::rng::XorShift::new(seed);
     let req = Request {
         file: a.file.clone(),
         blksize: a.blksize,
@@ -322,7 +309,7 @@ fn settle(
     phase: &mut Phase,
     running: &mut u64,
     lingering: &mut u64,
-    rng: &mut Rng,
+    rng: &mut bootfarm::rng::XorShift,
     loss: f64,
     msg: &libc::msghdr,
     bgid: u16,
@@ -369,7 +356,7 @@ fn settle(
     }
 }
 
-fn flush(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: usize, rng: &mut Rng, loss: f64) {
+fn flush(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: usize, rng: &mut bootfarm::rng::XorShift, loss: f64) {
     let Some(t) = slots[idx].as_deref_mut() else { return };
     // One send at a time per target; a finished one still sends what it owes (its last ACK).
     if t.sending || t.sock.is_none() {
