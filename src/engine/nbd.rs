@@ -41,6 +41,8 @@ const IOV_MAX: usize = 1024;
 /// A batch stops growing past these (reply bytes, pieces), whatever the queue depth.
 const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_PIECES: usize = 16 * 1024;
+/// Batches up to this size are first tried with a direct non-blocking sendmsg.
+const DIRECT_SEND_MAX: u64 = 256 * 1024;
 const ZEROS_LEN: usize = 64 * 1024;
 static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
 
@@ -374,6 +376,13 @@ impl NbdService {
         if !c.sending && c.sent < c.total {
             if c.sent == 0 {
                 c.progress_at = now; // a new batch: its clock starts now
+                let zc_min = snap.config.nbd.send_zc_min_bytes;
+                let zc = zc_min > 0 && c.total >= zc_min; // the admin asked for SEND_ZC here
+                if !zc && c.total <= DIRECT_SEND_MAX && try_direct_send(c, &self.stats) {
+                    // All out at once: the next batch can start in this same pass.
+                    self.mark(id);
+                    return;
+                }
             }
             submit_send(c, id, ring, snap.config.nbd.send_zc_min_bytes);
         }
@@ -998,9 +1007,25 @@ fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> R
     }
 }
 
-/// One sendmsg from the cursor, up to IOV_MAX pieces; SEND_ZC when the batch is large enough.
-fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64) {
-    let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+/// A small batch is first offered to the socket with one non-blocking sendmsg: on an idle
+/// connection (a client at queue depth 1) it fits in the socket buffer, and the reply leaves
+/// without a submission, a completion and another pass of the loop. Whatever does not fit goes
+/// through the ring as usual. Returns true when the whole batch went out.
+fn try_direct_send(c: &mut Conn, stats: &WorkerStats) -> bool {
+    let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return false };
+    fill_iov(c);
+    // Safety: msg points at iovecs over memory the connection keeps alive.
+    let n = unsafe { libc::sendmsg(fd, &c.msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if n <= 0 {
+        return false;
+    }
+    c.sent += n as u64;
+    advance(c, n as usize);
+    stats.counters.add(Counter::NbdSentBytes, n as u64);
+    c.sent == c.total
+}
+
+fn fill_iov(c: &mut Conn) {
     c.iov.clear();
     let (mut i, mut skip) = c.cursor;
     while i < c.pieces.len() && c.iov.len() < IOV_MAX {
@@ -1016,6 +1041,12 @@ fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64) {
     }
     c.msg.msg_iov = c.iov.as_mut_ptr();
     c.msg.msg_iovlen = c.iov.len() as _;
+}
+
+/// One sendmsg from the cursor, up to IOV_MAX pieces; SEND_ZC when the batch is large enough.
+fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64) {
+    let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+    fill_iov(c);
     let user_data = ud(K_SEND, id, c.generation, 0);
     let e = if zc_min > 0 && c.total - c.sent >= zc_min {
         opcode::SendMsgZc::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
