@@ -1,5 +1,6 @@
 //! Feeds arbitrary bytes to the network parsers that face clients: TFTP packets (and option
-//! negotiation on requests), HTTP request heads and Range headers, NBD options and requests.
+//! negotiation on requests), HTTP request heads and Range headers, NBD options, requests and meta-context queries,
+//! export names with target ids, and the farm's health reports from peers.
 //! Run: RUSTC_BOOTSTRAP=1 cargo fuzz run wire_parse
 #![no_main]
 
@@ -30,7 +31,18 @@ fuzz_target!(|data: &[u8]| {
     let _ = http::parse_date(data);
     if let nbd::Parse::Done((_, range), used) = nbd::option(data) {
         assert!(range.end <= used && used <= data.len());
-        let _ = nbd::info_request(&data[range]);
+        let _ = nbd::info_request(&data[range.clone()]);
+        let _ = nbd::meta_request(&data[range]);
+    }
+    let _ = nbd::meta_request(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let (_, id) = bootfarm::nbd::cache::split_export(text);
+        let _ = id.map(bootfarm::nbd::cache::valid_target_id);
+        // A peer's /healthz body: whatever it says, parsing ends cleanly.
+        if let Some(h) = bootfarm::farm::Health::parse(text) {
+            assert_eq!(bootfarm::farm::Health::parse(&h.render()).map(|x| x.generation), Some(h.generation));
+        }
+        let _ = bootfarm::farm::target_key(Some(text), std::net::IpAddr::from([10, 0, 0, 1]));
     }
     let _ = nbd::request(data);
     let _ = nbd::client_flags(data);
