@@ -23,7 +23,7 @@ use crate::uring;
 use bootfarm::image::{Chain, ChainLimits};
 use bootfarm::nbd::wire as nbdw;
 use bootfarm::rng::XorShift;
-use bootfarm::tftp::client::{Client, Outcome, Request, Send};
+use bootfarm::tftp::client::{Client, Outcome, Request};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -307,6 +307,7 @@ pub fn run(a: Args) -> Result<bool, String> {
     let timeout = Duration::from_millis(a.timeout_ms);
     std::thread::scope(|outer| {
         let engine = (a.disk == "nbd").then(|| uring::start(outer, cores, chain.as_ref(), timeout, deadline));
+        let tftp_engine = (a.bootstrap == "tftp").then(|| crate::uring_tftp::start(outer, cores, expect_boot.as_deref(), deadline));
         std::thread::scope(|sc| {
             for _ in 0..conc {
                 sc.spawn(|| loop {
@@ -331,6 +332,7 @@ pub fn run(a: Args) -> Result<bool, String> {
                         deadline,
                         &results,
                         engine.as_ref(),
+                        tftp_engine.as_ref(),
                     );
                     match r {
                         Ok(()) => live.booted.fetch_add(1, Ordering::Relaxed),
@@ -363,6 +365,7 @@ pub fn run(a: Args) -> Result<bool, String> {
             }
         });
         drop(engine);
+        drop(tftp_engine);
     });
     let wall = t0.elapsed();
     let client_cpu_ms = {
@@ -456,6 +459,7 @@ fn boot_one(
     deadline: Instant,
     results: &Mutex<Results>,
     engine: Option<&uring::Engine>,
+    tftp_engine: Option<&crate::uring_tftp::Engine>,
 ) -> Result<(), Fail> {
     let start = Instant::now();
     let m = mac(a.seed, i);
@@ -481,7 +485,7 @@ fn boot_one(
     // 1. Bootstrap.
     let b0 = Instant::now();
     let (r, bytes, resends) = match a.bootstrap.as_str() {
-        "tftp" => tftp_fetch(a, i, expect_boot, timeout, deadline),
+        "tftp" => tftp_fetch(a, i, expect_boot, timeout, tftp_engine.expect("started for --bootstrap tftp")),
         "http" => http_fetch(a.http, &format!("/boot/{}?mac={m}", a.file), expect_boot, timeout)
             .map(|n| (Ok(()), n, 0))
             .unwrap_or_else(|e| (Err(("bootstrap", e)), 0, 0)),
@@ -554,72 +558,42 @@ fn boot_one(
     Ok(())
 }
 
-fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, deadline: Instant) -> (Result<(), Fail>, u64, u64) {
-    let sock = match UdpSocket::bind(SocketAddr::new(
-        if a.tftp.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() },
-        0,
-    )) {
-        Ok(s) => s,
-        Err(_) => return (Err(("bootstrap", "no local socket")), 0, 0),
-    };
-    let req = Request {
+fn tftp_request(a: &Args, timeout: Duration) -> Request {
+    Request {
         file: a.file.clone(),
         blksize: a.blksize,
         windowsize: a.windowsize,
         tsize: true,
         timeout: timeout.min(Duration::from_secs(1)),
         retries_max: 6,
-    };
-    let mut rng = XorShift::new(a.seed.wrapping_mul(31).wrapping_add(i));
-    let mut c = Client::new(req, Instant::now());
-    let mut buf = vec![0u8; 65536];
-    let mut held: Option<(SocketAddr, Vec<u8>)> = None;
-    let size_ok = |n: u64| expect.is_none_or(|e| e.len() as u64 == n);
-    loop {
-        while let Some(s) = c.poll_send() {
-            if rng.chance(a.loss) {
-                continue;
-            }
-            let _ = match s {
-                Send::Rrq(p) => sock.send_to(&p, a.tftp),
-                Send::Ack(n, to) => sock.send_to(&[0, 4, (n >> 8) as u8, n as u8], to),
-            };
-        }
-        match c.outcome() {
-            Outcome::Running => {}
-            Outcome::Done if size_ok(c.bytes) => return (Ok(()), c.bytes, c.resends),
-            Outcome::Done | Outcome::Corrupted => return (Err(("bootstrap", "corrupted")), c.bytes, c.resends),
-            Outcome::ServerError(_) => return (Err(("bootstrap", "tftp error")), 0, c.resends),
-            Outcome::TimedOut => return (Err(("bootstrap", "tftp timed out")), 0, c.resends),
-        }
-        let now = Instant::now();
-        if now > deadline {
-            return (Err(("bootstrap", "run time over")), 0, c.resends);
-        }
-        let wake = c.poll_timeout().unwrap_or(now + timeout);
-        let _ = sock.set_read_timeout(Some(wake.saturating_duration_since(now).max(Duration::from_millis(1))));
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => {
-                if rng.chance(a.loss) {
-                    continue;
-                }
-                let mut verify = |off: u64, d: &[u8]| expect.is_none_or(|e| e.get(off as usize..off as usize + d.len()) == Some(d));
-                let pkt = buf[..n].to_vec();
-                if rng.chance(a.reorder) && held.is_none() {
-                    held = Some((from, pkt));
-                    continue;
-                }
-                c.handle(from, &pkt, Instant::now(), &mut verify);
-                if rng.chance(a.dup) {
-                    c.handle(from, &pkt, Instant::now(), &mut verify);
-                }
-                if let Some((f, p)) = held.take() {
-                    c.handle(f, &p, Instant::now(), &mut verify);
-                }
-            }
-            Err(_) => c.handle_timeout(Instant::now()),
-        }
     }
+}
+
+/// The bootstrap over TFTP on the io_uring engine; this thread waits for the result.
+fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, e: &crate::uring_tftp::Engine) -> (Result<(), Fail>, u64, u64) {
+    let any: SocketAddr = if a.tftp.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let Ok(sock) = UdpSocket::bind(any) else { return (Err(("bootstrap", "no local socket")), 0, 0) };
+    let _ = sock.set_nonblocking(true);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    e.submit(crate::uring_tftp::Job {
+        target: i,
+        sock,
+        server: a.tftp,
+        client: Client::new(tftp_request(a, timeout), Instant::now()),
+        rng: XorShift::new(a.seed.wrapping_mul(31).wrapping_add(i)),
+        loss: a.loss,
+        dup: a.dup,
+        reorder: a.reorder,
+        done: tx,
+    });
+    let Ok((outcome, bytes, resends)) = rx.recv() else { return (Err(("bootstrap", "engine stopped")), 0, 0) };
+    let r = match outcome {
+        Outcome::Done if expect.is_none_or(|x| x.len() as u64 == bytes) => Ok(()),
+        Outcome::Done | Outcome::Corrupted => Err(("bootstrap", "corrupted")),
+        Outcome::ServerError(_) => Err(("bootstrap", "tftp error")),
+        Outcome::TimedOut | Outcome::Running => Err(("bootstrap", "tftp timed out")),
+    };
+    (r, bytes, resends)
 }
 
 /// GET over a fresh connection, following one redirect; Ok(body).

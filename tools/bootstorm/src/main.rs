@@ -7,6 +7,7 @@ mod boot;
 mod report;
 mod tftp;
 mod uring;
+mod uring_tftp;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,0 +1,233 @@
+//! The TFTP bootstrap phase of `bootstorm boot` on io_uring: one engine thread per core holds
+//! every bootstrapping target's socket with a receive armed in one ring, feeds the datagrams to
+//! the sans-IO client, and sends its ACKs with non-blocking sendto. The target's own thread
+//! sleeps until its file is in. Lockstep TFTP is ~730 round trips per MiB: done as blocking
+//! receives on a thread per target, the task switches were the client's largest cost.
+
+use bootfarm::rng::XorShift;
+use bootfarm::tftp::client::{Client, Outcome, Send};
+use io_uring::{opcode, types, IoUring};
+use socket2::SockAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct Job {
+    pub target: u64,
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+    pub client: Client,
+    pub rng: XorShift,
+    pub loss: f64,
+    pub dup: f64,
+    pub reorder: f64,
+    /// (outcome, bytes, resends)
+    pub done: mpsc::SyncSender<(Outcome, u64, u64)>,
+}
+
+struct T {
+    job: Job,
+    buf: Box<[u8; 2048]>,
+    name: Box<libc::sockaddr_storage>,
+    iov: Box<libc::iovec>,
+    msg: Box<libc::msghdr>,
+    armed: bool,
+    held: Option<(SocketAddr, Vec<u8>)>,
+    finished: Option<Outcome>,
+}
+
+pub struct Engine {
+    inboxes: Vec<mpsc::Sender<Job>>,
+}
+
+impl Engine {
+    pub fn submit(&self, job: Job) {
+        let n = self.inboxes.len();
+        let _ = self.inboxes[job.target as usize % n].send(job);
+    }
+}
+
+pub fn start<'s, 'e: 's>(scope: &'s std::thread::Scope<'s, 'e>, threads: usize, expect: Option<&'e [u8]>, deadline: Instant) -> Engine {
+    let mut inboxes = Vec::new();
+    for _ in 0..threads {
+        let (tx, rx) = mpsc::channel::<Job>();
+        inboxes.push(tx);
+        scope.spawn(move || run(rx, expect, deadline));
+    }
+    Engine { inboxes }
+}
+
+const CANCEL: u64 = u64::MAX;
+
+fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
+    let mut ring =
+        IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(4096).or_else(|_| IoUring::new(4096)).expect("io_uring");
+    let mut slots: Vec<Option<Box<T>>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut active = 0usize;
+    let mut open = true;
+    let mut last_scan = Instant::now();
+    let mut verify = |off: u64, d: &[u8]| expect.is_none_or(|e| e.get(off as usize..off as usize + d.len()) == Some(d));
+    loop {
+        loop {
+            let j = if active == 0 && open {
+                rx.recv().ok()
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(j) = j else {
+                open = false;
+                break;
+            };
+            let idx = free.pop().unwrap_or_else(|| {
+                slots.push(None);
+                slots.len() - 1
+            });
+            let mut t = Box::new(T {
+                job: j,
+                buf: Box::new([0u8; 2048]),
+                name: Box::new(unsafe { std::mem::zeroed() }),
+                iov: Box::new(libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }),
+                msg: Box::new(unsafe { std::mem::zeroed() }),
+                armed: false,
+                held: None,
+                finished: None,
+            });
+            send_pending(&mut t);
+            arm(&mut t, &mut ring, idx);
+            slots[idx] = Some(t);
+            active += 1;
+        }
+        if active == 0 {
+            if !open {
+                return;
+            }
+            continue;
+        }
+        let ts = types::Timespec::new().nsec(1_000_000);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let _ = ring.submitter().submit_with_args(1, &args);
+        let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let now = Instant::now();
+        for (ud, res) in cqes {
+            if ud == CANCEL {
+                continue;
+            }
+            let idx = ud as usize;
+            let Some(t) = slots[idx].as_mut() else { continue };
+            t.armed = false;
+            if t.finished.is_none() && res > 0 {
+                let from = sockaddr(&t.name, t.msg.msg_namelen as usize);
+                let pkt = t.buf[..res as usize].to_vec();
+                if let Some(from) = from {
+                    deliver(t, from, pkt, now, &mut verify);
+                }
+            }
+            if t.finished.is_none() {
+                check(t, now, deadline);
+            }
+            if t.finished.is_none() {
+                send_pending(t);
+                arm(t, &mut ring, idx);
+            }
+        }
+        // Timeouts (retransmit the ACK or RRQ, or give up), every few milliseconds.
+        if now.duration_since(last_scan) >= Duration::from_millis(5) {
+            last_scan = now;
+            for (idx, s) in slots.iter_mut().enumerate() {
+                let Some(t) = s.as_mut() else { continue };
+                if t.finished.is_some() {
+                    continue;
+                }
+                if t.job.client.poll_timeout().is_some_and(|d| d <= now) {
+                    t.job.client.handle_timeout(now);
+                    send_pending(t);
+                }
+                check(t, now, deadline);
+                if t.finished.is_some() && t.armed {
+                    let e = opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL);
+                    unsafe {
+                        while ring.submission().push(&e).is_err() {
+                            let _ = ring.submit();
+                        }
+                    }
+                }
+            }
+        }
+        // Hand back finished targets whose buffers the kernel no longer holds.
+        for idx in 0..slots.len() {
+            if slots[idx].as_ref().is_some_and(|t| t.finished.is_some() && !t.armed) {
+                let t = slots[idx].take().unwrap();
+                let c = &t.job.client;
+                let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
+                free.push(idx);
+                active -= 1;
+            }
+        }
+    }
+}
+
+fn check(t: &mut T, now: Instant, deadline: Instant) {
+    match t.job.client.outcome() {
+        Outcome::Running if now > deadline => t.finished = Some(Outcome::TimedOut),
+        Outcome::Running => {}
+        o => t.finished = Some(o),
+    }
+}
+
+fn deliver(t: &mut T, from: SocketAddr, pkt: Vec<u8>, now: Instant, verify: &mut dyn FnMut(u64, &[u8]) -> bool) {
+    if t.job.rng.chance(t.job.loss) {
+        return;
+    }
+    if t.job.rng.chance(t.job.reorder) && t.held.is_none() {
+        t.held = Some((from, pkt));
+        return;
+    }
+    t.job.client.handle(from, &pkt, now, verify);
+    if t.job.rng.chance(t.job.dup) {
+        t.job.client.handle(from, &pkt, now, verify);
+    }
+    if let Some((f, p)) = t.held.take() {
+        t.job.client.handle(f, &p, now, verify);
+    }
+}
+
+fn send_pending(t: &mut T) {
+    while let Some(s) = t.job.client.poll_send() {
+        if t.job.rng.chance(t.job.loss) {
+            continue;
+        }
+        let _ = match s {
+            Send::Rrq(p) => t.job.sock.send_to(&p, t.job.server),
+            Send::Ack(n, to) => t.job.sock.send_to(&[0, 4, (n >> 8) as u8, n as u8], to),
+        };
+    }
+}
+
+fn arm(t: &mut T, ring: &mut IoUring, idx: usize) {
+    t.iov.iov_base = t.buf.as_mut_ptr().cast();
+    t.iov.iov_len = t.buf.len();
+    t.msg.msg_name = (&mut *t.name as *mut libc::sockaddr_storage).cast();
+    t.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    t.msg.msg_iov = &mut *t.iov;
+    t.msg.msg_iovlen = 1;
+    let e = opcode::RecvMsg::new(types::Fd(t.job.sock.as_raw_fd()), &mut *t.msg).build().user_data(idx as u64);
+    // Safety: the buffers are boxed in the target, which stays until this completes.
+    unsafe {
+        while ring.submission().push(&e).is_err() {
+            let _ = ring.submit();
+        }
+    }
+    t.armed = true;
+}
+
+fn sockaddr(name: &libc::sockaddr_storage, len: usize) -> Option<SocketAddr> {
+    let len = len.min(std::mem::size_of::<libc::sockaddr_storage>());
+    // Safety: the kernel wrote a socket address of `len` bytes there.
+    unsafe { SockAddr::new(*name, len as libc::socklen_t) }.as_socket()
+}
