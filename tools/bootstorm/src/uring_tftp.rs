@@ -123,9 +123,8 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
             t.armed = false;
             if t.finished.is_none() && res > 0 {
                 let from = sockaddr(&t.name, t.msg.msg_namelen as usize);
-                let pkt = t.buf[..res as usize].to_vec();
                 if let Some(from) = from {
-                    deliver(t, from, pkt, now, &mut verify);
+                    deliver(t, from, res as usize, now, &mut verify);
                 }
             }
             if t.finished.is_none() {
@@ -180,17 +179,18 @@ fn check(t: &mut T, now: Instant, deadline: Instant) {
     }
 }
 
-fn deliver(t: &mut T, from: SocketAddr, pkt: Vec<u8>, now: Instant, verify: &mut dyn FnMut(u64, &[u8]) -> bool) {
+/// The `n` bytes just received, through the client-side faults, into the client.
+fn deliver(t: &mut T, from: SocketAddr, n: usize, now: Instant, verify: &mut dyn FnMut(u64, &[u8]) -> bool) {
     if t.job.rng.chance(t.job.loss) {
         return;
     }
     if t.job.rng.chance(t.job.reorder) && t.held.is_none() {
-        t.held = Some((from, pkt));
+        t.held = Some((from, t.buf[..n].to_vec()));
         return;
     }
-    t.job.client.handle(from, &pkt, now, verify);
+    t.job.client.handle(from, &t.buf[..n], now, verify);
     if t.job.rng.chance(t.job.dup) {
-        t.job.client.handle(from, &pkt, now, verify);
+        t.job.client.handle(from, &t.buf[..n], now, verify);
     }
     if let Some((f, p)) = t.held.take() {
         t.job.client.handle(f, &p, now, verify);
