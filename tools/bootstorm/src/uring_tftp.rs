@@ -33,6 +33,11 @@ struct T {
     iov: Box<libc::iovec>,
     msg: Box<libc::msghdr>,
     armed: bool,
+    /// The transfer's port once known: the socket is connected to it (no route lookup per
+    /// ACK) and ACKs go through the ring, one in flight.
+    connected: Option<SocketAddr>,
+    ack: Box<[u8; 4]>,
+    sending: bool,
     held: Option<(SocketAddr, Vec<u8>)>,
     finished: Option<Outcome>,
 }
@@ -59,6 +64,7 @@ pub fn start<'s, 'e: 's>(scope: &'s std::thread::Scope<'s, 'e>, threads: usize, 
 }
 
 const CANCEL: u64 = u64::MAX;
+const SEND_BIT: u64 = 1 << 62;
 
 fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
     let mut ring =
@@ -95,10 +101,13 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
                 iov: Box::new(libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }),
                 msg: Box::new(unsafe { std::mem::zeroed() }),
                 armed: false,
+                connected: None,
+                ack: Box::new([0, 4, 0, 0]),
+                sending: false,
                 held: None,
                 finished: None,
             });
-            send_pending(&mut t);
+            send_pending(&mut t, &mut ring, idx);
             arm(&mut t, &mut ring, idx);
             slots[idx] = Some(t);
             active += 1;
@@ -118,6 +127,12 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
             if ud == CANCEL {
                 continue;
             }
+            if ud & SEND_BIT != 0 {
+                if let Some(t) = slots[(ud & !SEND_BIT) as usize].as_mut() {
+                    t.sending = false;
+                }
+                continue;
+            }
             let idx = ud as usize;
             let Some(t) = slots[idx].as_mut() else { continue };
             t.armed = false;
@@ -131,7 +146,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
                 check(t, now, deadline);
             }
             if t.finished.is_none() {
-                send_pending(t);
+                send_pending(t, &mut ring, idx);
                 arm(t, &mut ring, idx);
             }
         }
@@ -145,7 +160,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
                 }
                 if t.job.client.poll_timeout().is_some_and(|d| d <= now) {
                     t.job.client.handle_timeout(now);
-                    send_pending(t);
+                    send_pending(t, &mut ring, idx);
                 }
                 check(t, now, deadline);
                 if t.finished.is_some() && t.armed {
@@ -160,7 +175,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
         }
         // Hand back finished targets whose buffers the kernel no longer holds.
         for idx in 0..slots.len() {
-            if slots[idx].as_ref().is_some_and(|t| t.finished.is_some() && !t.armed) {
+            if slots[idx].as_ref().is_some_and(|t| t.finished.is_some() && !t.armed && !t.sending) {
                 let t = slots[idx].take().unwrap();
                 let c = &t.job.client;
                 let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
@@ -197,15 +212,35 @@ fn deliver(t: &mut T, from: SocketAddr, n: usize, now: Instant, verify: &mut dyn
     }
 }
 
-fn send_pending(t: &mut T) {
+fn send_pending(t: &mut T, ring: &mut IoUring, idx: usize) {
     while let Some(s) = t.job.client.poll_send() {
         if t.job.rng.chance(t.job.loss) {
             continue;
         }
-        let _ = match s {
-            Send::Rrq(p) => t.job.sock.send_to(&p, t.job.server),
-            Send::Ack(n, to) => t.job.sock.send_to(&[0, 4, (n >> 8) as u8, n as u8], to),
-        };
+        match s {
+            Send::Rrq(p) => {
+                let _ = t.job.sock.send_to(&p, t.job.server);
+            }
+            Send::Ack(n, to) => {
+                if t.connected.is_none() && t.job.sock.connect(to).is_ok() {
+                    t.connected = Some(to);
+                }
+                if t.connected == Some(to) && !t.sending {
+                    t.ack[2..].copy_from_slice(&n.to_be_bytes());
+                    let e =
+                        opcode::Send::new(types::Fd(t.job.sock.as_raw_fd()), t.ack.as_ptr(), 4).build().user_data(idx as u64 | SEND_BIT);
+                    // Safety: the ACK buffer is boxed in the target, kept until the send completes.
+                    unsafe {
+                        while ring.submission().push(&e).is_err() {
+                            let _ = ring.submit();
+                        }
+                    }
+                    t.sending = true;
+                } else {
+                    let _ = t.job.sock.send_to(&[0, 4, (n >> 8) as u8, n as u8], to);
+                }
+            }
+        }
     }
 }
 
