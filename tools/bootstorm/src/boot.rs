@@ -14,9 +14,10 @@
 //! next one of its list and the time lost is recorded.
 //!
 //! Targets run on a pool of `--concurrency` threads, started by the arrival pattern, which keeps
-//! each boot's phases in order as on a real machine. The bootstrap, iPXE and HTTP phases use
-//! blocking sockets on that thread; the NBD vDisk phase, the long one, is handed to the io_uring
-//! engine (one thread per core, `uring.rs`) while the target's thread sleeps.
+//! each boot's phases in order as on a real machine. The TFTP bootstrap and the NBD vDisk phase
+//! are handed to io_uring engines (one thread per core each, `uring_tftp.rs`, `uring.rs`) while
+//! the target's thread sleeps; the HTTP phases (bootstrap, iPXE script, ranges) still use
+//! blocking sockets on that thread.
 
 use crate::report::{self, Phase};
 use crate::uring;
