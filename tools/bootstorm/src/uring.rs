@@ -46,7 +46,14 @@ struct T {
     written: HashMap<u64, u64>,
     st: DiskRun,
     down_since: Option<Instant>,
+    /// When the request in flight was submitted (a server that stops answering is given up
+    /// after `timeout`), and why it is being cancelled.
+    op_at: Instant,
+    cancel: Option<&'static str>,
 }
+
+const CANCEL_UD: u64 = u64::MAX;
+const RUN_OVER: &str = "run time over";
 
 /// The engine threads' inboxes; `submit` picks one by target number.
 pub struct Engine {
@@ -86,6 +93,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
     let mut active = 0usize;
     let mut open = true;
     let mut scratch = Vec::new();
+    let mut last_scan = Instant::now();
     loop {
         // New targets.
         loop {
@@ -126,6 +134,8 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 written: HashMap::new(),
                 st: DiskRun { server: 0, failovers: 0, lost: Duration::ZERO, bytes: 0 },
                 down_since: None,
+                op_at: Instant::now(),
+                cancel: None,
             });
             if !first_up {
                 if let Err(f) = failover(&mut t, "connect failed", timeout) {
@@ -152,10 +162,46 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
         let args = types::SubmitArgs::new().timespec(&ts);
         let _ = ring.submitter().submit_with_args(1, &args);
         let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        // Requests that waited too long (the server hangs) or the run's end: cancel them; the
+        // cancelled completion then fails the target over, or ends it.
+        let now = Instant::now();
+        if now.duration_since(last_scan) >= Duration::from_millis(20) {
+            last_scan = now;
+            for (idx, slot) in slots.iter_mut().enumerate() {
+                let Some(t) = slot.as_mut() else { continue };
+                if t.cancel.is_some() {
+                    continue;
+                }
+                t.cancel = if now > deadline {
+                    Some(RUN_OVER)
+                } else if now.duration_since(t.op_at) > timeout {
+                    Some("server stopped answering")
+                } else {
+                    None
+                };
+                if t.cancel.is_some() {
+                    let e = opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD);
+                    // Safety: a cancel carries no buffer.
+                    unsafe {
+                        while ring.submission().push(&e).is_err() {
+                            let _ = ring.submit();
+                        }
+                    }
+                }
+            }
+        }
         for (ud, res) in cqes {
+            if ud == CANCEL_UD {
+                continue;
+            }
             let idx = ud as usize;
             let Some(t) = slots[idx].as_mut() else { continue };
-            let outcome = advance(t, res, chain, &mut scratch);
+            // The one request of this target is over either way; its buffers are free.
+            let outcome = match t.cancel.take() {
+                Some(RUN_OVER) => Adv::Fatal(("vdisk", RUN_OVER)),
+                Some(why) => Adv::Broken(why),
+                None => advance(t, res, chain, &mut scratch),
+            };
             let finished = match outcome {
                 Adv::Continue => {
                     submit(t, &mut ring, idx);
@@ -172,10 +218,6 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                     failover(t, e, timeout).err().map(Err).or_else(|| if start_io(t, &mut ring, idx) { None } else { Some(Ok(())) })
                 }
                 Adv::Fatal(f) => Some(Err(f)),
-            };
-            let finished = match finished {
-                None if Instant::now() > deadline => Some(Err(("vdisk", "run time over"))),
-                f => f,
             };
             if let Some(r) = finished {
                 let t = slots[idx].take().unwrap();
@@ -220,6 +262,7 @@ fn start_io(t: &mut T, ring: &mut IoUring, idx: usize) -> bool {
 }
 
 fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
+    t.op_at = Instant::now();
     let fd = types::Fd(t.stream.as_ref().expect("connected").as_raw_fd());
     let e = match t.step {
         Step::Send => opcode::Send::new(fd, t.req[t.sent..].as_ptr(), (t.req.len() - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build(),

@@ -305,11 +305,12 @@ fn whole_boots_over_tftp_and_nbd_and_over_http_with_the_ipxe_list() {
 /// A fixed-newstyle NBD server (test double) that serves `data` with one byte flipped at
 /// `flip`, one connection, simple replies.
 fn corrupting_nbd(l: std::net::TcpListener, data: Vec<u8>, flip: usize) {
-    nbd_double(l, data, Some(flip), usize::MAX)
+    nbd_double(l, data, Some(flip), usize::MAX, false)
 }
 
-/// The same double, optionally exact, optionally gone (connection dropped) after `replies`.
-fn nbd_double(l: std::net::TcpListener, data: Vec<u8>, flip: Option<usize>, replies: usize) {
+/// The same double, optionally exact; after `replies` it drops the connection, or with `hang`
+/// holds it open without answering (a hung server).
+fn nbd_double(l: std::net::TcpListener, data: Vec<u8>, flip: Option<usize>, replies: usize, hang: bool) {
     use std::io::{Read, Write};
     let (mut s, _) = l.accept().unwrap();
     s.write_all(b"NBDMAGICIHAVEOPT\x00\x03").unwrap();
@@ -346,6 +347,9 @@ fn nbd_double(l: std::net::TcpListener, data: Vec<u8>, flip: Option<usize>, repl
         if s.write_all(&out).is_err() {
             return;
         }
+    }
+    if hang {
+        std::thread::sleep(Duration::from_secs(3));
     }
 }
 
@@ -403,8 +407,8 @@ fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
     let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let (pa, pb) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
     let (da, db) = (data.clone(), data);
-    let ta = std::thread::spawn(move || nbd_double(a, da, None, 3)); // gone after 3 replies
-    let tb = std::thread::spawn(move || nbd_double(b, db, None, usize::MAX));
+    let ta = std::thread::spawn(move || nbd_double(a, da, None, 3, false)); // gone after 3 replies
+    let tb = std::thread::spawn(move || nbd_double(b, db, None, usize::MAX, false));
     let (code, text) = bootstorm(&[
         "boot",
         "--bootstrap",
@@ -424,5 +428,42 @@ fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
     tb.join().unwrap();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_hung_server_is_given_up_after_the_timeout() {
+    let d = tmp("nbd-hang");
+    let data = content(1 << 20);
+    std::fs::write(d.join("disk.raw"), &data).unwrap();
+    std::fs::write(d.join("trace.csv"), (0..6).map(|i| format!("{},16384,r\n", i * 65536)).collect::<String>()).unwrap();
+    let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let (pa, pb) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
+    let (da, db) = (data.clone(), data);
+    let ta = std::thread::spawn(move || nbd_double(a, da, None, 2, true)); // silent after 2 replies
+    let tb = std::thread::spawn(move || nbd_double(b, db, None, usize::MAX, false));
+    let t0 = std::time::Instant::now();
+    let (code, text) = bootstorm(&[
+        "boot",
+        "--bootstrap",
+        "none",
+        "--nbd",
+        &format!("127.0.0.1:{pa},127.0.0.1:{pb}"),
+        "--vdisk",
+        "disk",
+        "--image",
+        d.join("disk.raw").to_str().unwrap(),
+        "--trace",
+        d.join("trace.csv").to_str().unwrap(),
+        "--targets",
+        "1",
+        "--timeout-ms",
+        "300",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "given up after the timeout, not the server's 3 s");
+    ta.join().unwrap();
+    tb.join().unwrap();
     let _ = std::fs::remove_dir_all(&d);
 }
