@@ -536,7 +536,7 @@ fn boot_one(
                 let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{m}", a.vdisk) };
                 let stream = nbd_connect(servers[0], &export, timeout).ok();
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                engine.submit(uring::Job { target: i, ios: ios.to_vec(), servers, export, stream, done: tx });
+                engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, export, stream, done: tx });
                 rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
             }
             None => {
@@ -576,17 +576,19 @@ fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, e: &cr
     let Ok(sock) = UdpSocket::bind(any) else { return (Err(("bootstrap", "no local socket")), 0, 0) };
     let _ = sock.set_nonblocking(true);
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    e.submit(crate::uring_tftp::Job {
-        target: i,
-        sock,
-        server: a.tftp,
-        client: Client::new(tftp_request(a, timeout), Instant::now()),
-        rng: XorShift::new(a.seed.wrapping_mul(31).wrapping_add(i)),
-        loss: a.loss,
-        dup: a.dup,
-        reorder: a.reorder,
-        done: tx,
-    });
+    e.submit(
+        i,
+        crate::uring_tftp::Job {
+            sock,
+            server: a.tftp,
+            client: Client::new(tftp_request(a, timeout), Instant::now()),
+            rng: XorShift::new(a.seed.wrapping_mul(31).wrapping_add(i)),
+            loss: a.loss,
+            dup: a.dup,
+            reorder: a.reorder,
+            done: tx,
+        },
+    );
     let Ok((outcome, bytes, resends)) = rx.recv() else { return (Err(("bootstrap", "engine stopped")), 0, 0) };
     let r = match outcome {
         Outcome::Done if expect.is_none_or(|x| x.len() as u64 == bytes) => Ok(()),

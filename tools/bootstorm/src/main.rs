@@ -4,6 +4,7 @@
 //! (bootstrap, iPXE script, vDisk over NBD or HTTP) with failover.
 
 mod boot;
+mod engine;
 mod report;
 mod tftp;
 mod uring;

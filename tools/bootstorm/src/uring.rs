@@ -5,6 +5,8 @@
 //! one per I/O, which is what made the thread-per-target replay cost more CPU than the server.
 
 use crate::boot::{block_pattern, nbd_connect, DiskRun, Expect, Fail, Io, BLOCK};
+use crate::engine::{self, Inboxes, Slots};
+use bootfarm::engine::ring::push;
 use bootfarm::image::Chain;
 use bootfarm::nbd::wire as nbdw;
 use io_uring::{opcode, types, IoUring};
@@ -55,20 +57,11 @@ struct T {
 const CANCEL_UD: u64 = u64::MAX;
 const RUN_OVER: &str = "run time over";
 
-/// The engine threads' inboxes; `submit` picks one by target number.
-pub struct Engine {
-    inboxes: Vec<mpsc::Sender<Job>>,
-}
+/// The NBD engine threads' inboxes.
+pub type Engine = Inboxes<Job>;
 
-impl Engine {
-    pub fn submit(&self, job: Job) {
-        let n = self.inboxes.len();
-        let _ = self.inboxes[job.target as usize % n].send(job);
-    }
-}
-
-/// Starts `threads` engine threads in `scope`; they end when the Engine is dropped and their
-/// targets are done.
+/// Starts one engine thread per `threads` in `scope`; they end when the Engine is dropped and
+/// their targets are done.
 pub fn start<'s, 'e: 's>(
     scope: &'s std::thread::Scope<'s, 'e>,
     threads: usize,
@@ -76,48 +69,18 @@ pub fn start<'s, 'e: 's>(
     timeout: Duration,
     deadline: Instant,
 ) -> Engine {
-    let mut inboxes = Vec::new();
-    for _ in 0..threads {
-        let (tx, rx) = mpsc::channel::<Job>();
-        inboxes.push(tx);
-        scope.spawn(move || run(rx, chain, timeout, deadline));
-    }
-    Engine { inboxes }
+    Inboxes::start(scope, threads, move |rx| run(rx, chain, timeout, deadline))
 }
 
 fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadline: Instant) {
-    let mut ring =
-        IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(4096).or_else(|_| IoUring::new(4096)).expect("io_uring");
-    let mut slots: Vec<Option<Box<T>>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut active = 0usize;
-    let mut open = true;
+    let mut ring = engine::ring();
+    let mut slots: Slots<T> = Slots::default();
     let mut scratch = Vec::new();
     let mut last_scan = Instant::now();
     loop {
         // New targets.
-        loop {
-            let j = if active == 0 && open {
-                match rx.recv() {
-                    Ok(j) => Some(j),
-                    Err(_) => None,
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => None,
-                }
-            };
-            let Some(j) = j else {
-                open = false;
-                break;
-            };
-            let idx = free.pop().unwrap_or_else(|| {
-                slots.push(None);
-                slots.len() - 1
-            });
-            let mut j = j;
+        while let Some(mut j) = slots.next_job(&rx) {
+            let idx = slots.reserve();
             let stream = j.stream.take();
             let first_up = stream.is_some();
             let mut t = Box::new(T {
@@ -132,43 +95,33 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 got: 0,
                 step: Step::Send,
                 written: HashMap::new(),
-                st: DiskRun { server: 0, failovers: 0, lost: Duration::ZERO, bytes: 0 },
+                st: DiskRun::default(),
                 down_since: None,
                 op_at: Instant::now(),
                 cancel: None,
             });
-            if !first_up {
-                if let Err(f) = failover(&mut t, "connect failed", timeout) {
-                    let _ = t.job.done.send((Err(f), t.st));
-                    free.push(idx);
-                    continue;
+            let started = if first_up { Ok(()) } else { failover(&mut t, "connect failed", timeout) };
+            match started.map(|()| start_io(&mut t, &mut ring, idx)) {
+                Ok(true) => slots.put(idx, t),
+                r => {
+                    let _ = t.job.done.send((r.map(|_| ()), t.st));
+                    slots.release(idx);
                 }
             }
-            if start_io(&mut t, &mut ring, idx) {
-                slots[idx] = Some(t);
-                active += 1;
-            } else {
-                let _ = t.job.done.send((Ok(()), t.st));
-                free.push(idx);
-            }
         }
-        if active == 0 {
-            if !open {
-                return;
-            }
+        if slots.finished() {
+            return;
+        }
+        if slots.is_idle() {
             continue;
         }
-        let ts = types::Timespec::new().nsec(1_000_000);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        let _ = ring.submitter().submit_with_args(1, &args);
-        let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes = engine::wait(&mut ring);
         // Requests that waited too long (the server hangs) or the run's end: cancel them; the
         // cancelled completion then fails the target over, or ends it.
         let now = Instant::now();
         if now.duration_since(last_scan) >= Duration::from_millis(20) {
             last_scan = now;
-            for (idx, slot) in slots.iter_mut().enumerate() {
-                let Some(t) = slot.as_mut() else { continue };
+            for (idx, t) in slots.iter_mut() {
                 if t.cancel.is_some() {
                     continue;
                 }
@@ -180,13 +133,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                     None
                 };
                 if t.cancel.is_some() {
-                    let e = opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD);
-                    // Safety: a cancel carries no buffer.
-                    unsafe {
-                        while ring.submission().push(&e).is_err() {
-                            let _ = ring.submit();
-                        }
-                    }
+                    push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD));
                 }
             }
         }
@@ -195,7 +142,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 continue;
             }
             let idx = ud as usize;
-            let Some(t) = slots[idx].as_mut() else { continue };
+            let Some(t) = slots.get(idx) else { continue };
             // The one request of this target is over either way; its buffers are free.
             let outcome = match t.cancel.take() {
                 Some(RUN_OVER) => Adv::Fatal(("vdisk", RUN_OVER)),
@@ -220,10 +167,8 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 Adv::Fatal(f) => Some(Err(f)),
             };
             if let Some(r) = finished {
-                let t = slots[idx].take().unwrap();
+                let t = slots.remove(idx);
                 let _ = t.job.done.send((r, t.st));
-                free.push(idx);
-                active -= 1;
             }
         }
     }
@@ -271,12 +216,8 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
             opcode::Recv::new(fd, t.buf[t.got..want].as_mut_ptr(), (want - t.got) as u32).flags(libc::MSG_WAITALL).build()
         }
     };
-    // Safety: the buffers live in the boxed target until its completion arrives.
-    unsafe {
-        while ring.submission().push(&e.clone().user_data(idx as u64)).is_err() {
-            let _ = ring.submit();
-        }
-    }
+    // The buffers live in the boxed target until its completion arrives.
+    push(ring, &e.user_data(idx as u64));
 }
 
 fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) -> Adv {

@@ -4,6 +4,8 @@
 //! sleeps until its file is in. Lockstep TFTP is ~730 round trips per MiB: done as blocking
 //! receives on a thread per target, the task switches were the client's largest cost.
 
+use crate::engine::{self, Inboxes, Slots};
+use bootfarm::engine::ring::push;
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Send};
 use io_uring::{opcode, types, IoUring};
@@ -14,7 +16,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub struct Job {
-    pub target: u64,
     pub sock: UdpSocket,
     pub server: SocketAddr,
     pub client: Client,
@@ -42,58 +43,24 @@ struct T {
     finished: Option<Outcome>,
 }
 
-pub struct Engine {
-    inboxes: Vec<mpsc::Sender<Job>>,
-}
-
-impl Engine {
-    pub fn submit(&self, job: Job) {
-        let n = self.inboxes.len();
-        let _ = self.inboxes[job.target as usize % n].send(job);
-    }
-}
+/// The TFTP engine threads' inboxes.
+pub type Engine = Inboxes<Job>;
 
 pub fn start<'s, 'e: 's>(scope: &'s std::thread::Scope<'s, 'e>, threads: usize, expect: Option<&'e [u8]>, deadline: Instant) -> Engine {
-    let mut inboxes = Vec::new();
-    for _ in 0..threads {
-        let (tx, rx) = mpsc::channel::<Job>();
-        inboxes.push(tx);
-        scope.spawn(move || run(rx, expect, deadline));
-    }
-    Engine { inboxes }
+    Inboxes::start(scope, threads, move |rx| run(rx, expect, deadline))
 }
 
 const CANCEL: u64 = u64::MAX;
 const SEND_BIT: u64 = 1 << 62;
 
 fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
-    let mut ring =
-        IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(4096).or_else(|_| IoUring::new(4096)).expect("io_uring");
-    let mut slots: Vec<Option<Box<T>>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut active = 0usize;
-    let mut open = true;
+    let mut ring = engine::ring();
+    let mut slots: Slots<T> = Slots::default();
     let mut last_scan = Instant::now();
     let mut verify = |off: u64, d: &[u8]| expect.is_none_or(|e| e.get(off as usize..off as usize + d.len()) == Some(d));
     loop {
-        loop {
-            let j = if active == 0 && open {
-                rx.recv().ok()
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => None,
-                }
-            };
-            let Some(j) = j else {
-                open = false;
-                break;
-            };
-            let idx = free.pop().unwrap_or_else(|| {
-                slots.push(None);
-                slots.len() - 1
-            });
+        while let Some(j) = slots.next_job(&rx) {
+            let idx = slots.reserve();
             let mut t = Box::new(T {
                 job: j,
                 buf: Box::new([0u8; 2048]),
@@ -109,32 +76,28 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
             });
             send_pending(&mut t, &mut ring, idx);
             arm(&mut t, &mut ring, idx);
-            slots[idx] = Some(t);
-            active += 1;
+            slots.put(idx, t);
         }
-        if active == 0 {
-            if !open {
-                return;
-            }
+        if slots.finished() {
+            return;
+        }
+        if slots.is_idle() {
             continue;
         }
-        let ts = types::Timespec::new().nsec(1_000_000);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        let _ = ring.submitter().submit_with_args(1, &args);
-        let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes = engine::wait(&mut ring);
         let now = Instant::now();
         for (ud, res) in cqes {
             if ud == CANCEL {
                 continue;
             }
             if ud & SEND_BIT != 0 {
-                if let Some(t) = slots[(ud & !SEND_BIT) as usize].as_mut() {
+                if let Some(t) = slots.get((ud & !SEND_BIT) as usize) {
                     t.sending = false;
                 }
                 continue;
             }
             let idx = ud as usize;
-            let Some(t) = slots[idx].as_mut() else { continue };
+            let Some(t) = slots.get(idx) else { continue };
             t.armed = false;
             if t.finished.is_none() && res > 0 {
                 let from = sockaddr(&t.name, t.msg.msg_namelen as usize);
@@ -153,8 +116,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
         // Timeouts (retransmit the ACK or RRQ, or give up), every few milliseconds.
         if now.duration_since(last_scan) >= Duration::from_millis(5) {
             last_scan = now;
-            for (idx, s) in slots.iter_mut().enumerate() {
-                let Some(t) = s.as_mut() else { continue };
+            for (idx, t) in slots.iter_mut() {
                 if t.finished.is_some() {
                     continue;
                 }
@@ -164,24 +126,16 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
                 }
                 check(t, now, deadline);
                 if t.finished.is_some() && t.armed {
-                    let e = opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL);
-                    unsafe {
-                        while ring.submission().push(&e).is_err() {
-                            let _ = ring.submit();
-                        }
-                    }
+                    push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
                 }
             }
         }
         // Hand back finished targets whose buffers the kernel no longer holds.
-        for idx in 0..slots.len() {
-            if slots[idx].as_ref().is_some_and(|t| t.finished.is_some() && !t.armed && !t.sending) {
-                let t = slots[idx].take().unwrap();
-                let c = &t.job.client;
-                let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
-                free.push(idx);
-                active -= 1;
-            }
+        let over: Vec<usize> = slots.iter_mut().filter(|(_, t)| t.finished.is_some() && !t.armed && !t.sending).map(|(i, _)| i).collect();
+        for idx in over {
+            let t = slots.remove(idx);
+            let c = &t.job.client;
+            let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
         }
     }
 }
@@ -251,13 +205,8 @@ fn arm(t: &mut T, ring: &mut IoUring, idx: usize) {
     t.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
     t.msg.msg_iov = &mut *t.iov;
     t.msg.msg_iovlen = 1;
-    let e = opcode::RecvMsg::new(types::Fd(t.job.sock.as_raw_fd()), &mut *t.msg).build().user_data(idx as u64);
-    // Safety: the buffers are boxed in the target, which stays until this completes.
-    unsafe {
-        while ring.submission().push(&e).is_err() {
-            let _ = ring.submit();
-        }
-    }
+    // The buffers are boxed in the target, which stays until this completes.
+    push(ring, &opcode::RecvMsg::new(types::Fd(t.job.sock.as_raw_fd()), &mut *t.msg).build().user_data(idx as u64));
     t.armed = true;
 }
 

@@ -1,0 +1,127 @@
+//! What bootstorm's two phase engines (TFTP `uring_tftp.rs`, NBD `uring.rs`) share: inboxes
+//! spreading jobs over one engine thread per core, the slots of the targets in flight, taking
+//! new jobs (waiting only while nothing runs), and one wait on the ring.
+
+use io_uring::{types, IoUring};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Where target threads hand their jobs to the engine threads.
+pub struct Inboxes<J> {
+    tx: Vec<mpsc::Sender<J>>,
+}
+
+impl<J: Send> Inboxes<J> {
+    /// Starts `threads` engine threads running `run` in `scope`; each ends when the Inboxes
+    /// are dropped and its targets are done.
+    pub fn start<'s, 'e: 's, F>(scope: &'s std::thread::Scope<'s, 'e>, threads: usize, run: F) -> Inboxes<J>
+    where
+        J: 'e,
+        F: Fn(mpsc::Receiver<J>) + Send + Copy + 'e,
+    {
+        let mut tx = Vec::new();
+        for _ in 0..threads.max(1) {
+            let (t, rx) = mpsc::channel::<J>();
+            tx.push(t);
+            scope.spawn(move || run(rx));
+        }
+        Inboxes { tx }
+    }
+
+    /// Gives `job` to the engine thread `key` maps to.
+    pub fn submit(&self, key: u64, job: J) {
+        let _ = self.tx[key as usize % self.tx.len()].send(job);
+    }
+}
+
+/// Targets in flight on one engine thread, by slot (the slot is the ring's user data).
+pub struct Slots<T> {
+    slots: Vec<Option<Box<T>>>,
+    free: Vec<usize>,
+    active: usize,
+    open: bool,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots { slots: Vec::new(), free: Vec::new(), active: 0, open: true }
+    }
+}
+
+impl<T> Slots<T> {
+    /// The next new job: waits for one while no target runs, never while some do. None when
+    /// none is waiting or the inbox has closed.
+    pub fn next_job<J>(&mut self, rx: &mpsc::Receiver<J>) -> Option<J> {
+        if !self.open {
+            return None;
+        }
+        let j = if self.active == 0 {
+            rx.recv().ok()
+        } else {
+            match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Err(mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        self.open &= j.is_some();
+        j
+    }
+
+    /// The inbox is closed and every target is done: the thread may end.
+    pub fn finished(&self) -> bool {
+        !self.open && self.active == 0
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.active == 0
+    }
+
+    /// A free slot for a target about to be built.
+    pub fn reserve(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        })
+    }
+
+    /// A reserved slot that was not used after all.
+    pub fn release(&mut self, idx: usize) {
+        self.free.push(idx);
+    }
+
+    pub fn put(&mut self, idx: usize, t: Box<T>) {
+        self.slots[idx] = Some(t);
+        self.active += 1;
+    }
+
+    pub fn get(&mut self, idx: usize) -> Option<&mut T> {
+        self.slots.get_mut(idx)?.as_deref_mut()
+    }
+
+    /// Takes the target out; its slot is free again.
+    pub fn remove(&mut self, idx: usize) -> Box<T> {
+        let t = self.slots[idx].take().expect("occupied slot");
+        self.free.push(idx);
+        self.active -= 1;
+        t
+    }
+
+    /// (slot, target) for every target in flight.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
+        self.slots.iter_mut().enumerate().filter_map(|(i, s)| s.as_deref_mut().map(|t| (i, t)))
+    }
+}
+
+/// The engine's ring (the bootfarm engine's: single issuer, deferred task work).
+pub fn ring() -> IoUring {
+    bootfarm::engine::ring::build().expect("io_uring")
+}
+
+/// Submits what is queued and waits up to a millisecond for completions: (user data, result).
+pub fn wait(ring: &mut IoUring) -> Vec<(u64, i32)> {
+    let ts = types::Timespec::from(Duration::from_millis(1));
+    let args = types::SubmitArgs::new().timespec(&ts);
+    let _ = ring.submitter().submit_with_args(1, &args);
+    ring.completion().map(|c| (c.user_data(), c.result())).collect()
+}
