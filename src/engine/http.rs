@@ -271,10 +271,7 @@ impl HttpService {
         let sock = Socket::from(fd);
         let Ok(peer) = sock.peer_addr().map(|a| a.as_socket()) else { return };
         let Some(peer) = peer else { return };
-        let ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
+        let ip = peer.ip().to_canonical(); // IPv4-mapped (dual-stack socket) counts as IPv4
         let snap = self.shared.store.load();
         let cfg = &snap.config.http;
         let _ = sock.set_nodelay(true); // never leave a response corked

@@ -4,8 +4,9 @@
 use crate::image::{Chain, Segment};
 
 pub const IOV_MAX: usize = 64;
-const ZEROS_LEN: usize = 64 * 1024;
-static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
+pub const ZEROS_LEN: usize = 64 * 1024;
+/// The one zero page every send of a zero run points at (HTTP and NBD).
+pub static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
 
 /// Appends one slice if there is room; returns the bytes it added (0 when full).
 pub fn push_slice(iov: &mut Vec<libc::iovec>, p: *const u8, n: usize) -> u64 {

@@ -14,6 +14,7 @@
 //! Replies come in request order (the protocol allows any order; serving from memory gains
 //! nothing by reordering). WRITE payloads are applied to the target's cache as they arrive.
 
+use super::iov::{ZEROS, ZEROS_LEN};
 use super::ring::push;
 use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
@@ -43,8 +44,6 @@ const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_PIECES: usize = 16 * 1024;
 /// Batches up to this size are first tried with a direct non-blocking sendmsg.
 const DIRECT_SEND_MAX: u64 = 256 * 1024;
-const ZEROS_LEN: usize = 64 * 1024;
-static ZEROS: [u8; ZEROS_LEN] = [0; ZEROS_LEN];
 
 #[derive(PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -270,10 +269,7 @@ impl NbdService {
     fn accepted(&mut self, fd: OwnedFd, now: Instant) {
         let sock = Socket::from(fd);
         let Some(peer) = sock.peer_addr().ok().and_then(|a| a.as_socket()) else { return };
-        let ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
+        let ip = peer.ip().to_canonical(); // IPv4-mapped (dual-stack socket) counts as IPv4
         let max = self.shared.store.load().config.nbd.connections_max;
         if !self.shared.nbd_admission.try_admit(ip, max, max) {
             self.stats.counters.add(Counter::NbdRefusedLimit, 1);
@@ -423,18 +419,16 @@ impl NbdService {
     fn timeouts(&mut self, ring: &mut IoUring, now: Instant) {
         let cfg = &self.shared.store.load().config.nbd;
         let (send, hs) = (Duration::from_millis(cfg.send_timeout_ms), Duration::from_millis(cfg.handshake_timeout_ms));
-        let late = self.conns.ids_where(|c| {
-            !c.closing
-                && ((c.sent < c.total && now.saturating_duration_since(c.progress_at) > send)
-                    || (c.phase != Phase::Transmission && now.saturating_duration_since(c.opened) > hs))
-        });
-        for id in late {
-            let c = self.conns.at(id).unwrap();
-            let send_stall = c.sent < c.total && now.saturating_duration_since(c.progress_at) > send;
-            let (counter, what) = if send_stall {
+        for id in 0..self.conns.capacity_ids() {
+            let Some(c) = self.conns.at(id) else { continue };
+            let (counter, what) = if c.closing {
+                continue;
+            } else if c.sent < c.total && now.saturating_duration_since(c.progress_at) > send {
                 (Counter::NbdTimeoutSend, "the client stopped reading")
-            } else {
+            } else if c.phase != Phase::Transmission && now.saturating_duration_since(c.opened) > hs {
                 (Counter::NbdTimeoutHandshake, "the handshake did not finish in time")
+            } else {
+                continue;
             };
             self.stats.counters.add(counter, 1);
             tracing::warn!(client = %c.peer, "nbd connection cut off: {what}");

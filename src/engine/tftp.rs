@@ -102,14 +102,7 @@ pub struct TftpService {
 }
 
 fn same_peer(a: &SocketAddr, b: &SocketAddr) -> bool {
-    a == b || (a.port() == b.port() && canonical_ip(a.ip()) == canonical_ip(b.ip()))
-}
-
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
+    a == b || (a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical())
 }
 
 impl TftpService {
@@ -280,7 +273,7 @@ impl TftpService {
         }
         let snap = snapshot();
         let cfg = &snap.config.tftp;
-        let ip = canonical_ip(peer.ip());
+        let ip = peer.ip().to_canonical();
         if !self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max) {
             self.count(Counter::TftpRefusedLimit, 1);
             Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server busy: too many transfers, retry later");
@@ -520,7 +513,7 @@ impl TftpService {
             s.recv_armed = false;
         }
         s.sock = None; // closed; the kernel keeps its own references for operations in flight
-        let ip = canonical_ip(s.peer.ip());
+        let ip = s.peer.ip().to_canonical();
         let lingering = s.inflight > 0;
         if status == Status::Done {
             self.stats.tftp_duration.observe(elapsed);

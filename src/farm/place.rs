@@ -58,11 +58,7 @@ pub fn score(target: &str, server: &str, power: f64) -> f64 {
 }
 
 pub fn in_subnet(ip: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    match (ip, net) {
+    match (ip.to_canonical(), net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
             u32::from(a) & mask == u32::from(n) & mask
