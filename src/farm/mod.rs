@@ -319,6 +319,14 @@ pub fn probe(addr: SocketAddr, timeout: Duration) -> Probe {
     Ok((status, h))
 }
 
+/// Probes every member at once (one thread each), answers in the members' order.
+fn probe_each(members: &[&crate::config::FarmMember], timeout: Duration) -> Vec<Probe> {
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = members.iter().map(|m| sc.spawn(move || probe(SocketAddr::new(m.address, m.http_port), timeout))).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe panicked".into()))).collect()
+    })
+}
+
 /// Starts the prober and hasher threads; they stop with `Runtime::stop`.
 pub fn start(rt: Arc<Runtime>, store: Arc<Store>) -> Vec<std::thread::JoinHandle<()>> {
     let mut threads = Vec::new();
@@ -346,17 +354,8 @@ fn prober(rt: &Runtime, store: &Store) {
         let f = &snap.config.farm;
         let timeout = Duration::from_millis(f.health_timeout_ms);
         let me = &snap.config.server.name;
-        let peers: Vec<_> = snap.farm.iter().filter(|m| &m.name != me).collect();
-        let results: Vec<(String, Probe)> = std::thread::scope(|sc| {
-            let hs: Vec<_> = peers
-                .iter()
-                .map(|m| {
-                    let addr = SocketAddr::new(m.address, m.http_port);
-                    (m.name.clone(), sc.spawn(move || probe(addr, timeout)))
-                })
-                .collect();
-            hs.into_iter().map(|(n, h)| (n, h.join().unwrap_or_else(|_| Err("probe panicked".into())))).collect()
-        });
+        let peers: Vec<&crate::config::FarmMember> = snap.farm.iter().filter(|m| &m.name != me).collect();
+        let results: Vec<(String, Probe)> = peers.iter().map(|m| m.name.clone()).zip(probe_each(&peers, timeout)).collect();
         let old = rt.view.load();
         let mut view = View { peers: HashMap::new(), round };
         for (name, res) in results {
@@ -489,10 +488,7 @@ pub fn status_json(snap: &Snapshot, rt: &Runtime, me: &Local) -> String {
 /// `bootfarm farm status`: probes every server of the farm table and lays out what they say.
 /// Returns the table and whether every server is up with replicas that agree.
 pub fn status_table(snap: &Snapshot, timeout: Duration) -> (String, bool) {
-    let reports: Vec<Probe> = std::thread::scope(|sc| {
-        let hs: Vec<_> = snap.farm.iter().map(|m| sc.spawn(move || probe(SocketAddr::new(m.address, m.http_port), timeout))).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe panicked".into()))).collect()
-    });
+    let reports = probe_each(&snap.farm.iter().collect::<Vec<_>>(), timeout);
     // The reference copy of each vdisk: the hash most servers report.
     let mut reference: HashMap<&str, String> = HashMap::new();
     for v in &snap.vdisks {
