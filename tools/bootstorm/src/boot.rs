@@ -89,13 +89,9 @@ pub struct Args {
     arrival: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// TFTP: probability of losing / duplicating / reordering each packet (client side).
-    #[arg(long, default_value_t = 0.0)]
-    loss: f64,
-    #[arg(long, default_value_t = 0.0)]
-    dup: f64,
-    #[arg(long, default_value_t = 0.0)]
-    reorder: f64,
+    /// TFTP phase: client-side packet faults.
+    #[command(flatten)]
+    faults: crate::tftp::Faults,
     /// Per-request timeout (TFTP retransmission, TCP reads) in ms.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
@@ -583,9 +579,7 @@ fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, e: &cr
             server: a.tftp,
             client: Client::new(tftp_request(a, timeout), Instant::now()),
             rng: XorShift::new(a.seed.wrapping_mul(31).wrapping_add(i)),
-            loss: a.loss,
-            dup: a.dup,
-            reorder: a.reorder,
+            faults: a.faults,
             done: tx,
         },
     );

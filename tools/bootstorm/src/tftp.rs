@@ -45,15 +45,8 @@ pub struct Args {
     timeout_ms: u64,
     #[arg(long, default_value_t = 5)]
     retries: u32,
-    /// Probability of dropping each packet, in either direction.
-    #[arg(long, default_value_t = 0.0)]
-    loss: f64,
-    /// Probability of delivering a received packet twice.
-    #[arg(long, default_value_t = 0.0)]
-    dup: f64,
-    /// Probability of holding a received packet back behind the next one.
-    #[arg(long, default_value_t = 0.0)]
-    reorder: f64,
+    #[command(flatten)]
+    faults: Faults,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Client threads (0 = one per core).
@@ -68,6 +61,20 @@ pub struct Args {
     /// Write a one-page HTML report (plots included, no network needed) here.
     #[arg(long)]
     html: Option<PathBuf>,
+}
+
+/// Client-side faults on the UDP (TFTP) path, shared by `tftp` and `boot`.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct Faults {
+    /// Probability of dropping each packet, in either direction.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Probability of delivering a received packet twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub dup: f64,
+    /// Probability of holding a received packet back behind the next one.
+    #[arg(long, default_value_t = 0.0)]
+    pub reorder: f64,
 }
 
 struct Target {
@@ -125,7 +132,7 @@ pub fn run(a: Args) -> Result<bool, String> {
             a.file,
             a.blksize.unwrap_or(512),
             a.windowsize.unwrap_or(1),
-            a.loss,
+            a.faults.loss,
             total.json(wall)
         );
         std::fs::write(j, body).map_err(|e| format!("{}: {e}", j.display()))?;
@@ -139,7 +146,7 @@ pub fn run(a: Args) -> Result<bool, String> {
             a.server,
             a.blksize.unwrap_or(512),
             a.windowsize.unwrap_or(1),
-            a.loss
+            a.faults.loss
         );
         std::fs::write(h, total.html(wall, &context)).map_err(|e| format!("{}: {e}", h.display()))?;
     }
@@ -198,7 +205,7 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0:
             slots.push(Some(t));
             launched += 1;
             running += 1;
-            flush(&mut uring, &mut slots, idx, &mut rng, a.loss);
+            flush(&mut uring, &mut slots, idx, &mut rng, a.faults.loss);
         }
         if (running == 0 && lingering == 0 && launched == targets) || now > deadline {
             break;
@@ -227,12 +234,12 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0:
                                 let from = sockaddr(out.name_data());
                                 let payload = out.payload_data();
                                 if let Some(from) = from {
-                                    if !rng.chance(a.loss) {
-                                        if rng.chance(a.reorder) && t.held.is_none() {
+                                    if !rng.chance(a.faults.loss) {
+                                        if rng.chance(a.faults.reorder) && t.held.is_none() {
                                             t.held = Some((payload.to_vec(), from));
                                         } else {
                                             t.client.handle(from, payload, now, &mut verify);
-                                            if rng.chance(a.dup) {
+                                            if rng.chance(a.faults.dup) {
                                                 t.client.handle(from, payload, now, &mut verify);
                                             }
                                             if let Some((p, f)) = t.held.take() {
@@ -250,7 +257,7 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0:
                         t.sending = false;
                         if t.finished {
                             // A finished target may still owe its final ACK.
-                            flush(&mut uring, &mut slots, idx, &mut rng, a.loss);
+                            flush(&mut uring, &mut slots, idx, &mut rng, a.faults.loss);
                             if !slots[idx].as_ref().unwrap().sending {
                                 slots[idx] = None;
                                 lingering -= 1;
@@ -264,7 +271,20 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0:
                 bufs.recycle(bid);
             }
             if kind == K_RECV || kind == K_SEND {
-                settle(&mut uring, &mut slots, idx, &mut phase, &mut running, &mut lingering, &mut rng, a.loss, &msg, bufs.bgid, now, t0);
+                settle(
+                    &mut uring,
+                    &mut slots,
+                    idx,
+                    &mut phase,
+                    &mut running,
+                    &mut lingering,
+                    &mut rng,
+                    a.faults.loss,
+                    &msg,
+                    bufs.bgid,
+                    now,
+                    t0,
+                );
             }
         }
         if now.duration_since(last_scan) >= Duration::from_millis(5) {
@@ -281,7 +301,7 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0:
                         &mut running,
                         &mut lingering,
                         &mut rng,
-                        a.loss,
+                        a.faults.loss,
                         &msg,
                         bufs.bgid,
                         now,

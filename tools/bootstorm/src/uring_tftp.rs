@@ -20,9 +20,7 @@ pub struct Job {
     pub server: SocketAddr,
     pub client: Client,
     pub rng: XorShift,
-    pub loss: f64,
-    pub dup: f64,
-    pub reorder: f64,
+    pub faults: crate::tftp::Faults,
     /// (outcome, bytes, resends)
     pub done: mpsc::SyncSender<(Outcome, u64, u64)>,
 }
@@ -150,15 +148,15 @@ fn check(t: &mut T, now: Instant, deadline: Instant) {
 
 /// The `n` bytes just received, through the client-side faults, into the client.
 fn deliver(t: &mut T, from: SocketAddr, n: usize, now: Instant, verify: &mut dyn FnMut(u64, &[u8]) -> bool) {
-    if t.job.rng.chance(t.job.loss) {
+    if t.job.rng.chance(t.job.faults.loss) {
         return;
     }
-    if t.job.rng.chance(t.job.reorder) && t.held.is_none() {
+    if t.job.rng.chance(t.job.faults.reorder) && t.held.is_none() {
         t.held = Some((from, t.buf[..n].to_vec()));
         return;
     }
     t.job.client.handle(from, &t.buf[..n], now, verify);
-    if t.job.rng.chance(t.job.dup) {
+    if t.job.rng.chance(t.job.faults.dup) {
         t.job.client.handle(from, &t.buf[..n], now, verify);
     }
     if let Some((f, p)) = t.held.take() {
@@ -168,7 +166,7 @@ fn deliver(t: &mut T, from: SocketAddr, n: usize, now: Instant, verify: &mut dyn
 
 fn send_pending(t: &mut T, ring: &mut IoUring, idx: usize) {
     while let Some(s) = t.job.client.poll_send() {
-        if t.job.rng.chance(t.job.loss) {
+        if t.job.rng.chance(t.job.faults.loss) {
             continue;
         }
         match s {
