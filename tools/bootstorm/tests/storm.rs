@@ -355,77 +355,58 @@ fn nbd_double(l: std::net::TcpListener, data: Vec<u8>, flip: Option<usize>, repl
 
 #[test]
 fn a_vdisk_byte_flipped_by_the_server_is_a_corrupted_boot() {
-    let d = tmp("nbd-corrupt");
-    let data = content(1 << 20);
-    std::fs::write(d.join("disk.raw"), &data).unwrap();
+    let (d, data) = trace_fixture("nbd-corrupt", 0);
     std::fs::write(d.join("trace.csv"), "offset,length,op\n0,65536,r\n524288,65536,r\n65536,4096,r\n").unwrap();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let t = std::thread::spawn(move || corrupting_nbd(l, data, 524_288 + 777));
-    let (code, text) = bootstorm(&[
-        "boot",
-        "--bootstrap",
-        "none",
-        "--nbd",
-        &format!("127.0.0.1:{port}"),
-        "--vdisk",
-        "disk",
-        "--image",
-        d.join("disk.raw").to_str().unwrap(),
-        "--trace",
-        d.join("trace.csv").to_str().unwrap(),
-        "--targets",
-        "1",
-    ]);
+    let (code, text) = trace_boot(&d, "trace.csv", &format!("127.0.0.1:{port}"), &[]);
     t.join().unwrap();
     assert_eq!(code, Some(1), "a corrupted boot fails the run: {text}");
     assert!(text.contains("phase vdisk: 0 completed, 1 failed") && text.contains("1 corrupted"), "{text}");
     // A trace that is not 4 KiB aligned is refused up front with its line.
     std::fs::write(d.join("bad.csv"), "100,4096,r\n").unwrap();
-    let (code, text) = bootstorm(&[
-        "boot",
-        "--bootstrap",
-        "none",
-        "--vdisk",
-        "disk",
-        "--image",
-        d.join("disk.raw").to_str().unwrap(),
-        "--trace",
-        d.join("bad.csv").to_str().unwrap(),
-    ]);
+    let (code, text) = trace_boot(&d, "bad.csv", "127.0.0.1:9", &[]);
     assert_eq!(code, Some(2));
     assert!(text.contains("bad.csv:1") && text.contains("multiples of 4096"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
 }
 
-#[test]
-fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
-    let d = tmp("nbd-failover");
+/// A folder with a 1 MiB `disk.raw` and a trace of `reads` 16 KiB reads, 64 KiB apart.
+fn trace_fixture(tag: &str, reads: u64) -> (PathBuf, Vec<u8>) {
+    let d = tmp(tag);
     let data = content(1 << 20);
     std::fs::write(d.join("disk.raw"), &data).unwrap();
-    std::fs::write(d.join("trace.csv"), (0..8).map(|i| format!("{},16384,r\n", i * 65536)).collect::<String>()).unwrap();
+    std::fs::write(d.join("trace.csv"), (0..reads).map(|i| format!("{},16384,r\n", i * 65536)).collect::<String>()).unwrap();
+    (d, data)
+}
+
+/// One target replaying `trace` (in `d`) over NBD from `nbd` (a failover list), every read
+/// checked against `d/disk.raw`.
+fn trace_boot(d: &std::path::Path, trace: &str, nbd: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let (img, tr) = (d.join("disk.raw"), d.join(trace));
+    let args = ["boot", "--bootstrap", "none", "--nbd", nbd, "--vdisk", "disk", "--image", img.to_str().unwrap()];
+    bootstorm(&[&args[..], &["--trace", tr.to_str().unwrap(), "--targets", "1"], extra].concat())
+}
+
+/// Two NBD doubles serving `data`: the first answers `replies` requests, then drops the
+/// connection or (`hang`) goes silent; the second serves everything. Returns "a,b" and the
+/// threads.
+fn failing_pair(data: Vec<u8>, replies: usize, hang: bool) -> (String, [std::thread::JoinHandle<()>; 2]) {
     let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let (pa, pb) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
-    let (da, db) = (data.clone(), data);
-    let ta = std::thread::spawn(move || nbd_double(a, da, None, 3, false)); // gone after 3 replies
-    let tb = std::thread::spawn(move || nbd_double(b, db, None, usize::MAX, false));
-    let (code, text) = bootstorm(&[
-        "boot",
-        "--bootstrap",
-        "none",
-        "--nbd",
-        &format!("127.0.0.1:{pa},127.0.0.1:{pb}"),
-        "--vdisk",
-        "disk",
-        "--image",
-        d.join("disk.raw").to_str().unwrap(),
-        "--trace",
-        d.join("trace.csv").to_str().unwrap(),
-        "--targets",
-        "1",
-    ]);
-    ta.join().unwrap();
-    tb.join().unwrap();
+    let list = format!("127.0.0.1:{},127.0.0.1:{}", a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
+    let da = data.clone();
+    let ta = std::thread::spawn(move || nbd_double(a, da, None, replies, hang));
+    let tb = std::thread::spawn(move || nbd_double(b, data, None, usize::MAX, false));
+    (list, [ta, tb])
+}
+
+#[test]
+fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
+    let (d, data) = trace_fixture("nbd-failover", 8);
+    let (list, threads) = failing_pair(data, 3, false); // the first is gone after 3 replies
+    let (code, text) = trace_boot(&d, "trace.csv", &list, &[]);
+    threads.map(|t| t.join().unwrap());
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
@@ -433,37 +414,13 @@ fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
 
 #[test]
 fn a_hung_server_is_given_up_after_the_timeout() {
-    let d = tmp("nbd-hang");
-    let data = content(1 << 20);
-    std::fs::write(d.join("disk.raw"), &data).unwrap();
-    std::fs::write(d.join("trace.csv"), (0..6).map(|i| format!("{},16384,r\n", i * 65536)).collect::<String>()).unwrap();
-    let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let (pa, pb) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
-    let (da, db) = (data.clone(), data);
-    let ta = std::thread::spawn(move || nbd_double(a, da, None, 2, true)); // silent after 2 replies
-    let tb = std::thread::spawn(move || nbd_double(b, db, None, usize::MAX, false));
+    let (d, data) = trace_fixture("nbd-hang", 6);
+    let (list, threads) = failing_pair(data, 2, true); // the first goes silent after 2 replies
     let t0 = std::time::Instant::now();
-    let (code, text) = bootstorm(&[
-        "boot",
-        "--bootstrap",
-        "none",
-        "--nbd",
-        &format!("127.0.0.1:{pa},127.0.0.1:{pb}"),
-        "--vdisk",
-        "disk",
-        "--image",
-        d.join("disk.raw").to_str().unwrap(),
-        "--trace",
-        d.join("trace.csv").to_str().unwrap(),
-        "--targets",
-        "1",
-        "--timeout-ms",
-        "300",
-    ]);
+    let (code, text) = trace_boot(&d, "trace.csv", &list, &["--timeout-ms", "300"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
     assert!(t0.elapsed() < Duration::from_secs(3), "given up after the timeout, not the server's 3 s");
-    ta.join().unwrap();
-    tb.join().unwrap();
+    threads.map(|t| t.join().unwrap());
     let _ = std::fs::remove_dir_all(&d);
 }
