@@ -406,7 +406,9 @@ fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
     let (d, data) = trace_fixture("nbd-failover", 8);
     let (list, threads) = failing_pair(data, 3, false); // the first is gone after 3 replies
     let (code, text) = trace_boot(&d, "trace.csv", &list, &[]);
-    threads.map(|t| t.join().unwrap());
+    for t in threads {
+        t.join().unwrap();
+    }
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
     let _ = std::fs::remove_dir_all(&d);
@@ -421,6 +423,8 @@ fn a_hung_server_is_given_up_after_the_timeout() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
     assert!(t0.elapsed() < Duration::from_secs(3), "given up after the timeout, not the server's 3 s");
-    threads.map(|t| t.join().unwrap());
+    for t in threads {
+        t.join().unwrap();
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
