@@ -15,12 +15,13 @@
 //!
 //! Targets run on a pool of `--concurrency` threads, started by the arrival pattern, which keeps
 //! each boot's phases in order as on a real machine. The TFTP bootstrap and the NBD vDisk phase
-//! are handed to io_uring engines (one thread per core each, `uring_tftp.rs`, `uring.rs`) while
-//! the target's thread sleeps; the HTTP phases (bootstrap, iPXE script, ranges) still use
-//! blocking sockets on that thread.
+//! and the HTTP phases (bootstrap, iPXE script, ranges on one keep-alive connection, as iPXE)
+//! are handed to io_uring engines (one thread per core each: `uring_tftp.rs`, `uring.rs`,
+//! `uring_http.rs`) while the target's thread sleeps.
 
 use crate::report::{self, Phase};
 use crate::uring;
+use crate::uring_http;
 use bootfarm::image::{Chain, ChainLimits};
 use bootfarm::nbd::wire as nbdw;
 use bootfarm::rng::XorShift;
@@ -305,6 +306,8 @@ pub fn run(a: Args) -> Result<bool, String> {
     std::thread::scope(|outer| {
         let engine = (a.disk == "nbd").then(|| uring::start(outer, cores, chain.as_ref(), timeout, deadline));
         let tftp_engine = (a.bootstrap == "tftp").then(|| crate::uring_tftp::start(outer, cores, expect_boot.as_deref(), deadline));
+        let http_engine = (a.bootstrap == "http" || a.ipxe || a.disk == "http")
+            .then(|| uring_http::start(outer, cores, chain.as_ref(), expect_boot.as_deref(), timeout, deadline));
         std::thread::scope(|sc| {
             for _ in 0..conc {
                 sc.spawn(|| loop {
@@ -321,15 +324,12 @@ pub fn run(a: Args) -> Result<bool, String> {
                     let r = boot_one(
                         &a,
                         i,
-                        chain.as_ref(),
                         expect_boot.as_deref(),
                         trace.as_deref(),
                         disk_size,
                         t0,
-                        deadline,
                         &results,
-                        engine.as_ref(),
-                        tftp_engine.as_ref(),
+                        Engines { nbd: engine.as_ref(), tftp: tftp_engine.as_ref(), http: http_engine.as_ref() },
                     );
                     match r {
                         Ok(()) => live.booted.fetch_add(1, Ordering::Relaxed),
@@ -363,6 +363,7 @@ pub fn run(a: Args) -> Result<bool, String> {
         });
         drop(engine);
         drop(tftp_engine);
+        drop(http_engine);
     });
     let wall = t0.elapsed();
     let client_cpu_ms = {
@@ -448,15 +449,12 @@ fn mac(seed: u64, i: u64) -> String {
 fn boot_one(
     a: &Args,
     i: u64,
-    chain: Option<&Chain>,
     expect_boot: Option<&[u8]>,
     trace: Option<&[Io]>,
     disk_size: u64,
     t0: Instant,
-    deadline: Instant,
     results: &Mutex<Results>,
-    engine: Option<&uring::Engine>,
-    tftp_engine: Option<&crate::uring_tftp::Engine>,
+    engines: Engines,
 ) -> Result<(), Fail> {
     let start = Instant::now();
     let m = mac(a.seed, i);
@@ -482,10 +480,11 @@ fn boot_one(
     // 1. Bootstrap.
     let b0 = Instant::now();
     let (r, bytes, resends) = match a.bootstrap.as_str() {
-        "tftp" => tftp_fetch(a, i, expect_boot, timeout, tftp_engine.expect("started for --bootstrap tftp")),
-        "http" => http_fetch(a.http, &format!("/boot/{}?mac={m}", a.file), expect_boot, timeout)
-            .map(|n| (Ok(()), n, 0))
-            .unwrap_or_else(|e| (Err(("bootstrap", e)), 0, 0)),
+        "tftp" => tftp_fetch(a, i, expect_boot, timeout, engines.tftp.expect("started for --bootstrap tftp")),
+        "http" => {
+            let d = http_job(engines.http, i, uring_http::Kind::Bootstrap, vec![a.http], format!("/boot/{}?mac={m}", a.file));
+            (d.result, d.run.bytes, 0)
+        }
         _ => (Ok(()), 0, 0),
     };
     if a.bootstrap != "none" {
@@ -498,7 +497,8 @@ fn boot_one(
     let mut http_servers = vec![a.http];
     if a.ipxe {
         let b0 = Instant::now();
-        let r = ipxe_servers(a.http, &m, &a.vdisk, timeout);
+        let d = http_job(engines.http, i, uring_http::Kind::Script, vec![a.http], format!("/ipxe?mac={m}&vdisk={}", a.vdisk));
+        let r = d.result.map_err(|f| f.1).and_then(|()| ipxe_servers(&d.body));
         let rr = r.as_ref().map(|_| ()).map_err(|e| ("ipxe", *e));
         record(|r| &mut r.ipxe, b0, 0, 0, &rr);
         match r {
@@ -526,7 +526,7 @@ fn boot_one(
         } else {
             http_servers.clone()
         };
-        let (r, st) = match engine {
+        let (r, st) = match engines.nbd {
             // NBD: the io_uring engine replays the trace; this thread sleeps until it is done.
             Some(engine) => {
                 let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{m}", a.vdisk) };
@@ -535,10 +535,10 @@ fn boot_one(
                 engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, export, stream, done: tx });
                 rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
             }
+            // HTTP ranges on the HTTP engine, one keep-alive connection per target.
             None => {
-                let mut ex = Expect { chain, written: HashMap::new() };
-                let mut st = DiskRun::default();
-                (replay(&m, ios, &servers, &a.vdisk, &mut ex, &mut st, timeout, deadline), st)
+                let d = http_job(engines.http, i, uring_http::Kind::Disk(ios.to_vec()), servers, format!("/vdisk/{}?mac={m}", a.vdisk));
+                (d.result, d.run)
             }
         };
         {
@@ -593,50 +593,29 @@ fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, e: &cr
     (r, bytes, resends)
 }
 
-/// GET over a fresh connection, following one redirect; Ok(body).
-fn http_get(addr: SocketAddr, path: &str, range: Option<(u64, u64)>, timeout: Duration) -> Result<(u16, Vec<u8>), &'static str> {
-    let mut target = (addr, path.to_string());
-    for _ in 0..2 {
-        let mut s = TcpStream::connect_timeout(&target.0, timeout).map_err(|_| "connect failed")?;
-        s.set_read_timeout(Some(timeout)).ok();
-        let r = range.map(|(a, b)| format!("Range: bytes={a}-{b}\r\n")).unwrap_or_default();
-        s.write_all(format!("GET {} HTTP/1.1\r\nHost: {}\r\n{r}Connection: close\r\n\r\n", target.1, target.0).as_bytes())
-            .map_err(|_| "send failed")?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map_err(|_| "read timed out")?;
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("truncated answer")?;
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let status: u16 = head.split_whitespace().nth(1).and_then(|x| x.parse().ok()).ok_or("not HTTP")?;
-        if status == 307 {
-            let loc = head.lines().find_map(|l| l.strip_prefix("Location: ")).ok_or("redirect without location")?;
-            let rest = loc.strip_prefix("http://").ok_or("redirect to a non-http URL")?;
-            let (hp, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            target = (hp.parse().map_err(|_| "bad redirect address")?, p.to_string());
-            continue;
-        }
-        return Ok((status, buf[end + 4..].to_vec()));
-    }
-    Err("redirect loop")
+/// The phase engines a target hands its work to.
+#[derive(Clone, Copy)]
+struct Engines<'a> {
+    nbd: Option<&'a uring::Engine>,
+    tftp: Option<&'a crate::uring_tftp::Engine>,
+    http: Option<&'a uring_http::Engine>,
 }
 
-fn http_fetch(addr: SocketAddr, path: &str, expect: Option<&[u8]>, timeout: Duration) -> Result<u64, &'static str> {
-    let (st, body) = http_get(addr, path, None, timeout)?;
-    if st != 200 {
-        return Err("http error status");
-    }
-    if expect.is_some_and(|e| e != body.as_slice()) {
-        return Err("corrupted");
-    }
-    Ok(body.len() as u64)
+/// An HTTP phase on the HTTP engine; this thread waits for it.
+fn http_job(e: Option<&uring_http::Engine>, i: u64, kind: uring_http::Kind, servers: Vec<SocketAddr>, path: String) -> uring_http::Done {
+    let ph = match kind {
+        uring_http::Kind::Bootstrap => "bootstrap",
+        uring_http::Kind::Script => "ipxe",
+        uring_http::Kind::Disk(_) => "vdisk",
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    e.expect("started for the HTTP phases").submit(i, uring_http::Job { kind, servers, path, done: tx });
+    rx.recv().unwrap_or_else(|_| uring_http::Done { result: Err((ph, "engine stopped")), run: DiskRun::default(), body: Vec::new() })
 }
 
 /// The servers an /ipxe script lists (from its sanboot URIs), in order.
-fn ipxe_servers(http: SocketAddr, mac: &str, vdisk: &str, timeout: Duration) -> Result<Vec<SocketAddr>, &'static str> {
-    let (st, body) = http_get(http, &format!("/ipxe?mac={mac}&vdisk={vdisk}"), None, timeout)?;
-    if st != 200 {
-        return Err("ipxe script refused");
-    }
-    let text = String::from_utf8_lossy(&body);
+fn ipxe_servers(body: &[u8]) -> Result<Vec<SocketAddr>, &'static str> {
+    let text = String::from_utf8_lossy(body);
     let line = text.lines().find(|l| l.starts_with("sanboot ")).ok_or("script without sanboot")?;
     let servers: Vec<SocketAddr> = line
         .split_whitespace()
@@ -688,55 +667,4 @@ pub(crate) fn nbd_connect(addr: SocketAddr, export: &str, timeout: Duration) -> 
             _ => return Err("export refused"),
         }
     }
-}
-
-/// The vDisk phase over HTTP ranges (iPXE's SAN device is read-only: writes stay in the
-/// target and are skipped here), with failover down the server list.
-#[allow(clippy::too_many_arguments)]
-fn replay(
-    mac: &str,
-    ios: &[Io],
-    servers: &[SocketAddr],
-    vdisk: &str,
-    ex: &mut Expect,
-    st: &mut DiskRun,
-    timeout: Duration,
-    deadline: Instant,
-) -> Result<(), Fail> {
-    let mut scratch = Vec::new();
-    let mut k = 0usize;
-    let mut down_since: Option<Instant> = None;
-    let path = format!("/vdisk/{vdisk}?mac={mac}");
-    while k < ios.len() {
-        if Instant::now() > deadline {
-            return Err(("vdisk", "run time over"));
-        }
-        let io = ios[k];
-        if io.write {
-            k += 1;
-            continue;
-        }
-        match http_get(servers[st.server], &path, Some((io.off, io.off + io.len as u64 - 1)), timeout) {
-            Ok((206, body)) if body.len() == io.len as usize => {
-                if let Some(t) = down_since.take() {
-                    st.lost += t.elapsed();
-                }
-                if !ex.check(io.off, &body, &mut scratch) {
-                    return Err(("vdisk", "corrupted"));
-                }
-                st.bytes += io.len as u64;
-                k += 1;
-            }
-            Ok(_) => return Err(("vdisk", "http error status")),
-            Err(e) => {
-                down_since.get_or_insert_with(Instant::now);
-                if st.server + 1 >= servers.len() {
-                    return Err(("vdisk", if e == "connect failed" { "no server left" } else { e }));
-                }
-                st.server += 1;
-                st.failovers += 1;
-            }
-        }
-    }
-    Ok(())
 }

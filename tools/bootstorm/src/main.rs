@@ -8,6 +8,7 @@ mod engine;
 mod report;
 mod tftp;
 mod uring;
+mod uring_http;
 mod uring_tftp;
 
 use clap::{Parser, Subcommand};

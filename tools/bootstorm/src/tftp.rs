@@ -86,6 +86,9 @@ struct Target {
     msg: libc::msghdr,
     dest: SockAddr,
     sending: bool,
+    /// Connected to the server's transfer port (its TID) once known: no route lookup or IP id
+    /// hashing per ACK in the kernel, and the server's packets take the early-demux path.
+    connected: bool,
     recv_armed: bool,
     held: Option<(Vec<u8>, SocketAddr)>,
     finished: bool,
@@ -196,6 +199,7 @@ fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0:
                 msg: unsafe { std::mem::zeroed() },
                 dest: server.clone(),
                 sending: false,
+                connected: false,
                 recv_armed: true,
                 held: None,
                 finished: false,
@@ -391,6 +395,10 @@ fn flush(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: 
         }
         Send::Ack(block, to) => {
             t.tx.extend_from_slice(&bootfarm::tftp::wire::encode_ack(block));
+            if !t.connected {
+                // The client accepts packets from this TID only from now on (RFC 1350).
+                t.connected = t.sock.as_ref().unwrap().connect(&to.into()).is_ok();
+            }
             t.dest = to.into();
         }
     }
@@ -398,8 +406,13 @@ fn flush(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: 
         return; // lost on the way out
     }
     t.iov = libc::iovec { iov_base: t.tx.as_mut_ptr().cast(), iov_len: t.tx.len() };
-    t.msg.msg_name = t.dest.as_ptr() as *mut _;
-    t.msg.msg_namelen = t.dest.len();
+    if t.connected {
+        t.msg.msg_name = std::ptr::null_mut();
+        t.msg.msg_namelen = 0;
+    } else {
+        t.msg.msg_name = t.dest.as_ptr() as *mut _;
+        t.msg.msg_namelen = t.dest.len();
+    }
     t.msg.msg_iov = &mut t.iov;
     t.msg.msg_iovlen = 1;
     let fd = t.sock.as_ref().unwrap().as_raw_fd();

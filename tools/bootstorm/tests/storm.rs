@@ -428,3 +428,145 @@ fn a_hung_server_is_given_up_after_the_timeout() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// How an HTTP test double misbehaves.
+#[derive(Clone, Copy)]
+enum HttpFault {
+    None,
+    /// Answers this many ranges in all, then closes its connections and its listener.
+    DropAfter(usize),
+    /// Answers this many ranges, then holds the connection without answering.
+    HangAfter(usize),
+    /// Flips the byte at this disk offset.
+    Flip(usize),
+    /// Answers every /vdisk request with a 307 to this port (keeping the path).
+    RedirectTo(u16),
+}
+
+/// An HTTP/1.1 double on `l`: `/ipxe` gives a script whose sanboot line lists `list`
+/// (ports on 127.0.0.1), `/vdisk/…` answers single ranges of `data`, keep-alive, with `fault`.
+fn http_double(l: std::net::TcpListener, data: std::sync::Arc<Vec<u8>>, list: Vec<u16>, fault: HttpFault) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    l.set_nonblocking(true).unwrap();
+    let t0 = std::time::Instant::now();
+    // Bounded: a double lives at most 10 s.
+    while t0.elapsed() < Duration::from_secs(10) {
+        let (s, _) = match l.accept() {
+            Ok(c) => c,
+            Err(_) => {
+                if matches!(fault, HttpFault::DropAfter(n) if served.load(Ordering::Relaxed) >= n) {
+                    return; // the listener goes with the server
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        let (data, list, served) = (data.clone(), list.clone(), served.clone());
+        std::thread::spawn(move || {
+            s.set_nonblocking(false).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            loop {
+                let mut first = String::new();
+                if r.read_line(&mut first).unwrap_or(0) == 0 {
+                    return;
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut range = None;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.strip_prefix("Range: bytes=") {
+                        let (a, b) = v.trim().split_once('-').unwrap();
+                        range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                    }
+                }
+                if path.starts_with("/ipxe") {
+                    let uris: Vec<String> = list.iter().map(|p| format!("http://127.0.0.1:{p}/vdisk/disk")).collect();
+                    let body = format!("#!ipxe\nsanboot {}\n", uris.join(" "));
+                    let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    continue;
+                }
+                if let HttpFault::RedirectTo(p) = fault {
+                    let _ =
+                        write!(w, "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{p}{path}\r\nContent-Length: 0\r\n\r\n");
+                    continue;
+                }
+                let n = served.fetch_add(1, Ordering::Relaxed);
+                match fault {
+                    HttpFault::DropAfter(k) if n >= k => return,
+                    HttpFault::HangAfter(k) if n >= k => {
+                        std::thread::sleep(Duration::from_secs(3));
+                        return;
+                    }
+                    _ => {}
+                }
+                let (a, b) = range.unwrap();
+                let mut body = data[a..=b].to_vec();
+                if let HttpFault::Flip(f) = fault {
+                    if (a..=b).contains(&f) {
+                        body[f - a] ^= 0x40;
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\n\r\n",
+                    data.len(),
+                    body.len()
+                );
+                if w.write_all(head.as_bytes()).and_then(|_| w.write_all(&body)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// One target: the /ipxe list from the first double, then the trace over HTTP ranges down that
+/// list. `faults[i]` is the i-th double's.
+fn http_trace_boot(tag: &str, reads: u64, faults: &[HttpFault], extra: &[&str]) -> (Option<i32>, String) {
+    let (d, data) = trace_fixture(tag, reads);
+    let data = std::sync::Arc::new(data);
+    let ls: Vec<std::net::TcpListener> = faults.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let faults: Vec<HttpFault> =
+        faults.iter().map(|f| if let HttpFault::RedirectTo(i) = f { HttpFault::RedirectTo(ports[*i as usize]) } else { *f }).collect();
+    for (l, f) in ls.into_iter().zip(faults) {
+        let (data, list) = (data.clone(), ports.clone());
+        std::thread::spawn(move || http_double(l, data, list, f));
+    }
+    let (img, tr) = (d.join("disk.raw"), d.join("trace.csv"));
+    let http = format!("127.0.0.1:{}", ports[0]);
+    let args = ["boot", "--bootstrap", "none", "--http", &http, "--ipxe", "--disk", "http", "--vdisk", "disk"];
+    let r = bootstorm(&[&args[..], &["--image", img.to_str().unwrap(), "--trace", tr.to_str().unwrap(), "--targets", "1"], extra].concat());
+    let _ = std::fs::remove_dir_all(&d);
+    r
+}
+
+#[test]
+fn http_ranges_fail_over_follow_redirects_and_catch_a_flipped_byte() {
+    use HttpFault::*;
+    // The first server is gone after 3 ranges: the rest come from the second.
+    let (code, text) = http_trace_boot("http-drop", 8, &[DropAfter(3), None], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
+    // The first goes silent after 2: given up after the timeout, not after the double's 3 s.
+    let t0 = std::time::Instant::now();
+    let (code, text) = http_trace_boot("http-hang", 6, &[HangAfter(2), None], &["--timeout-ms", "300"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("failovers 1") && t0.elapsed() < Duration::from_secs(3), "{text}");
+    // Every range redirected from the first to the second (as a farm does): no failover.
+    let (code, text) = http_trace_boot("http-307", 5, &[RedirectTo(1), None], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase vdisk: 1 completed, 0 failed") && text.contains("failovers 0"), "{text}");
+    // One byte flipped in the 5th range: corrupted, never booted.
+    let (code, text) = http_trace_boot("http-flip", 8, &[Flip(4 * 65536 + 99), None], &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("phase vdisk: 0 completed, 1 failed") && text.contains("1 corrupted"), "{text}");
+}
