@@ -75,7 +75,9 @@ import json, sys
 d = json.load(open(sys.argv[1]))["phases"][0]
 cpu_ms = int(sys.argv[4]) * 1000 / int(sys.argv[5])
 per = cpu_ms / d["completed"] if d["completed"] else float("nan")
-print(sys.argv[2], sys.argv[3], d["per_second"], d["ms"]["p99"], d["failed"], d["seconds"], per)
+full = json.load(open(sys.argv[1]))
+client = full["client_cpu_ms"] / d["completed"] if d["completed"] else float("nan")
+print(sys.argv[2], sys.argv[3], d["per_second"], d["ms"]["p99"], d["failed"], d["seconds"], per, client)
 PY
 }
 
@@ -102,25 +104,34 @@ python3 - "$W/results" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    sc, srv, rate, p99, failed, secs, cpu = line.split()
-    rows[(sc, srv)].append((float(rate), float(p99), int(failed), float(secs), float(cpu)))
+    sc, srv, rate, p99, failed, secs, cpu, client = line.split()
+    rows[(sc, srv)].append((float(rate), float(p99), int(failed), float(secs), float(cpu), float(client)))
 scen = []
 for sc, _ in rows:
     if sc not in scen: scen.append(sc)
-print(f"{'scenario':<22}{'server':<11}{'transfers/s':>12}{'seconds':>9}{'p99 ms':>10}{'failed':>8}{'cpu ms/xfer':>12}{'bootfarm x':>12}")
+print(f"{'scenario':<22}{'server':<11}{'transfers/s':>12}{'seconds':>9}{'p99 ms':>10}{'failed':>8}{'cpu ms/xfer':>12}{'client ms':>10}{'bootfarm x':>12}")
+ceilings = []
 for sc in scen:
-    med = {srv: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), sum(r[2] for r in v), statistics.median(r[3] for r in v), statistics.median(r[4] for r in v)) for (s, srv), v in rows.items() if s == sc}
+    med = {srv: tuple(statistics.median(r[i] for r in v) if i != 2 else sum(r[2] for r in v) for i in range(6)) for (s, srv), v in rows.items() if s == sc}
     best_peer = max((m[0] for srv, m in med.items() if srv != "bootfarm"), default=0)
     for srv in ["bootfarm", "tftpd-hpa", "atftpd", "dnsmasq"]:
         if srv not in med: continue
-        rate, p99, failed, secs, cpu = med[srv]
+        rate, p99, failed, secs, cpu, client = med[srv]
         ratio = "" if srv == "bootfarm" else f"{med['bootfarm'][0] / rate:.2f}" if rate else "inf"
         # tftpd-hpa forks a process per transfer; their CPU is not visible in the parent's.
         cpus = "n/a" if srv == "tftpd-hpa" or cpu != cpu else f"{cpu:.2f}"
-        print(f"{sc:<22}{srv:<11}{rate:>12.1f}{secs:>9.2f}{p99:>10.1f}{failed:>8}{cpus:>12}{ratio:>12}")
+        print(f"{sc:<22}{srv:<11}{rate:>12.1f}{secs:>9.2f}{p99:>10.1f}{failed:>8}{cpus:>12}{client:>10.2f}{ratio:>12}")
+    if sc.startswith("b:") and best_peer:
+        # The client shares the cores: even a server that cost nothing could not complete more
+        # than cores / (client CPU per transfer) transfers per second.
+        import os
+        bound = os.cpu_count() * 1000 / med["bootfarm"][5]
+        ceilings.append(f"{sc}: bootstorm's own CPU {med['bootfarm'][5]:.2f} ms/transfer caps any server at {bound:.0f} transfers/s on {os.cpu_count()} cores = {bound / best_peer:.2f}x the best peer ({best_peer:.1f}/s)")
 w1 = statistics.median(r[0] for r in rows[("a:64MiB-w1", "bootfarm")])
 w16 = statistics.median(r[0] for r in rows[("a:64MiB-w16", "bootfarm")])
 print(f"bootfarm windowsize 16 vs 1 on one 64 MiB transfer: {w16 / w1:.2f}x")
+for c in ceilings:
+    print("ceiling with a zero-cost server, " + c)
 PY
 echo "bootfarm anonymous memory (RssAnon, max while 1024 transfers ran): $((rss_max / 1024)) MiB"
 echo "server restarts after a crash: bootfarm ${CRASHES[bootfarm]}, tftpd-hpa ${CRASHES[tftpd-hpa]}, atftpd ${CRASHES[atftpd]}, dnsmasq ${CRASHES[dnsmasq]}"

@@ -305,7 +305,8 @@ pub fn run(a: Args) -> Result<bool, String> {
     let timeout = Duration::from_millis(a.timeout_ms);
     std::thread::scope(|outer| {
         let engine = (a.disk == "nbd").then(|| uring::start(outer, cores, chain.as_ref(), timeout, deadline));
-        let tftp_engine = (a.bootstrap == "tftp").then(|| crate::uring_tftp::start(outer, cores, expect_boot.as_deref(), deadline));
+        let tftp_engine = (a.bootstrap == "tftp")
+            .then(|| crate::uring_tftp::start(outer, cores, expect_boot.as_deref(), a.blksize.unwrap_or(512), deadline));
         let http_engine = (a.bootstrap == "http" || a.ipxe || a.disk == "http")
             .then(|| uring_http::start(outer, cores, chain.as_ref(), expect_boot.as_deref(), timeout, deadline));
         std::thread::scope(|sc| {
@@ -366,13 +367,7 @@ pub fn run(a: Args) -> Result<bool, String> {
         drop(http_engine);
     });
     let wall = t0.elapsed();
-    let client_cpu_ms = {
-        // Safety: getrusage fills the struct it is given.
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
-        ms(u.ru_utime) + ms(u.ru_stime)
-    };
+    let client_cpu_ms = report::own_cpu_ms();
     let r = results.into_inner().unwrap();
     let phases: Vec<&Phase> = [&r.bootstrap, &r.ipxe, &r.disk, &r.boot].into_iter().filter(|p| p.completed + p.failed() > 0).collect();
     for p in &phases {

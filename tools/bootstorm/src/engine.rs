@@ -120,8 +120,13 @@ pub fn ring() -> IoUring {
 
 /// Submits what is queued and waits up to a millisecond for completions: (user data, result).
 pub fn wait(ring: &mut IoUring) -> Vec<(u64, i32)> {
+    wait_flags(ring).into_iter().map(|(u, r, _)| (u, r)).collect()
+}
+
+/// The same with each completion's flags (multishot MORE, provided buffer id).
+pub fn wait_flags(ring: &mut IoUring) -> Vec<(u64, i32, u32)> {
     let ts = types::Timespec::from(Duration::from_millis(1));
     let args = types::SubmitArgs::new().timespec(&ts);
     let _ = ring.submitter().submit_with_args(1, &args);
-    ring.completion().map(|c| (c.user_data(), c.result())).collect()
+    ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect()
 }

@@ -128,7 +128,7 @@ pub fn run(a: Args) -> Result<bool, String> {
     print!("{}", total.text(wall));
     if let Some(j) = &a.json {
         let body = format!(
-            "{{\"tool\": \"bootstorm\", \"targets\": {}, \"concurrency\": {}, \"server\": \"{}\", \"file\": \"{}\", \"blksize\": {}, \"windowsize\": {}, \"loss\": {}, \"phases\": [{}]}}\n",
+            "{{\"tool\": \"bootstorm\", \"targets\": {}, \"concurrency\": {}, \"server\": \"{}\", \"file\": \"{}\", \"blksize\": {}, \"windowsize\": {}, \"loss\": {}, \"client_cpu_ms\": {:.0}, \"phases\": [{}]}}\n",
             a.targets,
             concurrency,
             a.server,
@@ -136,6 +136,7 @@ pub fn run(a: Args) -> Result<bool, String> {
             a.blksize.unwrap_or(512),
             a.windowsize.unwrap_or(1),
             a.faults.loss,
+            crate::report::own_cpu_ms(),
             total.json(wall)
         );
         std::fs::write(j, body).map_err(|e| format!("{}: {e}", j.display()))?;

@@ -29,8 +29,9 @@ pub struct Job {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
     Send,
-    Header,
-    Data,
+    /// The reply: its header and, for a read, the data behind it, received into one buffer
+    /// (usually in one receive: the server sends them in one go).
+    Reply,
 }
 
 struct T {
@@ -41,7 +42,7 @@ struct T {
     req: Vec<u8>,
     sent: usize,
     buf: Vec<u8>,
-    /// Bytes of `buf` the current data receive fills.
+    /// Bytes of `buf` the reply fills: the 16-byte header, then the read's data.
     want: usize,
     got: usize,
     step: Step,
@@ -211,10 +212,8 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
     let fd = types::Fd(t.stream.as_ref().expect("connected").as_raw_fd());
     let e = match t.step {
         Step::Send => opcode::Send::new(fd, t.req[t.sent..].as_ptr(), (t.req.len() - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build(),
-        Step::Header | Step::Data => {
-            let want = if t.step == Step::Header { 16 } else { t.want };
-            opcode::Recv::new(fd, t.buf[t.got..want].as_mut_ptr(), (want - t.got) as u32).flags(libc::MSG_WAITALL).build()
-        }
+        // Not MSG_WAITALL: an error reply carries no data, and must not wait for any.
+        Step::Reply => opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build(),
     };
     // The buffers live in the boxed target until its completion arrives.
     push(ring, &e.user_data(idx as u64));
@@ -232,28 +231,31 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
             if t.sent < t.req.len() {
                 return Adv::Continue;
             }
-            t.step = Step::Header;
-            // Grown once to the largest I/O, never cleared: no memset per request.
-            let need = 16.max(if io.write { 0 } else { io.len as usize });
-            if t.buf.len() < need {
-                t.buf.resize(need, 0);
+            t.step = Step::Reply;
+            t.want = 16 + if io.write { 0 } else { io.len as usize };
+            // Grown once to the largest reply, never cleared: no memset per request.
+            if t.buf.len() < t.want {
+                t.buf.resize(t.want, 0);
             }
             t.got = 0;
             Adv::Continue
         }
-        Step::Header => {
+        Step::Reply => {
+            let before = t.got;
             t.got += n;
-            if t.got < 16 {
+            if before < 16 && t.got >= 16 {
+                let h = &t.buf[..16];
+                if u32::from_be_bytes(h[..4].try_into().unwrap()) != nbdw::SIMPLE_REPLY_MAGIC
+                    || u64::from_be_bytes(h[8..].try_into().unwrap()) != t.k as u64
+                {
+                    return Adv::Fatal(("vdisk", "protocol error"));
+                }
+                if u32::from_be_bytes(h[4..8].try_into().unwrap()) != 0 {
+                    return Adv::Fatal(("vdisk", "nbd error reply"));
+                }
+            }
+            if t.got < t.want {
                 return Adv::Continue;
-            }
-            let h = &t.buf[..16];
-            if u32::from_be_bytes(h[..4].try_into().unwrap()) != nbdw::SIMPLE_REPLY_MAGIC
-                || u64::from_be_bytes(h[8..].try_into().unwrap()) != t.k as u64
-            {
-                return Adv::Fatal(("vdisk", "protocol error"));
-            }
-            if u32::from_be_bytes(h[4..8].try_into().unwrap()) != 0 {
-                return Adv::Fatal(("vdisk", "nbd error reply"));
             }
             if io.write {
                 for j in 0..io.len as u64 / BLOCK {
@@ -261,18 +263,8 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
                 }
                 return done_io(t, io);
             }
-            t.step = Step::Data;
-            t.want = io.len as usize;
-            t.got = 0;
-            Adv::Continue
-        }
-        Step::Data => {
-            t.got += n;
-            if t.got < t.want {
-                return Adv::Continue;
-            }
             let ex = Expect { chain, written: std::mem::take(&mut t.written) };
-            let ok = ex.check(io.off, &t.buf[..t.want], scratch);
+            let ok = ex.check(io.off, &t.buf[16..t.want], scratch);
             t.written = ex.written;
             if !ok {
                 return Adv::Fatal(("vdisk", "corrupted"));

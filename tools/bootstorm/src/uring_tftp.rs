@@ -1,14 +1,15 @@
 //! The TFTP bootstrap phase of `bootstorm boot` on io_uring: one engine thread per core holds
-//! every bootstrapping target's socket with a receive armed in one ring, feeds the datagrams to
-//! the sans-IO client, and sends its ACKs with non-blocking sendto. The target's own thread
-//! sleeps until its file is in. Lockstep TFTP is ~730 round trips per MiB: done as blocking
+//! every bootstrapping target's socket with a multishot receive on the thread's provided
+//! buffers (armed once per transfer, not once per packet), feeds the datagrams to the sans-IO
+//! client, and sends its ACKs through the ring on the socket connected to the server's transfer
+//! port. The target's own thread sleeps until its file is in. Lockstep TFTP is ~730 round trips per MiB: done as blocking
 //! receives on a thread per target, the task switches were the client's largest cost.
 
 use crate::engine::{self, Inboxes, Slots};
-use bootfarm::engine::ring::push;
+use bootfarm::engine::ring::{push, BufRing};
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Send};
-use io_uring::{opcode, types, IoUring};
+use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::SockAddr;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -27,11 +28,10 @@ pub struct Job {
 
 struct T {
     job: Job,
-    buf: Box<[u8; 2048]>,
-    name: Box<libc::sockaddr_storage>,
-    iov: Box<libc::iovec>,
-    msg: Box<libc::msghdr>,
+    /// The multishot receive is armed (until a completion without MORE).
     armed: bool,
+    /// Its cancellation has been asked for (the target is finished).
+    cancelled: bool,
     /// The transfer's port once known: the socket is connected to it (no route lookup per
     /// ACK) and ACKs go through the ring, one in flight.
     connected: Option<SocketAddr>,
@@ -44,15 +44,27 @@ struct T {
 /// The TFTP engine threads' inboxes.
 pub type Engine = Inboxes<Job>;
 
-pub fn start<'s, 'e: 's>(scope: &'s std::thread::Scope<'s, 'e>, threads: usize, expect: Option<&'e [u8]>, deadline: Instant) -> Engine {
-    Inboxes::start(scope, threads, move |rx| run(rx, expect, deadline))
+/// `blksize`: the largest block the targets ask for (sizes the receive buffers).
+pub fn start<'s, 'e: 's>(
+    scope: &'s std::thread::Scope<'s, 'e>,
+    threads: usize,
+    expect: Option<&'e [u8]>,
+    blksize: u16,
+    deadline: Instant,
+) -> Engine {
+    Inboxes::start(scope, threads, move |rx| run(rx, expect, blksize, deadline))
 }
 
 const CANCEL: u64 = u64::MAX;
 const SEND_BIT: u64 = 1 << 62;
 
-fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
+fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: Instant) {
     let mut ring = engine::ring();
+    // Room for the recvmsg header, any address and a whole DATA packet.
+    let buf_size = (blksize as usize + 4 + 256).next_power_of_two().max(2048);
+    let mut bufs = BufRing::new(&ring, 0, 4096, buf_size).expect("io_uring provided buffers");
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
     let mut slots: Slots<T> = Slots::default();
     let mut last_scan = Instant::now();
     let mut verify = |off: u64, d: &[u8]| expect.is_none_or(|e| e.get(off as usize..off as usize + d.len()) == Some(d));
@@ -61,54 +73,61 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
             let idx = slots.reserve();
             let mut t = Box::new(T {
                 job: j,
-                buf: Box::new([0u8; 2048]),
-                name: Box::new(unsafe { std::mem::zeroed() }),
-                iov: Box::new(libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }),
-                msg: Box::new(unsafe { std::mem::zeroed() }),
                 armed: false,
+                cancelled: false,
                 connected: None,
                 ack: Box::new([0, 4, 0, 0]),
                 sending: false,
                 held: None,
                 finished: None,
             });
+            arm(&mut t, &mut ring, &msg, bufs.bgid, idx);
             send_pending(&mut t, &mut ring, idx);
-            arm(&mut t, &mut ring, idx);
             slots.put(idx, t);
         }
         if slots.finished() {
+            bufs.unregister(&ring);
             return;
         }
         if slots.is_idle() {
             continue;
         }
-        let cqes = engine::wait(&mut ring);
+        let cqes = engine::wait_flags(&mut ring);
         let now = Instant::now();
-        for (ud, res) in cqes {
-            if ud == CANCEL {
-                continue;
-            }
-            if ud & SEND_BIT != 0 {
+        for (ud, res, flags) in cqes {
+            let bid = cqueue::buffer_select(flags);
+            if ud != CANCEL && ud & SEND_BIT != 0 {
                 if let Some(t) = slots.get((ud & !SEND_BIT) as usize) {
                     t.sending = false;
                 }
-                continue;
-            }
-            let idx = ud as usize;
-            let Some(t) = slots.get(idx) else { continue };
-            t.armed = false;
-            if t.finished.is_none() && res > 0 {
-                let from = sockaddr(&t.name, t.msg.msg_namelen as usize);
-                if let Some(from) = from {
-                    deliver(t, from, res as usize, now, &mut verify);
+            } else if let Some(t) = slots.get(ud as usize).filter(|_| ud != CANCEL) {
+                let idx = ud as usize;
+                if !cqueue::more(flags) {
+                    t.armed = false;
+                }
+                if let (Some(bid), true, None) = (bid, res > 0, t.finished) {
+                    if let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, res as usize), &msg) {
+                        // A truncated datagram is no DATA of ours: as if lost (the client resends).
+                        if let (Some(from), false) = (sockaddr(out.name_data()), out.is_payload_truncated()) {
+                            deliver(t, from, out.payload_data(), now, &mut verify);
+                        }
+                    }
+                }
+                if t.finished.is_none() {
+                    check(t, now, deadline);
+                }
+                if t.finished.is_none() {
+                    send_pending(t, &mut ring, idx);
+                    if !t.armed {
+                        arm(t, &mut ring, &msg, bufs.bgid, idx);
+                    }
+                } else if t.armed && !t.cancelled {
+                    t.cancelled = true;
+                    push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
                 }
             }
-            if t.finished.is_none() {
-                check(t, now, deadline);
-            }
-            if t.finished.is_none() {
-                send_pending(t, &mut ring, idx);
-                arm(t, &mut ring, idx);
+            if let Some(bid) = bid {
+                bufs.recycle(bid);
             }
         }
         // Timeouts (retransmit the ACK or RRQ, or give up), every few milliseconds.
@@ -123,7 +142,8 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, deadline: Instant) {
                     send_pending(t, &mut ring, idx);
                 }
                 check(t, now, deadline);
-                if t.finished.is_some() && t.armed {
+                if t.finished.is_some() && t.armed && !t.cancelled {
+                    t.cancelled = true;
                     push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
                 }
             }
@@ -147,17 +167,17 @@ fn check(t: &mut T, now: Instant, deadline: Instant) {
 }
 
 /// The `n` bytes just received, through the client-side faults, into the client.
-fn deliver(t: &mut T, from: SocketAddr, n: usize, now: Instant, verify: &mut dyn FnMut(u64, &[u8]) -> bool) {
+fn deliver(t: &mut T, from: SocketAddr, payload: &[u8], now: Instant, verify: &mut dyn FnMut(u64, &[u8]) -> bool) {
     if t.job.rng.chance(t.job.faults.loss) {
         return;
     }
     if t.job.rng.chance(t.job.faults.reorder) && t.held.is_none() {
-        t.held = Some((from, t.buf[..n].to_vec()));
+        t.held = Some((from, payload.to_vec()));
         return;
     }
-    t.job.client.handle(from, &t.buf[..n], now, verify);
+    t.job.client.handle(from, payload, now, verify);
     if t.job.rng.chance(t.job.faults.dup) {
-        t.job.client.handle(from, &t.buf[..n], now, verify);
+        t.job.client.handle(from, payload, now, verify);
     }
     if let Some((f, p)) = t.held.take() {
         t.job.client.handle(f, &p, now, verify);
@@ -196,20 +216,16 @@ fn send_pending(t: &mut T, ring: &mut IoUring, idx: usize) {
     }
 }
 
-fn arm(t: &mut T, ring: &mut IoUring, idx: usize) {
-    t.iov.iov_base = t.buf.as_mut_ptr().cast();
-    t.iov.iov_len = t.buf.len();
-    t.msg.msg_name = (&mut *t.name as *mut libc::sockaddr_storage).cast();
-    t.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    t.msg.msg_iov = &mut *t.iov;
-    t.msg.msg_iovlen = 1;
-    // The buffers are boxed in the target, which stays until this completes.
-    push(ring, &opcode::RecvMsg::new(types::Fd(t.job.sock.as_raw_fd()), &mut *t.msg).build().user_data(idx as u64));
+fn arm(t: &mut T, ring: &mut IoUring, msg: &libc::msghdr, bgid: u16, idx: usize) {
+    // The template lives in the engine thread for its whole run.
+    push(ring, &opcode::RecvMsgMulti::new(types::Fd(t.job.sock.as_raw_fd()), msg, bgid).build().user_data(idx as u64));
     t.armed = true;
 }
 
-fn sockaddr(name: &libc::sockaddr_storage, len: usize) -> Option<SocketAddr> {
-    let len = len.min(std::mem::size_of::<libc::sockaddr_storage>());
-    // Safety: the kernel wrote a socket address of `len` bytes there.
-    unsafe { SockAddr::new(*name, len as libc::socklen_t) }.as_socket()
+fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = name.len().min(std::mem::size_of::<libc::sockaddr_storage>());
+    // Safety: at most sizeof(sockaddr_storage) bytes the kernel wrote, into the storage.
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n) };
+    unsafe { SockAddr::new(storage, n as libc::socklen_t) }.as_socket()
 }
