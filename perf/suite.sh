@@ -165,7 +165,7 @@ PY
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); loopback TCP (one stream) $LOOP MB/s"
 echo "bootfarm $("$BF" --version | cut -d' ' -f2) ($(nproc) workers); $(/usr/sbin/dnsmasq --version | head -1 | cut -d' ' -f1-3); tftpd-hpa $(dpkg-deb -f "$W"/tftpd-hpa_*.deb Version); $(qemu-nbd --version | head -1); $(/usr/sbin/nginx -v 2>&1 | cut -d' ' -f3)"
 echo "bootstorm boot, every byte checked; profile = Windows-like x $SCALE (~$(python3 -c "print(round(70000*$SCALE))") I/Os); medians of $ROUNDS alternating rounds"
-python3 - "$W/results" <<'PY'
+python3 - "$W/results" "$(nproc)" "$LOOP" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 order = []
@@ -183,6 +183,18 @@ for sc, st in order:
         line += f"{med(sc, 'bootfarm', 3) / med(sc, st, 3):>10.2f}{med(sc, 'bootfarm', 4) / med(sc, st, 4):>7.2f}"
     print(line)
 print("boots/s x = bootfarm's boots/s over the peer's; p99 x = bootfarm's p99 time-to-boot over the peer's (failed/corrupt: sums over all rounds)")
+# Where the limit is. Client and servers share the cores: at bootstorm's own CPU per boot, even
+# a server that cost nothing could not go past cores / client CPU boots per second.
+cores, loop = int(sys.argv[2]), float(sys.argv[3])
+for sc, st in order:
+    if st == "bootfarm": continue
+    client, peer = med(sc, "bootfarm", 8), med(sc, st, 3)
+    ceiling = cores * 1000 / client
+    budget = cores * 1000 / (3 * peer) - client
+    print(f"  {sc} vs {st}: a zero-CPU server would reach at most {ceiling:.0f} boots/s = {ceiling / peer:.2f}x; 3x needs bootfarm at <= {budget:.2f} ms CPU/boot (it uses {med(sc, 'bootfarm', 7):.2f})")
+for sc, st in order:
+    if st == "bootfarm":
+        print(f"  {sc}: bootfarm moves {med(sc, st, 3) * med(sc, st, 9) / 1e6:.0f} MB/s of boot bytes; loopback TCP carries {loop:.0f} MB/s")
 for r in rows:
     if r[10] != "-":
         print(f"  failures in one {r[0]}/{r[1]} run: {r[10]}")

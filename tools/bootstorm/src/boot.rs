@@ -80,7 +80,8 @@ pub struct Args {
     /// (`vdisk` as is, for peers without per-target caches; writes then go to per-target areas).
     #[arg(long, default_value = "per-target")]
     export: String,
-    #[arg(long, default_value_t = 100)]
+    /// Boots to run in all (each a new target); `--boots` is the same bound.
+    #[arg(long, alias = "boots", default_value_t = 100)]
     targets: u64,
     /// Targets booting at once (threads); default all (a storm), at most 4096.
     #[arg(long)]
@@ -96,8 +97,9 @@ pub struct Args {
     /// Per-request timeout (TFTP retransmission, TCP reads) in ms.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// Stop waiting after this long; targets not done count as timed out.
-    #[arg(long, default_value_t = 300)]
+    /// Stop waiting after this long (`--duration` is the same bound); targets not done count
+    /// as timed out.
+    #[arg(long, alias = "duration", default_value_t = 300)]
     duration_max_s: u64,
     /// Print progress every second on stderr (default: when stderr is a terminal).
     #[arg(long)]

@@ -26,8 +26,8 @@ pub struct Args {
     /// Local copy of the file: every received byte is checked against it.
     #[arg(long)]
     expect: PathBuf,
-    /// Targets to boot in all.
-    #[arg(long, default_value_t = 100)]
+    /// Targets to boot in all (`--boots` is the same bound).
+    #[arg(long, alias = "boots", default_value_t = 100)]
     targets: u64,
     /// Targets booting at once (default: all of them, a storm).
     #[arg(long)]
@@ -52,8 +52,9 @@ pub struct Args {
     /// Client threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Stop after this long whatever remains (remaining targets count as timed out).
-    #[arg(long, default_value_t = 120)]
+    /// Stop after this long whatever remains (remaining targets count as timed out;
+    /// `--duration` is the same bound).
+    #[arg(long, alias = "duration", default_value_t = 120)]
     duration_max_s: u64,
     /// Write the results as JSON here.
     #[arg(long)]
