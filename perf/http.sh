@@ -7,6 +7,7 @@
 # Alternating servers within each round, medians of $RUNS. Usage: RUNS=3 DURATION=8 perf/http.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
 export DEBIAN_FRONTEND=noninteractive
@@ -41,23 +42,7 @@ path = "www/disk.raw"
 name = "vhdx"
 path = "disk.vhdx"
 TOML
-cat > "$W/nginx/nginx.conf" <<NGX
-worker_processes $(nproc);
-pid $W/nginx/nginx.pid;
-error_log $W/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_requests 1000000;
-  keepalive_timeout 60;
-  server {
-    listen 127.0.0.1:8912;
-    root $W/www;
-  }
-}
-NGX
+nginx_conf "$W/nginx" 8912 "$W/www"
 "$BF" serve --config "$W/bootfarm.toml" --log warn & pids+=($!)
 /usr/sbin/nginx -c "$W/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
 sleep 1

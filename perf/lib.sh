@@ -16,3 +16,23 @@ PY
   qemu-img convert -f raw -O vhdx -o block_size=32M "$1/src.raw" "$1/disk.vhdx"
   rm "$1/src.raw"
 }
+
+# nginx_conf DIR PORT ROOT: DIR/nginx.conf, nginx as a storm peer: one worker per core,
+# sendfile, TCP_NODELAY (never a corked last segment), keep-alive without a request limit,
+# serving ROOT on 127.0.0.1:PORT. Run it with: nginx -c DIR/nginx.conf -g 'daemon off;'
+nginx_conf() {
+  cat > "$1/nginx.conf" <<NGX
+worker_processes $(nproc);
+pid $1/nginx.pid;
+error_log $1/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  keepalive_timeout 60;
+  server { listen 127.0.0.1:$2; root $3; }
+}
+NGX
+}

@@ -67,20 +67,7 @@ connections_max = 8192
 name = "disk"
 path = "disk.vhdx"
 TOML
-cat > "$W/nginx/nginx.conf" <<NGX
-worker_processes $(nproc);
-pid $W/nginx/nginx.pid;
-error_log $W/nginx/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_requests 1000000;
-  keepalive_timeout 60;
-  server { listen 127.0.0.1:16943; root $W/www; }
-}
-NGX
+nginx_conf "$W/nginx" 16943 "$W/www"
 "$BF" serve --config "$W/bootfarm.toml" --log warn & BFP=$!; pids+=($!)
 /usr/sbin/dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$W/root" --listen-address=127.0.0.1 --bind-interfaces \
   --tftp-max=8192 --user=root --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null --quiet-tftp 2>/dev/null & DMP=$!; pids+=($!)

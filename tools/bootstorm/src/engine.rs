@@ -2,9 +2,10 @@
 //! spreading jobs over one engine thread per core, the slots of the targets in flight, taking
 //! new jobs (waiting only while nothing runs), and one wait on the ring.
 
-use io_uring::{types, IoUring};
+use bootfarm::engine::ring::push;
+use io_uring::{opcode, types, IoUring};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where target threads hand their jobs to the engine threads.
 pub struct Inboxes<J> {
@@ -129,4 +130,47 @@ pub fn wait_flags(ring: &mut IoUring) -> Vec<(u64, i32, u32)> {
     let args = types::SubmitArgs::new().timespec(&ts);
     let _ = ring.submitter().submit_with_args(1, &args);
     ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect()
+}
+
+/// User data of the engines' cancel requests (their own completions are skipped).
+pub const CANCEL_UD: u64 = u64::MAX;
+/// The reason a cancel gives when the run's deadline has passed.
+pub const RUN_OVER: &str = "run time over";
+
+/// A target with one operation in flight (NBD and HTTP engines).
+pub trait InFlight {
+    /// When its operation was submitted, and where a cancel records why.
+    fn in_flight(&mut self) -> (Instant, &mut Option<&'static str>);
+}
+
+/// Every 20 ms: operations that waited past `timeout` (the server hangs) or past the run's
+/// deadline are cancelled; their cancelled completion then fails the target over, or ends it.
+pub fn cancel_overdue<T: InFlight>(
+    slots: &mut Slots<T>,
+    ring: &mut IoUring,
+    last_scan: &mut Instant,
+    timeout: Duration,
+    deadline: Instant,
+) {
+    let now = Instant::now();
+    if now.duration_since(*last_scan) < Duration::from_millis(20) {
+        return;
+    }
+    *last_scan = now;
+    for (idx, t) in slots.iter_mut() {
+        let (at, cancel) = t.in_flight();
+        if cancel.is_some() {
+            continue;
+        }
+        *cancel = if now > deadline {
+            Some(RUN_OVER)
+        } else if now.duration_since(at) > timeout {
+            Some("server stopped answering")
+        } else {
+            None
+        };
+        if cancel.is_some() {
+            push(ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD));
+        }
+    }
 }

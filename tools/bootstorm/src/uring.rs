@@ -55,8 +55,13 @@ struct T {
     cancel: Option<&'static str>,
 }
 
-const CANCEL_UD: u64 = u64::MAX;
-const RUN_OVER: &str = "run time over";
+use engine::{CANCEL_UD, RUN_OVER};
+
+impl engine::InFlight for T {
+    fn in_flight(&mut self) -> (Instant, &mut Option<&'static str>) {
+        (self.op_at, &mut self.cancel)
+    }
+}
 
 /// The NBD engine threads' inboxes.
 pub type Engine = Inboxes<Job>;
@@ -117,27 +122,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
             continue;
         }
         let cqes = engine::wait(&mut ring);
-        // Requests that waited too long (the server hangs) or the run's end: cancel them; the
-        // cancelled completion then fails the target over, or ends it.
-        let now = Instant::now();
-        if now.duration_since(last_scan) >= Duration::from_millis(20) {
-            last_scan = now;
-            for (idx, t) in slots.iter_mut() {
-                if t.cancel.is_some() {
-                    continue;
-                }
-                t.cancel = if now > deadline {
-                    Some(RUN_OVER)
-                } else if now.duration_since(t.op_at) > timeout {
-                    Some("server stopped answering")
-                } else {
-                    None
-                };
-                if t.cancel.is_some() {
-                    push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD));
-                }
-            }
-        }
+        engine::cancel_overdue(&mut slots, &mut ring, &mut last_scan, timeout, deadline);
         for (ud, res) in cqes {
             if ud == CANCEL_UD {
                 continue;

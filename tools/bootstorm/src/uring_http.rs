@@ -84,8 +84,13 @@ struct T {
     cancel: Option<&'static str>,
 }
 
-const CANCEL_UD: u64 = u64::MAX;
-const RUN_OVER: &str = "run time over";
+use engine::{CANCEL_UD, RUN_OVER};
+
+impl engine::InFlight for T {
+    fn in_flight(&mut self) -> (Instant, &mut Option<&'static str>) {
+        (self.op_at, &mut self.cancel)
+    }
+}
 /// A response head larger than this is refused (bootfarm's are ~300 bytes).
 const HEAD_MAX: usize = 16 << 10;
 /// Bodies larger than this are refused (a bootstrap is a few MiB; a range at most 1 MiB).
@@ -175,25 +180,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, expect_boot: Option<&[u8]
             continue;
         }
         let cqes = engine::wait(&mut ring);
-        let now = Instant::now();
-        if now.duration_since(last_scan) >= Duration::from_millis(20) {
-            last_scan = now;
-            for (idx, t) in slots.iter_mut() {
-                if t.cancel.is_some() {
-                    continue;
-                }
-                t.cancel = if now > deadline {
-                    Some(RUN_OVER)
-                } else if now.duration_since(t.op_at) > timeout {
-                    Some("server stopped answering")
-                } else {
-                    None
-                };
-                if t.cancel.is_some() {
-                    push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD));
-                }
-            }
-        }
+        engine::cancel_overdue(&mut slots, &mut ring, &mut last_scan, timeout, deadline);
         for (ud, res) in cqes {
             if ud == CANCEL_UD {
                 continue;
