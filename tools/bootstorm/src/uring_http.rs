@@ -78,6 +78,11 @@ struct T {
     close_after: bool,
     location: Option<String>,
     hops: u32,
+    /// The connection has carried an answer: if it breaks before the next answer starts, the
+    /// server may just have closed an idle keep-alive connection, and the request is retried
+    /// once on a new connection to the same server before failing over (as HTTP clients do).
+    reused: bool,
+    retried: bool,
     st: DiskRun,
     down_since: Option<Instant>,
     op_at: Instant,
@@ -160,6 +165,8 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, expect_boot: Option<&[u8]
                 close_after: false,
                 location: None,
                 hops: 0,
+                reused: false,
+                retried: false,
                 st: DiskRun::default(),
                 down_since: None,
                 op_at: Instant::now(),
@@ -351,8 +358,11 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, expect_boot: Option<&[u8]
 /// A whole answer is in: follow a redirect, check the body, go on with the next request.
 fn body_done(t: &mut T, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scratch: &mut Vec<u8>) -> Adv {
     let ph = phase(&t.job.kind);
+    t.reused = true;
+    t.retried = false;
     if t.close_after {
         t.sock = None;
+        t.reused = false;
     }
     if t.status == 307 {
         t.hops += 1;
@@ -362,6 +372,7 @@ fn body_done(t: &mut T, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scrat
         let Some((at, path)) = t.location.as_deref().and_then(parse_location) else { return Adv::Fatal((ph, "bad redirect")) };
         if at != t.at {
             t.sock = None;
+            t.reused = false;
         }
         t.at = at;
         t.path = path;
@@ -402,9 +413,16 @@ fn body_done(t: &mut T, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scrat
     }
 }
 
-/// After a broken connection: the next server of the list, from the original path.
+/// After a broken connection: the same server once more if a kept-alive connection broke
+/// before any answer, else the next server of the list, from the original path.
 fn failover(t: &mut T, why: &'static str) -> Result<(), Fail> {
+    let stale = t.reused && !t.retried && matches!(t.step, Step::Send | Step::Head) && t.got == 0;
     t.sock = None;
+    t.reused = false;
+    if stale && why != "server stopped answering" {
+        t.retried = true;
+        return Ok(());
+    }
     t.down_since.get_or_insert_with(Instant::now);
     if t.st.server + 1 >= t.job.servers.len() {
         return Err((phase(&t.job.kind), if why == "connect failed" { "no server left" } else { why }));

@@ -2,8 +2,9 @@
 //! every bootstrapping target's socket with a multishot receive on the thread's provided
 //! buffers (armed once per transfer, not once per packet), feeds the datagrams to the sans-IO
 //! client, and sends its ACKs through the ring on the socket connected to the server's transfer
-//! port. The target's own thread sleeps until its file is in. Lockstep TFTP is ~730 round trips per MiB: done as blocking
-//! receives on a thread per target, the task switches were the client's largest cost.
+//! port. The target's own thread sleeps until its file is in. Lockstep TFTP is ~730 round
+//! trips per MiB: done as blocking receives on a thread per target, the task switches were the
+//! client's largest cost.
 
 use crate::engine::{self, Inboxes, Slots};
 use bootfarm::engine::ring::{push, BufRing};

@@ -441,6 +441,9 @@ enum HttpFault {
     Flip(usize),
     /// Answers every /vdisk request with a 307 to this port (keeping the path).
     RedirectTo(u16),
+    /// Closes each connection after this many ranges without saying so (an idle keep-alive
+    /// connection closed by the server), but keeps accepting new ones.
+    CloseEvery(usize),
 }
 
 /// An HTTP/1.1 double on `l`: `/ipxe` gives a script whose sanboot line lists `list`
@@ -468,7 +471,12 @@ fn http_double(l: std::net::TcpListener, data: std::sync::Arc<Vec<u8>>, list: Ve
             s.set_nonblocking(false).unwrap();
             let mut w = s.try_clone().unwrap();
             let mut r = BufReader::new(s);
+            let mut on_this = 0;
             loop {
+                if matches!(fault, HttpFault::CloseEvery(k) if on_this == k) {
+                    return;
+                }
+                on_this += 1;
                 let mut first = String::new();
                 if r.read_line(&mut first).unwrap_or(0) == 0 {
                     return;
@@ -563,6 +571,11 @@ fn http_ranges_fail_over_follow_redirects_and_catch_a_flipped_byte() {
     assert!(text.contains("failovers 1") && t0.elapsed() < Duration::from_secs(3), "{text}");
     // Every range redirected from the first to the second (as a farm does): no failover.
     let (code, text) = http_trace_boot("http-307", 5, &[RedirectTo(1), None], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase vdisk: 1 completed, 0 failed") && text.contains("failovers 0"), "{text}");
+    // A server that closes its keep-alive connections every 2 ranges: the request is retried on
+    // a new connection to the same server, not counted as a failover.
+    let (code, text) = http_trace_boot("http-close", 7, &[CloseEvery(2), DropAfter(0)], &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase vdisk: 1 completed, 0 failed") && text.contains("failovers 0"), "{text}");
     // One byte flipped in the 5th range: corrupted, never booted.
