@@ -178,7 +178,8 @@ for sc, st in order:
     client, peer = med(sc, "bootfarm", 8), med(sc, st, 3)
     ceiling = cores * 1000 / client
     budget = cores * 1000 / (3 * peer) - client
-    print(f"  {sc} vs {st}: a zero-CPU server would reach at most {ceiling:.0f} boots/s = {ceiling / peer:.2f}x; 3x needs bootfarm at <= {budget:.2f} ms CPU/boot (it uses {med(sc, 'bootfarm', 7):.2f})")
+    need = f"3x needs bootfarm at <= {budget:.2f} ms CPU/boot" if budget > 0 else "3x is out of reach with this client on these cores"
+    print(f"  {sc} vs {st}: a zero-CPU server would reach at most {ceiling:.0f} boots/s = {ceiling / peer:.2f}x; {need} (bootfarm uses {med(sc, 'bootfarm', 7):.2f})")
 for sc, st in order:
     if st == "bootfarm":
         print(f"  {sc}: bootfarm moves {med(sc, st, 3) * med(sc, st, 9) / 1e6:.0f} MB/s of boot bytes; loopback TCP carries {loop:.0f} MB/s")
