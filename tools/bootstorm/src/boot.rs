@@ -23,12 +23,11 @@ use crate::report::{self, Phase};
 use crate::uring;
 use crate::uring_http;
 use bootfarm::image::{Chain, ChainLimits};
-use bootfarm::nbd::wire as nbdw;
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Request};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -527,9 +526,8 @@ fn boot_one(
             // NBD: the io_uring engine replays the trace; this thread sleeps until it is done.
             Some(engine) => {
                 let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{m}", a.vdisk) };
-                let stream = nbd_connect(servers[0], &export, timeout).ok();
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, export, stream, done: tx });
+                engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, export, done: tx });
                 rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
             }
             // HTTP ranges on the HTTP engine, one keep-alive connection per target.
@@ -632,36 +630,4 @@ pub(crate) struct DiskRun {
     pub failovers: u64,
     pub lost: Duration,
     pub bytes: u64,
-}
-
-/// An NBD connection after GO (simple replies).
-pub(crate) fn nbd_connect(addr: SocketAddr, export: &str, timeout: Duration) -> Result<TcpStream, &'static str> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|_| "connect failed")?;
-    s.set_read_timeout(Some(timeout)).ok();
-    s.set_nodelay(true).ok();
-    let mut g = [0u8; 18];
-    s.read_exact(&mut g).map_err(|_| "no greeting")?;
-    if &g[..16] != b"NBDMAGICIHAVEOPT" {
-        return Err("not an NBD server");
-    }
-    let mut o = 3u32.to_be_bytes().to_vec();
-    o.extend_from_slice(&nbdw::IHAVEOPT.to_be_bytes());
-    o.extend_from_slice(&nbdw::OPT_GO.to_be_bytes());
-    o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
-    o.extend_from_slice(&(export.len() as u32).to_be_bytes());
-    o.extend_from_slice(export.as_bytes());
-    o.extend_from_slice(&0u16.to_be_bytes());
-    s.write_all(&o).map_err(|_| "send failed")?;
-    loop {
-        let mut h = [0u8; 20];
-        s.read_exact(&mut h).map_err(|_| "handshake cut")?;
-        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-        let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
-        s.read_exact(&mut d).map_err(|_| "handshake cut")?;
-        match kind {
-            nbdw::REP_ACK => return Ok(s),
-            nbdw::REP_INFO => {}
-            _ => return Err("export refused"),
-        }
-    }
 }

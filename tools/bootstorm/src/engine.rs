@@ -78,6 +78,11 @@ impl<T> Slots<T> {
         self.active == 0
     }
 
+    /// Targets in flight.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
     /// A free slot for a target about to be built.
     pub fn reserve(&mut self) -> usize {
         self.free.pop().unwrap_or_else(|| {
@@ -120,15 +125,21 @@ pub fn ring() -> IoUring {
 }
 
 /// Submits what is queued and waits up to a millisecond for completions: (user data, result).
-pub fn wait(ring: &mut IoUring) -> Vec<(u64, i32)> {
-    wait_flags(ring).into_iter().map(|(u, r, _)| (u, r)).collect()
+/// `active`: targets in flight on this thread.
+pub fn wait(ring: &mut IoUring, active: usize) -> Vec<(u64, i32)> {
+    wait_flags(ring, active).into_iter().map(|(u, r, _)| (u, r)).collect()
 }
 
 /// The same with each completion's flags (multishot MORE, provided buffer id).
-pub fn wait_flags(ring: &mut IoUring) -> Vec<(u64, i32, u32)> {
+///
+/// With many targets in flight the thread waits for a batch of completions (one per 16
+/// targets, at most 32) rather than the first one: with deferred task work the kernel wakes it
+/// only when the batch is in or the millisecond is over, so a storm costs a few wake-ups per
+/// batch instead of one per packet. One in-flight target waits for its own completion alone.
+pub fn wait_flags(ring: &mut IoUring, active: usize) -> Vec<(u64, i32, u32)> {
     let ts = types::Timespec::from(Duration::from_millis(1));
     let args = types::SubmitArgs::new().timespec(&ts);
-    let _ = ring.submitter().submit_with_args(1, &args);
+    let _ = ring.submitter().submit_with_args((active / 16).clamp(1, 32), &args);
     ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect()
 }
 

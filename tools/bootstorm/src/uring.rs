@@ -1,17 +1,20 @@
 //! The NBD vDisk phase on io_uring: one engine thread per core drives every booting target's
-//! trace replay, one request in flight per target (a booting OS mostly waits on each read), all
-//! targets' sends and receives batched into the same ring. A target's thread hands its
-//! connected socket here and sleeps until its trace is done: one wake-up per boot instead of
-//! one per I/O, which is what made the thread-per-target replay cost more CPU than the server.
+//! connection (connect, fixed-newstyle handshake with NBD_OPT_GO) and trace replay, one request
+//! in flight per target (a booting OS mostly waits on each read), all targets' sends and
+//! receives batched into the same ring. A target's thread hands its job here and sleeps until
+//! its trace is done: one wake-up per boot instead of one per I/O, which is what made the
+//! thread-per-target replay cost more CPU than the server. Nothing here blocks: a server that
+//! hangs in the handshake holds up its own targets only, until the timeout fails them over.
 
-use crate::boot::{block_pattern, nbd_connect, DiskRun, Expect, Fail, Io, BLOCK};
+use crate::boot::{block_pattern, DiskRun, Expect, Fail, Io, BLOCK};
 use crate::engine::{self, Inboxes, Slots};
 use bootfarm::engine::ring::push;
 use bootfarm::image::Chain;
 use bootfarm::nbd::wire as nbdw;
 use io_uring::{opcode, types, IoUring};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,13 +24,19 @@ pub struct Job {
     pub ios: Vec<Io>,
     pub servers: Vec<SocketAddr>,
     pub export: String,
-    /// Connected to servers[0], or None when that one refused (the engine fails over).
-    pub stream: Option<TcpStream>,
     pub done: mpsc::SyncSender<(Result<(), Fail>, DiskRun)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
+    Connect,
+    /// The server's 18-byte greeting (NBDMAGIC, IHAVEOPT, handshake flags).
+    Greeting,
+    /// Client flags and NBD_OPT_GO for the export (in `req`).
+    Options,
+    /// A 20-byte option reply header, then (OptData) its payload; until NBD_REP_ACK.
+    OptHead,
+    OptData,
     Send,
     /// The reply: its header and, for a read, the data behind it, received into one buffer
     /// (usually in one receive: the server sends them in one go).
@@ -36,7 +45,8 @@ enum Step {
 
 struct T {
     job: Job,
-    stream: Option<TcpStream>,
+    sock: Option<Socket>,
+    addr: Box<SockAddr>,
     k: usize,
     seq: u64,
     req: Vec<u8>,
@@ -85,13 +95,13 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
     let mut last_scan = Instant::now();
     loop {
         // New targets.
-        while let Some(mut j) = slots.next_job(&rx) {
+        while let Some(j) = slots.next_job(&rx) {
             let idx = slots.reserve();
-            let stream = j.stream.take();
-            let first_up = stream.is_some();
+            let addr = Box::new(j.servers[0].into());
             let mut t = Box::new(T {
                 job: j,
-                stream,
+                sock: None,
+                addr,
                 k: 0,
                 seq: 0,
                 req: Vec::new(),
@@ -99,18 +109,17 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 buf: Vec::new(),
                 want: 0,
                 got: 0,
-                step: Step::Send,
+                step: Step::Connect,
                 written: HashMap::new(),
                 st: DiskRun::default(),
                 down_since: None,
                 op_at: Instant::now(),
                 cancel: None,
             });
-            let started = if first_up { Ok(()) } else { failover(&mut t, "connect failed", timeout) };
-            match started.map(|()| start_io(&mut t, &mut ring, idx)) {
-                Ok(true) => slots.put(idx, t),
-                r => {
-                    let _ = t.job.done.send((r.map(|_| ()), t.st));
+            match connect(&mut t, &mut ring, idx) {
+                Ok(()) => slots.put(idx, t),
+                Err(f) => {
+                    let _ = t.job.done.send((Err(f), t.st));
                     slots.release(idx);
                 }
             }
@@ -121,7 +130,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
         if slots.is_idle() {
             continue;
         }
-        let cqes = engine::wait(&mut ring);
+        let cqes = engine::wait(&mut ring, slots.active());
         engine::cancel_overdue(&mut slots, &mut ring, &mut last_scan, timeout, deadline);
         for (ud, res) in cqes {
             if ud == CANCEL_UD {
@@ -147,9 +156,14 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                         Some(Ok(()))
                     }
                 }
-                Adv::Broken(e) => {
-                    failover(t, e, timeout).err().map(Err).or_else(|| if start_io(t, &mut ring, idx) { None } else { Some(Ok(())) })
+                Adv::Connected => {
+                    if start_io(t, &mut ring, idx) {
+                        None
+                    } else {
+                        Some(Ok(()))
+                    }
                 }
+                Adv::Broken(e) => failover(t, e).and_then(|()| connect(t, &mut ring, idx)).err().map(Err),
                 Adv::Fatal(f) => Some(Err(f)),
             };
             if let Some(r) = finished {
@@ -162,6 +176,8 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
 
 enum Adv {
     Continue,
+    /// The handshake is done: the first (or, after a failover, the interrupted) I/O.
+    Connected,
     NextIo,
     Broken(&'static str),
     Fatal(Fail),
@@ -192,11 +208,48 @@ fn start_io(t: &mut T, ring: &mut IoUring, idx: usize) -> bool {
     true
 }
 
+/// A new connection to the current server (`t.st.server`), through connect and the handshake.
+fn connect(t: &mut T, ring: &mut IoUring, idx: usize) -> Result<(), Fail> {
+    let at = t.job.servers[t.st.server];
+    let s = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(|_| ("vdisk", "no local socket"))?;
+    let _ = s.set_nodelay(true);
+    *t.addr = at.into();
+    t.sock = Some(s);
+    t.step = Step::Connect;
+    t.got = 0;
+    submit(t, ring, idx);
+    Ok(())
+}
+
+/// Client flags (fixed newstyle, no zeroes) and NBD_OPT_GO for the export, no info requests.
+fn options(req: &mut Vec<u8>, export: &str) {
+    req.clear();
+    req.extend_from_slice(&3u32.to_be_bytes());
+    req.extend_from_slice(&nbdw::IHAVEOPT.to_be_bytes());
+    req.extend_from_slice(&nbdw::OPT_GO.to_be_bytes());
+    req.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
+    req.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    req.extend_from_slice(export.as_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+}
+
+/// Option replies carry at most this much (an NBD_REP_INFO is 12 bytes; errors a message).
+const OPT_DATA_MAX: usize = 64 << 10;
+
 fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
     t.op_at = Instant::now();
-    let fd = types::Fd(t.stream.as_ref().expect("connected").as_raw_fd());
+    let fd = types::Fd(t.sock.as_ref().expect("connected").as_raw_fd());
     let e = match t.step {
-        Step::Send => opcode::Send::new(fd, t.req[t.sent..].as_ptr(), (t.req.len() - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build(),
+        Step::Connect => opcode::Connect::new(fd, t.addr.as_ptr(), t.addr.len()).build(),
+        Step::Greeting | Step::OptHead | Step::OptData => {
+            if t.buf.len() < t.want {
+                t.buf.resize(t.want, 0);
+            }
+            opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build()
+        }
+        Step::Send | Step::Options => {
+            opcode::Send::new(fd, t.req[t.sent..].as_ptr(), (t.req.len() - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build()
+        }
         // Not MSG_WAITALL: an error reply carries no data, and must not wait for any.
         Step::Reply => opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build(),
     };
@@ -205,12 +258,40 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
 }
 
 fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) -> Adv {
+    if t.step == Step::Connect {
+        if res < 0 {
+            return Adv::Broken("connect failed");
+        }
+        t.step = Step::Greeting;
+        (t.got, t.want) = (0, 18);
+        return Adv::Continue;
+    }
     if res <= 0 {
         return Adv::Broken(if res == 0 { "server stopped answering" } else { "connection error" });
     }
     let n = res as usize;
+    match t.step {
+        Step::Connect => unreachable!("handled above"),
+        Step::Greeting | Step::OptHead | Step::OptData => {
+            t.got += n;
+            if t.got < t.want {
+                return Adv::Continue;
+            }
+            return handshake(t);
+        }
+        Step::Options => {
+            t.sent += n;
+            if t.sent == t.req.len() {
+                t.step = Step::OptHead;
+                (t.got, t.want) = (0, 20);
+            }
+            return Adv::Continue;
+        }
+        _ => {}
+    }
     let io = t.job.ios[t.k];
     match t.step {
+        Step::Connect | Step::Greeting | Step::Options | Step::OptHead | Step::OptData => unreachable!("handled above"),
         Step::Send => {
             t.sent += n;
             if t.sent < t.req.len() {
@@ -259,6 +340,43 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
     }
 }
 
+/// A whole handshake message is in `buf[..want]`: the greeting, an option reply header or its
+/// payload. Anything but a fixed-newstyle server accepting the export sends the target on.
+fn handshake(t: &mut T) -> Adv {
+    match t.step {
+        Step::Greeting => {
+            if &t.buf[..16] != b"NBDMAGICIHAVEOPT" {
+                return Adv::Broken("not an NBD server");
+            }
+            options(&mut t.req, &t.job.export);
+            t.sent = 0;
+            t.step = Step::Options;
+            Adv::Continue
+        }
+        Step::OptHead => {
+            let h = &t.buf[..20];
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+            if len > OPT_DATA_MAX {
+                return Adv::Broken("handshake cut");
+            }
+            let next = match kind {
+                nbdw::REP_ACK if len == 0 => return Adv::Connected,
+                nbdw::REP_INFO if len == 0 => (Step::OptHead, 20),
+                nbdw::REP_INFO => (Step::OptData, len),
+                _ => return Adv::Broken("export refused"),
+            };
+            (t.step, t.got, t.want) = (next.0, 0, next.1);
+            Adv::Continue
+        }
+        Step::OptData => {
+            (t.step, t.got, t.want) = (Step::OptHead, 0, 20);
+            Adv::Continue
+        }
+        _ => unreachable!("not a handshake step"),
+    }
+}
+
 fn done_io(t: &mut T, io: Io) -> Adv {
     if let Some(d) = t.down_since.take() {
         t.st.lost += d.elapsed();
@@ -269,23 +387,15 @@ fn done_io(t: &mut T, io: Io) -> Adv {
 }
 
 /// The server went away: the next of the list (its cache, and so the target's writes, stay
-/// behind), or the end of this boot.
-fn failover(t: &mut T, why: &'static str, timeout: Duration) -> Result<(), Fail> {
-    t.stream = None;
+/// behind), or the end of this boot. The caller connects.
+fn failover(t: &mut T, why: &'static str) -> Result<(), Fail> {
+    t.sock = None;
     t.down_since.get_or_insert_with(Instant::now);
-    loop {
-        if t.st.server + 1 >= t.job.servers.len() {
-            return Err(("vdisk", if why == "connect failed" { "no server left" } else { why }));
-        }
-        t.st.server += 1;
-        t.st.failovers += 1;
-        t.written.clear();
-        match nbd_connect(t.job.servers[t.st.server], &t.job.export, timeout) {
-            Ok(s) => {
-                t.stream = Some(s);
-                return Ok(());
-            }
-            Err(_) => continue,
-        }
+    if t.st.server + 1 >= t.job.servers.len() {
+        return Err(("vdisk", if why == "connect failed" { "no server left" } else { why }));
     }
+    t.st.server += 1;
+    t.st.failovers += 1;
+    t.written.clear();
+    Ok(())
 }

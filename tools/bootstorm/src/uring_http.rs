@@ -186,7 +186,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, expect_boot: Option<&[u8]
         if slots.is_idle() {
             continue;
         }
-        let cqes = engine::wait(&mut ring);
+        let cqes = engine::wait(&mut ring, slots.active());
         engine::cancel_overdue(&mut slots, &mut ring, &mut last_scan, timeout, deadline);
         for (ud, res) in cqes {
             if ud == CANCEL_UD {

@@ -93,7 +93,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
         if slots.is_idle() {
             continue;
         }
-        let cqes = engine::wait_flags(&mut ring);
+        let cqes = engine::wait_flags(&mut ring, slots.active());
         let now = Instant::now();
         for (ud, res, flags) in cqes {
             let bid = cqueue::buffer_select(flags);

@@ -583,3 +583,25 @@ fn http_ranges_fail_over_follow_redirects_and_catch_a_flipped_byte() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("phase vdisk: 0 completed, 1 failed") && text.contains("1 corrupted"), "{text}");
 }
+
+#[test]
+fn a_server_hung_in_the_nbd_handshake_is_given_up_after_the_timeout() {
+    let (d, data) = trace_fixture("nbd-hang-handshake", 4);
+    // The first server accepts and never greets; the second is a working double.
+    let (a, b) = (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let list = format!("127.0.0.1:{},127.0.0.1:{}", a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
+    let ta = std::thread::spawn(move || {
+        let held = a.accept();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(held);
+    });
+    let tb = std::thread::spawn(move || nbd_double(b, data, None, usize::MAX, false));
+    let t0 = std::time::Instant::now();
+    let (code, text) = trace_boot(&d, "trace.csv", &list, &["--timeout-ms", "300"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "given up after the timeout, not the server's 3 s");
+    tb.join().unwrap();
+    ta.join().unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+}
