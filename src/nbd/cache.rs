@@ -76,6 +76,10 @@ pub struct Limits {
 
 pub struct Overlay {
     map: BTreeMap<u64, Slot>,
+    /// Lowest and highest block ever put in `map` (lo > hi while none): a read outside this
+    /// span, most reads of a boot (the system files; writes go to pagefile, registry, logs),
+    /// goes straight to the image without walking the map. Not narrowed when blocks are freed.
+    span: (u64, u64),
     chunks: Vec<Box<[u8]>>,
     ram_pages: u32,
     free_ram: Vec<u32>,
@@ -94,6 +98,7 @@ impl Overlay {
     pub fn new(size: u64, limits: Limits, total: Arc<AtomicU64>, persist: Option<Writer>) -> Overlay {
         Overlay {
             map: BTreeMap::new(),
+            span: (u64::MAX, 0),
             chunks: Vec::new(),
             ram_pages: 0,
             free_ram: Vec::new(),
@@ -132,6 +137,15 @@ impl Overlay {
     }
 
     /// Bytes of the block at `b` that lie inside the disk (the last block may be short).
+    fn widen(&mut self, first: u64, last: u64) {
+        self.span = (self.span.0.min(first), self.span.1.max(last));
+    }
+
+    /// Whether blocks `first..=last` may have an entry in the map.
+    fn may_hold(&self, first: u64, last: u64) -> bool {
+        first <= self.span.1 && last >= self.span.0
+    }
+
     fn block_len(&self, b: u64) -> usize {
         (self.size - b * BLOCK).min(BLOCK) as usize
     }
@@ -243,6 +257,9 @@ impl Overlay {
         self.reserve(end_full * BLOCK, tail)?;
         self.apply(off, head, None, base)?;
         self.apply(end_full * BLOCK, tail, None, base)?;
+        if first_full < end_full {
+            self.widen(first_full, end_full - 1);
+        }
         for b in first_full..end_full {
             if let Some(old) = self.map.insert(b, Slot::Zero) {
                 self.release(old);
@@ -288,6 +305,7 @@ impl Overlay {
                         }
                         self.store(s, 0, &block[..blen])?;
                     }
+                    self.widen(b, b);
                     self.map.insert(b, s);
                     s
                 }
@@ -388,6 +406,10 @@ impl Overlay {
             })
             .expect("inside the disk")
         };
+        if !self.may_hold(off / BLOCK, (end - 1) / BLOCK) {
+            below(off, end, emit);
+            return Ok(());
+        }
         // Whole blocks in consecutive overflow slots come in with one pread:
         // (first slot, blocks, start in `out`).
         let mut run: Option<(u32, u32, usize)> = None;
