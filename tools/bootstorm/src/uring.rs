@@ -358,7 +358,7 @@ fn handshake(t: &mut T) -> Adv {
             let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
             let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
             if len > OPT_DATA_MAX {
-                return Adv::Broken("handshake cut");
+                return Adv::Broken("bad option reply");
             }
             let next = match kind {
                 nbdw::REP_ACK if len == 0 => return Adv::Connected,
