@@ -288,6 +288,8 @@ pub fn run(a: Args) -> Result<bool, String> {
         None => None,
     };
     let conc = a.concurrency.unwrap_or(a.targets).clamp(1, 4096);
+    // A target holds its bootstrap socket or its vDisk connection, and briefly both.
+    report::open_files_for(conc, 2);
     let start_at = arrival(&a.arrival, a.targets)?;
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(a.duration_max_s);

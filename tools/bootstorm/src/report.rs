@@ -228,3 +228,17 @@ pub fn own_cpu_ms() -> f64 {
     let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
     ms(u.ru_utime) + ms(u.ru_stime)
 }
+
+/// Raises the open-file limit to its hard limit (a storm holds a socket or two per target in
+/// flight; many systems start at a soft limit of 1024) and says so on stderr when even that is
+/// below what `in_flight` targets need, before any target fails with "no local socket".
+pub fn open_files_for(in_flight: u64, per_target: u64) {
+    let have = bootfarm::serve::raise_nofile_limit();
+    let need = in_flight * per_target + 64;
+    if have < need {
+        eprintln!(
+            "bootstorm: the open-file limit is {have}, below the ~{need} that {in_flight} targets in flight need; \
+             raise it (ulimit -Hn / LimitNOFILE) or lower --concurrency, else targets fail with \"no local socket\""
+        );
+    }
+}

@@ -109,6 +109,7 @@ pub fn run(a: Args) -> Result<bool, String> {
     let expect: Vec<u8> = if len == 0 { Vec::new() } else { unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?.to_vec() };
     let threads = if a.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { a.threads };
     let concurrency = a.concurrency.unwrap_or(a.targets).max(1);
+    crate::report::open_files_for(concurrency, 1);
     let expect = std::sync::Arc::new(expect);
     let t0 = Instant::now();
     let handles: Vec<_> = (0..threads)

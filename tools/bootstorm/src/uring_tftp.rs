@@ -117,8 +117,10 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 if t.finished.is_none() {
                     check(t, now, deadline);
                 }
+                // What the client owes goes out even when it has just finished: its final ACK,
+                // without which the server retransmits the last block until it gives up.
+                send_pending(t, &mut ring, idx);
                 if t.finished.is_none() {
-                    send_pending(t, &mut ring, idx);
                     if !t.armed {
                         arm(t, &mut ring, &msg, bufs.bgid, idx);
                     }

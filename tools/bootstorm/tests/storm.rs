@@ -605,3 +605,53 @@ fn a_server_hung_in_the_nbd_handshake_is_given_up_after_the_timeout() {
     ta.join().unwrap();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_low_soft_open_file_limit_is_raised_for_the_storm() {
+    use std::os::unix::process::CommandExt;
+    let (d, mut server, tftp, http, _) = boot_fixture("nofile");
+    let boot = d.join("boot/boot.bin");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bootstorm"));
+    cmd.args(["boot", "--tftp", &format!("127.0.0.1:{tftp}"), "--file", "boot.bin", "--expect", boot.to_str().unwrap()]).args([
+        "--blksize",
+        "1432",
+        "--disk",
+        "none",
+        "--targets",
+        "120",
+        "--concurrency",
+        "60",
+    ]);
+    // 40 targets in flight need more than 24 descriptors; the hard limit stays as it is.
+    // Safety: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+            r.rlim_cur = 24;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Every target sent its final ACK: the server saw 120 transfers complete, none time out.
+    let metrics = http_get_text(http, "/metrics");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("phase boot: 120 completed, 0 failed") && !text.contains("open-file limit"), "{text}");
+    assert!(metrics.contains("bootfarm_tftp_transfers_completed_total 120\n"), "{metrics}");
+    assert!(metrics.contains("bootfarm_tftp_transfers_failed_total{reason=\"timeout\"} 0\n"), "{metrics}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The body of a plain GET on 127.0.0.1:`port` (the connection closes after it).
+fn http_get_text(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut t = String::new();
+    s.read_to_string(&mut t).unwrap();
+    t
+}
