@@ -96,7 +96,10 @@ fn demo_banner(dir: &Path, snap: &crate::config::Snapshot) -> String {
          nbdinfo --map nbd://{ip}:{nbd}/{name}\n\n\
          A boot storm (cargo build --release first): 50 simulated targets, TFTP then NBD:\n  \
          target/release/bootstorm boot --tftp {ip}:{tftp} --file {boot} --expect {root}/{boot} --nbd {ip}:{nbd} \\\n    \
-         --vdisk {name} --image {v} --targets 50 --scale 0.002\n\n\
+         --vdisk {name} --image {v} --targets 50 --scale 0.002\n  \
+         # or all over HTTP, as iPXE sanboot does: /boot, the /ipxe list, then vDisk ranges:\n  \
+         target/release/bootstorm boot --bootstrap http --http {ip}:{http} --ipxe --disk http --file {boot} \\\n    \
+         --expect {root}/{boot} --vdisk {name} --image {v} --targets 50 --scale 0.002\n\n\
          Network-boot a VM (qemu-system-x86 + ipxe-qemu), after: printf '\\xf8\\x03' > sercon\n  \
          # iPXE sanboots the vdisk over HTTP; its boot sector prints a marker, then QEMU exits:\n  \
          {qemu} -netdev user,id=n0,bootfile=http://10.0.2.2:{http}/ipxe\n  \
