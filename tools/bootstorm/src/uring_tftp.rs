@@ -33,6 +33,8 @@ struct T {
     armed: bool,
     /// Its cancellation has been asked for (the target is finished).
     cancelled: bool,
+    /// In the engine's list of finished targets waiting for the kernel to let go.
+    listed: bool,
     /// The transfer's port once known: the socket is connected to it (no route lookup per
     /// ACK) and ACKs go through the ring, one in flight.
     connected: Option<SocketAddr>,
@@ -67,6 +69,8 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
     let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
     msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
     let mut slots: Slots<T> = Slots::default();
+    // Finished targets still waiting for their receive's cancellation or their last send.
+    let mut ending: Vec<usize> = Vec::new();
     let mut last_scan = Instant::now();
     let mut verify = |off: u64, d: &[u8]| expect.is_none_or(|e| e.get(off as usize..off as usize + d.len()) == Some(d));
     loop {
@@ -76,6 +80,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 job: j,
                 armed: false,
                 cancelled: false,
+                listed: false,
                 connected: None,
                 ack: Box::new([0, 4, 0, 0]),
                 sending: false,
@@ -128,6 +133,10 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                     t.cancelled = true;
                     push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
                 }
+                if t.finished.is_some() && !t.listed {
+                    t.listed = true;
+                    ending.push(idx);
+                }
             }
             if let Some(bid) = bid {
                 bufs.recycle(bid);
@@ -149,15 +158,24 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                     t.cancelled = true;
                     push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
                 }
+                if t.finished.is_some() && !t.listed {
+                    t.listed = true;
+                    ending.push(idx);
+                }
             }
         }
-        // Hand back finished targets whose buffers the kernel no longer holds.
-        let over: Vec<usize> = slots.iter_mut().filter(|(_, t)| t.finished.is_some() && !t.armed && !t.sending).map(|(i, _)| i).collect();
-        for idx in over {
+        // Hand back finished targets whose buffers the kernel no longer holds (only those: a
+        // scan of every slot per loop was a cost per packet).
+        ending.retain(|&idx| {
+            let t = slots.get(idx).expect("a listed target");
+            if t.armed || t.sending {
+                return true;
+            }
             let t = slots.remove(idx);
             let c = &t.job.client;
             let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
-        }
+            false
+        });
     }
 }
 
