@@ -126,7 +126,7 @@ pub fn ring() -> IoUring {
 
 /// Submits what is queued and waits up to a millisecond for completions: (user data, result).
 /// `active`: targets in flight on this thread.
-pub fn wait(ring: &mut IoUring, active: usize) -> Vec<(u64, i32)> {
+fn wait(ring: &mut IoUring, active: usize) -> Vec<(u64, i32)> {
     wait_flags(ring, active).into_iter().map(|(u, r, _)| (u, r)).collect()
 }
 
@@ -144,7 +144,7 @@ pub fn wait_flags(ring: &mut IoUring, active: usize) -> Vec<(u64, i32, u32)> {
 }
 
 /// User data of the engines' cancel requests (their own completions are skipped).
-pub const CANCEL_UD: u64 = u64::MAX;
+const CANCEL_UD: u64 = u64::MAX;
 /// The reason a cancel gives when the run's deadline has passed.
 pub const RUN_OVER: &str = "run time over";
 
@@ -156,13 +156,7 @@ pub trait InFlight {
 
 /// Every 20 ms: operations that waited past `timeout` (the server hangs) or past the run's
 /// deadline are cancelled; their cancelled completion then fails the target over, or ends it.
-pub fn cancel_overdue<T: InFlight>(
-    slots: &mut Slots<T>,
-    ring: &mut IoUring,
-    last_scan: &mut Instant,
-    timeout: Duration,
-    deadline: Instant,
-) {
+fn cancel_overdue<T: InFlight>(slots: &mut Slots<T>, ring: &mut IoUring, last_scan: &mut Instant, timeout: Duration, deadline: Instant) {
     let now = Instant::now();
     if now.duration_since(*last_scan) < Duration::from_millis(20) {
         return;
@@ -184,4 +178,31 @@ pub fn cancel_overdue<T: InFlight>(
             push(ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD));
         }
     }
+}
+
+/// What became of a target's one operation: its result, or why the overdue scan cancelled it.
+pub enum Outcome {
+    Res(i32),
+    Cancelled(&'static str),
+}
+
+/// One round of the NBD and HTTP engines: submits what is queued, waits, cancels overdue
+/// operations, and gives each completion as (slot, outcome), without the cancel requests' own.
+pub fn round<T: InFlight>(
+    slots: &mut Slots<T>,
+    ring: &mut IoUring,
+    last_scan: &mut Instant,
+    timeout: Duration,
+    deadline: Instant,
+) -> Vec<(usize, Outcome)> {
+    let cqes = wait(ring, slots.active());
+    cancel_overdue(slots, ring, last_scan, timeout, deadline);
+    cqes.into_iter()
+        .filter(|&(ud, _)| ud != CANCEL_UD)
+        .filter_map(|(ud, res)| {
+            let t = slots.get(ud as usize)?;
+            let (_, cancel) = t.in_flight();
+            Some((ud as usize, cancel.take().map_or(Outcome::Res(res), Outcome::Cancelled)))
+        })
+        .collect()
 }

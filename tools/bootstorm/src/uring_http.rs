@@ -89,7 +89,7 @@ struct T {
     cancel: Option<&'static str>,
 }
 
-use engine::{CANCEL_UD, RUN_OVER};
+use engine::{Outcome, RUN_OVER};
 
 impl engine::InFlight for T {
     fn in_flight(&mut self) -> (Instant, &mut Option<&'static str>) {
@@ -186,18 +186,12 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, expect_boot: Option<&[u8]
         if slots.is_idle() {
             continue;
         }
-        let cqes = engine::wait(&mut ring, slots.active());
-        engine::cancel_overdue(&mut slots, &mut ring, &mut last_scan, timeout, deadline);
-        for (ud, res) in cqes {
-            if ud == CANCEL_UD {
-                continue;
-            }
-            let idx = ud as usize;
-            let Some(t) = slots.get(idx) else { continue };
-            let outcome = match t.cancel.take() {
-                Some(RUN_OVER) => Adv::Fatal((phase(&t.job.kind), RUN_OVER)),
-                Some(why) => Adv::Broken(why),
-                None => advance(t, res, chain, expect_boot, &mut scratch),
+        for (idx, o) in engine::round(&mut slots, &mut ring, &mut last_scan, timeout, deadline) {
+            let t = slots.get(idx).expect("a target in flight");
+            let outcome = match o {
+                Outcome::Cancelled(RUN_OVER) => Adv::Fatal((phase(&t.job.kind), RUN_OVER)),
+                Outcome::Cancelled(why) => Adv::Broken(why),
+                Outcome::Res(res) => advance(t, res, chain, expect_boot, &mut scratch),
             };
             let finished = match outcome {
                 Adv::Continue => {
