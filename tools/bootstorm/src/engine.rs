@@ -150,8 +150,30 @@ pub const RUN_OVER: &str = "run time over";
 
 /// A target with one operation in flight (NBD and HTTP engines).
 pub trait InFlight {
-    /// When its operation was submitted, and where a cancel records why.
-    fn in_flight(&mut self) -> (Instant, &mut Option<&'static str>);
+    /// When its operation was submitted, its number (see `op_ud`), and where a cancel records
+    /// why.
+    fn in_flight(&mut self) -> (Instant, u32, &mut Option<&'static str>);
+}
+
+/// The user data of a target's operation: its slot and the operation's number, so that a
+/// cancel reaches that operation and never the one submitted after it (by this target or by
+/// the next one in the same slot).
+pub fn op_ud(slot: usize, op: u32) -> u64 {
+    slot as u64 | (op as u64) << 32
+}
+
+thread_local! {
+    static OPS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A number for the next operation, unique within this engine thread (its ring) until it
+/// wraps after 2^32 operations.
+pub fn next_op() -> u32 {
+    OPS.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n
+    })
 }
 
 /// Every 20 ms: operations that waited past `timeout` (the server hangs) or past the run's
@@ -163,7 +185,7 @@ fn cancel_overdue<T: InFlight>(slots: &mut Slots<T>, ring: &mut IoUring, last_sc
     }
     *last_scan = now;
     for (idx, t) in slots.iter_mut() {
-        let (at, cancel) = t.in_flight();
+        let (at, op, cancel) = t.in_flight();
         if cancel.is_some() {
             continue;
         }
@@ -175,12 +197,14 @@ fn cancel_overdue<T: InFlight>(slots: &mut Slots<T>, ring: &mut IoUring, last_sc
             None
         };
         if cancel.is_some() {
-            push(ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL_UD));
+            push(ring, &opcode::AsyncCancel::new(op_ud(idx, op)).build().user_data(CANCEL_UD));
         }
     }
 }
 
 /// What became of a target's one operation: its result, or why the overdue scan cancelled it.
+/// An operation that completed on its own in the round its cancel was asked for keeps its
+/// result (the answer came, if late), unless the run's time is over.
 pub enum Outcome {
     Res(i32),
     Cancelled(&'static str),
@@ -200,9 +224,19 @@ pub fn round<T: InFlight>(
     cqes.into_iter()
         .filter(|&(ud, _)| ud != CANCEL_UD)
         .filter_map(|(ud, res)| {
-            let t = slots.get(ud as usize)?;
-            let (_, cancel) = t.in_flight();
-            Some((ud as usize, cancel.take().map_or(Outcome::Res(res), Outcome::Cancelled)))
+            let idx = (ud & 0xffff_ffff) as usize;
+            let t = slots.get(idx)?;
+            let (_, op, cancel) = t.in_flight();
+            if ud != op_ud(idx, op) {
+                return None; // not the operation in flight (cannot happen: one at a time)
+            }
+            Some((
+                idx,
+                match cancel.take() {
+                    Some(why) if res == -libc::ECANCELED || why == RUN_OVER => Outcome::Cancelled(why),
+                    _ => Outcome::Res(res),
+                },
+            ))
         })
         .collect()
 }

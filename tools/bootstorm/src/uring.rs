@@ -62,14 +62,16 @@ struct T {
     /// When the request in flight was submitted (a server that stops answering is given up
     /// after `timeout`), and why it is being cancelled.
     op_at: Instant,
+    /// The number of the operation in flight (its user data, with the slot).
+    op: u32,
     cancel: Option<&'static str>,
 }
 
 use engine::{Outcome, RUN_OVER};
 
 impl engine::InFlight for T {
-    fn in_flight(&mut self) -> (Instant, &mut Option<&'static str>) {
-        (self.op_at, &mut self.cancel)
+    fn in_flight(&mut self) -> (Instant, u32, &mut Option<&'static str>) {
+        (self.op_at, self.op, &mut self.cancel)
     }
 }
 
@@ -114,6 +116,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 st: DiskRun::default(),
                 down_since: None,
                 op_at: Instant::now(),
+                op: 0,
                 cancel: None,
             });
             match connect(&mut t, &mut ring, idx) {
@@ -248,7 +251,8 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
         Step::Reply => opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build(),
     };
     // The buffers live in the boxed target until its completion arrives.
-    push(ring, &e.user_data(idx as u64));
+    t.op = engine::next_op();
+    push(ring, &e.user_data(engine::op_ud(idx, t.op)));
 }
 
 fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) -> Adv {

@@ -86,14 +86,16 @@ struct T {
     st: DiskRun,
     down_since: Option<Instant>,
     op_at: Instant,
+    /// The number of the operation in flight (its user data, with the slot).
+    op: u32,
     cancel: Option<&'static str>,
 }
 
 use engine::{Outcome, RUN_OVER};
 
 impl engine::InFlight for T {
-    fn in_flight(&mut self) -> (Instant, &mut Option<&'static str>) {
-        (self.op_at, &mut self.cancel)
+    fn in_flight(&mut self) -> (Instant, u32, &mut Option<&'static str>) {
+        (self.op_at, self.op, &mut self.cancel)
     }
 }
 /// A response head larger than this is refused (bootfarm's are ~300 bytes).
@@ -170,6 +172,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, expect_boot: Option<&[u8]
                 st: DiskRun::default(),
                 down_since: None,
                 op_at: Instant::now(),
+                op: 0,
                 cancel: None,
             });
             match next_request(&mut t, &mut ring, idx) {
@@ -280,7 +283,8 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
         }
     };
     // The buffers and the address live in the boxed target until the completion arrives.
-    push(ring, &e.user_data(idx as u64));
+    t.op = engine::next_op();
+    push(ring, &e.user_data(engine::op_ud(idx, t.op)));
 }
 
 fn advance(t: &mut T, res: i32, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scratch: &mut Vec<u8>) -> Adv {
