@@ -101,7 +101,7 @@ done
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); runs: $RUNS (medians)"
 echo "bootfarm: $("$BF" --version); peers: $("$HPA" -V 2>&1 | head -1 | cut -d, -f1), $(/usr/sbin/atftpd --version 2>&1 | head -1), $(/usr/sbin/dnsmasq --version | head -1 | cut -d' ' -f1-3)"
 python3 - "$W/results" <<'PY'
-import sys, statistics, collections
+import os, sys, statistics, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     sc, srv, rate, p99, failed, secs, cpu, client = line.split()
@@ -124,7 +124,6 @@ for sc in scen:
     if sc.startswith("b:") and best_peer:
         # The client shares the cores: even a server that cost nothing could not complete more
         # than cores / (client CPU per transfer) transfers per second.
-        import os
         bound = os.cpu_count() * 1000 / med["bootfarm"][5]
         ceilings.append(f"{sc}: bootstorm's own CPU {med['bootfarm'][5]:.2f} ms/transfer caps any server at {bound:.0f} transfers/s on {os.cpu_count()} cores = {bound / best_peer:.2f}x the best peer ({best_peer:.1f}/s)")
 w1 = statistics.median(r[0] for r in rows[("a:64MiB-w1", "bootfarm")])

@@ -600,11 +600,7 @@ struct Engines<'a> {
 
 /// An HTTP phase on the HTTP engine; this thread waits for it.
 fn http_job(e: Option<&uring_http::Engine>, i: u64, kind: uring_http::Kind, servers: Vec<SocketAddr>, path: String) -> uring_http::Done {
-    let ph = match kind {
-        uring_http::Kind::Bootstrap => "bootstrap",
-        uring_http::Kind::Script => "ipxe",
-        uring_http::Kind::Disk(_) => "vdisk",
-    };
+    let ph = kind.phase();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     e.expect("started for the HTTP phases").submit(i, uring_http::Job { kind, servers, path, done: tx });
     rx.recv().unwrap_or_else(|_| uring_http::Done { result: Err((ph, "engine stopped")), run: DiskRun::default(), body: Vec::new() })
@@ -632,4 +628,27 @@ pub(crate) struct DiskRun {
     pub failovers: u64,
     pub lost: Duration,
     pub bytes: u64,
+    /// Since when no server has answered (an outage in progress).
+    down_since: Option<Instant>,
+}
+
+impl DiskRun {
+    /// An answer came: the outage, if one was in progress, is time lost.
+    pub fn answered(&mut self) {
+        if let Some(d) = self.down_since.take() {
+            self.lost += d.elapsed();
+        }
+    }
+
+    /// The current server went away: the next of the `servers` in the list (a failover), or
+    /// the end of the phase.
+    pub fn next_server(&mut self, servers: usize, phase: &'static str, why: &'static str) -> Result<(), Fail> {
+        self.down_since.get_or_insert_with(Instant::now);
+        if self.server + 1 >= servers {
+            return Err((phase, if why == "connect failed" { "no server left" } else { why }));
+        }
+        self.server += 1;
+        self.failovers += 1;
+        Ok(())
+    }
 }

@@ -3,7 +3,7 @@
 //! new jobs (waiting only while nothing runs), and one wait on the ring.
 
 use bootfarm::engine::ring::push;
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -148,32 +148,47 @@ const CANCEL_UD: u64 = u64::MAX;
 /// The reason a cancel gives when the run's deadline has passed.
 pub const RUN_OVER: &str = "run time over";
 
-/// A target with one operation in flight (NBD and HTTP engines).
-pub trait InFlight {
-    /// When its operation was submitted, its number (see `op_ud`), and where a cancel records
-    /// why.
-    fn in_flight(&mut self) -> (Instant, u32, &mut Option<&'static str>);
+/// A target's one operation in flight (NBD and HTTP engines): when it was submitted, its
+/// number, and why the overdue scan cancelled it. The user data is the slot and the number,
+/// so that a cancel reaches that operation and never the one submitted after it (by this
+/// target or by the next one in the same slot).
+pub struct Op {
+    at: Instant,
+    num: u32,
+    cancel: Option<&'static str>,
 }
 
-/// The user data of a target's operation: its slot and the operation's number, so that a
-/// cancel reaches that operation and never the one submitted after it (by this target or by
-/// the next one in the same slot).
-pub fn op_ud(slot: usize, op: u32) -> u64 {
-    slot as u64 | (op as u64) << 32
+impl Default for Op {
+    fn default() -> Op {
+        Op { at: Instant::now(), num: 0, cancel: None }
+    }
 }
 
 thread_local! {
+    /// Operation numbers, unique within an engine thread (its ring) until they wrap at 2^32.
     static OPS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// A number for the next operation, unique within this engine thread (its ring) until it
-/// wraps after 2^32 operations.
-pub fn next_op() -> u32 {
-    OPS.with(|c| {
-        let n = c.get().wrapping_add(1);
-        c.set(n);
-        n
-    })
+fn op_ud(slot: usize, num: u32) -> u64 {
+    slot as u64 | (num as u64) << 32
+}
+
+impl Op {
+    /// Queues `e` as the operation of the target in `slot`, numbered and timed.
+    pub fn submit(&mut self, ring: &mut IoUring, slot: usize, e: squeue::Entry) {
+        self.at = Instant::now();
+        self.num = OPS.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        push(ring, &e.user_data(op_ud(slot, self.num)));
+    }
+}
+
+/// A target with one operation in flight.
+pub trait InFlight {
+    fn op(&mut self) -> &mut Op;
 }
 
 /// Every 20 ms: operations that waited past `timeout` (the server hangs) or past the run's
@@ -185,19 +200,19 @@ fn cancel_overdue<T: InFlight>(slots: &mut Slots<T>, ring: &mut IoUring, last_sc
     }
     *last_scan = now;
     for (idx, t) in slots.iter_mut() {
-        let (at, op, cancel) = t.in_flight();
-        if cancel.is_some() {
+        let op = t.op();
+        if op.cancel.is_some() {
             continue;
         }
-        *cancel = if now > deadline {
+        op.cancel = if now > deadline {
             Some(RUN_OVER)
-        } else if now.duration_since(at) > timeout {
+        } else if now.duration_since(op.at) > timeout {
             Some("server stopped answering")
         } else {
             None
         };
-        if cancel.is_some() {
-            push(ring, &opcode::AsyncCancel::new(op_ud(idx, op)).build().user_data(CANCEL_UD));
+        if op.cancel.is_some() {
+            push(ring, &opcode::AsyncCancel::new(op_ud(idx, op.num)).build().user_data(CANCEL_UD));
         }
     }
 }
@@ -225,14 +240,13 @@ pub fn round<T: InFlight>(
         .filter(|&(ud, _)| ud != CANCEL_UD)
         .filter_map(|(ud, res)| {
             let idx = (ud & 0xffff_ffff) as usize;
-            let t = slots.get(idx)?;
-            let (_, op, cancel) = t.in_flight();
-            if ud != op_ud(idx, op) {
+            let op = slots.get(idx)?.op();
+            if ud != op_ud(idx, op.num) {
                 return None; // not the operation in flight (cannot happen: one at a time)
             }
             Some((
                 idx,
-                match cancel.take() {
+                match op.cancel.take() {
                     Some(why) if res == -libc::ECANCELED || why == RUN_OVER => Outcome::Cancelled(why),
                     _ => Outcome::Res(res),
                 },

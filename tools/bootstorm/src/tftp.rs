@@ -423,9 +423,11 @@ fn flush(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: 
     t.sending = true;
 }
 
-fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
+/// The socket address a recvmsg wrote (`name`: the bytes the kernel gave).
+pub(crate) fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let n = name.len().min(std::mem::size_of::<libc::sockaddr_storage>());
+    // Safety: at most sizeof(sockaddr_storage) bytes the kernel wrote, into the storage.
     unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n) };
     unsafe { SockAddr::new(storage, n as libc::socklen_t) }.as_socket()
 }

@@ -8,7 +8,6 @@
 
 use crate::boot::{block_pattern, DiskRun, Expect, Fail, Io, BLOCK};
 use crate::engine::{self, Inboxes, Slots};
-use bootfarm::engine::ring::push;
 use bootfarm::image::Chain;
 use bootfarm::nbd::wire as nbdw;
 use io_uring::{opcode, types, IoUring};
@@ -58,20 +57,15 @@ struct T {
     step: Step,
     written: HashMap<u64, u64>,
     st: DiskRun,
-    down_since: Option<Instant>,
-    /// When the request in flight was submitted (a server that stops answering is given up
-    /// after `timeout`), and why it is being cancelled.
-    op_at: Instant,
-    /// The number of the operation in flight (its user data, with the slot).
-    op: u32,
-    cancel: Option<&'static str>,
+    /// The request in flight (a server that stops answering is given up after `timeout`).
+    op: Op,
 }
 
-use engine::{Outcome, RUN_OVER};
+use engine::{Op, Outcome, RUN_OVER};
 
 impl engine::InFlight for T {
-    fn in_flight(&mut self) -> (Instant, u32, &mut Option<&'static str>) {
-        (self.op_at, self.op, &mut self.cancel)
+    fn op(&mut self) -> &mut Op {
+        &mut self.op
     }
 }
 
@@ -114,10 +108,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 step: Step::Connect,
                 written: HashMap::new(),
                 st: DiskRun::default(),
-                down_since: None,
-                op_at: Instant::now(),
-                op: 0,
-                cancel: None,
+                op: Op::default(),
             });
             match connect(&mut t, &mut ring, idx) {
                 Ok(()) => slots.put(idx, t),
@@ -234,7 +225,6 @@ fn options(req: &mut Vec<u8>, export: &str) {
 const OPT_DATA_MAX: usize = 64 << 10;
 
 fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
-    t.op_at = Instant::now();
     let fd = types::Fd(t.sock.as_ref().expect("connected").as_raw_fd());
     let e = match t.step {
         Step::Connect => opcode::Connect::new(fd, t.addr.as_ptr(), t.addr.len()).build(),
@@ -251,8 +241,7 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
         Step::Reply => opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build(),
     };
     // The buffers live in the boxed target until its completion arrives.
-    t.op = engine::next_op();
-    push(ring, &e.user_data(engine::op_ud(idx, t.op)));
+    t.op.submit(ring, idx, e);
 }
 
 fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) -> Adv {
@@ -275,7 +264,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
             if t.got < t.want {
                 return Adv::Continue;
             }
-            return handshake(t);
+            handshake(t)
         }
         Step::Options => {
             t.sent += n;
@@ -283,14 +272,10 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
                 t.step = Step::OptHead;
                 (t.got, t.want) = (0, 20);
             }
-            return Adv::Continue;
+            Adv::Continue
         }
-        _ => {}
-    }
-    let io = t.job.ios[t.k];
-    match t.step {
-        Step::Connect | Step::Greeting | Step::Options | Step::OptHead | Step::OptData => unreachable!("handled above"),
         Step::Send => {
+            let io = t.job.ios[t.k];
             t.sent += n;
             if t.sent < t.req.len() {
                 return Adv::Continue;
@@ -305,6 +290,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
             Adv::Continue
         }
         Step::Reply => {
+            let io = t.job.ios[t.k];
             let before = t.got;
             t.got += n;
             if before < 16 && t.got >= 16 {
@@ -376,9 +362,7 @@ fn handshake(t: &mut T) -> Adv {
 }
 
 fn done_io(t: &mut T, io: Io) -> Adv {
-    if let Some(d) = t.down_since.take() {
-        t.st.lost += d.elapsed();
-    }
+    t.st.answered();
     t.st.bytes += io.len as u64;
     t.k += 1;
     Adv::NextIo
@@ -388,12 +372,7 @@ fn done_io(t: &mut T, io: Io) -> Adv {
 /// behind), or the end of this boot. The caller connects.
 fn failover(t: &mut T, why: &'static str) -> Result<(), Fail> {
     t.sock = None;
-    t.down_since.get_or_insert_with(Instant::now);
-    if t.st.server + 1 >= t.job.servers.len() {
-        return Err(("vdisk", if why == "connect failed" { "no server left" } else { why }));
-    }
-    t.st.server += 1;
-    t.st.failovers += 1;
+    t.st.next_server(t.job.servers.len(), "vdisk", why)?;
     t.written.clear();
     Ok(())
 }

@@ -11,7 +11,6 @@
 
 use crate::boot::{DiskRun, Expect, Fail, Io};
 use crate::engine::{self, Inboxes, Slots};
-use bootfarm::engine::ring::push;
 use bootfarm::image::Chain;
 use io_uring::{opcode, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -84,18 +83,15 @@ struct T {
     reused: bool,
     retried: bool,
     st: DiskRun,
-    down_since: Option<Instant>,
-    op_at: Instant,
-    /// The number of the operation in flight (its user data, with the slot).
-    op: u32,
-    cancel: Option<&'static str>,
+    /// The request in flight (a server that stops answering is given up after `timeout`).
+    op: Op,
 }
 
-use engine::{Outcome, RUN_OVER};
+use engine::{Op, Outcome, RUN_OVER};
 
 impl engine::InFlight for T {
-    fn in_flight(&mut self) -> (Instant, u32, &mut Option<&'static str>) {
-        (self.op_at, self.op, &mut self.cancel)
+    fn op(&mut self) -> &mut Op {
+        &mut self.op
     }
 }
 /// A response head larger than this is refused (bootfarm's are ~300 bytes).
@@ -131,11 +127,14 @@ enum Adv {
     Fatal(Fail),
 }
 
-fn phase(k: &Kind) -> &'static str {
-    match k {
-        Kind::Bootstrap => "bootstrap",
-        Kind::Script => "ipxe",
-        Kind::Disk(_) => "vdisk",
+impl Kind {
+    /// The phase a failure is reported under.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            Kind::Bootstrap => "bootstrap",
+            Kind::Script => "ipxe",
+            Kind::Disk(_) => "vdisk",
+        }
     }
 }
 
@@ -170,10 +169,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, expect_boot: Option<&[u8]
                 reused: false,
                 retried: false,
                 st: DiskRun::default(),
-                down_since: None,
-                op_at: Instant::now(),
-                op: 0,
-                cancel: None,
+                op: Op::default(),
             });
             match next_request(&mut t, &mut ring, idx) {
                 Ok(true) => slots.put(idx, t),
@@ -192,7 +188,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, expect_boot: Option<&[u8]
         for (idx, o) in engine::round(&mut slots, &mut ring, &mut last_scan, timeout, deadline) {
             let t = slots.get(idx).expect("a target in flight");
             let outcome = match o {
-                Outcome::Cancelled(RUN_OVER) => Adv::Fatal((phase(&t.job.kind), RUN_OVER)),
+                Outcome::Cancelled(RUN_OVER) => Adv::Fatal((t.job.kind.phase(), RUN_OVER)),
                 Outcome::Cancelled(why) => Adv::Broken(why),
                 Outcome::Res(res) => advance(t, res, chain, expect_boot, &mut scratch),
             };
@@ -256,7 +252,7 @@ fn next_request(t: &mut T, ring: &mut IoUring, idx: usize) -> Result<bool, Fail>
     t.step = if t.sock.is_some() { Step::Send } else { Step::Connect };
     if t.sock.is_none() {
         let s = Socket::new(Domain::for_address(t.at), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|_| (phase(&t.job.kind), "no local socket"))?;
+            .map_err(|_| (t.job.kind.phase(), "no local socket"))?;
         let _ = s.set_nodelay(true);
         *t.addr = t.at.into();
         t.sock = Some(s);
@@ -266,7 +262,6 @@ fn next_request(t: &mut T, ring: &mut IoUring, idx: usize) -> Result<bool, Fail>
 }
 
 fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
-    t.op_at = Instant::now();
     let fd = types::Fd(t.sock.as_ref().expect("a socket").as_raw_fd());
     let e = match t.step {
         Step::Connect => opcode::Connect::new(fd, t.addr.as_ptr(), t.addr.len()).build(),
@@ -283,12 +278,11 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
         }
     };
     // The buffers and the address live in the boxed target until the completion arrives.
-    t.op = engine::next_op();
-    push(ring, &e.user_data(engine::op_ud(idx, t.op)));
+    t.op.submit(ring, idx, e);
 }
 
 fn advance(t: &mut T, res: i32, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scratch: &mut Vec<u8>) -> Adv {
-    let ph = phase(&t.job.kind);
+    let ph = t.job.kind.phase();
     match t.step {
         Step::Connect => {
             if res < 0 {
@@ -355,7 +349,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, expect_boot: Option<&[u8]
 
 /// A whole answer is in: follow a redirect, check the body, go on with the next request.
 fn body_done(t: &mut T, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scratch: &mut Vec<u8>) -> Adv {
-    let ph = phase(&t.job.kind);
+    let ph = t.job.kind.phase();
     t.reused = true;
     t.retried = false;
     if t.close_after {
@@ -377,9 +371,7 @@ fn body_done(t: &mut T, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scrat
         return Adv::Next;
     }
     t.hops = 0;
-    if let Some(d) = t.down_since.take() {
-        t.st.lost += d.elapsed();
-    }
+    t.st.answered();
     let body = &t.buf[t.head_len..t.head_len + t.body_len];
     match &t.job.kind {
         Kind::Bootstrap | Kind::Script => {
@@ -421,12 +413,7 @@ fn failover(t: &mut T, why: &'static str) -> Result<(), Fail> {
         t.retried = true;
         return Ok(());
     }
-    t.down_since.get_or_insert_with(Instant::now);
-    if t.st.server + 1 >= t.job.servers.len() {
-        return Err((phase(&t.job.kind), if why == "connect failed" { "no server left" } else { why }));
-    }
-    t.st.server += 1;
-    t.st.failovers += 1;
+    t.st.next_server(t.job.servers.len(), t.job.kind.phase(), why)?;
     t.at = t.job.servers[t.st.server];
     t.path = t.job.path.clone();
     t.hops = 0;

@@ -11,7 +11,6 @@ use bootfarm::engine::ring::{push, BufRing};
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Send};
 use io_uring::{cqueue, opcode, types, IoUring};
-use socket2::SockAddr;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
@@ -31,9 +30,8 @@ struct T {
     job: Job,
     /// The multishot receive is armed (until a completion without MORE).
     armed: bool,
-    /// Its cancellation has been asked for (the target is finished).
-    cancelled: bool,
-    /// In the engine's list of finished targets waiting for the kernel to let go.
+    /// Finished, in the engine's list of targets waiting for the kernel to let go (its
+    /// receive's cancellation asked for).
     listed: bool,
     /// The transfer's port once known: the socket is connected to it (no route lookup per
     /// ACK) and ACKs go through the ring, one in flight.
@@ -79,7 +77,6 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
             let mut t = Box::new(T {
                 job: j,
                 armed: false,
-                cancelled: false,
                 listed: false,
                 connected: None,
                 ack: Box::new([0, 4, 0, 0]),
@@ -114,7 +111,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 if let (Some(bid), true, None) = (bid, res > 0, t.finished) {
                     if let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, res as usize), &msg) {
                         // A truncated datagram is no DATA of ours: as if lost (the client resends).
-                        if let (Some(from), false) = (sockaddr(out.name_data()), out.is_payload_truncated()) {
+                        if let (Some(from), false) = (crate::tftp::sockaddr(out.name_data()), out.is_payload_truncated()) {
                             deliver(t, from, out.payload_data(), now, &mut verify);
                         }
                     }
@@ -125,17 +122,10 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 // What the client owes goes out even when it has just finished: its final ACK,
                 // without which the server retransmits the last block until it gives up.
                 send_pending(t, &mut ring, idx);
-                if t.finished.is_none() {
-                    if !t.armed {
-                        arm(t, &mut ring, &msg, bufs.bgid, idx);
-                    }
-                } else if t.armed && !t.cancelled {
-                    t.cancelled = true;
-                    push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
-                }
-                if t.finished.is_some() && !t.listed {
-                    t.listed = true;
-                    ending.push(idx);
+                if t.finished.is_some() {
+                    retire(t, &mut ring, idx, &mut ending);
+                } else if !t.armed {
+                    arm(t, &mut ring, &msg, bufs.bgid, idx);
                 }
             }
             if let Some(bid) = bid {
@@ -154,13 +144,8 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                     send_pending(t, &mut ring, idx);
                 }
                 check(t, now, deadline);
-                if t.finished.is_some() && t.armed && !t.cancelled {
-                    t.cancelled = true;
-                    push(&mut ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
-                }
-                if t.finished.is_some() && !t.listed {
-                    t.listed = true;
-                    ending.push(idx);
+                if t.finished.is_some() {
+                    retire(t, &mut ring, idx, &mut ending);
                 }
             }
         }
@@ -176,6 +161,19 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
             let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
             false
         });
+    }
+}
+
+/// A finished target, once: into the list of those waiting to be handed back, its receive
+/// cancelled.
+fn retire(t: &mut T, ring: &mut IoUring, idx: usize, ending: &mut Vec<usize>) {
+    if t.listed {
+        return;
+    }
+    t.listed = true;
+    ending.push(idx);
+    if t.armed {
+        push(ring, &opcode::AsyncCancel::new(idx as u64).build().user_data(CANCEL));
     }
 }
 
@@ -241,12 +239,4 @@ fn arm(t: &mut T, ring: &mut IoUring, msg: &libc::msghdr, bgid: u16, idx: usize)
     // The template lives in the engine thread for its whole run.
     push(ring, &opcode::RecvMsgMulti::new(types::Fd(t.job.sock.as_raw_fd()), msg, bgid).build().user_data(idx as u64));
     t.armed = true;
-}
-
-fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let n = name.len().min(std::mem::size_of::<libc::sockaddr_storage>());
-    // Safety: at most sizeof(sockaddr_storage) bytes the kernel wrote, into the storage.
-    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n) };
-    unsafe { SockAddr::new(storage, n as libc::socklen_t) }.as_socket()
 }
