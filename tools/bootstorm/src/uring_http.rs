@@ -313,6 +313,9 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, expect_boot: Option<&[u8]
             let Some(end) = t.buf[from..t.got].windows(4).position(|w| w == b"\r\n\r\n").map(|p| from + p + 4) else {
                 return if t.got >= HEAD_MAX { Adv::Fatal((ph, "response head too large")) } else { Adv::Continue };
             };
+            if end > HEAD_MAX {
+                return Adv::Fatal((ph, "response head too large"));
+            }
             let Some(h) = parse_head(&t.buf[..end]) else { return Adv::Fatal((ph, "not an HTTP answer")) };
             if h.length > BODY_MAX {
                 return Adv::Fatal((ph, "body too large"));

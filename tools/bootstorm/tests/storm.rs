@@ -444,6 +444,10 @@ enum HttpFault {
     /// Closes each connection after this many ranges without saying so (an idle keep-alive
     /// connection closed by the server), but keeps accepting new ones.
     CloseEvery(usize),
+    /// Answers ranges with a head of 20 KiB of headers (past bootstorm's 16 KiB).
+    HugeHead,
+    /// Announces a 300 MB body for a range (past bootstorm's 256 MiB).
+    HugeBody,
 }
 
 /// An HTTP/1.1 double on `l`: `/ipxe` gives a script whose sanboot line lists `list`
@@ -500,6 +504,14 @@ fn http_double(l: std::net::TcpListener, data: std::sync::Arc<Vec<u8>>, list: Ve
                     let uris: Vec<String> = list.iter().map(|p| format!("http://127.0.0.1:{p}/vdisk/disk")).collect();
                     let body = format!("#!ipxe\nsanboot {}\n", uris.join(" "));
                     let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    continue;
+                }
+                if let HttpFault::HugeHead = fault {
+                    let _ = write!(w, "HTTP/1.1 206 Partial Content\r\nX-Pad: {}\r\nContent-Length: 1\r\n\r\nx", "p".repeat(20 << 10));
+                    continue;
+                }
+                if let HttpFault::HugeBody = fault {
+                    let _ = write!(w, "HTTP/1.1 206 Partial Content\r\nContent-Length: 300000000\r\n\r\n");
                     continue;
                 }
                 if let HttpFault::RedirectTo(p) = fault {
@@ -578,6 +590,17 @@ fn http_ranges_fail_over_follow_redirects_and_catch_a_flipped_byte() {
     let (code, text) = http_trace_boot("http-close", 7, &[CloseEvery(2), DropAfter(0)], &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase vdisk: 1 completed, 0 failed") && text.contains("failovers 0"), "{text}");
+    // The limits on answers: a redirect loop (a server sending every range to itself), a head
+    // past 16 KiB and a body past 256 MiB each end the boot with their reason, no failover.
+    for (tag, fault, why) in [
+        ("http-loop", RedirectTo(0), "redirect loop"),
+        ("http-head", HugeHead, "response head too large"),
+        ("http-body", HugeBody, "body too large"),
+    ] {
+        let (code, text) = http_trace_boot(tag, 2, &[fault, None], &[]);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("phase vdisk: 0 completed, 1 failed") && text.contains(&format!("1 {why}")), "{tag}: {text}");
+    }
     // One byte flipped in the 5th range: corrupted, never booted.
     let (code, text) = http_trace_boot("http-flip", 8, &[Flip(4 * 65536 + 99), None], &[]);
     assert_eq!(code, Some(1), "{text}");
@@ -654,4 +677,39 @@ fn http_get_text(port: u16, path: &str) -> String {
     let mut t = String::new();
     s.read_to_string(&mut t).unwrap();
     t
+}
+
+/// An NBD server that greets, takes the client's NBD_OPT_GO and answers it with `reply`
+/// (an option reply type) carrying `len` bytes (announced; as many sent as fit a buffer).
+fn nbd_option_double(l: std::net::TcpListener, reply: u32, len: u32) {
+    use std::io::{Read, Write};
+    let (mut s, _) = l.accept().unwrap();
+    s.write_all(b"NBDMAGICIHAVEOPT\x00\x03").unwrap();
+    let mut b = [0u8; 20];
+    s.read_exact(&mut b).unwrap();
+    let mut rest = vec![0u8; u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize];
+    s.read_exact(&mut rest).unwrap();
+    let mut out = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+    out.extend_from_slice(&7u32.to_be_bytes());
+    out.extend_from_slice(&reply.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.resize(out.len() + (len as usize).min(4096), 0);
+    let _ = s.write_all(&out);
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+#[test]
+fn nbd_handshake_refusals_end_the_boot_with_their_reason() {
+    let (d, _) = trace_fixture("nbd-opt", 2);
+    // An error reply (NBD_REP_ERR_UNKNOWN) to GO, then an option reply far past 64 KiB.
+    for (reply, len, why) in [(0x8000_0006u32, 0u32, "export refused"), (3, 1 << 30, "bad option reply")] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || nbd_option_double(l, reply, len));
+        let (code, text) = trace_boot(&d, "trace.csv", &format!("127.0.0.1:{port}"), &[]);
+        t.join().unwrap();
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("phase vdisk: 0 completed, 1 failed") && text.contains(&format!("1 {why}")), "{why}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }
