@@ -6,13 +6,12 @@
 //! thread-per-target replay cost more CPU than the server. Nothing here blocks: a server that
 //! hangs in the handshake holds up its own targets only, until the timeout fails them over.
 
-use crate::boot::{block_pattern, DiskRun, Expect, Fail, Io, BLOCK};
+use crate::boot::{block_pattern, DiskRun, Expect, Fail, Io, Written, BLOCK};
 use crate::engine::{self, Inboxes, Slots};
 use bootfarm::image::Chain;
 use bootfarm::nbd::wire as nbdw;
 use io_uring::{opcode, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
@@ -48,14 +47,17 @@ struct T {
     addr: Box<SockAddr>,
     k: usize,
     seq: u64,
+    /// The request being sent is `req[..req_len]`: the buffer keeps the size of the largest
+    /// WRITE so far and is overwritten in place (no memset per request).
     req: Vec<u8>,
+    req_len: usize,
     sent: usize,
     buf: Vec<u8>,
     /// Bytes of `buf` the reply fills: the 16-byte header, then the read's data.
     want: usize,
     got: usize,
     step: Step,
-    written: HashMap<u64, u64>,
+    written: Written,
     st: DiskRun,
     /// The request in flight (a server that stops answering is given up after `timeout`).
     op: Op,
@@ -101,12 +103,13 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 k: 0,
                 seq: 0,
                 req: Vec::new(),
+                req_len: 0,
                 sent: 0,
                 buf: Vec::new(),
                 want: 0,
                 got: 0,
                 step: Step::Connect,
-                written: HashMap::new(),
+                written: Written::default(),
                 st: DiskRun::default(),
                 op: Op::default(),
             });
@@ -171,21 +174,26 @@ enum Adv {
     Fatal(Fail),
 }
 
+/// An NBD request header: magic, flags, type, cookie, offset, length.
+const REQ_HEAD: usize = 28;
+
 /// Prepares I/O `t.k` (request bytes) and submits its send; false when the trace is done.
 fn start_io(t: &mut T, ring: &mut IoUring, idx: usize) -> bool {
     let Some(io) = t.job.ios.get(t.k).copied() else { return false };
-    t.req.clear();
-    t.req.extend_from_slice(&nbdw::REQUEST_MAGIC.to_be_bytes());
-    t.req.extend_from_slice(&0u16.to_be_bytes());
-    t.req.extend_from_slice(&(if io.write { nbdw::CMD_WRITE } else { nbdw::CMD_READ }).to_be_bytes());
-    t.req.extend_from_slice(&(t.k as u64).to_be_bytes());
-    t.req.extend_from_slice(&io.off.to_be_bytes());
-    t.req.extend_from_slice(&io.len.to_be_bytes());
+    t.req_len = REQ_HEAD + if io.write { io.len as usize } else { 0 };
+    if t.req.len() < t.req_len {
+        t.req.resize(t.req_len, 0);
+    }
+    let h = &mut t.req[..REQ_HEAD];
+    h[..4].copy_from_slice(&nbdw::REQUEST_MAGIC.to_be_bytes());
+    h[4..6].copy_from_slice(&0u16.to_be_bytes());
+    h[6..8].copy_from_slice(&(if io.write { nbdw::CMD_WRITE } else { nbdw::CMD_READ }).to_be_bytes());
+    h[8..16].copy_from_slice(&(t.k as u64).to_be_bytes());
+    h[16..24].copy_from_slice(&io.off.to_be_bytes());
+    h[24..28].copy_from_slice(&io.len.to_be_bytes());
     if io.write {
         t.seq += 1;
-        let at = t.req.len();
-        t.req.resize(at + io.len as usize, 0);
-        for (j, c) in t.req[at..].chunks_mut(BLOCK as usize).enumerate() {
+        for (j, c) in t.req[REQ_HEAD..t.req_len].chunks_mut(BLOCK as usize).enumerate() {
             block_pattern(t.job.target.wrapping_mul(1 << 32) ^ t.seq << 8 ^ j as u64, c);
         }
     }
@@ -235,7 +243,7 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
             opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build()
         }
         Step::Send | Step::Options => {
-            opcode::Send::new(fd, t.req[t.sent..].as_ptr(), (t.req.len() - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build()
+            opcode::Send::new(fd, t.req[t.sent..t.req_len].as_ptr(), (t.req_len - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build()
         }
         // Not MSG_WAITALL: an error reply carries no data, and must not wait for any.
         Step::Reply => opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build(),
@@ -268,7 +276,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
         }
         Step::Options => {
             t.sent += n;
-            if t.sent == t.req.len() {
+            if t.sent == t.req_len {
                 t.step = Step::OptHead;
                 (t.got, t.want) = (0, 20);
             }
@@ -277,7 +285,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
         Step::Send => {
             let io = t.job.ios[t.k];
             t.sent += n;
-            if t.sent < t.req.len() {
+            if t.sent < t.req_len {
                 return Adv::Continue;
             }
             t.step = Step::Reply;
@@ -333,6 +341,7 @@ fn handshake(t: &mut T) -> Adv {
                 return Adv::Broken("not an NBD server");
             }
             options(&mut t.req, &t.job.export);
+            t.req_len = t.req.len();
             t.sent = 0;
             t.step = Step::Options;
             Adv::Continue

@@ -9,12 +9,11 @@
 //! MSG_WAITALL receive for the rest of the body, straight into the target's buffer, which grows
 //! to the largest answer once and is then reused (no copy or allocation per request).
 
-use crate::boot::{DiskRun, Expect, Fail, Io};
+use crate::boot::{DiskRun, Expect, Fail, Io, Written};
 use crate::engine::{self, Inboxes, Slots};
 use bootfarm::image::Chain;
 use io_uring::{opcode, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -395,7 +394,7 @@ fn body_done(t: &mut T, chain: Option<&Chain>, expect_boot: Option<&[u8]>, scrat
             if body.len() != io.len as usize {
                 return Adv::Fatal((ph, "corrupted"));
             }
-            let ex = Expect { chain, written: HashMap::new() };
+            let ex = Expect { chain, written: Written::default() };
             if !ex.check(io.off, body, scratch) {
                 return Adv::Fatal((ph, "corrupted"));
             }
