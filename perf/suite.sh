@@ -54,6 +54,8 @@ listen = "127.0.0.1"
 tftp_port = 6941
 http_port = 16941
 nbd_port = 16942
+# bootstorm runs on this host, its engine threads pinned: each flow stays on one core.
+steer = "cpu"
 [tftp]
 root = "root"
 sessions_max = 8192

@@ -37,6 +37,8 @@ listen = "127.0.0.1"
 tftp_port = 6901
 http_port = 16901
 nbd_port = 16902
+# bootstorm runs on this host, its engine threads pinned: each flow stays on one core.
+steer = "cpu"
 [tftp]
 root = "root"
 sessions_max = 8192

@@ -27,6 +27,8 @@ pub struct Server {
     pub nbd_port: u16,
     /// 0 = one worker per online core.
     pub workers: usize,
+    /// Which worker takes a new flow (a TFTP request, a TCP connection).
+    pub steer: Steer,
     /// On SIGTERM/SIGINT, transfers in flight get this long to finish.
     pub shutdown_grace_ms: u64,
     /// How often the config file is checked for changes, and how long it must stay unchanged
@@ -44,6 +46,7 @@ impl Default for Server {
             http_port: 8080,
             nbd_port: 10809,
             workers: 0,
+            steer: Steer::Hash,
             shutdown_grace_ms: 10_000,
             reload_poll_ms: 500,
             reload_debounce_ms: 300,
@@ -199,6 +202,20 @@ fn default_mode() -> Mode {
     Mode::Standard
 }
 
+/// How SO_REUSEPORT picks the worker of a new flow.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Steer {
+    /// The kernel's hash of the flow's addresses and ports: even spread whatever the NIC.
+    #[default]
+    Hash,
+    /// The worker pinned on the CPU that processes the flow's first packet, so that the flow
+    /// stays on one core. For NICs whose receive queues are spread over the cores (RSS/RPS)
+    /// and for clients on the same host; with one receive queue, every flow would land on
+    /// the worker of the core that takes its interrupts.
+    Cpu,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Affinity {
@@ -278,6 +295,10 @@ tftp_port = 69              # UDP
 http_port = 8080            # TCP: /boot, /vdisk, /ipxe, /metrics, /healthz, /api/status
 nbd_port = 10809            # TCP
 workers = 0                 # 0 = one pinned worker per core
+steer = "hash"              # which worker takes a new flow: hash (the kernel's SO_REUSEPORT hash,
+                            # even spread) | cpu (the worker on the core that received its first
+                            # packet: the flow stays on one core; for multi-queue NICs (RSS) and
+                            # local clients, never for a NIC with a single receive queue)
 shutdown_grace_ms = 10000   # SIGTERM/SIGINT: transfers in flight get this long to finish
 reload_poll_ms = 500        # the file is also reloaded on SIGHUP
 reload_debounce_ms = 300

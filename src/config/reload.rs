@@ -85,8 +85,9 @@ impl Control {
                     || s.0.http_port != s.1.http_port
                     || s.0.nbd_port != s.1.nbd_port
                     || s.0.workers != s.1.workers
+                    || s.0.steer != s.1.steer
                 {
-                    tracing::warn!(generation, "server.listen/ports/workers changed: they take effect at the next restart");
+                    tracing::warn!(generation, "server.listen/ports/workers/steer changed: they take effect at the next restart");
                 }
                 tracing::info!(generation, why, vdisks = new.vdisks.len(), farm = new.farm.len(), "configuration loaded");
             }

@@ -15,6 +15,7 @@ pub mod timer;
 use crate::config::{Snapshot, Store};
 use crate::metrics::{Histogram, WorkerCounters};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -152,7 +153,61 @@ pub struct Engine {
     pub http_addr: SocketAddr,
 }
 
-fn pin(cpu: usize) {
+/// The CPUs this process may run on, in order: workers are pinned to them round robin. When
+/// the set cannot be read, 0..available_parallelism.
+pub fn allowed_cpus() -> Vec<usize> {
+    // Safety: a zeroed cpu_set_t is valid; sched_getaffinity fills it; CPU_ISSET reads inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let v: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+            if !v.is_empty() {
+                return v;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1)).collect()
+}
+
+/// Steers each new flow (a TFTP request, a TCP connection) to the worker pinned on the CPU
+/// that processes its packet, instead of the SO_REUSEPORT hash: a classic BPF program on the
+/// group returns the index of that CPU's worker (worker i's socket is the i-th of the group).
+/// With a NIC's receive queues spread over the cores (RSS), or a client on the same host, the
+/// flow then stays on one core: no cross-core wake-up or cache line per packet. A CPU with no
+/// worker gets an index past the group, and the kernel falls back to the hash.
+fn steer_by_cpu(sock: &socket2::Socket, worker_cpus: &[usize]) -> std::io::Result<()> {
+    const SKF_AD_CPU: u32 = 36;
+    let n = worker_cpus.len();
+    let mut prog = vec![libc::sock_filter {
+        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k: (libc::SKF_AD_OFF as u32).wrapping_add(SKF_AD_CPU),
+    }];
+    for (i, &cpu) in worker_cpus.iter().enumerate() {
+        // A second worker on one CPU (more workers than CPUs) is never matched: the first is.
+        prog.push(libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: 0, jf: 1, k: cpu as u32 });
+        prog.push(libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: i as u32 });
+    }
+    prog.push(libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: n as u32 });
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // Safety: fprog points at `prog`, alive for the call; the kernel copies the program.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            &fprog as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn pin(cpu: usize) {
     // Safety: a zeroed cpu_set_t is valid; CPU_SET stays inside it for cpu < CPU_SETSIZE.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -179,6 +234,24 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         let b = http::bind_listener(nbd_addr).map_err(|e| format!("cannot bind NBD on tcp/{nbd_addr}: {e}"))?;
         listeners.push((t, h, b));
     }
+    let cpus = allowed_cpus();
+    let worker_cpus: Vec<usize> = (0..n).map(|i| cpus[i % cpus.len()]).collect();
+    // Steering needs a worker per CPU at most: a second worker on one CPU would get no flow.
+    if s.steer == crate::config::Steer::Cpu && n > 1 && n <= cpus.len() {
+        let (t, h, b) = &listeners[0];
+        for (what, sock) in [("TFTP", t), ("HTTP", h), ("NBD", b)] {
+            if let Err(e) = steer_by_cpu(sock, &worker_cpus) {
+                tracing::warn!("{what}: cannot steer flows to the worker on their CPU ({e}); the kernel's hash picks the worker");
+            }
+        }
+        tracing::info!(cpus = ?worker_cpus, "new flows go to the worker on the CPU that receives them");
+    } else if s.steer == crate::config::Steer::Cpu && n > cpus.len() {
+        tracing::warn!(
+            workers = n,
+            cpus = cpus.len(),
+            "server.steer = cpu needs at most one worker per CPU; the kernel's hash picks the worker"
+        );
+    }
     let workers: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
     let shared = Arc::new(Shared {
         store,
@@ -191,17 +264,17 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         nbd_targets: Default::default(),
         farm: Default::default(),
     });
-    let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
     for (i, (listener, http_listener, nbd_listener)) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let listen_ip = tftp_addr.ip();
+        let cpu = worker_cpus[i];
         let t = std::thread::Builder::new()
             .name(format!("bootfarm-w{i}"))
             .spawn(move || {
-                pin(i % cpus);
+                pin(cpu);
                 let mut w = match Worker::new(i, shared, listener, http_listener, nbd_listener, listen_ip) {
                     Ok(w) => w,
                     Err(e) => {
@@ -356,5 +429,95 @@ impl Worker {
         let _ = self.ring.submit();
         self.bufs.unregister(&self.ring);
         tracing::info!(worker = self.index, "worker stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpStream, UdpSocket};
+
+    /// Counts what each socket of a group holds: datagrams (UDP) or pending connections (TCP).
+    fn drain(socks: &[socket2::Socket], tcp: bool) -> Vec<usize> {
+        socks
+            .iter()
+            .map(|s| {
+                let mut n = 0;
+                let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
+                loop {
+                    let got = if tcp { s.accept().map(|_| ()) } else { s.recv(&mut buf).map(|_| ()) };
+                    match got {
+                        Ok(()) => n += 1,
+                        Err(_) => return n,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Sends `flows` new flows (each its own source port) from a thread pinned on `cpu`.
+    fn flows_from(cpu: usize, to: SocketAddr, tcp: bool, flows: usize) -> Vec<TcpStream> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                pin(cpu);
+                let mut keep = Vec::new();
+                for _ in 0..flows {
+                    if tcp {
+                        keep.push(TcpStream::connect(to).unwrap());
+                    } else {
+                        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", to).unwrap();
+                    }
+                }
+                keep
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    fn group(tcp: bool, n: usize) -> (Vec<socket2::Socket>, SocketAddr) {
+        let bind = |a: SocketAddr| if tcp { http::bind_listener(a) } else { tftp::bind_listener(a) };
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = first.local_addr().unwrap().as_socket().unwrap();
+        let mut socks = vec![first];
+        socks.extend((1..n).map(|_| bind(at).unwrap()));
+        (socks, at)
+    }
+
+    /// On loopback the kernel processes a packet on the sender's CPU, so a client pinned on
+    /// CPU k must reach the socket of the worker on CPU k, for every one of its flows (the
+    /// hash would spread 16 flows over both).
+    #[test]
+    fn steering_sends_every_flow_to_the_worker_on_its_cpu() {
+        let cpus = allowed_cpus();
+        if cpus.len() < 2 {
+            eprintln!("skipped: this test needs two CPUs, the process may use {cpus:?}");
+            return;
+        }
+        let cpus = &cpus[..2];
+        for tcp in [false, true] {
+            let (socks, at) = group(tcp, 2);
+            steer_by_cpu(&socks[0], cpus).unwrap();
+            for (k, &cpu) in cpus.iter().enumerate() {
+                let _conns = flows_from(cpu, at, tcp, 16);
+                std::thread::sleep(Duration::from_millis(50));
+                let mut want = vec![0; 2];
+                want[k] = 16;
+                assert_eq!(drain(&socks, tcp), want, "tcp {tcp}: flows from CPU {cpu} by socket");
+            }
+        }
+    }
+
+    /// A CPU without a worker (here: none of the program's CPUs exist) falls back to the hash:
+    /// nothing is dropped.
+    #[test]
+    fn steering_falls_back_to_the_hash_on_other_cpus() {
+        for tcp in [false, true] {
+            let (socks, at) = group(tcp, 2);
+            steer_by_cpu(&socks[0], &[100_000, 100_001]).unwrap();
+            let _conns = flows_from(allowed_cpus()[0], at, tcp, 16);
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(drain(&socks, tcp).iter().sum::<usize>(), 16, "tcp {tcp}");
+        }
     }
 }

@@ -104,6 +104,12 @@ pub struct Args {
     /// Print progress every second on stderr (default: when stderr is a terminal).
     #[arg(long)]
     progress: bool,
+    /// Leave the engine threads unpinned. By default engine thread k runs on the k-th CPU this
+    /// process may use, and each target's phases all run on one thread: against a server that
+    /// steers flows by CPU (bootfarm's `server.steer = "cpu"`) a target's packets then stay on
+    /// one core.
+    #[arg(long)]
+    no_pin: bool,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -337,14 +343,16 @@ pub fn run(a: Args) -> Result<bool, String> {
         failover_lost: Duration::ZERO,
     });
     let show = a.progress || unsafe { libc::isatty(2) } == 1;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // One engine thread per CPU, pinned: target i's phases all run on thread i mod CPUs, so
+    // its packets are sent, received and (on loopback) delivered on one core.
+    let cpus: Vec<Option<usize>> = bootfarm::engine::allowed_cpus().into_iter().map(|c| (!a.no_pin).then_some(c)).collect();
     let timeout = Duration::from_millis(a.timeout_ms);
     std::thread::scope(|outer| {
-        let engine = (a.disk == "nbd").then(|| uring::start(outer, cores, chain.as_ref(), timeout, deadline));
+        let engine = (a.disk == "nbd").then(|| uring::start(outer, &cpus, chain.as_ref(), timeout, deadline));
         let tftp_engine = (a.bootstrap == "tftp")
-            .then(|| crate::uring_tftp::start(outer, cores, expect_boot.as_deref(), a.blksize.unwrap_or(512), deadline));
+            .then(|| crate::uring_tftp::start(outer, &cpus, expect_boot.as_deref(), a.blksize.unwrap_or(512), deadline));
         let http_engine = (a.bootstrap == "http" || a.ipxe || a.disk == "http")
-            .then(|| uring_http::start(outer, cores, chain.as_ref(), expect_boot.as_deref(), timeout, deadline));
+            .then(|| uring_http::start(outer, &cpus, chain.as_ref(), expect_boot.as_deref(), timeout, deadline));
         std::thread::scope(|sc| {
             for _ in 0..conc {
                 sc.spawn(|| loop {

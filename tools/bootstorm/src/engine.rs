@@ -13,18 +13,24 @@ pub struct Inboxes<J> {
 }
 
 impl<J: Send> Inboxes<J> {
-    /// Starts `threads` engine threads running `run` in `scope`; each ends when the Inboxes
-    /// are dropped and its targets are done.
-    pub fn start<'s, 'e: 's, F>(scope: &'s std::thread::Scope<'s, 'e>, threads: usize, run: F) -> Inboxes<J>
+    /// Starts an engine thread running `run` in `scope` for each entry of `cpus`, pinned to
+    /// that CPU where Some (one unpinned thread if `cpus` is empty); each ends when the
+    /// Inboxes are dropped and its targets are done.
+    pub fn start<'s, 'e: 's, F>(scope: &'s std::thread::Scope<'s, 'e>, cpus: &[Option<usize>], run: F) -> Inboxes<J>
     where
         J: 'e,
         F: Fn(mpsc::Receiver<J>) + Send + Copy + 'e,
     {
         let mut tx = Vec::new();
-        for _ in 0..threads.max(1) {
+        for &cpu in if cpus.is_empty() { &[None] } else { cpus } {
             let (t, rx) = mpsc::channel::<J>();
             tx.push(t);
-            scope.spawn(move || run(rx));
+            scope.spawn(move || {
+                if let Some(cpu) = cpu {
+                    bootfarm::engine::pin(cpu);
+                }
+                run(rx)
+            });
         }
         Inboxes { tx }
     }

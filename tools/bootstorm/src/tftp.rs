@@ -52,6 +52,11 @@ pub struct Args {
     /// Client threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Leave the client threads unpinned (by default thread k runs on the k-th CPU this
+    /// process may use, so that each transfer's packets stay on one core against a server
+    /// that steers flows by CPU).
+    #[arg(long)]
+    no_pin: bool,
     /// Stop after this long whatever remains (remaining targets count as timed out;
     /// `--duration` is the same bound).
     #[arg(long, alias = "duration", default_value_t = 120)]
@@ -112,13 +117,20 @@ pub fn run(a: Args) -> Result<bool, String> {
     crate::report::open_files_for(concurrency, 1);
     let expect = std::sync::Arc::new(expect);
     let t0 = Instant::now();
+    let cpus = bootfarm::engine::allowed_cpus();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
+            let cpu = (!a.no_pin).then(|| cpus[t % cpus.len()]);
             let a = a.clone();
             let expect = expect.clone();
             let share = |n: u64| n / threads as u64 + (t as u64).lt(&(n % threads as u64)) as u64;
             let (targets, conc) = (share(a.targets), share(concurrency).max(1));
-            std::thread::spawn(move || storm(&a, targets, conc, &expect, a.seed.wrapping_add(t as u64 * 7919) | 1, t0))
+            std::thread::spawn(move || {
+                if let Some(cpu) = cpu {
+                    bootfarm::engine::pin(cpu);
+                }
+                storm(&a, targets, conc, &expect, a.seed.wrapping_add(t as u64 * 7919) | 1, t0)
+            })
         })
         .collect();
     let mut total = Phase::new("tftp");

@@ -74,16 +74,16 @@ impl engine::InFlight for T {
 /// The NBD engine threads' inboxes.
 pub type Engine = Inboxes<Job>;
 
-/// Starts one engine thread per `threads` in `scope`; they end when the Engine is dropped and
-/// their targets are done.
+/// Starts one engine thread per entry of `cpus` (pinned where Some) in `scope`; they end when
+/// the Engine is dropped and their targets are done.
 pub fn start<'s, 'e: 's>(
     scope: &'s std::thread::Scope<'s, 'e>,
-    threads: usize,
+    cpus: &[Option<usize>],
     chain: Option<&'e Chain>,
     timeout: Duration,
     deadline: Instant,
 ) -> Engine {
-    Inboxes::start(scope, threads, move |rx| run(rx, chain, timeout, deadline))
+    Inboxes::start(scope, cpus, move |rx| run(rx, chain, timeout, deadline))
 }
 
 fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadline: Instant) {

@@ -105,13 +105,13 @@ pub type Engine = Inboxes<Job>;
 
 pub fn start<'s, 'e: 's>(
     scope: &'s std::thread::Scope<'s, 'e>,
-    threads: usize,
+    cpus: &[Option<usize>],
     chain: Option<&'e Chain>,
     expect_boot: Option<&'e [u8]>,
     timeout: Duration,
     deadline: Instant,
 ) -> Engine {
-    Inboxes::start(scope, threads, move |rx| run(rx, chain, expect_boot, timeout, deadline))
+    Inboxes::start(scope, cpus, move |rx| run(rx, chain, expect_boot, timeout, deadline))
 }
 
 enum Adv {

@@ -48,12 +48,12 @@ pub type Engine = Inboxes<Job>;
 /// `blksize`: the largest block the targets ask for (sizes the receive buffers).
 pub fn start<'s, 'e: 's>(
     scope: &'s std::thread::Scope<'s, 'e>,
-    threads: usize,
+    cpus: &[Option<usize>],
     expect: Option<&'e [u8]>,
     blksize: u16,
     deadline: Instant,
 ) -> Engine {
-    Inboxes::start(scope, threads, move |rx| run(rx, expect, blksize, deadline))
+    Inboxes::start(scope, cpus, move |rx| run(rx, expect, blksize, deadline))
 }
 
 const CANCEL: u64 = u64::MAX;

@@ -202,6 +202,8 @@ fn an_unreachable_server_ends_in_bounded_timeouts() {
 }
 
 /// A bootfarm serving `boot/boot.bin` and a VHDX vdisk "disk" made by qemu-img from `content`.
+/// A bootfarm with a VHDX vdisk, steering flows by CPU (bootstorm pins its engine threads, so
+/// every boot through this fixture runs that way; the tiny storm keeps the hash).
 fn boot_fixture(tag: &str) -> (PathBuf, std::process::Child, u16, u16, u16) {
     let d = tmp(tag);
     std::fs::create_dir_all(d.join("boot")).unwrap();
@@ -217,7 +219,7 @@ fn boot_fixture(tag: &str) -> (PathBuf, std::process::Child, u16, u16, u16) {
     std::fs::write(
         d.join("bf.toml"),
         format!(
-            "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n[tftp]\nroot = \"boot\"\nsessions_per_ip_max = 64\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n"
+            "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\nsteer = \"cpu\"\n[tftp]\nroot = \"boot\"\nsessions_per_ip_max = 64\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n"
         ),
     )
     .unwrap();
