@@ -31,8 +31,6 @@ listen = "127.0.0.1"
 tftp_port = 6911
 http_port = 8911
 nbd_port = 16911
-# bootstorm runs on this host, its engine threads pinned: each flow stays on one core.
-steer = "cpu"
 [tftp]
 root = "boot"
 [http]

@@ -34,8 +34,6 @@ cat > "$W/bootfarm.toml" <<EOF
 tftp_port = 6921
 http_port = 8921
 nbd_port = 10921
-# bootstorm runs on this host, its engine threads pinned: each flow stays on one core.
-steer = "cpu"
 [tftp]
 root = "boot"
 [nbd]
