@@ -207,13 +207,15 @@ fn steer_by_cpu(sock: &socket2::Socket, worker_cpus: &[usize]) -> std::io::Resul
     Ok(())
 }
 
+/// Pins the calling thread to `cpu` (a worker here; bootstorm's engine threads too). A failure
+/// is logged and the thread runs unpinned.
 pub fn pin(cpu: usize) {
     // Safety: a zeroed cpu_set_t is valid; CPU_SET stays inside it for cpu < CPU_SETSIZE.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::warn!(cpu, "cannot pin worker: {}", std::io::Error::last_os_error());
+            tracing::warn!(cpu, "cannot pin thread to its CPU: {}", std::io::Error::last_os_error());
         }
     }
 }

@@ -205,8 +205,9 @@ pub(crate) struct Expect<'a> {
 /// A target's own writes: block number -> the tag of the pattern written there.
 pub(crate) type Written = HashMap<u64, u64, BuildHasherDefault<BlockHasher>>;
 
-/// Block numbers hashed with one multiply (Fibonacci hashing): SipHash, the default, was most
-/// of the NBD engine's own CPU after the data compare.
+/// Block numbers hashed with one multiply (Fibonacci hashing): block numbers need no
+/// DoS-resistant hash, and SipHash (the default) showed in the NBD engine's profile, a lookup
+/// per 4 KiB block of every read and an insert per block of every write.
 #[derive(Default)]
 pub(crate) struct BlockHasher(u64);
 
