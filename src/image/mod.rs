@@ -242,6 +242,14 @@ impl Layer {
         }
     }
 
+    /// Back to the serving advice (random: no readahead, no fault-around), after a pass that
+    /// read the whole file through [`Layer::advise_sequential`].
+    pub fn advise_random(&self) {
+        if let Backing::Map(m) = &self.backing {
+            let _ = m.advise(memmap2::Advice::Random);
+        }
+    }
+
     /// Checks that can take a while (every table entry against every other): run by `verify`.
     pub fn deep_check(&self) -> Result<(), String> {
         match &self.map {
