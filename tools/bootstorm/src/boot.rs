@@ -225,24 +225,24 @@ impl Hasher for BlockHasher {
     }
 }
 
+/// What a target writes to a block (and later expects back): word j (little-endian) is
+/// `(tag ^ j) * K`, K odd, so every word of every block differs from its neighbours and from
+/// other tags' words. Each word is computed on its own (one multiply, no chain from word to
+/// word: a xorshift chain made this a twentieth of bootstorm's CPU in the NBD phase), and
+/// stored whole (a variable-length copy per word was a memcpy call).
 pub(crate) fn block_pattern(tag: u64, buf: &mut [u8]) {
-    let mut x = tag | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x.to_le_bytes()
-    };
-    // Whole words as one store each (a copy of a variable-length tail was a memcpy call per
-    // word: a twentieth of bootstorm's CPU in the NBD phase).
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let word = |j: usize| (tag ^ j as u64).wrapping_mul(K).to_le_bytes();
     let mut words = buf.chunks_exact_mut(8);
+    let mut j = 0;
     for c in &mut words {
-        c.copy_from_slice(&next());
+        c.copy_from_slice(&word(j));
+        j += 1;
     }
     let tail = words.into_remainder();
     if !tail.is_empty() {
         let n = tail.len();
-        tail.copy_from_slice(&next()[..n]);
+        tail.copy_from_slice(&word(j)[..n]);
     }
 }
 
@@ -699,24 +699,27 @@ impl DiskRun {
 mod tests {
     use super::*;
 
-    /// The pattern is xorshift64 words, little-endian, the last one cut to fit: what a target
-    /// writes and later expects back, whatever the length.
+    /// The pattern is the words `(tag ^ j) * K`, little-endian, the last one cut to fit: what
+    /// a target writes and later expects back, whatever the length; no two words of a block
+    /// are equal.
     #[test]
-    fn block_pattern_is_xorshift_words() {
+    fn block_pattern_words() {
         for len in [0usize, 1, 7, 8, 9, 4096, 4099] {
             let mut got = vec![0u8; len];
             block_pattern(42, &mut got);
             let mut want = Vec::new();
-            let mut x = 42u64 | 1;
+            let mut j = 0u64;
             while want.len() < len {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                want.extend_from_slice(&x.to_le_bytes());
+                want.extend_from_slice(&((42 ^ j).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
+                j += 1;
             }
             want.truncate(len);
             assert_eq!(got, want, "length {len}");
         }
+        let mut b = vec![0u8; 4096];
+        block_pattern(7, &mut b);
+        let words: std::collections::HashSet<&[u8]> = b.chunks(8).collect();
+        assert_eq!(words.len(), 512, "every word of a block differs");
         let (mut a, mut b) = (vec![0u8; 64], vec![0u8; 64]);
         block_pattern(1 << 40, &mut a);
         block_pattern(2 << 40, &mut b);
