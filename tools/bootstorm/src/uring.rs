@@ -117,6 +117,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 Ok(()) => slots.put(idx, t),
                 Err(f) => {
                     let _ = t.job.done.send((Err(f), t.st));
+                    engine::uninstall(&ring, idx);
                     slots.release(idx);
                 }
             }
@@ -159,6 +160,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
             };
             if let Some(r) = finished {
                 let t = slots.remove(idx);
+                engine::uninstall(&ring, idx);
                 let _ = t.job.done.send((r, t.st));
             }
         }
@@ -209,6 +211,10 @@ fn connect(t: &mut T, ring: &mut IoUring, idx: usize) -> Result<(), Fail> {
     let at = t.job.servers[t.st.server];
     let s = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(|_| ("vdisk", "no local socket"))?;
     let _ = s.set_nodelay(true);
+    // Its operations name it by slot (the old socket of a failover leaves the table here).
+    if !engine::install(ring, idx, s.as_raw_fd()) {
+        return Err(("vdisk", "no local socket"));
+    }
     *t.addr = at.into();
     t.sock = Some(s);
     t.step = Step::Connect;
@@ -233,7 +239,8 @@ fn options(req: &mut Vec<u8>, export: &str) {
 const OPT_DATA_MAX: usize = 64 << 10;
 
 fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
-    let fd = types::Fd(t.sock.as_ref().expect("connected").as_raw_fd());
+    debug_assert!(t.sock.is_some(), "a socket installed at the slot");
+    let fd = types::Fixed(idx as u32);
     let e = match t.step {
         Step::Connect => opcode::Connect::new(fd, t.addr.as_ptr(), t.addr.len()).build(),
         Step::Greeting | Step::OptHead | Step::OptData => {

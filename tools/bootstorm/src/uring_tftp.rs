@@ -38,6 +38,8 @@ struct T {
     connected: Option<SocketAddr>,
     ack: Box<[u8; 4]>,
     sending: bool,
+    /// The socket is in the ring's file table at the target's slot (operations name it so).
+    fixed: bool,
     held: Option<(SocketAddr, Vec<u8>)>,
     finished: Option<Outcome>,
 }
@@ -81,9 +83,11 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 connected: None,
                 ack: Box::new([0, 4, 0, 0]),
                 sending: false,
+                fixed: false,
                 held: None,
                 finished: None,
             });
+            t.fixed = engine::install(&ring, idx, t.job.sock.as_raw_fd());
             arm(&mut t, &mut ring, &msg, bufs.bgid, idx);
             send_pending(&mut t, &mut ring, idx);
             slots.put(idx, t);
@@ -157,6 +161,9 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 return true;
             }
             let t = slots.remove(idx);
+            if t.fixed {
+                engine::uninstall(&ring, idx);
+            }
             let c = &t.job.client;
             let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
             false
@@ -218,8 +225,12 @@ fn send_pending(t: &mut T, ring: &mut IoUring, idx: usize) {
                 }
                 if t.connected == Some(to) && !t.sending {
                     t.ack[2..].copy_from_slice(&n.to_be_bytes());
-                    let e =
-                        opcode::Send::new(types::Fd(t.job.sock.as_raw_fd()), t.ack.as_ptr(), 4).build().user_data(idx as u64 | SEND_BIT);
+                    let e = if t.fixed {
+                        opcode::Send::new(types::Fixed(idx as u32), t.ack.as_ptr(), 4).build()
+                    } else {
+                        opcode::Send::new(types::Fd(t.job.sock.as_raw_fd()), t.ack.as_ptr(), 4).build()
+                    }
+                    .user_data(idx as u64 | SEND_BIT);
                     // Safety: the ACK buffer is boxed in the target, kept until the send completes.
                     unsafe {
                         while ring.submission().push(&e).is_err() {
@@ -237,6 +248,11 @@ fn send_pending(t: &mut T, ring: &mut IoUring, idx: usize) {
 
 fn arm(t: &mut T, ring: &mut IoUring, msg: &libc::msghdr, bgid: u16, idx: usize) {
     // The template lives in the engine thread for its whole run.
-    push(ring, &opcode::RecvMsgMulti::new(types::Fd(t.job.sock.as_raw_fd()), msg, bgid).build().user_data(idx as u64));
+    let e = if t.fixed {
+        opcode::RecvMsgMulti::new(types::Fixed(idx as u32), msg, bgid).build()
+    } else {
+        opcode::RecvMsgMulti::new(types::Fd(t.job.sock.as_raw_fd()), msg, bgid).build()
+    };
+    push(ring, &e.user_data(idx as u64));
     t.armed = true;
 }
