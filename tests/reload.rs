@@ -97,8 +97,9 @@ fn running_server_reloads_on_change_and_sighup_and_exits_on_sigterm() {
     store_dir(&dir);
     let file = dir.join("bootfarm.toml");
     std::fs::write(&file, text(1)).unwrap();
-    let tftp = free_port().to_string();
-    let mut s = Server::start(&["--config", file.to_str().unwrap(), "--tftp-port", &tftp]);
+    // Every port its own: tests run at once, and bootfarm refuses a port another server holds.
+    let (tftp, http, nbd) = (free_port().to_string(), free_port().to_string(), free_port().to_string());
+    let mut s = Server::start(&["--config", file.to_str().unwrap(), "--tftp-port", &tftp, "--http-port", &http, "--nbd-port", &nbd]);
     s.wait_for("vdisk ready");
     std::thread::sleep(Duration::from_millis(50));
     std::fs::write(&file, text(2)).unwrap();
@@ -127,7 +128,15 @@ fn open_file_limit_is_raised_to_the_hard_limit_and_checked() {
         std::process::Command::new("prlimit")
             .args([&format!("--nofile={limits}"), "--"])
             .arg(bin())
-            .args(["serve", "--config", file.to_str().unwrap(), "--tftp-port", &free_port().to_string(), "--log", "info"])
+            .args(["serve", "--config", file.to_str().unwrap(), "--log", "info"])
+            .args([
+                "--tftp-port",
+                &free_port().to_string(),
+                "--http-port",
+                &free_port().to_string(),
+                "--nbd-port",
+                &free_port().to_string(),
+            ])
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -162,6 +171,7 @@ fn out_of_descriptors_pauses_accepting_and_recovers() {
         .args(["--nofile=48:48", "--"])
         .arg(bin())
         .args(["serve", "--config", file.to_str().unwrap(), "--tftp-port", &free_port().to_string(), "--workers", "1", "--log", "warn"])
+        .args(["--nbd-port", &free_port().to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -220,6 +220,30 @@ pub fn pin(cpu: usize) {
     }
 }
 
+/// Fails when another socket already holds `addr`: a second bootfarm (or any server that set
+/// SO_REUSEPORT as the same user) would otherwise let this one join its port and take a share
+/// of its flows, each instance silently serving part of the traffic. A probe without
+/// SO_REUSEPORT cannot bind exactly then. Other errors are left to the real bind to report;
+/// port 0 (any free port) is not checked.
+fn ensure_free(addr: SocketAddr, tcp: bool) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let (ty, proto) = if tcp { (Type::STREAM, Protocol::TCP) } else { (Type::DGRAM, Protocol::UDP) };
+    let Ok(probe) = Socket::new(Domain::for_address(addr), ty, Some(proto)) else { return Ok(()) };
+    if tcp {
+        // Connections of an earlier run still in TIME_WAIT own nothing.
+        let _ = probe.set_reuse_address(true);
+    }
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err("the port is already in use by another process (a second bootfarm would share it through SO_REUSEPORT and take part of the traffic)".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Binds every socket, starts the workers and waits until each has its ring, so that any
 /// setup error (port in use, io_uring unavailable) is reported here, before serving begins.
 pub fn start(store: Arc<Store>) -> Result<Engine, String> {
@@ -229,6 +253,9 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     let tftp_addr = SocketAddr::new(s.listen, s.tftp_port);
     let http_addr = SocketAddr::new(s.listen, s.http_port);
     let nbd_addr = SocketAddr::new(s.listen, s.nbd_port);
+    ensure_free(tftp_addr, false).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?;
+    ensure_free(http_addr, true).map_err(|e| format!("cannot bind HTTP on tcp/{http_addr}: {e}"))?;
+    ensure_free(nbd_addr, true).map_err(|e| format!("cannot bind NBD on tcp/{nbd_addr}: {e}"))?;
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
         let t = tftp::bind_listener(tftp_addr).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?;
@@ -508,6 +535,26 @@ mod tests {
                 assert_eq!(drain(&socks, tcp), want, "tcp {tcp}: flows from CPU {cpu} by socket");
             }
         }
+    }
+
+    /// A port held by another process's SO_REUSEPORT socket is refused (joining its group would
+    /// split the traffic silently); a free one, or one whose connections only linger, is not.
+    #[test]
+    fn a_port_held_elsewhere_is_refused_before_joining_it() {
+        for tcp in [false, true] {
+            let (held, at) = group(tcp, 1);
+            let e = ensure_free(at, tcp).unwrap_err();
+            assert!(e.contains("already in use by another process"), "tcp {tcp}: {e}");
+            drop(held);
+            assert_eq!(ensure_free(at, tcp), Ok(()), "tcp {tcp}: free again");
+        }
+        // A listener gone, its accepted connection still open: the port is free to listen on.
+        let (l, at) = group(true, 1);
+        let _c = TcpStream::connect(at).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let _accepted = l[0].accept().unwrap();
+        drop(l);
+        assert_eq!(ensure_free(at, true), Ok(()));
     }
 
     /// A CPU without a worker (here: none of the program's CPUs exist) falls back to the hash:
