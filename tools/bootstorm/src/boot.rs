@@ -228,8 +228,8 @@ impl Hasher for BlockHasher {
 /// What a target writes to a block (and later expects back): word j (little-endian) is
 /// `(tag ^ j) * K`, K odd, so every word of every block differs from its neighbours and from
 /// other tags' words. Each word is computed on its own (one multiply, no chain from word to
-/// word: a xorshift chain made this a twentieth of bootstorm's CPU in the NBD phase), and
-/// stored whole (a variable-length copy per word was a memcpy call).
+/// word) and stored whole: the xorshift chain stored through a memcpy call per word before
+/// made start_io 4.0% of bootstorm's samples in the headline, this 1.8%.
 pub(crate) fn block_pattern(tag: u64, buf: &mut [u8]) {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let word = |j: usize| (tag ^ j as u64).wrapping_mul(K).to_le_bytes();
