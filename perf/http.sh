@@ -10,16 +10,10 @@ cd "$(dirname "$0")/.."
 . perf/lib.sh
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
-export DEBIAN_FRONTEND=noninteractive
-[ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
-command -v wrk >/dev/null || apt-get install -y -qq --no-install-recommends wrk >/dev/null
-[ -x /usr/sbin/nginx ] || apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+need_pkgs wrk:wrk /usr/sbin/nginx:nginx-light
 cargo build --release -q --workspace
 BF=$PWD/target/release/bootfarm
-W=$(mktemp -d /tmp/bootfarm-perf-http.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+work_dir http
 mkdir -p "$W/www" "$W/boot" "$W/nginx"
 SIZE=$((1 << 30))
 head -c "$SIZE" /dev/urandom > "$W/www/disk.raw"

@@ -36,3 +36,33 @@ http {
 }
 NGX
 }
+
+# need_pkgs COMMAND:PACKAGE...: installs, in one apt-get call, the packages whose command is
+# missing (COMMAND is a name looked up in PATH, or an absolute path). Installed services are
+# kept from starting on their own (policy-rc.d): the scripts start every peer themselves, on
+# their own ports (and there is no init here).
+need_pkgs() {
+  export DEBIAN_FRONTEND=noninteractive
+  [ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
+  local missing=() p c
+  for p in "$@"; do
+    c=${p%%:*}
+    if [[ $c == /* ]]; then [ -x "$c" ] || missing+=("${p##*:}"); else command -v "$c" >/dev/null || missing+=("${p##*:}"); fi
+  done
+  if ((${#missing[@]})); then apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; fi
+}
+
+# work_dir NAME: a fresh folder in $W, removed at exit, after every process whose PID the
+# script appends to the array pids is killed.
+work_dir() {
+  W=$(mktemp -d "/tmp/bootfarm-perf-$1.XXXXXX")
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+}
+
+# tftpd_hpa: $HPA, tftpd-hpa's in.tftpd taken out of its package into $W (Debian's atftpd and
+# tftpd-hpa packages conflict: both ship in.tftpd).
+tftpd_hpa() {
+  (cd "$W" && apt-get download tftpd-hpa >/dev/null 2>&1 && dpkg-deb -x tftpd-hpa_*.deb hpa)
+  HPA="$W/hpa/usr/sbin/in.tftpd"
+}

@@ -17,15 +17,10 @@ cd "$(dirname "$0")/.."
 . perf/lib.sh
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-5}
-export DEBIAN_FRONTEND=noninteractive
-need() { command -v "$1" >/dev/null || apt-get install -y -qq --no-install-recommends "$2" >/dev/null; }
-need nbdcopy libnbd-bin; need qemu-nbd qemu-utils; need nbdkit nbdkit; need fio fio; need bc bc
+need_pkgs nbdcopy:libnbd-bin qemu-nbd:qemu-utils nbdkit:nbdkit fio:fio bc:bc
 cargo build --release -q --workspace
 BF=$PWD/target/release/bootfarm
-W=$(mktemp -d /tmp/bootfarm-perf-nbd.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
+work_dir nbd
 make_test_vhdx "$W"
 qemu-img convert -f vhdx -O raw "$W/disk.vhdx" "$W/disk.raw"
 mkdir -p "$W/boot"

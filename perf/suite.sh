@@ -27,23 +27,12 @@ HEADLINE_TARGETS=${HEADLINE_TARGETS:-500}
 # How long a target waits for any one answer before it counts the server as gone: generous, as
 # real clients are; 2 s made qemu-nbd's queued handshakes fail.
 TIMEOUT_MS=${TIMEOUT_MS:-15000}
-export DEBIAN_FRONTEND=noninteractive
-[ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
-need=()
-command -v qemu-nbd >/dev/null || need+=(qemu-utils)
-[ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
-[ -x /usr/sbin/nginx ] || need+=(nginx-light)
-if ((${#need[@]})); then apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; fi
+need_pkgs qemu-nbd:qemu-utils /usr/sbin/dnsmasq:dnsmasq-base /usr/sbin/nginx:nginx-light
 cargo build --release -q --workspace
 BF=$PWD/target/release/bootfarm
 BS=$PWD/target/release/bootstorm
-W=$(mktemp -d /tmp/bootfarm-perf-suite.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-# Debian's atftpd and tftpd-hpa conflict (both ship in.tftpd): tftpd-hpa's binary from its .deb.
-(cd "$W" && apt-get download tftpd-hpa >/dev/null 2>&1 && dpkg-deb -x tftpd-hpa_*.deb hpa)
-HPA="$W/hpa/usr/sbin/in.tftpd"
+work_dir suite
+tftpd_hpa
 make_test_vhdx "$W"
 mkdir -p "$W/root" "$W/www/boot" "$W/www/vdisk" "$W/nginx"
 head -c $((1 << 20)) /dev/urandom > "$W/root/boot.bin"

@@ -8,24 +8,15 @@
 # atftpd 100 threads). Bounded: every bootstorm run stops after 90 s. Usage: RUNS=3 perf/tftp.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 RUNS=${RUNS:-3}
-export DEBIAN_FRONTEND=noninteractive
-# Installed services must not start on their own (no init here; and port 69 is dnsmasq's below).
-[ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
-for p in atftpd:atftpd dnsmasq:dnsmasq-base; do
-  [ -x "/usr/sbin/${p%%:*}" ] || apt-get install -y -qq --no-install-recommends "${p##*:}" >/dev/null
-done
+# (Port 69 is dnsmasq's below: the packages' own services must not start.)
+need_pkgs /usr/sbin/atftpd:atftpd /usr/sbin/dnsmasq:dnsmasq-base
 cargo build --release -q --workspace
 BF=$PWD/target/release/bootfarm
 BS=$PWD/target/release/bootstorm
-W=$(mktemp -d /tmp/bootfarm-perf-tftp.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-# Debian's atftpd and tftpd-hpa packages conflict (both ship in.tftpd): take tftpd-hpa's
-# binary out of its package into our folder.
-(cd "$W" && apt-get download tftpd-hpa >/dev/null 2>&1 && dpkg-deb -x tftpd-hpa_*.deb hpa)
-HPA="$W/hpa/usr/sbin/in.tftpd"
+work_dir tftp
+tftpd_hpa
 mkdir -p "$W/root"
 head -c $((1 << 20)) /dev/urandom > "$W/root/boot.bin"
 head -c $((64 << 20)) /dev/urandom > "$W/root/big.bin"
