@@ -92,6 +92,7 @@ fn bad_files_get_precise_errors() {
         ("port clash", "[server]\nhttp_port = 9000\nnbd_port = 9000", &["server.nbd_port = 9000", "same TCP port"]),
         ("bad node name", "[server]\nname = \"node 1\"", &["server.name = \"node 1\"", "letters, digits"]),
         ("too many workers", "[server]\nworkers = 5000", &["server.workers = 5000", "at most 1024"]),
+        ("bad steer", "[server]\nsteer = \"rss\"", &["unknown variant `rss`", "hash", "cpu", "line 2"]),
         ("missing root", "[tftp]\nroot = \"nowhere\"", &["tftp.root", "nowhere", "No such file"]),
         ("blksize", "[tftp]\nroot = \"boot\"\nblksize_max = 4", &["tftp.blksize_max = 4", "8 to 65464"]),
         ("windowsize", "[tftp]\nroot = \"boot\"\nwindowsize_max = 0", &["tftp.windowsize_max = 0", "1 to 65535"]),

@@ -337,3 +337,44 @@ fn a_transfer_finishes_on_the_snapshot_it_started_with() {
     late.rrq("b1433", &[]);
     late.expect_error(wire::ERR_NOT_FOUND, "not found");
 }
+
+/// `server.steer = "cpu"`: with one worker per CPU the listeners steer, and clients get their
+/// files; with more workers than CPUs it says why it keeps the hash, and still serves.
+#[test]
+fn steering_by_cpu_serves_and_refuses_more_workers_than_cpus() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    for (workers, log) in
+        [(cpus, "new flows go to the worker on the CPU that receives them"), (cpus + 1, "needs at most one worker per CPU")]
+    {
+        if workers < 2 {
+            continue; // one worker: nothing to steer, nothing logged
+        }
+        let dir = TempDir::new("tftp-steer");
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        let want = pattern(5, 0, 300_000);
+        std::fs::write(dir.join("boot/f"), &want).unwrap();
+        let (port, http, nbd) = (free_port(), free_port(), free_port());
+        std::fs::write(
+            dir.join("bootfarm.toml"),
+            format!(
+                "[server]\nlisten = \"127.0.0.1\"\ntftp_port = {port}\nhttp_port = {http}\nnbd_port = {nbd}\nworkers = {workers}\nsteer = \"cpu\"\n[tftp]\nroot = \"boot\"\n"
+            ),
+        )
+        .unwrap();
+        let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+        server.wait_for(log);
+        let out = dir.join("out");
+        for i in 0..4 {
+            let _ = std::fs::remove_file(&out);
+            run(Command::new("curl").args([
+                "-sS",
+                "--tftp-blksize",
+                "1432",
+                "-o",
+                out.to_str().unwrap(),
+                &format!("tftp://127.0.0.1:{port}/f"),
+            ]));
+            assert_same(&format!("workers {workers}, fetch {i}"), &read_file(&out), &want);
+        }
+    }
+}
