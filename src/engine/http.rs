@@ -8,7 +8,7 @@
 
 use super::files::FileCache;
 use super::iov::{push_chain, push_slice, IOV_MAX};
-use super::ring::push;
+use super::ring::{push, with_sock, FileSlots, SockRef};
 use super::slab::Slab;
 use super::timer::Wheel;
 use super::{ud, Shared, WorkerStats};
@@ -46,6 +46,8 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
 struct Conn {
     generation: u16,
     fd: Option<OwnedFd>,
+    /// How ring operations name `fd`: its file-table slot when one was free.
+    sref: SockRef,
     peer: SocketAddr,
     ip: IpAddr,
     rbuf: Vec<u8>,
@@ -90,6 +92,7 @@ pub struct HttpService {
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
     worker: usize,
+    slots: FileSlots,
 }
 
 struct EnvImpl<'a> {
@@ -149,7 +152,7 @@ fn body_bytes(body: &Body) -> Option<&[u8]> {
 }
 
 impl HttpService {
-    pub fn new(listener: Socket, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize) -> HttpService {
+    pub fn new(listener: Socket, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> HttpService {
         HttpService {
             listener: Some(listener),
             accept_armed: false,
@@ -161,6 +164,7 @@ impl HttpService {
             stats,
             shared,
             worker,
+            slots,
         }
     }
 
@@ -289,10 +293,12 @@ impl HttpService {
         }
         self.count(Counter::HttpConnections, 1);
         self.stats.http_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sref = self.slots.install(ring, sock.as_raw_fd());
         let (id, _) = self.conns.insert(|generation| {
             Box::new(Conn {
                 generation,
                 fd: Some(sock.into()),
+                sref,
                 peer,
                 ip,
                 rbuf: vec![0u8; RBUF_INITIAL],
@@ -492,7 +498,6 @@ impl HttpService {
         }
         let c = self.conns.at(id).unwrap();
         if !c.recv_armed && !c.close_after {
-            let fd = c.fd.as_ref().unwrap().as_raw_fd();
             let spare = &mut c.rbuf[c.rlen..];
             if spare.is_empty() {
                 // Full buffer at the limit: parse will refuse it (431).
@@ -501,8 +506,8 @@ impl HttpService {
                 submit_send(c, id, ring, zc_min, wheel, send_deadline);
                 return;
             }
-            let e =
-                opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build().user_data(ud(K_RECV, id, c.generation, 0));
+            let e = with_sock!(c.sref, f => opcode::Recv::new(f, spare.as_mut_ptr(), spare.len() as u32).build())
+                .user_data(ud(K_RECV, id, c.generation, 0));
             push(ring, &e);
             c.recv_armed = true;
         }
@@ -524,6 +529,9 @@ impl HttpService {
             // Let an in-flight send finish into the socket; the descriptor closes now.
             drop(fd);
         }
+        let sref = std::mem::replace(&mut c.sref, SockRef::Raw(-1));
+        self.slots.release(ring, sref);
+        let Some(c) = self.conns.at(id) else { return };
         let ip = c.ip;
         tracing::info!(worker = self.worker, client = %c.peer, requests = c.requests, ms = c.opened.elapsed().as_millis() as u64, "http connection closed");
         let lingering = c.sending || c.zc_pending > 0;
@@ -591,7 +599,9 @@ fn arm_timer(c: &mut Conn, id: u32, wheel: &mut Wheel, at: Instant) {
 fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &mut Wheel, deadline: Instant) {
     c.send_deadline = deadline;
     arm_timer(c, id, wheel, deadline);
-    let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+    if c.fd.is_none() {
+        return;
+    }
     c.iov.clear();
     let head_len = c.head.len() as u64;
     let mut budget = SEND_BYTES_MAX;
@@ -615,11 +625,13 @@ fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &m
     c.msg.msg_iov = c.iov.as_mut_ptr();
     c.msg.msg_iovlen = c.iov.len() as _;
     let user_data = ud(K_SEND, id, c.generation, 0);
+    let flags = libc::MSG_NOSIGNAL as u32;
     let e = if zc_min > 0 && body_bytes_now >= zc_min {
-        opcode::SendMsgZc::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
+        with_sock!(c.sref, f => opcode::SendMsgZc::new(f, &c.msg).flags(flags).build())
     } else {
-        opcode::SendMsg::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
-    };
+        with_sock!(c.sref, f => opcode::SendMsg::new(f, &c.msg).flags(flags).build())
+    }
+    .user_data(user_data);
     push(ring, &e);
     c.sending = true;
 }

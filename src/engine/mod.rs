@@ -371,14 +371,21 @@ impl Worker {
         let ring = ring::build().map_err(|e| e.to_string())?;
         let bufs = ring::BufRing::new(&ring, 0, 1024, 2048).map_err(|e| format!("cannot register receive buffers: {e}"))?;
         let stats = shared.workers[index].clone();
+        // The registered file table, split between the services: half for TFTP transfers, a
+        // quarter each for HTTP and NBD connections; beyond that, plain descriptors.
+        let n = ring::register_file_table(&ring);
+        if n == 0 {
+            tracing::debug!(worker = index, "no registered file table: operations name sockets by descriptor");
+        }
+        let (t, h) = (n / 2, n / 2 + n / 4);
         Ok(Worker {
             index,
             ring,
             bufs,
             wheel: timer::Wheel::new(Instant::now()),
-            tftp: tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index),
-            http: http::HttpService::new(http_listener, stats.clone(), shared.clone(), index),
-            nbd: nbd::NbdService::new(nbd_listener, stats, shared.clone(), index),
+            tftp: tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index, ring::FileSlots::new(0..t)),
+            http: http::HttpService::new(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h)),
+            nbd: nbd::NbdService::new(nbd_listener, stats, shared.clone(), index, ring::FileSlots::new(h..n)),
             shared,
             cqes: Vec::with_capacity(ring::CQ_ENTRIES as usize),
             expired: Vec::new(),
@@ -407,7 +414,7 @@ impl Worker {
                 let (u, res, flags) = self.cqes[i];
                 let (kind, id, generation, slot) = ud_parts(u);
                 if kind >= nbd::K_ACCEPT {
-                    self.nbd.on_cqe(kind, id, generation, res, flags, now);
+                    self.nbd.on_cqe(kind, id, generation, res, flags, &self.ring, now);
                 } else if kind >= http::K_ACCEPT {
                     self.http.on_cqe(kind, id, generation, res, flags, &mut self.ring, now);
                 } else {

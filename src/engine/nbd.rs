@@ -15,7 +15,7 @@
 //! nothing by reordering). WRITE payloads are applied to the target's cache as they arrive.
 
 use super::iov::{ZEROS, ZEROS_LEN};
-use super::ring::push;
+use super::ring::{push, with_sock, FileSlots, SockRef};
 use super::slab::Slab;
 use super::{ud, Shared, WorkerStats};
 use crate::config::Mode;
@@ -74,6 +74,9 @@ struct Incoming {
 struct Conn {
     generation: u16,
     fd: Option<OwnedFd>,
+    /// How ring operations name `fd`: its file-table slot when one was free. The direct
+    /// sendmsg uses the descriptor.
+    sref: SockRef,
     peer: SocketAddr,
     ip: IpAddr,
     rbuf: Box<[u8]>,
@@ -179,10 +182,11 @@ pub struct NbdService {
     worker: usize,
     last_sweep: Instant,
     last_timeouts: Instant,
+    slots: FileSlots,
 }
 
 impl NbdService {
-    pub fn new(listener: Socket, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize) -> NbdService {
+    pub fn new(listener: Socket, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> NbdService {
         NbdService {
             listener: Some(listener),
             accept_armed: false,
@@ -194,6 +198,7 @@ impl NbdService {
             worker,
             last_sweep: Instant::now(),
             last_timeouts: Instant::now(),
+            slots,
         }
     }
 
@@ -219,7 +224,7 @@ impl NbdService {
         }
     }
 
-    pub fn on_cqe(&mut self, kind: u8, id: u32, generation: u16, res: i32, flags: u32, now: Instant) {
+    pub fn on_cqe(&mut self, kind: u8, id: u32, generation: u16, res: i32, flags: u32, ring: &IoUring, now: Instant) {
         match kind {
             K_ACCEPT => {
                 if !cqueue::more(flags) {
@@ -227,7 +232,7 @@ impl NbdService {
                 }
                 if res >= 0 {
                     // Safety: the kernel gave us this new descriptor.
-                    self.accepted(unsafe { OwnedFd::from_raw_fd(res) }, now);
+                    self.accepted(unsafe { OwnedFd::from_raw_fd(res) }, ring, now);
                 }
             }
             K_RECV => {
@@ -266,7 +271,7 @@ impl NbdService {
         }
     }
 
-    fn accepted(&mut self, fd: OwnedFd, now: Instant) {
+    fn accepted(&mut self, fd: OwnedFd, ring: &IoUring, now: Instant) {
         let sock = Socket::from(fd);
         let Some(peer) = sock.peer_addr().ok().and_then(|a| a.as_socket()) else { return };
         let ip = peer.ip().to_canonical(); // IPv4-mapped (dual-stack socket) counts as IPv4
@@ -278,10 +283,12 @@ impl NbdService {
         let _ = sock.set_nodelay(true);
         let _ = sock.set_nonblocking(true);
         self.stats.counters.add(Counter::NbdConnections, 1);
+        let sref = self.slots.install(ring, sock.as_raw_fd());
         let (id, _) = self.conns.insert(|generation| {
             let mut c = Box::new(Conn {
                 generation,
                 fd: Some(sock.into()),
+                sref,
                 peer,
                 ip,
                 rbuf: vec![0u8; RBUF].into_boxed_slice(),
@@ -403,10 +410,9 @@ impl NbdService {
                 }
                 return; // the queue is full: TCP pushes back until replies are out
             }
-            let fd = c.fd.as_ref().unwrap().as_raw_fd();
             let spare = &mut c.rbuf[c.tail..];
-            let e =
-                opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build().user_data(ud(K_RECV, id, c.generation, 0));
+            let e = with_sock!(c.sref, f => opcode::Recv::new(f, spare.as_mut_ptr(), spare.len() as u32).build())
+                .user_data(ud(K_RECV, id, c.generation, 0));
             push(ring, &e);
             c.recv_armed = true;
         }
@@ -451,6 +457,9 @@ impl NbdService {
             c.recv_armed = false;
         }
         c.fd = None;
+        let sref = std::mem::replace(&mut c.sref, SockRef::Raw(-1));
+        self.slots.release(ring, sref);
+        let Some(c) = self.conns.at(id) else { return };
         tracing::info!(
             worker,
             client = %c.peer,
@@ -1039,14 +1048,18 @@ fn fill_iov(c: &mut Conn) {
 
 /// One sendmsg from the cursor, up to IOV_MAX pieces; SEND_ZC when the batch is large enough.
 fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64) {
-    let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+    if c.fd.is_none() {
+        return;
+    }
     fill_iov(c);
     let user_data = ud(K_SEND, id, c.generation, 0);
+    let flags = libc::MSG_NOSIGNAL as u32;
     let e = if zc_min > 0 && c.total - c.sent >= zc_min {
-        opcode::SendMsgZc::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
+        with_sock!(c.sref, f => opcode::SendMsgZc::new(f, &c.msg).flags(flags).build())
     } else {
-        opcode::SendMsg::new(types::Fd(fd), &c.msg).flags(libc::MSG_NOSIGNAL as u32).build().user_data(user_data)
-    };
+        with_sock!(c.sref, f => opcode::SendMsg::new(f, &c.msg).flags(flags).build())
+    }
+    .user_data(user_data);
     push(ring, &e);
     c.sending = true;
 }

@@ -4,6 +4,7 @@
 
 use io_uring::{squeue, types, IoUring};
 use std::io;
+use std::os::fd::RawFd;
 
 pub const SQ_ENTRIES: u32 = 1024;
 pub const CQ_ENTRIES: u32 = 8192;
@@ -47,6 +48,38 @@ mod tests {
         assert!(m.contains("RLIMIT_MEMLOCK"), "{m}");
     }
 
+    /// Slots go out until the range is used up, then plain descriptors; a released slot is
+    /// empty (an operation on it fails with EBADF) and is handed out again.
+    #[test]
+    fn file_slots_fixed_then_raw_and_reused() {
+        let mut ring = build().unwrap();
+        assert!(register_file_table(&ring) >= 4, "a file table registers here");
+        let mut slots = FileSlots::new(2..4);
+        let socks: Vec<std::net::UdpSocket> = (0..3).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        use std::os::fd::AsRawFd;
+        let got: Vec<SockRef> = socks.iter().map(|s| slots.install(&ring, s.as_raw_fd())).collect();
+        assert_eq!(got[..2], [SockRef::Fixed(2), SockRef::Fixed(3)]);
+        assert_eq!(got[2], SockRef::Raw(socks[2].as_raw_fd()));
+        // A send through slot 3 reaches the socket behind it.
+        let dest = socks[0].local_addr().unwrap();
+        let sa = socket2::SockAddr::from(dest);
+        let payload = *b"slot";
+        let e = with_sock!(got[1], f => io_uring::opcode::Send::new(f, payload.as_ptr(), 4).dest_addr(sa.as_ptr()).dest_addr_len(sa.len()).build());
+        push(&mut ring, &e);
+        ring.submit_and_wait(1).unwrap();
+        assert_eq!(ring.completion().next().unwrap().result(), 4);
+        let mut b = [0u8; 8];
+        let (n, from) = socks[0].recv_from(&mut b).unwrap();
+        assert_eq!((&b[..n], from), (&payload[..], socks[1].local_addr().unwrap()));
+        slots.release(&ring, got[1]);
+        let e = with_sock!(got[1], f => io_uring::opcode::Send::new(f, payload.as_ptr(), 4).dest_addr(sa.as_ptr()).dest_addr_len(sa.len()).build());
+        push(&mut ring, &e);
+        ring.submit_and_wait(1).unwrap();
+        assert_eq!(ring.completion().next().unwrap().result(), -libc::EBADF, "released: empty");
+        assert_eq!(slots.free(), 1);
+        assert_eq!(slots.install(&ring, socks[2].as_raw_fd()), SockRef::Fixed(3), "reused");
+    }
+
     #[test]
     fn a_ring_and_its_buffers_can_be_built_here() {
         let ring = build().expect("io_uring available on the test machine");
@@ -54,6 +87,84 @@ mod tests {
         b.recycle(0);
         assert_eq!(b.get(1, 300).len(), 256, "reads are clamped to the buffer");
         b.unregister(&ring);
+    }
+}
+
+/// Registered file table of a worker's ring, at most this many slots.
+pub const FILE_SLOTS: u32 = 32768;
+
+/// Registers an empty file table of up to `FILE_SLOTS` slots (fewer under a lower open-file
+/// limit, which the kernel applies to it) and returns its size, 0 when the kernel refuses.
+pub fn register_file_table(ring: &IoUring) -> u32 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // Safety: getrlimit writes into `r`.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 { r.rlim_cur } else { 0 };
+    let n = FILE_SLOTS.min(limit.min(u32::MAX as u64) as u32);
+    if n == 0 || ring.submitter().register_files_sparse(n).is_err() {
+        return 0;
+    }
+    n
+}
+
+/// How an operation names its socket: by slot in the ring's file table (no fget/fput per
+/// operation) or by plain descriptor when no slot was free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockRef {
+    Fixed(u32),
+    Raw(RawFd),
+}
+
+/// Builds an entry for `$s` (a [`SockRef`]) with `$f` bound to `types::Fixed` or `types::Fd`.
+macro_rules! with_sock {
+    ($s:expr, $f:ident => $e:expr) => {
+        match $s {
+            $crate::engine::ring::SockRef::Fixed(i) => {
+                let $f = io_uring::types::Fixed(i);
+                $e
+            }
+            $crate::engine::ring::SockRef::Raw(d) => {
+                let $f = io_uring::types::Fd(d);
+                $e
+            }
+        }
+    };
+}
+pub(crate) use with_sock;
+
+/// One service's range of the file table, a slot per socket. Install and release are one
+/// io_uring_register each, once per transfer or connection; operations in flight keep their
+/// own reference, so a slot is released with the socket while sends still complete.
+pub struct FileSlots {
+    free: Vec<u32>,
+}
+
+impl FileSlots {
+    pub fn new(range: std::ops::Range<u32>) -> FileSlots {
+        FileSlots { free: range.rev().collect() }
+    }
+
+    /// A slot holding `fd`, or the plain descriptor when the range is used up (or empty).
+    pub fn install(&mut self, ring: &IoUring, fd: RawFd) -> SockRef {
+        if let Some(slot) = self.free.pop() {
+            if ring.submitter().register_files_update(slot, &[fd]).is_ok() {
+                return SockRef::Fixed(slot);
+            }
+            self.free.push(slot);
+        }
+        SockRef::Raw(fd)
+    }
+
+    /// Empties the slot (the table drops its reference) and takes it back.
+    pub fn release(&mut self, ring: &IoUring, s: SockRef) {
+        if let SockRef::Fixed(slot) = s {
+            if ring.submitter().register_files_update(slot, &[-1]).is_ok() {
+                self.free.push(slot);
+            }
+        }
+    }
+
+    pub fn free(&self) -> usize {
+        self.free.len()
     }
 }
 
