@@ -132,7 +132,7 @@ static ZEROS: [u8; 16384] = [0; 16384];
 /// files, partly sequential), writes to the target's own slice of the last quarter (pagefile,
 /// registry, logs), so that servers sharing one overlay between targets can be measured too.
 /// Sizes follow published boot traces: 65% reads averaging ~12 KiB (~557 MB over ~45,500 reads
-/// at scale 1), writes of 4 KiB (80%) and 16 KiB (~155 MB); `windows_profile_totals` checks it.
+/// at scale 1), writes of 4 KiB (80%) and 16 KiB (~160 MB); `windows_profile_totals` checks it.
 pub fn windows_profile(scale: f64, disk: u64, target: u64, targets: u64, seed: u64) -> Vec<Io> {
     let ops = ((70_000.0 * scale).round() as u64).max(1);
     let mut r = XorShift::new(seed ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15));
