@@ -17,6 +17,10 @@ struct Fixture {
 }
 
 fn fixture(extra: &str) -> Fixture {
+    fixture_on("127.0.0.1", extra)
+}
+
+fn fixture_on(listen: &str, extra: &str) -> Fixture {
     let dir = TempDir::new("tftp");
     let boot = dir.join("boot");
     std::fs::create_dir_all(boot.join("sub")).unwrap();
@@ -33,7 +37,7 @@ fn fixture(extra: &str) -> Fixture {
     let http = free_port();
     let nbd = free_port();
     let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1\"\ntftp_port = {port}\nhttp_port = {http}\nnbd_port = {nbd}\nworkers = 2\nshutdown_grace_ms = 2000\n[tftp]\nroot = \"boot\"\n{extra}"
+        "[server]\nlisten = \"{listen}\"\ntftp_port = {port}\nhttp_port = {http}\nnbd_port = {nbd}\nworkers = 2\nshutdown_grace_ms = 2000\n[tftp]\nroot = \"boot\"\n{extra}"
     );
     std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
     let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
@@ -121,9 +125,14 @@ struct Raw {
 
 impl Raw {
     fn new(port: u16) -> Raw {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Raw::on("127.0.0.1", port)
+    }
+    /// A client socket on loopback address `ip` ("127.0.0.1" or "::1").
+    fn on(ip: &str, port: u16) -> Raw {
+        let server = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+        let sock = UdpSocket::bind(std::net::SocketAddr::new(server.ip(), 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(3000))).unwrap();
-        Raw { sock, server: format!("127.0.0.1:{port}").parse().unwrap() }
+        Raw { sock, server }
     }
     fn rrq(&self, name: &str, opts: &[(&str, &str)]) {
         let mut b = Vec::new();
@@ -240,6 +249,32 @@ fn wrong_tid_gets_error_5_and_does_not_disturb_the_transfer() {
         }
     }
     assert_same("after a stranger's packet", &got, &expected(&f, "b1433"));
+    f.server.wait_for("outcome=\"completed\"");
+}
+
+/// A dual-stack listener ("::"): IPv6 and IPv4 clients get their bytes from transfer sockets
+/// connected to them, and a stranger on IPv6 still gets ERROR 5 from the transfer's port.
+#[test]
+fn dual_stack_listener_serves_ipv6_and_ipv4_and_answers_wrong_tids() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here: test not run");
+        return;
+    }
+    let f = fixture_on("::", "");
+    let want = expected(&f, "b1433");
+    for ip in ["::1", "127.0.0.1"] {
+        let c = Raw::on(ip, f.port);
+        c.rrq("b1433", &[]);
+        let (d1, tid) = c.recv().expect("DATA 1");
+        assert_eq!(&d1[..4], &[0, 3, 0, 1], "from {ip}");
+        let stranger = Raw::on(ip, f.port);
+        stranger.sock.send_to(&wire::encode_ack(1), tid).unwrap();
+        stranger.expect_error(wire::ERR_UNKNOWN_TID, "unknown transfer ID");
+        assert_same(&format!("over {ip}"), &c.finish(&d1, tid), &want);
+    }
+    let out = f.dir.join("out");
+    run(Command::new("curl").args(["-sS", "--tftp-blksize", "1432", "-o", out.to_str().unwrap(), &format!("tftp://[::1]:{}/mib", f.port)]));
+    assert_same("curl over IPv6", &read_file(&out), &expected(&f, "mib"));
     f.server.wait_for("outcome=\"completed\"");
 }
 
