@@ -169,6 +169,18 @@ for sc, st in order:
         line += f"{med(sc, 'bootfarm', 3) / med(sc, st, 3):>10.2f}{med(sc, 'bootfarm', 4) / med(sc, st, 4):>7.2f}"
     print(line)
 print("boots/s x = bootfarm's boots/s over the peer's; p99 x = bootfarm's p99 time-to-boot over the peer's (failed/corrupt: sums over all rounds)")
+# The same ratios round by round: each bootfarm run against the peer run right after it, so a
+# machine whose speed drifts over minutes (this one moves 20-30%) shows its spread.
+def col(sc, st, k):
+    return [float(r[k]) for r in rows if r[0] == sc and r[1] == st]
+for sc, st in order:
+    if st == "bootfarm": continue
+    pairs = list(zip(zip(col(sc, "bootfarm", 3), col(sc, "bootfarm", 4)), zip(col(sc, st, 3), col(sc, st, 4))))
+    if not pairs: continue
+    bx = [b[0] / p[0] for b, p in pairs if p[0] > 0]
+    px = [b[1] / p[1] for b, p in pairs if p[1] > 0]
+    if bx and px:
+        print(f"  {sc} vs {st}, round by round: boots/s x {' '.join(f'{x:.2f}' for x in bx)} (median {statistics.median(bx):.2f}); p99 x {' '.join(f'{x:.2f}' for x in px)} (median {statistics.median(px):.2f})")
 # Where the limit is. Client and servers share the cores: at bootstorm's own CPU per boot, even
 # a server that cost nothing could not go past cores / client CPU boots per second.
 cores, loop = int(sys.argv[2]), float(sys.argv[3])
