@@ -72,6 +72,16 @@ impl Chain {
         Ok(Chain { layers })
     }
 
+    /// Bytes of all the chain's files.
+    pub fn file_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.bytes().len() as u64).sum()
+    }
+
+    /// [`Layer::populate`] for every layer; true when all of them are mapped in.
+    pub fn populate(&self) -> bool {
+        self.layers.iter().all(|l| l.populate())
+    }
+
     pub fn virtual_size(&self) -> u64 {
         self.layers[0].virtual_size
     }

@@ -250,6 +250,17 @@ impl Layer {
         }
     }
 
+    /// Maps every page of the file into this process now (MADV_POPULATE_READ, reading what is
+    /// not cached) instead of one page fault per first touch: for a reader that will touch
+    /// most of the file soon, like bootstorm checking a storm's reads. False when the kernel
+    /// refuses (before Linux 5.14) or the layer is not a mapping.
+    pub fn populate(&self) -> bool {
+        match &self.backing {
+            Backing::Map(m) => m.advise(memmap2::Advice::PopulateRead).is_ok(),
+            Backing::Bytes(_) => false,
+        }
+    }
+
     /// Checks that can take a while (every table entry against every other): run by `verify`.
     pub fn deep_check(&self) -> Result<(), String> {
         match &self.map {

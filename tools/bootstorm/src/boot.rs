@@ -303,6 +303,20 @@ struct Results {
     failover_lost: Duration,
 }
 
+/// Maps the image's pages in before the storm, when the files fit in half of the memory
+/// available: the storm's reads are checked against most of the image, and one page fault per
+/// first touch was ~1.8% of the machine's samples in an NBD storm, spent by the client while
+/// the server is measured. A larger image is left to fault in as it is read.
+fn prefault(c: &Chain) {
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kib| kib * 1024);
+    if c.file_bytes() <= avail / 2 {
+        c.populate();
+    }
+}
+
 /// A target failed in a phase: (phase, reason).
 pub(crate) type Fail = (&'static str, &'static str);
 
@@ -311,6 +325,9 @@ pub fn run(a: Args) -> Result<bool, String> {
         Some(p) => Some(Chain::open(p, ChainLimits::default()).map_err(|e| e.to_string())?),
         None => None,
     };
+    if let Some(c) = &chain {
+        prefault(c);
+    }
     let expect_boot: Option<Vec<u8>> = match &a.expect {
         Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
