@@ -297,9 +297,11 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
             }
             t.step = Step::Reply;
             t.want = 16 + if io.write { 0 } else { io.len as usize };
-            // Grown once to the largest reply, never cleared: no memset per request.
+            // Sized once to the trace's largest reply, never cleared: no memset per request, and
+            // no copy of old bytes (a reply overwrites them) as growing step by step would do.
             if t.buf.len() < t.want {
-                t.buf.resize(t.want, 0);
+                let most = t.job.ios.iter().filter(|i| !i.write).map(|i| i.len as usize).max().unwrap_or(0);
+                t.buf = vec![0u8; t.want.max(16 + most)];
             }
             t.got = 0;
             Adv::Continue
