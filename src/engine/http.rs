@@ -506,7 +506,10 @@ impl HttpService {
                 submit_send(c, id, ring, zc_min, wheel, send_deadline);
                 return;
             }
-            let e = with_sock!(c.sref, f => opcode::Recv::new(f, spare.as_mut_ptr(), spare.len() as u32).build())
+            // Nothing left unparsed: a keep-alive client (iPXE) sends its next request only
+            // after this response, so wait for readiness instead of an empty first try.
+            let poll_first = if c.rlen == 0 { super::ring::RECVSEND_POLL_FIRST } else { 0 };
+            let e = with_sock!(c.sref, f => opcode::Recv::new(f, spare.as_mut_ptr(), spare.len() as u32).ioprio(poll_first).build())
                 .user_data(ud(K_RECV, id, c.generation, 0));
             push(ring, &e);
             c.recv_armed = true;

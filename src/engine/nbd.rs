@@ -410,8 +410,12 @@ impl NbdService {
                 }
                 return; // the queue is full: TCP pushes back until replies are out
             }
+            // Everything received is answered: at queue depth 1 the client cannot have sent
+            // its next request yet, so the receive waits for readiness first instead of trying
+            // a tcp_recvmsg that would come back empty (EAGAIN) before arming the poll anyway.
+            let poll_first = if c.head == c.tail { super::ring::RECVSEND_POLL_FIRST } else { 0 };
             let spare = &mut c.rbuf[c.tail..];
-            let e = with_sock!(c.sref, f => opcode::Recv::new(f, spare.as_mut_ptr(), spare.len() as u32).build())
+            let e = with_sock!(c.sref, f => opcode::Recv::new(f, spare.as_mut_ptr(), spare.len() as u32).ioprio(poll_first).build())
                 .user_data(ud(K_RECV, id, c.generation, 0));
             push(ring, &e);
             c.recv_armed = true;

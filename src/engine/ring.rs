@@ -90,6 +90,11 @@ mod tests {
     }
 }
 
+/// IORING_RECVSEND_POLL_FIRST (Linux 5.19), in a receive's ioprio: arm the poll at once
+/// instead of first trying a receive the caller knows will find nothing (the io-uring crate
+/// does not export it).
+pub const RECVSEND_POLL_FIRST: u16 = 1;
+
 /// Registered file table of a worker's ring, at most this many slots.
 pub const FILE_SLOTS: u32 = 32768;
 

@@ -252,8 +252,13 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
         Step::Send | Step::Options => {
             opcode::Send::new(fd, t.req[t.sent..t.req_len].as_ptr(), (t.req_len - t.sent) as u32).flags(libc::MSG_NOSIGNAL).build()
         }
-        // Not MSG_WAITALL: an error reply carries no data, and must not wait for any.
-        Step::Reply => opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).build(),
+        // Not MSG_WAITALL: an error reply carries no data, and must not wait for any. The
+        // first receive of a reply waits for readiness first: the request just left, so an
+        // immediate try would find nothing.
+        Step::Reply => {
+            let poll_first = if t.got == 0 { bootfarm::engine::ring::RECVSEND_POLL_FIRST } else { 0 };
+            opcode::Recv::new(fd, t.buf[t.got..t.want].as_mut_ptr(), (t.want - t.got) as u32).ioprio(poll_first).build()
+        }
     };
     // The buffers live in the boxed target until its completion arrives.
     t.op.submit(ring, idx, e);
