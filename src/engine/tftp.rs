@@ -603,20 +603,23 @@ impl TftpService {
 }
 
 /// A transfer's sockets: the TID port connected to the client, and an unconnected catcher on
-/// the same port for packets from anyone else. SO_REUSEPORT lets the two share the port and
-/// keeps other users' sockets off it; the kernel gives the client's datagrams to the connected
-/// socket (an exact 4-tuple match scores higher) and the rest to the catcher.
+/// the same port for packets from anyone else. The connected socket takes its port from a
+/// plain bind (a port nobody holds, so transfers never share one and never join another
+/// program's SO_REUSEPORT group); SO_REUSEPORT is set on it only afterwards, so that the
+/// catcher (same user only) can bind the same port. The kernel gives the client's datagrams to
+/// the connected socket (an exact 4-tuple match) and the rest to the catcher.
 fn transfer_sockets(peer: SocketAddr, bind_ip: IpAddr) -> std::io::Result<(Socket, Socket)> {
     let open = || -> std::io::Result<Socket> {
         let s = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
         s.set_nonblocking(true)?;
-        s.set_reuse_port(true)?;
         Ok(s)
     };
     let sock = open()?;
     sock.bind(&SocketAddr::new(bind_ip, 0).into())?;
+    sock.set_reuse_port(true)?;
     let local = sock.local_addr()?;
     let stray = open()?;
+    stray.set_reuse_port(true)?;
     stray.bind(&local)?;
     sock.connect(&peer.into())?;
     Ok((sock, stray))
@@ -632,4 +635,43 @@ fn sockaddr_from(name: &[u8]) -> Option<SockAddr> {
     unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n) };
     // Safety: the storage holds an address of `n` bytes written by the kernel.
     Some(unsafe { SockAddr::new(storage, n as libc::socklen_t) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every transfer gets a port of its own (a new TID, RFC 1350), shared only with its own
+    /// catcher: 1000 transfers at once. With SO_REUSEPORT set before the ephemeral bind, the
+    /// kernel hands out ports already held by earlier transfers (same user, reuseport), and
+    /// this test fails on the first one.
+    #[test]
+    fn each_transfer_has_its_own_port_and_its_catcher_shares_it() {
+        crate::serve::raise_nofile_limit();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = client.local_addr().unwrap();
+        let mut ports = HashSet::new();
+        let mut keep = Vec::new();
+        for _ in 0..1000 {
+            let (sock, stray) = transfer_sockets(peer, IpAddr::from([127, 0, 0, 1])).unwrap();
+            let port = sock.local_addr().unwrap().as_socket().unwrap().port();
+            assert_eq!(stray.local_addr().unwrap().as_socket().unwrap().port(), port, "the catcher is on the transfer's port");
+            assert!(ports.insert(port), "port {port} handed out twice");
+            keep.push((sock, stray));
+        }
+        // The client's datagram reaches the connected socket; a stranger's reaches the catcher.
+        let (sock, stray) = &keep[0];
+        let to = sock.local_addr().unwrap().as_socket().unwrap();
+        client.send_to(b"ack", to).unwrap();
+        let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(b"who", to).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 8];
+        let (n, from) = sock.recv_from(&mut b).unwrap();
+        assert_eq!((n, from.as_socket().unwrap()), (3, peer));
+        let (n, from) = stray.recv_from(&mut b).unwrap();
+        assert_eq!((n, from.as_socket().unwrap()), (3, stranger.local_addr().unwrap()));
+        assert!(sock.recv_from(&mut b).is_err(), "nothing else on the connected socket");
+    }
 }
