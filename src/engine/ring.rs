@@ -49,7 +49,7 @@ mod tests {
     }
 
     /// Slots go out until the range is used up, then plain descriptors; a released slot is
-    /// empty (an operation on it fails with EBADF) and is handed out again.
+    /// empty (an operation on it fails with EBADF), parked, and handed out again once unparked.
     #[test]
     fn file_slots_fixed_then_raw_and_reused() {
         let mut ring = build().unwrap();
@@ -76,8 +76,11 @@ mod tests {
         push(&mut ring, &e);
         ring.submit_and_wait(1).unwrap();
         assert_eq!(ring.completion().next().unwrap().result(), -libc::EBADF, "released: empty");
+        assert_eq!(slots.free(), 0, "parked until the queue is submitted");
+        assert_eq!(slots.install(&ring, socks[2].as_raw_fd()), SockRef::Raw(socks[2].as_raw_fd()), "not reused while parked");
+        slots.unpark();
         assert_eq!(slots.free(), 1);
-        assert_eq!(slots.install(&ring, socks[2].as_raw_fd()), SockRef::Fixed(3), "reused");
+        assert_eq!(slots.install(&ring, socks[2].as_raw_fd()), SockRef::Fixed(3), "reused after unpark");
     }
 
     #[test]
@@ -139,13 +142,24 @@ pub(crate) use with_sock;
 /// One service's range of the file table, a slot per socket. Install and release are one
 /// io_uring_register each, once per transfer or connection; operations in flight keep their
 /// own reference, so a slot is released with the socket while sends still complete.
+///
+/// A released slot is parked until the next submission: an entry naming it may still sit in
+/// the submission queue, and it must find the slot empty (EBADF), never a socket installed
+/// there since for another client. [`FileSlots::unpark`], called once the queue has been
+/// submitted, makes parked slots usable again.
 pub struct FileSlots {
     free: Vec<u32>,
+    parked: Vec<u32>,
 }
 
 impl FileSlots {
     pub fn new(range: std::ops::Range<u32>) -> FileSlots {
-        FileSlots { free: range.rev().collect() }
+        FileSlots { free: range.rev().collect(), parked: Vec::new() }
+    }
+
+    /// Slots released before the last submission can be handed out again.
+    pub fn unpark(&mut self) {
+        self.free.append(&mut self.parked);
     }
 
     /// A slot holding `fd`, or the plain descriptor when the range is used up (or empty).
@@ -159,11 +173,11 @@ impl FileSlots {
         SockRef::Raw(fd)
     }
 
-    /// Empties the slot (the table drops its reference) and takes it back.
+    /// Empties the slot (the table drops its reference) and parks it until [`Self::unpark`].
     pub fn release(&mut self, ring: &IoUring, s: SockRef) {
         if let SockRef::Fixed(slot) = s {
             if ring.submitter().register_files_update(slot, &[-1]).is_ok() {
-                self.free.push(slot);
+                self.parked.push(slot);
             }
         }
     }
