@@ -43,7 +43,7 @@ fn farm(dir: &TempDir, n: usize, extra: &str, tweak: impl Fn(usize, &std::path::
         std::fs::copy(&master, &img).unwrap();
         tweak(i, &img);
         let cfg = format!(
-            "[server]\nname = \"node{}\"\nlisten = \"127.0.0.{}\"\ntftp_port = {port}\nhttp_port = {port}\nnbd_port = {}\nworkers = 1\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n[farm]\nhealth_interval_ms = 200\nhealth_timeout_ms = 150\nhealth_failures_max = 2\nhealth_successes_min = 1\n{extra}\n{table}",
+            "[server]\nname = \"node{}\"\nlisten = \"127.0.0.{}\"\ntftp_port = {port}\nhttp_port = {port}\nnbd_port = {}\nworkers = 1\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n[farm]\nhealth_interval_ms = 200\nhealth_timeout_ms = 200\nhealth_failures_max = 3\nhealth_successes_min = 1\n{extra}\n{table}",
             i + 1,
             i + 1,
             port + 1,
@@ -132,6 +132,12 @@ fn every_server_agrees_redirects_and_a_killed_server_is_left_out() {
     let (_, table) = farm_status(&dir, 2);
     for n in ["node1", "node2", "node3"] {
         assert!(table.lines().any(|l| l.starts_with(n) && l.contains(" up ") && l.contains("disk:ok")), "{table}");
+    }
+    // `farm status` probes from outside; each server's own prober may not have seen every
+    // peer answer yet (one that started later was refused twice and is down until its next
+    // answer), so wait until every server lists all three.
+    for i in 0..3 {
+        wait_until(&format!("node{} sees all three servers up", i + 1), 20, || ipxe_order(&addr(i), "52:54:00:00:00:00").1.len() == 3);
     }
     // Every server hands out the same list for a target, the one the library computes.
     let table3 = members(&[("node1", 1.0), ("node2", 1.0), ("node3", 2.0)]);
