@@ -122,7 +122,9 @@ pub enum SockRef {
     Raw(RawFd),
 }
 
-/// Builds an entry for `$s` (a [`SockRef`]) with `$f` bound to `types::Fixed` or `types::Fd`.
+/// Builds an entry for `$s` (a [`SockRef`]) with `$f` bound to `types::Fixed` or `types::Fd`
+/// (the caller depends on the io-uring crate; bootstorm's engines use it too).
+#[macro_export]
 macro_rules! with_sock {
     ($s:expr, $f:ident => $e:expr) => {
         match $s {
@@ -137,7 +139,7 @@ macro_rules! with_sock {
         }
     };
 }
-pub(crate) use with_sock;
+pub use with_sock;
 
 /// One service's range of the file table, a slot per socket. Install and release are one
 /// io_uring_register each, once per transfer or connection; operations in flight keep their

@@ -7,7 +7,7 @@
 //! client's largest cost.
 
 use crate::engine::{self, Inboxes, Slots};
-use bootfarm::engine::ring::{push, BufRing};
+use bootfarm::engine::ring::{push, with_sock, BufRing, SockRef};
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Send};
 use io_uring::{cqueue, opcode, types, IoUring};
@@ -38,8 +38,9 @@ struct T {
     connected: Option<SocketAddr>,
     ack: Box<[u8; 4]>,
     sending: bool,
-    /// The socket is in the ring's file table at the target's slot (operations name it so).
-    fixed: bool,
+    /// How operations name the socket: by the target's slot in the ring's file table, or by
+    /// descriptor when it could not be installed there.
+    sref: SockRef,
     held: Option<(SocketAddr, Vec<u8>)>,
     finished: Option<Outcome>,
 }
@@ -83,11 +84,12 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 connected: None,
                 ack: Box::new([0, 4, 0, 0]),
                 sending: false,
-                fixed: false,
+                sref: SockRef::Raw(-1),
                 held: None,
                 finished: None,
             });
-            t.fixed = engine::install(&ring, idx, t.job.sock.as_raw_fd());
+            let fd = t.job.sock.as_raw_fd();
+            t.sref = if engine::install(&ring, idx, fd) { SockRef::Fixed(idx as u32) } else { SockRef::Raw(fd) };
             arm(&mut t, &mut ring, &msg, bufs.bgid, idx);
             send_pending(&mut t, &mut ring, idx);
             slots.put(idx, t);
@@ -161,7 +163,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 return true;
             }
             let t = slots.remove(idx);
-            if t.fixed {
+            if let SockRef::Fixed(_) = t.sref {
                 engine::uninstall(&ring, idx);
             }
             let c = &t.job.client;
@@ -225,12 +227,7 @@ fn send_pending(t: &mut T, ring: &mut IoUring, idx: usize) {
                 }
                 if t.connected == Some(to) && !t.sending {
                     t.ack[2..].copy_from_slice(&n.to_be_bytes());
-                    let e = if t.fixed {
-                        opcode::Send::new(types::Fixed(idx as u32), t.ack.as_ptr(), 4).build()
-                    } else {
-                        opcode::Send::new(types::Fd(t.job.sock.as_raw_fd()), t.ack.as_ptr(), 4).build()
-                    }
-                    .user_data(idx as u64 | SEND_BIT);
+                    let e = with_sock!(t.sref, f => opcode::Send::new(f, t.ack.as_ptr(), 4).build()).user_data(idx as u64 | SEND_BIT);
                     // Safety: the ACK buffer is boxed in the target, kept until the send completes.
                     unsafe {
                         while ring.submission().push(&e).is_err() {
@@ -248,11 +245,6 @@ fn send_pending(t: &mut T, ring: &mut IoUring, idx: usize) {
 
 fn arm(t: &mut T, ring: &mut IoUring, msg: &libc::msghdr, bgid: u16, idx: usize) {
     // The template lives in the engine thread for its whole run.
-    let e = if t.fixed {
-        opcode::RecvMsgMulti::new(types::Fixed(idx as u32), msg, bgid).build()
-    } else {
-        opcode::RecvMsgMulti::new(types::Fd(t.job.sock.as_raw_fd()), msg, bgid).build()
-    };
-    push(ring, &e.user_data(idx as u64));
+    push(ring, &with_sock!(t.sref, f => opcode::RecvMsgMulti::new(f, msg, bgid).build()).user_data(idx as u64));
     t.armed = true;
 }
