@@ -44,6 +44,13 @@ fn fixture_on(listen: &str, extra: &str) -> Fixture {
     Fixture { dir, server, port }
 }
 
+/// curl's TFTP client fetching `url` into `out` at `blksize`: the bytes it wrote.
+fn curl(blksize: &str, out: &std::path::Path, url: &str) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("curl").args(["-sS", "--tftp-blksize", blksize, "-o", out.to_str().unwrap(), url]));
+    read_file(out)
+}
+
 fn expected(f: &Fixture, name: &str) -> Vec<u8> {
     read_file(&f.dir.join("boot").join(name))
 }
@@ -57,9 +64,7 @@ fn independent_clients_get_exact_bytes() {
         let want = expected(&f, name);
         // curl: default blocksize (512, with tsize/blksize options) and the iPXE-like 1432.
         for blk in ["512", "1432"] {
-            let _ = std::fs::remove_file(&out);
-            run(Command::new("curl").args(["-sS", "--tftp-blksize", blk, "-o", out.to_str().unwrap(), &url(name)]));
-            assert_same(&format!("curl blksize {blk} {name}"), &read_file(&out), &want);
+            assert_same(&format!("curl blksize {blk} {name}"), &curl(blk, &out, &url(name)), &want);
         }
         // tftp-hpa: RFC 1350 without options.
         let _ = std::fs::remove_file(&out);
@@ -272,9 +277,8 @@ fn dual_stack_listener_serves_ipv6_and_ipv4_and_answers_wrong_tids() {
         stranger.expect_error(wire::ERR_UNKNOWN_TID, "unknown transfer ID");
         assert_same(&format!("over {ip}"), &c.finish(&d1, tid), &want);
     }
-    let out = f.dir.join("out");
-    run(Command::new("curl").args(["-sS", "--tftp-blksize", "1432", "-o", out.to_str().unwrap(), &format!("tftp://[::1]:{}/mib", f.port)]));
-    assert_same("curl over IPv6", &read_file(&out), &expected(&f, "mib"));
+    let got = curl("1432", &f.dir.join("out"), &format!("tftp://[::1]:{}/mib", f.port));
+    assert_same("curl over IPv6", &got, &expected(&f, "mib"));
     f.server.wait_for("outcome=\"completed\"");
 }
 
@@ -400,16 +404,7 @@ fn steering_by_cpu_serves_and_refuses_more_workers_than_cpus() {
         server.wait_for(log);
         let out = dir.join("out");
         for i in 0..4 {
-            let _ = std::fs::remove_file(&out);
-            run(Command::new("curl").args([
-                "-sS",
-                "--tftp-blksize",
-                "1432",
-                "-o",
-                out.to_str().unwrap(),
-                &format!("tftp://127.0.0.1:{port}/f"),
-            ]));
-            assert_same(&format!("workers {workers}, fetch {i}"), &read_file(&out), &want);
+            assert_same(&format!("workers {workers}, fetch {i}"), &curl("1432", &out, &format!("tftp://127.0.0.1:{port}/f")), &want);
         }
     }
 }
