@@ -253,14 +253,17 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     let tftp_addr = SocketAddr::new(s.listen, s.tftp_port);
     let http_addr = SocketAddr::new(s.listen, s.http_port);
     let nbd_addr = SocketAddr::new(s.listen, s.nbd_port);
-    ensure_free(tftp_addr, false).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?;
-    ensure_free(http_addr, true).map_err(|e| format!("cannot bind HTTP on tcp/{http_addr}: {e}"))?;
-    ensure_free(nbd_addr, true).map_err(|e| format!("cannot bind NBD on tcp/{nbd_addr}: {e}"))?;
+    let tftp_err = |e: &dyn std::fmt::Display| format!("cannot bind TFTP on udp/{tftp_addr}: {e}");
+    let http_err = |e: &dyn std::fmt::Display| format!("cannot bind HTTP on tcp/{http_addr}: {e}");
+    let nbd_err = |e: &dyn std::fmt::Display| format!("cannot bind NBD on tcp/{nbd_addr}: {e}");
+    ensure_free(tftp_addr, false).map_err(|e| tftp_err(&e))?;
+    ensure_free(http_addr, true).map_err(|e| http_err(&e))?;
+    ensure_free(nbd_addr, true).map_err(|e| nbd_err(&e))?;
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
-        let t = tftp::bind_listener(tftp_addr).map_err(|e| format!("cannot bind TFTP on udp/{tftp_addr}: {e}"))?;
-        let h = http::bind_listener(http_addr).map_err(|e| format!("cannot bind HTTP on tcp/{http_addr}: {e}"))?;
-        let b = http::bind_listener(nbd_addr).map_err(|e| format!("cannot bind NBD on tcp/{nbd_addr}: {e}"))?;
+        let t = tftp::bind_listener(tftp_addr).map_err(|e| tftp_err(&e))?;
+        let h = http::bind_listener(http_addr).map_err(|e| http_err(&e))?;
+        let b = http::bind_listener(nbd_addr).map_err(|e| nbd_err(&e))?;
         listeners.push((t, h, b));
     }
     let cpus = allowed_cpus();
