@@ -168,11 +168,6 @@ impl HttpService {
         }
     }
 
-    /// See [`FileSlots::unpark`]: called by the worker once its submission queue is empty.
-    pub fn unpark_slots(&mut self) {
-        self.slots.unpark();
-    }
-
     pub fn active(&self) -> usize {
         self.active
     }

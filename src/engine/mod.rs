@@ -410,13 +410,6 @@ impl Worker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
                 Err(e) => panic!("worker {}: io_uring_enter failed: {e}", self.index),
             }
-            // Every entry pushed before has reached the kernel (it took its file references at
-            // submission): slots released since the last submission can be handed out again.
-            if self.ring.submission().is_empty() {
-                self.tftp.unpark_slots();
-                self.http.unpark_slots();
-                self.nbd.unpark_slots();
-            }
             now = Instant::now();
             self.cqes.clear();
             self.cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));

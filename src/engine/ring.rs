@@ -49,7 +49,8 @@ mod tests {
     }
 
     /// Slots go out until the range is used up, then plain descriptors; a released slot is
-    /// empty (an operation on it fails with EBADF), parked, and handed out again once unparked.
+    /// empty (an operation on it fails with EBADF), parked while entries are queued, and handed
+    /// out again once the queue is submitted.
     #[test]
     fn file_slots_fixed_then_raw_and_reused() {
         let mut ring = build().unwrap();
@@ -71,16 +72,19 @@ mod tests {
         let mut b = [0u8; 8];
         let (n, from) = socks[0].recv_from(&mut b).unwrap();
         assert_eq!((&b[..n], from), (&payload[..], socks[1].local_addr().unwrap()));
-        slots.release(&ring, got[1]);
+        // Released while an entry naming it is still queued: that entry finds the slot empty,
+        // and the slot is not handed out again before the queue has been submitted.
         let e = with_sock!(got[1], f => io_uring::opcode::Send::new(f, payload.as_ptr(), 4).dest_addr(sa.as_ptr()).dest_addr_len(sa.len()).build());
         push(&mut ring, &e);
-        ring.submit_and_wait(1).unwrap();
-        assert_eq!(ring.completion().next().unwrap().result(), -libc::EBADF, "released: empty");
+        slots.release(&ring, got[1]);
         assert_eq!(slots.free(), 0, "parked until the queue is submitted");
         assert_eq!(slots.install(&ring, socks[2].as_raw_fd()), SockRef::Raw(socks[2].as_raw_fd()), "not reused while parked");
-        slots.unpark();
+        ring.submit_and_wait(1).unwrap();
+        assert_eq!(ring.completion().next().unwrap().result(), -libc::EBADF, "released: empty");
+        assert_eq!(slots.install(&ring, socks[2].as_raw_fd()), SockRef::Fixed(3), "reused once the queue is submitted");
+        // Released with nothing queued: free at once.
+        slots.release(&ring, SockRef::Fixed(3));
         assert_eq!(slots.free(), 1);
-        assert_eq!(slots.install(&ring, socks[2].as_raw_fd()), SockRef::Fixed(3), "reused after unpark");
     }
 
     #[test]
@@ -145,10 +149,10 @@ pub use with_sock;
 /// io_uring_register each, once per transfer or connection; operations in flight keep their
 /// own reference, so a slot is released with the socket while sends still complete.
 ///
-/// A released slot is parked until the next submission: an entry naming it may still sit in
-/// the submission queue, and it must find the slot empty (EBADF), never a socket installed
-/// there since for another client. [`FileSlots::unpark`], called once the queue has been
-/// submitted, makes parked slots usable again.
+/// A slot released while the submission queue holds entries is parked: one of them may name
+/// it, and it must find the slot empty (EBADF), never a socket installed there since for
+/// another client. Once the queue is empty (everything queued has reached the kernel and
+/// taken its file reference), parked slots are handed out again.
 pub struct FileSlots {
     free: Vec<u32>,
     parked: Vec<u32>,
@@ -159,13 +163,11 @@ impl FileSlots {
         FileSlots { free: range.rev().collect(), parked: Vec::new() }
     }
 
-    /// Slots released before the last submission can be handed out again.
-    pub fn unpark(&mut self) {
-        self.free.append(&mut self.parked);
-    }
-
     /// A slot holding `fd`, or the plain descriptor when the range is used up (or empty).
     pub fn install(&mut self, ring: &IoUring, fd: RawFd) -> SockRef {
+        if !self.parked.is_empty() && queue_empty(ring) {
+            self.free.append(&mut self.parked);
+        }
         if let Some(slot) = self.free.pop() {
             if ring.submitter().register_files_update(slot, &[fd]).is_ok() {
                 return SockRef::Fixed(slot);
@@ -175,11 +177,16 @@ impl FileSlots {
         SockRef::Raw(fd)
     }
 
-    /// Empties the slot (the table drops its reference) and parks it until [`Self::unpark`].
+    /// Empties the slot (the table drops its reference); it is free again at once when nothing
+    /// is queued, else parked until the queue is empty.
     pub fn release(&mut self, ring: &IoUring, s: SockRef) {
         if let SockRef::Fixed(slot) = s {
             if ring.submitter().register_files_update(slot, &[-1]).is_ok() {
-                self.parked.push(slot);
+                if queue_empty(ring) {
+                    self.free.push(slot);
+                } else {
+                    self.parked.push(slot);
+                }
             }
         }
     }
@@ -187,6 +194,13 @@ impl FileSlots {
     pub fn free(&self) -> usize {
         self.free.len()
     }
+}
+
+/// Whether every entry pushed on the ring has been submitted.
+fn queue_empty(ring: &IoUring) -> bool {
+    // Safety: a `SubmissionQueue` borrows the ring mutably, so none is alive while the caller
+    // holds `&IoUring`; the ring has one thread (SINGLE_ISSUER).
+    unsafe { ring.submission_shared().is_empty() }
 }
 
 /// Pushes an entry, submitting first if the submission queue is full.
