@@ -884,6 +884,8 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
             if attach(c, &vd, id, ctx).is_err() {
                 return true;
             }
+            // The target's own image: a reconnect after a reload keeps the one it booted with.
+            let vd = c.target.as_ref().expect("attached").vdisk.clone();
             let flags = export_flags(&vd, c.structured);
             let no_zeroes = c.no_zeroes;
             c.put(|o| {
@@ -957,12 +959,17 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
                     return false;
                 }
             };
-            if opt == wire::OPT_GO {
+            let vd = if opt == wire::OPT_GO {
                 if let Err(why) = attach(c, &vd, id, ctx) {
                     c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_POLICY, why.as_bytes()));
                     return false;
                 }
-            }
+                // Size and flags of the image the target is served from (the one it booted
+                // with, when it was already connected before a reload changed the vdisk).
+                c.target.as_ref().expect("attached").vdisk.clone()
+            } else {
+                vd
+            };
             let flags = export_flags(&vd, c.structured);
             let max = snap.config.nbd.request_bytes_max;
             c.put(|o| {

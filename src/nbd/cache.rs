@@ -595,6 +595,13 @@ impl Registry {
                     ));
                 }
                 Some(e) if e.conns > 0 || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                    if !Arc::ptr_eq(&e.target.vdisk, vdisk) {
+                        tracing::info!(
+                            vdisk = %vdisk.name,
+                            target = %e.target.id,
+                            "the vdisk changed since this target connected; it keeps the image it booted with (size and data) until its last connection ends"
+                        );
+                    }
                     e.conns += 1;
                     e.idle_since = None;
                     e.client = client.to_string();
