@@ -145,3 +145,42 @@ fn a_connected_target_keeps_its_image_across_a_reload() {
     assert_same("new image data", &new.read(6, 18 * M, 65536), &pattern(2, 18 * M, 65536));
     assert!(s.log().contains("keeps the image it booted with"), "the resume on an older image is logged");
 }
+
+/// Item 13 of #20: one connection of a target asks for 32 MiB of X (cache pages) and does not
+/// read the reply yet, so the send is stuck half way with iovecs on X's pages; another
+/// connection of the same target TRIMs X and writes Y. The stuck reply must still carry X.
+#[test]
+fn a_reply_in_flight_keeps_its_pages_while_another_connection_trims_and_writes() {
+    let dir = TempDir::new("nbd-pin");
+    raw_image(&dir.join("a.raw"), 1, 128 * M);
+    let (_s, ports) = start(&dir, "cache_ram_bytes_per_target = 134217728", "a.raw");
+    let len = 32 * M as usize;
+    let (x, y) = (0u64, 64 * M);
+    let mut writer = Raw::go(ports.2, "v@t");
+    let xdata = pattern(5, x, len);
+    for (i, part) in xdata.chunks(4 * M as usize).enumerate() {
+        assert_eq!(writer.request(wire::CMD_WRITE, i as u64, x + i as u64 * 4 * M, part.len() as u32, part), (0, i as u64));
+    }
+    let mut reader = Raw::go(ports.2, "v@t");
+    reader.s.write_all(&encode(wire::CMD_READ, 100, x, len as u32, &[])).unwrap();
+    // The reply has started (its header is here): the batch points at X's pages now.
+    let mut h = [0u8; 16];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.s.peek(&mut h).unwrap() < 16 {
+        assert!(Instant::now() < deadline, "no reply started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(writer.request(wire::CMD_TRIM, 200, x, len as u32, &[]), (0, 200));
+    let ydata = pattern(6, y, len);
+    for (i, part) in ydata.chunks(4 * M as usize).enumerate() {
+        let c = 300 + i as u64;
+        assert_eq!(writer.request(wire::CMD_WRITE, c, y + i as u64 * 4 * M, part.len() as u32, part), (0, c));
+    }
+    assert_eq!(reader.reply(), (0, 100));
+    let mut got = vec![0u8; len];
+    reader.s.read_exact(&mut got).unwrap();
+    assert_same("the READ of X sent while X was trimmed and Y written", &got, &xdata);
+    // After the reply X reads as trimmed (zeros) and Y as written.
+    assert!(reader.read(101, x, 65536).iter().all(|&b| b == 0));
+    assert_same("Y", &reader.read(102, y, 65536), &ydata[..65536]);
+}
