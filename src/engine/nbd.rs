@@ -110,6 +110,24 @@ struct Conn {
     progress_at: Instant,
     // Scratch for one read: the pieces the cache emits.
     tmp: Vec<RPiece>,
+    /// The target's free epoch pinned by this batch (it points at cache pages): released when
+    /// the batch is out, or when the connection goes.
+    pin: Option<u64>,
+}
+
+impl Conn {
+    /// The batch no longer points at cache pages: they may be reused.
+    fn unpin(&mut self) {
+        if let (Some(e), Some(t)) = (self.pin.take(), self.target.as_ref()) {
+            t.overlay.lock().unwrap().unpin(e);
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.unpin();
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -318,6 +336,7 @@ impl NbdService {
                 opened: now,
                 progress_at: now,
                 tmp: Vec::new(),
+                pin: None,
             });
             c.put(|o| o.extend_from_slice(&wire::greeting()));
             c
@@ -363,6 +382,7 @@ impl NbdService {
         }
         if !c.sending && c.sent == c.total && c.total > 0 && c.zc_pending == 0 {
             // The batch is out: start the next one.
+            c.unpin();
             c.out.clear();
             c.scratch.clear();
             c.pieces.clear();
@@ -745,7 +765,11 @@ fn read(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
     let len = r.length as u64;
     c.tmp.clear();
     {
-        let o = target.overlay.lock().unwrap();
+        let mut o = target.overlay.lock().unwrap();
+        if c.pin.is_none() && o.has_pages() {
+            // The reply may point at cache pages: they stay put until this batch is out.
+            c.pin = Some(o.pin());
+        }
         let (tmp, scratch) = (&mut c.tmp, &mut c.scratch);
         let res = o.read(r.offset, len, &target.vdisk.chain, scratch, &mut |p| match p {
             Piece::Data(d) => tmp.push(RPiece::Mem(d.as_ptr(), d.len())),
@@ -884,6 +908,8 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
             if attach(c, &vd, id, ctx).is_err() {
                 return true;
             }
+            // The target's own image: a reconnect after a reload keeps the one it booted with.
+            let vd = c.target.as_ref().expect("attached").vdisk.clone();
             let flags = export_flags(&vd, c.structured);
             let no_zeroes = c.no_zeroes;
             c.put(|o| {
@@ -957,12 +983,17 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
                     return false;
                 }
             };
-            if opt == wire::OPT_GO {
+            let vd = if opt == wire::OPT_GO {
                 if let Err(why) = attach(c, &vd, id, ctx) {
                     c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_POLICY, why.as_bytes()));
                     return false;
                 }
-            }
+                // Size and flags of the image the target is served from (the one it booted
+                // with, when it was already connected before a reload changed the vdisk).
+                c.target.as_ref().expect("attached").vdisk.clone()
+            } else {
+                vd
+            };
             let flags = export_flags(&vd, c.structured);
             let max = snap.config.nbd.request_bytes_max;
             c.put(|o| {

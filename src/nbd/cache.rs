@@ -9,10 +9,14 @@
 //! it cannot serve whole.
 //!
 //! Memory: RAM pages come from 1 MiB chunks that are only freed with the overlay, so a page
-//! handed to the kernel for a send stays valid while the connection (which holds the target)
-//! lives, whatever later requests do. A block that is zeroed gives its page back to a per-target
-//! free list. Every page and file slot counts against the per-target and the global limit;
-//! a write that would go past either fails whole with ENOSPC before anything is changed.
+//! handed to the kernel for a send stays mapped while the connection (which holds the target)
+//! lives. A block that is zeroed gives its page back to a per-target free list, but not while
+//! a reply that may point at it is being sent: a connection pins the overlay's free epoch
+//! ([`Overlay::pin`]) before its batch takes page pointers and unpins it when the send is
+//! complete; a page freed while pins at or before its epoch are held waits in a quarantine, so
+//! a later write cannot put another block's bytes under a reply in flight. Every page and file
+//! slot counts against the per-target and the global limit; a write that would go past either
+//! fails whole with ENOSPC before anything is changed.
 //!
 //! Overflow reads and writes are plain pread/pwrite on the worker thread: the overflow file is
 //! normally in the page cache, and the RAM tier is sized so the hot set stays in memory.
@@ -22,7 +26,7 @@
 
 use crate::image::write::Writer;
 use crate::image::{Chain, Segment};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -83,6 +87,12 @@ pub struct Overlay {
     chunks: Vec<Box<[u8]>>,
     ram_pages: u32,
     free_ram: Vec<u32>,
+    /// Free epoch: goes up by one each time a page is freed while replies hold pins.
+    epoch: u64,
+    /// Pins held by batches in flight: epoch -> count.
+    pins: BTreeMap<u64, u32>,
+    /// Pages freed at an epoch some pin may still see (epoch, page), oldest first.
+    quarantine: VecDeque<(u64, u32)>,
     file: Option<File>,
     file_slots: u32,
     free_file: Vec<u32>,
@@ -102,6 +112,9 @@ impl Overlay {
             chunks: Vec::new(),
             ram_pages: 0,
             free_ram: Vec::new(),
+            epoch: 0,
+            pins: BTreeMap::new(),
+            quarantine: VecDeque::new(),
             file: None,
             file_slots: 0,
             free_file: Vec::new(),
@@ -218,8 +231,41 @@ impl Overlay {
         Ok(Slot::File(self.file_slots - 1))
     }
 
+    /// Pins the pages a reply is about to point at: none of the pages this overlay holds now is
+    /// reused before [`Overlay::unpin`] with the returned epoch (the send completed).
+    pub fn pin(&mut self) -> u64 {
+        *self.pins.entry(self.epoch).or_default() += 1;
+        self.epoch
+    }
+
+    /// A reply pinned at `epoch` is out: pages freed since then may be reused, unless an older
+    /// pin is still held.
+    pub fn unpin(&mut self, epoch: u64) {
+        if let Some(n) = self.pins.get_mut(&epoch) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&epoch);
+            }
+        }
+        let oldest = self.pins.keys().next().copied().unwrap_or(u64::MAX);
+        while let Some(&(e, p)) = self.quarantine.front().filter(|(e, _)| *e < oldest) {
+            let _ = e;
+            self.quarantine.pop_front();
+            self.free_ram.push(p);
+        }
+    }
+
+    /// Whether a read may point at cache pages (a reply then pins them).
+    pub fn has_pages(&self) -> bool {
+        self.ram_pages > 0
+    }
+
     fn release(&mut self, s: Slot) {
         match s {
+            Slot::Ram(p) if !self.pins.is_empty() => {
+                self.quarantine.push_back((self.epoch, p));
+                self.epoch += 1;
+            }
             Slot::Ram(p) => self.free_ram.push(p),
             Slot::File(f) => self.free_file.push(f),
             Slot::Zero => {}
@@ -595,6 +641,13 @@ impl Registry {
                     ));
                 }
                 Some(e) if e.conns > 0 || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                    if !Arc::ptr_eq(&e.target.vdisk, vdisk) {
+                        tracing::info!(
+                            vdisk = %vdisk.name,
+                            target = %e.target.id,
+                            "the vdisk changed since this target connected; it keeps the image it booted with (size and data) until its last connection ends"
+                        );
+                    }
                     e.conns += 1;
                     e.idle_since = None;
                     e.client = client.to_string();
@@ -842,6 +895,42 @@ mod tests {
         b.write(0, &vec![1; 4 * BLOCK as usize], &chain).unwrap();
         let e = b.write(4 * BLOCK, &[1], &chain).unwrap_err();
         assert!(matches!(e, CacheError::NoSpace(ref m) if m.contains("total")), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Item 13 of #20: a page a reply points at is not handed to another block before the
+    /// reply's pin is released, whatever other connections of the target do meanwhile.
+    #[test]
+    fn a_page_under_a_reply_in_flight_is_not_reused() {
+        let dir = tmpdir("pin");
+        let (chain, _) = base(&dir, 64 * BLOCK);
+        let limits = Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone() };
+        let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
+        o.write(0, &[0xaa; BLOCK as usize], &chain).unwrap();
+        let epoch = o.pin();
+        let mut ptr = None;
+        o.read(0, BLOCK, &chain, &mut Vec::new(), &mut |p| {
+            if let Piece::Data(d) = p {
+                ptr = Some(d.as_ptr())
+            }
+        })
+        .unwrap();
+        let ptr = ptr.expect("a RAM page");
+        let second = o.pin(); // another reply, later
+        o.zero(0, BLOCK, &chain).unwrap(); // TRIM X ...
+        o.write(BLOCK, &[0xbb; BLOCK as usize], &chain).unwrap(); // ... then write Y
+                                                                  // Safety: chunks live as long as the overlay.
+        let seen = unsafe { std::slice::from_raw_parts(ptr, BLOCK as usize) };
+        assert!(seen.iter().all(|&b| b == 0xaa), "the reply's page still holds X");
+        assert_eq!(o.ram_pages, 2, "Y got a new page");
+        o.unpin(second);
+        o.write(2 * BLOCK, &[0xcc; BLOCK as usize], &chain).unwrap();
+        assert_eq!(o.ram_pages, 3, "an older pin still holds the page");
+        o.unpin(epoch);
+        o.write(3 * BLOCK, &[0xdd; BLOCK as usize], &chain).unwrap();
+        assert_eq!(o.ram_pages, 3, "once the reply is out the page is reused");
+        assert!(seen.iter().all(|&b| b == 0xdd));
+        assert_eq!(read_all(&o, &chain, 0, 4 * BLOCK), [[0u8; 4096], [0xbb; 4096], [0xcc; 4096], [0xdd; 4096]].concat());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,0 +1,186 @@
+//! NBD write caches and reply memory against the running binary: a target keeps the image it
+//! booted with across a reload, and the limits on cache memory hold.
+
+mod common;
+use bootfarm::nbd::wire;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const M: u64 = 1 << 20;
+
+fn encode(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> Vec<u8> {
+    let mut r = wire::REQUEST_MAGIC.to_be_bytes().to_vec();
+    r.extend_from_slice(&0u16.to_be_bytes());
+    r.extend_from_slice(&kind.to_be_bytes());
+    r.extend_from_slice(&cookie.to_be_bytes());
+    r.extend_from_slice(&offset.to_be_bytes());
+    r.extend_from_slice(&length.to_be_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+/// A minimal fixed-newstyle client (simple replies): handshake with GO, then raw requests.
+struct Raw {
+    s: TcpStream,
+    size: u64,
+}
+
+impl Raw {
+    fn try_go(port: u16, export: &str) -> Result<Raw, (u32, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut o = wire::IHAVEOPT.to_be_bytes().to_vec();
+        o.extend_from_slice(&wire::OPT_GO.to_be_bytes());
+        o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
+        o.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        o.extend_from_slice(export.as_bytes());
+        o.extend_from_slice(&0u16.to_be_bytes());
+        s.write_all(&o).unwrap();
+        let mut size = 0;
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h).unwrap();
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+            s.read_exact(&mut d).unwrap();
+            match kind {
+                wire::REP_ACK => return Ok(Raw { s, size }),
+                wire::REP_INFO => {
+                    if u16::from_be_bytes(d[..2].try_into().unwrap()) == wire::INFO_EXPORT {
+                        size = u64::from_be_bytes(d[2..10].try_into().unwrap());
+                    }
+                }
+                other => return Err((other, String::from_utf8_lossy(&d).into_owned())),
+            }
+        }
+    }
+    fn go(port: u16, export: &str) -> Raw {
+        Raw::try_go(port, export).unwrap_or_else(|e| panic!("GO {export}: {e:?}"))
+    }
+    fn read(&mut self, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        assert_eq!(self.request(wire::CMD_READ, cookie, offset, len, &[]), (0, cookie), "READ {len} at {offset}");
+        let mut d = vec![0u8; len as usize];
+        self.s.read_exact(&mut d).unwrap();
+        d
+    }
+    fn request(&mut self, kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> (u32, u64) {
+        self.s.write_all(&encode(kind, cookie, offset, length, payload)).unwrap();
+        self.reply()
+    }
+    fn reply(&mut self) -> (u32, u64) {
+        let mut h = [0u8; 16];
+        self.s.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), wire::SIMPLE_REPLY_MAGIC);
+        (u32::from_be_bytes(h[4..8].try_into().unwrap()), u64::from_be_bytes(h[8..16].try_into().unwrap()))
+    }
+}
+
+/// A raw image of `size` bytes whose content is `pattern(seed)`.
+fn raw_image(path: &Path, seed: u64, size: u64) {
+    std::fs::write(path, pattern(seed, 0, size as usize)).unwrap();
+}
+
+/// The configuration text with this `[nbd]` section body and the vdisk `v` at `path`.
+fn config(ports: (u16, u16, u16), nbd: &str, path: &str) -> String {
+    format!(
+        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = {}\nreload_poll_ms = 100\nreload_debounce_ms = 50\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{nbd}\n[[vdisk]]\nname = \"v\"\npath = \"{path}\"\n",
+        ports.0, ports.1, ports.2
+    )
+}
+
+fn start(dir: &TempDir, nbd: &str, path: &str) -> (Server, (u16, u16, u16)) {
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let ports = (free_port(), free_port(), free_port());
+    std::fs::write(dir.join("bootfarm.toml"), config(ports, nbd, path)).unwrap();
+    let s = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+    (s, ports)
+}
+
+#[allow(dead_code)]
+fn metrics(http_port: u16) -> String {
+    String::from_utf8(run(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{http_port}/metrics")])).stdout).unwrap()
+}
+
+#[allow(dead_code)]
+fn metric(m: &str, name: &str) -> f64 {
+    m.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+        .parse()
+        .unwrap()
+}
+
+/// Item 15 of #20: a reload that points the vdisk at a bigger image while a target is
+/// connected. The target's next connection is served from the image it booted with (its size
+/// and its data, reads past its end refused), a new target gets the new image.
+#[test]
+fn a_connected_target_keeps_its_image_across_a_reload() {
+    let dir = TempDir::new("nbd-image-reload");
+    raw_image(&dir.join("a.raw"), 1, 12 * M);
+    raw_image(&dir.join("b.raw"), 2, 20 * M);
+    let (s, ports) = start(&dir, "", "a.raw");
+    let mut first = Raw::go(ports.2, "v@t");
+    assert_eq!(first.size, 12 * M);
+    assert_eq!(first.request(wire::CMD_WRITE, 1, 4096, 4096, &[7u8; 4096]), (0, 1));
+    std::fs::write(dir.join("bootfarm.toml"), config(ports, "", "b.raw")).unwrap();
+    s.wait_for("generation=2");
+    // A second connection of the connected target: old size, old data, its own writes.
+    let mut again = Raw::go(ports.2, "v@t");
+    assert_eq!(again.size, 12 * M, "the target keeps the size it booted with");
+    assert_same("old image data", &again.read(2, 10 * M, 65536), &pattern(1, 10 * M, 65536));
+    assert_eq!(again.read(3, 4096, 4096), vec![7u8; 4096], "its writes are kept");
+    assert_eq!(again.request(wire::CMD_READ, 4, 13 * M, 4096, &[]).0, wire::EINVAL, "past its own disk's end");
+    assert_same("first connection, old data", &first.read(5, 0, 4096), &pattern(1, 0, 4096));
+    // A new target boots from the new image.
+    let mut new = Raw::go(ports.2, "v@n");
+    assert_eq!(new.size, 20 * M);
+    assert_same("new image data", &new.read(6, 18 * M, 65536), &pattern(2, 18 * M, 65536));
+    assert!(s.log().contains("keeps the image it booted with"), "the resume on an older image is logged");
+}
+
+/// Item 13 of #20: one connection of a target asks for 32 MiB of X (cache pages) and does not
+/// read the reply yet, so the send is stuck half way with iovecs on X's pages; another
+/// connection of the same target TRIMs X and writes Y. The stuck reply must still carry X.
+#[test]
+fn a_reply_in_flight_keeps_its_pages_while_another_connection_trims_and_writes() {
+    let dir = TempDir::new("nbd-pin");
+    raw_image(&dir.join("a.raw"), 1, 128 * M);
+    let (_s, ports) = start(&dir, "cache_ram_bytes_per_target = 134217728", "a.raw");
+    let len = 32 * M as usize;
+    let (x, y) = (0u64, 64 * M);
+    let mut writer = Raw::go(ports.2, "v@t");
+    let xdata = pattern(5, x, len);
+    for (i, part) in xdata.chunks(4 * M as usize).enumerate() {
+        assert_eq!(writer.request(wire::CMD_WRITE, i as u64, x + i as u64 * 4 * M, part.len() as u32, part), (0, i as u64));
+    }
+    let mut reader = Raw::go(ports.2, "v@t");
+    reader.s.write_all(&encode(wire::CMD_READ, 100, x, len as u32, &[])).unwrap();
+    // The reply has started (its header is here): the batch points at X's pages now.
+    let mut h = [0u8; 16];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.s.peek(&mut h).unwrap() < 16 {
+        assert!(Instant::now() < deadline, "no reply started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(writer.request(wire::CMD_TRIM, 200, x, len as u32, &[]), (0, 200));
+    let ydata = pattern(6, y, len);
+    for (i, part) in ydata.chunks(4 * M as usize).enumerate() {
+        let c = 300 + i as u64;
+        assert_eq!(writer.request(wire::CMD_WRITE, c, y + i as u64 * 4 * M, part.len() as u32, part), (0, c));
+    }
+    assert_eq!(reader.reply(), (0, 100));
+    let mut got = vec![0u8; len];
+    reader.s.read_exact(&mut got).unwrap();
+    assert_same("the READ of X sent while X was trimmed and Y written", &got, &xdata);
+    // After the reply X reads as trimmed (zeros) and Y as written.
+    assert!(reader.read(101, x, 65536).iter().all(|&b| b == 0));
+    assert_same("Y", &reader.read(102, y, 65536), &ydata[..65536]);
+}
