@@ -328,3 +328,33 @@ fn a_client_that_stops_reading_is_cut_off() {
     }
     drop(s);
 }
+
+#[test]
+fn range_numbers_past_u64_get_416_or_206() {
+    let f = fixture("");
+    let size = export(&f, "disk.vhd").len() as u64;
+    let big = "9".repeat(40);
+    let ask = |range: &str| {
+        raw(
+            f.port,
+            format!("GET /vdisk/vhd HTTP/1.1\r\nHost: a\r\nRange: bytes={range}\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+    };
+    let r = ask(&format!("{big}-"));
+    assert!(r.starts_with("HTTP/1.1 416") && r.contains(&format!("Content-Range: bytes */{size}")), "first-byte-pos past u64: {r:.300}");
+    let r = ask(&format!("{}-{big}", size - 100));
+    assert!(r.starts_with("HTTP/1.1 206"), "last-byte-pos past u64: {r:.300}");
+    assert!(
+        r.contains(&format!("Content-Range: bytes {}-{}/{size}", size - 100, size - 1)) && r.contains("Content-Length: 100\r\n"),
+        "{r:.300}"
+    );
+    let r = ask(&format!("-{big}"));
+    assert!(
+        r.starts_with("HTTP/1.1 206") && r.contains(&format!("Content-Range: bytes 0-{}/{size}", size - 1)),
+        "suffix past u64: {r:.300}"
+    );
+    // curl agrees on the clamped range.
+    let got = curl(&["-r", &format!("{}-{big}", size - 10), &format!("http://127.0.0.1:{}/vdisk/vhd", f.port)]);
+    assert_eq!(got.len(), 10);
+}
