@@ -50,6 +50,9 @@ struct Conn {
     sref: SockRef,
     peer: SocketAddr,
     ip: IpAddr,
+    /// The receive buffer. While `recv_armed` the kernel holds a pointer into it (the Recv
+    /// SQE, until its CQE): it is neither resized, moved nor freed then. Closing cancels the
+    /// receive and the connection stays stored until that CQE (see [`Conn::kernel_holds`]).
     rbuf: Vec<u8>,
     rlen: usize,
     recv_armed: bool,
@@ -384,7 +387,7 @@ impl HttpService {
         let Some(c) = self.conns.at(id) else { return };
         c.dirty = false;
         if c.closing {
-            if !c.sending && c.zc_pending == 0 {
+            if !c.kernel_holds() {
                 self.free_conn(id);
             }
             return;
@@ -525,8 +528,9 @@ impl HttpService {
         }
         c.closing = true;
         if c.recv_armed {
+            // The receive stays armed (the kernel may still write into rbuf) until its CQE,
+            // ECANCELED or data: the connection lingers until then.
             push(ring, &opcode::AsyncCancel::new(ud(K_RECV, id, c.generation, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
-            c.recv_armed = false;
         }
         if let Some(fd) = c.fd.take() {
             // Let an in-flight send finish into the socket; the descriptor closes now.
@@ -537,7 +541,7 @@ impl HttpService {
         let Some(c) = self.conns.at(id) else { return };
         let ip = c.ip;
         tracing::info!(worker = self.worker, client = %c.peer, requests = c.requests, ms = c.opened.elapsed().as_millis() as u64, "http connection closed");
-        let lingering = c.sending || c.zc_pending > 0;
+        let lingering = c.kernel_holds();
         self.active -= 1;
         self.stats.http_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.http_admission.release(ip);
@@ -546,7 +550,11 @@ impl HttpService {
         }
     }
 
+    /// Frees a connection's memory: only once the kernel holds none of it.
     fn free_conn(&mut self, id: u32) {
+        if let Some(c) = self.conns.at(id) {
+            assert!(!c.kernel_holds(), "http connection {id} freed while the kernel holds its buffers");
+        }
         self.conns.remove(id);
     }
 
@@ -559,6 +567,14 @@ impl HttpService {
 }
 
 impl Conn {
+    /// Whether an operation the kernel has not completed yet points into this connection:
+    /// a receive into `rbuf`, a send from `head`/`body`/`iov`/`msg`, or a zero-copy body
+    /// awaiting its notification. The lifetime rule (as FileSlots keeps for descriptors): a
+    /// connection is freed only when this is false, i.e. after the last of those CQEs.
+    fn kernel_holds(&self) -> bool {
+        self.recv_armed || self.sending || self.zc_pending > 0
+    }
+
     fn closing_requested(&mut self) {
         self.close_after = true;
         self.total = 0;

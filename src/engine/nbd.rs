@@ -79,6 +79,7 @@ struct Conn {
     sref: SockRef,
     peer: SocketAddr,
     ip: IpAddr,
+    /// The kernel writes into it while `recv_armed` (until that receive's CQE): freed after.
     rbuf: Box<[u8]>,
     head: usize,
     tail: usize,
@@ -375,7 +376,7 @@ impl NbdService {
         let Some(c) = self.conns.at(id) else { return };
         c.dirty = false;
         if c.closing {
-            if !c.sending && c.zc_pending == 0 {
+            if !c.sending && c.zc_pending == 0 && !c.recv_armed {
                 self.conns.remove(id);
             }
             return;
@@ -477,8 +478,9 @@ impl NbdService {
         }
         c.closing = true;
         if c.recv_armed {
+            // rbuf stays alive (the connection lingers) until this receive's CQE: the kernel
+            // may write into it until then.
             push(ring, &opcode::AsyncCancel::new(ud(K_RECV, id, c.generation, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
-            c.recv_armed = false;
         }
         c.fd = None;
         let sref = std::mem::replace(&mut c.sref, SockRef::Raw(-1));
@@ -497,7 +499,7 @@ impl NbdService {
             let keep = Duration::from_millis(self.shared.store.load().config.nbd.cache_keep_after_disconnect_ms);
             self.shared.nbd_targets.detach(t, keep, now);
         }
-        let (ip, lingering) = (c.ip, c.sending || c.zc_pending > 0);
+        let (ip, lingering) = (c.ip, c.sending || c.zc_pending > 0 || c.recv_armed);
         self.active -= 1;
         self.shared.nbd_admission.release(ip);
         if !lingering {

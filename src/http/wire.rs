@@ -196,12 +196,15 @@ pub enum Range {
 
 pub fn parse_range(v: &[u8], size: u64) -> Range {
     let Some(spec) = v.strip_prefix(b"bytes=") else { return Range::Full };
+    // Digits only; a number past u64 saturates instead of making the header "invalid": a
+    // first-byte-pos that large is past any end (416), a last-byte-pos or suffix-length that
+    // large means "to the end" (206), as RFC 9110 §14.1.2 reads them.
     let num = |s: &[u8]| -> Option<u64> {
         let s = trim(s);
-        if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        std::str::from_utf8(s).ok()?.parse().ok()
+        Some(s.iter().fold(0u64, |n, &d| n.saturating_mul(10).saturating_add((d - b'0') as u64)))
     };
     let mut ranges = spec.split(|&c| c == b',').map(trim).filter(|r| !r.is_empty());
     let Some(first) = ranges.next() else { return Range::Full };
@@ -384,6 +387,25 @@ mod tests {
         assert_eq!(parse_range(b"items=0-1", 10), Range::Full);
         assert_eq!(parse_range(b"bytes=x-1", 10), Range::Full);
         assert_eq!(parse_range(b"bytes=0-", 0), Range::Unsatisfiable);
+    }
+
+    /// Numbers past u64 (20 digits and more) are read as "huge", not as a malformed header:
+    /// a first-byte-pos past the end is 416, a last-byte-pos or suffix past it clamps (206).
+    #[test]
+    fn ranges_with_numbers_past_u64() {
+        let big = b"99999999999999999999999999999999";
+        let r = |v: &[u8]| parse_range(v, 10);
+        assert_eq!(r(&[b"bytes=".as_slice(), big, b"-"].concat()), Range::Unsatisfiable);
+        assert_eq!(r(&[b"bytes=".as_slice(), big, b"-", big].concat()), Range::Unsatisfiable);
+        assert_eq!(r(b"bytes=18446744073709551616-"), Range::Unsatisfiable, "u64::MAX + 1");
+        assert_eq!(r(b"bytes=18446744073709551615-18446744073709551615"), Range::Unsatisfiable);
+        assert_eq!(r(&[b"bytes=0-".as_slice(), big].concat()), Range::Single(0, 9));
+        assert_eq!(r(&[b"bytes=3-".as_slice(), big].concat()), Range::Single(3, 9));
+        assert_eq!(r(b"bytes=9-18446744073709551616"), Range::Single(9, 9));
+        assert_eq!(r(&[b"bytes=-".as_slice(), big].concat()), Range::Single(0, 9), "suffix longer than the disk: all of it");
+        assert_eq!(r(&[b"bytes=00000000000000000000000000002-".as_slice(), b"5"].concat()), Range::Single(2, 5), "leading zeros");
+        assert_eq!(r(&[b"bytes=".as_slice(), big, b"-5"].concat()), Range::Full, "last < first: invalid, ignored");
+        assert_eq!(r(b"bytes=1-2x"), Range::Full);
     }
 
     #[test]
