@@ -82,6 +82,11 @@ impl Admission {
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
+
+    /// Places taken by `ip` (its bucket's) now.
+    pub fn per_ip(&self, ip: std::net::IpAddr) -> usize {
+        self.per_ip[Self::bucket(ip)].load(Ordering::Relaxed) as usize
+    }
 }
 
 /// What one worker publishes for /metrics and status.

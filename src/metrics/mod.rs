@@ -65,6 +65,7 @@ counters! {
     TftpSendErrors => ("bootfarm_tftp_send_errors_total", "", "sendmsg completions with an error."),
     HttpConnections => ("bootfarm_http_connections_accepted_total", "", "HTTP connections accepted."),
     HttpRefusedLimit => ("bootfarm_http_connections_refused_total", "", "HTTP connections answered 503 at a connection limit."),
+    HttpIdleEvicted => ("bootfarm_http_idle_evicted_total", "", "Idle HTTP connections (keep-alive, or connected without a request) closed to admit a new one at http.connections_max."),
     HttpResponses2xx => ("bootfarm_http_responses_total", "class=\"2xx\"", "HTTP responses, by status class."),
     HttpResponses3xx => ("bootfarm_http_responses_total", "class=\"3xx\"", "HTTP responses, by status class."),
     HttpResponses4xx => ("bootfarm_http_responses_total", "class=\"4xx\"", "HTTP responses, by status class."),
