@@ -35,6 +35,8 @@ pub struct Server {
     /// before it is reloaded (editors write files in several steps).
     pub reload_poll_ms: u64,
     pub reload_debounce_ms: u64,
+    /// A reload may leave no vdisk at all (otherwise refused as a probably half-written file).
+    pub reload_allow_no_vdisks: bool,
 }
 
 impl Default for Server {
@@ -50,6 +52,7 @@ impl Default for Server {
             shutdown_grace_ms: 10_000,
             reload_poll_ms: 500,
             reload_debounce_ms: 300,
+            reload_allow_no_vdisks: false,
         }
     }
 }
@@ -301,7 +304,9 @@ steer = "hash"              # which worker takes a new flow: hash (the kernel's 
                             # local clients, never for a NIC with a single receive queue)
 shutdown_grace_ms = 10000   # SIGTERM/SIGINT: transfers in flight get this long to finish
 reload_poll_ms = 500        # the file is also reloaded on SIGHUP
-reload_debounce_ms = 300
+reload_debounce_ms = 300    # a file is read only once unchanged (size, mtime) this long, SIGHUP too
+reload_allow_no_vdisks = false  # a reload leaving no [[vdisk]] is refused (half-written file?)
+                                # unless this is true; a restart always takes the file as it is
 
 [tftp]
 root = "/srv/bootfarm/boot" # bootstrap files (TFTP and HTTP /boot/<file>), read-only
