@@ -140,7 +140,9 @@ impl Control {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return Exit::Stopped;
             }
-            let signal = wait_signal(poll.min(debounce.max(Duration::from_millis(10))));
+            // Wake when a pending file is due, so a SIGHUP costs the debounce and no more.
+            let due = pending.map(|(_, since, _)| (since + debounce).saturating_duration_since(Instant::now()));
+            let signal = wait_signal(due.map_or(poll.min(debounce.max(Duration::from_millis(10))), |d| d.max(Duration::from_millis(1))));
             let Some(file) = &self.file else {
                 match signal {
                     Some(libc::SIGHUP) => self.reload("SIGHUP", None),

@@ -243,14 +243,12 @@ impl Runtime {
         }
         let view = self.view.load();
         let Some(p) = view.peers.get(&m.name) else {
-            // Not probed yet: assumed up and idle until its probes say otherwise.
-            return ServerState { up: true, replica_ok: true, active: 0, booting: 0 };
+            // Not probed yet: no hash, so not eligible until its first answer.
+            return ServerState { up: true, replica_ok: false, active: 0, booting: 0 };
         };
         let r = p.report.as_ref();
-        let replica_ok = match (r.and_then(|r| r.hashes.get(vdisk)), me.hashes.get(vdisk)) {
-            (Some(theirs), Some(ours)) => theirs == ours,
-            _ => true, // one side still hashing: not known to differ
-        };
+        let theirs = r.and_then(|r| r.hashes.get(vdisk)).map(String::as_str);
+        let replica_ok = place::copy_eligible(false, me.hashes.get(vdisk).map(String::as_str), theirs);
         ServerState {
             up: p.up && !p.draining,
             replica_ok,
