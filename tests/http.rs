@@ -504,3 +504,39 @@ fn idle_connections_at_the_total_limit_make_room_for_new_clients() {
     let _ = held[8].read_to_string(&mut r);
     assert!(r.starts_with("HTTP/1.1 503"), "the ninth from one address: {r}");
 }
+
+/// 5,000 reads of a vdisk with distinct `?mac=` from one address (no farm, nobody probes):
+/// the load figures count at most farm.targets_per_address_max targets and the address,
+/// and the map holds no more (it was never pruned on a single node and grew by each).
+#[test]
+fn many_macs_from_one_address_do_not_inflate_the_load_figures() {
+    let f = fixture("");
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = 5000;
+    let mut buf = vec![0u8; 1 << 16];
+    for batch in 0..n / 100 {
+        let mut req = String::new();
+        for i in batch * 100..batch * 100 + 100 {
+            req.push_str(&format!("HEAD /vdisk/vhd?mac=52:54:00:00:{:02x}:{:02x} HTTP/1.1\r\nHost: a\r\n\r\n", i >> 8, i & 0xff));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        // Read the 100 answers (each ends with an empty line; HEAD has no body).
+        let mut got = 0;
+        let mut tail = Vec::new();
+        while got < 100 {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "closed early");
+            tail.extend_from_slice(&buf[..k]);
+            got += tail.windows(4).filter(|w| w == b"\r\n\r\n").count();
+            let keep = tail.len().min(3);
+            tail.drain(..tail.len() - keep);
+        }
+    }
+    let h = String::from_utf8(curl(&[&format!("http://127.0.0.1:{}/healthz", f.port)])).unwrap();
+    let active: u64 = h.lines().find_map(|l| l.strip_prefix("active vhd ")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let booting: u64 = h.lines().find_map(|l| l.strip_prefix("booting ")).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    assert!(active >= 16 && active <= 17 && booting <= 17, "{h}");
+    assert!(metric(f.port, "bootfarm_farm_load_targets") <= 17);
+    assert_eq!(metric(f.port, "bootfarm_farm_load_targets_as_address_total"), n as u64 - 16);
+}

@@ -291,6 +291,8 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("farm.health_successes_min", c.farm.health_successes_min as u64),
         ("farm.active_window_ms", c.farm.active_window_ms),
         ("farm.boot_window_ms", c.farm.boot_window_ms),
+        ("farm.targets_max", c.farm.targets_max as u64),
+        ("farm.targets_per_address_max", c.farm.targets_per_address_max as u64),
     ];
     if let Some((k, v)) = nonzero.iter().find(|(_, v)| *v == 0) {
         return Err(err(file, *k, v, "a limit of 0 would refuse every client; raise it"));

@@ -243,6 +243,11 @@ pub struct Farm {
     pub active_window_ms: u64,
     /// A target counts as booting (for max_booting) this long after its first read.
     pub boot_window_ms: u64,
+    /// Most targets the HTTP load map holds (the least recently read go first).
+    pub targets_max: usize,
+    /// Most distinct `?mac=` targets one client address may add to the load figures; beyond,
+    /// its reads count as the address itself (one target).
+    pub targets_per_address_max: usize,
     pub server: Vec<FarmServer>,
 }
 
@@ -257,6 +262,8 @@ impl Default for Farm {
             health_successes_min: 2,
             active_window_ms: 60_000,
             boot_window_ms: 120_000,
+            targets_max: 65_536,
+            targets_per_address_max: 16,
             server: Vec::new(),
         }
     }
@@ -361,6 +368,8 @@ health_failures_max = 3     # failed probes before a server leaves the table
 health_successes_min = 2    # good probes before it comes back
 active_window_ms = 60000    # a target read within this counts as active (load figures)
 boot_window_ms = 120000     # ...and as booting this long after its first read (max_booting)
+targets_max = 65536         # targets the load map holds (least recently read go first)
+targets_per_address_max = 16  # distinct ?mac= targets one client address adds; beyond, it counts as one
 
 # One table per server of the farm (example); empty = a farm of this node alone.
 [[farm.server]]

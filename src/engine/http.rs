@@ -166,7 +166,7 @@ impl http::Env for EnvImpl<'_> {
         self.shared.farm.place(&self.snap, vdisk, target, Some(self.client), &me)
     }
     fn farm_touch(&self, vdisk: &str, target: &str) {
-        self.shared.farm.touch(vdisk, target, std::time::Instant::now());
+        self.shared.farm.touch(&self.snap, vdisk, target, self.client, std::time::Instant::now());
     }
     fn farm_status_json(&self) -> String {
         crate::farm::status_json(&self.snap, &self.shared.farm, &self.shared.farm_local(&self.snap, std::time::Instant::now()))
