@@ -429,7 +429,7 @@ fn connections_closed_during_a_pending_receive_are_freed_after_it() {
             .find_map(|l| l.strip_prefix("bootfarm_http_timeouts_total{kind=\"header\"} "))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if timeouts == (rounds * per_round) as u64 && m.contains("bootfarm_http_connections 1\n") {
+        if timeouts == (rounds * per_round) && m.contains("bootfarm_http_connections 1\n") {
             break;
         }
         assert!(Instant::now() < deadline, "not every connection was closed by its header timeout:\n{m}");
@@ -536,7 +536,7 @@ fn many_macs_from_one_address_do_not_inflate_the_load_figures() {
     let h = String::from_utf8(curl(&[&format!("http://127.0.0.1:{}/healthz", f.port)])).unwrap();
     let active: u64 = h.lines().find_map(|l| l.strip_prefix("active vhd ")).and_then(|v| v.parse().ok()).unwrap_or(0);
     let booting: u64 = h.lines().find_map(|l| l.strip_prefix("booting ")).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
-    assert!(active >= 16 && active <= 17 && booting <= 17, "{h}");
+    assert!((16..=17).contains(&active) && booting <= 17, "{h}");
     assert!(metric(f.port, "bootfarm_farm_load_targets") <= 17);
     assert_eq!(metric(f.port, "bootfarm_farm_load_targets_as_address_total"), n as u64 - 16);
 }

@@ -291,7 +291,7 @@ fn half_written_and_vdiskless_files_are_refused_on_sighup_and_change() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = s.log();
-    let l = log.lines().filter(|l| l.contains("configuration refused")).last().unwrap();
+    let l = log.lines().rfind(|l| l.contains("configuration refused")).unwrap();
     assert!(l.contains("why=\"file changed\"") && l.contains("no [[vdisk]]") && l.contains("generation 3 keeps serving"), "{l}");
     s.signal(libc::SIGHUP);
     while s.log().matches("configuration refused").count() == before + 1 {
@@ -299,7 +299,7 @@ fn half_written_and_vdiskless_files_are_refused_on_sighup_and_change() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = s.log();
-    let l = log.lines().filter(|l| l.contains("configuration refused")).last().unwrap();
+    let l = log.lines().rfind(|l| l.contains("configuration refused")).unwrap();
     assert!(l.contains("why=\"SIGHUP\"") && l.contains("no [[vdisk]]"), "{l}");
     // Still serving the vdisk of generation 3.
     let r = std::process::Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/api/status")]).output().unwrap();

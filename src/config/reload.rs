@@ -165,15 +165,14 @@ impl Control {
                 None => {}
             }
             match (now, pending) {
-                (Some(n), Some((p, since, why))) if n == p => {
-                    if since.elapsed() >= debounce {
-                        pending = None;
-                        last = Some(n);
-                        if let Some(changed) = self.take(n, why) {
-                            pending = Some((changed, Instant::now(), why));
-                        }
+                (Some(n), Some((p, since, why))) if n == p && since.elapsed() >= debounce => {
+                    pending = None;
+                    last = Some(n);
+                    if let Some(changed) = self.take(n, why) {
+                        pending = Some((changed, Instant::now(), why));
                     }
                 }
+                (Some(n), Some((p, _, _))) if n == p => {} // not due yet
                 // Still changing: wait again, for whoever asked.
                 (Some(n), Some((_, _, why))) => pending = Some((n, Instant::now(), why)),
                 (Some(n), None) if Some(n) != last => pending = Some((n, Instant::now(), "file changed")),

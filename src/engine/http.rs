@@ -622,7 +622,6 @@ impl HttpService {
         }
     }
 
-    /// Frees a connection's memory: only once the kernel holds none of it.
     /// Closes this worker's longest-idle connection (no request byte pending, no response
     /// running: between keep-alive requests, or connected and silent) to admit a new one at
     /// `http.connections_max`. False when it has none.
@@ -645,6 +644,7 @@ impl HttpService {
         true
     }
 
+    /// Frees a connection's memory: only once the kernel holds none of it.
     fn free_conn(&mut self, id: u32) {
         if let Some(c) = self.conns.at(id) {
             assert!(!c.kernel_holds(), "http connection {id} freed while the kernel holds its buffers");
