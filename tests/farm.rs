@@ -226,16 +226,16 @@ fn a_replica_that_differs_is_reported_and_avoided() {
     let (code, table) = farm_status(&dir, 3);
     assert_eq!(code, 2, "{table}");
     assert!(table.lines().any(|l| l.starts_with("node1") && l.contains("disk:ok")), "{table}");
-    // node1 never places a target on node2 once it has both hashes.
-    wait_until("node1's lists leave node2 out", 10, || {
-        !ipxe_order(&format!("127.0.0.1:{port}"), "52:54:00:00:00:01").1.contains(&"node2".to_string())
+    // node1 never places a target on node2 (before it has both hashes node2 is not eligible
+    // either: only a positively identical copy is); its own view shows the mismatch.
+    wait_until("node1's own view reports node2's copy as a mismatch", 10, || {
+        let (_, _, body) = get(&format!("127.0.0.1:{port}"), "/api/status", None).unwrap();
+        String::from_utf8(body).unwrap().contains("\"replicas\": {\"disk\": \"mismatch\"}")
     });
     for t in 0..30 {
         let (_, order) = ipxe_order(&format!("127.0.0.1:{port}"), &format!("52:54:00:00:06:{t:02x}"));
         assert!(!order.contains(&"node2".to_string()), "{order:?}");
     }
-    let (_, _, body) = get(&format!("127.0.0.1:{port}"), "/api/status", None).unwrap();
-    assert!(String::from_utf8(body).unwrap().contains("\"replicas\": {\"disk\": \"mismatch\"}"));
     drop(nodes);
 }
 
@@ -311,14 +311,16 @@ fn a_thousand_reloads_during_a_storm_never_mix_two_tables() {
     std::fs::write(dir.join("src.raw"), pattern(5, 0, 1 << 20)).unwrap();
     qemu_img(&["convert", "-f", "raw", "-O", "vhdx", dir.join("src.raw").to_str().unwrap(), dir.join("disk.vhdx").to_str().unwrap()]);
     let port = free_port();
-    // Two farm tables that place differently; the peers never answer, but a huge failure limit
-    // keeps them in the table, and a loose load bound keeps the storm's own load from moving
-    // node1 down, so placement depends on the table alone.
+    // Two farm tables that place differently (the same servers, other powers); the peers are
+    // stand-ins that answer every probe with node1's hash of the vdisk (placement takes only
+    // servers that report an identical copy), a huge failure limit keeps them in the table,
+    // and a loose load bound keeps the storm's own load from moving node1 down, so placement
+    // depends on the table alone. A 1 ms debounce: SIGHUP reads the file once it stood still.
     let variant = |b: bool| {
-        let names = if b { ["node1", "nodeB2", "nodeB3"] } else { ["node1", "node2", "node3"] };
-        let powers = if b { [2.0, 1.0, 1.0] } else { [1.0, 1.0, 2.0] };
+        let names = ["node1", "node2", "node3"];
+        let powers = if b { [3.0, 1.0, 1.5] } else { [1.0, 1.0, 2.0] };
         let mut t = format!(
-            "[server]\nname = \"node1\"\ntftp_port = {port}\nhttp_port = {port}\nnbd_port = {}\nreload_poll_ms = 60000\n[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n[farm]\nhealth_failures_max = 1000000000\nload_epsilon = 10.0\n",
+            "[server]\nname = \"node1\"\ntftp_port = {port}\nhttp_port = {port}\nnbd_port = {}\nreload_poll_ms = 60000\nreload_debounce_ms = 1\n[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n[farm]\nhealth_failures_max = 1000000000\nhealth_interval_ms = 100\nhealth_timeout_ms = 100\nload_epsilon = 10.0\n",
             port + 1
         );
         for i in 0..3 {
@@ -333,6 +335,15 @@ fn a_thousand_reloads_during_a_storm_never_mix_two_tables() {
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     let addr = format!("127.0.0.1:{port}");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hash = String::new();
+    wait_until("node1 hashed its vdisk", 20, || {
+        let (_, _, body) = get(&addr, "/healthz", None).unwrap();
+        hash = String::from_utf8_lossy(&body).lines().find_map(|l| l.strip_prefix("hash disk ")).unwrap_or("").to_string();
+        !hash.is_empty()
+    });
+    let peers: Vec<_> =
+        (2..=3).map(|i| stand_in_peer(format!("127.0.0.{i}:{port}"), format!("node{i}"), hash.clone(), stop.clone())).collect();
+    wait_until("node1 has both peers' reports", 20, || ipxe_order(&addr, "52:54:00:ff:ff:fe").1.len() == 3);
     let content = std::sync::Arc::new(pattern(5, 0, 1 << 20));
     let mut storm = Vec::new();
     for w in 0..4 {
@@ -385,4 +396,80 @@ fn a_thousand_reloads_during_a_storm_never_mix_two_tables() {
     eprintln!("1000 reloads in {reload_ms} ms; {total} requests during them ({a} on table A, {b} on table B), none failed, none mixed");
     assert!(a > 0 && b > 0, "both tables were seen ({a}/{b})");
     assert_eq!(ipxe_order(&addr, "52:54:00:ff:ff:ff").0, 1001, "1000 reloads, each one generation");
+    for p in peers {
+        p.join().unwrap();
+    }
+}
+
+/// A farm server stand-in on `addr`: answers every `/healthz` probe as `node`, holding the
+/// vdisk "disk" with content hash `hash`, until `stop`.
+fn stand_in_peer(
+    addr: String,
+    node: String,
+    hash: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let l = std::net::TcpListener::bind(&addr).unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let body = format!("ok\nnode {node}\ngeneration 1\nbooting 0\nhash disk {hash}\n");
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                    let mut b = [0u8; 1024];
+                    let _ = s.read(&mut b);
+                    let _ = s.write_all(answer.as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+/// A peer that does not have the vdisk reports no content hash for it: it is never placed on
+/// (before, "no hash" counted as "still hashing" and it got its share of targets, each
+/// redirected to a 404). Every list names only the servers holding an identical copy.
+#[test]
+fn a_peer_without_the_vdisk_gets_no_target() {
+    let dir = TempDir::new("farm-lacking");
+    let (nodes, port) = farm(&dir, 3, "load_epsilon = 10.0", |_, _| {});
+    let addr = |i: usize| format!("127.0.0.{}:{port}", i + 1);
+    // node3 (power 2: the largest share) serves another vdisk instead of "disk".
+    let cfg3 = dir.join("node3/bootfarm.toml");
+    let text = std::fs::read_to_string(&cfg3).unwrap().replace("name = \"disk\"", "name = \"other\"");
+    std::fs::write(&cfg3, text).unwrap();
+    let n3 = nodes[2].server.as_ref().unwrap();
+    n3.signal(libc::SIGHUP);
+    let l = n3.wait_for("why=\"SIGHUP\"");
+    assert!(l.contains("configuration loaded"), "{l}");
+    let (st, _, _) = get(&addr(2), "/vdisk/disk?via=test", None).unwrap();
+    assert_eq!(st, 404, "node3 has no vdisk \"disk\"");
+    let table2 = members(&[("node1", 1.0), ("node2", 1.0)]);
+    let macs: Vec<String> = (0..16).map(|t| format!("52:54:00:00:08:{t:02x}")).collect();
+    for i in 0..2 {
+        wait_until(&format!("node{}'s lists name node1 and node2 only", i + 1), 20, || {
+            macs.iter().all(|m| ipxe_order(&addr(i), m).1 == expected(&table2, m))
+        });
+    }
+    // Every read through node1 ends on a server that has the bytes.
+    let content = pattern(5, 0, DISK as usize);
+    for m in &macs {
+        let (st, head, body) = get(&addr(0), &format!("/vdisk/disk?mac={m}"), Some((0, 4095))).unwrap();
+        let body = if st == 307 {
+            let loc = header(&head, "location").unwrap();
+            assert!(!loc.contains("127.0.0.3"), "{m} redirected to node3: {loc}");
+            let host = &loc["http://".len()..loc[7..].find('/').unwrap() + 7];
+            let (st, _, body) = get(host, &loc[loc[7..].find('/').unwrap() + 7..], Some((0, 4095))).unwrap();
+            assert_eq!(st, 206, "{m} at {loc}");
+            body
+        } else {
+            assert_eq!(st, 206, "{m}: {head}");
+            body
+        };
+        assert!(body == content[..4096], "{m}: wrong bytes");
+    }
+    drop(nodes);
 }

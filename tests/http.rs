@@ -215,20 +215,43 @@ fn pipelining_http10_and_bad_requests() {
 
 #[test]
 fn slowloris_idle_and_connection_limits() {
-    let f = fixture("header_timeout_ms = 400\nkeepalive_idle_ms = 600\nconnections_per_ip_max = 3");
+    let f = fixture("header_timeout_ms = 400\nkeepalive_idle_ms = 1200\nconnections_per_ip_max = 3");
     // Slowloris: a request that never completes gets 408 and a close.
     let t0 = Instant::now();
     let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: ", Duration::from_secs(3));
     assert!(r.starts_with("HTTP/1.1 408"), "{r}");
     assert!(t0.elapsed() < Duration::from_secs(2));
-    // An idle keep-alive connection is closed after keepalive_idle_ms.
+    // A connection that never sends a byte is closed at header_timeout_ms (from accept), not
+    // at keepalive_idle_ms.
     let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let t0 = Instant::now();
     let mut b = [0u8; 16];
     assert_eq!(s.read(&mut b).unwrap_or(0), 0, "closed without a byte");
+    let silent = t0.elapsed();
+    assert!(silent >= Duration::from_millis(350) && silent < Duration::from_millis(1000), "{silent:?}");
+    // Bytes sent late do not restart the first request's header timer: 300 ms silent, then a
+    // trickle, and the 408 comes at ~400 ms from accept.
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let mut r = Vec::new();
+    let _ = s.read_to_end(&mut r);
+    assert!(r.starts_with(b"HTTP/1.1 408") && t0.elapsed() < Duration::from_millis(700), "{:?}", t0.elapsed());
+    // After a response, the keep-alive idle timer runs: open past the header timeout, closed
+    // after keepalive_idle_ms.
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let n = s.read(&mut b).unwrap();
+    assert!(n > 0 && b.starts_with(b"HTTP/1.1 200"));
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
     let idle = t0.elapsed();
-    assert!(idle >= Duration::from_millis(500) && idle < Duration::from_secs(2), "{idle:?}");
+    assert!(idle >= Duration::from_millis(1100) && idle < Duration::from_millis(2500), "{idle:?}");
     // At most 3 connections from one address: the 4th gets 503.
     let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(("127.0.0.1", f.port)).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(100));
@@ -278,7 +301,14 @@ fn healthz_reports_draining_and_ipxe_script_lists_the_farm() {
 #[test]
 fn total_connection_limit() {
     let f = fixture("connections_max = 2\nconnections_per_ip_max = 64");
-    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", f.port)).unwrap()).collect();
+    // Two connections in the middle of a request (not idle: nothing to reclaim).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(100));
     let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", Duration::from_secs(1));
     assert!(r.starts_with("HTTP/1.1 503") && r.contains("Retry-After"), "{r}");
@@ -399,7 +429,7 @@ fn connections_closed_during_a_pending_receive_are_freed_after_it() {
             .find_map(|l| l.strip_prefix("bootfarm_http_timeouts_total{kind=\"header\"} "))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if timeouts == (rounds * per_round) as u64 && m.contains("bootfarm_http_connections 1\n") {
+        if timeouts == (rounds * per_round) && m.contains("bootfarm_http_connections 1\n") {
             break;
         }
         assert!(Instant::now() < deadline, "not every connection was closed by its header timeout:\n{m}");
@@ -407,4 +437,106 @@ fn connections_closed_during_a_pending_receive_are_freed_after_it() {
     }
     let r = raw(f.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2));
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+/// Connects from `ip` (any 127.0.0.0/8 address: one loopback, many clients).
+fn connect_from(ip: [u8; 4], port: u16) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((ip, 0)).into()).unwrap();
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+    s.into()
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let m = String::from_utf8(curl(&[&format!("http://127.0.0.1:{port}/metrics")])).unwrap();
+    m.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The attack scaled down: idle connections from 8 addresses, each at its per-address
+/// limit, fill the total limit. A new client from another address is served (the longest-idle
+/// connection is closed to make room) instead of everyone getting 503; the per-address limit
+/// still holds.
+#[test]
+fn idle_connections_at_the_total_limit_make_room_for_new_clients() {
+    let f = fixture("connections_max = 64\nconnections_per_ip_max = 8\nheader_timeout_ms = 20000\nkeepalive_idle_ms = 20000");
+    let mut idle = Vec::new();
+    for a in 0..8u8 {
+        for _ in 0..8 {
+            let s = connect_from([127, 0, 1, a + 1], f.port);
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            idle.push(s);
+        }
+        // Idle since: in the order of their addresses.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(f.port, "bootfarm_http_connections_accepted_total") < 64 {
+        assert!(Instant::now() < deadline, "the 64 idle connections were not all accepted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 16 new clients, one request each on a connection kept open afterwards.
+    let mut served = Vec::new();
+    for i in 0..16u8 {
+        let mut s = connect_from([127, 0, 2, i + 1], f.port);
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let mut b = [0u8; 64];
+        let n = s.read(&mut b).unwrap_or(0);
+        assert!(b[..n].starts_with(b"HTTP/1.1 200"), "new client {i}: {:?}", String::from_utf8_lossy(&b[..n]));
+        served.push(s);
+    }
+    assert_eq!(metric(f.port, "bootfarm_http_connections_refused_total"), 0);
+    // The metrics requests themselves reclaimed idle ones too (each closes after its answer).
+    assert!(metric(f.port, "bootfarm_http_idle_evicted_total") >= 16);
+    // The connections closed were the longest idle: the first address's first.
+    let mut b = [0u8; 8];
+    assert_eq!(idle[0].read(&mut b).unwrap_or(0), 0, "the longest-idle connection was closed");
+    let last = idle.last_mut().unwrap();
+    last.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(last.read(&mut b).is_err(), "the most recently idle connection is still open");
+    // A client at its own per-address limit is still refused (reclaiming is for the total).
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..9 {
+        held.push(connect_from([127, 0, 3, 1], f.port));
+    }
+    let mut r = String::new();
+    held[8].set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = held[8].read_to_string(&mut r);
+    assert!(r.starts_with("HTTP/1.1 503"), "the ninth from one address: {r}");
+}
+
+/// 5,000 reads of a vdisk with distinct `?mac=` from one address (no farm, nobody probes):
+/// the load figures count at most farm.targets_per_address_max targets and the address,
+/// and the map holds no more (it was never pruned on a single node and grew by each).
+#[test]
+fn many_macs_from_one_address_do_not_inflate_the_load_figures() {
+    let f = fixture("");
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = 5000;
+    let mut buf = vec![0u8; 1 << 16];
+    for batch in 0..n / 100 {
+        let mut req = String::new();
+        for i in batch * 100..batch * 100 + 100 {
+            req.push_str(&format!("HEAD /vdisk/vhd?mac=52:54:00:00:{:02x}:{:02x} HTTP/1.1\r\nHost: a\r\n\r\n", i >> 8, i & 0xff));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        // Read the 100 answers (each ends with an empty line; HEAD has no body).
+        let mut got = 0;
+        let mut tail = Vec::new();
+        while got < 100 {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "closed early");
+            tail.extend_from_slice(&buf[..k]);
+            got += tail.windows(4).filter(|w| w == b"\r\n\r\n").count();
+            let keep = tail.len().min(3);
+            tail.drain(..tail.len() - keep);
+        }
+    }
+    let h = String::from_utf8(curl(&[&format!("http://127.0.0.1:{}/healthz", f.port)])).unwrap();
+    let active: u64 = h.lines().find_map(|l| l.strip_prefix("active vhd ")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let booting: u64 = h.lines().find_map(|l| l.strip_prefix("booting ")).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    assert!((16..=17).contains(&active) && booting <= 17, "{h}");
+    assert!(metric(f.port, "bootfarm_farm_load_targets") <= 17);
+    assert_eq!(metric(f.port, "bootfarm_farm_load_targets_as_address_total"), n as u64 - 16);
 }

@@ -194,3 +194,115 @@ fn out_of_descriptors_pauses_accepting_and_recovers() {
         body.lines().find_map(|l| l.strip_prefix("bootfarm_http_accept_errors_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     assert!(n > 0, "accept failures are counted:\n{body}");
 }
+
+/// `text(n)` without its `[[vdisk]]` table.
+fn without_vdisk(n: u64) -> String {
+    let t = text(n);
+    let (a, b) = t.split_once("[[vdisk]]").unwrap();
+    let (_, rest) = b.split_once("[[farm.server]]").unwrap();
+    format!("{a}[[farm.server]]{rest}")
+}
+
+#[test]
+fn a_reload_that_drops_every_vdisk_or_a_table_is_refused() {
+    let dir = TempDir::new("reload-rules");
+    store_dir(&dir);
+    let file = dir.join("bootfarm.toml");
+    let o = Overrides::default();
+    std::fs::write(&file, text(1)).unwrap();
+    let store = Store::new(config::load(&file, &o, 1, None).unwrap());
+    // No vdisk left: refused, the running one keeps its vdisk.
+    std::fs::write(&file, without_vdisk(2)).unwrap();
+    let e = store.reload(&file, &o).unwrap_err().to_string();
+    assert!(e.contains("no [[vdisk]]") && e.contains("reload_allow_no_vdisks"), "{e}");
+    assert_eq!((store.load().generation, store.load().vdisks.len()), (1, 1));
+    // A file cut short (the farm table is gone): refused, naming the table.
+    let t = text(3);
+    std::fs::write(&file, &t[..t.find("[[farm.server]]").unwrap()]).unwrap();
+    let e = store.reload(&file, &o).unwrap_err().to_string();
+    assert!(e.contains("farm = missing") && e.contains("[farm] table"), "{e}");
+    // An empty [farm] says "defaults" on purpose: taken.
+    std::fs::write(&file, format!("{}[farm]\n", &t[..t.find("[[farm.server]]").unwrap()])).unwrap();
+    store.reload(&file, &o).unwrap();
+    assert_eq!(store.load().farm.len(), 1);
+    // An empty tftp.root would serve the configuration's own folder: refused, always.
+    std::fs::write(&file, text(4).replace("root = \"boot\"", "root = \"\"")).unwrap();
+    let e = store.reload(&file, &o).unwrap_err().to_string();
+    assert!(e.contains("tftp.root") && e.contains("is empty"), "{e}");
+    // The explicit way to remove every vdisk.
+    std::fs::write(&file, without_vdisk(5).replace("[server]\n", "[server]\nreload_allow_no_vdisks = true\n")).unwrap();
+    store.reload(&file, &o).unwrap();
+    assert!(store.load().vdisks.is_empty());
+    // And a restart takes a file without vdisks as it is.
+    std::fs::write(&file, without_vdisk(6)).unwrap();
+    assert!(config::load(&file, &o, 1, None).unwrap().vdisks.is_empty());
+}
+
+/// The running binary: a file written in two steps with SIGHUP between is read only once it
+/// stood still (the whole file, no refusal); a half-written file that did stand still is
+/// refused and the complete one then taken; a file without vdisks is refused via the watcher
+/// and via SIGHUP.
+#[test]
+fn half_written_and_vdiskless_files_are_refused_on_sighup_and_change() {
+    let dir = TempDir::new("reload-half");
+    store_dir(&dir);
+    let file = dir.join("bootfarm.toml");
+    let debounced = |t: String| t.replace("[server]\n", "[server]\nreload_debounce_ms = 1000\n");
+    std::fs::write(&file, debounced(text(1))).unwrap();
+    let (tftp, http, nbd) = (free_port().to_string(), free_port().to_string(), free_port().to_string());
+    let s = Server::start(&["--config", file.to_str().unwrap(), "--tftp-port", &tftp, "--http-port", &http, "--nbd-port", &nbd]);
+    s.wait_for("vdisk ready");
+    let half = |n: u64| {
+        let t = debounced(text(n));
+        let cut = t.find("[[vdisk]]").unwrap();
+        (t[..cut].to_string(), t[cut..].to_string())
+    };
+    let append = |rest: &str| {
+        use std::io::Write;
+        std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(rest.as_bytes()).unwrap();
+    };
+    // 1. First half, SIGHUP, the rest 150 ms later (within the 1 s debounce): only the whole
+    //    file is read.
+    let (a, b) = half(2);
+    std::fs::write(&file, &a).unwrap();
+    s.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(150));
+    append(&b);
+    let l = s.wait_for("generation=2 why=\"SIGHUP\"");
+    assert!(l.contains("configuration loaded"), "{l}");
+    assert!(!s.log().contains("configuration refused"), "the half file was read:\n{}", s.log());
+    // 2. First half, left standing, SIGHUP: refused (no vdisk: a half-written file); then
+    //    the rest: taken by the watcher.
+    let (a, b) = half(3);
+    std::fs::write(&file, &a).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.signal(libc::SIGHUP);
+    let l = s.wait_for("configuration refused");
+    assert!(l.contains("why=\"SIGHUP\"") && l.contains("generation 2 keeps serving") && l.contains("half-written"), "{l}");
+    append(&b);
+    let l = s.wait_for("generation=3 why=\"file changed\"");
+    assert!(l.contains("configuration loaded") && l.contains("vdisks=1"), "{l}");
+    // 3. A complete file without vdisks: refused by the watcher, and by SIGHUP.
+    let before = s.log().matches("configuration refused").count();
+    std::fs::write(&file, debounced(without_vdisk(4))).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.log().matches("configuration refused").count() == before {
+        assert!(std::time::Instant::now() < deadline, "no refusal:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log();
+    let l = log.lines().rfind(|l| l.contains("configuration refused")).unwrap();
+    assert!(l.contains("why=\"file changed\"") && l.contains("no [[vdisk]]") && l.contains("generation 3 keeps serving"), "{l}");
+    s.signal(libc::SIGHUP);
+    while s.log().matches("configuration refused").count() == before + 1 {
+        assert!(std::time::Instant::now() < deadline, "no refusal on SIGHUP:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log();
+    let l = log.lines().rfind(|l| l.contains("configuration refused")).unwrap();
+    assert!(l.contains("why=\"SIGHUP\"") && l.contains("no [[vdisk]]"), "{l}");
+    // Still serving the vdisk of generation 3.
+    let r = std::process::Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/api/status")]).output().unwrap();
+    let j = String::from_utf8_lossy(&r.stdout);
+    assert!(j.contains("\"generation\": 3") && j.contains("\"name\": \"v3\""), "{j}");
+}

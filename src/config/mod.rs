@@ -106,6 +106,9 @@ pub struct Snapshot {
     pub tftp_root: PathBuf,
     pub vdisks: Vec<Arc<Vdisk>>,
     pub farm: Vec<FarmMember>,
+    /// The top-level tables the file had (`server`, `tftp`, `vdisk`, ...), for the reload
+    /// rule that refuses a file missing one (a half-written file); empty when not from a file.
+    pub tables: Vec<String>,
 }
 
 impl Vdisk {
@@ -146,16 +149,52 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// Reads, parses and validates a file into a snapshot with the given generation.
 pub fn load(file: &Path, overrides: &Overrides, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        value: String::new(),
-        why: format!("cannot read: {e}"),
-    })?;
-    let mut config = parse(file, &text)?;
+    let text = std::fs::read_to_string(file).map_err(|e| err(file, "", "", format!("cannot read: {e}")))?;
+    from_text(file, &text, overrides, generation, previous)
+}
+
+/// Parses and validates the text of `file` (read by the caller) into a snapshot.
+pub fn from_text(
+    file: &Path,
+    text: &str,
+    overrides: &Overrides,
+    generation: u64,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigError> {
+    let mut config = parse(file, text)?;
     overrides.apply(&mut config);
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    build(file, &base, config, generation, previous)
+    let mut snap = build(file, &base, config, generation, previous)?;
+    snap.tables = text.parse::<toml::Table>().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+    Ok(snap)
+}
+
+/// The rules a reload must pass on top of validation, comparing with the running snapshot:
+/// every key is optional, so a file cut short (an editor or a copy half done when SIGHUP or
+/// the watcher fires) parses, and would silently serve defaults or no vdisks at all.
+pub fn reload_rules(file: &Path, running: &Snapshot, next: &Snapshot) -> Result<(), ConfigError> {
+    if !running.vdisks.is_empty() && next.vdisks.is_empty() && !next.config.server.reload_allow_no_vdisks {
+        return Err(err(
+            file,
+            "vdisk",
+            "none",
+            format!(
+                "the running configuration serves {} vdisk(s) and this file has no [[vdisk]] (a half-written file?); refused, targets keep their vdisks. To really remove every vdisk set server.reload_allow_no_vdisks = true, or restart",
+                running.vdisks.len()
+            ),
+        ));
+    }
+    for t in &running.tables {
+        if t != "vdisk" && !next.tables.contains(t) {
+            return Err(err(
+                file,
+                t.as_str(),
+                "missing",
+                format!("the running file has a [{t}] table and this one has none (a half-written file?); refused. To go back to its defaults write an empty [{t}]"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn err(file: &Path, key: impl Into<String>, value: impl fmt::Display, why: impl Into<String>) -> ConfigError {
@@ -206,6 +245,15 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         return Err(err(file, "server.reload_poll_ms", s.reload_poll_ms, "must be between 1 and 60000"));
     }
     let t = &c.tftp;
+    if t.root.as_os_str().is_empty() {
+        // "" would resolve to the configuration's own folder and serve it over TFTP and HTTP.
+        return Err(err(
+            file,
+            "tftp.root",
+            "\"\"",
+            "is empty; give the folder of the bootstrap files (\".\" for the configuration's folder)",
+        ));
+    }
     if !(8..=65464).contains(&t.blksize_max) {
         return Err(err(file, "tftp.blksize_max", t.blksize_max, "RFC 2348 allows block sizes from 8 to 65464"));
     }
@@ -243,6 +291,8 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("farm.health_successes_min", c.farm.health_successes_min as u64),
         ("farm.active_window_ms", c.farm.active_window_ms),
         ("farm.boot_window_ms", c.farm.boot_window_ms),
+        ("farm.targets_max", c.farm.targets_max as u64),
+        ("farm.targets_per_address_max", c.farm.targets_per_address_max as u64),
     ];
     if let Some((k, v)) = nonzero.iter().find(|(_, v)| *v == 0) {
         return Err(err(file, *k, v, "a limit of 0 would refuse every client; raise it"));
@@ -371,7 +421,16 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
             http_port: c.server.http_port,
         });
     }
-    Ok(Snapshot { generation, source: Some(file.to_path_buf()), loaded_at: SystemTime::now(), config: c, tftp_root, vdisks, farm })
+    Ok(Snapshot {
+        generation,
+        source: Some(file.to_path_buf()),
+        loaded_at: SystemTime::now(),
+        config: c,
+        tftp_root,
+        vdisks,
+        farm,
+        tables: Vec::new(),
+    })
 }
 
 /// The published snapshot and its reload statistics.
@@ -403,9 +462,22 @@ impl Store {
     /// keeps the current snapshot and returns the error. Generations count published snapshots
     /// only (a refused file takes no number). One control thread calls this.
     pub fn reload(&self, file: &Path, overrides: &Overrides) -> Result<u64, ConfigError> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => self.reload_text(file, &text, overrides),
+            Err(e) => {
+                self.counters.add(Counter::ConfigReloadsFailed, 1);
+                Err(err(file, "", "", format!("cannot read: {e}")))
+            }
+        }
+    }
+
+    /// As [`Store::reload`], from the file's text as the caller read it (the control thread
+    /// reads it only once it has stood still). The new snapshot must also pass
+    /// [`reload_rules`] against the running one.
+    pub fn reload_text(&self, file: &Path, text: &str, overrides: &Overrides) -> Result<u64, ConfigError> {
         let prev = self.load();
         let g = self.next_generation.load(Ordering::Relaxed);
-        match load(file, overrides, g, Some(&prev)) {
+        match from_text(file, text, overrides, g, Some(&prev)).and_then(|s| reload_rules(file, &prev, &s).map(|()| s)) {
             Ok(s) => {
                 self.next_generation.store(g + 1, Ordering::Relaxed);
                 self.publish(s);

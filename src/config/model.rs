@@ -35,6 +35,8 @@ pub struct Server {
     /// before it is reloaded (editors write files in several steps).
     pub reload_poll_ms: u64,
     pub reload_debounce_ms: u64,
+    /// A reload may leave no vdisk at all (otherwise refused as a probably half-written file).
+    pub reload_allow_no_vdisks: bool,
 }
 
 impl Default for Server {
@@ -50,6 +52,7 @@ impl Default for Server {
             shutdown_grace_ms: 10_000,
             reload_poll_ms: 500,
             reload_debounce_ms: 300,
+            reload_allow_no_vdisks: false,
         }
     }
 }
@@ -240,6 +243,11 @@ pub struct Farm {
     pub active_window_ms: u64,
     /// A target counts as booting (for max_booting) this long after its first read.
     pub boot_window_ms: u64,
+    /// Most targets the HTTP load map holds (the least recently read go first).
+    pub targets_max: usize,
+    /// Most distinct `?mac=` targets one client address may add to the load figures; beyond,
+    /// its reads count as the address itself (one target).
+    pub targets_per_address_max: usize,
     pub server: Vec<FarmServer>,
 }
 
@@ -254,6 +262,8 @@ impl Default for Farm {
             health_successes_min: 2,
             active_window_ms: 60_000,
             boot_window_ms: 120_000,
+            targets_max: 65_536,
+            targets_per_address_max: 16,
             server: Vec::new(),
         }
     }
@@ -301,7 +311,9 @@ steer = "hash"              # which worker takes a new flow: hash (the kernel's 
                             # local clients, never for a NIC with a single receive queue)
 shutdown_grace_ms = 10000   # SIGTERM/SIGINT: transfers in flight get this long to finish
 reload_poll_ms = 500        # the file is also reloaded on SIGHUP
-reload_debounce_ms = 300
+reload_debounce_ms = 300    # a file is read only once unchanged (size, mtime) this long, SIGHUP too
+reload_allow_no_vdisks = false  # a reload leaving no [[vdisk]] is refused (half-written file?)
+                                # unless this is true; a restart always takes the file as it is
 
 [tftp]
 root = "/srv/bootfarm/boot" # bootstrap files (TFTP and HTTP /boot/<file>), read-only
@@ -356,6 +368,8 @@ health_failures_max = 3     # failed probes before a server leaves the table
 health_successes_min = 2    # good probes before it comes back
 active_window_ms = 60000    # a target read within this counts as active (load figures)
 boot_window_ms = 120000     # ...and as booting this long after its first read (max_booting)
+targets_max = 65536         # targets the load map holds (least recently read go first)
+targets_per_address_max = 16  # distinct ?mac= targets one client address adds; beyond, it counts as one
 
 # One table per server of the farm (example); empty = a farm of this node alone.
 [[farm.server]]

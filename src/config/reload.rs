@@ -1,5 +1,8 @@
 //! The control thread: reloads on SIGHUP and when the file changes on disk (polled, debounced:
 //! editors write in several steps), and returns on SIGTERM/SIGINT so the caller can drain.
+//! Either way the file is taken only once it has stood still: the same (size, mtime, inode)
+//! for `reload_debounce_ms` and around the read itself, so a file still being written (or
+//! copied) is not read half way; writing a new file and renaming it into place is atomic too.
 //! Signals are blocked in every thread (call [`block_signals`] before spawning any) and taken
 //! here synchronously with sigtimedwait, so no handler runs in a worker.
 
@@ -70,13 +73,41 @@ impl Control {
         Control { store, file, overrides, loaded }
     }
 
-    fn reload(&self, why: &str) {
+    /// Reads the file if it is still as `seen` (stamped `debounce` ago) after the read, and
+    /// reloads from that text. None when it changed meanwhile: its new stamp, to wait on.
+    fn take(&self, seen: Stamp, why: &str) -> Option<Stamp> {
+        let file = self.file.as_deref()?;
+        let text = std::fs::read(file);
+        let after = stamp(file);
+        if after != Some(seen) || text.as_ref().is_ok_and(|t| t.len() as u64 != seen.size) {
+            tracing::info!(why, file = %file.display(), "configuration file changed while read; reading it once it has stood still");
+            return after;
+        }
+        match text.map(String::from_utf8) {
+            Ok(Ok(text)) => self.reload(why, Some(&text)),
+            Ok(Err(_)) => self.refused(why, &format!("{}: not UTF-8 text (a half-written file?)", file.display())),
+            Err(e) => self.refused(why, &format!("{}: cannot read: {e}", file.display())),
+        }
+        None
+    }
+
+    fn refused(&self, why: &str, e: &str) {
+        let g = self.store.load().generation;
+        self.store.counters.add(crate::metrics::Counter::ConfigReloadsFailed, 1);
+        tracing::error!(generation = g, why, "configuration refused, generation {g} keeps serving: {e}");
+    }
+
+    fn reload(&self, why: &str, text: Option<&str>) {
         let Some(file) = &self.file else {
             tracing::info!(why, "reload requested, but this instance runs without a config file (--demo): nothing to reload");
             return;
         };
         let old = self.store.load();
-        match self.store.reload(file, &self.overrides) {
+        let result = match text {
+            Some(t) => self.store.reload_text(file, t, &self.overrides),
+            None => self.store.reload(file, &self.overrides),
+        };
+        match result {
             Ok(generation) => {
                 let new = self.store.load();
                 let s = (&old.config.server, &new.config.server);
@@ -103,33 +134,49 @@ impl Control {
         let poll = Duration::from_millis(cfg.reload_poll_ms);
         let debounce = Duration::from_millis(cfg.reload_debounce_ms);
         let mut last = self.loaded;
-        let mut pending: Option<(Stamp, Instant)> = None;
+        // A stamp waiting to stand still for `debounce`, since when, and who asked.
+        let mut pending: Option<(Stamp, Instant, &'static str)> = None;
         loop {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return Exit::Stopped;
             }
-            match wait_signal(poll.min(debounce.max(Duration::from_millis(10)))) {
-                Some(libc::SIGHUP) => {
-                    pending = None;
-                    last = self.file.as_deref().and_then(stamp);
-                    self.reload("SIGHUP");
+            // Wake when a pending file is due, so a SIGHUP costs the debounce and no more.
+            let due = pending.map(|(_, since, _)| (since + debounce).saturating_duration_since(Instant::now()));
+            let signal = wait_signal(due.map_or(poll.min(debounce.max(Duration::from_millis(10))), |d| d.max(Duration::from_millis(1))));
+            let Some(file) = &self.file else {
+                match signal {
+                    Some(libc::SIGHUP) => self.reload("SIGHUP", None),
+                    Some(s) => return Exit::Signal(s),
+                    None => {}
                 }
+                continue;
+            };
+            let now = stamp(file);
+            match signal {
+                // SIGHUP reads the file too, once it has stood still (it may be mid-write).
+                Some(libc::SIGHUP) => match now {
+                    Some(n) => pending = Some((n, Instant::now(), "SIGHUP")),
+                    None => {
+                        pending = None;
+                        self.reload("SIGHUP", None); // reports why it cannot be read
+                    }
+                },
                 Some(s) => return Exit::Signal(s),
-                None => {
-                    let Some(file) = &self.file else { continue };
-                    let now = stamp(file);
-                    match (now, pending) {
-                        (Some(n), Some((p, since))) if n == p => {
-                            if since.elapsed() >= debounce {
-                                pending = None;
-                                last = Some(n);
-                                self.reload("file changed");
-                            }
-                        }
-                        (Some(n), _) if Some(n) != last => pending = Some((n, Instant::now())),
-                        _ => {}
+                None => {}
+            }
+            match (now, pending) {
+                (Some(n), Some((p, since, why))) if n == p && since.elapsed() >= debounce => {
+                    pending = None;
+                    last = Some(n);
+                    if let Some(changed) = self.take(n, why) {
+                        pending = Some((changed, Instant::now(), why));
                     }
                 }
+                (Some(n), Some((p, _, _))) if n == p => {} // not due yet
+                // Still changing: wait again, for whoever asked.
+                (Some(n), Some((_, _, why))) => pending = Some((n, Instant::now(), why)),
+                (Some(n), None) if Some(n) != last => pending = Some((n, Instant::now(), "file changed")),
+                _ => {}
             }
         }
     }

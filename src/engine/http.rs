@@ -70,9 +70,15 @@ struct Conn {
     msg: libc::msghdr,
     close_after: bool,
     closing: bool,
-    /// Idle (no request bytes) or header deadline (a request has started and is incomplete).
+    /// Header deadline (from accept until the first request is complete, or from a request's
+    /// first byte) or keep-alive idle deadline (from the end of the previous response).
     deadline: Instant,
     request_started: bool,
+    /// Since when no request byte is pending and no response runs (accept, or the end of the
+    /// last response): the longest idle goes first when the total limit is reached.
+    idle_since: Instant,
+    /// Why the server closed it (for the close log line), when it did.
+    why: &'static str,
     timer_due: Option<Instant>,
     /// A send must make progress by then (a client that stops reading).
     send_deadline: Instant,
@@ -96,6 +102,27 @@ pub struct HttpService {
     shared: Arc<Shared>,
     worker: usize,
     slots: FileSlots,
+    /// Refusal log lines: one per second at most, with the number left out.
+    refusals: RateLog,
+}
+
+/// At most one log line per second for an event that can come by the thousand (an attack).
+#[derive(Default)]
+struct RateLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLog {
+    /// Whether to log now; otherwise counts the event as left out.
+    fn due(&mut self, now: Instant) -> bool {
+        if self.last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 struct EnvImpl<'a> {
@@ -139,7 +166,7 @@ impl http::Env for EnvImpl<'_> {
         self.shared.farm.place(&self.snap, vdisk, target, Some(self.client), &me)
     }
     fn farm_touch(&self, vdisk: &str, target: &str) {
-        self.shared.farm.touch(vdisk, target, std::time::Instant::now());
+        self.shared.farm.touch(&self.snap, vdisk, target, self.client, std::time::Instant::now());
     }
     fn farm_status_json(&self) -> String {
         crate::farm::status_json(&self.snap, &self.shared.farm, &self.shared.farm_local(&self.snap, std::time::Instant::now()))
@@ -168,6 +195,7 @@ impl HttpService {
             shared,
             worker,
             slots,
+            refusals: RateLog::default(),
         }
     }
 
@@ -240,9 +268,13 @@ impl HttpService {
                     c.rlen += res as usize;
                     if !c.request_started {
                         c.request_started = true;
-                        let t = Duration::from_millis(self.shared.store.load().config.http.header_timeout_ms);
-                        let c = self.conn(id, generation).unwrap();
-                        c.deadline = now + t;
+                        // The first request's header timer runs from accept (set there); a
+                        // keep-alive request's from its first byte.
+                        if c.requests > 0 {
+                            let t = Duration::from_millis(self.shared.store.load().config.http.header_timeout_ms);
+                            let c = self.conn(id, generation).unwrap();
+                            c.deadline = now + t;
+                        }
                     }
                 }
                 self.mark(id);
@@ -283,8 +315,32 @@ impl HttpService {
         let cfg = &snap.config.http;
         let _ = sock.set_nodelay(true); // never leave a response corked
         let _ = sock.set_nonblocking(true);
-        if !self.shared.http_admission.try_admit(ip, cfg.connections_max, cfg.connections_per_ip_max) {
+        let adm = &self.shared.http_admission;
+        let mut admitted = adm.try_admit(ip, cfg.connections_max, cfg.connections_per_ip_max);
+        if !admitted && adm.total() >= cfg.connections_max && adm.per_ip(ip) < cfg.connections_per_ip_max && self.evict_idle(ring) {
+            // At the total limit, as nginx reuses idle connections: the longest-idle one of this
+            // worker made room, so a new client is served rather than answered 503.
+            admitted = self.shared.http_admission.try_admit(ip, cfg.connections_max, cfg.connections_per_ip_max);
+        }
+        if !admitted {
             self.count(Counter::HttpRefusedLimit, 1);
+            let total = self.shared.http_admission.total() >= cfg.connections_max;
+            let (limit, value) = if total {
+                ("http.connections_max", cfg.connections_max)
+            } else {
+                ("http.connections_per_ip_max", cfg.connections_per_ip_max)
+            };
+            if self.refusals.due(now) {
+                tracing::warn!(
+                    worker = self.worker,
+                    client = %peer,
+                    limit,
+                    value,
+                    suppressed = self.refusals.suppressed,
+                    "http connection refused with 503 at {limit} = {value} (no idle connection to reclaim); raise {limit} if these are real targets"
+                );
+                self.refusals.suppressed = 0;
+            }
             let mut out = Vec::new();
             let body = http::error_page(&mut out, 503, false, 1, 0, "too many connections, retry later");
             if let Some(b) = body_bytes(&body) {
@@ -318,8 +374,11 @@ impl HttpService {
                 msg: unsafe { std::mem::zeroed() },
                 close_after: false,
                 closing: false,
-                deadline: now + Duration::from_millis(cfg.keepalive_idle_ms),
+                // A connection that never sends a byte is closed at the header timeout.
+                deadline: now + Duration::from_millis(cfg.header_timeout_ms),
                 request_started: false,
+                idle_since: now,
+                why: "",
                 timer_due: None,
                 send_deadline: now,
                 send_stalled: false,
@@ -352,9 +411,16 @@ impl HttpService {
             // Slowloris: the request's header did not complete in time.
             c.close_after = true;
             c.status = 408;
+            c.why = "request header not complete within http.header_timeout_ms (408)";
+            self.count(Counter::HttpTimeoutHeader, 1);
+        } else if c.requests == 0 {
+            // Connected and silent: held a connection slot for header_timeout_ms, no longer.
+            c.closing_requested();
+            c.why = "no request within http.header_timeout_ms";
             self.count(Counter::HttpTimeoutHeader, 1);
         } else {
             c.closing_requested();
+            c.why = "keep-alive idle for http.keepalive_idle_ms";
             self.count(Counter::HttpTimeoutIdle, 1);
         }
         self.mark(id);
@@ -419,6 +485,12 @@ impl HttpService {
             }
             c.request_started = c.rlen > 0;
             c.deadline = now + Duration::from_millis(if c.request_started { cfg.header_timeout_ms } else { cfg.keepalive_idle_ms });
+            c.idle_since = now;
+            if c.rbuf.len() > RBUF_INITIAL && c.rlen <= RBUF_INITIAL && !c.recv_armed {
+                // A long header grew the buffer: an idle connection goes back to the small one.
+                c.rbuf.truncate(RBUF_INITIAL);
+                c.rbuf.shrink_to_fit();
+            }
             let class = match status {
                 200..=299 => Counter::HttpResponses2xx,
                 300..=399 => Counter::HttpResponses3xx,
@@ -540,7 +612,7 @@ impl HttpService {
         self.slots.release(ring, sref);
         let Some(c) = self.conns.at(id) else { return };
         let ip = c.ip;
-        tracing::info!(worker = self.worker, client = %c.peer, requests = c.requests, ms = c.opened.elapsed().as_millis() as u64, "http connection closed");
+        tracing::info!(worker = self.worker, client = %c.peer, requests = c.requests, ms = c.opened.elapsed().as_millis() as u64, why = c.why, "http connection closed");
         let lingering = c.kernel_holds();
         self.active -= 1;
         self.stats.http_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -548,6 +620,28 @@ impl HttpService {
         if !lingering {
             self.free_conn(id);
         }
+    }
+
+    /// Closes this worker's longest-idle connection (no request byte pending, no response
+    /// running: between keep-alive requests, or connected and silent) to admit a new one at
+    /// `http.connections_max`. False when it has none.
+    fn evict_idle(&mut self, ring: &mut IoUring) -> bool {
+        let mut oldest: Option<(Instant, u32)> = None;
+        for id in 0..self.conns.capacity_ids() {
+            let Some(c) = self.conns.at(id) else { continue };
+            if c.closing || c.close_after || c.sending || c.total > 0 || c.rlen > 0 || c.status == 408 {
+                continue;
+            }
+            if oldest.is_none_or(|(t, _)| c.idle_since < t) {
+                oldest = Some((c.idle_since, id));
+            }
+        }
+        let Some((_, id)) = oldest else { return false };
+        let c = self.conns.at(id).unwrap();
+        c.why = "idle, closed to admit a new connection at http.connections_max";
+        self.count(Counter::HttpIdleEvicted, 1);
+        self.close(id, ring);
+        true
     }
 
     /// Frees a connection's memory: only once the kernel holds none of it.

@@ -82,6 +82,11 @@ impl Admission {
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
+
+    /// Places taken by `ip` (its bucket's) now.
+    pub fn per_ip(&self, ip: std::net::IpAddr) -> usize {
+        self.per_ip[Self::bucket(ip)].load(Ordering::Relaxed) as usize
+    }
 }
 
 /// What one worker publishes for /metrics and status.
@@ -119,6 +124,7 @@ pub fn render_metrics(shared: &Shared) -> String {
     let r = Ordering::Relaxed;
     let mut blocks: Vec<&WorkerCounters> = shared.workers.iter().map(|w| &w.counters).collect();
     blocks.push(&shared.store.counters);
+    blocks.push(&shared.farm.counters);
     let tftp: u64 = shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum();
     let http: u64 = shared.workers.iter().map(|w| w.http_connections.load(r)).sum();
     let (targets, connected) = shared.nbd_targets.counts();
@@ -130,6 +136,12 @@ pub fn render_metrics(shared: &Shared) -> String {
             ("bootfarm_http_connections", "", "HTTP connections open now.", http as f64),
             ("bootfarm_workers", "", "Engine worker threads.", shared.workers.len() as f64),
             ("bootfarm_draining", "", "1 while shutting down.", shared.draining.load(r) as u8 as f64),
+            (
+                "bootfarm_farm_load_targets",
+                "",
+                "Targets in the farm load map (HTTP vdisk readers within farm.active_window_ms).",
+                shared.farm.targets() as f64,
+            ),
             ("bootfarm_nbd_targets", "", "NBD targets with a write cache (connected or kept for a reconnect).", targets as f64),
             ("bootfarm_nbd_targets_connected", "", "NBD targets with at least one connection.", connected as f64),
             (

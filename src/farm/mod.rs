@@ -103,15 +103,173 @@ pub struct View {
 
 /// This node's targets: who read which vdisk (HTTP) and when it started, for load figures and
 /// "booting" counts. NBD targets are counted from the write-cache registry.
+///
+/// `?mac=` is unauthenticated, so the map is held to its limits: entries not read within the
+/// active window go (pruned at most once a second as requests come, and at every figure);
+/// at most `farm.targets_max` entries (the least recently read go first, counted); one client
+/// address names at most `farm.targets_per_address_max` distinct targets, beyond which its
+/// reads count as the address itself (one target). Time is an argument.
 #[derive(Default)]
-struct Activity {
-    seen: HashMap<(String, String), (Instant, Instant)>,
+pub struct Activity {
+    seen: HashMap<(String, String), Seen>,
+    /// Entries per client address that count against it (a `?mac=` target, not the address).
+    per_address: HashMap<IpAddr, u32>,
     cached: Option<(Instant, HashMap<String, u32>, u32)>,
+    pruned_at: Option<Instant>,
+    /// Per-address refusals: the last log line and how many were left out since.
+    warned_at: Option<Instant>,
+    unlogged: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    first: Instant,
+    last: Instant,
+    from: IpAddr,
+    /// Counts against `from`'s per-address bound.
+    counted: bool,
+}
+
+/// The load map's limits (from `[farm]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ActivityLimits {
+    pub active_window: Duration,
+    pub targets_max: usize,
+    pub targets_per_address_max: usize,
+}
+
+impl ActivityLimits {
+    pub fn of(f: &crate::config::Farm) -> ActivityLimits {
+        ActivityLimits {
+            active_window: Duration::from_millis(f.active_window_ms),
+            targets_max: f.targets_max,
+            targets_per_address_max: f.targets_per_address_max,
+        }
+    }
+}
+
+/// What a touch did beyond recording the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Entries dropped at `targets_max`.
+    pub evicted: usize,
+    /// The target was counted as its address: the address had its distinct targets.
+    pub as_address: bool,
+}
+
+impl Activity {
+    fn forget(&mut self, key: &(String, String)) {
+        if let Some(e) = self.seen.remove(key) {
+            self.uncount(e);
+        }
+    }
+
+    fn uncount(&mut self, e: Seen) {
+        if e.counted {
+            if let Some(n) = self.per_address.get_mut(&e.from) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_address.remove(&e.from);
+                }
+            }
+        }
+    }
+
+    /// Drops the entries not read within `window`.
+    pub fn prune(&mut self, now: Instant, window: Duration) {
+        self.pruned_at = Some(now);
+        let before = self.seen.len();
+        let mut gone = Vec::new();
+        self.seen.retain(|_, e| {
+            let keep = now.saturating_duration_since(e.last) < window;
+            if !keep {
+                gone.push(*e);
+            }
+            keep
+        });
+        for e in gone {
+            self.uncount(e);
+        }
+        if self.seen.len() != before {
+            self.cached = None;
+        }
+    }
+
+    /// Records a read of `vdisk` by `target` from `client` at `now`.
+    pub fn touch(&mut self, vdisk: &str, target: &str, client: IpAddr, now: Instant, lim: &ActivityLimits) -> Touched {
+        let mut out = Touched::default();
+        let mut key = (vdisk.to_string(), target.to_string());
+        if let Some(e) = self.seen.get_mut(&key) {
+            e.last = now;
+            return out;
+        }
+        if self.pruned_at.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
+            self.prune(now, lim.active_window);
+        }
+        let address = client.to_string();
+        let mut counted = target != address;
+        if counted && self.per_address.get(&client).copied().unwrap_or(0) as usize >= lim.targets_per_address_max {
+            // This address has named its share of targets: it counts as one more, itself.
+            out.as_address = true;
+            counted = false;
+            key.1 = address;
+            if let Some(e) = self.seen.get_mut(&key) {
+                e.last = now;
+                return out;
+            }
+        }
+        if self.seen.len() >= lim.targets_max {
+            self.prune(now, lim.active_window);
+        }
+        if self.seen.len() >= lim.targets_max {
+            // The least recently read sixteenth goes at once, so a flood costs one selection
+            // per targets_max / 16 new targets, not a scan each.
+            let mut lasts: Vec<(Instant, &(String, String))> = self.seen.iter().map(|(k, e)| (e.last, k)).collect();
+            let n = (lim.targets_max / 16).max(1).min(lasts.len());
+            lasts.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+            let victims: Vec<(String, String)> = lasts[..n].iter().map(|(_, k)| (*k).clone()).collect();
+            for k in &victims {
+                self.forget(k);
+            }
+            out.evicted = victims.len();
+        }
+        self.seen.insert(key, Seen { first: now, last: now, from: client, counted });
+        if counted {
+            *self.per_address.entry(client).or_default() += 1;
+        }
+        self.cached = None;
+        out
+    }
+
+    /// (active targets per vdisk, booting targets) from HTTP reads: read within the active
+    /// window, and first read within `boot_window`.
+    pub fn figures(&mut self, now: Instant, active_window: Duration, boot_window: Duration) -> (HashMap<String, u32>, u32) {
+        self.prune(now, active_window);
+        let mut m: HashMap<String, u32> = HashMap::new();
+        let mut booting = 0;
+        for ((v, _), e) in &self.seen {
+            *m.entry(v.clone()).or_default() += 1;
+            if now.saturating_duration_since(e.first) < boot_window {
+                booting += 1;
+            }
+        }
+        (m, booting)
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
 }
 
 pub struct Runtime {
     pub view: ArcSwap<View>,
     activity: Mutex<Activity>,
+    /// The load map's counters (evictions, per-address refusals), summed into /metrics.
+    pub counters: crate::metrics::WorkerCounters,
     /// File identity (path, size, mtime) -> content hash of that chain member.
     file_hashes: Mutex<HashMap<(std::path::PathBuf, u64, i64), u64>>,
     stop: AtomicBool,
@@ -122,6 +280,7 @@ impl Default for Runtime {
         Runtime {
             view: ArcSwap::from_pointee(View::default()),
             activity: Default::default(),
+            counters: Default::default(),
             file_hashes: Default::default(),
             stop: AtomicBool::new(false),
         }
@@ -159,16 +318,36 @@ pub fn target_key(mac: Option<&str>, client: IpAddr) -> String {
 }
 
 impl Runtime {
-    /// An HTTP read of `vdisk` by `target`.
-    pub fn touch(&self, vdisk: &str, target: &str, now: Instant) {
+    /// An HTTP read of `vdisk` by `target` from `client`, within the load map's limits.
+    pub fn touch(&self, snap: &Snapshot, vdisk: &str, target: &str, client: IpAddr, now: Instant) {
+        use crate::metrics::Counter;
+        let f = &snap.config.farm;
         let mut a = self.activity.lock().unwrap();
-        match a.seen.get_mut(&(vdisk.to_string(), target.to_string())) {
-            Some(e) => e.1 = now,
-            None => {
-                a.seen.insert((vdisk.to_string(), target.to_string()), (now, now));
-                a.cached = None;
+        let t = a.touch(vdisk, target, client, now, &ActivityLimits::of(f));
+        if t.evicted > 0 {
+            self.counters.add(Counter::FarmTargetsEvicted, t.evicted as u64);
+        }
+        if t.as_address {
+            self.counters.add(Counter::FarmTargetsPerAddress, 1);
+            if a.warned_at.is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(10)) {
+                let unlogged = std::mem::take(&mut a.unlogged);
+                a.warned_at = Some(now);
+                tracing::warn!(
+                    client = %client,
+                    target,
+                    limit = f.targets_per_address_max,
+                    unlogged,
+                    "farm load figures: this address already named farm.targets_per_address_max distinct targets (?mac=); its reads count as the address itself. Raise the limit if many real targets share one address (NAT, a relay)"
+                );
+            } else {
+                a.unlogged += 1;
             }
         }
+    }
+
+    /// Targets in the load map now (HTTP readers).
+    pub fn targets(&self) -> usize {
+        self.activity.lock().unwrap().len()
     }
 
     /// (active targets per vdisk, booting targets) on this node, recomputed at most every
@@ -183,15 +362,7 @@ impl Runtime {
         }
         let f = &snap.config.farm;
         let (active_w, boot_w) = (Duration::from_millis(f.active_window_ms), Duration::from_millis(f.boot_window_ms));
-        a.seen.retain(|_, (_, last)| now.saturating_duration_since(*last) < active_w);
-        let mut m: HashMap<String, u32> = HashMap::new();
-        let mut booting = 0;
-        for ((v, _), (first, _)) in &a.seen {
-            *m.entry(v.clone()).or_default() += 1;
-            if now.saturating_duration_since(*first) < boot_w {
-                booting += 1;
-            }
-        }
+        let (mut m, mut booting) = a.figures(now, active_w, boot_w);
         for (v, n, b) in nbd.connected_by_vdisk(now, boot_w) {
             *m.entry(v).or_default() += n;
             booting += b;
@@ -243,14 +414,12 @@ impl Runtime {
         }
         let view = self.view.load();
         let Some(p) = view.peers.get(&m.name) else {
-            // Not probed yet: assumed up and idle until its probes say otherwise.
-            return ServerState { up: true, replica_ok: true, active: 0, booting: 0 };
+            // Not probed yet: no hash, so not eligible until its first answer.
+            return ServerState { up: true, replica_ok: false, active: 0, booting: 0 };
         };
         let r = p.report.as_ref();
-        let replica_ok = match (r.and_then(|r| r.hashes.get(vdisk)), me.hashes.get(vdisk)) {
-            (Some(theirs), Some(ours)) => theirs == ours,
-            _ => true, // one side still hashing: not known to differ
-        };
+        let theirs = r.and_then(|r| r.hashes.get(vdisk)).map(String::as_str);
+        let replica_ok = place::copy_eligible(false, me.hashes.get(vdisk).map(String::as_str), theirs);
         ServerState {
             up: p.up && !p.draining,
             replica_ok,
@@ -599,6 +768,58 @@ mod tests {
         }
         assert_eq!(content_hash(&d), h);
         assert_ne!(content_hash(&d[..100_000]), content_hash(&d[..100_001]));
+    }
+
+    /// `?mac=` is unauthenticated: one address naming 100,000 targets adds at most
+    /// targets_per_address_max (and itself) to the figures; many addresses fill the map only
+    /// up to targets_max, the least recently read going first; old entries are pruned.
+    #[test]
+    fn the_load_map_is_pruned_bounded_and_per_address() {
+        let lim = ActivityLimits { active_window: Duration::from_secs(60), targets_max: 1024, targets_per_address_max: 4 };
+        let t0 = Instant::now();
+        let mut a = Activity::default();
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut as_address = 0;
+        for i in 0..100_000u32 {
+            let t = a.touch(
+                "win10",
+                &target_key(Some(&format!("52:54:00:{:02x}:{:02x}:{:02x}", i >> 16, i >> 8 & 0xff, i & 0xff)), one),
+                one,
+                t0,
+                &lim,
+            );
+            as_address += t.as_address as u32;
+            assert_eq!(t.evicted, 0);
+        }
+        assert_eq!(a.len(), 5, "4 targets and the address itself");
+        assert_eq!(as_address, 100_000 - 4);
+        let (active, booting) = a.figures(t0, lim.active_window, Duration::from_secs(120));
+        assert_eq!((active.get("win10").copied(), booting), (Some(5), 5));
+        // Its own address (no ?mac=) was always allowed; re-reading a known target is not new.
+        assert!(!a.touch("win10", &target_key(Some("52:54:00:00:00:01"), one), one, t0, &lim).as_address);
+        // 5,000 addresses, two targets each: the map stays at targets_max, oldest out first.
+        let mut evicted = 0;
+        for i in 0..5000u32 {
+            let ip: IpAddr = format!("10.1.{}.{}", i >> 8, i & 0xff).parse().unwrap();
+            let now = t0 + Duration::from_millis(1 + i as u64);
+            for m in 0..2 {
+                evicted += a.touch("win10", &format!("02:00:00:00:{:04x}:{m}", i), ip, now, &lim).evicted;
+                assert!(a.len() <= lim.targets_max, "{} entries", a.len());
+            }
+        }
+        assert!(evicted >= 10_000 + 5 - 1024, "{evicted} evicted");
+        assert!(a.seen.keys().any(|(_, t)| t == "02:00:00:00:1387:1"), "the newest stays");
+        assert!(!a.seen.keys().any(|(_, t)| t.starts_with("52:54")), "the oldest went first");
+        assert!(a.per_address.values().all(|&n| n <= 2) && a.per_address.len() <= 1024, "per-address counts follow the entries");
+        // Past the active window everything goes, and the per-address counts with it.
+        let (active, booting) = a.figures(t0 + Duration::from_secs(120), lim.active_window, Duration::from_secs(120));
+        assert!(active.is_empty() && booting == 0 && a.is_empty() && a.per_address.is_empty());
+        // Touches alone prune too (a single node nobody probes): once a second.
+        for i in 0..10u32 {
+            a.touch("win10", &format!("ip{i}"), one, t0 + Duration::from_secs(200), &lim);
+        }
+        a.touch("win10", "later", one, t0 + Duration::from_secs(300), &lim);
+        assert_eq!(a.len(), 1, "the entries of 100 s ago were pruned by a touch");
     }
 
     #[test]

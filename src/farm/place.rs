@@ -3,7 +3,9 @@
 //! same ordered list, and the list is the failover order.
 //!
 //! 1. Candidates: servers holding the vdisk that are up, not draining and whose copy of the
-//!    vdisk agrees with ours (replica check).
+//!    vdisk is positively known to equal ours (replica check, [`copy_eligible`]): a server
+//!    that reports no content hash for it (it lacks the vdisk, or is still hashing) is not
+//!    one, nor is any peer while this node's own hash is pending.
 //! 2. Subnet affinity (PVS): `none` keeps all; `best-effort` keeps the servers whose subnets
 //!    contain the client when there are any; `fixed` keeps only those (possibly none).
 //! 3. Weighted rendezvous hashing: score = -power / ln(u), u = hash(target, server) in (0, 1).
@@ -22,7 +24,7 @@ use std::net::IpAddr;
 pub struct ServerState {
     /// Answering its health probes and not draining.
     pub up: bool,
-    /// Its copy of the vdisk is byte-identical to ours (or not known to differ yet).
+    /// Its copy of the vdisk is known to be byte-identical to ours ([`copy_eligible`]).
     pub replica_ok: bool,
     /// Active targets of this vdisk on it.
     pub active: u32,
@@ -69,6 +71,14 @@ pub fn in_subnet(ip: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a server's copy of a vdisk may be placed on: this node's own copy always (it opened
+/// it and serves what it has), a peer's only when it reports a content hash equal to this
+/// node's. No hash on either side (the peer lacks the vdisk, was not probed yet, or one side
+/// is still hashing) is not eligible: a redirect there could end in a 404 or other bytes.
+pub fn copy_eligible(is_self: bool, ours: Option<&str>, theirs: Option<&str>) -> bool {
+    is_self || matches!((ours, theirs), (Some(a), Some(b)) if a == b)
 }
 
 pub fn holds(m: &FarmMember, vdisk: &str) -> bool {
@@ -247,5 +257,33 @@ mod tests {
             assert_eq!(*l.last().unwrap(), 0, "a server at max_booting comes last");
         }
         assert!(in_subnet("::ffff:10.1.2.3".parse().unwrap(), ("10.1.0.0".parse().unwrap(), 16)));
+    }
+
+    /// Only a positively equal hash makes a peer eligible: a peer without one (it lacks the
+    /// vdisk, or is still hashing) gets no target, whatever its score; this node's own copy
+    /// is eligible while its hash is pending, and then it is the only one.
+    #[test]
+    fn only_servers_that_report_an_identical_copy_are_placed_on() {
+        assert!(copy_eligible(false, Some("ab"), Some("ab")));
+        assert!(!copy_eligible(false, Some("ab"), Some("cd")), "a different copy");
+        assert!(!copy_eligible(false, Some("ab"), None), "no hash from the peer: lacks it or still hashing");
+        assert!(!copy_eligible(false, None, Some("ab")), "our own hash pending: nothing to compare with");
+        assert!(!copy_eligible(false, None, None));
+        assert!(copy_eligible(true, None, None), "this node serves its own copy");
+        let farm: Vec<FarmMember> = (1..=8).map(|i| member(&format!("node{i}"), 1.0, &[])).collect();
+        // node1 is this node; nodes 2-5 report our hash, 6 another, 7 none, 8 was never probed.
+        let theirs = [None, Some("h"), Some("h"), Some("h"), Some("h"), Some("x"), None, None];
+        for ours in [Some("h"), None] {
+            let st = |i: usize| ServerState { replica_ok: copy_eligible(i == 0, ours, theirs[i]), ..up(i) };
+            for t in 0..200 {
+                let l = place(&farm, &st, "v", &mac(t), None, Affinity::None, 0.25);
+                assert!(l.iter().all(|&i| i < 5), "{ours:?}: {l:?} names a server without an identical copy");
+                if ours.is_none() {
+                    assert_eq!(l, vec![0], "own hash pending: only this node");
+                } else {
+                    assert_eq!(l.len(), LIST_MAX);
+                }
+            }
+        }
     }
 }

@@ -65,6 +65,7 @@ counters! {
     TftpSendErrors => ("bootfarm_tftp_send_errors_total", "", "sendmsg completions with an error."),
     HttpConnections => ("bootfarm_http_connections_accepted_total", "", "HTTP connections accepted."),
     HttpRefusedLimit => ("bootfarm_http_connections_refused_total", "", "HTTP connections answered 503 at a connection limit."),
+    HttpIdleEvicted => ("bootfarm_http_idle_evicted_total", "", "Idle HTTP connections (keep-alive, or connected without a request) closed to admit a new one at http.connections_max."),
     HttpResponses2xx => ("bootfarm_http_responses_total", "class=\"2xx\"", "HTTP responses, by status class."),
     HttpResponses3xx => ("bootfarm_http_responses_total", "class=\"3xx\"", "HTTP responses, by status class."),
     HttpResponses4xx => ("bootfarm_http_responses_total", "class=\"4xx\"", "HTTP responses, by status class."),
@@ -87,6 +88,8 @@ counters! {
     NbdRefusedPrivate => ("bootfarm_nbd_private_refused_total", "", "Connections refused because a private-mode vdisk already had its writer."),
     NbdErrors => ("bootfarm_nbd_error_replies_total", "", "NBD requests answered with an error (EINVAL, EOVERFLOW, ENOSPC, EIO)."),
     NbdSentBytes => ("bootfarm_nbd_sent_bytes_total", "", "Bytes written to NBD connections."),
+    FarmTargetsEvicted => ("bootfarm_farm_load_targets_evicted_total", "", "Targets dropped from the farm load map at farm.targets_max (least recently read first)."),
+    FarmTargetsPerAddress => ("bootfarm_farm_load_targets_as_address_total", "", "New ?mac= targets counted as their client address, which had farm.targets_per_address_max distinct targets already."),
     RecvBuffersExhausted => ("bootfarm_recv_buffers_exhausted_total", "", "Multishot receives stopped because every provided buffer was in use (re-armed)."),
 }
 
