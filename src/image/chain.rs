@@ -82,6 +82,13 @@ impl Chain {
         self.layers.iter().all(|l| l.populate())
     }
 
+    /// True when any member changed in place or faulted since it was opened: what a read
+    /// returned may be wrong, so readers check this after reading and refuse (see guard.rs).
+    #[inline]
+    pub fn damaged(&self) -> bool {
+        self.layers.iter().any(|l| l.damaged())
+    }
+
     pub fn virtual_size(&self) -> u64 {
         self.layers[0].virtual_size
     }
