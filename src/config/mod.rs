@@ -146,12 +146,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// Reads, parses and validates a file into a snapshot with the given generation.
 pub fn load(file: &Path, overrides: &Overrides, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        value: String::new(),
-        why: format!("cannot read: {e}"),
-    })?;
+    // Opened without blocking and only if it is a regular file: a FIFO here would hang the
+    // control thread (no more reloads, SIGTERM ignored) or `config check`.
+    let cannot = |why: String| ConfigError { file: file.to_path_buf(), key: String::new(), value: String::new(), why };
+    let (mut f, _, _) = crate::image::open_readable(file, false).map_err(cannot)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| cannot(format!("cannot read: {e}")))?;
     let mut config = parse(file, &text)?;
     overrides.apply(&mut config);
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -274,6 +274,11 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     }
     c.tftp.root = tftp_root.clone();
     c.nbd.cache_dir = base.join(&c.nbd.cache_dir);
+    if let Ok(m) = std::fs::metadata(&c.nbd.cache_dir) {
+        if !m.is_dir() {
+            return Err(err(file, "nbd.cache_dir", c.nbd.cache_dir.display(), "is not a directory (write-cache overflow files go there)"));
+        }
+    }
 
     let limits = ChainLimits { depth_max: c.image.chain_depth_max };
     let mut vdisks: Vec<Arc<Vdisk>> = Vec::new();
