@@ -244,10 +244,7 @@ fn limits(depth: usize) -> ChainLimits {
 
 /// After a pass over a chain: an image changed while it was read gave wrong bytes (image::guard).
 fn unchanged(chain: &Chain) -> Result<(), String> {
-    let changed = |l: &&image::Layer| {
-        l.damaged() || l.file_id().zip(image::guard::FileId::at(&l.path)).is_some_and(|(was, now)| was.same_file(&now) && was != now)
-    };
-    match chain.layers.iter().find(changed) {
+    match chain.layers.iter().find(|l| l.changed_in_place()) {
         Some(l) => Err(format!(
             "{}: the file changed while it was being read (written in place or truncated): the result is not usable; run again once nothing writes it",
             l.path.display()

@@ -79,8 +79,8 @@ pub struct Vdisk {
     pub mode: Mode,
     pub path: PathBuf,
     pub chain: Chain,
-    /// (device, inode, size, mtime) of every chain member: a reload reuses the mapping when
-    /// nothing changed, and a replaced file is picked up as a new chain.
+    /// (device, inode, size, mtime) of every chain member at open: a reload reuses the mapping
+    /// when nothing changed, and a replaced or damaged file is opened anew.
     identity: Vec<(u64, u64, u64, i64)>,
 }
 
@@ -109,6 +109,13 @@ pub struct Snapshot {
 }
 
 impl Vdisk {
+    /// An image of the chain changed in place while served (or a read of it faulted): every
+    /// request for this vdisk is refused until a reload opens it anew (image::guard).
+    #[inline]
+    pub fn damaged(&self) -> bool {
+        self.chain.damaged()
+    }
+
     /// The newest modification time of any chain member (seconds since the epoch).
     pub fn modified_unix(&self) -> i64 {
         self.identity.iter().map(|i| i.3.div_euclid(1_000_000_000)).max().unwrap_or(0)
@@ -174,15 +181,28 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     (prefix <= max).then_some((addr, prefix))
 }
 
+/// (device, inode, size, mtime) of every chain member as it was opened (fstat of the file
+/// mapped, not a later stat of the path, which may already name another file).
 fn identity(chain: &Chain) -> Vec<(u64, u64, u64, i64)> {
-    use std::os::unix::fs::MetadataExt;
     chain
         .layers
         .iter()
         .map(|l| {
-            std::fs::metadata(&l.path).map(|m| (m.dev(), m.ino(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000)).unwrap_or_default()
+            let id = l.file_id().or_else(|| crate::image::guard::FileId::at(&l.path)).unwrap_or_default();
+            (id.dev, id.ino, id.size, id.mtime_ns)
         })
         .collect()
+}
+
+/// The files at the chain's paths are still the ones mapped, unchanged and not damaged: a
+/// reload may keep the chain. Otherwise it is opened anew (never the old mapping re-read).
+fn unchanged(v: &Vdisk) -> bool {
+    !v.chain.damaged()
+        && v.chain
+            .layers
+            .iter()
+            .zip(&v.identity)
+            .all(|(l, i)| crate::image::guard::FileId::at(&l.path).is_some_and(|n| (n.dev, n.ino, n.size, n.mtime_ns) == *i))
 }
 
 /// Validates a parsed configuration and builds the snapshot. `base` resolves relative paths.
@@ -298,9 +318,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         let p = base.join(&v.path);
         let path = std::fs::canonicalize(&p).map_err(|e| err(file, key("path"), p.display(), format!("cannot be used: {e}")))?;
         v.path = path.clone();
-        let reused = previous
-            .and_then(|prev| prev.vdisk(&v.name))
-            .filter(|old| old.path == path && old.mode == v.mode && identity(&old.chain) == old.identity);
+        let reused = previous.and_then(|prev| prev.vdisk(&v.name)).filter(|old| old.path == path && old.mode == v.mode && unchanged(old));
         let vd = match reused {
             Some(old) => old.clone(),
             None => {

@@ -97,6 +97,74 @@ impl Control {
         }
     }
 
+    /// Stats every mapped file (image::guard::sweep): a vdisk image changed in place is refused
+    /// from now on (one error logged, counted), one replaced by a new file at its path makes a
+    /// reload that opens the new file. Called every poll.
+    pub fn check_images(&self) {
+        use crate::image::guard::{sweep, Change, FileId};
+        use crate::metrics::Counter;
+        let changes = sweep();
+        if changes.is_empty() {
+            return;
+        }
+        let snap = self.store.load();
+        let using = |path: &Path, id: FileId| -> Vec<String> {
+            snap.vdisks
+                .iter()
+                .filter(|v| v.chain.layers.iter().any(|l| l.path == path && l.file_id() == Some(id)))
+                .map(|v| v.name.clone())
+                .collect()
+        };
+        let mut reported: Vec<(PathBuf, FileId)> = Vec::new();
+        let mut replaced = Vec::new();
+        for c in changes {
+            match c {
+                Change::Damaged { path, old, new, faulted } => {
+                    // A file mapped by several workers is one damage, logged once.
+                    if reported.contains(&(path.clone(), old)) {
+                        continue;
+                    }
+                    reported.push((path.clone(), old));
+                    self.store.counters.add(Counter::ImageDamaged, 1);
+                    let new_size = new.map_or("unknown (read past its end)".to_string(), |n| n.size.to_string());
+                    let how = if faulted { "read past its new end" } else { "same file, new size or time" };
+                    let names = using(&path, old);
+                    if names.is_empty() {
+                        tracing::error!(
+                            file = %path.display(),
+                            old_size = old.size,
+                            new_size,
+                            how,
+                            "a served file changed in place (copied over, truncated or written): transfers and reads of it are refused; \
+                             update files by writing a new file in the same folder and renaming it into place (mv)"
+                        );
+                    } else {
+                        tracing::error!(
+                            vdisk = %names.join(","),
+                            file = %path.display(),
+                            old_size = old.size,
+                            new_size,
+                            how,
+                            "vdisk image changed in place while served (copied over, truncated or written): the vdisk is refused (NBD EIO, HTTP 503) until it is replaced; \
+                             write the new image as a new file in the same folder and mv it into place (or send SIGHUP once the file is complete)"
+                        );
+                    }
+                }
+                Change::Replaced { path, old, new } => {
+                    let names = using(&path, old);
+                    if !names.is_empty() && !replaced.contains(&path) {
+                        self.store.counters.add(Counter::ImageReplaced, 1);
+                        tracing::info!(vdisk = %names.join(","), file = %path.display(), old_size = old.size, new_size = new.size, "vdisk image replaced by a new file: reloading to serve it");
+                        replaced.push(path);
+                    }
+                }
+            }
+        }
+        if !replaced.is_empty() {
+            self.reload("image replaced");
+        }
+    }
+
     /// Runs until SIGTERM/SIGINT (returned) or until `stop` is set.
     pub fn run(&self, stop: &std::sync::atomic::AtomicBool) -> Exit {
         let cfg = self.store.load().config.server.clone();
@@ -116,6 +184,7 @@ impl Control {
                 }
                 Some(s) => return Exit::Signal(s),
                 None => {
+                    self.check_images();
                     let Some(file) = &self.file else { continue };
                     let now = stamp(file);
                     match (now, pending) {

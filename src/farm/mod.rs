@@ -11,6 +11,7 @@
 pub mod place;
 
 use crate::config::{Snapshot, Store};
+use crate::image::guard::FileId;
 use arc_swap::ArcSwap;
 use place::ServerState;
 use std::collections::HashMap;
@@ -112,8 +113,9 @@ struct Activity {
 pub struct Runtime {
     pub view: ArcSwap<View>,
     activity: Mutex<Activity>,
-    /// File identity (path, size, mtime) -> content hash of that chain member.
-    file_hashes: Mutex<HashMap<(std::path::PathBuf, u64, i64), u64>>,
+    /// File identity at open (path, device, inode, size, mtime) -> content hash of that chain
+    /// member: a layer is hashed once, and a file changed under it never re-hashed through it.
+    file_hashes: Mutex<HashMap<(std::path::PathBuf, FileId), u64>>,
     stop: AtomicBool,
 }
 
@@ -205,9 +207,12 @@ impl Runtime {
         let fh = self.file_hashes.lock().unwrap();
         let mut out = HashMap::new();
         'v: for v in &snap.vdisks {
+            if v.damaged() {
+                continue; // not a copy anyone should be placed on
+            }
             let mut parts = Vec::new();
             for l in &v.chain.layers {
-                match fh.get(&file_identity(&l.path, l.file_len())) {
+                match fh.get(&file_identity(l)) {
                     Some(h) => parts.extend_from_slice(&h.to_le_bytes()),
                     None => continue 'v,
                 }
@@ -278,10 +283,9 @@ pub struct Local {
     pub hashes: HashMap<String, String>,
 }
 
-fn file_identity(path: &std::path::Path, len: u64) -> (std::path::PathBuf, u64, i64) {
-    use std::os::unix::fs::MetadataExt;
-    let mtime = std::fs::metadata(path).map(|m| m.mtime() * 1_000_000_000 + m.mtime_nsec()).unwrap_or(0);
-    (path.to_path_buf(), len, mtime)
+/// A layer's key in the hash table: its file as it was opened, not what the path holds now.
+fn file_identity(l: &crate::image::Layer) -> (std::path::PathBuf, FileId) {
+    (l.path.clone(), l.file_id().unwrap_or(FileId { size: l.file_len(), ..Default::default() }))
 }
 
 /// A probe's outcome: (HTTP status, report) or why there is none.
@@ -400,8 +404,10 @@ fn hasher(rt: &Runtime, store: &Store) {
         let snap = store.load();
         for v in &snap.vdisks {
             for l in &v.chain.layers {
-                let id = file_identity(&l.path, l.file_len());
-                if rt.file_hashes.lock().unwrap().contains_key(&id) {
+                let id = file_identity(l);
+                // A file changed under its mapping is never read through it (the control
+                // thread refuses the vdisk and a reload opens the new file).
+                if l.changed_in_place() || rt.file_hashes.lock().unwrap().contains_key(&id) {
                     continue;
                 }
                 let t = Instant::now();
@@ -410,6 +416,9 @@ fn hasher(rt: &Runtime, store: &Store) {
                 l.advise_sequential();
                 let h = content_hash(l.bytes());
                 l.advise_random();
+                if l.changed_in_place() {
+                    continue; // changed while hashed: the hash is of nothing real
+                }
                 tracing::info!(file = %l.path.display(), hash = format!("{h:016x}"), ms = t.elapsed().as_millis() as u64, "image content hashed");
                 rt.file_hashes.lock().unwrap().insert(id, h);
                 if rt.stop.load(Ordering::Relaxed) {

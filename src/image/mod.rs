@@ -275,6 +275,12 @@ impl Layer {
         self.backing.damaged()
     }
 
+    /// Stats the file now: true when the same inode has another size or mtime than at open (a
+    /// `cp` over it, a truncate, a write in place), or a read of it faulted.
+    pub fn changed_in_place(&self) -> bool {
+        self.damaged() || self.file_id().zip(guard::FileId::at(&self.path)).is_some_and(|(was, now)| was.same_file(&now) && was != now)
+    }
+
     /// The file's identity when it was opened (None for an empty or in-memory layer).
     pub fn file_id(&self) -> Option<guard::FileId> {
         self.backing.file_id()
