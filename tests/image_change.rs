@@ -91,3 +91,233 @@ fn a_fifo_as_vdisk_or_config_is_refused_at_once_and_a_reload_to_one_keeps_servin
     };
     assert_eq!(status.code(), Some(0));
 }
+
+use bootfarm::nbd::wire as nbdw;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A minimal NBD client: GO, then simple READ replies (errors are values, never panics, so a
+/// reader can keep going while the image under it changes).
+struct Nbd(TcpStream);
+
+impl Nbd {
+    fn go(port: u16, export: &str) -> Result<Nbd, String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).map_err(|e| e.to_string())?;
+        s.write_all(&3u32.to_be_bytes()).map_err(|e| e.to_string())?;
+        let mut o = nbdw::IHAVEOPT.to_be_bytes().to_vec();
+        o.extend_from_slice(&nbdw::OPT_GO.to_be_bytes());
+        o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
+        o.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        o.extend_from_slice(export.as_bytes());
+        o.extend_from_slice(&0u16.to_be_bytes());
+        s.write_all(&o).map_err(|e| e.to_string())?;
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h).map_err(|e| e.to_string())?;
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+            s.read_exact(&mut d).map_err(|e| e.to_string())?;
+            match kind {
+                nbdw::REP_ACK => return Ok(Nbd(s)),
+                nbdw::REP_INFO => {}
+                other => return Err(format!("option reply {other:#x}: {}", String::from_utf8_lossy(&d))),
+            }
+        }
+    }
+    /// Ok(bytes) or Err(errno) for an error reply; Err(0) when the connection failed.
+    fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+        let mut r = nbdw::REQUEST_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&nbdw::CMD_READ.to_be_bytes());
+        r.extend_from_slice(&7u64.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        self.0.write_all(&r).map_err(|_| 0u32)?;
+        let mut h = [0u8; 16];
+        self.0.read_exact(&mut h).map_err(|_| 0u32)?;
+        let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
+        if err != 0 {
+            return Err(err);
+        }
+        let mut d = vec![0u8; len as usize];
+        self.0.read_exact(&mut d).map_err(|_| 0u32)?;
+        Ok(d)
+    }
+}
+
+/// One HTTP/1.1 GET on its own connection: (status, body as received, Content-Length).
+fn http_get(port: u16, path: &str, range: Option<(u64, u64)>) -> Result<(u16, Vec<u8>, u64), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = range.map(|(a, b)| format!("Range: bytes={a}-{b}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{r}Connection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all); // a cut-off response ends early: what came is returned
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header")?;
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let status = head.get(9..12).and_then(|x| x.parse().ok()).ok_or("no status")?;
+    let len = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    Ok((status, all[end + 4..].to_vec(), len))
+}
+
+fn alive(server: &mut Server, http: u16) {
+    assert!(server.child.try_wait().unwrap().is_none(), "the server died:\n{}", server.log());
+    let (status, _, _) = http_get(http, "/healthz", None).unwrap();
+    assert_eq!(status, 200, "/healthz");
+}
+
+fn count(log: &str, what: &str, also: &str) -> usize {
+    log.lines().filter(|l| l.contains(what) && l.contains(also)).count()
+}
+
+/// Readers of one vdisk over NBD and HTTP ranges until stopped (bounded: 20 s, 100k reads).
+fn readers(
+    http: u16,
+    nbd: u16,
+    vdisk: &'static str,
+    size: u64,
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let end = Instant::now() + Duration::from_secs(20);
+    let (s1, r1) = (stop.clone(), reads.clone());
+    let a = std::thread::spawn(move || {
+        let mut c = Nbd::go(nbd, vdisk).ok();
+        for i in 0..100_000u64 {
+            if s1.load(Ordering::Relaxed) || Instant::now() > end {
+                break;
+            }
+            let off = (i * 65536 * 7) % (size - 65536);
+            match c.as_mut().map(|c| c.read(off, 65536)) {
+                Some(Ok(_)) | Some(Err(5)) => {}
+                _ => c = Nbd::go(nbd, vdisk).ok(),
+            }
+            r1.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let b = std::thread::spawn(move || {
+        for i in 0..100_000u64 {
+            if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                break;
+            }
+            let off = (i * 65536 * 5) % (size - 65536);
+            let _ = http_get(http, &format!("/vdisk/{vdisk}"), Some((off, off + 65535)));
+            reads.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    vec![a, b]
+}
+
+fn assert_refused(http: u16, nbd: u16, vdisk: &str, open: &mut Nbd) {
+    let (status, body, _) = http_get(http, &format!("/vdisk/{vdisk}"), Some((0, 511))).unwrap();
+    assert_eq!(status, 503, "HTTP /vdisk/{vdisk} of a damaged image");
+    assert!(String::from_utf8_lossy(&body).contains("changed on the server"), "{}", String::from_utf8_lossy(&body));
+    let e = Nbd::go(nbd, vdisk).err().expect("GO of a damaged vdisk is refused");
+    assert!(e.contains(&format!("{:#x}", nbdw::REP_ERR_UNKNOWN)) && e.contains("changed on the server"), "{e}");
+    assert_eq!(open.read(0, 4096).err(), Some(nbdw::EIO), "a connection opened before gets EIO");
+}
+
+#[test]
+fn an_image_truncated_or_copied_over_while_served_is_refused_and_a_renamed_one_is_served() {
+    let dir = TempDir::new("change");
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let size = 4 * MIB;
+    std::fs::write(dir.join("r.raw"), pattern(1, 0, size as usize)).unwrap();
+    std::fs::write(dir.join("o.raw"), pattern(3, 0, MIB as usize)).unwrap();
+    let src = dir.join("x.src");
+    std::fs::write(&src, pattern(2, 0, size as usize)).unwrap();
+    let vhdx = |from: &std::path::Path, to: &str| {
+        qemu_img(&["convert", "-f", "raw", "-O", "vhdx", "-o", "block_size=1M", from.to_str().unwrap(), dir.join(to).to_str().unwrap()])
+    };
+    vhdx(&src, "x.vhdx");
+    let (http, tftp, nbd) = (free_port(), free_port(), free_port());
+    let cfg = dir.join("bootfarm.toml");
+    std::fs::write(&cfg, config_text(tftp, http, nbd, &[("r", "r.raw"), ("x", "x.vhdx"), ("o", "o.raw")])).unwrap();
+    let mut server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    server.wait_for("image content hashed"); // the hasher is what used to crash
+
+    // 1. truncate a raw image while NBD and HTTP range reads run.
+    let mut open_r = Nbd::go(nbd, "r").unwrap();
+    assert_eq!(open_r.read(MIB, 4096).unwrap(), pattern(1, MIB, 4096));
+    let (stop, reads) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let rs = readers(http, nbd, "r", size, stop.clone(), reads.clone());
+    let t = Instant::now();
+    while reads.load(Ordering::Relaxed) < 20 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::OpenOptions::new().write(true).open(dir.join("r.raw")).unwrap().set_len(MIB).unwrap();
+    server.wait_for("vdisk=r file=");
+    std::thread::sleep(Duration::from_millis(300)); // readers keep hitting it meanwhile
+    stop.store(true, Ordering::Relaxed);
+    rs.into_iter().for_each(|r| r.join().unwrap());
+    alive(&mut server, http);
+    assert_refused(http, nbd, "r", &mut open_r);
+    let (status, body, _) = http_get(http, "/vdisk/o", Some((0, 4095))).unwrap();
+    assert_eq!((status, body), (206, pattern(3, 0, 4096)), "another vdisk is still served");
+    let st = http_get(http, "/api/status", None).unwrap().1;
+    assert!(
+        String::from_utf8_lossy(&st).contains("\"name\": \"r\", \"mode\": \"standard\", \"bytes\": 4194304, \"damaged\": true"),
+        "{}",
+        String::from_utf8_lossy(&st)
+    );
+
+    // 2. `cp` a new VHDX over the served one (O_TRUNC, then written) while reads run.
+    let mut open_x = Nbd::go(nbd, "x").unwrap();
+    assert_eq!(open_x.read(0, 4096).unwrap(), pattern(2, 0, 4096));
+    std::fs::write(&src, pattern(4, 0, size as usize)).unwrap();
+    vhdx(&src, "x.next");
+    let (stop, reads) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let rs = readers(http, nbd, "x", size, stop.clone(), reads.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::copy(dir.join("x.next"), dir.join("x.vhdx")).unwrap();
+    server.wait_for("vdisk=x file=");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    rs.into_iter().for_each(|r| r.join().unwrap());
+    alive(&mut server, http);
+    assert_refused(http, nbd, "x", &mut open_x);
+
+    let log = server.log();
+    assert_eq!(count(&log, "vdisk image changed in place", "vdisk=r file="), 1, "one logged refusal per damage:\n{log}");
+    assert_eq!(count(&log, "vdisk image changed in place", "vdisk=x file="), 1, "{log}");
+    let m = String::from_utf8_lossy(&http_get(http, "/metrics", None).unwrap().1).into_owned();
+    assert!(m.contains("bootfarm_image_files_damaged_total 2\n"), "{m}");
+
+    // 3. The safe update: a new file renamed into place is served at once (a reload opens it).
+    let new = dir.join("r.raw.new");
+    std::fs::write(&new, pattern(5, 0, 2 * MIB as usize)).unwrap();
+    std::fs::rename(&new, dir.join("r.raw")).unwrap();
+    server.wait_for("vdisk image replaced by a new file");
+    let t = Instant::now();
+    loop {
+        let (status, body, _) = http_get(http, "/vdisk/r", Some((MIB, MIB + 4095))).unwrap();
+        if status == 206 {
+            assert_eq!(body, pattern(5, MIB, 4096), "the new bytes");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the renamed image is not served: {status}\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(Nbd::go(nbd, "r").unwrap().read(0, 4096).unwrap(), pattern(5, 0, 4096));
+    // And the copied-over one, complete now, is served again after a reload (SIGHUP).
+    server.signal(libc::SIGHUP);
+    let t = Instant::now();
+    while http_get(http, "/vdisk/x", Some((0, 4095))).unwrap().0 != 206 {
+        assert!(t.elapsed() < Duration::from_secs(10), "x not served after SIGHUP:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(Nbd::go(nbd, "x").unwrap().read(MIB, 4096).unwrap(), pattern(4, MIB, 4096));
+    alive(&mut server, http);
+    if std::env::var("SHOWLOG").is_ok() {
+        eprintln!("{}", server.log());
+        eprintln!("{}", String::from_utf8_lossy(&http_get(http, "/metrics", None).unwrap().1));
+    }
+}

@@ -594,7 +594,9 @@ impl Registry {
                         vdisk.name, e.client
                     ));
                 }
-                Some(e) if e.conns > 0 || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                // A target whose image changed in place (damaged) can give nothing to a new
+                // connection: it starts over on the vdisk as served now.
+                Some(e) if (e.conns > 0 && !e.target.vdisk.damaged()) || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
                     e.conns += 1;
                     e.idle_since = None;
                     e.client = client.to_string();
