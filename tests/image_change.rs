@@ -321,3 +321,76 @@ fn an_image_truncated_or_copied_over_while_served_is_refused_and_a_renamed_one_i
         eprintln!("{}", String::from_utf8_lossy(&http_get(http, "/metrics", None).unwrap().1));
     }
 }
+
+#[test]
+fn a_bootstrap_file_truncated_during_tftp_and_http_transfers_ends_them_with_an_error() {
+    use bootfarm::tftp::wire as tw;
+    let dir = TempDir::new("boot-change");
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let big = dir.join("boot/big.bin");
+    let size = 8 * MIB as usize;
+    std::fs::write(&big, pattern(6, 0, size)).unwrap();
+    std::fs::write(dir.join("o.raw"), pattern(3, 0, MIB as usize)).unwrap();
+    let (http, tftp, nbd) = (free_port(), free_port(), free_port());
+    let cfg = dir.join("bootfarm.toml");
+    std::fs::write(&cfg, config_text(tftp, http, nbd, &[("o", "o.raw")])).unwrap();
+    let mut server = Server::start(&["--config", cfg.to_str().unwrap()]);
+
+    // TFTP: a lockstep transfer, the file truncated after a few blocks.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rrq = Vec::new();
+    tw::encode_rrq(&mut rrq, "big.bin", "octet", &[("blksize", "1432".to_string())]);
+    sock.send_to(&rrq, ("127.0.0.1", tftp)).unwrap();
+    let mut b = vec![0u8; 2000];
+    let (n, tid) = sock.recv_from(&mut b).unwrap();
+    assert!(matches!(tw::parse(&b[..n]), Ok(tw::Packet::Oack { .. })), "{:?}", tw::parse(&b[..n]));
+    sock.send_to(&tw::encode_ack(0), tid).unwrap();
+    let mut error = None;
+    for block in 1u16..=6000 {
+        let Ok((n, _)) = sock.recv_from(&mut b) else { break };
+        match tw::parse(&b[..n]) {
+            Ok(tw::Packet::Data { block: got, payload }) => {
+                assert_eq!(got, block);
+                if block <= 4 {
+                    assert_eq!(payload, &pattern(6, (block as u64 - 1) * 1432, 1432)[..]);
+                }
+                if block == 4 {
+                    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(4096).unwrap();
+                }
+                sock.send_to(&tw::encode_ack(block), tid).unwrap();
+            }
+            Ok(tw::Packet::Error { message, .. }) => {
+                error = Some(String::from_utf8_lossy(message).into_owned());
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let error = error.expect("the transfer ends with an ERROR, not the whole old file");
+    assert!(error.contains("changed on the server"), "{error}");
+    server.wait_for("the file changed on the server");
+    alive(&mut server, http);
+
+    // HTTP /boot: a response in progress is cut off, the next one gets the file as it is now.
+    std::fs::write(&big, pattern(7, 0, size)).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A small receive window keeps most of the body in the server while the file changes.
+    socket2::SockRef::from(&s).set_recv_buffer_size(64 << 10).unwrap();
+    s.write_all(b"GET /boot/big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    s.read_exact(&mut first).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(4096).unwrap();
+    let mut rest = Vec::new();
+    let t = Instant::now();
+    let _ = s.read_to_end(&mut rest); // ends (closed by the server) instead of hanging
+    assert!(t.elapsed() < Duration::from_secs(9), "the response was not cut off");
+    assert!(first.len() + rest.len() < size, "the whole old file was not sent: {} bytes", first.len() + rest.len());
+    alive(&mut server, http);
+    let (status, body, _) = http_get(http, "/boot/big.bin", None).unwrap();
+    assert_eq!((status, body.len()), (200, 4096));
+    assert_eq!(body, pattern(7, 0, 4096));
+    let m = String::from_utf8_lossy(&http_get(http, "/metrics", None).unwrap().1).into_owned();
+    assert!(m.contains("bootfarm_tftp_transfers_failed_total{reason=\"file_changed\"} 1\n"), "{m}");
+}
