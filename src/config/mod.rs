@@ -156,7 +156,7 @@ pub fn load(file: &Path, overrides: &Overrides, generation: u64, previous: Optio
     // Opened without blocking and only if it is a regular file: a FIFO here would hang the
     // control thread (no more reloads, SIGTERM ignored) or `config check`.
     let cannot = |why: String| ConfigError { file: file.to_path_buf(), key: String::new(), value: String::new(), why };
-    let (mut f, _, _) = crate::image::open_readable(file, false).map_err(cannot)?;
+    let (mut f, _, _) = crate::image::open_readable(file, false).map_err(|e| cannot(e.replacen("cannot open", "cannot read", 1)))?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| cannot(format!("cannot read: {e}")))?;
     let mut config = parse(file, &text)?;
