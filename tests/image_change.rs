@@ -394,3 +394,37 @@ fn a_bootstrap_file_truncated_during_tftp_and_http_transfers_ends_them_with_an_e
     let m = String::from_utf8_lossy(&http_get(http, "/metrics", None).unwrap().1).into_owned();
     assert!(m.contains("bootfarm_tftp_transfers_failed_total{reason=\"file_changed\"} 1\n"), "{m}");
 }
+
+#[test]
+fn files_beyond_image_mappings_max_are_refused_with_a_message() {
+    let dir = TempDir::new("mappings");
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    for i in 0..20 {
+        std::fs::write(dir.join(&format!("boot/f{i}")), pattern(i, 0, 5000)).unwrap();
+    }
+    std::fs::write(dir.join("o.raw"), pattern(3, 0, MIB as usize)).unwrap();
+    let (http, tftp, nbd) = (free_port(), free_port(), free_port());
+    let cfg = dir.join("bootfarm.toml");
+    let text = config_text(tftp, http, nbd, &[("o", "o.raw")]).replace("[tftp]", "[image]\nmappings_max = 16\n[tftp]");
+    std::fs::write(&cfg, text).unwrap();
+    let mut server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    // 16 mappings: the vdisk and the files, each mapped by at most the 2 workers.
+    let mut refused = 0;
+    for i in 0..20u64 {
+        let (status, body, _) = http_get(http, &format!("/boot/f{i}"), None).unwrap();
+        match status {
+            200 => assert_eq!(body, pattern(i, 0, 5000)),
+            404 => refused += 1,
+            s => panic!("f{i}: status {s}"),
+        }
+        if i < 7 {
+            assert_eq!(status, 200, "f{i} fits under the limit");
+        }
+    }
+    assert!(refused > 0, "21 or more mappings fit in 16");
+    let line = server.wait_for("bootstrap file refused (404)");
+    assert!(line.contains("image.mappings_max"), "{line}");
+    let m = String::from_utf8_lossy(&http_get(http, "/metrics", None).unwrap().1).into_owned();
+    assert!(m.contains(&format!("bootfarm_image_mappings_refused {refused}\n")), "{m}");
+    alive(&mut server, http);
+}

@@ -279,6 +279,12 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if c.image.chain_depth_max == 0 || c.image.chain_depth_max > 256 {
         return Err(err(file, "image.chain_depth_max", c.image.chain_depth_max, "must be between 1 and 256"));
     }
+    let (lo, hi) = crate::image::guard::MAPPINGS_RANGE;
+    if !(lo..=hi).contains(&c.image.mappings_max) {
+        return Err(err(file, "image.mappings_max", c.image.mappings_max, format!("must be between {lo} and {hi}")));
+    }
+    // Before the first image is mapped; later values wait for a restart.
+    crate::image::guard::set_mappings_max(c.image.mappings_max);
     if !(0.0..=10.0).contains(&c.farm.load_epsilon) {
         return Err(err(file, "farm.load_epsilon", c.farm.load_epsilon, "must be between 0 and 10"));
     }

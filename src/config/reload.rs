@@ -89,6 +89,9 @@ impl Control {
                 {
                     tracing::warn!(generation, "server.listen/ports/workers/steer changed: they take effect at the next restart");
                 }
+                if old.config.image.mappings_max != new.config.image.mappings_max {
+                    tracing::warn!(generation, "image.mappings_max changed: it takes effect at the next restart");
+                }
                 tracing::info!(generation, why, vdisks = new.vdisks.len(), farm = new.farm.len(), "configuration loaded");
             }
             Err(e) => {

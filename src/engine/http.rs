@@ -126,7 +126,9 @@ impl http::Env for EnvImpl<'_> {
         )
     }
     fn file(&mut self, path: &Path) -> std::io::Result<(Arc<Backing>, u64, i64)> {
-        self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix))
+        self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix)).inspect_err(|e| {
+            tracing::warn!(file = %path.display(), client = %self.client, "bootstrap file refused (404): {e}");
+        })
     }
     fn client_ip(&self) -> std::net::IpAddr {
         self.client

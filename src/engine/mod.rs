@@ -135,6 +135,12 @@ pub fn render_metrics(shared: &Shared) -> String {
                 "Reads of a file mapping that faulted past the end of a file changed under it, turned into refusals (since start).",
                 crate::image::guard::faults() as f64,
             ),
+            (
+                "bootfarm_image_mappings_refused",
+                "",
+                "Files not mapped because image.mappings_max files were mapped already (since start).",
+                crate::image::guard::refused() as f64,
+            ),
             ("bootfarm_draining", "", "1 while shutting down.", shared.draining.load(r) as u8 as f64),
             ("bootfarm_nbd_targets", "", "NBD targets with a write cache (connected or kept for a reconnect).", targets as f64),
             ("bootfarm_nbd_targets_connected", "", "NBD targets with at least one connection.", connected as f64),

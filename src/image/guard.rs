@@ -20,9 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-/// Mappings alive at once, all files together (vdisk layers, bootstrap files mapped by each
-/// worker). The registry is a static array: a signal handler cannot allocate or lock.
-pub const MAPPINGS_MAX: usize = 1 << 16;
+/// Mappings alive at once by default, all files together (vdisk layers, bootstrap files mapped
+/// by each worker): `image.mappings_max`.
+pub const MAPPINGS_MAX_DEFAULT: usize = 1 << 16;
+/// The accepted range of `image.mappings_max` (24 bytes a slot).
+pub const MAPPINGS_RANGE: (usize, usize) = (16, 1 << 22);
 
 const FREE: u8 = 0;
 const CLAIMED: u8 = 1;
@@ -35,18 +37,48 @@ struct Slot {
     end: AtomicUsize,
 }
 
-#[allow(clippy::declare_interior_mutable_const)]
-const SLOT: Slot =
-    Slot { state: AtomicU8::new(FREE), damaged: AtomicBool::new(false), start: AtomicUsize::new(0), end: AtomicUsize::new(0) };
-static SLOTS: [Slot; MAPPINGS_MAX] = [SLOT; MAPPINGS_MAX];
+/// The registry: allocated once, before the first mapping, never freed or resized, so the
+/// handler reads it with plain atomic loads (a signal handler cannot allocate or lock).
+static SLOTS: OnceLock<Box<[Slot]>> = OnceLock::new();
+static CAPACITY: AtomicUsize = AtomicUsize::new(MAPPINGS_MAX_DEFAULT);
 /// One past the highest slot ever used: the handler scans no further.
 static HIGH: AtomicUsize = AtomicUsize::new(0);
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 /// Faults turned into zero pages since start (shown in /metrics).
 static FAULTS: AtomicU64 = AtomicU64::new(0);
+/// Mappings refused because the registry was full (shown in /metrics).
+static REFUSED: AtomicU64 = AtomicU64::new(0);
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 static INSTALL: std::sync::Once = std::sync::Once::new();
+
+/// Sets the registry's size (`image.mappings_max`); only before the first mapping is made.
+/// Returns whether it took effect.
+pub fn set_mappings_max(n: usize) -> bool {
+    if SLOTS.get().is_some() {
+        return SLOTS.get().is_some_and(|s| s.len() == n);
+    }
+    CAPACITY.store(n.clamp(MAPPINGS_RANGE.0, MAPPINGS_RANGE.1), Ordering::Relaxed);
+    true
+}
+
+fn slots() -> &'static [Slot] {
+    SLOTS.get_or_init(|| {
+        (0..CAPACITY.load(Ordering::Relaxed))
+            .map(|_| Slot {
+                state: AtomicU8::new(FREE),
+                damaged: AtomicBool::new(false),
+                start: AtomicUsize::new(0),
+                end: AtomicUsize::new(0),
+            })
+            .collect()
+    })
+}
+
+/// Mappings refused because `image.mappings_max` files were mapped already.
+pub fn refused() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}
 
 /// SIGBUS faults inside a file mapping turned into a refused read since the process started.
 pub fn faults() -> u64 {
@@ -57,8 +89,9 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // Only atomics, mmap and sigaction here: all async-signal-safe.
     let addr = unsafe { (*info).si_addr() } as usize;
     let page = PAGE.load(Ordering::Relaxed);
-    let high = HIGH.load(Ordering::Acquire).min(MAPPINGS_MAX);
-    for s in &SLOTS[..high] {
+    let all: &[Slot] = SLOTS.get().map_or(&[], |s| s);
+    let high = HIGH.load(Ordering::Acquire).min(all.len());
+    for s in &all[..high] {
         if s.state.load(Ordering::Acquire) != LIVE {
             continue;
         }
@@ -117,10 +150,11 @@ fn register(start: usize, len: usize) -> Option<usize> {
     install();
     let page = PAGE.load(Ordering::Relaxed);
     let end = start + len.div_ceil(page) * page;
+    let all = slots();
     let first = NEXT.load(Ordering::Relaxed);
-    for k in 0..MAPPINGS_MAX {
-        let i = (first + k) % MAPPINGS_MAX;
-        let s = &SLOTS[i];
+    for k in 0..all.len() {
+        let i = (first + k) % all.len();
+        let s = &all[i];
         if s.state.compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             s.damaged.store(false, Ordering::Relaxed);
             s.start.store(start, Ordering::Relaxed);
@@ -131,6 +165,7 @@ fn register(start: usize, len: usize) -> Option<usize> {
             return Some(i);
         }
     }
+    REFUSED.fetch_add(1, Ordering::Relaxed);
     None
 }
 
@@ -184,7 +219,8 @@ impl FileMap {
         let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file) }.map_err(|e| format!("cannot map: {e}"))?;
         let slot = register(map.as_ptr() as usize, map.len()).ok_or_else(|| {
             format!(
-                "cannot map: {MAPPINGS_MAX} files are mapped already (the limit of the mapping guard); fewer bootstrap files or workers"
+                "cannot map: {} files are mapped already, the limit image.mappings_max; raise it (and restart) or serve fewer files or workers",
+                slots().len()
             )
         })?;
         let w = Arc::new(Watched { path: path.to_path_buf(), id, slot, reported: AtomicBool::new(false), replaced_by: Mutex::new(None) });
@@ -201,11 +237,11 @@ impl FileMap {
     /// read from this mapping may be wrong and must not be used.
     #[inline]
     pub fn damaged(&self) -> bool {
-        SLOTS[self.w.slot].damaged.load(Ordering::Acquire)
+        slots()[self.w.slot].damaged.load(Ordering::Acquire)
     }
 
     pub fn mark_damaged(&self) {
-        SLOTS[self.w.slot].damaged.store(true, Ordering::Release);
+        slots()[self.w.slot].damaged.store(true, Ordering::Release);
     }
 
     /// The file's identity when it was opened.
@@ -230,7 +266,7 @@ impl Drop for FileMap {
     fn drop(&mut self) {
         // Out of the registry before the munmap (the field drop after this body): an address
         // is never both free and registered.
-        SLOTS[self.w.slot].state.store(FREE, Ordering::Release);
+        slots()[self.w.slot].state.store(FREE, Ordering::Release);
     }
 }
 
@@ -255,7 +291,7 @@ pub fn sweep() -> Vec<Change> {
     let mut out = Vec::new();
     for w in &live {
         let now = *stats.entry(&w.path).or_insert_with(|| FileId::at(&w.path));
-        let slot = &SLOTS[w.slot];
+        let slot = &slots()[w.slot];
         let faulted = slot.damaged.load(Ordering::Acquire);
         if let Some(n) = now.filter(|n| !n.same_file(&w.id)) {
             let mut r = w.replaced_by.lock().unwrap();
@@ -371,10 +407,10 @@ mod tests {
         std::fs::write(&p, vec![0u8; 4096]).unwrap();
         let m = map(&p);
         let (slot, start) = (m.w.slot, m.as_ptr() as usize);
-        assert_eq!(SLOTS[slot].state.load(Ordering::Relaxed), LIVE);
-        assert_eq!(SLOTS[slot].start.load(Ordering::Relaxed), start);
+        assert_eq!(slots()[slot].state.load(Ordering::Relaxed), LIVE);
+        assert_eq!(slots()[slot].start.load(Ordering::Relaxed), start);
         drop(m);
-        assert_ne!(SLOTS[slot].state.load(Ordering::Relaxed), LIVE);
+        assert_ne!(slots()[slot].state.load(Ordering::Relaxed), LIVE);
         let _ = std::fs::remove_dir_all(&d);
     }
 }
