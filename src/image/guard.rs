@@ -32,7 +32,9 @@ const LIVE: u8 = 2;
 
 struct Slot {
     state: AtomicU8,
-    damaged: AtomicBool,
+    /// (generation << 1) | damaged: the generation changes at each claim, so the sweep, which
+    /// may hold a mapping's record after the mapping is gone, never marks the slot's next user.
+    tag: AtomicU64,
     start: AtomicUsize,
     end: AtomicUsize,
 }
@@ -65,12 +67,7 @@ pub fn set_mappings_max(n: usize) -> bool {
 fn slots() -> &'static [Slot] {
     SLOTS.get_or_init(|| {
         (0..CAPACITY.load(Ordering::Relaxed))
-            .map(|_| Slot {
-                state: AtomicU8::new(FREE),
-                damaged: AtomicBool::new(false),
-                start: AtomicUsize::new(0),
-                end: AtomicUsize::new(0),
-            })
+            .map(|_| Slot { state: AtomicU8::new(FREE), tag: AtomicU64::new(0), start: AtomicUsize::new(0), end: AtomicUsize::new(0) })
             .collect()
     })
 }
@@ -106,7 +103,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             libc::mmap(at as *mut libc::c_void, end - at, libc::PROT_READ, libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
         };
         if r != libc::MAP_FAILED {
-            s.damaged.store(true, Ordering::Release);
+            s.tag.fetch_or(1, Ordering::AcqRel);
             FAULTS.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -140,13 +137,15 @@ fn install() {
         let _ = PREVIOUS.set(old);
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigbus as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK;
+        // SIGBUS stays blocked while the handler runs: a fault inside it kills the process.
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
     });
 }
 
-fn register(start: usize, len: usize) -> Option<usize> {
+/// Claims a slot for `[start, start + len)`: (slot, generation).
+fn register(start: usize, len: usize) -> Option<(usize, u64)> {
     install();
     let page = PAGE.load(Ordering::Relaxed);
     let end = start + len.div_ceil(page) * page;
@@ -156,13 +155,14 @@ fn register(start: usize, len: usize) -> Option<usize> {
         let i = (first + k) % all.len();
         let s = &all[i];
         if s.state.compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            s.damaged.store(false, Ordering::Relaxed);
+            let generation = (s.tag.load(Ordering::Relaxed) >> 1) + 1;
+            s.tag.store(generation << 1, Ordering::Release);
             s.start.store(start, Ordering::Relaxed);
             s.end.store(end, Ordering::Relaxed);
             HIGH.fetch_max(i + 1, Ordering::AcqRel);
             s.state.store(LIVE, Ordering::Release);
             NEXT.store(i + 1, Ordering::Relaxed);
-            return Some(i);
+            return Some((i, generation));
         }
     }
     REFUSED.fetch_add(1, Ordering::Relaxed);
@@ -197,6 +197,7 @@ struct Watched {
     path: PathBuf,
     id: FileId,
     slot: usize,
+    generation: u64,
     /// A damage already reported by a sweep (one log line per damaged mapping).
     reported: AtomicBool,
     /// The replacement already reported (one reload per new file at the path).
@@ -217,13 +218,20 @@ impl FileMap {
         // Safety: a read-only mapping; a file changed under it is what this module contains
         // (sweep + SIGBUS guard), never undefined behaviour we rely on.
         let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file) }.map_err(|e| format!("cannot map: {e}"))?;
-        let slot = register(map.as_ptr() as usize, map.len()).ok_or_else(|| {
+        let (slot, generation) = register(map.as_ptr() as usize, map.len()).ok_or_else(|| {
             format!(
                 "cannot map: {} files are mapped already, the limit image.mappings_max; raise it (and restart) or serve fewer files or workers",
                 slots().len()
             )
         })?;
-        let w = Arc::new(Watched { path: path.to_path_buf(), id, slot, reported: AtomicBool::new(false), replaced_by: Mutex::new(None) });
+        let w = Arc::new(Watched {
+            path: path.to_path_buf(),
+            id,
+            slot,
+            generation,
+            reported: AtomicBool::new(false),
+            replaced_by: Mutex::new(None),
+        });
         let mut list = WATCHED.lock().unwrap();
         if list.len() >= 64 && list.len().is_power_of_two() {
             list.retain(|x| x.strong_count() > 0);
@@ -237,11 +245,11 @@ impl FileMap {
     /// read from this mapping may be wrong and must not be used.
     #[inline]
     pub fn damaged(&self) -> bool {
-        slots()[self.w.slot].damaged.load(Ordering::Acquire)
+        slots()[self.w.slot].tag.load(Ordering::Acquire) & 1 != 0
     }
 
     pub fn mark_damaged(&self) {
-        slots()[self.w.slot].damaged.store(true, Ordering::Release);
+        slots()[self.w.slot].tag.fetch_or(1, Ordering::AcqRel);
     }
 
     /// The file's identity when it was opened.
@@ -292,7 +300,11 @@ pub fn sweep() -> Vec<Change> {
     for w in &live {
         let now = *stats.entry(&w.path).or_insert_with(|| FileId::at(&w.path));
         let slot = &slots()[w.slot];
-        let faulted = slot.damaged.load(Ordering::Acquire);
+        let tag = slot.tag.load(Ordering::Acquire);
+        if tag >> 1 != w.generation {
+            continue; // the mapping is gone (its record outlived it by a moment)
+        }
+        let faulted = tag & 1 != 0;
         if let Some(n) = now.filter(|n| !n.same_file(&w.id)) {
             let mut r = w.replaced_by.lock().unwrap();
             if *r != Some(n) {
@@ -306,7 +318,8 @@ pub fn sweep() -> Vec<Change> {
         if in_place.is_none_or(|n| n == w.id) && !faulted {
             continue;
         }
-        slot.damaged.store(true, Ordering::Release);
+        // Only this mapping's generation is marked, should the slot be reused meanwhile.
+        let _ = slot.tag.compare_exchange(w.generation << 1, w.generation << 1 | 1, Ordering::AcqRel, Ordering::Relaxed);
         if !w.reported.swap(true, Ordering::AcqRel) {
             out.push(Change::Damaged { path: w.path.clone(), old: w.id, new: in_place, faulted });
         }
