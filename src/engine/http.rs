@@ -266,6 +266,10 @@ impl HttpService {
                 if res < 0 {
                     c.close_after = true;
                     c.closing_requested();
+                    if res == -libc::EFAULT {
+                        // The kernel read a mapping past the end of a file truncated under it.
+                        self.stats.counters.add(Counter::HttpDamaged, 1);
+                    }
                 } else {
                     c.sent += res as u64;
                 }

@@ -259,6 +259,10 @@ impl NbdService {
                 if res < 0 {
                     c.close_after = true;
                     c.total = c.sent;
+                    if res == -libc::EFAULT {
+                        // The kernel read a mapping past the end of a file truncated under it.
+                        self.stats.counters.add(Counter::NbdDamaged, 1);
+                    }
                 } else {
                     c.sent += res as u64;
                     c.progress_at = now;
