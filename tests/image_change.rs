@@ -55,6 +55,15 @@ fn a_fifo_as_vdisk_or_config_is_refused_at_once_and_a_reload_to_one_keeps_servin
     let (code, out) = bootfarm_within(&["vdisk", "inspect", fifo.to_str().unwrap()], Duration::from_secs(10));
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("is a FIFO") && out.contains("regular file or a block device"), "{out}");
+    // A FIFO in the place of a chain's parent.
+    let (base, top) = (dir.join("base.vhdx"), dir.join("v2.avhdx"));
+    assert!(bootfarm(&["vdisk", "create", base.to_str().unwrap(), "--size", "8M", "--block-size", "1M"]).status.success());
+    assert!(bootfarm(&["vdisk", "new-version", base.to_str().unwrap(), "-o", top.to_str().unwrap()]).status.success());
+    std::fs::remove_file(&base).unwrap();
+    mkfifo(&base);
+    let (code, out) = bootfarm_within(&["vdisk", "inspect", top.to_str().unwrap()], Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("base.vhdx: is a FIFO"), "{out}");
 
     let (http, tftp, nbd) = (free_port(), free_port(), free_port());
     let cfg = dir.join("bootfarm.toml");

@@ -33,7 +33,9 @@ impl Chain {
                 return Err(ImageError::new(path, format!("chain is deeper than the limit of {} images", limits.depth_max)));
             }
             let candidates = locator_candidates(&child.path, &pref.locators);
-            let Some(ppath) = candidates.iter().find(|p| p.is_file()).cloned() else {
+            // Anything there but a folder is taken and opened, so a FIFO or socket in a parent's
+            // place is refused by name (Backing::map) rather than reported missing.
+            let Some(ppath) = candidates.iter().find(|p| p.metadata().is_ok_and(|m| !m.is_dir())).cloned() else {
                 return Err(ImageError::new(
                     &child.path,
                     format!(
