@@ -72,6 +72,19 @@ fn a_fifo_as_vdisk_or_config_is_refused_at_once_and_a_reload_to_one_keeps_servin
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("vdisk[1].path") && out.contains("is a FIFO"), "{out}");
 
+    // The other paths of a configuration: a FIFO as tftp.root or nbd.cache_dir is refused too.
+    let pipe_dir = dir.join("pipe.d");
+    mkfifo(&pipe_dir);
+    for (what, text) in [
+        ("tftp.root", config_text(tftp, http, nbd, &[("a", "a.raw")]).replace("root = \"boot\"", "root = \"pipe.d\"")),
+        ("nbd.cache_dir", config_text(tftp, http, nbd, &[("a", "a.raw")]) + "[nbd]\ncache_dir = \"pipe.d\"\n"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let (code, out) = bootfarm_within(&["config", "check", cfg.to_str().unwrap()], Duration::from_secs(10));
+        assert_eq!(code, Some(1), "{what}: {out}");
+        assert!(out.contains(what) && out.contains("is not a directory"), "{what}: {out}");
+    }
+
     let cfg_fifo = dir.join("fifo.toml");
     mkfifo(&cfg_fifo);
     let (code, out) = bootfarm_within(&["config", "check", cfg_fifo.to_str().unwrap()], Duration::from_secs(10));
