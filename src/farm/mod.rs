@@ -130,6 +130,9 @@ impl Default for Runtime {
     }
 }
 
+/// The hash a node reports for a vdisk it refuses because its image changed in place.
+pub const DAMAGED_HASH: &str = "damaged";
+
 /// Content hash of a byte range: 4 lanes of multiply-rotate over 8-byte words, finished with
 /// the length (an xxHash64-style mix; fast enough to hash a 1 GiB image in well under a second
 /// from the page cache). It detects replicas that differ, it is not a cryptographic digest.
@@ -202,13 +205,16 @@ impl Runtime {
         (m, booting)
     }
 
-    /// This node's vdisk content hashes (hex), for the vdisks already hashed.
+    /// This node's vdisk content hashes (hex), for the vdisks already hashed; [`DAMAGED_HASH`]
+    /// for a vdisk whose image changed in place (refused here until replaced).
     pub fn vdisk_hashes(&self, snap: &Snapshot) -> HashMap<String, String> {
         let fh = self.file_hashes.lock().unwrap();
         let mut out = HashMap::new();
         'v: for v in &snap.vdisks {
             if v.damaged() {
-                continue; // not a copy anyone should be placed on
+                // Peers see a copy that agrees with none: no target is placed here for it.
+                out.insert(v.name.clone(), DAMAGED_HASH.to_string());
+                continue;
             }
             let mut parts = Vec::new();
             for l in &v.chain.layers {
@@ -241,7 +247,8 @@ impl Runtime {
         if m.name == snap.config.server.name {
             return ServerState {
                 up: !me.draining,
-                replica_ok: true,
+                // A damaged copy here (image changed in place) serves nobody.
+                replica_ok: me.hashes.get(vdisk).is_none_or(|h| h != DAMAGED_HASH),
                 active: me.active.get(vdisk).copied().unwrap_or(0),
                 booting: me.booting,
             };
@@ -253,8 +260,8 @@ impl Runtime {
         };
         let r = p.report.as_ref();
         let replica_ok = match (r.and_then(|r| r.hashes.get(vdisk)), me.hashes.get(vdisk)) {
-            (Some(theirs), Some(ours)) => theirs == ours,
-            _ => true, // one side still hashing: not known to differ
+            (Some(theirs), Some(ours)) if ours != DAMAGED_HASH => theirs == ours,
+            _ => true, // one side still hashing, or our copy damaged: not known to differ
         };
         ServerState {
             up: p.up && !p.draining,
@@ -608,6 +615,38 @@ mod tests {
         }
         assert_eq!(content_hash(&d), h);
         assert_ne!(content_hash(&d[..100_000]), content_hash(&d[..100_001]));
+    }
+
+    #[test]
+    fn a_damaged_copy_is_placed_nowhere_and_does_not_make_peers_mismatch() {
+        let d = std::env::temp_dir().join(format!("bootfarm-farm-damaged-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("boot")).unwrap();
+        std::fs::write(d.join("v.raw"), vec![1u8; 8192]).unwrap();
+        let text = "[server]\nname = \"n1\"\n[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"v\"\npath = \"v.raw\"\n\
+                    [[farm.server]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n[[farm.server]]\nname = \"n2\"\naddress = \"127.0.0.2\"\n";
+        let snap = crate::config::build(&d.join("f.toml"), &d, toml::from_str(text).unwrap(), 1, None).unwrap();
+        let rt = Runtime::default();
+        let peer = |hash: &str| {
+            let mut h = Health { node: "n2".into(), ..Default::default() };
+            h.hashes.insert("v".into(), hash.into());
+            Peer { up: true, probed: true, report: Some(h), ..Default::default() }
+        };
+        let me = |hash: &str| Local {
+            draining: false,
+            active: HashMap::new(),
+            booting: 0,
+            hashes: [("v".to_string(), hash.to_string())].into_iter().collect(),
+        };
+        rt.view.store(Arc::new(View { peers: [("n2".to_string(), peer("abc"))].into_iter().collect(), round: 1 }));
+        // Our copy damaged: only the peer serves it, and it is not taken for a mismatch.
+        assert!(!rt.state_of(&snap, 0, "v", &me(DAMAGED_HASH)).replica_ok);
+        assert!(rt.state_of(&snap, 1, "v", &me(DAMAGED_HASH)).replica_ok);
+        assert_eq!(rt.place(&snap, "v", "t", None, &me(DAMAGED_HASH)), vec![1]);
+        // The peer's copy damaged: it agrees with nobody's.
+        rt.view.store(Arc::new(View { peers: [("n2".to_string(), peer(DAMAGED_HASH))].into_iter().collect(), round: 2 }));
+        assert!(!rt.state_of(&snap, 1, "v", &me("abc")).replica_ok);
+        assert_eq!(rt.place(&snap, "v", "t", None, &me("abc")), vec![0]);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
