@@ -7,8 +7,8 @@
 //! at once, and readers refuse damaged mappings. Nothing re-reads a mapping it knows is stale.
 //!
 //! The last line of defence, for the window before a sweep sees the change: a lock-free,
-//! async-signal-safe registry of every mapping bootfarm makes (a fixed array of atomics) and a
-//! SIGBUS handler. A fault inside a registered mapping (a page past the file's new end) maps
+//! async-signal-safe registry of every mapping bootfarm makes (an array of atomics allocated
+//! once, `image.mappings_max` slots) and a SIGBUS handler. A fault inside a registered mapping (a page past the file's new end) maps
 //! anonymous zero pages over the rest of that mapping (mmap MAP_FIXED is async-signal-safe),
 //! marks it damaged and returns, so the faulting load reads zeros; the reader checks
 //! [`FileMap::damaged`] after its read and refuses. A fault anywhere else goes to the previous
