@@ -242,6 +242,17 @@ fn limits(depth: usize) -> ChainLimits {
     ChainLimits { depth_max: depth }
 }
 
+/// After a pass over a chain: an image changed while it was read gave wrong bytes (image::guard).
+fn unchanged(chain: &Chain) -> Result<(), String> {
+    match chain.layers.iter().find(|l| l.changed_in_place()) {
+        Some(l) => Err(format!(
+            "{}: the file changed while it was being read (written in place or truncated): the result is not usable; run again once nothing writes it",
+            l.path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 fn vdisk(cmd: VdiskCmd) -> Result<(), String> {
     let e = |e: image::ImageError| e.to_string();
     match cmd {
@@ -258,6 +269,7 @@ fn vdisk(cmd: VdiskCmd) -> Result<(), String> {
                 }
                 l.deep_check().map_err(|d| format!("{}: {d}", l.path.display()))?;
             }
+            unchanged(&chain)?;
             println!("{}: ok ({} image(s) in the chain, {} bytes virtual)", file.display(), chain.layers.len(), chain.virtual_size());
             Ok(())
         }
@@ -278,7 +290,7 @@ fn vdisk(cmd: VdiskCmd) -> Result<(), String> {
                 let seekable = out.metadata().map(|m| m.is_file()).unwrap_or(false);
                 write::export(&chain, &mut out, seekable, &output).map_err(e)?;
             }
-            Ok(())
+            unchanged(&chain)
         }
         VdiskCmd::NewVersion { parent, output, chain_depth_max } => {
             write::new_version(&parent, &output, limits(chain_depth_max)).map_err(e)?;
@@ -288,6 +300,7 @@ fn vdisk(cmd: VdiskCmd) -> Result<(), String> {
         VdiskCmd::Merge { file, output, chain_depth_max } => {
             let chain = Chain::open(&file, limits(chain_depth_max)).map_err(e)?;
             write::merge(&chain, &output).map_err(e)?;
+            unchanged(&chain)?;
             println!("{}: {} merged ({} image(s))", output.display(), file.display(), chain.layers.len());
             Ok(())
         }

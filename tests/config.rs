@@ -109,6 +109,7 @@ fn bad_files_get_precise_errors() {
         ("unknown vdisk in farm", "[tftp]\nroot = \"boot\"\n[[farm.server]]\nname = \"node1\"\naddress = \"127.0.0.1\"\nvdisks = [\"nope\"]", &["farm.server[0].vdisks = \"nope\"", "names no [[vdisk]]"]),
         ("node not in farm", "[tftp]\nroot = \"boot\"\n[[farm.server]]\nname = \"other\"\naddress = \"127.0.0.1\"", &["server.name = \"node1\"", "its own farm"]),
         ("epsilon", "[tftp]\nroot = \"boot\"\n[farm]\nload_epsilon = 20.0", &["farm.load_epsilon = 20", "between 0 and 10"]),
+        ("mappings", "[tftp]\nroot = \"boot\"\n[image]\nmappings_max = 1", &["image.mappings_max = 1", "between 16 and"]),
         ("private raw", "[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"a\"\npath = \"vdisks/a.raw\"\nmode = \"private\"", &["vdisk[0].mode", "VHD or VHDX"]),
     ];
     std::fs::write(dir.join("vdisks/bad.vhdx"), vec![0u8; 4096]).unwrap();

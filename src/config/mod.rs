@@ -79,8 +79,8 @@ pub struct Vdisk {
     pub mode: Mode,
     pub path: PathBuf,
     pub chain: Chain,
-    /// (device, inode, size, mtime) of every chain member: a reload reuses the mapping when
-    /// nothing changed, and a replaced file is picked up as a new chain.
+    /// (device, inode, size, mtime) of every chain member at open: a reload reuses the mapping
+    /// when nothing changed, and a replaced or damaged file is opened anew.
     identity: Vec<(u64, u64, u64, i64)>,
 }
 
@@ -112,6 +112,13 @@ pub struct Snapshot {
 }
 
 impl Vdisk {
+    /// An image of the chain changed in place while served (or a read of it faulted): every
+    /// request for this vdisk is refused until a reload opens it anew (image::guard).
+    #[inline]
+    pub fn damaged(&self) -> bool {
+        self.chain.damaged()
+    }
+
     /// The newest modification time of any chain member (seconds since the epoch).
     pub fn modified_unix(&self) -> i64 {
         self.identity.iter().map(|i| i.3.div_euclid(1_000_000_000)).max().unwrap_or(0)
@@ -149,7 +156,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// Reads, parses and validates a file into a snapshot with the given generation.
 pub fn load(file: &Path, overrides: &Overrides, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| err(file, "", "", format!("cannot read: {e}")))?;
+    // Opened without blocking and only if it is a regular file: a FIFO here would hang the
+    // control thread (no more reloads, SIGTERM ignored) or `config check`.
+    let cannot = |why: String| ConfigError { file: file.to_path_buf(), key: String::new(), value: String::new(), why };
+    let (mut f, _, _) = crate::image::open_readable(file, false).map_err(|e| cannot(e.replacen("cannot open", "cannot read", 1)))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| cannot(format!("cannot read: {e}")))?;
     from_text(file, &text, overrides, generation, previous)
 }
 
@@ -213,15 +225,28 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     (prefix <= max).then_some((addr, prefix))
 }
 
+/// (device, inode, size, mtime) of every chain member as it was opened (fstat of the file
+/// mapped, not a later stat of the path, which may already name another file).
 fn identity(chain: &Chain) -> Vec<(u64, u64, u64, i64)> {
-    use std::os::unix::fs::MetadataExt;
     chain
         .layers
         .iter()
         .map(|l| {
-            std::fs::metadata(&l.path).map(|m| (m.dev(), m.ino(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000)).unwrap_or_default()
+            let id = l.file_id().or_else(|| crate::image::guard::FileId::at(&l.path)).unwrap_or_default();
+            (id.dev, id.ino, id.size, id.mtime_ns)
         })
         .collect()
+}
+
+/// The files at the chain's paths are still the ones mapped, unchanged and not damaged: a
+/// reload may keep the chain. Otherwise it is opened anew (never the old mapping re-read).
+fn unchanged(v: &Vdisk) -> bool {
+    !v.chain.damaged()
+        && v.chain
+            .layers
+            .iter()
+            .zip(&v.identity)
+            .all(|(l, i)| crate::image::guard::FileId::at(&l.path).is_some_and(|n| (n.dev, n.ino, n.size, n.mtime_ns) == *i))
 }
 
 /// Validates a parsed configuration and builds the snapshot. `base` resolves relative paths.
@@ -309,6 +334,12 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if c.image.chain_depth_max == 0 || c.image.chain_depth_max > 256 {
         return Err(err(file, "image.chain_depth_max", c.image.chain_depth_max, "must be between 1 and 256"));
     }
+    let (lo, hi) = crate::image::guard::MAPPINGS_RANGE;
+    if !(lo..=hi).contains(&c.image.mappings_max) {
+        return Err(err(file, "image.mappings_max", c.image.mappings_max, format!("must be between {lo} and {hi}")));
+    }
+    // Before the first image is mapped; later values wait for a restart.
+    crate::image::guard::set_mappings_max(c.image.mappings_max);
     if !(0.0..=10.0).contains(&c.farm.load_epsilon) {
         return Err(err(file, "farm.load_epsilon", c.farm.load_epsilon, "must be between 0 and 10"));
     }
@@ -324,6 +355,11 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     }
     c.tftp.root = tftp_root.clone();
     c.nbd.cache_dir = base.join(&c.nbd.cache_dir);
+    if let Ok(m) = std::fs::metadata(&c.nbd.cache_dir) {
+        if !m.is_dir() {
+            return Err(err(file, "nbd.cache_dir", c.nbd.cache_dir.display(), "is not a directory (write-cache overflow files go there)"));
+        }
+    }
 
     let limits = ChainLimits { depth_max: c.image.chain_depth_max };
     let mut vdisks: Vec<Arc<Vdisk>> = Vec::new();
@@ -343,9 +379,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         let p = base.join(&v.path);
         let path = std::fs::canonicalize(&p).map_err(|e| err(file, key("path"), p.display(), format!("cannot be used: {e}")))?;
         v.path = path.clone();
-        let reused = previous
-            .and_then(|prev| prev.vdisk(&v.name))
-            .filter(|old| old.path == path && old.mode == v.mode && identity(&old.chain) == old.identity);
+        let reused = previous.and_then(|prev| prev.vdisk(&v.name)).filter(|old| old.path == path && old.mode == v.mode && unchanged(old));
         let vd = match reused {
             Some(old) => old.clone(),
             None => {

@@ -174,11 +174,14 @@ impl Default for Nbd {
 pub struct Image {
     /// Most images in one chain (a version and all its parents).
     pub chain_depth_max: usize,
+    /// Most files mapped at once (vdisk layers, and bootstrap files once per worker): the size
+    /// of the SIGBUS guard's registry, fixed at start (image::guard).
+    pub mappings_max: usize,
 }
 
 impl Default for Image {
     fn default() -> Self {
-        Image { chain_depth_max: 16 }
+        Image { chain_depth_max: 16, mappings_max: crate::image::guard::MAPPINGS_MAX_DEFAULT }
     }
 }
 
@@ -352,6 +355,8 @@ handshake_timeout_ms = 10000        # a client that never finishes the handshake
 
 [image]
 chain_depth_max = 16
+mappings_max = 65536        # files mapped at once (vdisk layers; bootstrap files per worker);
+                            # takes effect at the next restart
 
 # One table per served vDisk (example).
 [[vdisk]]

@@ -77,7 +77,11 @@ impl Control {
     /// reloads from that text. None when it changed meanwhile: its new stamp, to wait on.
     fn take(&self, seen: Stamp, why: &str) -> Option<Stamp> {
         let file = self.file.as_deref()?;
-        let text = std::fs::read(file);
+        // Opened without blocking and only if it is a regular file (a FIFO would hang this thread).
+        let text = crate::image::open_readable(file, false).map_err(std::io::Error::other).and_then(|(mut f, _, _)| {
+            let mut t = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut t).map(|_| t)
+        });
         let after = stamp(file);
         if after != Some(seen) || text.as_ref().is_ok_and(|t| t.len() as u64 != seen.size) {
             tracing::info!(why, file = %file.display(), "configuration file changed while read; reading it once it has stood still");
@@ -120,11 +124,82 @@ impl Control {
                 {
                     tracing::warn!(generation, "server.listen/ports/workers/steer changed: they take effect at the next restart");
                 }
+                if old.config.image.mappings_max != new.config.image.mappings_max {
+                    tracing::warn!(generation, "image.mappings_max changed: it takes effect at the next restart");
+                }
                 tracing::info!(generation, why, vdisks = new.vdisks.len(), farm = new.farm.len(), "configuration loaded");
             }
             Err(e) => {
                 tracing::error!(generation = old.generation, why, "configuration refused, generation {} keeps serving: {e}", old.generation)
             }
+        }
+    }
+
+    /// Stats every mapped file (image::guard::sweep): a vdisk image changed in place is refused
+    /// from now on (one error logged, counted), one replaced by a new file at its path makes a
+    /// reload that opens the new file. Called every poll.
+    pub fn check_images(&self) {
+        use crate::image::guard::{sweep, Change, FileId};
+        use crate::metrics::Counter;
+        let changes = sweep();
+        if changes.is_empty() {
+            return;
+        }
+        let snap = self.store.load();
+        let using = |path: &Path, id: FileId| -> Vec<String> {
+            snap.vdisks
+                .iter()
+                .filter(|v| v.chain.layers.iter().any(|l| l.path == path && l.file_id() == Some(id)))
+                .map(|v| v.name.clone())
+                .collect()
+        };
+        let mut reported: Vec<(PathBuf, FileId)> = Vec::new();
+        let mut replaced = Vec::new();
+        for c in changes {
+            match c {
+                Change::Damaged { path, old, new, faulted } => {
+                    // A file mapped by several workers is one damage, logged once.
+                    if reported.contains(&(path.clone(), old)) {
+                        continue;
+                    }
+                    reported.push((path.clone(), old));
+                    self.store.counters.add(Counter::ImageDamaged, 1);
+                    let new_size = new.map_or("unknown (read past its end)".to_string(), |n| n.size.to_string());
+                    let how = if faulted { "read past its new end" } else { "same file, new size or time" };
+                    let names = using(&path, old);
+                    if names.is_empty() {
+                        tracing::error!(
+                            file = %path.display(),
+                            old_size = old.size,
+                            new_size,
+                            how,
+                            "a served file changed in place (copied over, truncated or written): transfers and reads of it are refused; \
+                             update files by writing a new file in the same folder and renaming it into place (mv)"
+                        );
+                    } else {
+                        tracing::error!(
+                            vdisk = %names.join(","),
+                            file = %path.display(),
+                            old_size = old.size,
+                            new_size,
+                            how,
+                            "vdisk image changed in place while served (copied over, truncated or written): the vdisk is refused (NBD EIO, HTTP 503) until it is replaced; \
+                             write the new image as a new file in the same folder and mv it into place (or send SIGHUP once the file is complete)"
+                        );
+                    }
+                }
+                Change::Replaced { path, old, new } => {
+                    let names = using(&path, old);
+                    if !names.is_empty() && !replaced.contains(&path) {
+                        self.store.counters.add(Counter::ImageReplaced, 1);
+                        tracing::info!(vdisk = %names.join(","), file = %path.display(), old_size = old.size, new_size = new.size, "vdisk image replaced by a new file: reloading to serve it");
+                        replaced.push(path);
+                    }
+                }
+            }
+        }
+        if !replaced.is_empty() {
+            self.reload("image replaced", None);
         }
     }
 
@@ -147,7 +222,7 @@ impl Control {
                 match signal {
                     Some(libc::SIGHUP) => self.reload("SIGHUP", None),
                     Some(s) => return Exit::Signal(s),
-                    None => {}
+                    None => self.check_images(),
                 }
                 continue;
             };
@@ -162,7 +237,7 @@ impl Control {
                     }
                 },
                 Some(s) => return Exit::Signal(s),
-                None => {}
+                None => self.check_images(),
             }
             match (now, pending) {
                 (Some(n), Some((p, since, why))) if n == p && since.elapsed() >= debounce => {

@@ -29,7 +29,8 @@ impl FileCache {
         let (ino, mtime_ns, size) = (m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.size());
         let mtime_unix = m.mtime();
         if let Some((i, t, s, data)) = self.files.get(path) {
-            if (*i, *t, *s) == (ino, mtime_ns, size) {
+            // A damaged mapping (changed in place, image::guard) is never handed out again.
+            if (*i, *t, *s) == (ino, mtime_ns, size) && !data.damaged() {
                 return Ok(Mapped { data: data.clone(), ino, mtime_unix });
             }
         }

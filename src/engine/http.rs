@@ -145,6 +145,9 @@ impl http::Env for EnvImpl<'_> {
     fn metrics(&self) -> String {
         super::render_metrics(self.shared)
     }
+    fn count_damaged(&self) {
+        self.shared.store.counters.add(Counter::HttpDamaged, 1);
+    }
     fn sessions(&self) -> (u64, u64) {
         let r = std::sync::atomic::Ordering::Relaxed;
         (
@@ -153,7 +156,9 @@ impl http::Env for EnvImpl<'_> {
         )
     }
     fn file(&mut self, path: &Path) -> std::io::Result<(Arc<Backing>, u64, i64)> {
-        self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix))
+        self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix)).inspect_err(|e| {
+            tracing::warn!(file = %path.display(), client = %self.client, "bootstrap file refused (404): {e}");
+        })
     }
     fn client_ip(&self) -> std::net::IpAddr {
         self.client
@@ -296,6 +301,10 @@ impl HttpService {
                 if res < 0 {
                     c.close_after = true;
                     c.closing_requested();
+                    if res == -libc::EFAULT {
+                        // The kernel read a mapping past the end of a file truncated under it.
+                        self.stats.counters.add(Counter::HttpDamaged, 1);
+                    }
                 } else {
                     c.sent += res as u64;
                 }
@@ -471,7 +480,7 @@ impl HttpService {
         // A response in progress: continue it, or finish it.
         if c.total > 0 && !c.sending {
             if c.sent < c.total {
-                submit_send(c, id, ring, zc_min, wheel, send_deadline);
+                self.send(id, ring, zc_min, wheel, send_deadline);
                 return;
             }
             let status = c.status;
@@ -512,7 +521,7 @@ impl HttpService {
             // Header timeout: answer 408 and close.
             let body = http::error_page(&mut c.head, 408, false, 1, unix_now(), "request header not received in time");
             start_response(c, 408, body, true);
-            submit_send(c, id, ring, zc_min, wheel, send_deadline);
+            self.send(id, ring, zc_min, wheel, send_deadline);
             return;
         }
         if c.close_after && c.rlen == 0 && c.total == 0 {
@@ -541,7 +550,7 @@ impl HttpService {
                     c.rbuf.copy_within(used..c.rlen, 0);
                     c.rlen -= used;
                     start_response(c, status, body, !keep);
-                    submit_send(c, id, ring, zc_min, wheel, send_deadline);
+                    self.send(id, ring, zc_min, wheel, send_deadline);
                     return;
                 }
                 Err(wire::Error::Incomplete) => {
@@ -566,7 +575,7 @@ impl HttpService {
                     c.rlen = 0;
                     self.stats.counters.add(Counter::HttpBadRequests, 1);
                     start_response(c, status, body, true);
-                    submit_send(c, id, ring, zc_min, wheel, send_deadline);
+                    self.send(id, ring, zc_min, wheel, send_deadline);
                     return;
                 }
             }
@@ -578,7 +587,7 @@ impl HttpService {
                 // Full buffer at the limit: parse will refuse it (431).
                 let body = http::error_page(&mut c.head, 431, false, 1, unix_now(), "request header too large");
                 start_response(c, 431, body, true);
-                submit_send(c, id, ring, zc_min, wheel, send_deadline);
+                self.send(id, ring, zc_min, wheel, send_deadline);
                 return;
             }
             // Nothing left unparsed: a keep-alive client (iPXE) sends its next request only
@@ -591,6 +600,19 @@ impl HttpService {
         }
         let deadline = c.deadline;
         arm_timer(c, id, wheel, deadline);
+    }
+
+    /// Submits the next send of connection `id`; a response whose file or vdisk image changed
+    /// in place (image::guard) is cut off instead: what was read from it may be wrong.
+    fn send(&mut self, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &mut Wheel, deadline: Instant) {
+        let Some(c) = self.conns.at(id) else { return };
+        if !submit_send(c, id, ring, zc_min, wheel, deadline) {
+            self.count(Counter::HttpDamaged, 1);
+            let c = self.conns.at(id).unwrap();
+            tracing::debug!(client = %c.ip, "response cut off: {}", http::DAMAGED);
+            c.closing_requested();
+            self.close(id, ring);
+        }
     }
 
     fn close(&mut self, id: u32, ring: &mut IoUring) {
@@ -708,12 +730,13 @@ fn arm_timer(c: &mut Conn, id: u32, wheel: &mut Wheel, at: Instant) {
 }
 
 /// Builds the iovec from the byte cursor and submits one send, which must complete (make
-/// progress) before `deadline`.
-fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &mut Wheel, deadline: Instant) {
+/// progress) before `deadline`. False, with nothing submitted, when the body's file or image
+/// was found damaged (after the lookups that built the iovec, which may be what faulted).
+fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &mut Wheel, deadline: Instant) -> bool {
     c.send_deadline = deadline;
     arm_timer(c, id, wheel, deadline);
     if c.fd.is_none() {
-        return;
+        return true;
     }
     c.iov.clear();
     let head_len = c.head.len() as u64;
@@ -734,6 +757,15 @@ fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &m
             Body::File { data, start, .. } => push_slice(&mut c.iov, data.bytes()[(start + body_off) as usize..].as_ptr(), want as usize),
             Body::Vdisk { vdisk, start, .. } => push_chain(&mut c.iov, &vdisk.chain, start + body_off, want),
         };
+        let damaged = match &c.body {
+            Body::File { data, .. } => data.damaged(),
+            Body::Vdisk { vdisk, .. } => vdisk.damaged(),
+            _ => false,
+        };
+        if damaged {
+            c.iov.clear();
+            return false;
+        }
     }
     c.msg.msg_iov = c.iov.as_mut_ptr();
     c.msg.msg_iovlen = c.iov.len() as _;
@@ -747,4 +779,5 @@ fn submit_send(c: &mut Conn, id: u32, ring: &mut IoUring, zc_min: u64, wheel: &m
     .user_data(user_data);
     push(ring, &e);
     c.sending = true;
+    true
 }

@@ -135,6 +135,18 @@ pub fn render_metrics(shared: &Shared) -> String {
             ("bootfarm_tftp_sessions", "", "TFTP transfers running now.", tftp as f64),
             ("bootfarm_http_connections", "", "HTTP connections open now.", http as f64),
             ("bootfarm_workers", "", "Engine worker threads.", shared.workers.len() as f64),
+            (
+                "bootfarm_image_mapping_faults",
+                "",
+                "Reads of a file mapping that faulted past the end of a file changed under it, turned into refusals (since start).",
+                crate::image::guard::faults() as f64,
+            ),
+            (
+                "bootfarm_image_mappings_refused",
+                "",
+                "Files not mapped because image.mappings_max files were mapped already (since start).",
+                crate::image::guard::refused() as f64,
+            ),
             ("bootfarm_draining", "", "1 while shutting down.", shared.draining.load(r) as u8 as f64),
             (
                 "bootfarm_farm_load_targets",

@@ -278,6 +278,10 @@ impl NbdService {
                 if res < 0 {
                     c.close_after = true;
                     c.total = c.sent;
+                    if res == -libc::EFAULT {
+                        // The kernel read a mapping past the end of a file truncated under it.
+                        self.stats.counters.add(Counter::NbdDamaged, 1);
+                    }
                 } else {
                     c.sent += res as u64;
                     c.progress_at = now;
@@ -604,9 +608,19 @@ fn step(c: &mut Conn, ctx: &mut Ctx) -> bool {
     }
 }
 
+/// The error message of every request for a vdisk whose image changed in place (image::guard).
+const DAMAGED: &str =
+    "vdisk image changed on the server while served (copied over or truncated): refused until the administrator replaces it";
+
 /// One transmission request (a WRITE only starts here). Returns true when it was answered.
 fn command(c: &mut Conn, r: wire::Request, ctx: &mut Ctx) -> bool {
     let target = c.target.clone().expect("transmission has a target");
+    if target.vdisk.damaged() && r.kind != wire::CMD_WRITE {
+        // Nothing read from a damaged image is sent (WRITE payloads are refused in payload()).
+        c.reply_err(r.cookie, wire::EIO, DAMAGED);
+        ctx.stats.counters.add(Counter::NbdDamaged, 1);
+        return true;
+    }
     let size = target.vdisk.chain.virtual_size();
     let max = ctx.snap.config.nbd.request_bytes_max as u64;
     let len = r.length as u64;
@@ -631,6 +645,8 @@ fn command(c: &mut Conn, r: wire::Request, ctx: &mut Ctx) -> bool {
                 Some((wire::EOVERFLOW, "write larger than the advertised maximum block size".to_string()))
             } else if !in_range {
                 Some((wire::EINVAL, "write past the end of the disk".to_string()))
+            } else if target.vdisk.damaged() {
+                Some((wire::EIO, DAMAGED.to_string()))
             } else {
                 target.overlay.lock().unwrap().reserve(r.offset, len).err().map(|e| (wire::ENOSPC, e.to_string()))
             };
@@ -729,6 +745,9 @@ fn payload(c: &mut Conn, ctx: &mut Ctx) -> Option<bool> {
             if let Err(e) = r {
                 let errno = if matches!(e, CacheError::NoSpace(_)) { wire::ENOSPC } else { wire::EIO };
                 c.incoming.as_mut().unwrap().error = Some((errno, e.to_string()));
+            } else if t.vdisk.damaged() {
+                // A partial block was completed from a damaged image: the write is refused.
+                c.incoming.as_mut().unwrap().error = Some((wire::EIO, DAMAGED.to_string()));
             }
             ctx.stats.counters.add(Counter::NbdWrittenBytes, n);
         }
@@ -784,6 +803,14 @@ fn read(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
         if let Err(e) = res {
             drop(o);
             c.reply_err(r.cookie, wire::EIO, &e.to_string());
+            return;
+        }
+        // The lookups just made may be what found the image changed (a fault past its end
+        // reads zeros and marks it damaged): then these pieces are not the disk's bytes.
+        if target.vdisk.damaged() {
+            drop(o);
+            c.tmp.clear();
+            c.reply_err(r.cookie, wire::EIO, DAMAGED);
             return;
         }
     }
@@ -902,7 +929,11 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
             return Err("bad target id after @ (1-64 printable characters, no slashes)");
         }
         let v = if vd.is_empty() { snap.default_vdisk() } else { snap.vdisk(vd) };
-        v.cloned().map(|v| (v, id.map(str::to_string))).ok_or("no such export")
+        let v = v.ok_or("no such export")?;
+        if v.damaged() {
+            return Err(DAMAGED);
+        }
+        Ok((v.clone(), id.map(str::to_string)))
     };
     match opt {
         wire::OPT_EXPORT_NAME => {
@@ -981,6 +1012,10 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
             let (vd, id) = match find(name) {
                 Ok(v) => v,
                 Err(why) => {
+                    if why == DAMAGED {
+                        ctx.stats.counters.add(Counter::NbdDamaged, 1);
+                    }
+                    // NBD_REP_ERR_UNKNOWN: "the requested export is not available".
                     c.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNKNOWN, why.as_bytes()));
                     return false;
                 }

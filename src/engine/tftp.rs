@@ -64,6 +64,10 @@ impl Source {
             Source::Owned(v) => v,
         }
     }
+    /// The mapped file changed in place (image::guard): what it holds now is not the file.
+    fn damaged(&self) -> bool {
+        matches!(self, Source::Map(b) if b.damaged())
+    }
 }
 
 struct SendSlot {
@@ -97,6 +101,9 @@ struct Session {
     timer_due: Option<Instant>,
     started: Instant,
     file: PathBuf,
+    /// The file changed under the transfer (damaged mapping, or a send that faulted past its
+    /// end): it ends with an ERROR instead of sending what the file holds now.
+    file_changed: bool,
 }
 
 pub struct TftpService {
@@ -240,6 +247,10 @@ impl TftpService {
                 if let Some(s) = self.session_mut(id, generation) {
                     s.inflight -= 1;
                     s.free_slots.push(slot);
+                    if res == -libc::EFAULT {
+                        // The kernel read the mapping past the file's end: it was truncated.
+                        s.file_changed = true;
+                    }
                     if res < 0 {
                         self.count(Counter::TftpSendErrors, 1);
                     }
@@ -332,10 +343,20 @@ impl TftpService {
                 return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not readable");
             }
         };
+        let mapped = data.clone();
         let source = match req.mode {
             wire::Mode::Octet => Source::Map(data),
             wire::Mode::Netascii => Source::Owned(transfer::to_netascii(data.bytes())),
         };
+        if mapped.damaged() {
+            // Changed while read (a fault past its new end reads zeros): not the file's bytes.
+            return refuse(
+                self,
+                Counter::TftpFailedFileChanged,
+                wire::ERR_NOT_DEFINED,
+                "file changed on the server while being read; retry",
+            );
+        }
         let size = source.bytes().len() as u64;
         let limits = Limits {
             blksize_max: cfg.blksize_max,
@@ -381,6 +402,7 @@ impl TftpService {
             timer_due: None,
             started: now,
             file: file.clone(),
+            file_changed: false,
         });
         s.oack_len = negotiated.encode_oack(&mut s.oack);
         for _ in 0..slots_n {
@@ -480,6 +502,10 @@ impl TftpService {
             }
             return;
         }
+        if s.file_changed || s.source.damaged() {
+            s.file_changed = true;
+            return self.end(id, ring, Status::Active, now);
+        }
         let mut data_packets = 0u64;
         let mut data_bytes = 0u64;
         let retransmits_before = s.transfer.retransmits;
@@ -544,13 +570,20 @@ impl TftpService {
         s.closing = true;
         let elapsed = now - s.started;
         let (counter, outcome) = match status {
+            _ if s.file_changed => (Counter::TftpFailedFileChanged, "aborted: the file changed on the server (copied over or truncated)"),
             Status::Done => (Counter::TftpCompleted, "completed"),
             Status::TimedOut => (Counter::TftpFailedTimeout, "timed out"),
             Status::ClientError(_) => (Counter::TftpFailedClient, "ended by the client"),
             Status::Active => (Counter::TftpFailedShutdown, "aborted by shutdown"),
         };
         if let (Status::TimedOut | Status::Active, Some(sock)) = (status, s.sock.as_ref()) {
-            let why = if status == Status::Active { "server shutting down" } else { "transfer timed out" };
+            let why = if s.file_changed {
+                "file changed on the server during the transfer; retry"
+            } else if status == Status::Active {
+                "server shutting down"
+            } else {
+                "transfer timed out"
+            };
             Self::send_error_from(sock.as_raw_fd(), &s.peer_raw, wire::ERR_NOT_DEFINED, why);
         }
         tracing::info!(

@@ -11,6 +11,7 @@
 pub mod place;
 
 use crate::config::{Snapshot, Store};
+use crate::image::guard::FileId;
 use arc_swap::ArcSwap;
 use place::ServerState;
 use std::collections::HashMap;
@@ -270,8 +271,9 @@ pub struct Runtime {
     activity: Mutex<Activity>,
     /// The load map's counters (evictions, per-address refusals), summed into /metrics.
     pub counters: crate::metrics::WorkerCounters,
-    /// File identity (path, size, mtime) -> content hash of that chain member.
-    file_hashes: Mutex<HashMap<(std::path::PathBuf, u64, i64), u64>>,
+    /// File identity at open (path, device, inode, size, mtime) -> content hash of that chain
+    /// member: a layer is hashed once, and a file changed under it never re-hashed through it.
+    file_hashes: Mutex<HashMap<(std::path::PathBuf, FileId), u64>>,
     stop: AtomicBool,
 }
 
@@ -286,6 +288,9 @@ impl Default for Runtime {
         }
     }
 }
+
+/// The hash a node reports for a vdisk it refuses because its image changed in place.
+pub const DAMAGED_HASH: &str = "damaged";
 
 /// Content hash of a byte range: 4 lanes of multiply-rotate over 8-byte words, finished with
 /// the length (an xxHash64-style mix; fast enough to hash a 1 GiB image in well under a second
@@ -371,14 +376,20 @@ impl Runtime {
         (m, booting)
     }
 
-    /// This node's vdisk content hashes (hex), for the vdisks already hashed.
+    /// This node's vdisk content hashes (hex), for the vdisks already hashed; [`DAMAGED_HASH`]
+    /// for a vdisk whose image changed in place (refused here until replaced).
     pub fn vdisk_hashes(&self, snap: &Snapshot) -> HashMap<String, String> {
         let fh = self.file_hashes.lock().unwrap();
         let mut out = HashMap::new();
         'v: for v in &snap.vdisks {
+            if v.damaged() {
+                // Peers see a copy that agrees with none: no target is placed here for it.
+                out.insert(v.name.clone(), DAMAGED_HASH.to_string());
+                continue;
+            }
             let mut parts = Vec::new();
             for l in &v.chain.layers {
-                match fh.get(&file_identity(&l.path, l.file_len())) {
+                match fh.get(&file_identity(l)) {
                     Some(h) => parts.extend_from_slice(&h.to_le_bytes()),
                     None => continue 'v,
                 }
@@ -407,7 +418,8 @@ impl Runtime {
         if m.name == snap.config.server.name {
             return ServerState {
                 up: !me.draining,
-                replica_ok: true,
+                // A damaged copy here (image changed in place) serves nobody.
+                replica_ok: me.hashes.get(vdisk).is_none_or(|h| h != DAMAGED_HASH),
                 active: me.active.get(vdisk).copied().unwrap_or(0),
                 booting: me.booting,
             };
@@ -418,8 +430,13 @@ impl Runtime {
             return ServerState { up: true, replica_ok: false, active: 0, booting: 0 };
         };
         let r = p.report.as_ref();
-        let theirs = r.and_then(|r| r.hashes.get(vdisk)).map(String::as_str);
-        let replica_ok = place::copy_eligible(false, me.hashes.get(vdisk).map(String::as_str), theirs);
+        let theirs = r.and_then(|r| r.hashes.get(vdisk)).map(String::as_str).filter(|h| *h != DAMAGED_HASH);
+        let replica_ok = match me.hashes.get(vdisk).map(String::as_str) {
+            // Our copy is damaged (changed in place): nothing to compare with; a peer that
+            // positively holds a sound copy serves it.
+            Some(DAMAGED_HASH) => theirs.is_some(),
+            ours => place::copy_eligible(false, ours, theirs),
+        };
         ServerState {
             up: p.up && !p.draining,
             replica_ok,
@@ -447,10 +464,9 @@ pub struct Local {
     pub hashes: HashMap<String, String>,
 }
 
-fn file_identity(path: &std::path::Path, len: u64) -> (std::path::PathBuf, u64, i64) {
-    use std::os::unix::fs::MetadataExt;
-    let mtime = std::fs::metadata(path).map(|m| m.mtime() * 1_000_000_000 + m.mtime_nsec()).unwrap_or(0);
-    (path.to_path_buf(), len, mtime)
+/// A layer's key in the hash table: its file as it was opened, not what the path holds now.
+fn file_identity(l: &crate::image::Layer) -> (std::path::PathBuf, FileId) {
+    (l.path.clone(), l.file_id().unwrap_or(FileId { size: l.file_len(), ..Default::default() }))
 }
 
 /// A probe's outcome: (HTTP status, report) or why there is none.
@@ -569,8 +585,10 @@ fn hasher(rt: &Runtime, store: &Store) {
         let snap = store.load();
         for v in &snap.vdisks {
             for l in &v.chain.layers {
-                let id = file_identity(&l.path, l.file_len());
-                if rt.file_hashes.lock().unwrap().contains_key(&id) {
+                let id = file_identity(l);
+                // A file changed under its mapping is never read through it (the control
+                // thread refuses the vdisk and a reload opens the new file).
+                if l.changed_in_place() || rt.file_hashes.lock().unwrap().contains_key(&id) {
                     continue;
                 }
                 let t = Instant::now();
@@ -579,6 +597,9 @@ fn hasher(rt: &Runtime, store: &Store) {
                 l.advise_sequential();
                 let h = content_hash(l.bytes());
                 l.advise_random();
+                if l.changed_in_place() {
+                    continue; // changed while hashed: the hash is of nothing real
+                }
                 tracing::info!(file = %l.path.display(), hash = format!("{h:016x}"), ms = t.elapsed().as_millis() as u64, "image content hashed");
                 rt.file_hashes.lock().unwrap().insert(id, h);
                 if rt.stop.load(Ordering::Relaxed) {
@@ -820,6 +841,38 @@ mod tests {
         }
         a.touch("win10", "later", one, t0 + Duration::from_secs(300), &lim);
         assert_eq!(a.len(), 1, "the entries of 100 s ago were pruned by a touch");
+    }
+
+    #[test]
+    fn a_damaged_copy_is_placed_nowhere_and_does_not_make_peers_mismatch() {
+        let d = std::env::temp_dir().join(format!("bootfarm-farm-damaged-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("boot")).unwrap();
+        std::fs::write(d.join("v.raw"), vec![1u8; 8192]).unwrap();
+        let text = "[server]\nname = \"n1\"\n[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"v\"\npath = \"v.raw\"\n\
+                    [[farm.server]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n[[farm.server]]\nname = \"n2\"\naddress = \"127.0.0.2\"\n";
+        let snap = crate::config::build(&d.join("f.toml"), &d, toml::from_str(text).unwrap(), 1, None).unwrap();
+        let rt = Runtime::default();
+        let peer = |hash: &str| {
+            let mut h = Health { node: "n2".into(), ..Default::default() };
+            h.hashes.insert("v".into(), hash.into());
+            Peer { up: true, probed: true, report: Some(h), ..Default::default() }
+        };
+        let me = |hash: &str| Local {
+            draining: false,
+            active: HashMap::new(),
+            booting: 0,
+            hashes: [("v".to_string(), hash.to_string())].into_iter().collect(),
+        };
+        rt.view.store(Arc::new(View { peers: [("n2".to_string(), peer("abc"))].into_iter().collect(), round: 1 }));
+        // Our copy damaged: only the peer serves it, and it is not taken for a mismatch.
+        assert!(!rt.state_of(&snap, 0, "v", &me(DAMAGED_HASH)).replica_ok);
+        assert!(rt.state_of(&snap, 1, "v", &me(DAMAGED_HASH)).replica_ok);
+        assert_eq!(rt.place(&snap, "v", "t", None, &me(DAMAGED_HASH)), vec![1]);
+        // The peer's copy damaged: it agrees with nobody's.
+        rt.view.store(Arc::new(View { peers: [("n2".to_string(), peer(DAMAGED_HASH))].into_iter().collect(), round: 2 }));
+        assert!(!rt.state_of(&snap, 1, "v", &me("abc")).replica_ok);
+        assert_eq!(rt.place(&snap, "v", "t", None, &me("abc")), vec![0]);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

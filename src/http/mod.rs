@@ -51,7 +51,13 @@ pub trait Env {
     /// Counts `target` as active on `vdisk` here.
     fn farm_touch(&self, vdisk: &str, target: &str);
     fn farm_status_json(&self) -> String;
+    /// Counts a request refused because its file or vdisk image changed in place.
+    fn count_damaged(&self);
 }
+
+/// The one-line reason a damaged vdisk or bootstrap file is refused with (image::guard).
+pub const DAMAGED: &str =
+    "the file changed on the server while it was served (copied over or truncated); it is refused until the administrator replaces it";
 
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -234,6 +240,10 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
         let Ok((data, ino, mtime)) = env.file(&file) else {
             return error_page(out, 404, ka, minor, now, "file not readable");
         };
+        if data.damaged() {
+            env.count_damaged();
+            return error_page(out, 503, ka, minor, now, DAMAGED);
+        }
         let size = data.bytes().len() as u64;
         let v = Validators { etag: Tag::new(format_args!("\"{ino:x}-{size:x}-{mtime:x}\"")), last_modified: mtime };
         return match representation(out, req, now, size, &v, "application/octet-stream") {
@@ -245,6 +255,10 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
         let Some(vd) = snap.vdisk(name) else {
             return error_page(out, 404, ka, minor, now, "no such vdisk");
         };
+        if vd.damaged() {
+            env.count_damaged();
+            return error_page(out, 503, ka, minor, now, DAMAGED);
+        }
         if let Some(b) = redirect(req, env, &snap, q, name, out) {
             return b;
         }
@@ -402,10 +416,11 @@ pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), fa
                 })
                 .collect();
             format!(
-                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"chain\": [{}]}}",
+                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"damaged\": {}, \"chain\": [{}]}}",
                 json_str(&v.name),
                 if v.mode == crate::config::Mode::Standard { "standard" } else { "private" },
                 v.chain.virtual_size(),
+                v.damaged(),
                 chain.join(", ")
             )
         })

@@ -33,7 +33,9 @@ impl Chain {
                 return Err(ImageError::new(path, format!("chain is deeper than the limit of {} images", limits.depth_max)));
             }
             let candidates = locator_candidates(&child.path, &pref.locators);
-            let Some(ppath) = candidates.iter().find(|p| p.is_file()).cloned() else {
+            // Anything there but a folder is taken and opened, so a FIFO or socket in a parent's
+            // place is refused by name (Backing::map) rather than reported missing.
+            let Some(ppath) = candidates.iter().find(|p| p.metadata().is_ok_and(|m| !m.is_dir())).cloned() else {
                 return Err(ImageError::new(
                     &child.path,
                     format!(
@@ -80,6 +82,13 @@ impl Chain {
     /// [`Layer::populate`] for every layer; true when all of them are mapped in.
     pub fn populate(&self) -> bool {
         self.layers.iter().all(|l| l.populate())
+    }
+
+    /// True when any member changed in place or faulted since it was opened: what a read
+    /// returned may be wrong, so readers check this after reading and refuse (see guard.rs).
+    #[inline]
+    pub fn damaged(&self) -> bool {
+        self.layers.iter().any(|l| l.damaged())
     }
 
     pub fn virtual_size(&self) -> u64 {

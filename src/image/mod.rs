@@ -2,10 +2,12 @@
 //! and chains of them. Every file is memory-mapped read-only; a read of (offset, len) of the
 //! virtual disk yields [`Segment`]s — slices of the mappings or runs of zeros — with no copy and no
 //! allocation, O(1) per block. Images are never written while mapped: `write` works on files that
-//! are not being served (new versions, merges), with plain positioned writes.
+//! are not being served (new versions, merges), with plain positioned writes. A file changed by
+//! someone else while mapped is detected and refused, never a crash (see [`guard`]).
 
 pub mod bytes;
 mod chain;
+pub mod guard;
 pub mod vhd;
 pub mod vhdx;
 pub mod write;
@@ -56,8 +58,44 @@ impl ImageError {
 
 /// Where a layer's bytes live. Parsers only see `&[u8]`, so fuzzing needs no files.
 pub enum Backing {
-    Map(memmap2::Mmap),
+    Map(guard::FileMap),
     Bytes(Vec<u8>),
+}
+
+/// What kind of thing a path names, in words, for a refusal.
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens a file to be read: without blocking (a FIFO would block `open` until a writer comes,
+/// hanging the thread that opens it) and only if it is a regular file or, with
+/// `block_devices`, a block device. Returns the file, its identity and its size.
+pub fn open_readable(path: &Path, block_devices: bool) -> Result<(std::fs::File, guard::FileId, u64), String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let m = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    let t = m.file_type();
+    let len = if t.is_file() {
+        m.len()
+    } else if t.is_block_device() && block_devices {
+        use std::io::Seek;
+        (&file).seek(std::io::SeekFrom::End(0)).map_err(|e| format!("cannot size the block device: {e}"))?
+    } else {
+        let must = if block_devices { "a regular file or a block device" } else { "a regular file" };
+        return Err(format!("is {}; it must be {must}", kind_of(t)));
+    };
+    Ok((file, guard::FileId::of(&m), len))
 }
 
 impl Backing {
@@ -69,17 +107,33 @@ impl Backing {
         }
     }
 
-    /// Maps a file read-only. An empty file (a legal 0-byte raw disk) cannot be mapped.
+    /// True when the mapped file changed in place or a read of it faulted (see [`guard`]):
+    /// what was read may be wrong; refuse it.
+    #[inline]
+    pub fn damaged(&self) -> bool {
+        match self {
+            Backing::Map(m) => m.damaged(),
+            Backing::Bytes(_) => false,
+        }
+    }
+
+    /// The file's identity when it was mapped (None for bytes in memory).
+    pub fn file_id(&self) -> Option<guard::FileId> {
+        match self {
+            Backing::Map(m) => Some(m.id()),
+            Backing::Bytes(_) => None,
+        }
+    }
+
+    /// Maps a regular file or a block device read-only. An empty file (a legal 0-byte raw
+    /// disk) cannot be mapped. The mapping is registered with the [`guard`]: a file changed
+    /// under it is detected and refused, never a crash.
     pub fn map(path: &Path) -> Result<Backing, ImageError> {
-        let file = std::fs::File::open(path).map_err(|e| ImageError::new(path, format!("cannot open: {e}")))?;
-        let len = file.metadata().map_err(|e| ImageError::new(path, format!("cannot stat: {e}")))?.len();
+        let (file, id, len) = open_readable(path, true).map_err(|e| ImageError::new(path, e))?;
         if len == 0 {
             return Ok(Backing::Bytes(Vec::new()));
         }
-        // Safety: the mapping is read-only and bootfarm never writes a file it serves; a new
-        // version is a new file (DESIGN.md principle 3). Another process truncating the file
-        // under us would SIGBUS — the same contract every mmap-based server has.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| ImageError::new(path, format!("cannot map: {e}")))?;
+        let map = guard::FileMap::new(&file, path, id, len).map_err(|e| ImageError::new(path, e))?;
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::Random);
         Ok(Backing::Map(map))
@@ -213,6 +267,23 @@ impl Layer {
 
     pub fn file_len(&self) -> u64 {
         self.bytes().len() as u64
+    }
+
+    /// The file changed in place since it was opened, or a read of it faulted: refuse it.
+    #[inline]
+    pub fn damaged(&self) -> bool {
+        self.backing.damaged()
+    }
+
+    /// Stats the file now: true when the same inode has another size or mtime than at open (a
+    /// `cp` over it, a truncate, a write in place), or a read of it faulted.
+    pub fn changed_in_place(&self) -> bool {
+        self.damaged() || self.file_id().zip(guard::FileId::at(&self.path)).is_some_and(|(was, now)| was.same_file(&now) && was != now)
+    }
+
+    /// The file's identity when it was opened (None for an empty or in-memory layer).
+    pub fn file_id(&self) -> Option<guard::FileId> {
+        self.backing.file_id()
     }
 
     /// Resolves `[off, off+len)` (inside the virtual size, len > 0) to its first run.

@@ -47,6 +47,11 @@ macro_rules! counters {
 counters! {
     ConfigReloadsOk => ("bootfarm_config_reloads_total", "result=\"ok\"", "Configuration reloads, by result."),
     ConfigReloadsFailed => ("bootfarm_config_reloads_total", "result=\"refused\"", "Configuration reloads, by result."),
+    ImageDamaged => ("bootfarm_image_files_damaged_total", "", "Served files (vdisk images, bootstrap files) found changed in place or truncated: refused until replaced."),
+    ImageReplaced => ("bootfarm_image_files_replaced_total", "", "Vdisk image files found replaced by a new file at their path (re-opened by a reload)."),
+    TftpFailedFileChanged => ("bootfarm_tftp_transfers_failed_total", "reason=\"file_changed\"", "TFTP transfers that ended without completing, by reason."),
+    HttpDamaged => ("bootfarm_http_damaged_refusals_total", "", "HTTP responses refused (503) or cut off because their file or vdisk image changed in place on the server."),
+    NbdDamaged => ("bootfarm_nbd_damaged_refusals_total", "", "NBD requests (EIO) and handshakes refused because the vdisk image changed in place on the server."),
     TftpStarted => ("bootfarm_tftp_transfers_started_total", "", "TFTP read transfers started."),
     TftpCompleted => ("bootfarm_tftp_transfers_completed_total", "", "TFTP transfers whose last block was acknowledged."),
     TftpFailedTimeout => ("bootfarm_tftp_transfers_failed_total", "reason=\"timeout\"", "TFTP transfers that ended without completing, by reason."),

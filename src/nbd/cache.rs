@@ -640,7 +640,9 @@ impl Registry {
                         vdisk.name, e.client
                     ));
                 }
-                Some(e) if e.conns > 0 || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                // A target whose image changed in place (damaged) can give nothing to a new
+                // connection: it starts over on the vdisk as served now.
+                Some(e) if (e.conns > 0 && !e.target.vdisk.damaged()) || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
                     if !Arc::ptr_eq(&e.target.vdisk, vdisk) {
                         tracing::info!(
                             vdisk = %vdisk.name,
