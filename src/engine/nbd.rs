@@ -69,6 +69,8 @@ struct Incoming {
     fua: bool,
     /// Refused up front or failed part way: the rest is skipped and this is the answer.
     error: Option<(u32, String)>,
+    /// The cache slots reserved for the whole write before its first byte was applied.
+    reservation: cache::Reservation,
 }
 
 struct Conn {
@@ -127,6 +129,10 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.unpin();
+        // Gone in the middle of a WRITE: what it reserved and did not use goes back.
+        if let (Some(inc), Some(t)) = (self.incoming.take(), self.target.as_ref()) {
+            t.overlay.lock().unwrap().unreserve(inc.reservation);
+        }
     }
 }
 
@@ -624,15 +630,24 @@ fn command(c: &mut Conn, r: wire::Request, ctx: &mut Ctx) -> bool {
             counters.add(Counter::NbdErrors, 1);
         }
         wire::CMD_WRITE => {
-            // Refused whole before any byte lands: too large, out of range, or no room.
+            // Refused whole before any byte lands: too large, out of range, or no room (the
+            // slots of the whole write are reserved here, before its payload arrives).
+            let mut reservation = cache::Reservation::default();
             let error = if len > max {
                 Some((wire::EOVERFLOW, "write larger than the advertised maximum block size".to_string()))
             } else if !in_range {
                 Some((wire::EINVAL, "write past the end of the disk".to_string()))
             } else {
-                target.overlay.lock().unwrap().reserve(r.offset, len).err().map(|e| (wire::ENOSPC, e.to_string()))
+                match target.overlay.lock().unwrap().reserve(r.offset, len) {
+                    Ok(res) => {
+                        reservation = res;
+                        None
+                    }
+                    Err(e) => Some((wire::ENOSPC, e.to_string())),
+                }
             };
-            c.incoming = Some(Incoming { cookie: r.cookie, next: r.offset, remaining: len, fua: r.flags & wire::CMD_FLAG_FUA != 0, error });
+            let fua = r.flags & wire::CMD_FLAG_FUA != 0;
+            c.incoming = Some(Incoming { cookie: r.cookie, next: r.offset, remaining: len, fua, error, reservation });
             if len == 0 {
                 return payload(c, ctx) == Some(true);
             }
@@ -723,7 +738,8 @@ fn payload(c: &mut Conn, ctx: &mut Ctx) -> Option<bool> {
         if !refused {
             let t = c.target.as_ref().unwrap();
             let data = &c.rbuf[c.head..c.head + n as usize];
-            let r = t.overlay.lock().unwrap().write(next, data, &t.vdisk.chain);
+            let inc = c.incoming.as_mut().unwrap();
+            let r = t.overlay.lock().unwrap().write_reserved(next, data, &t.vdisk.chain, &mut inc.reservation);
             if let Err(e) = r {
                 let errno = if matches!(e, CacheError::NoSpace(_)) { wire::ENOSPC } else { wire::EIO };
                 c.incoming.as_mut().unwrap().error = Some((errno, e.to_string()));
@@ -741,9 +757,13 @@ fn payload(c: &mut Conn, ctx: &mut Ctx) -> Option<bool> {
     }
     let inc = c.incoming.take().unwrap();
     let mut error = inc.error;
-    if error.is_none() && inc.fua {
-        if let Err(e) = c.target.as_ref().unwrap().overlay.lock().unwrap().sync() {
-            error = Some((wire::EIO, e.to_string()));
+    {
+        let mut o = c.target.as_ref().unwrap().overlay.lock().unwrap();
+        o.unreserve(inc.reservation);
+        if error.is_none() && inc.fua {
+            if let Err(e) = o.sync() {
+                error = Some((wire::EIO, e.to_string()));
+            }
         }
     }
     match error {

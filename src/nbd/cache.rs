@@ -70,6 +70,14 @@ pub enum Piece<'a> {
     Zero(u64),
 }
 
+/// What [`Overlay::reserve`] set aside for one write: free slots of the overlay and new bytes
+/// of the budgets. Must go back with [`Overlay::unreserve`] when the write ends.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    free: u32,
+    bytes: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub ram_bytes: u64,
@@ -96,6 +104,10 @@ pub struct Overlay {
     file: Option<File>,
     file_slots: u32,
     free_file: Vec<u32>,
+    /// Free slots promised to reservations of writes in progress.
+    promised_free: u32,
+    /// New bytes reserved by writes in progress (counted in `total` too).
+    reserved_bytes: u64,
     limits: Limits,
     total: Arc<AtomicU64>,
     size: u64,
@@ -118,6 +130,8 @@ impl Overlay {
             file: None,
             file_slots: 0,
             free_file: Vec::new(),
+            promised_free: 0,
+            reserved_bytes: 0,
             limits,
             total,
             size,
@@ -163,52 +177,74 @@ impl Overlay {
         (self.size - b * BLOCK).min(BLOCK) as usize
     }
 
-    /// Checks that a write over `[off, off + len)` can get the slots it needs.
-    pub fn reserve(&self, off: u64, len: u64) -> Result<(), CacheError> {
+    /// Reserves, for a write over `[off, off + len)`, every slot it will need: free slots of
+    /// this overlay and new bytes of the per-target and the global budget, the global one taken
+    /// with a compare-and-swap, so two writes racing for the last bytes cannot both pass and
+    /// then fail half way. The write draws on the reservation ([`Overlay::write_reserved`]);
+    /// what it did not use goes back with [`Overlay::unreserve`].
+    pub fn reserve(&mut self, off: u64, len: u64) -> Result<Reservation, CacheError> {
         if len == 0 {
-            return Ok(());
+            return Ok(Reservation::default());
         }
         let (first, last) = (off / BLOCK, (off + len - 1) / BLOCK);
         let backed = self.map.range(first..=last).filter(|(_, s)| !matches!(s, Slot::Zero)).count() as u64;
-        let want = (last - first + 1 - backed).saturating_sub((self.free_ram.len() + self.free_file.len()) as u64);
-        if want == 0 {
-            return Ok(());
-        }
-        let grow = want * BLOCK;
-        if self.allocated_bytes() + grow > self.limits.target_bytes_max {
-            return Err(CacheError::NoSpace(format!(
-                "target write cache full: {} of nbd.cache_bytes_per_target_max {} in use",
-                self.allocated_bytes(),
-                self.limits.target_bytes_max
-            )));
-        }
-        let total = self.total.load(Ordering::Relaxed);
-        if total + grow > self.limits.total_bytes_max {
-            return Err(CacheError::NoSpace(format!(
-                "write caches full: {total} of nbd.cache_bytes_total_max {} in use",
-                self.limits.total_bytes_max
-            )));
-        }
-        Ok(())
+        let want = last - first + 1 - backed;
+        let spare = (self.free_ram.len() + self.free_file.len()) as u64 - self.promised_free as u64;
+        let free = want.min(spare);
+        let grow = (want - free) * BLOCK;
+        self.take_bytes(grow)?;
+        self.promised_free += free as u32;
+        self.reserved_bytes += grow;
+        Ok(Reservation { free: free as u32, bytes: grow })
     }
 
-    fn alloc(&mut self) -> Result<Slot, CacheError> {
-        if let Some(p) = self.free_ram.pop() {
-            return Ok(Slot::Ram(p));
+    /// Gives back what a write did not use of its reservation.
+    pub fn unreserve(&mut self, r: Reservation) {
+        self.promised_free -= r.free;
+        self.reserved_bytes -= r.bytes;
+        if r.bytes > 0 {
+            self.total.fetch_sub(r.bytes, Ordering::AcqRel);
         }
-        if let Some(s) = self.free_file.pop() {
-            return Ok(Slot::File(s));
+    }
+
+    /// Takes `n` new bytes of the per-target and the global budget, or refuses.
+    fn take_bytes(&self, n: u64) -> Result<(), CacheError> {
+        if n == 0 {
+            return Ok(());
         }
-        if self.allocated_bytes() + BLOCK > self.limits.target_bytes_max {
+        let held = self.allocated_bytes() + self.reserved_bytes;
+        if held + n > self.limits.target_bytes_max {
             return Err(CacheError::NoSpace(format!(
-                "target write cache full (nbd.cache_bytes_per_target_max {})",
+                "target write cache full: {held} of nbd.cache_bytes_per_target_max {} in use or reserved, {n} more needed",
                 self.limits.target_bytes_max
             )));
         }
-        // The global count moves first, so two targets cannot both take the last bytes.
-        if self.total.fetch_add(BLOCK, Ordering::AcqRel) + BLOCK > self.limits.total_bytes_max {
-            self.total.fetch_sub(BLOCK, Ordering::AcqRel);
-            return Err(CacheError::NoSpace(format!("write caches full (nbd.cache_bytes_total_max {})", self.limits.total_bytes_max)));
+        let max = self.limits.total_bytes_max;
+        self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t + n <= max).then_some(t + n)).map(|_| ()).map_err(|t| {
+            CacheError::NoSpace(format!("write caches full: {t} of nbd.cache_bytes_total_max {max} in use or reserved, {n} more needed"))
+        })
+    }
+
+    /// A slot for a block that has none: from the reservation first, then (a concurrent TRIM
+    /// freed blocks of the range after it was reserved) from what is left.
+    fn alloc(&mut self, r: &mut Reservation) -> Result<Slot, CacheError> {
+        let spare = self.free_ram.len() + self.free_file.len() > self.promised_free as usize;
+        if r.free > 0 || spare {
+            if r.free > 0 {
+                r.free -= 1;
+                self.promised_free -= 1;
+            }
+            return Ok(match self.free_ram.pop() {
+                Some(p) => Slot::Ram(p),
+                None => Slot::File(self.free_file.pop().expect("promised free slots exist")),
+            });
+        }
+        let from_reservation = r.bytes >= BLOCK;
+        if from_reservation {
+            r.bytes -= BLOCK;
+            self.reserved_bytes -= BLOCK;
+        } else {
+            self.take_bytes(BLOCK)?;
         }
         if (self.ram_pages as u64 + 1) * BLOCK <= self.limits.ram_bytes {
             let p = self.ram_pages;
@@ -222,7 +258,12 @@ impl Overlay {
             match overflow_file(&self.limits.dir) {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
-                    self.total.fetch_sub(BLOCK, Ordering::AcqRel);
+                    if from_reservation {
+                        r.bytes += BLOCK;
+                        self.reserved_bytes += BLOCK;
+                    } else {
+                        self.total.fetch_sub(BLOCK, Ordering::AcqRel);
+                    }
                     return Err(CacheError::NoSpace(format!("cannot create an overflow file in {}: {e}", self.limits.dir.display())));
                 }
             }
@@ -282,10 +323,19 @@ impl Overlay {
         r.map_err(|e| CacheError::NoSpace(format!("overflow file: {e}")))
     }
 
-    /// Writes `data` at `off` (any alignment). The range must lie inside the disk.
+    /// Writes `data` at `off` (any alignment), whole or not at all when a limit is in the way.
+    /// The range must lie inside the disk.
     pub fn write(&mut self, off: u64, data: &[u8], base: &Chain) -> Result<(), CacheError> {
-        self.reserve(off, data.len() as u64)?;
-        self.apply(off, data.len() as u64, Some(data), base)
+        let mut r = self.reserve(off, data.len() as u64)?;
+        let res = self.apply(off, data.len() as u64, Some(data), base, &mut r);
+        self.unreserve(r);
+        res
+    }
+
+    /// Writes a part of a write whose whole range was reserved (a WRITE whose payload arrives
+    /// in pieces), drawing on `r`.
+    pub fn write_reserved(&mut self, off: u64, data: &[u8], base: &Chain, r: &mut Reservation) -> Result<(), CacheError> {
+        self.apply(off, data.len() as u64, Some(data), base, r)
     }
 
     /// WRITE_ZEROES and TRIM: whole blocks become "zero" (their storage is freed), the edges of
@@ -294,15 +344,28 @@ impl Overlay {
         let end = off + len;
         let (first_full, end_full) = (off.div_ceil(BLOCK), end / BLOCK);
         if first_full >= end_full {
-            self.reserve(off, len)?;
-            return self.apply(off, len, None, base);
+            let mut r = self.reserve(off, len)?;
+            let res = self.apply(off, len, None, base, &mut r);
+            self.unreserve(r);
+            return res;
         }
         let head = first_full * BLOCK - off;
         let tail = end - end_full * BLOCK;
-        self.reserve(off, head)?;
-        self.reserve(end_full * BLOCK, tail)?;
-        self.apply(off, head, None, base)?;
-        self.apply(end_full * BLOCK, tail, None, base)?;
+        // Both edges reserved before either is written.
+        let mut r = self.reserve(off, head)?;
+        match self.reserve(end_full * BLOCK, tail) {
+            Ok(t) => {
+                r.free += t.free;
+                r.bytes += t.bytes;
+            }
+            Err(e) => {
+                self.unreserve(r);
+                return Err(e);
+            }
+        }
+        let res = self.apply(off, head, None, base, &mut r).and_then(|()| self.apply(end_full * BLOCK, tail, None, base, &mut r));
+        self.unreserve(r);
+        res?;
         if first_full < end_full {
             self.widen(first_full, end_full - 1);
         }
@@ -322,7 +385,7 @@ impl Overlay {
     }
 
     /// Puts `data` (or zeros) over `[off, off + len)`, block by block.
-    fn apply(&mut self, off: u64, len: u64, data: Option<&[u8]>, base: &Chain) -> Result<(), CacheError> {
+    fn apply(&mut self, off: u64, len: u64, data: Option<&[u8]>, base: &Chain, r: &mut Reservation) -> Result<(), CacheError> {
         if len == 0 {
             return Ok(());
         }
@@ -342,7 +405,7 @@ impl Overlay {
             let slot = match self.map.get(&b).copied() {
                 Some(s @ (Slot::Ram(_) | Slot::File(_))) => s,
                 prior => {
-                    let s = self.alloc()?;
+                    let s = self.alloc(r)?;
                     if !whole {
                         // Copy on write: the block's current content first.
                         block[..blen].fill(0);
@@ -552,7 +615,7 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        self.total.fetch_sub(self.allocated_bytes(), Ordering::AcqRel);
+        self.total.fetch_sub(self.allocated_bytes() + self.reserved_bytes, Ordering::AcqRel);
     }
 }
 
@@ -895,6 +958,55 @@ mod tests {
         b.write(0, &vec![1; 4 * BLOCK as usize], &chain).unwrap();
         let e = b.write(4 * BLOCK, &[1], &chain).unwrap_err();
         assert!(matches!(e, CacheError::NoSpace(ref m) if m.contains("total")), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Item 12 of #20: two targets race, each with a write of 6 blocks applied in 6 pieces
+    /// (as a WRITE payload arrives), for a global budget of 8 blocks. The first to reserve
+    /// writes everything; the other is refused before any byte lands, never half of each.
+    #[test]
+    fn racing_writes_reserve_the_global_budget_first() {
+        let dir = tmpdir("race");
+        let (chain, content) = base(&dir, 64 * BLOCK);
+        let chain = Arc::new(chain);
+        for round in 0..200 {
+            let total = Arc::new(AtomicU64::new(0));
+            let limits = Limits { ram_bytes: 4 * BLOCK, target_bytes_max: 8 * BLOCK, total_bytes_max: 8 * BLOCK, dir: dir.clone() };
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = (0..2u8)
+                .map(|i| {
+                    let o = Arc::new(Mutex::new(Overlay::new(64 * BLOCK, limits.clone(), total.clone(), None)));
+                    let (chain, barrier, o2) = (chain.clone(), barrier.clone(), o.clone());
+                    let h = std::thread::spawn(move || {
+                        barrier.wait();
+                        let off = (i as u64 * 16 + 1) * BLOCK;
+                        let mut r = o2.lock().unwrap().reserve(off, 6 * BLOCK)?;
+                        for k in 0..6 {
+                            std::thread::yield_now();
+                            let mut g = o2.lock().unwrap();
+                            g.write_reserved(off + k * BLOCK, &[i + 1; BLOCK as usize], &chain, &mut r).expect("reserved");
+                        }
+                        o2.lock().unwrap().unreserve(r);
+                        Ok::<(), CacheError>(())
+                    });
+                    (o, h)
+                })
+                .collect();
+            let results: Vec<_> = threads.into_iter().map(|(o, h)| (o, h.join().unwrap())).collect();
+            assert_eq!(results.iter().filter(|(_, r)| r.is_ok()).count(), 1, "round {round}: exactly one write fits");
+            for (o, r) in &results {
+                let o = o.lock().unwrap();
+                match r {
+                    Ok(()) => assert_eq!(o.allocated_bytes(), 6 * BLOCK),
+                    Err(e) => {
+                        assert!(e.to_string().contains("nbd.cache_bytes_total_max"), "{e}");
+                        assert!(o.is_empty() && o.allocated_bytes() == 0, "round {round}: the refused write left nothing");
+                        assert!(read_all(&o, &chain, 0, 64 * BLOCK) == content);
+                    }
+                }
+            }
+            assert_eq!(total.load(Ordering::Relaxed), 6 * BLOCK, "nothing stays reserved");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
