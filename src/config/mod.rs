@@ -237,6 +237,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
         ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),
         ("nbd.cache_bytes_total_max", c.nbd.cache_bytes_total_max),
+        ("nbd.cache_zero_ranges_per_target_max", c.nbd.cache_zero_ranges_per_target_max as u64),
         ("nbd.send_timeout_ms", c.nbd.send_timeout_ms),
         ("nbd.handshake_timeout_ms", c.nbd.handshake_timeout_ms),
         ("farm.health_failures_max", c.farm.health_failures_max as u64),

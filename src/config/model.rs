@@ -136,6 +136,8 @@ pub struct Nbd {
     pub cache_ram_bytes_per_target: u64,
     pub cache_bytes_per_target_max: u64,
     pub cache_bytes_total_max: u64,
+    /// Zeroed (TRIM/WRITE_ZEROES) ranges one target's cache keeps, each counted as 64 bytes.
+    pub cache_zero_ranges_per_target_max: usize,
     /// A target reconnecting within this time keeps its write cache (failover, network blip);
     /// a later connection is a new boot and starts clean. Kept short so that a quick reboot is
     /// not mistaken for a blip; a client that names itself per boot (`vdisk@id`) can go longer.
@@ -158,6 +160,7 @@ impl Default for Nbd {
             cache_ram_bytes_per_target: 64 << 20,
             cache_bytes_per_target_max: 8 << 30,
             cache_bytes_total_max: 256 << 30,
+            cache_zero_ranges_per_target_max: 65536,
             cache_keep_after_disconnect_ms: 15_000,
             send_zc_min_bytes: 0,
             send_timeout_ms: 30_000,
@@ -332,6 +335,8 @@ cache_dir = "/var/cache/bootfarm"   # write caches overflow here
 cache_ram_bytes_per_target = 67108864       # 64 MiB in RAM, then the sparse file
 cache_bytes_per_target_max = 8589934592     # 8 GiB: beyond it writes fail with ENOSPC
 cache_bytes_total_max = 274877906944        # 256 GiB
+cache_zero_ranges_per_target_max = 65536    # TRIM/WRITE_ZEROES ranges kept (coalesced; 64 bytes each,
+                                            # counted in the cache bytes); beyond it ENOSPC
 cache_keep_after_disconnect_ms = 15000      # a reconnect within this keeps the cache (blip, failover);
                                             # later = a new boot, the cache is discarded
 send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)

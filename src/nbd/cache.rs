@@ -2,9 +2,12 @@
 //! registry that hands them to connections.
 //!
 //! A target's overlay maps 4 KiB blocks of the virtual disk to where the target's own version
-//! of the block lives: a page of RAM (up to `nbd.cache_ram_bytes_per_target`), a slot in an
-//! unlinked sparse overflow file in `nbd.cache_dir`, or "zero" (WRITE_ZEROES/TRIM). Blocks not
-//! in the map read from the shared image chain, which nobody writes. A partial write to a
+//! of the block lives: a page of RAM (up to `nbd.cache_ram_bytes_per_target`) or a slot in an
+//! unlinked sparse overflow file in `nbd.cache_dir`; blocks zeroed by WRITE_ZEROES/TRIM are kept
+//! as ranges (coalesced, so a whole-disk TRIM is one entry; a write inside one splits it), each
+//! counted as [`RANGE_BYTES`] in the cache figures and bounded by
+//! `nbd.cache_zero_ranges_per_target_max`. Blocks in neither read from the shared image chain,
+//! which nobody writes. A partial write to a
 //! block first copies the block from below (copy on write), so the cache never holds a block
 //! it cannot serve whole.
 //!
@@ -35,13 +38,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BLOCK: u64 = 4096;
+/// What one zeroed range is counted as in the cache budgets (a generous figure for a B-tree
+/// entry of two u64 and its share of the node).
+pub const RANGE_BYTES: u64 = 64;
 const PAGES_PER_CHUNK: u32 = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     Ram(u32),
     File(u32),
-    Zero,
 }
 
 /// Why a write was refused.
@@ -84,10 +89,14 @@ pub struct Limits {
     pub target_bytes_max: u64,
     pub total_bytes_max: u64,
     pub dir: PathBuf,
+    /// Most zeroed ranges one overlay keeps (nbd.cache_zero_ranges_per_target_max).
+    pub zero_ranges_max: usize,
 }
 
 pub struct Overlay {
     map: BTreeMap<u64, Slot>,
+    /// Zeroed blocks: start -> end (exclusive), disjoint, not adjacent, no block also in `map`.
+    zeros: BTreeMap<u64, u64>,
     /// Lowest and highest block ever put in `map` (lo > hi while none): a read outside this
     /// span, most reads of a boot (the system files; writes go to pagefile, registry, logs),
     /// goes straight to the image without walking the map. Not narrowed when blocks are freed.
@@ -120,6 +129,7 @@ impl Overlay {
     pub fn new(size: u64, limits: Limits, total: Arc<AtomicU64>, persist: Option<Writer>) -> Overlay {
         Overlay {
             map: BTreeMap::new(),
+            zeros: BTreeMap::new(),
             span: (u64::MAX, 0),
             chunks: Vec::new(),
             ram_pages: 0,
@@ -141,12 +151,92 @@ impl Overlay {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.is_empty() && self.zeros.is_empty()
     }
 
-    /// Bytes of RAM and overflow file this overlay holds.
+    /// Bytes of RAM and overflow file this overlay holds, and its zeroed ranges.
     pub fn allocated_bytes(&self) -> u64 {
-        (self.ram_pages as u64 + self.file_slots as u64) * BLOCK
+        (self.ram_pages as u64 + self.file_slots as u64) * BLOCK + self.zeros.len() as u64 * RANGE_BYTES
+    }
+
+    pub fn zero_ranges(&self) -> usize {
+        self.zeros.len()
+    }
+
+    fn is_zeroed(&self, b: u64) -> bool {
+        self.zeros.range(..=b).next_back().is_some_and(|(_, &e)| e > b)
+    }
+
+    /// Whether a zeroed range touches or overlaps blocks `first..end` (a new one would merge).
+    fn zeros_touch(&self, first: u64, end: u64) -> bool {
+        self.zeros.range(..=end).next_back().is_some_and(|(_, &e)| e >= first)
+    }
+
+    /// Map entries and zeroed ranges over blocks `first..=last`, in disk order, clipped:
+    /// (first block, end block, the slot of a single block or None for zeros).
+    fn extents(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, u64, Option<Slot>)> + '_ {
+        let head = self.zeros.range(..first).next_back().filter(|&(_, &e)| e > first).map(|(&s, &e)| (s, e));
+        let mut zs = head
+            .into_iter()
+            .chain(self.zeros.range(first..=last).map(|(&s, &e)| (s, e)))
+            .map(move |(s, e)| (s.max(first), e.min(last + 1), None))
+            .peekable();
+        let mut ms = self.map.range(first..=last).map(|(&b, &s)| (b, b + 1, Some(s))).peekable();
+        std::iter::from_fn(move || match (ms.peek(), zs.peek()) {
+            (Some(m), Some(z)) if m.0 < z.0 => ms.next(),
+            (Some(_), None) => ms.next(),
+            _ => zs.next(),
+        })
+    }
+
+    /// Keeps the global count in step with the number of zeroed ranges (was `before`). Ranges
+    /// are counted but never refused for bytes (a TRIM at the byte limit must still work):
+    /// their number is what is bounded.
+    fn ranges_changed(&mut self, before: usize) {
+        let after = self.zeros.len();
+        if after > before {
+            self.total.fetch_add((after - before) as u64 * RANGE_BYTES, Ordering::AcqRel);
+        } else if before > after {
+            self.total.fetch_sub((before - after) as u64 * RANGE_BYTES, Ordering::AcqRel);
+        }
+    }
+
+    /// Block `b` is no longer zeroed (it is about to get a slot): its range is split.
+    fn unzero(&mut self, b: u64) {
+        let before = self.zeros.len();
+        if let Some((&s, &e)) = self.zeros.range(..=b).next_back().filter(|&(_, &e)| e > b) {
+            self.zeros.remove(&s);
+            if s < b {
+                self.zeros.insert(s, b);
+            }
+            if b + 1 < e {
+                self.zeros.insert(b + 1, e);
+            }
+        }
+        self.ranges_changed(before);
+    }
+
+    /// Blocks `first..end` become zero: their slots are freed and the range merges with its
+    /// neighbours.
+    fn add_zeros(&mut self, first: u64, end: u64) {
+        let before = self.zeros.len();
+        let held: Vec<u64> = self.map.range(first..end).map(|(&b, _)| b).collect();
+        for b in held {
+            let s = self.map.remove(&b).expect("just listed");
+            self.release(s);
+        }
+        let (mut s0, mut e0) = (first, end);
+        if let Some((&s, &e)) = self.zeros.range(..first).next_back().filter(|&(_, &e)| e >= first) {
+            self.zeros.remove(&s);
+            s0 = s;
+            e0 = e0.max(e);
+        }
+        let inside: Vec<u64> = self.zeros.range(first..=end).map(|(&s, _)| s).collect();
+        for s in inside {
+            e0 = e0.max(self.zeros.remove(&s).expect("just listed"));
+        }
+        self.zeros.insert(s0, e0);
+        self.ranges_changed(before);
     }
 
     pub fn ram_bytes(&self) -> u64 {
@@ -183,19 +273,40 @@ impl Overlay {
     /// then fail half way. The write draws on the reservation ([`Overlay::write_reserved`]);
     /// what it did not use goes back with [`Overlay::unreserve`].
     pub fn reserve(&mut self, off: u64, len: u64) -> Result<Reservation, CacheError> {
+        self.reserve_for(off, len, false)
+    }
+
+    /// `zeroing`: the range is written with zeros (blocks already zero are left alone).
+    fn reserve_for(&mut self, off: u64, len: u64, zeroing: bool) -> Result<Reservation, CacheError> {
         if len == 0 {
             return Ok(Reservation::default());
         }
         let (first, last) = (off / BLOCK, (off + len - 1) / BLOCK);
-        let backed = self.map.range(first..=last).filter(|(_, s)| !matches!(s, Slot::Zero)).count() as u64;
+        let backed = self.map.range(first..=last).count() as u64;
         let want = last - first + 1 - backed;
         let spare = (self.free_ram.len() + self.free_file.len()) as u64 - self.promised_free as u64;
         let free = want.min(spare);
         let grow = (want - free) * BLOCK;
+        // Data written into the middle of a zeroed range splits it: one range more.
+        if !zeroing && self.zeros.range(..=first).next_back().is_some_and(|(&s, &e)| s < first && e > last + 1) {
+            self.ranges_room()?;
+        }
         self.take_bytes(grow)?;
         self.promised_free += free as u32;
         self.reserved_bytes += grow;
         Ok(Reservation { free: free as u32, bytes: grow })
+    }
+
+    /// Room for one more zeroed range, or the refusal.
+    fn ranges_room(&self) -> Result<(), CacheError> {
+        if self.zeros.len() >= self.limits.zero_ranges_max {
+            return Err(CacheError::NoSpace(format!(
+                "target write cache holds {} zeroed ranges, nbd.cache_zero_ranges_per_target_max {}: zero larger, adjacent ranges",
+                self.zeros.len(),
+                self.limits.zero_ranges_max
+            )));
+        }
+        Ok(())
     }
 
     /// Gives back what a write did not use of its reservation.
@@ -309,7 +420,6 @@ impl Overlay {
             }
             Slot::Ram(p) => self.free_ram.push(p),
             Slot::File(f) => self.free_file.push(f),
-            Slot::Zero => {}
         }
     }
 
@@ -338,22 +448,29 @@ impl Overlay {
         self.apply(off, data.len() as u64, Some(data), base, r)
     }
 
-    /// WRITE_ZEROES and TRIM: whole blocks become "zero" (their storage is freed), the edges of
-    /// the range are written with zeros.
+    /// WRITE_ZEROES and TRIM: whole blocks become one zeroed range (their storage is freed),
+    /// the edges of the range are written with zeros. Refused whole (ENOSPC) when the edges
+    /// find no room or the range would be one too many.
     pub fn zero(&mut self, off: u64, len: u64, base: &Chain) -> Result<(), CacheError> {
         let end = off + len;
-        let (first_full, end_full) = (off.div_ceil(BLOCK), end / BLOCK);
+        // A short last block is whole when the range reaches the end of the disk.
+        let end_full = if end == self.size { end.div_ceil(BLOCK) } else { end / BLOCK };
+        let first_full = off.div_ceil(BLOCK);
         if first_full >= end_full {
-            let mut r = self.reserve(off, len)?;
+            let mut r = self.reserve_for(off, len, true)?;
             let res = self.apply(off, len, None, base, &mut r);
             self.unreserve(r);
             return res;
         }
         let head = first_full * BLOCK - off;
-        let tail = end - end_full * BLOCK;
+        let tail = end.saturating_sub(end_full * BLOCK);
+        let adds = !self.zeros_touch(first_full, end_full);
+        if adds {
+            self.ranges_room()?;
+        }
         // Both edges reserved before either is written.
-        let mut r = self.reserve(off, head)?;
-        match self.reserve(end_full * BLOCK, tail) {
+        let mut r = self.reserve_for(off, head, true)?;
+        match self.reserve_for(end_full * BLOCK, tail, true) {
             Ok(t) => {
                 r.free += t.free;
                 r.bytes += t.bytes;
@@ -364,16 +481,12 @@ impl Overlay {
             }
         }
         let res = self.apply(off, head, None, base, &mut r).and_then(|()| self.apply(end_full * BLOCK, tail, None, base, &mut r));
+        if res.is_ok() {
+            self.widen(first_full, end_full - 1);
+            self.add_zeros(first_full, end_full);
+        }
         self.unreserve(r);
         res?;
-        if first_full < end_full {
-            self.widen(first_full, end_full - 1);
-        }
-        for b in first_full..end_full {
-            if let Some(old) = self.map.insert(b, Slot::Zero) {
-                self.release(old);
-            }
-        }
         if let Some(w) = self.persist.as_mut() {
             let zeros = [0u8; BLOCK as usize];
             for b in first_full..end_full {
@@ -403,16 +516,24 @@ impl Overlay {
             let blen = self.block_len(b);
             let whole = in_block == 0 && n as usize == blen;
             let slot = match self.map.get(&b).copied() {
-                Some(s @ (Slot::Ram(_) | Slot::File(_))) => s,
-                prior => {
+                Some(s) => s,
+                None => {
+                    let zeroed = self.is_zeroed(b);
+                    if zeroed && data.is_none() {
+                        at += n; // zeros onto a zeroed block: nothing changes
+                        continue;
+                    }
                     let s = self.alloc(r)?;
                     if !whole {
                         // Copy on write: the block's current content first.
                         block[..blen].fill(0);
-                        if prior.is_none() {
+                        if !zeroed {
                             base.read_into(b * BLOCK, &mut block[..blen]).expect("block inside the disk");
                         }
                         self.store(s, 0, &block[..blen])?;
+                    }
+                    if zeroed {
+                        self.unzero(b);
                     }
                     self.widen(b, b);
                     self.map.insert(b, s);
@@ -467,7 +588,6 @@ impl Overlay {
                 Ok(())
             }
             Slot::File(f) => self.file_io(f, at, &mut [], Some(d)),
-            Slot::Zero => unreachable!("zero blocks have no storage"),
         }
     }
 
@@ -478,10 +598,6 @@ impl Overlay {
                 Ok(())
             }
             Slot::File(f) => self.file_io(f, 0, buf, None),
-            Slot::Zero => {
-                buf.fill(0);
-                Ok(())
-            }
         }
     }
 
@@ -531,17 +647,17 @@ impl Overlay {
             }
             Ok(())
         };
-        for (&b, &s) in self.map.range(off / BLOCK..=(end - 1) / BLOCK) {
+        for (b, be, s) in self.extents(off / BLOCK, (end - 1) / BLOCK) {
             let bstart = (b * BLOCK).max(at);
             if bstart > at {
                 flush(&mut run, out, emit)?;
                 below(at, bstart, emit);
                 at = bstart;
             }
-            let bend = ((b + 1) * BLOCK).min(end);
+            let bend = (be * BLOCK).min(end);
             let (i, n) = ((at - b * BLOCK) as usize, (bend - at) as usize);
             match s {
-                Slot::File(f) if i == 0 && n == BLOCK as usize => {
+                Some(Slot::File(f)) if i == 0 && n == BLOCK as usize => {
                     run = match run {
                         Some((first, k, start)) if first + k == f => Some((first, k + 1, start)),
                         other => {
@@ -551,18 +667,18 @@ impl Overlay {
                         }
                     };
                 }
-                Slot::Ram(p) => {
+                Some(Slot::Ram(p)) => {
                     flush(&mut run, out, emit)?;
                     emit(Piece::Data(&self.page(p)[i..i + n]))
                 }
-                Slot::File(f) => {
+                Some(Slot::File(f)) => {
                     flush(&mut run, out, emit)?;
                     let start = out.len();
                     out.resize(start + n, 0);
                     self.file_io(f, i, &mut out[start..], None)?;
                     emit(Piece::Copied(start..start + n));
                 }
-                Slot::Zero => {
+                None => {
                     flush(&mut run, out, emit)?;
                     emit(Piece::Zero(n as u64))
                 }
@@ -595,13 +711,13 @@ impl Overlay {
         let below = |from: u64, to: u64, push: &mut dyn FnMut(u64, u32)| {
             let _ = base.allocation(from, to - from, &mut |_, n, allocated| push(n, if allocated { 0 } else { 3 }));
         };
-        for (&b, s) in self.map.range(off / BLOCK..=(end - 1) / BLOCK) {
+        for (b, be, s) in self.extents(off / BLOCK, (end - 1) / BLOCK) {
             let bstart = (b * BLOCK).max(at);
             if bstart > at {
                 below(at, bstart, &mut push);
             }
-            let bend = ((b + 1) * BLOCK).min(end);
-            push(bend - bstart, if matches!(s, Slot::Zero) { 2 } else { 0 });
+            let bend = (be * BLOCK).min(end);
+            push(bend - bstart, if s.is_none() { 2 } else { 0 });
             at = bend;
         }
         if at < end {
@@ -728,6 +844,7 @@ impl Registry {
             target_bytes_max: cfg.cache_bytes_per_target_max,
             total_bytes_max: cfg.cache_bytes_total_max,
             dir: cfg.cache_dir.clone(),
+            zero_ranges_max: cfg.cache_zero_ranges_per_target_max,
         };
         let (persist, version_file) = if private {
             let (w, p) = private_version(vdisk)?;
@@ -904,7 +1021,13 @@ mod tests {
         let size = 1 << 20 | 1536; // a short last block
         let (chain, mut model) = base(&dir, size);
         let total = Arc::new(AtomicU64::new(0));
-        let limits = Limits { ram_bytes: 16 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone() };
+        let limits = Limits {
+            ram_bytes: 16 * BLOCK,
+            target_bytes_max: 1 << 30,
+            total_bytes_max: 1 << 30,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+        };
         let mut o = Overlay::new(size, limits, total.clone(), None);
         let mut rng = crate::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
         for round in 0..3000 {
@@ -940,7 +1063,14 @@ mod tests {
         let dir = tmpdir("limits");
         let (chain, content) = base(&dir, 1 << 20);
         let total = Arc::new(AtomicU64::new(0));
-        let limits = Limits { ram_bytes: 4 * BLOCK, target_bytes_max: 8 * BLOCK, total_bytes_max: 12 * BLOCK, dir: dir.clone() };
+        // The total has room for the zeroed range `a` keeps below (counted, never refused).
+        let limits = Limits {
+            ram_bytes: 4 * BLOCK,
+            target_bytes_max: 8 * BLOCK,
+            total_bytes_max: 12 * BLOCK + RANGE_BYTES,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+        };
         let mut a = Overlay::new(1 << 20, limits.clone(), total.clone(), None);
         let mut b = Overlay::new(1 << 20, limits, total.clone(), None);
         a.write(0, &vec![0xaa; 8 * BLOCK as usize], &chain).unwrap();
@@ -952,6 +1082,7 @@ mod tests {
         a.write(BLOCK + 5, b"again", &chain).unwrap();
         // Zeroing frees blocks for reuse.
         a.zero(0, 2 * BLOCK, &chain).unwrap();
+        assert_eq!(a.allocated_bytes(), 8 * BLOCK + RANGE_BYTES, "the zeroed range is counted");
         a.write(20 * BLOCK, &vec![0xcc; 2 * BLOCK as usize], &chain).unwrap();
         // The other target sees none of it, and meets the global limit.
         assert!(read_all(&b, &chain, 0, 1 << 20) == content);
@@ -959,6 +1090,107 @@ mod tests {
         let e = b.write(4 * BLOCK, &[1], &chain).unwrap_err();
         assert!(matches!(e, CacheError::NoSpace(ref m) if m.contains("total")), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Item 6 of #20: a whole-disk TRIM of 64 GiB is one zeroed range, counted in the cache
+    /// bytes; a write inside it splits it; reads and block status stay right.
+    #[test]
+    fn a_whole_disk_trim_is_one_counted_range() {
+        let dir = tmpdir("trim");
+        let size = 64u64 << 30;
+        let p = dir.join("big.raw");
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        let chain = Chain::open(&p, ChainLimits::default()).unwrap();
+        let total = Arc::new(AtomicU64::new(0));
+        let limits =
+            Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone(), zero_ranges_max: 2 };
+        let mut o = Overlay::new(size, limits, total.clone(), None);
+        let t0 = Instant::now();
+        o.zero(0, size, &chain).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!((o.zero_ranges(), o.allocated_bytes(), total.load(Ordering::Relaxed)), (1, RANGE_BYTES, RANGE_BYTES));
+        o.write(1 << 30, &[5; 4096], &chain).unwrap();
+        assert_eq!(o.zero_ranges(), 2, "the write split the range");
+        assert_eq!(total.load(Ordering::Relaxed), o.allocated_bytes());
+        assert_eq!(o.allocated_bytes(), BLOCK + 2 * RANGE_BYTES);
+        let mut runs = Vec::new();
+        o.status(0, size, &chain, &mut |l, f| runs.push((l, f)));
+        assert_eq!(runs, vec![(1 << 30, 2), (BLOCK, 0), (size - (1 << 30) - BLOCK, 2)]);
+        assert_eq!(read_all(&o, &chain, (1 << 30) - 2, 4), vec![0, 0, 5, 5]);
+        // A third range is one too many: refused whole, nothing changed.
+        let e = o.write(2 << 30, &[6; 4096], &chain).unwrap_err();
+        assert!(e.to_string().contains("nbd.cache_zero_ranges_per_target_max"), "{e}");
+        assert_eq!(read_all(&o, &chain, 2 << 30, 4), vec![0; 4]);
+        let e = o.zero(4 << 30, 8192, &chain);
+        assert!(e.is_ok(), "zeroing inside a zeroed range adds nothing: {e:?}");
+        // Zeroing over the written block merges everything back into one range.
+        o.zero(0, 2 << 30, &chain).unwrap();
+        assert_eq!((o.zero_ranges(), o.allocated_bytes()), (1, BLOCK + RANGE_BYTES), "the freed page stays for reuse");
+        drop(o);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// Writes and zeroings against a model of bytes and per-block state: reads, block status,
+        /// the range invariants (disjoint, coalesced, no block both zeroed and held) and the
+        /// byte count all agree after every step.
+        #[test]
+        fn zeroed_ranges_match_a_model(ops in proptest::collection::vec((0u8..3, 0u64..(40 * BLOCK), 1u64..(12 * BLOCK)), 1..40)) {
+            let dir = tmpdir(&format!("prop-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+            let size = 40 * BLOCK + 1000;
+            let (chain, mut model) = base(&dir, size);
+            let nblocks = size.div_ceil(BLOCK) as usize;
+            let mut state = vec![0u32; nblocks]; // flags as block status reports them
+            let total = Arc::new(AtomicU64::new(0));
+            let limits = Limits { ram_bytes: 8 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone(), zero_ranges_max: 1 << 16 };
+            let mut o = Overlay::new(size, limits, total.clone(), None);
+            for (kind, off, len) in ops {
+                let len = len.min(size - off);
+                let (first, last) = (off / BLOCK, (off + len - 1) / BLOCK);
+                if kind == 0 {
+                    o.zero(off, len, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].fill(0);
+                    for b in first..=last {
+                        let whole = b * BLOCK >= off && ((b + 1) * BLOCK).min(size) <= off + len;
+                        if whole {
+                            state[b as usize] = 2;
+                        } else if state[b as usize] != 2 {
+                            state[b as usize] = 0;
+                        }
+                    }
+                } else {
+                    let d: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(kind)).collect();
+                    o.write(off, &d, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].copy_from_slice(&d);
+                    for b in first..=last {
+                        state[b as usize] = 0;
+                    }
+                }
+                proptest::prop_assert!(read_all(&o, &chain, 0, size) == model);
+                let mut got = Vec::new();
+                o.status(0, size, &chain, &mut |l, f| got.push((l, f)));
+                let mut want: Vec<(u64, u32)> = Vec::new();
+                for (b, &f) in state.iter().enumerate() {
+                    let n = (size - b as u64 * BLOCK).min(BLOCK);
+                    match want.last_mut() {
+                        Some((l, g)) if *g == f => *l += n,
+                        _ => want.push((n, f)),
+                    }
+                }
+                proptest::prop_assert_eq!(got, want);
+                let mut prev_end = None;
+                for (&s, &e) in &o.zeros {
+                    proptest::prop_assert!(s < e && prev_end.is_none_or(|p| p < s), "disjoint, not adjacent");
+                    proptest::prop_assert!(o.map.range(s..e).next().is_none(), "no held block in a zeroed range");
+                    prev_end = Some(e);
+                }
+                proptest::prop_assert_eq!(total.load(Ordering::Relaxed), o.allocated_bytes());
+            }
+            drop(o);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     /// Item 12 of #20: two targets race, each with a write of 6 blocks applied in 6 pieces
@@ -971,7 +1203,13 @@ mod tests {
         let chain = Arc::new(chain);
         for round in 0..200 {
             let total = Arc::new(AtomicU64::new(0));
-            let limits = Limits { ram_bytes: 4 * BLOCK, target_bytes_max: 8 * BLOCK, total_bytes_max: 8 * BLOCK, dir: dir.clone() };
+            let limits = Limits {
+                ram_bytes: 4 * BLOCK,
+                target_bytes_max: 8 * BLOCK,
+                total_bytes_max: 8 * BLOCK,
+                dir: dir.clone(),
+                zero_ranges_max: 1 << 16,
+            };
             let barrier = Arc::new(std::sync::Barrier::new(2));
             let threads: Vec<_> = (0..2u8)
                 .map(|i| {
@@ -1016,7 +1254,8 @@ mod tests {
     fn a_page_under_a_reply_in_flight_is_not_reused() {
         let dir = tmpdir("pin");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits = Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone() };
+        let limits =
+            Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone(), zero_ranges_max: 1 << 16 };
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.write(0, &[0xaa; BLOCK as usize], &chain).unwrap();
         let epoch = o.pin();
@@ -1050,7 +1289,8 @@ mod tests {
     fn block_status_reports_written_zeroed_and_base() {
         let dir = tmpdir("status");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits = Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone() };
+        let limits =
+            Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone(), zero_ranges_max: 1 << 16 };
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.zero(4 * BLOCK, 4 * BLOCK, &chain).unwrap();
         o.write(8 * BLOCK, &[9; 4096], &chain).unwrap();
