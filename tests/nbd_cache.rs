@@ -104,12 +104,10 @@ fn start(dir: &TempDir, nbd: &str, path: &str) -> (Server, (u16, u16, u16)) {
     (s, ports)
 }
 
-#[allow(dead_code)]
 fn metrics(http_port: u16) -> String {
     String::from_utf8(run(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{http_port}/metrics")])).stdout).unwrap()
 }
 
-#[allow(dead_code)]
 fn metric(m: &str, name: &str) -> f64 {
     m.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
@@ -183,4 +181,41 @@ fn a_reply_in_flight_keeps_its_pages_while_another_connection_trims_and_writes()
     // After the reply X reads as trimmed (zeros) and Y as written.
     assert!(reader.read(101, x, 65536).iter().all(|&b| b == 0));
     assert_same("Y", &reader.read(102, y, 65536), &ydata[..65536]);
+}
+
+/// Item 7 of #20: one address holds at most nbd.targets_per_address_max write caches (a new
+/// one gets NBD_REP_ERR_POLICY naming the key, counted); the RAM of all caches stops at
+/// nbd.cache_ram_bytes_total_max and the rest goes to the overflow files.
+#[test]
+fn targets_per_address_and_the_global_ram_cap() {
+    let dir = TempDir::new("nbd-per-address");
+    raw_image(&dir.join("a.raw"), 1, 16 * M);
+    let nbd = "targets_per_address_max = 3\ncache_keep_after_disconnect_ms = 0\ncache_ram_bytes_per_target = 65536\ncache_ram_bytes_total_max = 98304";
+    let (s, ports) = start(&dir, nbd, "a.raw");
+    let mut held: Vec<Raw> = (1..=3).map(|i| Raw::go(ports.2, &format!("v@t{i}"))).collect();
+    let (kind, msg) = Raw::try_go(ports.2, "v@t4").err().expect("a fourth target is refused");
+    assert_eq!(kind, wire::REP_ERR_POLICY);
+    assert!(msg.contains("nbd.targets_per_address_max 3") && msg.contains("127.0.0.1"), "{msg}");
+    let again = Raw::go(ports.2, "v@t2"); // a connection of a target it holds is no new target
+                                          // RAM: t1 fills its 64 KiB and more, t2 gets the 32 KiB left, the rest overflows.
+    let big = pattern(9, 0, 128 * 1024);
+    assert_eq!(held[0].request(wire::CMD_WRITE, 1, 0, big.len() as u32, &big), (0, 1));
+    assert_eq!(held[1].request(wire::CMD_WRITE, 2, 0, big.len() as u32, &big), (0, 2));
+    assert_same("t2 reads back RAM and overflow", &held[1].read(3, 0, 128 * 1024), &big);
+    let m = metrics(ports.1);
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_ram_bytes"), 98304.0, "RAM stops at the global cap");
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_bytes"), 2.0 * 131072.0);
+    assert_eq!(metric(&m, "bootfarm_nbd_targets_refused_total"), 1.0);
+    assert!(s.log().contains("cache_ram_bytes_total_max"), "meeting the RAM cap is logged");
+    // A target that goes makes room for a new one.
+    drop(held.remove(2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Raw::try_go(ports.2, "v@t4") {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no room after a target went: {e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(again);
 }

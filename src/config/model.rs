@@ -134,8 +134,12 @@ pub struct Nbd {
     /// Where write caches overflow to sparse files.
     pub cache_dir: PathBuf,
     pub cache_ram_bytes_per_target: u64,
+    /// RAM pages of all targets' caches together; beyond it new blocks go to the overflow files.
+    pub cache_ram_bytes_total_max: u64,
     pub cache_bytes_per_target_max: u64,
     pub cache_bytes_total_max: u64,
+    /// New targets one client address may hold (connected or kept for a reconnect).
+    pub targets_per_address_max: usize,
     /// Zeroed (TRIM/WRITE_ZEROES) ranges one target's cache keeps, each counted as 64 bytes.
     pub cache_zero_ranges_per_target_max: usize,
     /// A target reconnecting within this time keeps its write cache (failover, network blip);
@@ -158,6 +162,8 @@ impl Default for Nbd {
             request_bytes_max: 32 << 20,
             cache_dir: PathBuf::from("/var/cache/bootfarm"),
             cache_ram_bytes_per_target: 64 << 20,
+            cache_ram_bytes_total_max: 8 << 30,
+            targets_per_address_max: 128,
             cache_bytes_per_target_max: 8 << 30,
             cache_bytes_total_max: 256 << 30,
             cache_zero_ranges_per_target_max: 65536,
@@ -333,6 +339,10 @@ queue_depth_max = 128               # requests in flight per connection
 request_bytes_max = 33554432        # 32 MiB
 cache_dir = "/var/cache/bootfarm"   # write caches overflow here
 cache_ram_bytes_per_target = 67108864       # 64 MiB in RAM, then the sparse file
+cache_ram_bytes_total_max = 8589934592      # 8 GiB of RAM for all targets, then their sparse files
+                                            # (a fixed figure, the same on every node: raise it with the RAM)
+targets_per_address_max = 128               # write caches one client address may hold (NAT'd labs:
+                                            # raise it; bootstorm from one host needs one per target)
 cache_bytes_per_target_max = 8589934592     # 8 GiB: beyond it writes fail with ENOSPC
 cache_bytes_total_max = 274877906944        # 256 GiB
 cache_zero_ranges_per_target_max = 65536    # TRIM/WRITE_ZEROES ranges kept (coalesced; 64 bytes each,

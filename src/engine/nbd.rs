@@ -1058,9 +1058,13 @@ fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> R
             Ok(())
         }
         Err(e) => {
-            ctx.stats.counters.add(Counter::NbdRefusedPrivate, 1);
+            let counter = match e {
+                cache::AttachError::Private(_) => Counter::NbdRefusedPrivate,
+                cache::AttachError::TargetsPerAddress(_) => Counter::NbdRefusedTargets,
+            };
+            ctx.stats.counters.add(counter, 1);
             tracing::warn!(client = %c.peer, export = %vd.name, "nbd connection refused: {e}");
-            Err(e)
+            Err(e.to_string())
         }
     }
 }

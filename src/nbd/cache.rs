@@ -91,6 +91,10 @@ pub struct Limits {
     pub dir: PathBuf,
     /// Most zeroed ranges one overlay keeps (nbd.cache_zero_ranges_per_target_max).
     pub zero_ranges_max: usize,
+    /// RAM pages of all overlays (nbd.cache_ram_bytes_total_max): beyond it new blocks go to
+    /// the overflow file.
+    pub ram_total_max: u64,
+    pub ram_total: Arc<AtomicU64>,
 }
 
 pub struct Overlay {
@@ -123,6 +127,8 @@ pub struct Overlay {
     /// Private mode: every changed block is also written here.
     persist: Option<Writer>,
     pub bytes_written: u64,
+    /// The global RAM cap was met (logged once per overlay).
+    ram_capped: bool,
 }
 
 impl Overlay {
@@ -147,6 +153,7 @@ impl Overlay {
             size,
             persist,
             bytes_written: 0,
+            ram_capped: false,
         }
     }
 
@@ -336,6 +343,21 @@ impl Overlay {
         })
     }
 
+    /// One more RAM page in the global RAM budget, or false (the block goes to the file).
+    fn take_ram(&mut self) -> bool {
+        let max = self.limits.ram_total_max;
+        let ok =
+            self.limits.ram_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t + BLOCK <= max).then_some(t + BLOCK)).is_ok();
+        if !ok && !self.ram_capped {
+            self.ram_capped = true;
+            tracing::info!(
+                ram_bytes = self.ram_bytes(),
+                "write caches hold nbd.cache_ram_bytes_total_max {max} of RAM: this target's new blocks go to its overflow file"
+            );
+        }
+        ok
+    }
+
     /// A slot for a block that has none: from the reservation first, then (a concurrent TRIM
     /// freed blocks of the range after it was reserved) from what is left.
     fn alloc(&mut self, r: &mut Reservation) -> Result<Slot, CacheError> {
@@ -357,7 +379,7 @@ impl Overlay {
         } else {
             self.take_bytes(BLOCK)?;
         }
-        if (self.ram_pages as u64 + 1) * BLOCK <= self.limits.ram_bytes {
+        if (self.ram_pages as u64 + 1) * BLOCK <= self.limits.ram_bytes && self.take_ram() {
             let p = self.ram_pages;
             if p % PAGES_PER_CHUNK == 0 {
                 self.chunks.push(vec![0u8; (PAGES_PER_CHUNK as u64 * BLOCK) as usize].into_boxed_slice());
@@ -732,6 +754,7 @@ impl Overlay {
 impl Drop for Overlay {
     fn drop(&mut self) {
         self.total.fetch_sub(self.allocated_bytes() + self.reserved_bytes, Ordering::AcqRel);
+        self.limits.ram_total.fetch_sub(self.ram_bytes(), Ordering::AcqRel);
     }
 }
 
@@ -770,6 +793,30 @@ struct Entry {
     conns: usize,
     idle_since: Option<Instant>,
     client: String,
+    /// The client address that made the target (nbd.targets_per_address_max).
+    addr: String,
+}
+
+/// Why a connection got no target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachError {
+    /// A private-mode vdisk already has its writer, or its version file cannot be made.
+    Private(String),
+    /// The client's address already holds nbd.targets_per_address_max targets.
+    TargetsPerAddress(String),
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Private(s) | AttachError::TargetsPerAddress(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The address part of a connection's peer ("10.0.0.7:51234" -> "10.0.0.7").
+fn address_of(client: &str) -> String {
+    client.parse::<std::net::SocketAddr>().map(|a| a.ip().to_canonical().to_string()).unwrap_or_else(|_| client.to_string())
 }
 
 /// Every target's cache, shared by the workers (a reconnect may land on any of them). The
@@ -779,6 +826,8 @@ pub struct Registry {
     entries: Mutex<HashMap<(String, String), Entry>>,
     /// Bytes of RAM and overflow held by all overlays (nbd.cache_bytes_total_max).
     pub total: Arc<AtomicU64>,
+    /// Bytes of RAM pages held by all overlays (nbd.cache_ram_bytes_total_max).
+    pub ram_total: Arc<AtomicU64>,
 }
 
 /// Splits an export name into (vdisk, explicit target id).
@@ -804,7 +853,7 @@ impl Registry {
         client: &str,
         cfg: &crate::config::Nbd,
         now: Instant,
-    ) -> Result<(Arc<Target>, bool), String> {
+    ) -> Result<(Arc<Target>, bool), AttachError> {
         use crate::config::Mode;
         let keep = Duration::from_millis(cfg.cache_keep_after_disconnect_ms);
         self.sweep(now, keep);
@@ -814,10 +863,10 @@ impl Registry {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
                 Some(e) if e.conns > 0 && private => {
-                    return Err(format!(
+                    return Err(AttachError::Private(format!(
                         "vdisk {} is in private mode and already has a writer ({}); one connection at a time",
                         vdisk.name, e.client
-                    ));
+                    )));
                 }
                 Some(e) if e.conns > 0 || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
                     if !Arc::ptr_eq(&e.target.vdisk, vdisk) {
@@ -839,15 +888,19 @@ impl Registry {
         if let Some(t) = stale {
             end_target(&t, "the vdisk changed");
         }
+        let addr = address_of(client);
+        self.room_for(&self.entries.lock().unwrap(), &addr, cfg.targets_per_address_max)?;
         let limits = Limits {
             ram_bytes: cfg.cache_ram_bytes_per_target,
             target_bytes_max: cfg.cache_bytes_per_target_max,
             total_bytes_max: cfg.cache_bytes_total_max,
             dir: cfg.cache_dir.clone(),
             zero_ranges_max: cfg.cache_zero_ranges_per_target_max,
+            ram_total_max: cfg.cache_ram_bytes_total_max,
+            ram_total: self.ram_total.clone(),
         };
         let (persist, version_file) = if private {
-            let (w, p) = private_version(vdisk)?;
+            let (w, p) = private_version(vdisk).map_err(AttachError::Private)?;
             (Some(w), Some(p))
         } else {
             (None, None)
@@ -860,10 +913,26 @@ impl Registry {
         });
         let mut map = self.entries.lock().unwrap();
         if private && map.get(&key).is_some_and(|e| e.conns > 0) {
-            return Err(format!("vdisk {} is in private mode and already has a writer; one connection at a time", vdisk.name));
+            return Err(AttachError::Private(format!(
+                "vdisk {} is in private mode and already has a writer; one connection at a time",
+                vdisk.name
+            )));
         }
-        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client: client.to_string() });
+        self.room_for(&map, &addr, cfg.targets_per_address_max)?;
+        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client: client.to_string(), addr });
         Ok((target, false))
+    }
+
+    /// Refuses a new target from an address that already holds `max` (connected or kept).
+    fn room_for(&self, map: &HashMap<(String, String), Entry>, addr: &str, max: usize) -> Result<(), AttachError> {
+        let held = map.values().filter(|e| e.addr == addr).count();
+        if held >= max {
+            return Err(AttachError::TargetsPerAddress(format!(
+                "address {addr} already holds {held} write caches (nbd.targets_per_address_max {max}, connected or kept for a reconnect): \
+                 reuse the target id, wait nbd.cache_keep_after_disconnect_ms for old ones to go, or raise the limit"
+            )));
+        }
+        Ok(())
     }
 
     /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
@@ -1027,6 +1096,8 @@ mod tests {
             total_bytes_max: 1 << 30,
             dir: dir.clone(),
             zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
         };
         let mut o = Overlay::new(size, limits, total.clone(), None);
         let mut rng = crate::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
@@ -1070,6 +1141,8 @@ mod tests {
             total_bytes_max: 12 * BLOCK + RANGE_BYTES,
             dir: dir.clone(),
             zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
         };
         let mut a = Overlay::new(1 << 20, limits.clone(), total.clone(), None);
         let mut b = Overlay::new(1 << 20, limits, total.clone(), None);
@@ -1102,8 +1175,15 @@ mod tests {
         std::fs::File::create(&p).unwrap().set_len(size).unwrap();
         let chain = Chain::open(&p, ChainLimits::default()).unwrap();
         let total = Arc::new(AtomicU64::new(0));
-        let limits =
-            Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone(), zero_ranges_max: 2 };
+        let limits = Limits {
+            ram_bytes: 1 << 20,
+            target_bytes_max: 1 << 30,
+            total_bytes_max: 1 << 30,
+            dir: dir.clone(),
+            zero_ranges_max: 2,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
         let mut o = Overlay::new(size, limits, total.clone(), None);
         let t0 = Instant::now();
         o.zero(0, size, &chain).unwrap();
@@ -1144,7 +1224,7 @@ mod tests {
             let nblocks = size.div_ceil(BLOCK) as usize;
             let mut state = vec![0u32; nblocks]; // flags as block status reports them
             let total = Arc::new(AtomicU64::new(0));
-            let limits = Limits { ram_bytes: 8 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone(), zero_ranges_max: 1 << 16 };
+            let limits = Limits { ram_bytes: 8 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone(), zero_ranges_max: 1 << 16, ram_total_max: u64::MAX, ram_total: Default::default() };
             let mut o = Overlay::new(size, limits, total.clone(), None);
             for (kind, off, len) in ops {
                 let len = len.min(size - off);
@@ -1193,6 +1273,38 @@ mod tests {
         }
     }
 
+    /// Item 7 of #20: the RAM tier of all overlays together stops at its global cap; blocks
+    /// beyond it go to the overflow file and read back the same.
+    #[test]
+    fn the_ram_tier_has_a_global_cap() {
+        let dir = tmpdir("ramcap");
+        let (chain, _) = base(&dir, 64 * BLOCK);
+        let (total, ram) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let limits = Limits {
+            ram_bytes: 4 * BLOCK,
+            target_bytes_max: 1 << 20,
+            total_bytes_max: 1 << 20,
+            dir: dir.clone(),
+            zero_ranges_max: 16,
+            ram_total_max: 5 * BLOCK,
+            ram_total: ram.clone(),
+        };
+        let mut a = Overlay::new(64 * BLOCK, limits.clone(), total.clone(), None);
+        let mut b = Overlay::new(64 * BLOCK, limits, total.clone(), None);
+        a.write(0, &[1; 3 * BLOCK as usize], &chain).unwrap();
+        b.write(0, &[2; 4 * BLOCK as usize], &chain).unwrap();
+        assert_eq!((a.ram_pages, b.ram_pages, b.file_slots), (3, 2, 2), "b met the global cap");
+        assert_eq!(ram.load(Ordering::Relaxed), 5 * BLOCK);
+        assert_eq!(read_all(&b, &chain, 0, 4 * BLOCK), vec![2; 4 * BLOCK as usize]);
+        drop(a);
+        assert_eq!(ram.load(Ordering::Relaxed), 2 * BLOCK, "a's pages went back");
+        b.write(8 * BLOCK, &[3; 2 * BLOCK as usize], &chain).unwrap();
+        assert_eq!(b.ram_pages, 4, "b's next blocks are in RAM again, up to its own limit");
+        drop(b);
+        assert_eq!((ram.load(Ordering::Relaxed), total.load(Ordering::Relaxed)), (0, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Item 12 of #20: two targets race, each with a write of 6 blocks applied in 6 pieces
     /// (as a WRITE payload arrives), for a global budget of 8 blocks. The first to reserve
     /// writes everything; the other is refused before any byte lands, never half of each.
@@ -1209,6 +1321,8 @@ mod tests {
                 total_bytes_max: 8 * BLOCK,
                 dir: dir.clone(),
                 zero_ranges_max: 1 << 16,
+                ram_total_max: u64::MAX,
+                ram_total: Default::default(),
             };
             let barrier = Arc::new(std::sync::Barrier::new(2));
             let threads: Vec<_> = (0..2u8)
@@ -1254,8 +1368,15 @@ mod tests {
     fn a_page_under_a_reply_in_flight_is_not_reused() {
         let dir = tmpdir("pin");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits =
-            Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone(), zero_ranges_max: 1 << 16 };
+        let limits = Limits {
+            ram_bytes: 1 << 20,
+            target_bytes_max: 1 << 20,
+            total_bytes_max: 1 << 20,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.write(0, &[0xaa; BLOCK as usize], &chain).unwrap();
         let epoch = o.pin();
@@ -1289,8 +1410,15 @@ mod tests {
     fn block_status_reports_written_zeroed_and_base() {
         let dir = tmpdir("status");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits =
-            Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone(), zero_ranges_max: 1 << 16 };
+        let limits = Limits {
+            ram_bytes: 1 << 20,
+            target_bytes_max: 1 << 20,
+            total_bytes_max: 1 << 20,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.zero(4 * BLOCK, 4 * BLOCK, &chain).unwrap();
         o.write(8 * BLOCK, &[9; 4096], &chain).unwrap();
