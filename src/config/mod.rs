@@ -255,6 +255,14 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if c.nbd.request_bytes_max < 4096 || !c.nbd.request_bytes_max.is_power_of_two() {
         return Err(err(file, "nbd.request_bytes_max", c.nbd.request_bytes_max, "must be a power of two of at least 4096"));
     }
+    if c.nbd.reply_scratch_bytes_max < 4096 || c.nbd.reply_scratch_bytes_max > 1 << 30 {
+        return Err(err(
+            file,
+            "nbd.reply_scratch_bytes_max",
+            c.nbd.reply_scratch_bytes_max,
+            "must be between 4096 (one cache block) and 1 GiB",
+        ));
+    }
     if c.nbd.cache_ram_bytes_per_target > c.nbd.cache_ram_bytes_total_max {
         return Err(err(file, "nbd.cache_ram_bytes_per_target", c.nbd.cache_ram_bytes_per_target, "exceeds nbd.cache_ram_bytes_total_max"));
     }

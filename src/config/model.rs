@@ -146,6 +146,9 @@ pub struct Nbd {
     /// a later connection is a new boot and starts clean. Kept short so that a quick reboot is
     /// not mistaken for a blip; a client that names itself per boot (`vdisk@id`) can go longer.
     pub cache_keep_after_disconnect_ms: u64,
+    /// Bytes of overflow-file blocks one connection copies into its reply batch; a READ past
+    /// it goes out over several batches.
+    pub reply_scratch_bytes_max: u64,
     /// Reply batches of at least this many bytes use SEND_ZC (0 = never), as http.send_zc_min_bytes.
     pub send_zc_min_bytes: u64,
     /// A reply send must make progress within this time (a client that stops reading).
@@ -168,6 +171,7 @@ impl Default for Nbd {
             cache_bytes_total_max: 256 << 30,
             cache_zero_ranges_per_target_max: 65536,
             cache_keep_after_disconnect_ms: 15_000,
+            reply_scratch_bytes_max: 4 << 20,
             send_zc_min_bytes: 0,
             send_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
@@ -349,6 +353,8 @@ cache_zero_ranges_per_target_max = 65536    # TRIM/WRITE_ZEROES ranges kept (coa
                                             # counted in the cache bytes); beyond it ENOSPC
 cache_keep_after_disconnect_ms = 15000      # a reconnect within this keeps the cache (blip, failover);
                                             # later = a new boot, the cache is discarded
+reply_scratch_bytes_max = 4194304   # 4 MiB per connection of overflow-file blocks copied for replies;
+                                    # larger READs go out over several batches
 send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)
 send_timeout_ms = 30000             # a client that stops reading is cut off
 handshake_timeout_ms = 10000        # a client that never finishes the handshake is cut off

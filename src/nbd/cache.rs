@@ -632,17 +632,21 @@ impl Overlay {
     }
 
     /// Emits `[off, off + len)` as the target sees it. Overflow blocks are copied to the end of
-    /// `out` (the only copy on this path). The range must lie inside the disk.
+    /// `out` (the only copy on this path), which never grows past `out_max`: the read stops
+    /// before an overflow block that would not fit and returns how many bytes it emitted (at
+    /// least one block's worth when `out` has a block of room). The range must lie inside the
+    /// disk.
     pub fn read<'a>(
         &'a self,
         off: u64,
         len: u64,
         base: &'a Chain,
         out: &mut Vec<u8>,
+        out_max: usize,
         emit: &mut dyn FnMut(Piece<'a>),
-    ) -> Result<(), CacheError> {
+    ) -> Result<u64, CacheError> {
         if len == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let end = off + len;
         let mut at = off;
@@ -655,7 +659,7 @@ impl Overlay {
         };
         if !self.may_hold(off / BLOCK, (end - 1) / BLOCK) {
             below(off, end, emit);
-            return Ok(());
+            return Ok(len);
         }
         // Whole blocks in consecutive overflow slots come in with one pread:
         // (first slot, blocks, start in `out`).
@@ -678,6 +682,13 @@ impl Overlay {
             }
             let bend = (be * BLOCK).min(end);
             let (i, n) = ((at - b * BLOCK) as usize, (bend - at) as usize);
+            if matches!(s, Some(Slot::File(_))) {
+                let pending = run.map_or(0, |(_, k, _)| k as usize * BLOCK as usize);
+                if out.len() + pending + n > out_max {
+                    flush(&mut run, out, emit)?;
+                    return Ok(at - off); // the rest in a later batch
+                }
+            }
             match s {
                 Some(Slot::File(f)) if i == 0 && n == BLOCK as usize => {
                     run = match run {
@@ -711,7 +722,7 @@ impl Overlay {
         if at < end {
             below(at, end, emit);
         }
-        Ok(())
+        Ok(len)
     }
 
     /// Allocation status (NBD base:allocation) of `[off, off + len)`: (length, flags) runs with
@@ -1061,7 +1072,7 @@ mod tests {
         let mut scratch = Vec::new();
         let mut pieces: Vec<(u8, usize, usize, u64)> = Vec::new();
         let mut out = Vec::new();
-        o.read(off, len, chain, &mut scratch, &mut |p| match p {
+        o.read(off, len, chain, &mut scratch, usize::MAX, &mut |p| match p {
             Piece::Data(d) => out.extend_from_slice(d),
             Piece::Copied(r) => pieces.push((1, r.start, r.end, out.len() as u64)),
             Piece::Zero(n) => out.extend(std::iter::repeat_n(0u8, n as usize)),
@@ -1381,7 +1392,7 @@ mod tests {
         o.write(0, &[0xaa; BLOCK as usize], &chain).unwrap();
         let epoch = o.pin();
         let mut ptr = None;
-        o.read(0, BLOCK, &chain, &mut Vec::new(), &mut |p| {
+        o.read(0, BLOCK, &chain, &mut Vec::new(), usize::MAX, &mut |p| {
             if let Piece::Data(d) = p {
                 ptr = Some(d.as_ptr())
             }
