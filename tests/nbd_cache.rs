@@ -104,12 +104,10 @@ fn start(dir: &TempDir, nbd: &str, path: &str) -> (Server, (u16, u16, u16)) {
     (s, ports)
 }
 
-#[allow(dead_code)]
 fn metrics(http_port: u16) -> String {
     String::from_utf8(run(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{http_port}/metrics")])).stdout).unwrap()
 }
 
-#[allow(dead_code)]
 fn metric(m: &str, name: &str) -> f64 {
     m.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
@@ -183,4 +181,118 @@ fn a_reply_in_flight_keeps_its_pages_while_another_connection_trims_and_writes()
     // After the reply X reads as trimmed (zeros) and Y as written.
     assert!(reader.read(101, x, 65536).iter().all(|&b| b == 0));
     assert_same("Y", &reader.read(102, y, 65536), &ydata[..65536]);
+}
+
+/// Item 7 of #20: one address holds at most nbd.targets_per_address_max write caches (a new
+/// one gets NBD_REP_ERR_POLICY naming the key, counted); the RAM of all caches stops at
+/// nbd.cache_ram_bytes_total_max and the rest goes to the overflow files.
+#[test]
+fn targets_per_address_and_the_global_ram_cap() {
+    let dir = TempDir::new("nbd-per-address");
+    raw_image(&dir.join("a.raw"), 1, 16 * M);
+    let nbd = "targets_per_address_max = 3\ncache_keep_after_disconnect_ms = 0\ncache_ram_bytes_per_target = 65536\ncache_ram_bytes_total_max = 98304";
+    let (s, ports) = start(&dir, nbd, "a.raw");
+    let mut held: Vec<Raw> = (1..=3).map(|i| Raw::go(ports.2, &format!("v@t{i}"))).collect();
+    let (kind, msg) = Raw::try_go(ports.2, "v@t4").err().expect("a fourth target is refused");
+    assert_eq!(kind, wire::REP_ERR_POLICY);
+    assert!(msg.contains("nbd.targets_per_address_max 3") && msg.contains("127.0.0.1"), "{msg}");
+    let again = Raw::go(ports.2, "v@t2"); // a connection of a target it holds is no new target
+                                          // RAM: t1 fills its 64 KiB and more, t2 gets the 32 KiB left, the rest overflows.
+    let big = pattern(9, 0, 128 * 1024);
+    assert_eq!(held[0].request(wire::CMD_WRITE, 1, 0, big.len() as u32, &big), (0, 1));
+    assert_eq!(held[1].request(wire::CMD_WRITE, 2, 0, big.len() as u32, &big), (0, 2));
+    assert_same("t2 reads back RAM and overflow", &held[1].read(3, 0, 128 * 1024), &big);
+    let m = metrics(ports.1);
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_ram_bytes"), 98304.0, "RAM stops at the global cap");
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_bytes"), 2.0 * 131072.0);
+    assert_eq!(metric(&m, "bootfarm_nbd_targets_refused_total"), 1.0);
+    assert!(s.log().contains("cache_ram_bytes_total_max"), "meeting the RAM cap is logged");
+    // A target that goes makes room for a new one.
+    drop(held.remove(2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Raw::try_go(ports.2, "v@t4") {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no room after a target went: {e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(again);
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+}
+
+/// Item 5 of #20: 20 connections ask for 8 READs of 8 MiB of overflow-file blocks each and
+/// do not read the replies. The copies a connection holds stop at nbd.reply_scratch_bytes_max
+/// (4 MiB) instead of a whole batch (64 MiB), and a READ larger than that is answered over
+/// several batches with the right bytes.
+#[test]
+fn connections_that_do_not_read_hold_bounded_reply_memory() {
+    let dir = TempDir::new("nbd-scratch");
+    raw_image(&dir.join("a.raw"), 1, 16 * M);
+    let (s, ports) = start(&dir, "cache_ram_bytes_per_target = 4096", "a.raw");
+    let pid = s.child.id();
+    let len = 8 * M as usize;
+    let data = pattern(4, 0, len);
+    let mut w = Raw::go(ports.2, "v@t");
+    for (i, part) in data.chunks(4 * M as usize).enumerate() {
+        assert_eq!(w.request(wire::CMD_WRITE, i as u64, i as u64 * 4 * M, part.len() as u32, part), (0, i as u64));
+    }
+    let before = vm_rss_kib(pid);
+    let mut conns: Vec<Raw> = (0..20).map(|_| Raw::go(ports.2, "v@t")).collect();
+    for c in conns.iter_mut() {
+        for i in 0..8 {
+            c.s.write_all(&encode(wire::CMD_READ, i, 0, len as u32, &[])).unwrap();
+        }
+    }
+    // Every connection's reply has started; then RSS is sampled until it settles.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for c in &conns {
+        let mut h = [0u8; 16];
+        while c.s.peek(&mut h).unwrap_or(0) < 16 {
+            assert!(Instant::now() < deadline, "a reply did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let (mut peak, mut still) = (0u64, 0);
+    while still < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let r = vm_rss_kib(pid);
+        still = if r <= peak + 512 { still + 1 } else { 0 };
+        peak = peak.max(r);
+    }
+    let grown_mib = peak.saturating_sub(before) as f64 / 1024.0;
+    eprintln!("VmRSS {before} kB before, {peak} kB with 20 stalled connections: {:.1} MiB per connection", grown_mib / 20.0);
+    assert!(grown_mib / 20.0 < 8.0, "reply memory per stalled connection: {:.1} MiB", grown_mib / 20.0);
+    // Two of them read everything: each 8 MiB reply, split over batches, is whole and right.
+    for c in conns.iter_mut().take(2) {
+        for i in 0..8 {
+            assert_eq!(c.reply(), (0, i));
+            let mut got = vec![0u8; len];
+            c.s.read_exact(&mut got).unwrap();
+            assert_same("a READ answered over several batches", &got, &data);
+        }
+    }
+}
+
+/// Structured replies split over batches (a tiny scratch): qemu-io reads data, holes and
+/// overflow blocks with its pattern check.
+#[test]
+fn structured_replies_split_over_batches_read_right() {
+    let dir = TempDir::new("nbd-split");
+    raw_image(&dir.join("a.raw"), 1, 16 * M);
+    let (_s, ports) = start(&dir, "cache_ram_bytes_per_target = 65536\nreply_scratch_bytes_max = 16384", "a.raw");
+    let o = Command::new("qemu-io")
+        .args(["--image-opts", &format!("driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={},export=v@q", ports.2)])
+        .args(["-c", "write -P 7 0 4M", "-c", "write -z 1M 64k", "-c", "write -P 9 2M 5000"])
+        .args(["-c", "read -P 7 0 1M", "-c", "read -P 0 1M 64k", "-c", "read -P 7 1114112 983040", "-c", "read -P 9 2M 5000"])
+        .args(["-c", "read -P 7 2102152 2092152"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && !text.contains("Pattern verification failed") && !text.contains("error"), "{text}");
+    assert_eq!(text.matches("read ").count(), 5, "{text}");
 }

@@ -310,6 +310,8 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
         ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),
         ("nbd.cache_bytes_total_max", c.nbd.cache_bytes_total_max),
+        ("nbd.cache_zero_ranges_per_target_max", c.nbd.cache_zero_ranges_per_target_max as u64),
+        ("nbd.targets_per_address_max", c.nbd.targets_per_address_max as u64),
         ("nbd.send_timeout_ms", c.nbd.send_timeout_ms),
         ("nbd.handshake_timeout_ms", c.nbd.handshake_timeout_ms),
         ("farm.health_failures_max", c.farm.health_failures_max as u64),
@@ -327,6 +329,17 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     }
     if c.nbd.request_bytes_max < 4096 || !c.nbd.request_bytes_max.is_power_of_two() {
         return Err(err(file, "nbd.request_bytes_max", c.nbd.request_bytes_max, "must be a power of two of at least 4096"));
+    }
+    if c.nbd.reply_scratch_bytes_max < 4096 || c.nbd.reply_scratch_bytes_max > 1 << 30 {
+        return Err(err(
+            file,
+            "nbd.reply_scratch_bytes_max",
+            c.nbd.reply_scratch_bytes_max,
+            "must be between 4096 (one cache block) and 1 GiB",
+        ));
+    }
+    if c.nbd.cache_ram_bytes_per_target > c.nbd.cache_ram_bytes_total_max {
+        return Err(err(file, "nbd.cache_ram_bytes_per_target", c.nbd.cache_ram_bytes_per_target, "exceeds nbd.cache_ram_bytes_total_max"));
     }
     if c.nbd.cache_bytes_per_target_max > c.nbd.cache_bytes_total_max {
         return Err(err(file, "nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max, "exceeds nbd.cache_bytes_total_max"));

@@ -137,12 +137,21 @@ pub struct Nbd {
     /// Where write caches overflow to sparse files.
     pub cache_dir: PathBuf,
     pub cache_ram_bytes_per_target: u64,
+    /// RAM pages of all targets' caches together; beyond it new blocks go to the overflow files.
+    pub cache_ram_bytes_total_max: u64,
     pub cache_bytes_per_target_max: u64,
     pub cache_bytes_total_max: u64,
+    /// New targets one client address may hold (connected or kept for a reconnect).
+    pub targets_per_address_max: usize,
+    /// Zeroed (TRIM/WRITE_ZEROES) ranges one target's cache keeps, each counted as 64 bytes.
+    pub cache_zero_ranges_per_target_max: usize,
     /// A target reconnecting within this time keeps its write cache (failover, network blip);
     /// a later connection is a new boot and starts clean. Kept short so that a quick reboot is
     /// not mistaken for a blip; a client that names itself per boot (`vdisk@id`) can go longer.
     pub cache_keep_after_disconnect_ms: u64,
+    /// Bytes of overflow-file blocks one connection copies into its reply batch; a READ past
+    /// it goes out over several batches.
+    pub reply_scratch_bytes_max: u64,
     /// Reply batches of at least this many bytes use SEND_ZC (0 = never), as http.send_zc_min_bytes.
     pub send_zc_min_bytes: u64,
     /// A reply send must make progress within this time (a client that stops reading).
@@ -159,9 +168,13 @@ impl Default for Nbd {
             request_bytes_max: 32 << 20,
             cache_dir: PathBuf::from("/var/cache/bootfarm"),
             cache_ram_bytes_per_target: 64 << 20,
+            cache_ram_bytes_total_max: 8 << 30,
+            targets_per_address_max: 128,
             cache_bytes_per_target_max: 8 << 30,
             cache_bytes_total_max: 256 << 30,
+            cache_zero_ranges_per_target_max: 65536,
             cache_keep_after_disconnect_ms: 15_000,
+            reply_scratch_bytes_max: 4 << 20,
             send_zc_min_bytes: 0,
             send_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
@@ -345,10 +358,18 @@ queue_depth_max = 128               # requests in flight per connection
 request_bytes_max = 33554432        # 32 MiB
 cache_dir = "/var/cache/bootfarm"   # write caches overflow here
 cache_ram_bytes_per_target = 67108864       # 64 MiB in RAM, then the sparse file
+cache_ram_bytes_total_max = 8589934592      # 8 GiB of RAM for all targets, then their sparse files
+                                            # (a fixed figure, the same on every node: raise it with the RAM)
+targets_per_address_max = 128               # write caches one client address may hold (NAT'd labs:
+                                            # raise it; bootstorm from one host needs one per target)
 cache_bytes_per_target_max = 8589934592     # 8 GiB: beyond it writes fail with ENOSPC
 cache_bytes_total_max = 274877906944        # 256 GiB
+cache_zero_ranges_per_target_max = 65536    # TRIM/WRITE_ZEROES ranges kept (coalesced; 64 bytes each,
+                                            # counted in the cache bytes); beyond it ENOSPC
 cache_keep_after_disconnect_ms = 15000      # a reconnect within this keeps the cache (blip, failover);
                                             # later = a new boot, the cache is discarded
+reply_scratch_bytes_max = 4194304   # 4 MiB per connection of overflow-file blocks copied for replies;
+                                    # larger READs go out over several batches
 send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)
 send_timeout_ms = 30000             # a client that stops reading is cut off
 handshake_timeout_ms = 10000        # a client that never finishes the handshake is cut off

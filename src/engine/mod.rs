@@ -162,6 +162,12 @@ pub fn render_metrics(shared: &Shared) -> String {
                 "RAM and overflow bytes held by all NBD write caches.",
                 shared.nbd_targets.total.load(r) as f64,
             ),
+            (
+                "bootfarm_nbd_cache_ram_bytes",
+                "",
+                "RAM pages held by all NBD write caches (nbd.cache_ram_bytes_total_max).",
+                shared.nbd_targets.ram_total.load(r) as f64,
+            ),
         ],
     );
     let hs: Vec<&Histogram> = shared.workers.iter().map(|w| &w.tftp_duration).collect();

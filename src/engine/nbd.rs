@@ -4,7 +4,8 @@
 //! Requests are pipelined: everything the client has sent (up to `nbd.queue_depth_max`
 //! requests) is answered in one batch, and the batch goes out as one sendmsg whose iovecs
 //! point at reply headers, at the image mapping and at the target's RAM cache pages (no copy;
-//! only overflow-file blocks are copied). The next batch is parsed while nothing is being
+//! only overflow-file blocks are copied, at most `nbd.reply_scratch_bytes_max` per batch: a
+//! READ with more goes out over several batches). The next batch is parsed while nothing is being
 //! sent; receiving goes on meanwhile into the free end of the buffer. When a client sends more
 //! than the queue allows, reading stops until the replies are out, so TCP pushes back.
 //!
@@ -69,6 +70,8 @@ struct Incoming {
     fua: bool,
     /// Refused up front or failed part way: the rest is skipped and this is the answer.
     error: Option<(u32, String)>,
+    /// The cache slots reserved for the whole write before its first byte was applied.
+    reservation: cache::Reservation,
 }
 
 struct Conn {
@@ -111,6 +114,8 @@ struct Conn {
     progress_at: Instant,
     // Scratch for one read: the pieces the cache emits.
     tmp: Vec<RPiece>,
+    /// A READ whose reply continues in the next batch.
+    cont: Option<Cont>,
     /// The target's free epoch pinned by this batch (it points at cache pages): released when
     /// the batch is out, or when the connection goes.
     pin: Option<u64>,
@@ -128,6 +133,10 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.unpin();
+        // Gone in the middle of a WRITE: what it reserved and did not use goes back.
+        if let (Some(inc), Some(t)) = (self.incoming.take(), self.target.as_ref()) {
+            t.overlay.lock().unwrap().unreserve(inc.reservation);
+        }
     }
 }
 
@@ -342,6 +351,7 @@ impl NbdService {
                 progress_at: now,
                 tmp: Vec::new(),
                 pin: None,
+                cont: None,
             });
             c.put(|o| o.extend_from_slice(&wire::greeting()));
             c
@@ -389,7 +399,11 @@ impl NbdService {
             // The batch is out: start the next one.
             c.unpin();
             c.out.clear();
-            c.scratch.clear();
+            if c.head == c.tail && c.cont.is_none() && c.scratch.capacity() > 64 * 1024 {
+                c.scratch = Vec::new(); // nothing more asked for: an idle connection holds no copies
+            } else {
+                c.scratch.clear();
+            }
             c.pieces.clear();
             c.total = 0;
             c.sent = 0;
@@ -553,6 +567,17 @@ fn step(c: &mut Conn, ctx: &mut Ctx) -> bool {
         if answered >= depth || c.total >= BATCH_BYTES || c.pieces.len() >= BATCH_PIECES {
             return false;
         }
+        if let Some(k) = c.cont.take() {
+            let target = c.target.clone().expect("transmission has a target");
+            if read(c, &target, k, ctx.snap.config.nbd.reply_scratch_bytes_max as usize) {
+                return true;
+            }
+            if c.cont.is_some() {
+                return false;
+            }
+            answered += 1;
+            continue;
+        }
         if c.incoming.is_some() {
             match payload(c, ctx) {
                 Some(true) => answered += 1,
@@ -603,6 +628,9 @@ fn step(c: &mut Conn, ctx: &mut Ctx) -> bool {
                 if command(c, r, ctx) {
                     answered += 1;
                 }
+                if c.cont.is_some() || c.close_after {
+                    return c.close_after; // the rest of a READ goes first in the next batch
+                }
             }
         }
     }
@@ -633,14 +661,17 @@ fn command(c: &mut Conn, r: wire::Request, ctx: &mut Ctx) -> bool {
             } else if !in_range {
                 c.reply_err(r.cookie, wire::EINVAL, "read past the end of the disk");
             } else {
-                read(c, &target, r);
+                let close = read(c, &target, Cont { r, done: 0, started: false }, ctx.snap.config.nbd.reply_scratch_bytes_max as usize);
+                c.close_after |= close;
                 counters.add(Counter::NbdReads, 1);
                 return true;
             }
             counters.add(Counter::NbdErrors, 1);
         }
         wire::CMD_WRITE => {
-            // Refused whole before any byte lands: too large, out of range, or no room.
+            // Refused whole before any byte lands: too large, out of range, or no room (the
+            // slots of the whole write are reserved here, before its payload arrives).
+            let mut reservation = cache::Reservation::default();
             let error = if len > max {
                 Some((wire::EOVERFLOW, "write larger than the advertised maximum block size".to_string()))
             } else if !in_range {
@@ -648,9 +679,16 @@ fn command(c: &mut Conn, r: wire::Request, ctx: &mut Ctx) -> bool {
             } else if target.vdisk.damaged() {
                 Some((wire::EIO, DAMAGED.to_string()))
             } else {
-                target.overlay.lock().unwrap().reserve(r.offset, len).err().map(|e| (wire::ENOSPC, e.to_string()))
+                match target.overlay.lock().unwrap().reserve(r.offset, len) {
+                    Ok(res) => {
+                        reservation = res;
+                        None
+                    }
+                    Err(e) => Some((wire::ENOSPC, e.to_string())),
+                }
             };
-            c.incoming = Some(Incoming { cookie: r.cookie, next: r.offset, remaining: len, fua: r.flags & wire::CMD_FLAG_FUA != 0, error });
+            let fua = r.flags & wire::CMD_FLAG_FUA != 0;
+            c.incoming = Some(Incoming { cookie: r.cookie, next: r.offset, remaining: len, fua, error, reservation });
             if len == 0 {
                 return payload(c, ctx) == Some(true);
             }
@@ -741,7 +779,8 @@ fn payload(c: &mut Conn, ctx: &mut Ctx) -> Option<bool> {
         if !refused {
             let t = c.target.as_ref().unwrap();
             let data = &c.rbuf[c.head..c.head + n as usize];
-            let r = t.overlay.lock().unwrap().write(next, data, &t.vdisk.chain);
+            let inc = c.incoming.as_mut().unwrap();
+            let r = t.overlay.lock().unwrap().write_reserved(next, data, &t.vdisk.chain, &mut inc.reservation);
             if let Err(e) = r {
                 let errno = if matches!(e, CacheError::NoSpace(_)) { wire::ENOSPC } else { wire::EIO };
                 c.incoming.as_mut().unwrap().error = Some((errno, e.to_string()));
@@ -762,9 +801,13 @@ fn payload(c: &mut Conn, ctx: &mut Ctx) -> Option<bool> {
     }
     let inc = c.incoming.take().unwrap();
     let mut error = inc.error;
-    if error.is_none() && inc.fua {
-        if let Err(e) = c.target.as_ref().unwrap().overlay.lock().unwrap().sync() {
-            error = Some((wire::EIO, e.to_string()));
+    {
+        let mut o = c.target.as_ref().unwrap().overlay.lock().unwrap();
+        o.unreserve(inc.reservation);
+        if error.is_none() && inc.fua {
+            if let Err(e) = o.sync() {
+                error = Some((wire::EIO, e.to_string()));
+            }
         }
     }
     match error {
@@ -781,18 +824,47 @@ fn payload(c: &mut Conn, ctx: &mut Ctx) -> Option<bool> {
     Some(true)
 }
 
-/// A READ reply: simple (header + bytes) or structured (data and hole chunks).
-fn read(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
+/// A READ whose reply goes out over more than one batch (its overflow-file blocks would not
+/// fit in what is left of `nbd.reply_scratch_bytes_max`).
+#[derive(Clone, Copy)]
+struct Cont {
+    r: wire::Request,
+    /// Bytes of the reply's data already in earlier batches.
+    done: u64,
+    /// Whether the reply's header (simple) or first chunk (structured) is out.
+    started: bool,
+}
+
+/// A READ reply, or the next part of one: simple (header + bytes) or structured (data and
+/// hole chunks). A part ends where the connection's scratch would pass
+/// `nbd.reply_scratch_bytes_max`; the rest is left in `c.cont` for the next batch. Returns
+/// true when the connection must end (an overflow-file error after the reply started).
+fn read(c: &mut Conn, target: &Arc<Target>, k: Cont, scratch_max: usize) -> bool {
+    let Cont { r, done, started } = k;
     let len = r.length as u64;
+    let structured = c.structured;
+    if len == 0 {
+        if structured {
+            c.reply_ok(r.cookie);
+        } else {
+            c.put(|o| wire::simple_reply(o, 0, r.cookie));
+        }
+        return false;
+    }
+    if c.scratch.len() + cache::BLOCK as usize > scratch_max {
+        c.cont = Some(k); // no room for even one overflow block: after this batch
+        return false;
+    }
+    let (from, left) = (r.offset + done, len - done);
     c.tmp.clear();
-    {
+    let part = {
         let mut o = target.overlay.lock().unwrap();
         if c.pin.is_none() && o.has_pages() {
             // The reply may point at cache pages: they stay put until this batch is out.
             c.pin = Some(o.pin());
         }
         let (tmp, scratch) = (&mut c.tmp, &mut c.scratch);
-        let res = o.read(r.offset, len, &target.vdisk.chain, scratch, &mut |p| match p {
+        let res = o.read(from, left, &target.vdisk.chain, scratch, scratch_max, &mut |p| match p {
             Piece::Data(d) => tmp.push(RPiece::Mem(d.as_ptr(), d.len())),
             Piece::Copied(rg) => tmp.push(RPiece::Scratch(rg.start as u32, rg.len() as u32)),
             Piece::Zero(n) => match tmp.last_mut() {
@@ -800,38 +872,64 @@ fn read(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
                 _ => tmp.push(RPiece::Zero(n)),
             },
         });
-        if let Err(e) = res {
-            drop(o);
-            c.reply_err(r.cookie, wire::EIO, &e.to_string());
-            return;
+        match res {
+            Ok(n) => n,
+            Err(e) => {
+                drop(o);
+                if started {
+                    tracing::warn!(client = %c.peer, "nbd read failed after its reply started: {e}; closing the connection");
+                    return true;
+                }
+                c.reply_err(r.cookie, wire::EIO, &e.to_string());
+                return false;
+            }
         }
-        // The lookups just made may be what found the image changed (a fault past its end
-        // reads zeros and marks it damaged): then these pieces are not the disk's bytes.
-        if target.vdisk.damaged() {
-            drop(o);
-            c.tmp.clear();
-            c.reply_err(r.cookie, wire::EIO, DAMAGED);
-            return;
+    };
+    // The lookups just made may be what found the image changed (a fault past its end reads
+    // zeros and marks it damaged): then these pieces are not the disk's bytes.
+    if target.vdisk.damaged() {
+        c.tmp.clear();
+        if started {
+            tracing::warn!(client = %c.peer, "nbd read found the image damaged after its reply started; closing the connection");
+            return true;
         }
+        c.reply_err(r.cookie, wire::EIO, DAMAGED);
+        return false;
+    }
+    let last = part == left;
+    if !last {
+        c.cont = Some(Cont { r, done: done + part, started: true });
     }
     let tmp = std::mem::take(&mut c.tmp);
-    if !c.structured {
-        c.put(|o| wire::simple_reply(o, 0, r.cookie));
+    let df = r.flags & wire::CMD_FLAG_DF != 0;
+    if !structured {
+        if !started {
+            c.put(|o| wire::simple_reply(o, 0, r.cookie));
+        }
         for p in &tmp {
             emit_piece(c, *p);
         }
-    } else if len == 0 {
-        c.reply_ok(r.cookie);
+    } else if df {
+        // One data chunk for the whole reply (DF): its header, with the full length, goes
+        // out with the first part.
+        if !started {
+            c.put(|o| {
+                wire::chunk(o, wire::REPLY_FLAG_DONE, wire::REPLY_TYPE_OFFSET_DATA, r.cookie, 8 + len as u32);
+                o.extend_from_slice(&r.offset.to_be_bytes());
+            });
+        }
+        for p in &tmp {
+            emit_piece(c, *p);
+        }
     } else {
-        // Chunks: holes as OFFSET_HOLE (unless the client asked for one data chunk), data
-        // runs as OFFSET_DATA whose length is patched when the run ends.
-        let df = r.flags & wire::CMD_FLAG_DF != 0;
-        let mut at = r.offset;
+        // Chunks: holes as OFFSET_HOLE, data runs as OFFSET_DATA whose length is patched when
+        // the run ends; the last chunk of the last part ends the reply.
+        let mut at = from;
         let mut open: Option<(usize, u64)> = None; // (length field position in out, bytes)
         let mut last_hdr = 0usize;
         for p in &tmp {
             match *p {
-                RPiece::Zero(n) if !df => {
+                RPiece::Zero(n) => {
                     if let Some((pos, l)) = open.take() {
                         c.out[pos..pos + 4].copy_from_slice(&(8 + l as u32).to_be_bytes());
                     }
@@ -861,10 +959,12 @@ fn read(c: &mut Conn, target: &Arc<Target>, r: wire::Request) {
         if let Some((pos, l)) = open.take() {
             c.out[pos..pos + 4].copy_from_slice(&(8 + l as u32).to_be_bytes());
         }
-        // The last chunk ends the reply.
-        c.out[last_hdr + 4..last_hdr + 6].copy_from_slice(&wire::REPLY_FLAG_DONE.to_be_bytes());
+        if last {
+            c.out[last_hdr + 4..last_hdr + 6].copy_from_slice(&wire::REPLY_FLAG_DONE.to_be_bytes());
+        }
     }
     c.tmp = tmp;
+    false
 }
 
 fn emit_piece(c: &mut Conn, p: RPiece) -> u64 {
@@ -1075,9 +1175,13 @@ fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> R
             Ok(())
         }
         Err(e) => {
-            ctx.stats.counters.add(Counter::NbdRefusedPrivate, 1);
+            let counter = match e {
+                cache::AttachError::Private(_) => Counter::NbdRefusedPrivate,
+                cache::AttachError::TargetsPerAddress(_) => Counter::NbdRefusedTargets,
+            };
+            ctx.stats.counters.add(counter, 1);
             tracing::warn!(client = %c.peer, export = %vd.name, "nbd connection refused: {e}");
-            Err(e)
+            Err(e.to_string())
         }
     }
 }

@@ -2,9 +2,12 @@
 //! registry that hands them to connections.
 //!
 //! A target's overlay maps 4 KiB blocks of the virtual disk to where the target's own version
-//! of the block lives: a page of RAM (up to `nbd.cache_ram_bytes_per_target`), a slot in an
-//! unlinked sparse overflow file in `nbd.cache_dir`, or "zero" (WRITE_ZEROES/TRIM). Blocks not
-//! in the map read from the shared image chain, which nobody writes. A partial write to a
+//! of the block lives: a page of RAM (up to `nbd.cache_ram_bytes_per_target`) or a slot in an
+//! unlinked sparse overflow file in `nbd.cache_dir`; blocks zeroed by WRITE_ZEROES/TRIM are kept
+//! as ranges (coalesced, so a whole-disk TRIM is one entry; a write inside one splits it), each
+//! counted as [`RANGE_BYTES`] in the cache figures and bounded by
+//! `nbd.cache_zero_ranges_per_target_max`. Blocks in neither read from the shared image chain,
+//! which nobody writes. A partial write to a
 //! block first copies the block from below (copy on write), so the cache never holds a block
 //! it cannot serve whole.
 //!
@@ -35,13 +38,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BLOCK: u64 = 4096;
+/// What one zeroed range is counted as in the cache budgets (a generous figure for a B-tree
+/// entry of two u64 and its share of the node).
+pub const RANGE_BYTES: u64 = 64;
 const PAGES_PER_CHUNK: u32 = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     Ram(u32),
     File(u32),
-    Zero,
 }
 
 /// Why a write was refused.
@@ -70,16 +75,32 @@ pub enum Piece<'a> {
     Zero(u64),
 }
 
+/// What [`Overlay::reserve`] set aside for one write: free slots of the overlay and new bytes
+/// of the budgets. Must go back with [`Overlay::unreserve`] when the write ends.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    free: u32,
+    bytes: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub ram_bytes: u64,
     pub target_bytes_max: u64,
     pub total_bytes_max: u64,
     pub dir: PathBuf,
+    /// Most zeroed ranges one overlay keeps (nbd.cache_zero_ranges_per_target_max).
+    pub zero_ranges_max: usize,
+    /// RAM pages of all overlays (nbd.cache_ram_bytes_total_max): beyond it new blocks go to
+    /// the overflow file.
+    pub ram_total_max: u64,
+    pub ram_total: Arc<AtomicU64>,
 }
 
 pub struct Overlay {
     map: BTreeMap<u64, Slot>,
+    /// Zeroed blocks: start -> end (exclusive), disjoint, not adjacent, no block also in `map`.
+    zeros: BTreeMap<u64, u64>,
     /// Lowest and highest block ever put in `map` (lo > hi while none): a read outside this
     /// span, most reads of a boot (the system files; writes go to pagefile, registry, logs),
     /// goes straight to the image without walking the map. Not narrowed when blocks are freed.
@@ -96,18 +117,25 @@ pub struct Overlay {
     file: Option<File>,
     file_slots: u32,
     free_file: Vec<u32>,
+    /// Free slots promised to reservations of writes in progress.
+    promised_free: u32,
+    /// New bytes reserved by writes in progress (counted in `total` too).
+    reserved_bytes: u64,
     limits: Limits,
     total: Arc<AtomicU64>,
     size: u64,
     /// Private mode: every changed block is also written here.
     persist: Option<Writer>,
     pub bytes_written: u64,
+    /// The global RAM cap was met (logged once per overlay).
+    ram_capped: bool,
 }
 
 impl Overlay {
     pub fn new(size: u64, limits: Limits, total: Arc<AtomicU64>, persist: Option<Writer>) -> Overlay {
         Overlay {
             map: BTreeMap::new(),
+            zeros: BTreeMap::new(),
             span: (u64::MAX, 0),
             chunks: Vec::new(),
             ram_pages: 0,
@@ -118,21 +146,104 @@ impl Overlay {
             file: None,
             file_slots: 0,
             free_file: Vec::new(),
+            promised_free: 0,
+            reserved_bytes: 0,
             limits,
             total,
             size,
             persist,
             bytes_written: 0,
+            ram_capped: false,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.is_empty() && self.zeros.is_empty()
     }
 
-    /// Bytes of RAM and overflow file this overlay holds.
+    /// Bytes of RAM and overflow file this overlay holds, and its zeroed ranges.
     pub fn allocated_bytes(&self) -> u64 {
-        (self.ram_pages as u64 + self.file_slots as u64) * BLOCK
+        (self.ram_pages as u64 + self.file_slots as u64) * BLOCK + self.zeros.len() as u64 * RANGE_BYTES
+    }
+
+    pub fn zero_ranges(&self) -> usize {
+        self.zeros.len()
+    }
+
+    fn is_zeroed(&self, b: u64) -> bool {
+        self.zeros.range(..=b).next_back().is_some_and(|(_, &e)| e > b)
+    }
+
+    /// Whether a zeroed range touches or overlaps blocks `first..end` (a new one would merge).
+    fn zeros_touch(&self, first: u64, end: u64) -> bool {
+        self.zeros.range(..=end).next_back().is_some_and(|(_, &e)| e >= first)
+    }
+
+    /// Map entries and zeroed ranges over blocks `first..=last`, in disk order, clipped:
+    /// (first block, end block, the slot of a single block or None for zeros).
+    fn extents(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, u64, Option<Slot>)> + '_ {
+        let head = self.zeros.range(..first).next_back().filter(|&(_, &e)| e > first).map(|(&s, &e)| (s, e));
+        let mut zs = head
+            .into_iter()
+            .chain(self.zeros.range(first..=last).map(|(&s, &e)| (s, e)))
+            .map(move |(s, e)| (s.max(first), e.min(last + 1), None))
+            .peekable();
+        let mut ms = self.map.range(first..=last).map(|(&b, &s)| (b, b + 1, Some(s))).peekable();
+        std::iter::from_fn(move || match (ms.peek(), zs.peek()) {
+            (Some(m), Some(z)) if m.0 < z.0 => ms.next(),
+            (Some(_), None) => ms.next(),
+            _ => zs.next(),
+        })
+    }
+
+    /// Keeps the global count in step with the number of zeroed ranges (was `before`). Ranges
+    /// are counted but never refused for bytes (a TRIM at the byte limit must still work):
+    /// their number is what is bounded.
+    fn ranges_changed(&mut self, before: usize) {
+        let after = self.zeros.len();
+        if after > before {
+            self.total.fetch_add((after - before) as u64 * RANGE_BYTES, Ordering::AcqRel);
+        } else if before > after {
+            self.total.fetch_sub((before - after) as u64 * RANGE_BYTES, Ordering::AcqRel);
+        }
+    }
+
+    /// Block `b` is no longer zeroed (it is about to get a slot): its range is split.
+    fn unzero(&mut self, b: u64) {
+        let before = self.zeros.len();
+        if let Some((&s, &e)) = self.zeros.range(..=b).next_back().filter(|&(_, &e)| e > b) {
+            self.zeros.remove(&s);
+            if s < b {
+                self.zeros.insert(s, b);
+            }
+            if b + 1 < e {
+                self.zeros.insert(b + 1, e);
+            }
+        }
+        self.ranges_changed(before);
+    }
+
+    /// Blocks `first..end` become zero: their slots are freed and the range merges with its
+    /// neighbours.
+    fn add_zeros(&mut self, first: u64, end: u64) {
+        let before = self.zeros.len();
+        let held: Vec<u64> = self.map.range(first..end).map(|(&b, _)| b).collect();
+        for b in held {
+            let s = self.map.remove(&b).expect("just listed");
+            self.release(s);
+        }
+        let (mut s0, mut e0) = (first, end);
+        if let Some((&s, &e)) = self.zeros.range(..first).next_back().filter(|&(_, &e)| e >= first) {
+            self.zeros.remove(&s);
+            s0 = s;
+            e0 = e0.max(e);
+        }
+        let inside: Vec<u64> = self.zeros.range(first..=end).map(|(&s, _)| s).collect();
+        for s in inside {
+            e0 = e0.max(self.zeros.remove(&s).expect("just listed"));
+        }
+        self.zeros.insert(s0, e0);
+        self.ranges_changed(before);
     }
 
     pub fn ram_bytes(&self) -> u64 {
@@ -163,54 +274,112 @@ impl Overlay {
         (self.size - b * BLOCK).min(BLOCK) as usize
     }
 
-    /// Checks that a write over `[off, off + len)` can get the slots it needs.
-    pub fn reserve(&self, off: u64, len: u64) -> Result<(), CacheError> {
+    /// Reserves, for a write over `[off, off + len)`, every slot it will need: free slots of
+    /// this overlay and new bytes of the per-target and the global budget, the global one taken
+    /// with a compare-and-swap, so two writes racing for the last bytes cannot both pass and
+    /// then fail half way. The write draws on the reservation ([`Overlay::write_reserved`]);
+    /// what it did not use goes back with [`Overlay::unreserve`].
+    pub fn reserve(&mut self, off: u64, len: u64) -> Result<Reservation, CacheError> {
+        self.reserve_for(off, len, false)
+    }
+
+    /// `zeroing`: the range is written with zeros (blocks already zero are left alone).
+    fn reserve_for(&mut self, off: u64, len: u64, zeroing: bool) -> Result<Reservation, CacheError> {
         if len == 0 {
-            return Ok(());
+            return Ok(Reservation::default());
         }
         let (first, last) = (off / BLOCK, (off + len - 1) / BLOCK);
-        let backed = self.map.range(first..=last).filter(|(_, s)| !matches!(s, Slot::Zero)).count() as u64;
-        let want = (last - first + 1 - backed).saturating_sub((self.free_ram.len() + self.free_file.len()) as u64);
-        if want == 0 {
-            return Ok(());
+        let backed = self.map.range(first..=last).count() as u64;
+        let want = last - first + 1 - backed;
+        let spare = (self.free_ram.len() + self.free_file.len()) as u64 - self.promised_free as u64;
+        let free = want.min(spare);
+        let grow = (want - free) * BLOCK;
+        // Data written into the middle of a zeroed range splits it: one range more.
+        if !zeroing && self.zeros.range(..=first).next_back().is_some_and(|(&s, &e)| s < first && e > last + 1) {
+            self.ranges_room()?;
         }
-        let grow = want * BLOCK;
-        if self.allocated_bytes() + grow > self.limits.target_bytes_max {
+        self.take_bytes(grow)?;
+        self.promised_free += free as u32;
+        self.reserved_bytes += grow;
+        Ok(Reservation { free: free as u32, bytes: grow })
+    }
+
+    /// Room for one more zeroed range, or the refusal.
+    fn ranges_room(&self) -> Result<(), CacheError> {
+        if self.zeros.len() >= self.limits.zero_ranges_max {
             return Err(CacheError::NoSpace(format!(
-                "target write cache full: {} of nbd.cache_bytes_per_target_max {} in use",
-                self.allocated_bytes(),
-                self.limits.target_bytes_max
-            )));
-        }
-        let total = self.total.load(Ordering::Relaxed);
-        if total + grow > self.limits.total_bytes_max {
-            return Err(CacheError::NoSpace(format!(
-                "write caches full: {total} of nbd.cache_bytes_total_max {} in use",
-                self.limits.total_bytes_max
+                "target write cache holds {} zeroed ranges, nbd.cache_zero_ranges_per_target_max {}: zero larger, adjacent ranges",
+                self.zeros.len(),
+                self.limits.zero_ranges_max
             )));
         }
         Ok(())
     }
 
-    fn alloc(&mut self) -> Result<Slot, CacheError> {
-        if let Some(p) = self.free_ram.pop() {
-            return Ok(Slot::Ram(p));
+    /// Gives back what a write did not use of its reservation.
+    pub fn unreserve(&mut self, r: Reservation) {
+        self.promised_free -= r.free;
+        self.reserved_bytes -= r.bytes;
+        if r.bytes > 0 {
+            self.total.fetch_sub(r.bytes, Ordering::AcqRel);
         }
-        if let Some(s) = self.free_file.pop() {
-            return Ok(Slot::File(s));
+    }
+
+    /// Takes `n` new bytes of the per-target and the global budget, or refuses.
+    fn take_bytes(&self, n: u64) -> Result<(), CacheError> {
+        if n == 0 {
+            return Ok(());
         }
-        if self.allocated_bytes() + BLOCK > self.limits.target_bytes_max {
+        let held = self.allocated_bytes() + self.reserved_bytes;
+        if held + n > self.limits.target_bytes_max {
             return Err(CacheError::NoSpace(format!(
-                "target write cache full (nbd.cache_bytes_per_target_max {})",
+                "target write cache full: {held} of nbd.cache_bytes_per_target_max {} in use or reserved, {n} more needed",
                 self.limits.target_bytes_max
             )));
         }
-        // The global count moves first, so two targets cannot both take the last bytes.
-        if self.total.fetch_add(BLOCK, Ordering::AcqRel) + BLOCK > self.limits.total_bytes_max {
-            self.total.fetch_sub(BLOCK, Ordering::AcqRel);
-            return Err(CacheError::NoSpace(format!("write caches full (nbd.cache_bytes_total_max {})", self.limits.total_bytes_max)));
+        let max = self.limits.total_bytes_max;
+        self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t + n <= max).then_some(t + n)).map(|_| ()).map_err(|t| {
+            CacheError::NoSpace(format!("write caches full: {t} of nbd.cache_bytes_total_max {max} in use or reserved, {n} more needed"))
+        })
+    }
+
+    /// One more RAM page in the global RAM budget, or false (the block goes to the file).
+    fn take_ram(&mut self) -> bool {
+        let max = self.limits.ram_total_max;
+        let ok =
+            self.limits.ram_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t + BLOCK <= max).then_some(t + BLOCK)).is_ok();
+        if !ok && !self.ram_capped {
+            self.ram_capped = true;
+            tracing::info!(
+                ram_bytes = self.ram_bytes(),
+                "write caches hold nbd.cache_ram_bytes_total_max {max} of RAM: this target's new blocks go to its overflow file"
+            );
         }
-        if (self.ram_pages as u64 + 1) * BLOCK <= self.limits.ram_bytes {
+        ok
+    }
+
+    /// A slot for a block that has none: from the reservation first, then (a concurrent TRIM
+    /// freed blocks of the range after it was reserved) from what is left.
+    fn alloc(&mut self, r: &mut Reservation) -> Result<Slot, CacheError> {
+        let spare = self.free_ram.len() + self.free_file.len() > self.promised_free as usize;
+        if r.free > 0 || spare {
+            if r.free > 0 {
+                r.free -= 1;
+                self.promised_free -= 1;
+            }
+            return Ok(match self.free_ram.pop() {
+                Some(p) => Slot::Ram(p),
+                None => Slot::File(self.free_file.pop().expect("promised free slots exist")),
+            });
+        }
+        let from_reservation = r.bytes >= BLOCK;
+        if from_reservation {
+            r.bytes -= BLOCK;
+            self.reserved_bytes -= BLOCK;
+        } else {
+            self.take_bytes(BLOCK)?;
+        }
+        if (self.ram_pages as u64 + 1) * BLOCK <= self.limits.ram_bytes && self.take_ram() {
             let p = self.ram_pages;
             if p % PAGES_PER_CHUNK == 0 {
                 self.chunks.push(vec![0u8; (PAGES_PER_CHUNK as u64 * BLOCK) as usize].into_boxed_slice());
@@ -222,7 +391,12 @@ impl Overlay {
             match overflow_file(&self.limits.dir) {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
-                    self.total.fetch_sub(BLOCK, Ordering::AcqRel);
+                    if from_reservation {
+                        r.bytes += BLOCK;
+                        self.reserved_bytes += BLOCK;
+                    } else {
+                        self.total.fetch_sub(BLOCK, Ordering::AcqRel);
+                    }
                     return Err(CacheError::NoSpace(format!("cannot create an overflow file in {}: {e}", self.limits.dir.display())));
                 }
             }
@@ -268,7 +442,6 @@ impl Overlay {
             }
             Slot::Ram(p) => self.free_ram.push(p),
             Slot::File(f) => self.free_file.push(f),
-            Slot::Zero => {}
         }
     }
 
@@ -282,35 +455,60 @@ impl Overlay {
         r.map_err(|e| CacheError::NoSpace(format!("overflow file: {e}")))
     }
 
-    /// Writes `data` at `off` (any alignment). The range must lie inside the disk.
+    /// Writes `data` at `off` (any alignment), whole or not at all when a limit is in the way.
+    /// The range must lie inside the disk.
     pub fn write(&mut self, off: u64, data: &[u8], base: &Chain) -> Result<(), CacheError> {
-        self.reserve(off, data.len() as u64)?;
-        self.apply(off, data.len() as u64, Some(data), base)
+        let mut r = self.reserve(off, data.len() as u64)?;
+        let res = self.apply(off, data.len() as u64, Some(data), base, &mut r);
+        self.unreserve(r);
+        res
     }
 
-    /// WRITE_ZEROES and TRIM: whole blocks become "zero" (their storage is freed), the edges of
-    /// the range are written with zeros.
+    /// Writes a part of a write whose whole range was reserved (a WRITE whose payload arrives
+    /// in pieces), drawing on `r`.
+    pub fn write_reserved(&mut self, off: u64, data: &[u8], base: &Chain, r: &mut Reservation) -> Result<(), CacheError> {
+        self.apply(off, data.len() as u64, Some(data), base, r)
+    }
+
+    /// WRITE_ZEROES and TRIM: whole blocks become one zeroed range (their storage is freed),
+    /// the edges of the range are written with zeros. Refused whole (ENOSPC) when the edges
+    /// find no room or the range would be one too many.
     pub fn zero(&mut self, off: u64, len: u64, base: &Chain) -> Result<(), CacheError> {
         let end = off + len;
-        let (first_full, end_full) = (off.div_ceil(BLOCK), end / BLOCK);
+        // A short last block is whole when the range reaches the end of the disk.
+        let end_full = if end == self.size { end.div_ceil(BLOCK) } else { end / BLOCK };
+        let first_full = off.div_ceil(BLOCK);
         if first_full >= end_full {
-            self.reserve(off, len)?;
-            return self.apply(off, len, None, base);
+            let mut r = self.reserve_for(off, len, true)?;
+            let res = self.apply(off, len, None, base, &mut r);
+            self.unreserve(r);
+            return res;
         }
         let head = first_full * BLOCK - off;
-        let tail = end - end_full * BLOCK;
-        self.reserve(off, head)?;
-        self.reserve(end_full * BLOCK, tail)?;
-        self.apply(off, head, None, base)?;
-        self.apply(end_full * BLOCK, tail, None, base)?;
-        if first_full < end_full {
-            self.widen(first_full, end_full - 1);
+        let tail = end.saturating_sub(end_full * BLOCK);
+        let adds = !self.zeros_touch(first_full, end_full);
+        if adds {
+            self.ranges_room()?;
         }
-        for b in first_full..end_full {
-            if let Some(old) = self.map.insert(b, Slot::Zero) {
-                self.release(old);
+        // Both edges reserved before either is written.
+        let mut r = self.reserve_for(off, head, true)?;
+        match self.reserve_for(end_full * BLOCK, tail, true) {
+            Ok(t) => {
+                r.free += t.free;
+                r.bytes += t.bytes;
+            }
+            Err(e) => {
+                self.unreserve(r);
+                return Err(e);
             }
         }
+        let res = self.apply(off, head, None, base, &mut r).and_then(|()| self.apply(end_full * BLOCK, tail, None, base, &mut r));
+        if res.is_ok() {
+            self.widen(first_full, end_full - 1);
+            self.add_zeros(first_full, end_full);
+        }
+        self.unreserve(r);
+        res?;
         if let Some(w) = self.persist.as_mut() {
             let zeros = [0u8; BLOCK as usize];
             for b in first_full..end_full {
@@ -322,7 +520,7 @@ impl Overlay {
     }
 
     /// Puts `data` (or zeros) over `[off, off + len)`, block by block.
-    fn apply(&mut self, off: u64, len: u64, data: Option<&[u8]>, base: &Chain) -> Result<(), CacheError> {
+    fn apply(&mut self, off: u64, len: u64, data: Option<&[u8]>, base: &Chain, r: &mut Reservation) -> Result<(), CacheError> {
         if len == 0 {
             return Ok(());
         }
@@ -340,16 +538,24 @@ impl Overlay {
             let blen = self.block_len(b);
             let whole = in_block == 0 && n as usize == blen;
             let slot = match self.map.get(&b).copied() {
-                Some(s @ (Slot::Ram(_) | Slot::File(_))) => s,
-                prior => {
-                    let s = self.alloc()?;
+                Some(s) => s,
+                None => {
+                    let zeroed = self.is_zeroed(b);
+                    if zeroed && data.is_none() {
+                        at += n; // zeros onto a zeroed block: nothing changes
+                        continue;
+                    }
+                    let s = self.alloc(r)?;
                     if !whole {
                         // Copy on write: the block's current content first.
                         block[..blen].fill(0);
-                        if prior.is_none() {
+                        if !zeroed {
                             base.read_into(b * BLOCK, &mut block[..blen]).expect("block inside the disk");
                         }
                         self.store(s, 0, &block[..blen])?;
+                    }
+                    if zeroed {
+                        self.unzero(b);
                     }
                     self.widen(b, b);
                     self.map.insert(b, s);
@@ -404,7 +610,6 @@ impl Overlay {
                 Ok(())
             }
             Slot::File(f) => self.file_io(f, at, &mut [], Some(d)),
-            Slot::Zero => unreachable!("zero blocks have no storage"),
         }
     }
 
@@ -415,10 +620,6 @@ impl Overlay {
                 Ok(())
             }
             Slot::File(f) => self.file_io(f, 0, buf, None),
-            Slot::Zero => {
-                buf.fill(0);
-                Ok(())
-            }
         }
     }
 
@@ -431,17 +632,21 @@ impl Overlay {
     }
 
     /// Emits `[off, off + len)` as the target sees it. Overflow blocks are copied to the end of
-    /// `out` (the only copy on this path). The range must lie inside the disk.
+    /// `out` (the only copy on this path), which never grows past `out_max`: the read stops
+    /// before an overflow block that would not fit and returns how many bytes it emitted (at
+    /// least one block's worth when `out` has a block of room). The range must lie inside the
+    /// disk.
     pub fn read<'a>(
         &'a self,
         off: u64,
         len: u64,
         base: &'a Chain,
         out: &mut Vec<u8>,
+        out_max: usize,
         emit: &mut dyn FnMut(Piece<'a>),
-    ) -> Result<(), CacheError> {
+    ) -> Result<u64, CacheError> {
         if len == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let end = off + len;
         let mut at = off;
@@ -454,7 +659,7 @@ impl Overlay {
         };
         if !self.may_hold(off / BLOCK, (end - 1) / BLOCK) {
             below(off, end, emit);
-            return Ok(());
+            return Ok(len);
         }
         // Whole blocks in consecutive overflow slots come in with one pread:
         // (first slot, blocks, start in `out`).
@@ -468,17 +673,24 @@ impl Overlay {
             }
             Ok(())
         };
-        for (&b, &s) in self.map.range(off / BLOCK..=(end - 1) / BLOCK) {
+        for (b, be, s) in self.extents(off / BLOCK, (end - 1) / BLOCK) {
             let bstart = (b * BLOCK).max(at);
             if bstart > at {
                 flush(&mut run, out, emit)?;
                 below(at, bstart, emit);
                 at = bstart;
             }
-            let bend = ((b + 1) * BLOCK).min(end);
+            let bend = (be * BLOCK).min(end);
             let (i, n) = ((at - b * BLOCK) as usize, (bend - at) as usize);
+            if matches!(s, Some(Slot::File(_))) {
+                let pending = run.map_or(0, |(_, k, _)| k as usize * BLOCK as usize);
+                if out.len() + pending + n > out_max {
+                    flush(&mut run, out, emit)?;
+                    return Ok(at - off); // the rest in a later batch
+                }
+            }
             match s {
-                Slot::File(f) if i == 0 && n == BLOCK as usize => {
+                Some(Slot::File(f)) if i == 0 && n == BLOCK as usize => {
                     run = match run {
                         Some((first, k, start)) if first + k == f => Some((first, k + 1, start)),
                         other => {
@@ -488,18 +700,18 @@ impl Overlay {
                         }
                     };
                 }
-                Slot::Ram(p) => {
+                Some(Slot::Ram(p)) => {
                     flush(&mut run, out, emit)?;
                     emit(Piece::Data(&self.page(p)[i..i + n]))
                 }
-                Slot::File(f) => {
+                Some(Slot::File(f)) => {
                     flush(&mut run, out, emit)?;
                     let start = out.len();
                     out.resize(start + n, 0);
                     self.file_io(f, i, &mut out[start..], None)?;
                     emit(Piece::Copied(start..start + n));
                 }
-                Slot::Zero => {
+                None => {
                     flush(&mut run, out, emit)?;
                     emit(Piece::Zero(n as u64))
                 }
@@ -510,7 +722,7 @@ impl Overlay {
         if at < end {
             below(at, end, emit);
         }
-        Ok(())
+        Ok(len)
     }
 
     /// Allocation status (NBD base:allocation) of `[off, off + len)`: (length, flags) runs with
@@ -532,13 +744,13 @@ impl Overlay {
         let below = |from: u64, to: u64, push: &mut dyn FnMut(u64, u32)| {
             let _ = base.allocation(from, to - from, &mut |_, n, allocated| push(n, if allocated { 0 } else { 3 }));
         };
-        for (&b, s) in self.map.range(off / BLOCK..=(end - 1) / BLOCK) {
+        for (b, be, s) in self.extents(off / BLOCK, (end - 1) / BLOCK) {
             let bstart = (b * BLOCK).max(at);
             if bstart > at {
                 below(at, bstart, &mut push);
             }
-            let bend = ((b + 1) * BLOCK).min(end);
-            push(bend - bstart, if matches!(s, Slot::Zero) { 2 } else { 0 });
+            let bend = (be * BLOCK).min(end);
+            push(bend - bstart, if s.is_none() { 2 } else { 0 });
             at = bend;
         }
         if at < end {
@@ -552,7 +764,8 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        self.total.fetch_sub(self.allocated_bytes(), Ordering::AcqRel);
+        self.total.fetch_sub(self.allocated_bytes() + self.reserved_bytes, Ordering::AcqRel);
+        self.limits.ram_total.fetch_sub(self.ram_bytes(), Ordering::AcqRel);
     }
 }
 
@@ -591,6 +804,30 @@ struct Entry {
     conns: usize,
     idle_since: Option<Instant>,
     client: String,
+    /// The client address that made the target (nbd.targets_per_address_max).
+    addr: String,
+}
+
+/// Why a connection got no target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachError {
+    /// A private-mode vdisk already has its writer, or its version file cannot be made.
+    Private(String),
+    /// The client's address already holds nbd.targets_per_address_max targets.
+    TargetsPerAddress(String),
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Private(s) | AttachError::TargetsPerAddress(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The address part of a connection's peer ("10.0.0.7:51234" -> "10.0.0.7").
+fn address_of(client: &str) -> String {
+    client.parse::<std::net::SocketAddr>().map(|a| a.ip().to_canonical().to_string()).unwrap_or_else(|_| client.to_string())
 }
 
 /// Every target's cache, shared by the workers (a reconnect may land on any of them). The
@@ -600,6 +837,8 @@ pub struct Registry {
     entries: Mutex<HashMap<(String, String), Entry>>,
     /// Bytes of RAM and overflow held by all overlays (nbd.cache_bytes_total_max).
     pub total: Arc<AtomicU64>,
+    /// Bytes of RAM pages held by all overlays (nbd.cache_ram_bytes_total_max).
+    pub ram_total: Arc<AtomicU64>,
 }
 
 /// Splits an export name into (vdisk, explicit target id).
@@ -625,7 +864,7 @@ impl Registry {
         client: &str,
         cfg: &crate::config::Nbd,
         now: Instant,
-    ) -> Result<(Arc<Target>, bool), String> {
+    ) -> Result<(Arc<Target>, bool), AttachError> {
         use crate::config::Mode;
         let keep = Duration::from_millis(cfg.cache_keep_after_disconnect_ms);
         self.sweep(now, keep);
@@ -635,10 +874,10 @@ impl Registry {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
                 Some(e) if e.conns > 0 && private => {
-                    return Err(format!(
+                    return Err(AttachError::Private(format!(
                         "vdisk {} is in private mode and already has a writer ({}); one connection at a time",
                         vdisk.name, e.client
-                    ));
+                    )));
                 }
                 // A target whose image changed in place (damaged) can give nothing to a new
                 // connection: it starts over on the vdisk as served now.
@@ -662,14 +901,19 @@ impl Registry {
         if let Some(t) = stale {
             end_target(&t, "the vdisk changed");
         }
+        let addr = address_of(client);
+        self.room_for(&self.entries.lock().unwrap(), &addr, cfg.targets_per_address_max)?;
         let limits = Limits {
             ram_bytes: cfg.cache_ram_bytes_per_target,
             target_bytes_max: cfg.cache_bytes_per_target_max,
             total_bytes_max: cfg.cache_bytes_total_max,
             dir: cfg.cache_dir.clone(),
+            zero_ranges_max: cfg.cache_zero_ranges_per_target_max,
+            ram_total_max: cfg.cache_ram_bytes_total_max,
+            ram_total: self.ram_total.clone(),
         };
         let (persist, version_file) = if private {
-            let (w, p) = private_version(vdisk)?;
+            let (w, p) = private_version(vdisk).map_err(AttachError::Private)?;
             (Some(w), Some(p))
         } else {
             (None, None)
@@ -682,10 +926,26 @@ impl Registry {
         });
         let mut map = self.entries.lock().unwrap();
         if private && map.get(&key).is_some_and(|e| e.conns > 0) {
-            return Err(format!("vdisk {} is in private mode and already has a writer; one connection at a time", vdisk.name));
+            return Err(AttachError::Private(format!(
+                "vdisk {} is in private mode and already has a writer; one connection at a time",
+                vdisk.name
+            )));
         }
-        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client: client.to_string() });
+        self.room_for(&map, &addr, cfg.targets_per_address_max)?;
+        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client: client.to_string(), addr });
         Ok((target, false))
+    }
+
+    /// Refuses a new target from an address that already holds `max` (connected or kept).
+    fn room_for(&self, map: &HashMap<(String, String), Entry>, addr: &str, max: usize) -> Result<(), AttachError> {
+        let held = map.values().filter(|e| e.addr == addr).count();
+        if held >= max {
+            return Err(AttachError::TargetsPerAddress(format!(
+                "address {addr} already holds {held} write caches (nbd.targets_per_address_max {max}, connected or kept for a reconnect): \
+                 reuse the target id, wait nbd.cache_keep_after_disconnect_ms for old ones to go, or raise the limit"
+            )));
+        }
+        Ok(())
     }
 
     /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
@@ -814,7 +1074,7 @@ mod tests {
         let mut scratch = Vec::new();
         let mut pieces: Vec<(u8, usize, usize, u64)> = Vec::new();
         let mut out = Vec::new();
-        o.read(off, len, chain, &mut scratch, &mut |p| match p {
+        o.read(off, len, chain, &mut scratch, usize::MAX, &mut |p| match p {
             Piece::Data(d) => out.extend_from_slice(d),
             Piece::Copied(r) => pieces.push((1, r.start, r.end, out.len() as u64)),
             Piece::Zero(n) => out.extend(std::iter::repeat_n(0u8, n as usize)),
@@ -843,7 +1103,15 @@ mod tests {
         let size = 1 << 20 | 1536; // a short last block
         let (chain, mut model) = base(&dir, size);
         let total = Arc::new(AtomicU64::new(0));
-        let limits = Limits { ram_bytes: 16 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone() };
+        let limits = Limits {
+            ram_bytes: 16 * BLOCK,
+            target_bytes_max: 1 << 30,
+            total_bytes_max: 1 << 30,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
         let mut o = Overlay::new(size, limits, total.clone(), None);
         let mut rng = crate::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
         for round in 0..3000 {
@@ -879,7 +1147,16 @@ mod tests {
         let dir = tmpdir("limits");
         let (chain, content) = base(&dir, 1 << 20);
         let total = Arc::new(AtomicU64::new(0));
-        let limits = Limits { ram_bytes: 4 * BLOCK, target_bytes_max: 8 * BLOCK, total_bytes_max: 12 * BLOCK, dir: dir.clone() };
+        // The total has room for the zeroed range `a` keeps below (counted, never refused).
+        let limits = Limits {
+            ram_bytes: 4 * BLOCK,
+            target_bytes_max: 8 * BLOCK,
+            total_bytes_max: 12 * BLOCK + RANGE_BYTES,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
         let mut a = Overlay::new(1 << 20, limits.clone(), total.clone(), None);
         let mut b = Overlay::new(1 << 20, limits, total.clone(), None);
         a.write(0, &vec![0xaa; 8 * BLOCK as usize], &chain).unwrap();
@@ -891,6 +1168,7 @@ mod tests {
         a.write(BLOCK + 5, b"again", &chain).unwrap();
         // Zeroing frees blocks for reuse.
         a.zero(0, 2 * BLOCK, &chain).unwrap();
+        assert_eq!(a.allocated_bytes(), 8 * BLOCK + RANGE_BYTES, "the zeroed range is counted");
         a.write(20 * BLOCK, &vec![0xcc; 2 * BLOCK as usize], &chain).unwrap();
         // The other target sees none of it, and meets the global limit.
         assert!(read_all(&b, &chain, 0, 1 << 20) == content);
@@ -900,18 +1178,223 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Item 6 of #20: a whole-disk TRIM of 64 GiB is one zeroed range, counted in the cache
+    /// bytes; a write inside it splits it; reads and block status stay right.
+    #[test]
+    fn a_whole_disk_trim_is_one_counted_range() {
+        let dir = tmpdir("trim");
+        let size = 64u64 << 30;
+        let p = dir.join("big.raw");
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        let chain = Chain::open(&p, ChainLimits::default()).unwrap();
+        let total = Arc::new(AtomicU64::new(0));
+        let limits = Limits {
+            ram_bytes: 1 << 20,
+            target_bytes_max: 1 << 30,
+            total_bytes_max: 1 << 30,
+            dir: dir.clone(),
+            zero_ranges_max: 2,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
+        let mut o = Overlay::new(size, limits, total.clone(), None);
+        let t0 = Instant::now();
+        o.zero(0, size, &chain).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!((o.zero_ranges(), o.allocated_bytes(), total.load(Ordering::Relaxed)), (1, RANGE_BYTES, RANGE_BYTES));
+        o.write(1 << 30, &[5; 4096], &chain).unwrap();
+        assert_eq!(o.zero_ranges(), 2, "the write split the range");
+        assert_eq!(total.load(Ordering::Relaxed), o.allocated_bytes());
+        assert_eq!(o.allocated_bytes(), BLOCK + 2 * RANGE_BYTES);
+        let mut runs = Vec::new();
+        o.status(0, size, &chain, &mut |l, f| runs.push((l, f)));
+        assert_eq!(runs, vec![(1 << 30, 2), (BLOCK, 0), (size - (1 << 30) - BLOCK, 2)]);
+        assert_eq!(read_all(&o, &chain, (1 << 30) - 2, 4), vec![0, 0, 5, 5]);
+        // A third range is one too many: refused whole, nothing changed.
+        let e = o.write(2 << 30, &[6; 4096], &chain).unwrap_err();
+        assert!(e.to_string().contains("nbd.cache_zero_ranges_per_target_max"), "{e}");
+        assert_eq!(read_all(&o, &chain, 2 << 30, 4), vec![0; 4]);
+        let e = o.zero(4 << 30, 8192, &chain);
+        assert!(e.is_ok(), "zeroing inside a zeroed range adds nothing: {e:?}");
+        // Zeroing over the written block merges everything back into one range.
+        o.zero(0, 2 << 30, &chain).unwrap();
+        assert_eq!((o.zero_ranges(), o.allocated_bytes()), (1, BLOCK + RANGE_BYTES), "the freed page stays for reuse");
+        drop(o);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// Writes and zeroings against a model of bytes and per-block state: reads, block status,
+        /// the range invariants (disjoint, coalesced, no block both zeroed and held) and the
+        /// byte count all agree after every step.
+        #[test]
+        fn zeroed_ranges_match_a_model(ops in proptest::collection::vec((0u8..3, 0u64..(40 * BLOCK), 1u64..(12 * BLOCK)), 1..40)) {
+            let dir = tmpdir(&format!("prop-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+            let size = 40 * BLOCK + 1000;
+            let (chain, mut model) = base(&dir, size);
+            let nblocks = size.div_ceil(BLOCK) as usize;
+            let mut state = vec![0u32; nblocks]; // flags as block status reports them
+            let total = Arc::new(AtomicU64::new(0));
+            let limits = Limits { ram_bytes: 8 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone(), zero_ranges_max: 1 << 16, ram_total_max: u64::MAX, ram_total: Default::default() };
+            let mut o = Overlay::new(size, limits, total.clone(), None);
+            for (kind, off, len) in ops {
+                let len = len.min(size - off);
+                let (first, last) = (off / BLOCK, (off + len - 1) / BLOCK);
+                if kind == 0 {
+                    o.zero(off, len, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].fill(0);
+                    for b in first..=last {
+                        let whole = b * BLOCK >= off && ((b + 1) * BLOCK).min(size) <= off + len;
+                        if whole {
+                            state[b as usize] = 2;
+                        } else if state[b as usize] != 2 {
+                            state[b as usize] = 0;
+                        }
+                    }
+                } else {
+                    let d: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(kind)).collect();
+                    o.write(off, &d, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].copy_from_slice(&d);
+                    for b in first..=last {
+                        state[b as usize] = 0;
+                    }
+                }
+                proptest::prop_assert!(read_all(&o, &chain, 0, size) == model);
+                let mut got = Vec::new();
+                o.status(0, size, &chain, &mut |l, f| got.push((l, f)));
+                let mut want: Vec<(u64, u32)> = Vec::new();
+                for (b, &f) in state.iter().enumerate() {
+                    let n = (size - b as u64 * BLOCK).min(BLOCK);
+                    match want.last_mut() {
+                        Some((l, g)) if *g == f => *l += n,
+                        _ => want.push((n, f)),
+                    }
+                }
+                proptest::prop_assert_eq!(got, want);
+                let mut prev_end = None;
+                for (&s, &e) in &o.zeros {
+                    proptest::prop_assert!(s < e && prev_end.is_none_or(|p| p < s), "disjoint, not adjacent");
+                    proptest::prop_assert!(o.map.range(s..e).next().is_none(), "no held block in a zeroed range");
+                    prev_end = Some(e);
+                }
+                proptest::prop_assert_eq!(total.load(Ordering::Relaxed), o.allocated_bytes());
+            }
+            drop(o);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Item 7 of #20: the RAM tier of all overlays together stops at its global cap; blocks
+    /// beyond it go to the overflow file and read back the same.
+    #[test]
+    fn the_ram_tier_has_a_global_cap() {
+        let dir = tmpdir("ramcap");
+        let (chain, _) = base(&dir, 64 * BLOCK);
+        let (total, ram) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let limits = Limits {
+            ram_bytes: 4 * BLOCK,
+            target_bytes_max: 1 << 20,
+            total_bytes_max: 1 << 20,
+            dir: dir.clone(),
+            zero_ranges_max: 16,
+            ram_total_max: 5 * BLOCK,
+            ram_total: ram.clone(),
+        };
+        let mut a = Overlay::new(64 * BLOCK, limits.clone(), total.clone(), None);
+        let mut b = Overlay::new(64 * BLOCK, limits, total.clone(), None);
+        a.write(0, &[1; 3 * BLOCK as usize], &chain).unwrap();
+        b.write(0, &[2; 4 * BLOCK as usize], &chain).unwrap();
+        assert_eq!((a.ram_pages, b.ram_pages, b.file_slots), (3, 2, 2), "b met the global cap");
+        assert_eq!(ram.load(Ordering::Relaxed), 5 * BLOCK);
+        assert_eq!(read_all(&b, &chain, 0, 4 * BLOCK), vec![2; 4 * BLOCK as usize]);
+        drop(a);
+        assert_eq!(ram.load(Ordering::Relaxed), 2 * BLOCK, "a's pages went back");
+        b.write(8 * BLOCK, &[3; 2 * BLOCK as usize], &chain).unwrap();
+        assert_eq!(b.ram_pages, 4, "b's next blocks are in RAM again, up to its own limit");
+        drop(b);
+        assert_eq!((ram.load(Ordering::Relaxed), total.load(Ordering::Relaxed)), (0, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Item 12 of #20: two targets race, each with a write of 6 blocks applied in 6 pieces
+    /// (as a WRITE payload arrives), for a global budget of 8 blocks. The first to reserve
+    /// writes everything; the other is refused before any byte lands, never half of each.
+    #[test]
+    fn racing_writes_reserve_the_global_budget_first() {
+        let dir = tmpdir("race");
+        let (chain, content) = base(&dir, 64 * BLOCK);
+        let chain = Arc::new(chain);
+        for round in 0..200 {
+            let total = Arc::new(AtomicU64::new(0));
+            let limits = Limits {
+                ram_bytes: 4 * BLOCK,
+                target_bytes_max: 8 * BLOCK,
+                total_bytes_max: 8 * BLOCK,
+                dir: dir.clone(),
+                zero_ranges_max: 1 << 16,
+                ram_total_max: u64::MAX,
+                ram_total: Default::default(),
+            };
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = (0..2u8)
+                .map(|i| {
+                    let o = Arc::new(Mutex::new(Overlay::new(64 * BLOCK, limits.clone(), total.clone(), None)));
+                    let (chain, barrier, o2) = (chain.clone(), barrier.clone(), o.clone());
+                    let h = std::thread::spawn(move || {
+                        barrier.wait();
+                        let off = (i as u64 * 16 + 1) * BLOCK;
+                        let mut r = o2.lock().unwrap().reserve(off, 6 * BLOCK)?;
+                        for k in 0..6 {
+                            std::thread::yield_now();
+                            let mut g = o2.lock().unwrap();
+                            g.write_reserved(off + k * BLOCK, &[i + 1; BLOCK as usize], &chain, &mut r).expect("reserved");
+                        }
+                        o2.lock().unwrap().unreserve(r);
+                        Ok::<(), CacheError>(())
+                    });
+                    (o, h)
+                })
+                .collect();
+            let results: Vec<_> = threads.into_iter().map(|(o, h)| (o, h.join().unwrap())).collect();
+            assert_eq!(results.iter().filter(|(_, r)| r.is_ok()).count(), 1, "round {round}: exactly one write fits");
+            for (o, r) in &results {
+                let o = o.lock().unwrap();
+                match r {
+                    Ok(()) => assert_eq!(o.allocated_bytes(), 6 * BLOCK),
+                    Err(e) => {
+                        assert!(e.to_string().contains("nbd.cache_bytes_total_max"), "{e}");
+                        assert!(o.is_empty() && o.allocated_bytes() == 0, "round {round}: the refused write left nothing");
+                        assert!(read_all(&o, &chain, 0, 64 * BLOCK) == content);
+                    }
+                }
+            }
+            assert_eq!(total.load(Ordering::Relaxed), 6 * BLOCK, "nothing stays reserved");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Item 13 of #20: a page a reply points at is not handed to another block before the
     /// reply's pin is released, whatever other connections of the target do meanwhile.
     #[test]
     fn a_page_under_a_reply_in_flight_is_not_reused() {
         let dir = tmpdir("pin");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits = Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone() };
+        let limits = Limits {
+            ram_bytes: 1 << 20,
+            target_bytes_max: 1 << 20,
+            total_bytes_max: 1 << 20,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.write(0, &[0xaa; BLOCK as usize], &chain).unwrap();
         let epoch = o.pin();
         let mut ptr = None;
-        o.read(0, BLOCK, &chain, &mut Vec::new(), &mut |p| {
+        o.read(0, BLOCK, &chain, &mut Vec::new(), usize::MAX, &mut |p| {
             if let Piece::Data(d) = p {
                 ptr = Some(d.as_ptr())
             }
@@ -940,7 +1423,15 @@ mod tests {
     fn block_status_reports_written_zeroed_and_base() {
         let dir = tmpdir("status");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits = Limits { ram_bytes: 1 << 20, target_bytes_max: 1 << 20, total_bytes_max: 1 << 20, dir: dir.clone() };
+        let limits = Limits {
+            ram_bytes: 1 << 20,
+            target_bytes_max: 1 << 20,
+            total_bytes_max: 1 << 20,
+            dir: dir.clone(),
+            zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        };
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.zero(4 * BLOCK, 4 * BLOCK, &chain).unwrap();
         o.write(8 * BLOCK, &[9; 4096], &chain).unwrap();
