@@ -136,6 +136,9 @@ pub struct TftpService {
     slots: FileSlots,
     dropped_rate: DropLog,
     dropped_plain: DropLog,
+    /// Sessions in start order whose client may not have acknowledged yet (stale entries are
+    /// skipped): when the table is full the oldest of them gives its place to a new request.
+    unconfirmed: std::collections::VecDeque<(u32, u16)>,
 }
 
 fn same_peer(a: &SocketAddr, b: &SocketAddr) -> bool {
@@ -168,6 +171,7 @@ impl TftpService {
             slots,
             dropped_rate: DropLog::default(),
             dropped_plain: DropLog::default(),
+            unconfirmed: Default::default(),
         }
     }
 
@@ -349,7 +353,11 @@ impl TftpService {
             Self::send_error_from(listener, &peer_raw, wire::ERR_ACCESS, "access violation: this server is read-only");
             return;
         }
-        if !self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max) {
+        let admitted = self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max)
+            || (self.shared.tftp_admission.total() >= cfg.sessions_max
+                && self.evict_unconfirmed(ring, now)
+                && self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max));
+        if !admitted {
             self.count(Counter::TftpRefusedLimit, 1);
             Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server busy: too many transfers, retry later");
             return;
@@ -471,6 +479,12 @@ impl TftpService {
             s.generation = g;
             s
         });
+        let generation = self.sessions.at(id).unwrap().generation;
+        self.unconfirmed.push_back((id, generation));
+        if self.unconfirmed.len() > 2 * self.sessions.stored() + 64 {
+            let sessions = &mut self.sessions;
+            self.unconfirmed.retain(|&(id, g)| sessions.get_mut(id, g).is_some_and(|s| !s.closing && !s.transfer.confirmed()));
+        }
         self.active += 1;
         self.stats.tftp_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.count(Counter::TftpStarted, 1);
@@ -491,6 +505,22 @@ impl TftpService {
         Self::arm_recv(ring, SockRef::Raw(fd), &self.msg, bgid, ud(K_STRAY, id, sess.generation, 0));
         sess.stray_armed = true;
         self.mark(id);
+    }
+
+    /// Ends this worker's oldest transfer whose client has not acknowledged anything yet (a
+    /// spoofed request never does), without a packet to it; false if there is none.
+    fn evict_unconfirmed(&mut self, ring: &mut IoUring, now: Instant) -> bool {
+        while let Some((id, g)) = self.unconfirmed.pop_front() {
+            let Some(s) = self.sessions.get_mut(id, g) else { continue };
+            if s.closing || s.transfer.confirmed() {
+                continue;
+            }
+            s.transfer.evict();
+            let status = s.transfer.status();
+            self.end(id, ring, status, now);
+            return true;
+        }
+        false
     }
 
     /// A packet at the transfer port from another address than the client's: RFC 1350 says
@@ -644,6 +674,7 @@ impl TftpService {
             Status::TimedOut => (Counter::TftpFailedTimeout, "timed out"),
             Status::TooLong => (Counter::TftpFailedLifetime, "longer than tftp.transfer_lifetime_max_ms"),
             Status::SourceFailed => (Counter::TftpFailedSource, "file changed"),
+            Status::Evicted => (Counter::TftpFailedEvicted, "evicted before its first ACK (table full)"),
             Status::ClientError(_) => (Counter::TftpFailedClient, "ended by the client"),
             Status::Active => (Counter::TftpFailedShutdown, "aborted by shutdown"),
         };

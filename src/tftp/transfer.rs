@@ -167,6 +167,9 @@ pub enum Status {
     TooLong,
     /// The source could not give the next block (the file changed under the transfer).
     SourceFailed,
+    /// Ended before the client's first ACK to make room for a new request (the session
+    /// table was full; see [`Transfer::evict`]).
+    Evicted,
     /// The client sent an ERROR packet with this code.
     ClientError(u16),
 }
@@ -278,6 +281,14 @@ impl Transfer {
             self.last = block;
             self.size = (block - 1) * self.blksize + len as u64;
             self.next = self.next.min(block + 1);
+        }
+    }
+
+    /// Ends a transfer whose client never acknowledged anything, to give its place to a new
+    /// request: spoofed requests then cannot keep a full table from legitimate clients.
+    pub fn evict(&mut self) {
+        if self.status == Status::Active && !self.confirmed {
+            self.status = Status::Evicted;
         }
     }
 
