@@ -112,8 +112,8 @@ impl Default for Tftp {
             stall_max_ms: 30_000,
             transfer_lifetime_max_ms: 1_800_000,
             plain_rrq_subnets: vec!["0.0.0.0/0".into(), "::/0".into()],
-            requests_per_ip_per_s: 50,
-            requests_per_ip_burst: 100,
+            requests_per_ip_per_s: 200,
+            requests_per_ip_burst: 1000,
         }
     }
 }
@@ -349,8 +349,8 @@ transfer_lifetime_max_ms = 1800000   # 30 min: ~3x a 500 MB boot.wim in lockstep
 plain_rrq_subnets = ["0.0.0.0/0", "::/0"]   # who gets answers to option-less (RFC 1350) RRQs, which
                             # are answered with DATA 1 without a handshake and can be reflected;
                             # e.g. ["10.0.0.0/8"]. Requests with options are served from anywhere
-requests_per_ip_per_s = 50  # new transfers per source address per second (token bucket),
-requests_per_ip_burst = 100 # and in a burst; above it requests are dropped unanswered
+requests_per_ip_per_s = 200    # new transfers per source address per second (token bucket),
+requests_per_ip_burst = 1000   # and at once (a storm behind one NAT); above it requests are dropped unanswered
 
 [http]
 request_line_bytes_max = 4096
