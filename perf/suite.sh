@@ -52,6 +52,9 @@ steer = "cpu"
 root = "root"
 sessions_max = 8192
 sessions_per_ip_max = 8192
+# bootstorm's targets all come from 127.0.0.1: no per-source rate limit.
+requests_per_ip_per_s = 1000000
+requests_per_ip_burst = 1000000
 [http]
 connections_per_ip_max = 8192
 [nbd]

@@ -35,6 +35,9 @@ steer = "cpu"
 root = "root"
 sessions_max = 8192
 sessions_per_ip_max = 4096
+# bootstorm's targets all come from 127.0.0.1: no per-source rate limit.
+requests_per_ip_per_s = 1000000
+requests_per_ip_burst = 1000000
 TOML
 # Each server is started (and, if a storm killed it, restarted before the next run) here.
 declare -A PID CRASHES=([bootfarm]=0 [tftpd-hpa]=0 [atftpd]=0 [dnsmasq]=0)

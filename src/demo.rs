@@ -100,6 +100,8 @@ pub fn write_store(dir: &Path, http_port: u16) -> Result<Config, String> {
     c.nbd.cache_dir = dir.join("cache");
     // Every demo client comes from 127.0.0.1: let a local boot storm through.
     c.tftp.sessions_per_ip_max = 1024;
+    c.tftp.requests_per_ip_per_s = 1_000_000;
+    c.tftp.requests_per_ip_burst = 1_000_000;
     c.http.connections_per_ip_max = 1024;
     c.vdisk.push(VdiskEntry { name: VDISK_NAME.into(), path: top, mode: Mode::Standard });
     Ok(c)

@@ -291,21 +291,20 @@ fn silent_clients_time_out_and_no_data_before_ack0() {
     c.rrq("mib", &[("tsize", "0"), ("blksize", "1432")]);
     let t0 = Instant::now();
     let mut oacks = 0;
+    c.sock.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
     while let Some((b, _)) = c.recv() {
         match wire::parse(&b) {
             Ok(Packet::Oack { .. }) => oacks += 1,
-            Ok(Packet::Error { code: 0, message }) => {
-                assert!(String::from_utf8_lossy(message).contains("timed out"));
-                break;
-            }
-            other => panic!("only OACKs and the final ERROR may arrive before ACK 0, got {other:?}"),
+            // A client that never acknowledged may be a spoofed address: not even an ERROR.
+            other => panic!("only OACKs may arrive before ACK 0, got {other:?}"),
         }
     }
-    assert_eq!(oacks, 3, "the OACK and its 2 retransmissions");
+    c.sock.set_read_timeout(Some(Duration::from_millis(3000))).unwrap();
+    assert_eq!(oacks, 3, "the OACK and its 2 retransmissions (handshake_retries_max)");
     // 200 + 400 + 800 ms of backoff, then the give-up.
-    let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(1300) && waited < Duration::from_secs(3), "{waited:?}");
     f.server.wait_for("outcome=\"timed out\"");
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(1300) && waited < Duration::from_secs(4), "{waited:?}");
     // A client that stops ACKing mid-transfer: DATA 2 is retransmitted, then the server gives up.
     c.rrq("mib", &[]);
     let (_, tid) = c.recv().unwrap();

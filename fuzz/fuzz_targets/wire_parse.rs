@@ -13,7 +13,7 @@ use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(tftp::Packet::Request(r)) = tftp::parse(data) {
-        let limits = Limits { blksize_max: 1468, windowsize_max: 64, timeout: Duration::from_secs(1), timeout_min: Duration::from_millis(50), retries_max: 5 };
+        let limits = Limits { blksize_max: 1468, windowsize_max: 64, timeout: Duration::from_secs(1), timeout_min: Duration::from_millis(50), retries_max: 5, ..Limits::DEFAULT };
         let _ = negotiate(&r, 12345, &limits);
         let _ = bootfarm::tftp::path::normalise(r.filename);
     }

@@ -104,6 +104,8 @@ pub struct Snapshot {
     /// The effective configuration (defaults filled, overrides applied, paths absolute).
     pub config: Config,
     pub tftp_root: PathBuf,
+    /// `tftp.plain_rrq_subnets`, parsed.
+    pub tftp_plain_subnets: Vec<(IpAddr, u8)>,
     pub vdisks: Vec<Arc<Vdisk>>,
     pub farm: Vec<FarmMember>,
     /// The top-level tables the file had (`server`, `tftp`, `vdisk`, ...), for the reload
@@ -294,9 +296,34 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if t.retries_max == 0 || t.retries_max > 100 {
         return Err(err(file, "tftp.retries_max", t.retries_max, "must be between 1 and 100"));
     }
+    if t.timeout_option_max_s == 0 || t.timeout_option_max_s > 255 {
+        return Err(err(file, "tftp.timeout_option_max_s", t.timeout_option_max_s, "must be between 1 and 255 (RFC 2349's range)"));
+    }
+    if t.handshake_retries_max > t.retries_max {
+        return Err(err(file, "tftp.handshake_retries_max", t.handshake_retries_max, "must be at most tftp.retries_max"));
+    }
+    if t.stall_max_ms < t.timeout_ms {
+        return Err(err(file, "tftp.stall_max_ms", t.stall_max_ms, "must be at least tftp.timeout_ms (one retransmission timeout)"));
+    }
+    if t.transfer_lifetime_max_ms < t.stall_max_ms {
+        return Err(err(file, "tftp.transfer_lifetime_max_ms", t.transfer_lifetime_max_ms, "must be at least tftp.stall_max_ms"));
+    }
+    let mut tftp_plain_subnets = Vec::new();
+    for n in &t.plain_rrq_subnets {
+        tftp_plain_subnets.push(parse_cidr(n).ok_or_else(|| {
+            err(
+                file,
+                "tftp.plain_rrq_subnets",
+                format!("{n:?}"),
+                "is not a CIDR subnet such as \"10.0.0.0/8\" (\"0.0.0.0/0\" and \"::/0\": any)",
+            )
+        })?);
+    }
     let nonzero = [
         ("tftp.sessions_max", t.sessions_max as u64),
         ("tftp.sessions_per_ip_max", t.sessions_per_ip_max as u64),
+        ("tftp.requests_per_ip_per_s", t.requests_per_ip_per_s as u64),
+        ("tftp.requests_per_ip_burst", t.requests_per_ip_burst as u64),
         ("http.request_line_bytes_max", c.http.request_line_bytes_max as u64),
         ("http.header_bytes_max", c.http.header_bytes_max as u64),
         ("http.headers_max", c.http.headers_max as u64),
@@ -474,6 +501,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         loaded_at: SystemTime::now(),
         config: c,
         tftp_root,
+        tftp_plain_subnets,
         vdisks,
         farm,
         tables: Vec::new(),

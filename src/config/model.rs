@@ -75,6 +75,28 @@ pub struct Tftp {
     pub retries_max: u32,
     pub sessions_max: usize,
     pub sessions_per_ip_max: usize,
+    /// A client's RFC 2349 timeout option above this is declined (left out of the OACK, the
+    /// adaptive timer runs): RFC 2349 allows 255 s, which with backoff held a session hours.
+    pub timeout_option_max_s: u64,
+    /// Retransmissions before the client's first ACK (the OACK, or DATA 1 of an option-less
+    /// request): a spoofed request never ACKs, so it is reaped after 1 + 2 + 4 timeouts and
+    /// reflects at most this many copies plus one.
+    pub handshake_retries_max: u32,
+    /// Longest a block may stay unacknowledged, retransmissions included, before the transfer
+    /// is abandoned.
+    pub stall_max_ms: u64,
+    /// Longest a transfer may run in total. 30 min: a 500 MB WinPE boot.wim in lockstep at
+    /// 1468-byte blocks over a 1 ms round trip takes ~8 min, 180 MB on GbE 257 s.
+    pub transfer_lifetime_max_ms: u64,
+    /// Sources whose option-less RRQs (RFC 1350, answered with DATA 1 at once, no handshake,
+    /// so reflectable) are answered; others are dropped without an answer. Requests with
+    /// options (OACK, then nothing before ACK 0) are served from anywhere. Default: any, for
+    /// old PXE ROMs that send no options.
+    pub plain_rrq_subnets: Vec<String>,
+    /// New transfers one source address may start per second, and in a burst (a token
+    /// bucket per address, shared by the workers). Above it requests are dropped unanswered.
+    pub requests_per_ip_per_s: u32,
+    pub requests_per_ip_burst: u32,
 }
 
 impl Default for Tftp {
@@ -88,6 +110,13 @@ impl Default for Tftp {
             retries_max: 6,
             sessions_max: 8192,
             sessions_per_ip_max: 8,
+            timeout_option_max_s: 5,
+            handshake_retries_max: 2,
+            stall_max_ms: 30_000,
+            transfer_lifetime_max_ms: 1_800_000,
+            plain_rrq_subnets: vec!["0.0.0.0/0".into(), "::/0".into()],
+            requests_per_ip_per_s: 200,
+            requests_per_ip_burst: 1000,
         }
     }
 }
@@ -340,6 +369,16 @@ timeout_min_ms = 50         # floor of the adaptive timeout (a client's RFC 2349
 retries_max = 6
 sessions_max = 8192         # concurrent transfers, all clients
 sessions_per_ip_max = 8
+timeout_option_max_s = 5    # a client's RFC 2349 timeout above this is declined (adaptive timer instead)
+handshake_retries_max = 2   # OACK / option-less DATA 1 resends before the client's first ACK
+                            # (spoofed requests never ACK: reaped after 1+2+4 x timeout_ms)
+stall_max_ms = 30000        # a block unacknowledged this long, resends included, ends the transfer
+transfer_lifetime_max_ms = 1800000   # 30 min: ~3x a 500 MB boot.wim in lockstep over a 1 ms round trip
+plain_rrq_subnets = ["0.0.0.0/0", "::/0"]   # who gets answers to option-less (RFC 1350) RRQs, which
+                            # are answered with DATA 1 without a handshake and can be reflected;
+                            # e.g. ["10.0.0.0/8"]. Requests with options are served from anywhere
+requests_per_ip_per_s = 200    # new transfers per source address per second (token bucket),
+requests_per_ip_burst = 1000   # and at once (a storm behind one NAT); above it requests are dropped unanswered
 
 [http]
 request_line_bytes_max = 4096

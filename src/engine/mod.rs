@@ -89,6 +89,44 @@ impl Admission {
     }
 }
 
+/// Per-source rate of new transfers: GCRA (a token bucket kept as one timestamp, the
+/// "theoretical arrival time") in 65536 hashed buckets shared by every worker without a lock,
+/// since SO_REUSEPORT spreads one source's ports over workers. Memory is fixed (512 KiB)
+/// whatever the number of sources; two sources sharing a bucket share its rate (stricter,
+/// never looser).
+pub struct RateLimit {
+    origin: Instant,
+    tat_us: Box<[AtomicU64]>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit { origin: Instant::now(), tat_us: (0..65536).map(|_| Default::default()).collect() }
+    }
+}
+
+impl RateLimit {
+    /// Takes one token for `ip` at `now` (`per_s` refill, `burst` tokens at most), or says no.
+    pub fn try_take(&self, ip: std::net::IpAddr, now: Instant, per_s: u32, burst: u32) -> bool {
+        let interval = (1_000_000 / per_s.max(1) as u64).max(1);
+        let tolerance = interval * burst.max(1) as u64 - interval;
+        // Offset so that a bucket never used (0) is a full one.
+        let now_us = now.saturating_duration_since(self.origin).as_micros() as u64 + tolerance + interval;
+        let cell = &self.tat_us[Admission::bucket(ip)];
+        let mut tat = cell.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now_us);
+            if start - now_us > tolerance {
+                return false;
+            }
+            match cell.compare_exchange_weak(tat, start + interval, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(t) => tat = t,
+            }
+        }
+    }
+}
+
 /// What one worker publishes for /metrics and status.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -104,6 +142,7 @@ pub struct Shared {
     pub workers: Vec<Arc<WorkerStats>>,
     pub grace: Duration,
     pub tftp_admission: Admission,
+    pub tftp_rate: RateLimit,
     pub http_admission: Admission,
     pub nbd_admission: Admission,
     pub nbd_targets: crate::nbd::cache::Registry,
@@ -321,6 +360,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         workers,
         grace: Duration::from_millis(s.shutdown_grace_ms),
         tftp_admission: Admission::default(),
+        tftp_rate: RateLimit::default(),
         http_admission: Admission::default(),
         nbd_admission: Admission::default(),
         nbd_targets: Default::default(),
@@ -505,6 +545,23 @@ impl Worker {
 mod tests {
     use super::*;
     use std::net::{TcpStream, UdpSocket};
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate_per_source() {
+        let r = RateLimit::default();
+        let t0 = Instant::now();
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let taken = (0..150).filter(|_| r.try_take(a, t0, 50, 100)).count();
+        assert_eq!(taken, 100, "the burst, then nothing at the same instant");
+        assert!(r.try_take(b, t0, 50, 100), "another source has its own bucket");
+        assert!(!r.try_take(a, t0 + Duration::from_millis(10), 50, 100));
+        assert!(r.try_take(a, t0 + Duration::from_millis(20), 50, 100), "one token per 20 ms at 50/s");
+        assert!(!r.try_take(a, t0 + Duration::from_millis(21), 50, 100));
+        // Over 10 s at most burst + 10 s x rate.
+        let n = (0..100_000u64).filter(|i| r.try_take(a, t0 + Duration::from_micros(100 * i), 50, 100)).count();
+        assert!((495..=501).contains(&n), "{n}");
+    }
 
     /// Counts what each socket of a group holds: datagrams (UDP) or pending connections (TCP).
     fn drain(socks: &[socket2::Socket], tcp: bool) -> Vec<usize> {

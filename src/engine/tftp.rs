@@ -18,6 +18,7 @@ use super::{ud, Shared, WorkerStats};
 use crate::config::Snapshot;
 use crate::image::Backing;
 use crate::metrics::Counter;
+use crate::tftp::netascii;
 use crate::tftp::path::{self, Refused};
 use crate::tftp::transfer::{self, Limits, Status, Transfer, Transmit};
 use crate::tftp::wire::{self, Packet};
@@ -25,9 +26,10 @@ use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const K_LISTEN: u8 = 1;
 pub const K_RECV: u8 = 2;
@@ -53,18 +55,41 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
 
 enum Source {
     Map(Arc<Backing>),
-    /// Netascii: the converted bytes, owned by the transfer.
-    Owned(Vec<u8>),
+    /// Netascii: converted block by block as it is sent, read from the file with pread (a
+    /// truncated file gives a short read and ends the transfer, never a SIGBUS), into one
+    /// block buffer per send slot: O(blksize x window) per transfer, nothing per file byte.
+    Netascii {
+        file: std::fs::File,
+        stream: netascii::Stream,
+        bufs: Vec<u8>,
+    },
+}
+
+/// A log line for requests dropped without an answer, at most one per `EVERY` per worker with
+/// the count of those not logged: a flood must not turn into a flood of log lines.
+#[derive(Default)]
+struct DropLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl DropLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Whether to log now, and how many drops went unlogged before this one.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now < t + Self::EVERY) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl Source {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Source::Map(b) => b.bytes(),
-            Source::Owned(v) => v,
-        }
-    }
     /// The mapped file changed in place (image::guard): what it holds now is not the file.
+    /// (Netascii reads with pread: a changed file shows as a short read instead.)
     fn damaged(&self) -> bool {
         matches!(self, Source::Map(b) if b.damaged())
     }
@@ -120,6 +145,11 @@ pub struct TftpService {
     shared: Arc<Shared>,
     worker: usize,
     slots: FileSlots,
+    dropped_rate: DropLog,
+    dropped_plain: DropLog,
+    /// Sessions in start order whose client may not have acknowledged yet (stale entries are
+    /// skipped): when the table is full the oldest of them gives its place to a new request.
+    unconfirmed: std::collections::VecDeque<(u32, u16)>,
 }
 
 fn same_peer(a: &SocketAddr, b: &SocketAddr) -> bool {
@@ -150,6 +180,9 @@ impl TftpService {
             shared,
             worker,
             slots,
+            dropped_rate: DropLog::default(),
+            dropped_plain: DropLog::default(),
+            unconfirmed: Default::default(),
         }
     }
 
@@ -312,15 +345,34 @@ impl TftpService {
                 return;
             }
         };
+        let snap = snapshot();
+        let cfg = &snap.config.tftp;
+        let ip = peer.ip().to_canonical();
+        if !self.shared.tftp_rate.try_take(ip, now, cfg.requests_per_ip_per_s, cfg.requests_per_ip_burst) {
+            self.count(Counter::TftpDroppedRate, 1);
+            if let Some(unlogged) = self.dropped_rate.due(now) {
+                tracing::warn!(
+                    worker = self.worker,
+                    client = %peer,
+                    per_s = cfg.requests_per_ip_per_s,
+                    burst = cfg.requests_per_ip_burst,
+                    unlogged,
+                    "tftp request dropped unanswered: this address is over tftp.requests_per_ip_per_s/requests_per_ip_burst \
+                     (raise them if many targets share it behind a NAT)"
+                );
+            }
+            return;
+        }
         if req.write {
             self.count(Counter::TftpRefusedWrite, 1);
             Self::send_error_from(listener, &peer_raw, wire::ERR_ACCESS, "access violation: this server is read-only");
             return;
         }
-        let snap = snapshot();
-        let cfg = &snap.config.tftp;
-        let ip = peer.ip().to_canonical();
-        if !self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max) {
+        let admitted = self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max)
+            || (self.shared.tftp_admission.total() >= cfg.sessions_max
+                && self.evict_unconfirmed(ring, now)
+                && self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max));
+        if !admitted {
             self.count(Counter::TftpRefusedLimit, 1);
             Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server busy: too many transfers, retry later");
             return;
@@ -336,39 +388,56 @@ impl TftpService {
             Err(Refused::NotFound) => return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not found"),
             Err(_) => return refuse(self, Counter::TftpRefusedAccess, wire::ERR_ACCESS, "access violation"),
         };
-        let data = match self.files.get(&file) {
-            Ok(m) => m.data,
+        // Octet is sent from the mapping; netascii is read with pread as it is converted.
+        let opened = match req.mode {
+            wire::Mode::Octet => self.files.get(&file).map(|m| {
+                let n = m.data.bytes().len() as u64;
+                (Ok(m.data), n)
+            }),
+            wire::Mode::Netascii => std::fs::File::open(&file).and_then(|f| {
+                let n = f.metadata()?.len();
+                Ok((Err(f), n))
+            }),
+        };
+        let (opened, size) = match opened {
+            Ok(o) => o,
             Err(e) => {
-                tracing::warn!(file = %file.display(), "cannot map: {e}");
+                tracing::warn!(file = %file.display(), "cannot open: {e}");
                 return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not readable");
             }
         };
-        let mapped = data.clone();
-        let source = match req.mode {
-            wire::Mode::Octet => Source::Map(data),
-            wire::Mode::Netascii => Source::Owned(transfer::to_netascii(data.bytes())),
-        };
-        if mapped.damaged() {
-            // Changed while read (a fault past its new end reads zeros): not the file's bytes.
-            return refuse(
-                self,
-                Counter::TftpFailedFileChanged,
-                wire::ERR_NOT_DEFINED,
-                "file changed on the server while being read; retry",
-            );
-        }
-        let size = source.bytes().len() as u64;
         let limits = Limits {
             blksize_max: cfg.blksize_max,
             windowsize_max: cfg.windowsize_max,
-            timeout: std::time::Duration::from_millis(cfg.timeout_ms),
-            timeout_min: std::time::Duration::from_millis(cfg.timeout_min_ms),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            timeout_min: Duration::from_millis(cfg.timeout_min_ms),
             retries_max: cfg.retries_max,
+            timeout_option_max: Duration::from_secs(cfg.timeout_option_max_s),
+            handshake_retries_max: cfg.handshake_retries_max,
+            stall_max: Duration::from_millis(cfg.stall_max_ms),
+            lifetime_max: Duration::from_millis(cfg.transfer_lifetime_max_ms),
         };
         let negotiated = match transfer::negotiate(&req, size, &limits) {
             Ok(n) => n,
             Err((code, msg)) => return refuse(self, Counter::TftpRefusedOption, code, msg),
         };
+        // An option-less request is answered with DATA 1 at once, without a handshake: from
+        // outside tftp.plain_rrq_subnets it is dropped unanswered, so nothing is reflected.
+        if !negotiated.oack() && !snap.tftp_plain_subnets.iter().any(|&n| crate::farm::place::in_subnet(ip, n)) {
+            self.shared.tftp_admission.release(ip);
+            self.count(Counter::TftpDroppedPlain, 1);
+            if let Some(unlogged) = self.dropped_plain.due(now) {
+                tracing::warn!(
+                    worker = self.worker,
+                    client = %peer,
+                    file = %file.display(),
+                    unlogged,
+                    "tftp request without options dropped unanswered: the client is outside tftp.plain_rrq_subnets \
+                     (add its subnet if it is a PXE ROM that sends no options)"
+                );
+            }
+            return;
+        }
         let bind_ip = if peer.is_ipv4() && self.listen_ip.is_ipv6() { IpAddr::from([0, 0, 0, 0]) } else { self.listen_ip };
         let (sock, stray) = match transfer_sockets(peer, bind_ip) {
             Ok(s) => s,
@@ -378,8 +447,18 @@ impl TftpService {
             }
         };
         let sref = self.slots.install(ring, sock.as_raw_fd());
-        let transfer = Transfer::new(negotiated, size, &limits, now);
         let slots_n = (negotiated.windowsize as usize).clamp(2, SEND_SLOTS_MAX);
+        let (source, transfer) = match opened {
+            Ok(map) => (Source::Map(map), Transfer::new(negotiated, size, &limits, now)),
+            Err(file) => (
+                Source::Netascii {
+                    file,
+                    stream: netascii::Stream::new(size, negotiated.blksize),
+                    bufs: vec![0; slots_n * negotiated.blksize as usize],
+                },
+                Transfer::new_stream(negotiated, &limits, now),
+            ),
+        };
         let mut s = Box::new(Session {
             generation: 0,
             sock: Some(sock),
@@ -416,6 +495,12 @@ impl TftpService {
             s.generation = g;
             s
         });
+        let generation = self.sessions.at(id).unwrap().generation;
+        self.unconfirmed.push_back((id, generation));
+        if self.unconfirmed.len() > 2 * self.sessions.stored() + 64 {
+            let sessions = &mut self.sessions;
+            self.unconfirmed.retain(|&(id, g)| sessions.get_mut(id, g).is_some_and(|s| !s.closing && !s.transfer.confirmed()));
+        }
         self.active += 1;
         self.stats.tftp_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.count(Counter::TftpStarted, 1);
@@ -436,6 +521,22 @@ impl TftpService {
         Self::arm_recv(ring, SockRef::Raw(fd), &self.msg, bgid, ud(K_STRAY, id, sess.generation, 0));
         sess.stray_armed = true;
         self.mark(id);
+    }
+
+    /// Ends this worker's oldest transfer whose client has not acknowledged anything yet (a
+    /// spoofed request never does), without a packet to it; false if there is none.
+    fn evict_unconfirmed(&mut self, ring: &mut IoUring, now: Instant) -> bool {
+        while let Some((id, g)) = self.unconfirmed.pop_front() {
+            let Some(s) = self.sessions.get_mut(id, g) else { continue };
+            if s.closing || s.transfer.confirmed() {
+                continue;
+            }
+            s.transfer.evict();
+            let status = s.transfer.status();
+            self.end(id, ring, status, now);
+            return true;
+        }
+        false
     }
 
     /// A packet at the transfer port from another address than the client's: RFC 1350 says
@@ -511,17 +612,36 @@ impl TftpService {
         let retransmits_before = s.transfer.retransmits;
         while let Some(&slot_i) = s.free_slots.last() {
             let Some(tx) = s.transfer.poll_transmit(now) else { break };
-            s.free_slots.pop();
             let slot = &mut s.slots[slot_i as usize];
             let (first, second): (&[u8], &[u8]) = match tx {
                 Transmit::Oack => (&s.oack[..s.oack_len], &[]),
                 Transmit::Data { block, offset, len } => {
                     slot.head = wire::data_header(block);
+                    let payload: &[u8] = match &mut s.source {
+                        Source::Map(b) => &b.bytes()[offset as usize..offset as usize + len],
+                        Source::Netascii { file, stream, bufs } => {
+                            let blk = s.transfer.negotiated.blksize as usize;
+                            let abs = offset / blk as u64 + 1;
+                            let buf = &mut bufs[slot_i as usize * blk..(slot_i as usize + 1) * blk];
+                            match stream.block(abs, s.transfer.base(), buf, |o, b| file.read_at(b, o)) {
+                                Ok(n) => {
+                                    s.transfer.produced(abs, n);
+                                    &buf[..n]
+                                }
+                                Err(e) => {
+                                    tracing::warn!(client = %s.peer, file = %s.file.display(), block = abs, "tftp netascii transfer stopped: {e}");
+                                    s.transfer.source_failed();
+                                    break;
+                                }
+                            }
+                        }
+                    };
                     data_packets += 1;
-                    data_bytes += len as u64;
-                    (&slot.head[..], &s.source.bytes()[offset as usize..offset as usize + len])
+                    data_bytes += payload.len() as u64;
+                    (&slot.head[..], payload)
                 }
             };
+            s.free_slots.pop();
             slot.iov[0] = libc::iovec { iov_base: first.as_ptr() as *mut _, iov_len: first.len() };
             slot.iov[1] = libc::iovec { iov_base: second.as_ptr() as *mut _, iov_len: second.len() };
             // Connected: no address, so the kernel uses the socket's cached route.
@@ -573,17 +693,23 @@ impl TftpService {
             _ if s.file_changed => (Counter::TftpFailedFileChanged, "aborted: the file changed on the server (copied over or truncated)"),
             Status::Done => (Counter::TftpCompleted, "completed"),
             Status::TimedOut => (Counter::TftpFailedTimeout, "timed out"),
+            Status::TooLong => (Counter::TftpFailedLifetime, "longer than tftp.transfer_lifetime_max_ms"),
+            Status::SourceFailed => (Counter::TftpFailedSource, "file changed"),
+            Status::Evicted => (Counter::TftpFailedEvicted, "evicted before its first ACK (table full)"),
             Status::ClientError(_) => (Counter::TftpFailedClient, "ended by the client"),
             Status::Active => (Counter::TftpFailedShutdown, "aborted by shutdown"),
         };
-        if let (Status::TimedOut | Status::Active, Some(sock)) = (status, s.sock.as_ref()) {
-            let why = if s.file_changed {
-                "file changed on the server during the transfer; retry"
-            } else if status == Status::Active {
-                "server shutting down"
-            } else {
-                "transfer timed out"
-            };
+        let why = match status {
+            _ if s.file_changed => Some("file changed on the server during the transfer; retry"),
+            // A client that never acknowledged anything may be a spoofed address: no more
+            // packets to it.
+            Status::TimedOut if s.transfer.confirmed() => Some("transfer timed out"),
+            Status::TooLong => Some("transfer took too long"),
+            Status::SourceFailed => Some("file changed during the transfer, retry"),
+            Status::Active => Some("server shutting down"),
+            _ => None,
+        };
+        if let (Some(why), Some(sock)) = (why, s.sock.as_ref()) {
             Self::send_error_from(sock.as_raw_fd(), &s.peer_raw, wire::ERR_NOT_DEFINED, why);
         }
         tracing::info!(

@@ -224,6 +224,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             timeout_min: Duration::from_millis(50),
             retries_max: 3,
+            ..Limits::DEFAULT
         };
         let n = negotiate(&r, file.len() as u64, &limits).unwrap();
         let mut s = Transfer::new(n, file.len() as u64, &limits, t0);

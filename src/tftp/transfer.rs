@@ -17,6 +17,32 @@ pub struct Limits {
     /// Floor of the adaptive retransmission timeout.
     pub timeout_min: Duration,
     pub retries_max: u32,
+    /// A client's RFC 2349 timeout above this is ignored (left out of the OACK; the adaptive
+    /// timer runs instead), so a client cannot make a session wait minutes per retry.
+    pub timeout_option_max: Duration,
+    /// Retransmissions before the client's first ACK (the OACK, or DATA 1 of an option-less
+    /// transfer), at the server's own `timeout`: a spoofed request is reaped in seconds and
+    /// reflects at most this many copies plus one.
+    pub handshake_retries_max: u32,
+    /// Longest a block (or the OACK) may stay unacknowledged, retransmissions included.
+    pub stall_max: Duration,
+    /// Longest a whole transfer may run.
+    pub lifetime_max: Duration,
+}
+
+impl Limits {
+    /// The defaults of `[tftp]` (tests, tools).
+    pub const DEFAULT: Limits = Limits {
+        blksize_max: 1468,
+        windowsize_max: 64,
+        timeout: Duration::from_millis(1000),
+        timeout_min: Duration::from_millis(50),
+        retries_max: 6,
+        timeout_option_max: Duration::from_secs(5),
+        handshake_retries_max: 2,
+        stall_max: Duration::from_secs(30),
+        lifetime_max: Duration::from_secs(1800),
+    };
 }
 
 /// The options agreed for a transfer, and which of them go into the OACK.
@@ -99,22 +125,23 @@ pub fn negotiate(req: &Request<'_>, size: u64, limits: &Limits) -> Result<Negoti
                 _ => return Err((ERR_OPTION, "windowsize must be a number from 1 to 65535")),
             }
         } else if k.eq_ignore_ascii_case(b"timeout") {
-            // RFC 2349: 1..255 seconds; anything else is ignored rather than refused.
-            if let Some(t) = number(v).filter(|t| (1..=255).contains(t)) {
+            // RFC 2349: 1..255 seconds; anything else is ignored rather than refused, and so
+            // is a value above our cap (the RFC lets a server decline an option).
+            if let Some(t) = number(v).filter(|t| (1..=255).contains(t) && Duration::from_secs(*t) <= limits.timeout_option_max) {
                 n.timeout = Duration::from_secs(t);
                 n.echo_timeout = true;
             }
         } else if k.eq_ignore_ascii_case(b"tsize") {
-            // In a read request the client sends 0 and we answer with the size. Netascii
-            // sizes are those of the converted bytes, which the caller passes as `size`.
-            // For an empty file tsize is left out (RFC 2349 allows it): curl (7.x, 8.x)
-            // refuses an OACK saying "tsize 0" and could not fetch the file at all.
-            if number(v).is_some() && size > 0 {
+            // In a read request the client sends 0 and we answer with the size. For an
+            // empty file tsize is left out (RFC 2349 allows it): curl (7.x, 8.x) refuses an
+            // OACK saying "tsize 0" and could not fetch the file at all. Netascii is
+            // converted block by block as it is sent, so its size is not known up front:
+            // tsize is left out rather than announced wrong.
+            if number(v).is_some() && size > 0 && req.mode == Mode::Octet {
                 n.echo_tsize = true;
             }
         }
     }
-    let _ = req.mode == Mode::Netascii;
     Ok(n)
 }
 
@@ -134,8 +161,15 @@ pub enum Transmit {
 pub enum Status {
     Active,
     Done,
-    /// No acknowledgement after the retry limit.
+    /// No acknowledgement after the retry limit or `stall_max`.
     TimedOut,
+    /// Still running at `lifetime_max`.
+    TooLong,
+    /// The source could not give the next block (the file changed under the transfer).
+    SourceFailed,
+    /// Ended before the client's first ACK to make room for a new request (the session
+    /// table was full; see [`Transfer::evict`]).
+    Evicted,
     /// The client sent an ERROR packet with this code.
     ClientError(u16),
 }
@@ -157,6 +191,15 @@ pub struct Transfer {
     rto: Duration,
     retries: u32,
     retries_max: u32,
+    /// The client acknowledged something: until then it may be a spoofed address, and the
+    /// handshake limits apply (server timeout, `handshake_retries_max`).
+    confirmed: bool,
+    handshake_rto: Duration,
+    handshake_retries_max: u32,
+    stall_max: Duration,
+    /// Since when the oldest outstanding packet waits for its ACK.
+    unacked_since: Instant,
+    ends_at: Instant,
     oack_unsent: bool,
     waiting_ack0: bool,
     /// First unacknowledged block.
@@ -176,6 +219,12 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// A transfer of a source whose size is not known before its end (netascii): the engine
+    /// says how long each block came out with [`Transfer::produced`].
+    pub fn new_stream(n: Negotiated, limits: &Limits, now: Instant) -> Transfer {
+        Transfer::new(n, u64::MAX, limits, now)
+    }
+
     pub fn new(n: Negotiated, size: u64, limits: &Limits, now: Instant) -> Transfer {
         let blksize = n.blksize as u64;
         Transfer {
@@ -188,9 +237,15 @@ impl Transfer {
             srtt: None,
             rttvar: Duration::ZERO,
             sample: None,
-            rto: n.timeout,
+            rto: limits.timeout.min(n.timeout),
             retries: 0,
             retries_max: limits.retries_max,
+            confirmed: false,
+            handshake_rto: limits.timeout.min(n.timeout),
+            handshake_retries_max: limits.handshake_retries_max,
+            stall_max: limits.stall_max,
+            unacked_since: now,
+            ends_at: now + limits.lifetime_max,
             oack_unsent: n.oack(),
             waiting_ack0: n.oack(),
             base: 1,
@@ -207,6 +262,41 @@ impl Transfer {
 
     pub fn status(&self) -> Status {
         self.status
+    }
+
+    /// Whether the client has acknowledged anything yet (proved it is at its address).
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// First block not yet acknowledged (1-based, not wrapped).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// For [`Transfer::new_stream`]: block `block` (1-based) came out `len` bytes long; a
+    /// short one is the last, which fixes the size.
+    pub fn produced(&mut self, block: u64, len: usize) {
+        if (len as u64) < self.blksize && block < self.last {
+            self.last = block;
+            self.size = (block - 1) * self.blksize + len as u64;
+            self.next = self.next.min(block + 1);
+        }
+    }
+
+    /// Ends a transfer whose client never acknowledged anything, to give its place to a new
+    /// request: spoofed requests then cannot keep a full table from legitimate clients.
+    pub fn evict(&mut self) {
+        if self.status == Status::Active && !self.confirmed {
+            self.status = Status::Evicted;
+        }
+    }
+
+    /// The source failed (see [`Status::SourceFailed`]).
+    pub fn source_failed(&mut self) {
+        if self.status == Status::Active {
+            self.status = Status::SourceFailed;
+        }
     }
 
     /// Bytes the client has acknowledged.
@@ -253,6 +343,7 @@ impl Transfer {
         if self.waiting_ack0 {
             if block == 0 && !self.oack_unsent {
                 self.waiting_ack0 = false;
+                self.confirmed = true;
                 self.acknowledged(now);
             }
             return;
@@ -266,6 +357,7 @@ impl Transfer {
         }
         if k >= self.base {
             self.base = k + 1;
+            self.confirmed = true;
             if let Some((b, sent)) = self.sample.filter(|(b, _)| k >= *b) {
                 let _ = b;
                 self.sample = None;
@@ -291,6 +383,7 @@ impl Transfer {
         self.retries = 0;
         self.rto = self.base_rto();
         self.progress_at = now;
+        self.unacked_since = now;
     }
 
     /// RFC 6298 §2: SRTT and RTTVAR from each sample.
@@ -322,8 +415,16 @@ impl Transfer {
         }
     }
 
+    /// The next retransmission, the stall limit or the end of the lifetime, whichever is first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.outstanding().then(|| self.progress_at + self.rto)
+        if self.status != Status::Active {
+            return None;
+        }
+        let mut t = self.ends_at;
+        if self.outstanding() {
+            t = t.min(self.progress_at + self.rto).min(self.unacked_since + self.stall_max);
+        }
+        Some(t)
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -331,13 +432,25 @@ impl Transfer {
             Some(t) if t <= now => {}
             _ => return,
         }
+        if now >= self.ends_at {
+            self.status = Status::TooLong;
+            return;
+        }
+        if !self.outstanding() {
+            return;
+        }
+        if now >= self.unacked_since + self.stall_max {
+            self.status = Status::TimedOut;
+            return;
+        }
         self.retries += 1;
-        if self.retries > self.retries_max {
+        if self.retries > if self.confirmed { self.retries_max } else { self.handshake_retries_max } {
             self.status = Status::TimedOut;
             return;
         }
         // Exponential backoff, capped: a storm's congestion clears instead of doubling.
-        self.rto = (self.rto * 2).min(self.rto_initial * 8);
+        let cap = if self.confirmed { self.rto_initial } else { self.handshake_rto } * 8;
+        self.rto = (self.rto * 2).min(cap);
         self.progress_at = now;
         self.sample = None;
         if self.waiting_ack0 {
@@ -346,19 +459,6 @@ impl Transfer {
             self.next = self.base;
         }
     }
-}
-
-/// Converts octets to netascii (RFC 764): LF -> CR LF, CR -> CR NUL.
-pub fn to_netascii(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len() + b.len() / 16);
-    for &c in b {
-        match c {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -373,6 +473,7 @@ mod tests {
         timeout: Duration::from_millis(1000),
         timeout_min: Duration::from_millis(1000),
         retries_max: 5,
+        ..Limits::DEFAULT
     };
 
     fn req(opts: &[u8]) -> Vec<u8> {
@@ -551,8 +652,139 @@ mod tests {
     }
 
     #[test]
-    fn netascii_conversion() {
-        assert_eq!(to_netascii(b"a\nb\rc"), b"a\r\nb\r\0c");
+    fn a_large_client_timeout_is_declined_and_handshakes_are_reaped_quickly() {
+        let t0 = Instant::now();
+        // timeout 255 (RFC 2349's maximum) is above timeout_option_max: left out of the OACK,
+        // the adaptive timer runs instead.
+        let n = neg(b"timeout\x00255\x00blksize\x00512\x00", 10_000).unwrap();
+        assert!(!n.echo_timeout && n.echo_blksize);
+        assert_eq!(n.timeout, LIMITS.timeout);
+        let n5 = neg(b"timeout\x005\x00", 10_000).unwrap();
+        assert!(n5.echo_timeout, "up to the cap the client's timeout is honoured");
+        // Waiting for ACK 0 (a spoofed RRQ never sends it): the OACK goes out 1 +
+        // handshake_retries_max times at the server's timeout, then the session ends.
+        for n in [n, n5] {
+            let mut t = Transfer::new(n, 10_000, &LIMITS, t0);
+            let mut oacks = 0;
+            let mut now = t0;
+            while t.status() == Status::Active {
+                while let Some(tx) = t.poll_transmit(now) {
+                    assert_eq!(tx, Transmit::Oack);
+                    oacks += 1;
+                }
+                now = t.poll_timeout().unwrap();
+                t.handle_timeout(now);
+            }
+            assert_eq!((t.status(), oacks, t.confirmed()), (Status::TimedOut, 1 + LIMITS.handshake_retries_max, false));
+            assert!(now - t0 <= Duration::from_secs(7), "reaped after 1 + 2 + 4 s, not {:?}", now - t0);
+        }
+        // Option-less: DATA 1 is sent 1 + handshake_retries_max times before the first ACK.
+        let mut t = Transfer::new(neg(b"", 10_000).unwrap(), 10_000, &LIMITS, t0);
+        let mut data1 = 0;
+        let mut now = t0;
+        while t.status() == Status::Active {
+            while let Some(Transmit::Data { block: 1, .. }) = t.poll_transmit(now) {
+                data1 += 1;
+            }
+            now = t.poll_timeout().unwrap();
+            t.handle_timeout(now);
+        }
+        assert_eq!(data1, 1 + LIMITS.handshake_retries_max);
+    }
+
+    #[test]
+    fn stall_and_lifetime_caps() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // A client that set timeout 5 and then stops ACKing: given up at stall_max at most,
+        // whatever retries_max says.
+        let limits = Limits { retries_max: 100, stall_max: s(20), ..LIMITS };
+        let r = req(b"timeout\x005\x00");
+        let Packet::Request(r) = wire::parse(&r).unwrap() else { panic!() };
+        let n = negotiate(&r, 100_000, &limits).unwrap();
+        let mut t = Transfer::new(n, 100_000, &limits, t0);
+        let _ = t.poll_transmit(t0);
+        t.handle_ack(0, t0);
+        let mut now = t0;
+        while t.status() == Status::Active {
+            while t.poll_transmit(now).is_some() {}
+            now = t.poll_timeout().unwrap();
+            t.handle_timeout(now);
+        }
+        assert_eq!(t.status(), Status::TimedOut);
+        assert_eq!(now - t0, s(20), "the stall cap ends it exactly");
+        // A client that ACKs just often enough never stalls, but the lifetime ends it.
+        let limits = Limits { lifetime_max: s(60), ..LIMITS };
+        let mut t = Transfer::new(neg(b"", 1 << 30).unwrap(), 1 << 30, &limits, t0);
+        let mut now = t0;
+        let mut block = 0u16;
+        while t.status() == Status::Active {
+            if let Some(Transmit::Data { block: b, .. }) = t.poll_transmit(now) {
+                block = b;
+            }
+            now += s(1);
+            t.handle_timeout(now);
+            t.handle_ack(block, now);
+        }
+        assert_eq!(t.status(), Status::TooLong);
+        assert_eq!(now - t0, s(60));
+    }
+
+    #[test]
+    fn netascii_stream_across_rollover_with_go_back() {
+        use super::super::netascii::Stream;
+        let t0 = Instant::now();
+        // 8-byte blocks, > 65536 of them after conversion; a window of 16 with one loss per
+        // window: the bytes the client assembles equal the whole-file conversion.
+        let src: Vec<u8> = (0..500_000u32).map(|i| [b'a', b'\n', b'b', b'\r', b'c'][(i % 5 + i / 7 % 3) as usize % 5]).collect();
+        let mut want = Vec::new();
+        for &c in &src {
+            match c {
+                b'\n' => want.extend_from_slice(b"\r\n"),
+                b'\r' => want.extend_from_slice(b"\r\0"),
+                c => want.push(c),
+            }
+        }
+        let mut read = |off: u64, buf: &mut [u8]| {
+            let o = off as usize;
+            let n = buf.len().min(src.len() - o);
+            buf[..n].copy_from_slice(&src[o..o + n]);
+            Ok(n)
+        };
+        let r = b"\x00\x01f\x00netascii\x00blksize\x008\x00windowsize\x0016\x00tsize\x000\x00".to_vec();
+        let Packet::Request(r) = wire::parse(&r).unwrap() else { panic!() };
+        let n = negotiate(&r, src.len() as u64, &LIMITS).unwrap();
+        assert!(!n.echo_tsize, "no tsize for netascii: its size is known only at the end");
+        let mut t = Transfer::new_stream(n, &LIMITS, t0);
+        let mut stream = Stream::new(src.len() as u64, 8);
+        assert_eq!(t.poll_transmit(t0), Some(Transmit::Oack));
+        t.handle_ack(0, t0);
+        let mut got = Vec::new();
+        let mut out = [0u8; 8];
+        let mut round = 0u64;
+        while t.status() == Status::Active {
+            round += 1;
+            let mut in_order = None;
+            while let Some(Transmit::Data { block, offset, .. }) = t.poll_transmit(t0) {
+                let abs = offset / 8 + 1;
+                assert_eq!(block, abs as u16);
+                let len = stream.block(abs, t.base(), &mut out, &mut read).unwrap();
+                t.produced(abs, len);
+                // Every third round the third block of the window is lost.
+                let lost = round % 3 == 0 && abs == t.base() + 2;
+                if !lost && abs == got.len() as u64 / 8 + 1 && in_order.is_none_or(|b: u64| b + 1 == abs) {
+                    got.extend_from_slice(&out[..len]);
+                    in_order = Some(abs);
+                }
+                assert!(stream.kept() <= 17);
+            }
+            t.handle_ack(in_order.unwrap_or(t.base() - 1) as u16, t0);
+        }
+        assert_eq!(t.status(), Status::Done);
+        assert!(want.len() / 8 > 65_536);
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the client assembles exactly the converted file");
+        assert_eq!(t.acked_bytes(), want.len() as u64);
     }
 
     // ---- Simulation: a lossy, duplicating, reordering network between this state machine and
