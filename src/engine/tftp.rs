@@ -694,7 +694,7 @@ impl TftpService {
             Status::Done => (Counter::TftpCompleted, "completed"),
             Status::TimedOut => (Counter::TftpFailedTimeout, "timed out"),
             Status::TooLong => (Counter::TftpFailedLifetime, "longer than tftp.transfer_lifetime_max_ms"),
-            Status::SourceFailed => (Counter::TftpFailedSource, "file changed"),
+            Status::SourceFailed => (Counter::TftpFailedFileChanged, "file changed"),
             Status::Evicted => (Counter::TftpFailedEvicted, "evicted before its first ACK (table full)"),
             Status::ClientError(_) => (Counter::TftpFailedClient, "ended by the client"),
             Status::Active => (Counter::TftpFailedShutdown, "aborted by shutdown"),

@@ -58,7 +58,6 @@ counters! {
     TftpFailedClient => ("bootfarm_tftp_transfers_failed_total", "reason=\"client_error\"", "TFTP transfers that ended without completing, by reason."),
     TftpFailedShutdown => ("bootfarm_tftp_transfers_failed_total", "reason=\"shutdown\"", "TFTP transfers that ended without completing, by reason."),
     TftpFailedLifetime => ("bootfarm_tftp_transfers_failed_total", "reason=\"lifetime\"", "TFTP transfers that ended without completing, by reason."),
-    TftpFailedSource => ("bootfarm_tftp_transfers_failed_total", "reason=\"file_changed\"", "TFTP transfers that ended without completing, by reason."),
     TftpFailedEvicted => ("bootfarm_tftp_transfers_failed_total", "reason=\"evicted_unconfirmed\"", "TFTP transfers that ended without completing, by reason."),
     TftpDroppedPlain => ("bootfarm_tftp_requests_dropped_total", "reason=\"plain_rrq_subnet\"", "TFTP requests dropped without an answer (nothing reflected), by reason."),
     TftpDroppedRate => ("bootfarm_tftp_requests_dropped_total", "reason=\"rate_limit\"", "TFTP requests dropped without an answer (nothing reflected), by reason."),
