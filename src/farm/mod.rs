@@ -296,22 +296,62 @@ pub const DAMAGED_HASH: &str = "damaged";
 /// the length (an xxHash64-style mix; fast enough to hash a 1 GiB image in well under a second
 /// from the page cache). It detects replicas that differ, it is not a cryptographic digest.
 pub fn content_hash(data: &[u8]) -> u64 {
+    let mut h = ContentHasher::new();
+    h.update(data);
+    h.finish(data.len() as u64, data)
+}
+
+/// [`content_hash`] taken in pieces, so the hasher can stop (SIGTERM) or notice a changed file
+/// between pieces of a large image instead of only after the whole of it.
+struct ContentHasher {
+    acc: [u64; 4],
+}
+
+impl ContentHasher {
     const P1: u64 = 0x9E37_79B1_85EB_CA87;
     const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    let mut acc = [P1.wrapping_add(P2), P2, 0, P1.wrapping_neg()];
-    let mut chunks = data.chunks_exact(32);
-    for c in &mut chunks {
-        for (i, a) in acc.iter_mut().enumerate() {
-            let w = u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap());
-            *a = a.wrapping_add(w.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1);
+
+    fn new() -> Self {
+        ContentHasher { acc: [Self::P1.wrapping_add(Self::P2), Self::P2, 0, Self::P1.wrapping_neg()] }
+    }
+
+    /// Takes the whole 32-byte words of `data`; every piece but the last must be a multiple of 32.
+    fn update(&mut self, data: &[u8]) {
+        for c in data.chunks_exact(32) {
+            for (i, a) in self.acc.iter_mut().enumerate() {
+                let w = u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap());
+                *a = a.wrapping_add(w.wrapping_mul(Self::P2)).rotate_left(31).wrapping_mul(Self::P1);
+            }
         }
     }
-    let mut h = acc[0].rotate_left(1) ^ acc[1].rotate_left(7) ^ acc[2].rotate_left(12) ^ acc[3].rotate_left(18);
-    h ^= data.len() as u64;
-    for &b in chunks.remainder() {
-        h = (h ^ b as u64).wrapping_mul(P1).rotate_left(11);
+
+    /// `len` is the whole input's length and `last` its last piece (whose tail of under 32
+    /// bytes `update` left out).
+    fn finish(&self, len: u64, last: &[u8]) -> u64 {
+        let acc = &self.acc;
+        let mut h = acc[0].rotate_left(1) ^ acc[1].rotate_left(7) ^ acc[2].rotate_left(12) ^ acc[3].rotate_left(18);
+        h ^= len;
+        for &b in &last[last.len() - last.len() % 32..] {
+            h = (h ^ b as u64).wrapping_mul(Self::P1).rotate_left(11);
+        }
+        place::stable_hash(&[&h.to_le_bytes()])
     }
-    place::stable_hash(&[&h.to_le_bytes()])
+}
+
+/// Hashes `data` in pieces of `piece` bytes (a multiple of 32), giving up (None) as soon as
+/// `go_on` says so between pieces.
+fn content_hash_unless(data: &[u8], piece: usize, mut go_on: impl FnMut() -> bool) -> Option<u64> {
+    debug_assert!(piece > 0 && piece % 32 == 0);
+    let mut h = ContentHasher::new();
+    let mut last: &[u8] = &[];
+    for c in data.chunks(piece) {
+        if !go_on() {
+            return None;
+        }
+        h.update(c);
+        last = c;
+    }
+    Some(h.finish(data.len() as u64, last))
 }
 
 /// The target key of an HTTP request: the MAC the client gave (`?mac=`), or its address.
@@ -595,11 +635,16 @@ fn hasher(rt: &Runtime, store: &Store) {
                 // One pass over the whole file: with the serving advice (random) every 4 KiB
                 // page was its own fault and, when not cached, its own disk read.
                 l.advise_sequential();
-                let h = content_hash(l.bytes());
+                // In 64 MiB pieces: SIGTERM and a file changed under us are seen within one
+                // piece, not after a whole (possibly many-GiB) image.
+                let h = content_hash_unless(l.bytes(), 64 << 20, || !rt.stop.load(Ordering::Relaxed) && !l.changed_in_place());
                 l.advise_random();
-                if l.changed_in_place() {
+                let Some(h) = h.filter(|_| !l.changed_in_place()) else {
+                    if rt.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
                     continue; // changed while hashed: the hash is of nothing real
-                }
+                };
                 tracing::info!(file = %l.path.display(), hash = format!("{h:016x}"), ms = t.elapsed().as_millis() as u64, "image content hashed");
                 rt.file_hashes.lock().unwrap().insert(id, h);
                 if rt.stop.load(Ordering::Relaxed) {
@@ -789,6 +834,19 @@ mod tests {
         }
         assert_eq!(content_hash(&d), h);
         assert_ne!(content_hash(&d[..100_000]), content_hash(&d[..100_001]));
+    }
+
+    #[test]
+    fn content_hash_in_pieces_is_the_same_and_stops_when_asked() {
+        let d: Vec<u8> = (0..100_003u32).map(|i| (i * 13 + i / 97) as u8).collect();
+        for piece in [32, 4096, 65_536, 1 << 20] {
+            assert_eq!(content_hash_unless(&d, piece, || true), Some(content_hash(&d)), "pieces of {piece}");
+            assert_eq!(content_hash_unless(&d[..64], piece, || true), Some(content_hash(&d[..64])));
+        }
+        assert_eq!(content_hash_unless(&[], 64, || true), Some(content_hash(&[])));
+        let mut n = 0;
+        assert_eq!(content_hash_unless(&d, 4096, || { n += 1; n < 3 }), None);
+        assert_eq!(n, 3, "asked before each piece, stopped at the third");
     }
 
     /// `?mac=` is unauthenticated: one address naming 100,000 targets adds at most
