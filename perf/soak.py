@@ -281,6 +281,8 @@ def a7_many_caches(a, stop, stats):
                 nbd_request(s, CMD_WRITE, (64 << 20) + (m << 20), 1 << 20, cookie=m, data=data)
                 err, _ = nbd_reply(s, 0)
                 stats["a7_write_ok" if err == 0 else "a7_write_err"] += 1
+                if err:
+                    stats["a7_write_errno"] = err
             socks.append(s)
             stats["a7_targets"] += 1
         except Exception:  # noqa: BLE001
