@@ -21,7 +21,7 @@ use super::{ud, Shared, WorkerStats};
 use crate::config::Mode;
 use crate::config::{Snapshot, Vdisk};
 use crate::metrics::Counter;
-use crate::nbd::cache::{self, CacheError, Piece, Target};
+use crate::nbd::cache::{self, AttachError, CacheError, Piece, Target};
 use crate::nbd::wire::{self, Parse};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::Socket;
@@ -988,28 +988,39 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
     false
 }
 
-/// Gives the connection its target's write cache (or refuses: a private vdisk's second writer).
+/// Gives the connection its target's write cache (or refuses: a private vdisk's second writer,
+/// a target created from another address).
 fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> Result<(), String> {
-    let id = id.unwrap_or_else(|| c.ip.to_string());
-    let client = c.peer.to_string();
+    let key = id.clone().unwrap_or_else(|| c.ip.to_string());
     if ctx.snap.farm.len() > 1 {
         let me = ctx.shared.farm_local(ctx.snap, ctx.now);
-        let order = ctx.shared.farm.place(ctx.snap, &vd.name, &id, Some(c.ip), &me);
+        let order = ctx.shared.farm.place(ctx.snap, &vd.name, &key, Some(c.ip), &me);
         if let Some(&first) = order.first().filter(|&&i| ctx.snap.farm[i].name != ctx.snap.config.server.name) {
             ctx.stats.counters.add(Counter::NbdMisplaced, 1);
             tracing::debug!(client = %c.peer, export = %vd.name, first = %ctx.snap.farm[first].name, "nbd target is placed on another server; serving it here");
         }
     }
-    match ctx.shared.nbd_targets.attach(vd, &id, &client, &ctx.snap.config.nbd, ctx.now) {
+    match ctx.shared.nbd_targets.attach(vd, id.as_deref(), c.peer, &ctx.snap.config.nbd, ctx.now) {
         Ok((t, resumed)) => {
             tracing::info!(client = %c.peer, export = %vd.name, target = %t.id, resumed, "nbd target attached");
             c.target = Some(t);
             Ok(())
         }
+        Err(e @ AttachError::Foreign { owner }) => {
+            ctx.stats.counters.add(Counter::NbdRefusedForeign, 1);
+            tracing::warn!(
+                client = %c.peer,
+                owner = %owner,
+                export = %vd.name,
+                target = %key,
+                "nbd connection refused: the target belongs to the address that created it; a target id reaches only its own machine's cache (a machine whose address changed gets a new cache once the old one expires, nbd.cache_keep_after_disconnect_ms)"
+            );
+            Err(e.to_string())
+        }
         Err(e) => {
             ctx.stats.counters.add(Counter::NbdRefusedPrivate, 1);
             tracing::warn!(client = %c.peer, export = %vd.name, "nbd connection refused: {e}");
-            Err(e)
+            Err(e.to_string())
         }
     }
 }

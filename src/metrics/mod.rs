@@ -84,6 +84,7 @@ counters! {
     NbdTimeoutSend => ("bootfarm_nbd_timeouts_total", "kind=\"send\"", "NBD connections cut off by a timeout, by kind (send: the client stopped reading; handshake: never finished it)."),
     NbdTimeoutHandshake => ("bootfarm_nbd_timeouts_total", "kind=\"handshake\"", "NBD connections cut off by a timeout, by kind (send: the client stopped reading; handshake: never finished it)."),
     NbdMisplaced => ("bootfarm_nbd_misplaced_total", "", "NBD targets served here while the farm placement puts another server first (bytes are the same; the boot script sends targets to the first)."),
+    NbdRefusedForeign => ("bootfarm_nbd_targets_refused_total", "reason=\"foreign_target\"", "NBD connections refused a target, by reason (foreign_target: the target was created from another address)."),
     NbdRefusedPrivate => ("bootfarm_nbd_private_refused_total", "", "Connections refused because a private-mode vdisk already had its writer."),
     NbdErrors => ("bootfarm_nbd_error_replies_total", "", "NBD requests answered with an error (EINVAL, EOVERFLOW, ENOSPC, EIO)."),
     NbdSentBytes => ("bootfarm_nbd_sent_bytes_total", "", "Bytes written to NBD connections."),

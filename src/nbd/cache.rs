@@ -24,6 +24,7 @@ use crate::image::write::Writer;
 use crate::image::{Chain, Segment};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -534,10 +535,18 @@ pub struct Target {
     pub vdisk: Arc<crate::config::Vdisk>,
     /// Client IP, or the id given in the export name (`win10@00:11:22:33:44:55`).
     pub id: String,
+    /// Whether `id` was named in the export (`vdisk@id`) rather than being the client address:
+    /// the two are separate key spaces, so `vdisk@<some IP>` never reaches an anonymous target.
+    pub named: bool,
+    /// The address that created the target: only connections from it may attach to it.
+    pub owner: IpAddr,
     pub overlay: Mutex<Overlay>,
     /// Private mode: the version file this session writes.
     pub version_file: Option<PathBuf>,
 }
+
+/// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
+type Key = (String, bool, String);
 
 struct Entry {
     target: Arc<Target>,
@@ -551,7 +560,7 @@ struct Entry {
 /// lock is taken on connect and disconnect only; requests lock their own target's overlay.
 #[derive(Default)]
 pub struct Registry {
-    entries: Mutex<HashMap<(String, String), Entry>>,
+    entries: Mutex<HashMap<Key, Entry>>,
     /// Bytes of RAM and overflow held by all overlays (nbd.cache_bytes_total_max).
     pub total: Arc<AtomicU64>,
 }
@@ -569,35 +578,69 @@ pub fn valid_target_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
 }
 
+/// Why a connection did not get its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachError {
+    /// A private vdisk already has its writer (the message names it).
+    Busy(String),
+    /// The target was created from another address, which alone may reach it.
+    Foreign { owner: IpAddr },
+    /// The target could not be set up (a private version file, say).
+    Failed(String),
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Busy(s) | AttachError::Failed(s) => f.write_str(s),
+            AttachError::Foreign { .. } => {
+                f.write_str("this target id belongs to another machine (the address that created it); use your own id")
+            }
+        }
+    }
+}
+
 impl Registry {
-    /// Gives a connection its target: the cache kept from an earlier connection (still open,
-    /// or closed less than `keep` ago, on the same image) or a new one.
+    /// Gives a connection from `client` its target: the cache kept from an earlier connection
+    /// (still open, or closed less than `keep` ago, on the same image) or a new one. `id` is
+    /// the id named in the export (`vdisk@id`); without one the target is the client address.
+    /// A target is bound to the address that created it: another address is refused, whatever
+    /// id it names.
     pub fn attach(
         &self,
         vdisk: &Arc<crate::config::Vdisk>,
-        id: &str,
-        client: &str,
+        id: Option<&str>,
+        client: SocketAddr,
         cfg: &crate::config::Nbd,
         now: Instant,
-    ) -> Result<(Arc<Target>, bool), String> {
+    ) -> Result<(Arc<Target>, bool), AttachError> {
         use crate::config::Mode;
         let keep = Duration::from_millis(cfg.cache_keep_after_disconnect_ms);
         self.sweep(now, keep);
         let private = vdisk.mode == Mode::Private;
-        let key = (vdisk.name.clone(), if private { String::new() } else { id.to_string() });
+        let ip = client.ip().to_canonical();
+        let key: Key = match (private, id) {
+            (true, _) => (vdisk.name.clone(), false, String::new()),
+            (false, Some(id)) => (vdisk.name.clone(), true, id.to_string()),
+            (false, None) => (vdisk.name.clone(), false, ip.to_string()),
+        };
+        let client = client.to_string();
         let stale = {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
                 Some(e) if e.conns > 0 && private => {
-                    return Err(format!(
+                    return Err(AttachError::Busy(format!(
                         "vdisk {} is in private mode and already has a writer ({}); one connection at a time",
                         vdisk.name, e.client
-                    ));
+                    )));
                 }
                 Some(e) if e.conns > 0 || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                    if e.target.owner != ip {
+                        return Err(AttachError::Foreign { owner: e.target.owner });
+                    }
                     e.conns += 1;
                     e.idle_since = None;
-                    e.client = client.to_string();
+                    e.client = client;
                     return Ok((e.target.clone(), true));
                 }
                 Some(_) => map.remove(&key).map(|e| e.target),
@@ -614,28 +657,38 @@ impl Registry {
             dir: cfg.cache_dir.clone(),
         };
         let (persist, version_file) = if private {
-            let (w, p) = private_version(vdisk)?;
+            let (w, p) = private_version(vdisk).map_err(AttachError::Failed)?;
             (Some(w), Some(p))
         } else {
             (None, None)
         };
         let target = Arc::new(Target {
             vdisk: vdisk.clone(),
-            id: key.1.clone(),
+            id: key.2.clone(),
+            named: key.1,
+            owner: ip,
             overlay: Mutex::new(Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), persist)),
             version_file,
         });
         let mut map = self.entries.lock().unwrap();
-        if private && map.get(&key).is_some_and(|e| e.conns > 0) {
-            return Err(format!("vdisk {} is in private mode and already has a writer; one connection at a time", vdisk.name));
+        // Another worker may have made the same target meanwhile: the same checks again.
+        match map.get(&key) {
+            Some(e) if private && e.conns > 0 => {
+                return Err(AttachError::Busy(format!(
+                    "vdisk {} is in private mode and already has a writer; one connection at a time",
+                    vdisk.name
+                )));
+            }
+            Some(e) if e.target.owner != ip => return Err(AttachError::Foreign { owner: e.target.owner }),
+            _ => {}
         }
-        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client: client.to_string() });
+        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client });
         Ok((target, false))
     }
 
     /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
     pub fn detach(&self, t: &Arc<Target>, keep: Duration, now: Instant) {
-        let key = (t.vdisk.name.clone(), t.id.clone());
+        let key: Key = (t.vdisk.name.clone(), t.named, t.id.clone());
         let gone = {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
@@ -662,7 +715,7 @@ impl Registry {
     pub fn sweep(&self, now: Instant, keep: Duration) {
         let gone: Vec<Arc<Target>> = {
             let mut map = self.entries.lock().unwrap();
-            let old: Vec<(String, String)> = map
+            let old: Vec<Key> = map
                 .iter()
                 .filter(|(_, e)| e.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= keep))
                 .map(|(k, _)| k.clone())
@@ -678,7 +731,7 @@ impl Registry {
     pub fn connected_by_vdisk(&self, now: Instant, boot: Duration) -> Vec<(String, u32, u32)> {
         let map = self.entries.lock().unwrap();
         let mut out: Vec<(String, u32, u32)> = Vec::new();
-        for ((v, _), e) in map.iter().filter(|(_, e)| e.conns > 0) {
+        for ((v, _, _), e) in map.iter().filter(|(_, e)| e.conns > 0) {
             let booting = (now.saturating_duration_since(e.started) < boot) as u32;
             match out.iter_mut().find(|(n, _, _)| n == v) {
                 Some(x) => {

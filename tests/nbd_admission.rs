@@ -1,0 +1,178 @@
+//! NBD admission and target identity against the running binary, with clients on two source
+//! addresses (127.0.0.1 and 127.0.0.2): a target's write cache is reached only from the address
+//! that created it.
+
+mod common;
+use bootfarm::nbd::wire;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Fixture {
+    dir: TempDir,
+    server: Server,
+    port: u16,
+    http: u16,
+}
+
+/// A 12 MiB dynamic VHDX written with a pattern, served as `disk` (standard) and `priv`
+/// (private); `extra` goes into [nbd].
+fn fixture(extra: &str) -> Fixture {
+    let dir = TempDir::new("nbd-admission");
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let img = dir.join("disk.vhdx");
+    assert!(bootfarm(&["vdisk", "create", img.to_str().unwrap(), "--size", "12M", "--block-size", "1M"]).status.success());
+    let w = dir.join("w.bin");
+    std::fs::write(&w, pattern(1, 0, 1 << 20)).unwrap();
+    assert!(bootfarm(&["vdisk", "write", img.to_str().unwrap(), "--offset", "0", "--from", w.to_str().unwrap()]).status.success());
+    let (port, http) = (free_port(), free_port());
+    let cfg = format!(
+        "[server]\ntftp_port = {}\nhttp_port = {http}\nnbd_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{extra}\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n[[vdisk]]\nname = \"priv\"\npath = \"disk.vhdx\"\nmode = \"private\"\n",
+        free_port()
+    );
+    std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
+    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+    Fixture { dir, server, port, http }
+}
+
+impl Fixture {
+    fn metrics(&self) -> String {
+        http_get(self.http, "/metrics")
+    }
+    fn metric(&self, line_start: &str) -> u64 {
+        let m = self.metrics();
+        m.lines().find_map(|l| l.strip_prefix(line_start).map(|v| v.trim().parse().unwrap())).unwrap_or(0)
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    String::from_utf8(run(Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{port}{path}")])).stdout).unwrap()
+}
+
+/// A TCP connection to the server from a chosen source address.
+fn connect_from(src: &str, port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: SocketAddr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
+    s.bind(&from.into()).unwrap();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    s.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+fn encode(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> Vec<u8> {
+    let mut r = wire::REQUEST_MAGIC.to_be_bytes().to_vec();
+    r.extend_from_slice(&0u16.to_be_bytes());
+    r.extend_from_slice(&kind.to_be_bytes());
+    r.extend_from_slice(&cookie.to_be_bytes());
+    r.extend_from_slice(&offset.to_be_bytes());
+    r.extend_from_slice(&length.to_be_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+/// A minimal fixed-newstyle client bound to a source address: GO, then simple requests.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn try_go(src: &str, port: u16, export: &str) -> Result<Raw, (u32, String)> {
+        let mut s = connect_from(src, port);
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut o = wire::IHAVEOPT.to_be_bytes().to_vec();
+        o.extend_from_slice(&wire::OPT_GO.to_be_bytes());
+        o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
+        o.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        o.extend_from_slice(export.as_bytes());
+        o.extend_from_slice(&0u16.to_be_bytes());
+        s.write_all(&o).unwrap();
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h).unwrap();
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+            s.read_exact(&mut d).unwrap();
+            match kind {
+                wire::REP_ACK => return Ok(Raw(s)),
+                wire::REP_INFO => {}
+                other => return Err((other, String::from_utf8_lossy(&d).into_owned())),
+            }
+        }
+    }
+    fn go(src: &str, port: u16, export: &str) -> Raw {
+        Raw::try_go(src, port, export).unwrap_or_else(|e| panic!("GO {export} from {src}: {e:?}"))
+    }
+    fn request(&mut self, kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> (u32, u64) {
+        self.0.write_all(&encode(kind, cookie, offset, length, payload)).unwrap();
+        let mut h = [0u8; 16];
+        self.0.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), wire::SIMPLE_REPLY_MAGIC);
+        (u32::from_be_bytes(h[4..8].try_into().unwrap()), u64::from_be_bytes(h[8..16].try_into().unwrap()))
+    }
+    fn read(&mut self, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        assert_eq!(self.request(wire::CMD_READ, cookie, offset, len, &[]), (0, cookie), "READ {len} at {offset}");
+        let mut d = vec![0u8; len as usize];
+        self.0.read_exact(&mut d).unwrap();
+        d
+    }
+    fn write(&mut self, cookie: u64, offset: u64, data: &[u8]) {
+        assert_eq!(self.request(wire::CMD_WRITE, cookie, offset, data.len() as u32, data), (0, cookie), "WRITE at {offset}");
+    }
+}
+
+/// Polls `f` every 50 ms until it holds or `max` passes.
+fn eventually(max: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + max;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Another address naming the victim's id (its MAC), or the victim's address as an id, never
+/// reaches the victim's cache: the first is refused with NBD_REP_ERR_POLICY, logged with both
+/// addresses and counted; the second is a target of its own. The owner resumes its cache.
+#[test]
+fn a_target_is_reached_only_from_the_address_that_created_it() {
+    let f = fixture("cache_keep_after_disconnect_ms = 10000");
+    let secret = vec![0x5au8; 8192];
+    let victim = "disk@aa:bb:cc:dd:ee:01";
+    // The victim writes into its named target and, anonymously, into its address's target.
+    let mut v = Raw::go("127.0.0.1", f.port, victim);
+    v.write(1, 4096, &secret);
+    let mut anon = Raw::go("127.0.0.1", f.port, "disk");
+    anon.write(2, 8 << 20, &secret);
+    // From 127.0.0.2, the victim's id: refused while connected...
+    let (e, why) = Raw::try_go("127.0.0.2", f.port, victim).err().expect("a foreign target id is refused");
+    assert_eq!(e, wire::REP_ERR_POLICY);
+    assert!(why.contains("another machine"), "{why}");
+    // ...and while its cache is kept for a reconnect.
+    drop(v);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(Raw::try_go("127.0.0.2", f.port, victim).err().map(|e| e.0), Some(wire::REP_ERR_POLICY));
+    // The victim's address as an id is another key space: a fresh target reading the image.
+    let image = Raw::go("127.0.0.2", f.port, "disk@other").read(3, 0, 12 << 20);
+    let mut a = Raw::go("127.0.0.2", f.port, "disk@127.0.0.1");
+    assert_same("disk@<victim IP> from another address", &a.read(4, 8 << 20, 8192), &image[8 << 20..(8 << 20) + 8192]);
+    a.write(5, 8 << 20, &[1u8; 4096]);
+    assert_eq!(anon.read(6, 8 << 20, 8192), secret, "the victim's anonymous target is untouched");
+    // The owner (nbdinfo from 127.0.0.1) gets its target back.
+    run(Command::new("nbdinfo").arg(format!("nbd://127.0.0.1:{}/{victim}", f.port)));
+    assert_eq!(Raw::go("127.0.0.1", f.port, victim).read(7, 4096, 8192), secret, "the owner resumes its cache");
+    assert!(f.server.log().contains("resumed=true"));
+    // Logged with both addresses, counted.
+    let line = f.server.wait_for("the target belongs to the address that created it");
+    assert!(line.contains("127.0.0.2") && line.contains("owner=127.0.0.1") && line.contains("WARN"), "{line}");
+    assert_eq!(f.metric("bootfarm_nbd_targets_refused_total{reason=\"foreign_target\"} "), 2);
+}
