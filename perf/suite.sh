@@ -57,6 +57,7 @@ connections_per_ip_max = 8192
 [nbd]
 cache_dir = "cache"
 connections_max = 8192
+connections_per_ip_max = 8192
 [[vdisk]]
 name = "disk"
 path = "disk.vhdx"

@@ -101,6 +101,7 @@ pub fn write_store(dir: &Path, http_port: u16) -> Result<Config, String> {
     // Every demo client comes from 127.0.0.1: let a local boot storm through.
     c.tftp.sessions_per_ip_max = 1024;
     c.http.connections_per_ip_max = 1024;
+    c.nbd.connections_per_ip_max = 1024;
     c.vdisk.push(VdiskEntry { name: VDISK_NAME.into(), path: top, mode: Mode::Standard });
     Ok(c)
 }

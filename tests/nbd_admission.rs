@@ -176,3 +176,47 @@ fn a_target_is_reached_only_from_the_address_that_created_it() {
     assert!(line.contains("127.0.0.2") && line.contains("owner=127.0.0.1") && line.contains("WARN"), "{line}");
     assert_eq!(f.metric("bootfarm_nbd_targets_refused_total{reason=\"foreign_target\"} "), 2);
 }
+
+/// Whether the server has closed `s` (a read returns end of file within `max`).
+fn closed_within(s: &mut TcpStream, max: Duration) -> bool {
+    s.set_read_timeout(Some(max)).unwrap();
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0)) || matches!(s.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// One address holds at most nbd.connections_per_ip_max connections; its idle connections are
+/// left alone while nobody needs their place, and the longest-idle one is cut for a newcomer
+/// refused at the limit, so the newcomer's retry gets in.
+#[test]
+fn per_address_limit_and_idle_eviction_only_under_pressure() {
+    // Eviction wants 3 s of idleness; a refusal's request lives 2 s.
+    let f = fixture("connections_per_ip_max = 2\nidle_evict_ms = 3000");
+    let mut a = Raw::go("127.0.0.1", f.port, "disk@a");
+    let mut b = Raw::go("127.0.0.1", f.port, "disk@b");
+    // The third from 127.0.0.1 is closed at once; 127.0.0.2 has its own allowance.
+    let mut third = connect_from("127.0.0.1", f.port);
+    assert!(closed_within(&mut third, Duration::from_secs(3)), "the connection beyond the per-address limit is closed");
+    let mut other = Raw::go("127.0.0.2", f.port, "disk@c");
+    assert_eq!(other.read(1, 0, 512).len(), 512);
+    assert_eq!(f.metric("bootfarm_nbd_connections_refused_total{limit=\"per_ip\"} "), 1);
+    // Idle past nbd.idle_evict_ms with nobody waiting any more: both stay (nothing was idle
+    // long enough while the refused one waited).
+    std::thread::sleep(Duration::from_millis(3300));
+    assert_eq!(a.read(2, 0, 512).len(), 512, "idle without pressure: kept");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(b.read(3, 0, 512).len(), 512, "idle without pressure: kept");
+    assert_eq!(f.metric("bootfarm_nbd_idle_evicted_total "), 0);
+    // Both idle again past the limit; a newcomer is refused, and the longest idle (a) is cut.
+    std::thread::sleep(Duration::from_millis(3200));
+    let mut newcomer = connect_from("127.0.0.1", f.port);
+    assert!(closed_within(&mut newcomer, Duration::from_secs(3)), "refused at the limit");
+    assert!(closed_within(&mut a.0, Duration::from_secs(3)), "the longest-idle connection was cut");
+    assert!(eventually(Duration::from_secs(3), || f.metric("bootfarm_nbd_idle_evicted_total ") == 1));
+    assert_eq!(b.read(4, 0, 512).len(), 512, "the other one stays");
+    // The retry gets in.
+    let mut retry = Raw::go("127.0.0.1", f.port, "disk@a");
+    assert_eq!(retry.read(5, 0, 512).len(), 512);
+    assert_eq!(f.metric("bootfarm_nbd_idle_evicted_total "), 1, "one refusal, one eviction");
+    assert!(f.server.log().contains("nbd.connections_per_ip_max = 2"));
+    drop(f.dir);
+}

@@ -127,6 +127,13 @@ impl Default for Http {
 #[serde(deny_unknown_fields, default)]
 pub struct Nbd {
     pub connections_max: usize,
+    /// Connections from one client address (every worker together), as http.connections_per_ip_max.
+    pub connections_per_ip_max: usize,
+    /// When a new connection finds its address (or the server) at its connection limit, one
+    /// connection of that scope idle (nothing asked, nothing in flight) for at least this long is
+    /// cut to make room. Idle connections are never cut while nobody needs their place: a booted
+    /// Linux target's kernel connection may sit idle for hours.
+    pub idle_evict_ms: u64,
     /// Requests in flight on one connection.
     pub queue_depth_max: usize,
     /// Largest READ/WRITE payload accepted (also advertised as the maximum block size).
@@ -152,6 +159,8 @@ impl Default for Nbd {
     fn default() -> Self {
         Nbd {
             connections_max: 2048,
+            connections_per_ip_max: 64,
+            idle_evict_ms: 60_000,
             queue_depth_max: 128,
             request_bytes_max: 32 << 20,
             cache_dir: PathBuf::from("/var/cache/bootfarm"),
@@ -326,6 +335,9 @@ send_zc_min_bytes = 0       # bodies of at least this size use SEND_ZC (0 = off;
 
 [nbd]
 connections_max = 2048
+connections_per_ip_max = 64         # one address cannot take every connection
+idle_evict_ms = 60000               # at a connection limit, a connection idle this long (in the full
+                                    # scope: that address, or all) is cut for the newcomer; never otherwise
 queue_depth_max = 128               # requests in flight per connection
 request_bytes_max = 33554432        # 32 MiB
 cache_dir = "/var/cache/bootfarm"   # write caches overflow here

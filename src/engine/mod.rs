@@ -61,17 +61,27 @@ impl Admission {
 
     /// Takes a place for a session of `ip`, or says no (a limit is reached).
     pub fn try_admit(&self, ip: std::net::IpAddr, total_max: usize, per_ip_max: usize) -> bool {
+        self.admit(ip, total_max, per_ip_max).is_ok()
+    }
+
+    /// As try_admit, saying which limit refused.
+    pub fn admit(&self, ip: std::net::IpAddr, total_max: usize, per_ip_max: usize) -> Result<(), Limit> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= total_max {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return Err(Limit::Total);
         }
         let b = &self.per_ip[Self::bucket(ip)];
         if b.fetch_add(1, Ordering::AcqRel) as usize >= per_ip_max {
             b.fetch_sub(1, Ordering::AcqRel);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return Err(Limit::PerIp);
         }
-        true
+        Ok(())
+    }
+
+    /// Sessions `ip` holds now (its bucket's count).
+    pub fn of(&self, ip: std::net::IpAddr) -> usize {
+        self.per_ip[Self::bucket(ip)].load(Ordering::Relaxed) as usize
     }
 
     pub fn release(&self, ip: std::net::IpAddr) {
@@ -82,6 +92,13 @@ impl Admission {
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
+}
+
+/// Which admission limit refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Total,
+    PerIp,
 }
 
 /// What one worker publishes for /metrics and status.
@@ -101,6 +118,8 @@ pub struct Shared {
     pub tftp_admission: Admission,
     pub http_admission: Admission,
     pub nbd_admission: Admission,
+    /// Connections refused at an NBD limit that an idle connection may make room for.
+    pub nbd_evictions: nbd::Evictions,
     pub nbd_targets: crate::nbd::cache::Registry,
     pub farm: Arc<crate::farm::Runtime>,
 }
@@ -293,6 +312,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         tftp_admission: Admission::default(),
         http_admission: Admission::default(),
         nbd_admission: Admission::default(),
+        nbd_evictions: Default::default(),
         nbd_targets: Default::default(),
         farm: Default::default(),
     });
