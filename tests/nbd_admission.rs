@@ -220,3 +220,66 @@ fn per_address_limit_and_idle_eviction_only_under_pressure() {
     assert!(f.server.log().contains("nbd.connections_per_ip_max = 2"));
     drop(f.dir);
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &st[st.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Out of descriptors (RLIMIT_NOFILE lowered for the server), NBD accepting pauses instead of
+/// spinning: the server's CPU time stays low while connections wait in the backlog, the
+/// shortage is counted and logged once, and /healthz answers once the connections are gone.
+#[test]
+fn out_of_descriptors_nbd_accept_backs_off() {
+    let dir = TempDir::new("nbd-emfile");
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let img = dir.join("disk.vhdx");
+    assert!(bootfarm(&["vdisk", "create", img.to_str().unwrap(), "--size", "8M"]).status.success());
+    let (port, http) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("bootfarm.toml"),
+        format!("[server]\nworkers = 1\ntftp_port = {}\nhttp_port = {http}\nnbd_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\nconnections_per_ip_max = 1000\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n", free_port()),
+    )
+    .unwrap();
+    // prlimit sets the hard limit too, so the server cannot raise it back.
+    let cfg = dir.join("bootfarm.toml");
+    let bin = bin();
+    let server = Server::start_with(Command::new("prlimit").args(["--nofile=48:48", "--"]).arg(&bin).args([
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]));
+    let pid = server.child.id();
+    // Connections until the server cannot take more: the rest wait in its backlog.
+    let mut conns = Vec::new();
+    for _ in 0..120 {
+        conns.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    server.wait_for("cannot accept connections");
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - t0;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(used * 100 < 20 * 2 * hz, "the server used {used} ticks of CPU in 2 s while out of descriptors (at most 20% allowed)");
+    drop(conns);
+    let mut ok = false;
+    for _ in 0..50 {
+        let o = Command::new("curl").args(["-sf", "-m", "2", &format!("http://127.0.0.1:{http}/healthz")]).output().unwrap();
+        if o.status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "/healthz answers once the connections are gone");
+    let m = http_get(http, "/metrics");
+    let errors: u64 = m.lines().find_map(|l| l.strip_prefix("bootfarm_nbd_accept_errors_total ")).unwrap().parse().unwrap();
+    assert!(errors >= 1, "{m}");
+    // Once per episode (an accept that works in between, when a descriptor came free, ends one).
+    let logged = server.log().matches("NBD: cannot accept connections").count() as u64;
+    assert!(logged >= 1 && logged <= 5 && logged <= errors, "logged {logged} times for {errors} failed accepts");
+    eprintln!("CPU {used} ticks (of {hz}/s) in 2 s out of descriptors; {errors} failed accepts, {logged} log lines");
+}

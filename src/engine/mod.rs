@@ -94,6 +94,52 @@ impl Admission {
     }
 }
 
+/// Multishot accept after a failure for lack of descriptors or memory (EMFILE, ENFILE, ENOMEM):
+/// re-arming at once would spin (the connection stays in the backlog and fails again), so
+/// accepting pauses `ACCEPT_PAUSE` and the failure is logged once per episode (until an accept
+/// succeeds). Shared by the TCP services.
+#[derive(Default)]
+pub struct AcceptBackoff {
+    retry_at: Option<Instant>,
+    episode: bool,
+}
+
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+impl AcceptBackoff {
+    /// A failed accept completion; true when it was a shortage (the caller counts it).
+    pub fn failed(&mut self, res: i32, now: Instant, service: &str) -> bool {
+        if res != -libc::EMFILE && res != -libc::ENFILE && res != -libc::ENOMEM {
+            return false;
+        }
+        self.retry_at = Some(now + ACCEPT_PAUSE);
+        if !self.episode {
+            self.episode = true;
+            tracing::warn!(
+                "{service}: cannot accept connections: {} (accepting pauses {} ms between tries until it works again); raise the open-file limit (LimitNOFILE=, ulimit -Hn) or lower the connection limits",
+                std::io::Error::from_raw_os_error(-res),
+                ACCEPT_PAUSE.as_millis()
+            );
+        }
+        true
+    }
+
+    pub fn succeeded(&mut self, service: &str) {
+        if self.episode {
+            self.episode = false;
+            tracing::info!("{service}: accepting connections again");
+        }
+    }
+
+    /// Whether accepting may be armed now.
+    pub fn may_arm(&mut self, now: Instant) -> bool {
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+        }
+        self.retry_at.is_none()
+    }
+}
+
 /// Which admission limit refused a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {

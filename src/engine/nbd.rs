@@ -214,6 +214,7 @@ pub struct NbdService {
     slots: FileSlots,
     refusal_logged_at: Option<Instant>,
     refusals_unlogged: u64,
+    accept_backoff: super::AcceptBackoff,
 }
 
 impl NbdService {
@@ -232,6 +233,7 @@ impl NbdService {
             slots,
             refusal_logged_at: None,
             refusals_unlogged: 0,
+            accept_backoff: Default::default(),
         }
     }
 
@@ -263,7 +265,11 @@ impl NbdService {
                 if !cqueue::more(flags) {
                     self.accept_armed = false;
                 }
+                if res < 0 && self.accept_backoff.failed(res, now, "NBD") {
+                    self.stats.counters.add(Counter::NbdAcceptErrors, 1);
+                }
                 if res >= 0 {
+                    self.accept_backoff.succeeded("NBD");
                     // Safety: the kernel gave us this new descriptor.
                     self.accepted(unsafe { OwnedFd::from_raw_fd(res) }, ring, now);
                 }
@@ -383,7 +389,7 @@ impl NbdService {
     }
 
     pub fn flush(&mut self, ring: &mut IoUring, now: Instant) {
-        if !self.accept_armed {
+        if !self.accept_armed && self.accept_backoff.may_arm(now) {
             if let Some(l) = self.listener.as_ref() {
                 push(ring, &opcode::AcceptMulti::new(types::Fd(l.as_raw_fd())).build().user_data(ud(K_ACCEPT, 0, 0, 0)));
                 self.accept_armed = true;
