@@ -283,3 +283,33 @@ fn out_of_descriptors_nbd_accept_backs_off() {
     assert!(logged >= 1 && logged <= 5 && logged <= errors, "logged {logged} times for {errors} failed accepts");
     eprintln!("CPU {used} ticks (of {hz}/s) in 2 s out of descriptors; {errors} failed accepts, {logged} log lines");
 }
+
+fn private_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_str().unwrap().starts_with("priv.private-")).count()
+}
+
+/// Private mode makes its version file at the first write, not per session: a session that only
+/// reads leaves none; and once nbd.private_versions_max files exist a new session is refused.
+#[test]
+fn private_versions_are_made_at_the_first_write_and_bounded() {
+    let f = fixture("cache_keep_after_disconnect_ms = 0\nprivate_versions_max = 2");
+    for _ in 0..3 {
+        let mut r = Raw::go("127.0.0.1", f.port, "priv");
+        assert_eq!(r.read(1, 0, 4096).len(), 4096);
+    }
+    assert!(eventually(Duration::from_secs(5), || f.server.log().matches("without a write; no version was made").count() == 3));
+    assert_eq!(private_files(&f.dir.0), 0, "sessions that only read make no version file");
+    for i in 0..2u64 {
+        let mut w = Raw::go("127.0.0.1", f.port, "priv");
+        w.write(10 + i, 4096 * i, &[7u8; 4096]);
+        drop(w);
+        assert!(
+            eventually(Duration::from_secs(5), || f.server.log().matches("its writes are in the new version").count() == i as usize + 1)
+        );
+    }
+    assert_eq!(private_files(&f.dir.0), 2, "one version per session that wrote");
+    let (e, why) = Raw::try_go("127.0.0.1", f.port, "priv").err().expect("refused at nbd.private_versions_max");
+    assert_eq!(e, wire::REP_ERR_POLICY);
+    assert!(why.contains("nbd.private_versions_max = 2"), "{why}");
+    assert_eq!(private_files(&f.dir.0), 2);
+}

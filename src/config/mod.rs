@@ -235,6 +235,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("nbd.connections_max", c.nbd.connections_max as u64),
         ("nbd.connections_per_ip_max", c.nbd.connections_per_ip_max as u64),
         ("nbd.idle_evict_ms", c.nbd.idle_evict_ms),
+        ("nbd.private_versions_max", c.nbd.private_versions_max as u64),
         ("nbd.queue_depth_max", c.nbd.queue_depth_max as u64),
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
         ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),

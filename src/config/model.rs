@@ -134,6 +134,9 @@ pub struct Nbd {
     /// cut to make room. Idle connections are never cut while nobody needs their place: a booted
     /// Linux target's kernel connection may sit idle for hours.
     pub idle_evict_ms: u64,
+    /// Private-mode version files (`<vdisk>.private-*`) beside a vdisk's image beyond which a new
+    /// private session is refused: each session that writes makes one.
+    pub private_versions_max: usize,
     /// Requests in flight on one connection.
     pub queue_depth_max: usize,
     /// Largest READ/WRITE payload accepted (also advertised as the maximum block size).
@@ -161,6 +164,7 @@ impl Default for Nbd {
             connections_max: 2048,
             connections_per_ip_max: 64,
             idle_evict_ms: 60_000,
+            private_versions_max: 64,
             queue_depth_max: 128,
             request_bytes_max: 32 << 20,
             cache_dir: PathBuf::from("/var/cache/bootfarm"),
@@ -338,6 +342,8 @@ connections_max = 2048
 connections_per_ip_max = 64         # one address cannot take every connection
 idle_evict_ms = 60000               # at a connection limit, a connection idle this long (in the full
                                     # scope: that address, or all) is cut for the newcomer; never otherwise
+private_versions_max = 64           # private mode: sessions are refused once a vdisk has this many
+                                    # <vdisk>.private-* version files (one per session that wrote)
 queue_depth_max = 128               # requests in flight per connection
 request_bytes_max = 33554432        # 32 MiB
 cache_dir = "/var/cache/bootfarm"   # write caches overflow here

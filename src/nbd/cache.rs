@@ -92,6 +92,11 @@ pub struct Overlay {
     size: u64,
     /// Private mode: every changed block is also written here.
     persist: Option<Writer>,
+    /// Private mode before the first write: the vdisk whose new version that write creates (a
+    /// session that only reads leaves no file behind).
+    pending_version: Option<Arc<crate::config::Vdisk>>,
+    /// Private mode: the version file, once made.
+    pub version_file: Option<PathBuf>,
     pub bytes_written: u64,
 }
 
@@ -110,8 +115,24 @@ impl Overlay {
             total,
             size,
             persist,
+            pending_version: None,
+            version_file: None,
             bytes_written: 0,
         }
+    }
+
+    /// Private mode: the first write (or zeroing) creates a new version of `vdisk`.
+    pub fn version_on_first_write(&mut self, vdisk: Arc<crate::config::Vdisk>) {
+        self.pending_version = Some(vdisk);
+    }
+
+    fn persist_ready(&mut self) -> Result<(), CacheError> {
+        if let Some(vd) = self.pending_version.take() {
+            let (w, p) = private_version(&vd).map_err(CacheError::Io)?;
+            self.persist = Some(w);
+            self.version_file = Some(p);
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -240,12 +261,14 @@ impl Overlay {
     /// Writes `data` at `off` (any alignment). The range must lie inside the disk.
     pub fn write(&mut self, off: u64, data: &[u8], base: &Chain) -> Result<(), CacheError> {
         self.reserve(off, data.len() as u64)?;
+        self.persist_ready()?;
         self.apply(off, data.len() as u64, Some(data), base)
     }
 
     /// WRITE_ZEROES and TRIM: whole blocks become "zero" (their storage is freed), the edges of
     /// the range are written with zeros.
     pub fn zero(&mut self, off: u64, len: u64, base: &Chain) -> Result<(), CacheError> {
+        self.persist_ready()?;
         let end = off + len;
         let (first_full, end_full) = (off.div_ceil(BLOCK), end / BLOCK);
         if first_full >= end_full {
@@ -541,8 +564,8 @@ pub struct Target {
     /// The address that created the target: only connections from it may attach to it.
     pub owner: IpAddr,
     pub overlay: Mutex<Overlay>,
-    /// Private mode: the version file this session writes.
-    pub version_file: Option<PathBuf>,
+    /// Private mode: whether the session's writes go into a new version (made at the first).
+    pub private: bool,
 }
 
 /// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
@@ -656,20 +679,13 @@ impl Registry {
             total_bytes_max: cfg.cache_bytes_total_max,
             dir: cfg.cache_dir.clone(),
         };
-        let (persist, version_file) = if private {
-            let (w, p) = private_version(vdisk).map_err(AttachError::Failed)?;
-            (Some(w), Some(p))
-        } else {
-            (None, None)
-        };
-        let target = Arc::new(Target {
-            vdisk: vdisk.clone(),
-            id: key.2.clone(),
-            named: key.1,
-            owner: ip,
-            overlay: Mutex::new(Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), persist)),
-            version_file,
-        });
+        let mut overlay = Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), None);
+        if private {
+            private_versions_check(vdisk, cfg.private_versions_max).map_err(AttachError::Failed)?;
+            overlay.version_on_first_write(vdisk.clone());
+        }
+        let target =
+            Arc::new(Target { vdisk: vdisk.clone(), id: key.2.clone(), named: key.1, owner: ip, overlay: Mutex::new(overlay), private });
         let mut map = self.entries.lock().unwrap();
         // Another worker may have made the same target meanwhile: the same checks again.
         match map.get(&key) {
@@ -754,7 +770,10 @@ impl Registry {
 fn end_target(t: &Arc<Target>, why: &str) {
     let mut o = t.overlay.lock().unwrap();
     let (written, held) = (o.bytes_written, o.allocated_bytes());
-    match &t.version_file {
+    match &o.version_file.clone() {
+        None if t.private => {
+            tracing::info!(vdisk = %t.vdisk.name, "private session ended ({why}) without a write; no version was made")
+        }
         Some(p) => match o.sync() {
             Ok(()) => tracing::info!(
                 vdisk = %t.vdisk.name,
@@ -770,6 +789,30 @@ fn end_target(t: &Arc<Target>, why: &str) {
             tracing::info!(vdisk = %t.vdisk.name, target = %t.id, bytes_written = written, cache_bytes = held, "write cache discarded ({why})")
         }
     }
+}
+
+/// The version files private sessions made beside the newest image of `vdisk`
+/// (`<vdisk>.private-*`), in that folder.
+fn private_versions(vdisk: &crate::config::Vdisk) -> usize {
+    let top = vdisk.chain.top();
+    let dir = top.path.parent().unwrap_or(Path::new("."));
+    let prefix = format!("{}.private-", vdisk.name);
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix))).count())
+        .unwrap_or(0)
+}
+
+/// Refuses a private session once `max` version files exist: every session that writes leaves
+/// one, and without a bound a client reconnecting in a loop fills the disk with them.
+fn private_versions_check(vdisk: &crate::config::Vdisk, max: usize) -> Result<(), String> {
+    let n = private_versions(vdisk);
+    if n >= max {
+        return Err(format!(
+            "vdisk {} already has {n} private version files (nbd.private_versions_max = {max}) beside its image: merge or remove old ones, or raise the limit",
+            vdisk.name
+        ));
+    }
+    Ok(())
 }
 
 /// Private mode: a new differencing version beside the newest image, and its writer.
