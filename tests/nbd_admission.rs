@@ -313,3 +313,44 @@ fn private_versions_are_made_at_the_first_write_and_bounded() {
     assert!(why.contains("nbd.private_versions_max = 2"), "{why}");
     assert_eq!(private_files(&f.dir.0), 2);
 }
+
+/// nbd.target_ids = "token": only the boot token of the `/ipxe?mac=` script names a target,
+/// from the address that fetched it; nbdinfo uses the script's export name from that address,
+/// another address (or a made-up or altered id) is refused and counted.
+#[test]
+fn token_mode_takes_only_boot_tokens_from_their_address() {
+    let f = fixture("target_ids = \"token\"");
+    let script = http_get(f.http, "/ipxe?mac=aa:bb:cc:dd:ee:01&vdisk=disk");
+    let export = script
+        .lines()
+        .find_map(|l| l.strip_prefix("set bootfarm-nbd-export "))
+        .unwrap_or_else(|| panic!("no export name in the script:\n{script}"))
+        .to_string();
+    let token = script.lines().find_map(|l| l.strip_prefix("set bootfarm-token ")).unwrap().to_string();
+    assert_eq!(export, format!("disk@{token}"));
+    assert!(token.len() >= 40, "{token}");
+    // A second fetch hands out another token (a new boot, a new cache).
+    let again = http_get(f.http, "/ipxe?mac=aa:bb:cc:dd:ee:01&vdisk=disk");
+    assert!(!again.contains(&token), "tokens are per boot");
+    // The owner: nbdinfo from 127.0.0.1, and a raw client writing into it.
+    let info = run(Command::new("nbdinfo").arg(format!("nbd://127.0.0.1:{}/{export}", f.port)));
+    assert!(String::from_utf8_lossy(&info.stdout).contains("export-size: 12582912"));
+    let mut own = Raw::go("127.0.0.1", f.port, &export);
+    own.write(1, 0, &[9u8; 4096]);
+    // Another address with the same export name, a made-up id, an altered token: refused.
+    let mut refused = 0;
+    for (src, name) in [
+        ("127.0.0.2", export.clone()),
+        ("127.0.0.1", "disk@aa:bb:cc:dd:ee:01".to_string()),
+        ("127.0.0.1", format!("disk@{}{}{}", &token[..10], if &token[10..11] == "A" { "B" } else { "A" }, &token[11..])),
+    ] {
+        let (e, why) = Raw::try_go(src, f.port, &name).err().unwrap_or_else(|| panic!("{name} from {src} was accepted"));
+        assert_eq!(e, wire::REP_ERR_POLICY, "{name} from {src}");
+        assert!(why.contains("token"), "{why}");
+        refused += 1;
+    }
+    // Without an id, the client address is the target, in this mode too.
+    assert_eq!(Raw::go("127.0.0.2", f.port, "disk").read(2, 0, 4096).len(), 4096);
+    assert_eq!(f.metric("bootfarm_nbd_targets_refused_total{reason=\"token\"} "), refused);
+    assert_eq!(own.read(3, 0, 4096), vec![9u8; 4096]);
+}

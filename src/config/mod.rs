@@ -236,6 +236,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("nbd.connections_per_ip_max", c.nbd.connections_per_ip_max as u64),
         ("nbd.idle_evict_ms", c.nbd.idle_evict_ms),
         ("nbd.private_versions_max", c.nbd.private_versions_max as u64),
+        ("nbd.token_ttl_ms", c.nbd.token_ttl_ms),
         ("nbd.queue_depth_max", c.nbd.queue_depth_max as u64),
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
         ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),
@@ -277,6 +278,21 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     }
     c.tftp.root = tftp_root.clone();
     c.nbd.cache_dir = base.join(&c.nbd.cache_dir);
+    if let Some(k) = c.farm.token_key_file.as_mut() {
+        *k = base.join(&*k);
+        match std::fs::read(&*k) {
+            Ok(d) if d.len() >= 16 => {}
+            Ok(d) => {
+                return Err(err(
+                    file,
+                    "farm.token_key_file",
+                    k.display(),
+                    format!("holds {} bytes; it needs at least 16 random bytes", d.len()),
+                ))
+            }
+            Err(e) => return Err(err(file, "farm.token_key_file", k.display(), format!("cannot be read: {e}"))),
+        }
+    }
 
     let limits = ChainLimits { depth_max: c.image.chain_depth_max };
     let mut vdisks: Vec<Arc<Vdisk>> = Vec::new();

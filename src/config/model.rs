@@ -137,6 +137,11 @@ pub struct Nbd {
     /// Private-mode version files (`<vdisk>.private-*`) beside a vdisk's image beyond which a new
     /// private session is refused: each session that writes makes one.
     pub private_versions_max: usize,
+    /// Which target ids (`vdisk@id`) a connection may name.
+    pub target_ids: TargetIds,
+    /// How long a boot token from the `/ipxe` script may create a target (a target it made
+    /// reconnects later all the same).
+    pub token_ttl_ms: u64,
     /// Requests in flight on one connection.
     pub queue_depth_max: usize,
     /// Largest READ/WRITE payload accepted (also advertised as the maximum block size).
@@ -165,6 +170,8 @@ impl Default for Nbd {
             connections_per_ip_max: 64,
             idle_evict_ms: 60_000,
             private_versions_max: 64,
+            target_ids: TargetIds::Bound,
+            token_ttl_ms: 3_600_000,
             queue_depth_max: 128,
             request_bytes_max: 32 << 20,
             cache_dir: PathBuf::from("/var/cache/bootfarm"),
@@ -190,6 +197,18 @@ impl Default for Image {
     fn default() -> Self {
         Image { chain_depth_max: 16 }
     }
+}
+
+/// The policy for target ids named in NBD export names.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetIds {
+    /// Any id; its target is bound to the address that created it.
+    #[default]
+    Bound,
+    /// Only boot tokens the `/ipxe` script handed out, from the address they were issued to
+    /// (still bound to it). Connections without an id (the client address) are accepted.
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -253,6 +272,9 @@ pub struct Farm {
     pub active_window_ms: u64,
     /// A target counts as booting (for max_booting) this long after its first read.
     pub boot_window_ms: u64,
+    /// Key of the boot tokens (first 16 bytes; the same file on every node, so a target may
+    /// fail over). Unset: a random key per process.
+    pub token_key_file: Option<PathBuf>,
     pub server: Vec<FarmServer>,
 }
 
@@ -267,6 +289,7 @@ impl Default for Farm {
             health_successes_min: 2,
             active_window_ms: 60_000,
             boot_window_ms: 120_000,
+            token_key_file: None,
             server: Vec::new(),
         }
     }
@@ -344,6 +367,9 @@ idle_evict_ms = 60000               # at a connection limit, a connection idle t
                                     # scope: that address, or all) is cut for the newcomer; never otherwise
 private_versions_max = 64           # private mode: sessions are refused once a vdisk has this many
                                     # <vdisk>.private-* version files (one per session that wrote)
+target_ids = "bound"                # vdisk@id: "bound" = any id, bound to the address that made the
+                                    # target; "token" = only boot tokens from /ipxe, from their address
+token_ttl_ms = 3600000              # a boot token may create a target this long after it was issued
 queue_depth_max = 128               # requests in flight per connection
 request_bytes_max = 33554432        # 32 MiB
 cache_dir = "/var/cache/bootfarm"   # write caches overflow here
@@ -374,6 +400,8 @@ health_failures_max = 3     # failed probes before a server leaves the table
 health_successes_min = 2    # good probes before it comes back
 active_window_ms = 60000    # a target read within this counts as active (load figures)
 boot_window_ms = 120000     # ...and as booting this long after its first read (max_booting)
+# token_key_file = "token.key"  # example: 16+ random bytes, the same on every node (head -c 32 /dev/urandom);
+                              # unset = a random key per process (tokens only valid on the issuing node)
 
 # One table per server of the farm (example); empty = a farm of this node alone.
 [[farm.server]]

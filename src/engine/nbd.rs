@@ -18,10 +18,11 @@ use super::iov::{ZEROS, ZEROS_LEN};
 use super::ring::{push, with_sock, FileSlots, SockRef};
 use super::slab::Slab;
 use super::{ud, Limit, Shared, WorkerStats};
-use crate::config::Mode;
+use crate::config::{Mode, TargetIds};
 use crate::config::{Snapshot, Vdisk};
 use crate::metrics::Counter;
 use crate::nbd::cache::{self, AttachError, CacheError, Piece, Target};
+use crate::nbd::token;
 use crate::nbd::wire::{self, Parse};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::Socket;
@@ -1123,6 +1124,24 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
 /// a target created from another address).
 fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> Result<(), String> {
     let key = id.clone().unwrap_or_else(|| c.ip.to_string());
+    if let (Some(i), TargetIds::Token) = (id.as_deref(), ctx.snap.config.nbd.target_ids) {
+        let k = token::key(ctx.snap.config.farm.token_key_file.as_deref());
+        let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        match token::verify(&k, i, c.ip, &vd.name, now_unix) {
+            Ok(_) => {}
+            // An expired token still reaches the target it made (a reconnect, hours later).
+            Err(why) if why.contains("expired") && ctx.shared.nbd_targets.holds(&vd.name, i, c.ip) => {}
+            Err(why) => {
+                ctx.stats.counters.add(Counter::NbdRefusedToken, 1);
+                tracing::warn!(
+                    client = %c.peer,
+                    export = %vd.name,
+                    "nbd connection refused: {why} (nbd.target_ids = \"token\": a target id must be the boot token of the /ipxe script, used from the address that fetched it)"
+                );
+                return Err(format!("{why}; nbd.target_ids = token: use the export name the boot script gives (bootfarm-nbd-export)"));
+            }
+        }
+    }
     if ctx.snap.farm.len() > 1 {
         let me = ctx.shared.farm_local(ctx.snap, ctx.now);
         let order = ctx.shared.farm.place(ctx.snap, &vd.name, &key, Some(c.ip), &me);

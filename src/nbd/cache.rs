@@ -702,6 +702,12 @@ impl Registry {
         Ok((target, false))
     }
 
+    /// Whether a standard vdisk's named target `id` exists, created from `ip`.
+    pub fn holds(&self, vdisk: &str, id: &str, ip: IpAddr) -> bool {
+        let map = self.entries.lock().unwrap();
+        map.get(&(vdisk.to_string(), true, id.to_string())).is_some_and(|e| e.target.owner == ip)
+    }
+
     /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
     pub fn detach(&self, t: &Arc<Target>, keep: Duration, now: Instant) {
         let key: Key = (t.vdisk.name.clone(), t.named, t.id.clone());
