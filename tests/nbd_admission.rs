@@ -280,7 +280,7 @@ fn out_of_descriptors_nbd_accept_backs_off() {
     assert!(errors >= 1, "{m}");
     // Once per episode (an accept that works in between, when a descriptor came free, ends one).
     let logged = server.log().matches("NBD: cannot accept connections").count() as u64;
-    assert!(logged >= 1 && logged <= 5 && logged <= errors, "logged {logged} times for {errors} failed accepts");
+    assert!((1..=5).contains(&logged) && logged <= errors, "logged {logged} times for {errors} failed accepts");
     eprintln!("CPU {used} ticks (of {hz}/s) in 2 s out of descriptors; {errors} failed accepts, {logged} log lines");
 }
 
