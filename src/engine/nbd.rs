@@ -1123,12 +1123,14 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
 /// Gives the connection its target's write cache (or refuses: a private vdisk's second writer,
 /// a target created from another address).
 fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> Result<(), String> {
-    let key = id.clone().unwrap_or_else(|| c.ip.to_string());
-    if let (Some(i), TargetIds::Token) = (id.as_deref(), ctx.snap.config.nbd.target_ids) {
+    let mut key = id.clone().unwrap_or_else(|| c.ip.to_string());
+    if let Some(i) = id.as_deref() {
         let k = token::key(ctx.snap.config.farm.token_key_file.as_deref());
         let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         match token::verify(&k, i, c.ip, &vd.name, now_unix) {
-            Ok(_) => {}
+            // A boot token: the farm places the target by its MAC, as the boot script did.
+            Ok(m) => key = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            Err(_) if ctx.snap.config.nbd.target_ids == TargetIds::Bound => {}
             // An expired token still reaches the target it made (a reconnect, hours later).
             Err(why) if why.contains("expired") && ctx.shared.nbd_targets.holds(&vd.name, i, c.ip) => {}
             Err(why) => {
