@@ -33,6 +33,7 @@ nbd_port = 10921
 root = "boot"
 [nbd]
 cache_dir = "cache"
+connections_per_ip_max = 8192
 cache_ram_bytes_per_target = 268435456
 [[vdisk]]
 name = "disk"

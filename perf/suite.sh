@@ -61,6 +61,7 @@ connections_per_ip_max = 8192
 cache_dir = "cache"
 connections_max = 8192
 targets_per_address_max = 8192   # every simulated target connects from 127.0.0.1
+connections_per_ip_max = 8192
 [[vdisk]]
 name = "disk"
 path = "disk.vhdx"

@@ -34,16 +34,24 @@ pub fn raise_nofile_limit() -> u64 {
     r.rlim_cur
 }
 
+/// Descriptors the configured limits can hold at once: two per TFTP transfer (its connected
+/// socket and the catcher on its port), one per HTTP connection, per NBD connection and per
+/// target overflow file (at most one target per connection is counted: kept caches beyond that
+/// are rare), a ring and three listeners per worker, and some for the process itself.
+pub fn descriptors_needed(c: &crate::config::Config, workers: usize) -> u64 {
+    (2 * c.tftp.sessions_max + c.http.connections_max + 2 * c.nbd.connections_max + 4 * workers + 64) as u64
+}
+
 pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_dir: Option<&Path>) -> Result<(), String> {
     let snap = store.load();
     let s = &snap.config.server;
     let nofile = raise_nofile_limit();
-    let needed = (snap.config.tftp.sessions_max + snap.config.http.connections_max + 64) as u64;
+    let needed = descriptors_needed(&snap.config, worker_count(s.workers));
     if nofile < needed {
         tracing::warn!(
             open_files = nofile,
             needed,
-            "the open-file limit is below tftp.sessions_max + http.connections_max: raise it (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower those limits"
+            "the open-file limit is below what the limits can use ({needed}: 2 x tftp.sessions_max (socket and catcher per transfer) + http.connections_max + 2 x nbd.connections_max (a connection and its target's overflow file) + 4 per worker (ring, listeners) + 64): raise it (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower those limits"
         );
     } else {
         tracing::info!(open_files = nofile, "open-file limit");

@@ -333,6 +333,10 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("http.header_timeout_ms", c.http.header_timeout_ms),
         ("http.send_timeout_ms", c.http.send_timeout_ms),
         ("nbd.connections_max", c.nbd.connections_max as u64),
+        ("nbd.connections_per_ip_max", c.nbd.connections_per_ip_max as u64),
+        ("nbd.idle_evict_ms", c.nbd.idle_evict_ms),
+        ("nbd.private_versions_max", c.nbd.private_versions_max as u64),
+        ("nbd.token_ttl_ms", c.nbd.token_ttl_ms),
         ("nbd.queue_depth_max", c.nbd.queue_depth_max as u64),
         ("nbd.request_bytes_max", c.nbd.request_bytes_max as u64),
         ("nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max),
@@ -398,6 +402,26 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if let Ok(m) = std::fs::metadata(&c.nbd.cache_dir) {
         if !m.is_dir() {
             return Err(err(file, "nbd.cache_dir", c.nbd.cache_dir.display(), "is not a directory (write-cache overflow files go there)"));
+        }
+    }
+    if let Some(k) = c.farm.token_key_file.as_mut() {
+        *k = base.join(&*k);
+        // Read without blocking, regular files only (a FIFO here would hang a reload).
+        let read = crate::image::open_readable(k, false).and_then(|(mut f, _, _)| {
+            let mut d = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut d).map(|_| d).map_err(|e| format!("cannot read: {e}"))
+        });
+        match read {
+            Ok(d) if d.len() >= 16 => {}
+            Ok(d) => {
+                return Err(err(
+                    file,
+                    "farm.token_key_file",
+                    k.display(),
+                    format!("holds {} bytes; it needs at least 16 random bytes", d.len()),
+                ))
+            }
+            Err(e) => return Err(err(file, "farm.token_key_file", k.display(), e)),
         }
     }
 

@@ -159,6 +159,21 @@ impl Default for Http {
 #[serde(deny_unknown_fields, default)]
 pub struct Nbd {
     pub connections_max: usize,
+    /// Connections from one client address (every worker together), as http.connections_per_ip_max.
+    pub connections_per_ip_max: usize,
+    /// When a new connection finds its address (or the server) at its connection limit, one
+    /// connection of that scope idle (nothing asked, nothing in flight) for at least this long is
+    /// cut to make room. Idle connections are never cut while nobody needs their place: a booted
+    /// Linux target's kernel connection may sit idle for hours.
+    pub idle_evict_ms: u64,
+    /// Private-mode version files (`<vdisk>.private-*`) beside a vdisk's image beyond which a new
+    /// private session is refused: each session that writes makes one.
+    pub private_versions_max: usize,
+    /// Which target ids (`vdisk@id`) a connection may name.
+    pub target_ids: TargetIds,
+    /// How long a boot token from the `/ipxe` script may create a target (a target it made
+    /// reconnects later all the same).
+    pub token_ttl_ms: u64,
     /// Requests in flight on one connection.
     pub queue_depth_max: usize,
     /// Largest READ/WRITE payload accepted (also advertised as the maximum block size).
@@ -193,6 +208,11 @@ impl Default for Nbd {
     fn default() -> Self {
         Nbd {
             connections_max: 2048,
+            connections_per_ip_max: 64,
+            idle_evict_ms: 60_000,
+            private_versions_max: 64,
+            target_ids: TargetIds::Bound,
+            token_ttl_ms: 3_600_000,
             queue_depth_max: 128,
             request_bytes_max: 32 << 20,
             cache_dir: PathBuf::from("/var/cache/bootfarm"),
@@ -225,6 +245,18 @@ impl Default for Image {
     fn default() -> Self {
         Image { chain_depth_max: 16, mappings_max: crate::image::guard::MAPPINGS_MAX_DEFAULT }
     }
+}
+
+/// The policy for target ids named in NBD export names.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetIds {
+    /// Any id; its target is bound to the address that created it.
+    #[default]
+    Bound,
+    /// Only boot tokens the `/ipxe` script handed out, from the address they were issued to
+    /// (still bound to it). Connections without an id (the client address) are accepted.
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -293,6 +325,9 @@ pub struct Farm {
     /// Most distinct `?mac=` targets one client address may add to the load figures; beyond,
     /// its reads count as the address itself (one target).
     pub targets_per_address_max: usize,
+    /// Key of the boot tokens (first 16 bytes; the same file on every node, so a target may
+    /// fail over). Unset: a random key per process.
+    pub token_key_file: Option<PathBuf>,
     pub server: Vec<FarmServer>,
 }
 
@@ -309,6 +344,7 @@ impl Default for Farm {
             boot_window_ms: 120_000,
             targets_max: 65_536,
             targets_per_address_max: 16,
+            token_key_file: None,
             server: Vec::new(),
         }
     }
@@ -393,6 +429,14 @@ send_zc_min_bytes = 0       # bodies of at least this size use SEND_ZC (0 = off;
 
 [nbd]
 connections_max = 2048
+connections_per_ip_max = 64         # one address cannot take every connection
+idle_evict_ms = 60000               # at a connection limit, a connection idle this long (in the full
+                                    # scope: that address, or all) is cut for the newcomer; never otherwise
+private_versions_max = 64           # private mode: sessions are refused once a vdisk has this many
+                                    # <vdisk>.private-* version files (one per session that wrote)
+target_ids = "bound"                # vdisk@id: "bound" = any id, bound to the address that made the
+                                    # target; "token" = only boot tokens from /ipxe, from their address
+token_ttl_ms = 3600000              # a boot token may create a target this long after it was issued
 queue_depth_max = 128               # requests in flight per connection
 request_bytes_max = 33554432        # 32 MiB
 cache_dir = "/var/cache/bootfarm"   # write caches overflow here
@@ -435,6 +479,8 @@ active_window_ms = 60000    # a target read within this counts as active (load f
 boot_window_ms = 120000     # ...and as booting this long after its first read (max_booting)
 targets_max = 65536         # targets the load map holds (least recently read go first)
 targets_per_address_max = 16  # distinct ?mac= targets one client address adds; beyond, it counts as one
+# token_key_file = "token.key"  # example: 16+ random bytes, the same on every node (head -c 32 /dev/urandom);
+                              # unset = a random key per process (tokens only valid on the issuing node)
 
 # One table per server of the farm (example); empty = a farm of this node alone.
 [[farm.server]]

@@ -92,8 +92,8 @@ struct Conn {
 pub struct HttpService {
     listener: Option<Socket>,
     accept_armed: bool,
-    /// After a failed accept (out of descriptors), accepting resumes at this time, not at once.
-    accept_retry_at: Option<Instant>,
+    /// After a failed accept (out of descriptors), accepting resumes later, not at once.
+    accept_backoff: super::AcceptBackoff,
     conns: Slab<Conn>,
     active: usize,
     dirty: Vec<u32>,
@@ -191,7 +191,7 @@ impl HttpService {
         HttpService {
             listener: Some(listener),
             accept_armed: false,
-            accept_retry_at: None,
+            accept_backoff: Default::default(),
             conns: Slab::default(),
             active: 0,
             dirty: Vec::new(),
@@ -250,13 +250,12 @@ impl HttpService {
                     self.accept_armed = false;
                 }
                 if res >= 0 {
+                    self.accept_backoff.succeeded("HTTP");
                     // Safety: the kernel gave us this new descriptor.
                     let fd = unsafe { OwnedFd::from_raw_fd(res) };
                     self.accepted(fd, ring, now);
-                } else if res == -libc::EMFILE || res == -libc::ENFILE || res == -libc::ENOMEM {
-                    // Retrying at once would spin: pause accepting for a moment.
+                } else if self.accept_backoff.failed(res, now, "HTTP") {
                     self.count(Counter::HttpAcceptErrors, 1);
-                    self.accept_retry_at = Some(now + Duration::from_millis(100));
                 }
             }
             K_RECV => {
@@ -436,10 +435,7 @@ impl HttpService {
     }
 
     pub fn flush(&mut self, ring: &mut IoUring, wheel: &mut Wheel, now: Instant) {
-        if self.accept_retry_at.is_some_and(|t| now >= t) {
-            self.accept_retry_at = None;
-        }
-        if !self.accept_armed && self.accept_retry_at.is_none() {
+        if !self.accept_armed && self.accept_backoff.may_arm(now) {
             if let Some(l) = self.listener.as_ref() {
                 push(ring, &opcode::AcceptMulti::new(types::Fd(l.as_raw_fd())).build().user_data(ud(K_ACCEPT, 0, 0, 0)));
                 self.accept_armed = true;

@@ -61,17 +61,27 @@ impl Admission {
 
     /// Takes a place for a session of `ip`, or says no (a limit is reached).
     pub fn try_admit(&self, ip: std::net::IpAddr, total_max: usize, per_ip_max: usize) -> bool {
+        self.admit(ip, total_max, per_ip_max).is_ok()
+    }
+
+    /// As try_admit, saying which limit refused.
+    pub fn admit(&self, ip: std::net::IpAddr, total_max: usize, per_ip_max: usize) -> Result<(), Limit> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= total_max {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return Err(Limit::Total);
         }
         let b = &self.per_ip[Self::bucket(ip)];
         if b.fetch_add(1, Ordering::AcqRel) as usize >= per_ip_max {
             b.fetch_sub(1, Ordering::AcqRel);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return Err(Limit::PerIp);
         }
-        true
+        Ok(())
+    }
+
+    /// Sessions `ip` holds now (its bucket's count).
+    pub fn of(&self, ip: std::net::IpAddr) -> usize {
+        self.per_ip[Self::bucket(ip)].load(Ordering::Relaxed) as usize
     }
 
     pub fn release(&self, ip: std::net::IpAddr) {
@@ -127,6 +137,59 @@ impl RateLimit {
     }
 }
 
+/// Multishot accept after a failure for lack of descriptors or memory (EMFILE, ENFILE, ENOMEM):
+/// re-arming at once would spin (the connection stays in the backlog and fails again), so
+/// accepting pauses `ACCEPT_PAUSE` and the failure is logged once per episode (until an accept
+/// succeeds). Shared by the TCP services.
+#[derive(Default)]
+pub struct AcceptBackoff {
+    retry_at: Option<Instant>,
+    episode: bool,
+}
+
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+impl AcceptBackoff {
+    /// A failed accept completion; true when it was a shortage (the caller counts it).
+    pub fn failed(&mut self, res: i32, now: Instant, service: &str) -> bool {
+        if res != -libc::EMFILE && res != -libc::ENFILE && res != -libc::ENOMEM {
+            return false;
+        }
+        self.retry_at = Some(now + ACCEPT_PAUSE);
+        if !self.episode {
+            self.episode = true;
+            tracing::warn!(
+                "{service}: cannot accept connections: {} (accepting pauses {} ms between tries until it works again); raise the open-file limit (LimitNOFILE=, ulimit -Hn) or lower the connection limits",
+                std::io::Error::from_raw_os_error(-res),
+                ACCEPT_PAUSE.as_millis()
+            );
+        }
+        true
+    }
+
+    pub fn succeeded(&mut self, service: &str) {
+        if self.episode {
+            self.episode = false;
+            tracing::info!("{service}: accepting connections again");
+        }
+    }
+
+    /// Whether accepting may be armed now.
+    pub fn may_arm(&mut self, now: Instant) -> bool {
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+        }
+        self.retry_at.is_none()
+    }
+}
+
+/// Which admission limit refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Total,
+    PerIp,
+}
+
 /// What one worker publishes for /metrics and status.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -145,6 +208,8 @@ pub struct Shared {
     pub tftp_rate: RateLimit,
     pub http_admission: Admission,
     pub nbd_admission: Admission,
+    /// Connections refused at an NBD limit that an idle connection may make room for.
+    pub nbd_evictions: nbd::Evictions,
     pub nbd_targets: crate::nbd::cache::Registry,
     pub farm: Arc<crate::farm::Runtime>,
 }
@@ -363,6 +428,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         tftp_rate: RateLimit::default(),
         http_admission: Admission::default(),
         nbd_admission: Admission::default(),
+        nbd_evictions: Default::default(),
         nbd_targets: Default::default(),
         farm: Default::default(),
     });

@@ -18,17 +18,19 @@
 use super::iov::{ZEROS, ZEROS_LEN};
 use super::ring::{push, with_sock, FileSlots, SockRef};
 use super::slab::Slab;
-use super::{ud, Shared, WorkerStats};
-use crate::config::Mode;
+use super::{ud, Limit, Shared, WorkerStats};
+use crate::config::{Mode, TargetIds};
 use crate::config::{Snapshot, Vdisk};
 use crate::metrics::Counter;
-use crate::nbd::cache::{self, CacheError, Piece, Target};
+use crate::nbd::cache::{self, AttachError, CacheError, Piece, Target};
+use crate::nbd::token;
 use crate::nbd::wire::{self, Parse};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::Socket;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const K_ACCEPT: u8 = 32;
@@ -110,6 +112,8 @@ struct Conn {
     dirty: bool,
     requests: u64,
     opened: Instant,
+    /// Last time the client sent bytes or a send made progress (idle eviction).
+    active_at: Instant,
     /// Last time a send made progress (or the batch started).
     progress_at: Instant,
     // Scratch for one read: the pieces the cache emits.
@@ -199,6 +203,32 @@ impl Conn {
     }
 }
 
+/// Places wanted by connections refused at a limit, each to be made by cutting one idle
+/// connection of the refused one's scope (its address at nbd.connections_per_ip_max; anyone at
+/// nbd.connections_max). The connections of one address are spread over the workers, so the
+/// refusing worker posts the request and the first worker holding a connection of that scope
+/// idle for nbd.idle_evict_ms takes it and cuts its longest-idle one: one refusal costs one
+/// eviction at most, and none when nothing in the scope is idle long enough.
+#[derive(Default)]
+pub struct Evictions {
+    pending: AtomicUsize,
+    wanted: Mutex<Vec<(Option<IpAddr>, Instant)>>,
+}
+
+/// Requests older than this are dropped: the refused client has retried or given up.
+const EVICTION_REQUEST_MS: u64 = 2000;
+const EVICTION_REQUESTS_MAX: usize = 1024;
+
+impl Evictions {
+    fn want(&self, scope: Option<IpAddr>, now: Instant) {
+        let mut w = self.wanted.lock().unwrap();
+        if w.len() < EVICTION_REQUESTS_MAX {
+            w.push((scope, now));
+            self.pending.store(w.len(), Ordering::Release);
+        }
+    }
+}
+
 pub struct NbdService {
     listener: Option<Socket>,
     accept_armed: bool,
@@ -211,6 +241,9 @@ pub struct NbdService {
     last_sweep: Instant,
     last_timeouts: Instant,
     slots: FileSlots,
+    refusal_logged_at: Option<Instant>,
+    refusals_unlogged: u64,
+    accept_backoff: super::AcceptBackoff,
 }
 
 impl NbdService {
@@ -227,6 +260,9 @@ impl NbdService {
             last_sweep: Instant::now(),
             last_timeouts: Instant::now(),
             slots,
+            refusal_logged_at: None,
+            refusals_unlogged: 0,
+            accept_backoff: Default::default(),
         }
     }
 
@@ -258,7 +294,11 @@ impl NbdService {
                 if !cqueue::more(flags) {
                     self.accept_armed = false;
                 }
+                if res < 0 && self.accept_backoff.failed(res, now, "NBD") {
+                    self.stats.counters.add(Counter::NbdAcceptErrors, 1);
+                }
                 if res >= 0 {
+                    self.accept_backoff.succeeded("NBD");
                     // Safety: the kernel gave us this new descriptor.
                     self.accepted(unsafe { OwnedFd::from_raw_fd(res) }, ring, now);
                 }
@@ -270,6 +310,7 @@ impl NbdService {
                     c.close_after = true;
                 } else {
                     c.tail += res as usize;
+                    c.active_at = now;
                 }
                 self.mark(id);
             }
@@ -294,6 +335,7 @@ impl NbdService {
                 } else {
                     c.sent += res as u64;
                     c.progress_at = now;
+                    c.active_at = now;
                     advance(c, res as usize);
                     self.stats.counters.add(Counter::NbdSentBytes, res as u64);
                 }
@@ -307,9 +349,29 @@ impl NbdService {
         let sock = Socket::from(fd);
         let Some(peer) = sock.peer_addr().ok().and_then(|a| a.as_socket()) else { return };
         let ip = peer.ip().to_canonical(); // IPv4-mapped (dual-stack socket) counts as IPv4
-        let max = self.shared.store.load().config.nbd.connections_max;
-        if !self.shared.nbd_admission.try_admit(ip, max, max) {
-            self.stats.counters.add(Counter::NbdRefusedLimit, 1);
+        let snap = self.shared.store.load();
+        let cfg = &snap.config.nbd;
+        if let Err(limit) = self.shared.nbd_admission.admit(ip, cfg.connections_max, cfg.connections_per_ip_max) {
+            let (counter, key, max, scope) = match limit {
+                Limit::Total => (Counter::NbdRefusedLimit, "nbd.connections_max", cfg.connections_max, None),
+                Limit::PerIp => (Counter::NbdRefusedPerIp, "nbd.connections_per_ip_max", cfg.connections_per_ip_max, Some(ip)),
+            };
+            self.stats.counters.add(counter, 1);
+            self.shared.nbd_evictions.want(scope, now);
+            // One line a second at most per worker: a flood of refusals must not flood the log.
+            self.refusals_unlogged += 1;
+            if self.refusal_logged_at.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    client = %peer,
+                    limit = key,
+                    max,
+                    refused = self.refusals_unlogged,
+                    "nbd connection refused at {key} = {max}; a connection of that scope idle for nbd.idle_evict_ms ({} ms) is cut so a retry gets in; raise {key} if this load is legitimate",
+                    cfg.idle_evict_ms
+                );
+                self.refusal_logged_at = Some(now);
+                self.refusals_unlogged = 0;
+            }
             return; // closed at once: NBD has no way to say "busy" before the handshake
         }
         let _ = sock.set_nodelay(true);
@@ -348,6 +410,7 @@ impl NbdService {
                 dirty: false,
                 requests: 0,
                 opened: now,
+                active_at: now,
                 progress_at: now,
                 tmp: Vec::new(),
                 pin: None,
@@ -361,7 +424,7 @@ impl NbdService {
     }
 
     pub fn flush(&mut self, ring: &mut IoUring, now: Instant) {
-        if !self.accept_armed {
+        if !self.accept_armed && self.accept_backoff.may_arm(now) {
             if let Some(l) = self.listener.as_ref() {
                 push(ring, &opcode::AcceptMulti::new(types::Fd(l.as_raw_fd())).build().user_data(ud(K_ACCEPT, 0, 0, 0)));
                 self.accept_armed = true;
@@ -466,6 +529,9 @@ impl NbdService {
     /// in `nbd.handshake_timeout_ms`. Checked every 100 ms by a scan: NBD connections are few
     /// per worker and long-lived, so no timer per connection is needed.
     fn timeouts(&mut self, ring: &mut IoUring, now: Instant) {
+        if self.shared.nbd_evictions.pending.load(Ordering::Acquire) > 0 {
+            self.evict_idle(ring, now);
+        }
         let cfg = &self.shared.store.load().config.nbd;
         let (send, hs) = (Duration::from_millis(cfg.send_timeout_ms), Duration::from_millis(cfg.handshake_timeout_ms));
         for id in 0..self.conns.capacity_ids() {
@@ -484,6 +550,72 @@ impl NbdService {
             if c.sending {
                 push(ring, &opcode::AsyncCancel::new(ud(K_SEND, id, c.generation, 0)).build().user_data(ud(K_CANCEL, 0, 0, 0)));
             }
+            self.close(id, ring, now);
+        }
+    }
+
+    /// Takes the eviction requests this worker can serve: for each, the longest-idle of its
+    /// connections in the request's scope, idle for nbd.idle_evict_ms, is cut, provided the
+    /// scope is still at its limit.
+    fn evict_idle(&mut self, ring: &mut IoUring, now: Instant) {
+        let snap = self.shared.store.load();
+        let cfg = &snap.config.nbd;
+        let idle_min = Duration::from_millis(cfg.idle_evict_ms);
+        let mut cut = Vec::new();
+        {
+            let ev = &self.shared.nbd_evictions;
+            let mut wanted = ev.wanted.lock().unwrap();
+            wanted.retain(|(_, at)| now.saturating_duration_since(*at) < Duration::from_millis(EVICTION_REQUEST_MS));
+            let adm = &self.shared.nbd_admission;
+            let mut i = 0;
+            while i < wanted.len() {
+                let scope = wanted[i].0;
+                let full = match scope {
+                    Some(ip) => adm.of(ip) >= cfg.connections_per_ip_max,
+                    None => adm.total() >= cfg.connections_max,
+                };
+                let mut victim: Option<(u32, Instant)> = None;
+                for id in 0..self.conns.capacity_ids() {
+                    if !full {
+                        break;
+                    }
+                    if cut.contains(&id) {
+                        continue;
+                    }
+                    let Some(c) = self.conns.at(id) else { continue };
+                    let idle = !c.closing
+                        && !c.sending
+                        && c.sent == c.total
+                        && c.incoming.is_none()
+                        && c.head == c.tail
+                        && now.saturating_duration_since(c.active_at) >= idle_min;
+                    if idle && scope.is_none_or(|ip| c.ip == ip) && victim.is_none_or(|(_, at)| c.active_at < at) {
+                        victim = Some((id, c.active_at));
+                    }
+                }
+                let victim = victim.map(|(id, _)| id);
+                match (full, victim) {
+                    (false, _) => {
+                        wanted.swap_remove(i); // room was made meanwhile
+                    }
+                    (true, Some(id)) => {
+                        cut.push(id);
+                        wanted.swap_remove(i);
+                    }
+                    (true, None) => i += 1, // another worker may hold an idle one
+                }
+            }
+            ev.pending.store(wanted.len(), Ordering::Release);
+        }
+        for id in cut {
+            let Some(c) = self.conns.at(id) else { continue };
+            self.stats.counters.add(Counter::NbdIdleEvicted, 1);
+            tracing::warn!(
+                client = %c.peer,
+                target = c.target.as_ref().map(|t| t.id.as_str()).unwrap_or("-"),
+                idle_ms = now.saturating_duration_since(c.active_at).as_millis() as u64,
+                "nbd connection cut: idle, and a new connection was refused at a connection limit (nbd.idle_evict_ms)"
+            );
             self.close(id, ring, now);
         }
     }
@@ -1156,28 +1288,60 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
     false
 }
 
-/// Gives the connection its target's write cache (or refuses: a private vdisk's second writer).
+/// Gives the connection its target's write cache (or refuses: a private vdisk's second writer,
+/// a target created from another address).
 fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> Result<(), String> {
-    let id = id.unwrap_or_else(|| c.ip.to_string());
-    let client = c.peer.to_string();
+    let mut key = id.clone().unwrap_or_else(|| c.ip.to_string());
+    if let Some(i) = id.as_deref() {
+        let k = token::key(ctx.snap.config.farm.token_key_file.as_deref());
+        let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        match token::verify(&k, i, c.ip, &vd.name, now_unix) {
+            // A boot token: the farm places the target by its MAC, as the boot script did.
+            Ok(m) => key = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            Err(_) if ctx.snap.config.nbd.target_ids == TargetIds::Bound => {}
+            // An expired token still reaches the target it made (a reconnect, hours later).
+            Err(why) if why.contains("expired") && ctx.shared.nbd_targets.holds(&vd.name, i, c.ip) => {}
+            Err(why) => {
+                ctx.stats.counters.add(Counter::NbdRefusedToken, 1);
+                tracing::warn!(
+                    client = %c.peer,
+                    export = %vd.name,
+                    "nbd connection refused: {why} (nbd.target_ids = \"token\": a target id must be the boot token of the /ipxe script, used from the address that fetched it)"
+                );
+                return Err(format!("{why}; nbd.target_ids = token: use the export name the boot script gives (bootfarm-nbd-export)"));
+            }
+        }
+    }
     if ctx.snap.farm.len() > 1 {
         let me = ctx.shared.farm_local(ctx.snap, ctx.now);
-        let order = ctx.shared.farm.place(ctx.snap, &vd.name, &id, Some(c.ip), &me);
+        let order = ctx.shared.farm.place(ctx.snap, &vd.name, &key, Some(c.ip), &me);
         if let Some(&first) = order.first().filter(|&&i| ctx.snap.farm[i].name != ctx.snap.config.server.name) {
             ctx.stats.counters.add(Counter::NbdMisplaced, 1);
             tracing::debug!(client = %c.peer, export = %vd.name, first = %ctx.snap.farm[first].name, "nbd target is placed on another server; serving it here");
         }
     }
-    match ctx.shared.nbd_targets.attach(vd, &id, &client, &ctx.snap.config.nbd, ctx.now) {
+    match ctx.shared.nbd_targets.attach(vd, id.as_deref(), c.peer, &ctx.snap.config.nbd, ctx.now) {
         Ok((t, resumed)) => {
             tracing::info!(client = %c.peer, export = %vd.name, target = %t.id, resumed, "nbd target attached");
             c.target = Some(t);
             Ok(())
         }
+        Err(e @ AttachError::Foreign { owner }) => {
+            ctx.stats.counters.add(Counter::NbdRefusedForeign, 1);
+            tracing::warn!(
+                client = %c.peer,
+                owner = %owner,
+                export = %vd.name,
+                target = %key,
+                "nbd connection refused: the target belongs to the address that created it; a target id reaches only its own machine's cache (a machine whose address changed gets a new cache once the old one expires, nbd.cache_keep_after_disconnect_ms)"
+            );
+            Err(e.to_string())
+        }
         Err(e) => {
             let counter = match e {
-                cache::AttachError::Private(_) => Counter::NbdRefusedPrivate,
+                cache::AttachError::Busy(_) | cache::AttachError::Failed(_) => Counter::NbdRefusedPrivate,
                 cache::AttachError::TargetsPerAddress(_) => Counter::NbdRefusedTargets,
+                cache::AttachError::Foreign { .. } => Counter::NbdRefusedForeign,
             };
             ctx.stats.counters.add(counter, 1);
             tracing::warn!(client = %c.peer, export = %vd.name, "nbd connection refused: {e}");

@@ -307,7 +307,16 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
                     "no farm server can serve this vdisk to this client now (all down, or none for its subnet)",
                 );
             }
-            let script = ipxe_script(&snap, vd, host, mac, &order);
+            let mut script = ipxe_script(&snap, vd, host, mac, &order);
+            if let Some(m) = mac.and_then(crate::nbd::token::parse_mac) {
+                // The target's boot token, bound to its MAC, this client address and the vdisk:
+                // the NBD export name a Linux initramfs uses to reach its own write cache.
+                use crate::nbd::token;
+                let key = token::key(snap.config.farm.token_key_file.as_deref());
+                let expires = (env.now_unix().max(0) as u64 + snap.config.nbd.token_ttl_ms / 1000).min(u32::MAX as u64) as u32;
+                let t = token::issue(&key, token::random16(), expires, m, env.client_ip(), &vd.name);
+                script = script.replacen('\n', &format!("\nset bootfarm-token {t}\nset bootfarm-nbd-export {}@{t}\n", vd.name), 1);
+            }
             simple(out, 200, ka, minor, now, "text/plain; charset=utf-8", script.into_bytes(), head_only)
         }
         _ => {

@@ -31,6 +31,7 @@ use crate::image::write::Writer;
 use crate::image::{Chain, Segment};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,6 +127,11 @@ pub struct Overlay {
     size: u64,
     /// Private mode: every changed block is also written here.
     persist: Option<Writer>,
+    /// Private mode before the first write: the vdisk whose new version that write creates (a
+    /// session that only reads leaves no file behind).
+    pending_version: Option<Arc<crate::config::Vdisk>>,
+    /// Private mode: the version file, once made.
+    pub version_file: Option<PathBuf>,
     pub bytes_written: u64,
     /// The global RAM cap was met (logged once per overlay).
     ram_capped: bool,
@@ -152,9 +158,25 @@ impl Overlay {
             total,
             size,
             persist,
+            pending_version: None,
+            version_file: None,
             bytes_written: 0,
             ram_capped: false,
         }
+    }
+
+    /// Private mode: the first write (or zeroing) creates a new version of `vdisk`.
+    pub fn version_on_first_write(&mut self, vdisk: Arc<crate::config::Vdisk>) {
+        self.pending_version = Some(vdisk);
+    }
+
+    fn persist_ready(&mut self) -> Result<(), CacheError> {
+        if let Some(vd) = self.pending_version.take() {
+            let (w, p) = private_version(&vd).map_err(CacheError::Io)?;
+            self.persist = Some(w);
+            self.version_file = Some(p);
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -459,6 +481,10 @@ impl Overlay {
     /// The range must lie inside the disk.
     pub fn write(&mut self, off: u64, data: &[u8], base: &Chain) -> Result<(), CacheError> {
         let mut r = self.reserve(off, data.len() as u64)?;
+        if let Err(e) = self.persist_ready() {
+            self.unreserve(r);
+            return Err(e);
+        }
         let res = self.apply(off, data.len() as u64, Some(data), base, &mut r);
         self.unreserve(r);
         res
@@ -467,6 +493,8 @@ impl Overlay {
     /// Writes a part of a write whose whole range was reserved (a WRITE whose payload arrives
     /// in pieces), drawing on `r`.
     pub fn write_reserved(&mut self, off: u64, data: &[u8], base: &Chain, r: &mut Reservation) -> Result<(), CacheError> {
+        // Private mode: the session's first write makes its version file.
+        self.persist_ready()?;
         self.apply(off, data.len() as u64, Some(data), base, r)
     }
 
@@ -474,6 +502,7 @@ impl Overlay {
     /// the edges of the range are written with zeros. Refused whole (ENOSPC) when the edges
     /// find no room or the range would be one too many.
     pub fn zero(&mut self, off: u64, len: u64, base: &Chain) -> Result<(), CacheError> {
+        self.persist_ready()?;
         let end = off + len;
         // A short last block is whole when the range reaches the end of the disk.
         let end_full = if end == self.size { end.div_ceil(BLOCK) } else { end / BLOCK };
@@ -793,10 +822,18 @@ pub struct Target {
     pub vdisk: Arc<crate::config::Vdisk>,
     /// Client IP, or the id given in the export name (`win10@00:11:22:33:44:55`).
     pub id: String,
+    /// Whether `id` was named in the export (`vdisk@id`) rather than being the client address:
+    /// the two are separate key spaces, so `vdisk@<some IP>` never reaches an anonymous target.
+    pub named: bool,
+    /// The address that created the target: only connections from it may attach to it.
+    pub owner: IpAddr,
     pub overlay: Mutex<Overlay>,
-    /// Private mode: the version file this session writes.
-    pub version_file: Option<PathBuf>,
+    /// Private mode: whether the session's writes go into a new version (made at the first).
+    pub private: bool,
 }
+
+/// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
+type Key = (String, bool, String);
 
 struct Entry {
     target: Arc<Target>,
@@ -804,37 +841,13 @@ struct Entry {
     conns: usize,
     idle_since: Option<Instant>,
     client: String,
-    /// The client address that made the target (nbd.targets_per_address_max).
-    addr: String,
-}
-
-/// Why a connection got no target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttachError {
-    /// A private-mode vdisk already has its writer, or its version file cannot be made.
-    Private(String),
-    /// The client's address already holds nbd.targets_per_address_max targets.
-    TargetsPerAddress(String),
-}
-
-impl std::fmt::Display for AttachError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AttachError::Private(s) | AttachError::TargetsPerAddress(s) => f.write_str(s),
-        }
-    }
-}
-
-/// The address part of a connection's peer ("10.0.0.7:51234" -> "10.0.0.7").
-fn address_of(client: &str) -> String {
-    client.parse::<std::net::SocketAddr>().map(|a| a.ip().to_canonical().to_string()).unwrap_or_else(|_| client.to_string())
 }
 
 /// Every target's cache, shared by the workers (a reconnect may land on any of them). The
 /// lock is taken on connect and disconnect only; requests lock their own target's overlay.
 #[derive(Default)]
 pub struct Registry {
-    entries: Mutex<HashMap<(String, String), Entry>>,
+    entries: Mutex<HashMap<Key, Entry>>,
     /// Bytes of RAM and overflow held by all overlays (nbd.cache_bytes_total_max).
     pub total: Arc<AtomicU64>,
     /// Bytes of RAM pages held by all overlays (nbd.cache_ram_bytes_total_max).
@@ -854,14 +867,41 @@ pub fn valid_target_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
 }
 
+/// Why a connection did not get its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachError {
+    /// A private vdisk already has its writer (the message names it).
+    Busy(String),
+    /// The target was created from another address, which alone may reach it.
+    Foreign { owner: IpAddr },
+    /// The target could not be set up (a private version file, say).
+    Failed(String),
+    /// The client's address already holds nbd.targets_per_address_max targets.
+    TargetsPerAddress(String),
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Busy(s) | AttachError::Failed(s) | AttachError::TargetsPerAddress(s) => f.write_str(s),
+            AttachError::Foreign { .. } => {
+                f.write_str("this target id belongs to another machine (the address that created it); use your own id")
+            }
+        }
+    }
+}
+
 impl Registry {
-    /// Gives a connection its target: the cache kept from an earlier connection (still open,
-    /// or closed less than `keep` ago, on the same image) or a new one.
+    /// Gives a connection from `client` its target: the cache kept from an earlier connection
+    /// (still open, or closed less than `keep` ago, on the same image) or a new one. `id` is
+    /// the id named in the export (`vdisk@id`); without one the target is the client address.
+    /// A target is bound to the address that created it: another address is refused, whatever
+    /// id it names.
     pub fn attach(
         &self,
         vdisk: &Arc<crate::config::Vdisk>,
-        id: &str,
-        client: &str,
+        id: Option<&str>,
+        client: SocketAddr,
         cfg: &crate::config::Nbd,
         now: Instant,
     ) -> Result<(Arc<Target>, bool), AttachError> {
@@ -869,12 +909,18 @@ impl Registry {
         let keep = Duration::from_millis(cfg.cache_keep_after_disconnect_ms);
         self.sweep(now, keep);
         let private = vdisk.mode == Mode::Private;
-        let key = (vdisk.name.clone(), if private { String::new() } else { id.to_string() });
+        let ip = client.ip().to_canonical();
+        let key: Key = match (private, id) {
+            (true, _) => (vdisk.name.clone(), false, String::new()),
+            (false, Some(id)) => (vdisk.name.clone(), true, id.to_string()),
+            (false, None) => (vdisk.name.clone(), false, ip.to_string()),
+        };
+        let client = client.to_string();
         let stale = {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
                 Some(e) if e.conns > 0 && private => {
-                    return Err(AttachError::Private(format!(
+                    return Err(AttachError::Busy(format!(
                         "vdisk {} is in private mode and already has a writer ({}); one connection at a time",
                         vdisk.name, e.client
                     )));
@@ -882,6 +928,9 @@ impl Registry {
                 // A target whose image changed in place (damaged) can give nothing to a new
                 // connection: it starts over on the vdisk as served now.
                 Some(e) if (e.conns > 0 && !e.target.vdisk.damaged()) || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                    if e.target.owner != ip {
+                        return Err(AttachError::Foreign { owner: e.target.owner });
+                    }
                     if !Arc::ptr_eq(&e.target.vdisk, vdisk) {
                         tracing::info!(
                             vdisk = %vdisk.name,
@@ -891,7 +940,7 @@ impl Registry {
                     }
                     e.conns += 1;
                     e.idle_since = None;
-                    e.client = client.to_string();
+                    e.client = client;
                     return Ok((e.target.clone(), true));
                 }
                 Some(_) => map.remove(&key).map(|e| e.target),
@@ -901,8 +950,7 @@ impl Registry {
         if let Some(t) = stale {
             end_target(&t, "the vdisk changed");
         }
-        let addr = address_of(client);
-        self.room_for(&self.entries.lock().unwrap(), &addr, cfg.targets_per_address_max)?;
+        self.room_for(&self.entries.lock().unwrap(), ip, cfg.targets_per_address_max)?;
         let limits = Limits {
             ram_bytes: cfg.cache_ram_bytes_per_target,
             target_bytes_max: cfg.cache_bytes_per_target_max,
@@ -912,45 +960,51 @@ impl Registry {
             ram_total_max: cfg.cache_ram_bytes_total_max,
             ram_total: self.ram_total.clone(),
         };
-        let (persist, version_file) = if private {
-            let (w, p) = private_version(vdisk).map_err(AttachError::Private)?;
-            (Some(w), Some(p))
-        } else {
-            (None, None)
-        };
-        let target = Arc::new(Target {
-            vdisk: vdisk.clone(),
-            id: key.1.clone(),
-            overlay: Mutex::new(Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), persist)),
-            version_file,
-        });
-        let mut map = self.entries.lock().unwrap();
-        if private && map.get(&key).is_some_and(|e| e.conns > 0) {
-            return Err(AttachError::Private(format!(
-                "vdisk {} is in private mode and already has a writer; one connection at a time",
-                vdisk.name
-            )));
+        let mut overlay = Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), None);
+        if private {
+            private_versions_check(vdisk, cfg.private_versions_max).map_err(AttachError::Failed)?;
+            overlay.version_on_first_write(vdisk.clone());
         }
-        self.room_for(&map, &addr, cfg.targets_per_address_max)?;
-        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client: client.to_string(), addr });
+        let target =
+            Arc::new(Target { vdisk: vdisk.clone(), id: key.2.clone(), named: key.1, owner: ip, overlay: Mutex::new(overlay), private });
+        let mut map = self.entries.lock().unwrap();
+        // Another worker may have made the same target meanwhile: the same checks again.
+        match map.get(&key) {
+            Some(e) if private && e.conns > 0 => {
+                return Err(AttachError::Busy(format!(
+                    "vdisk {} is in private mode and already has a writer; one connection at a time",
+                    vdisk.name
+                )));
+            }
+            Some(e) if e.target.owner != ip => return Err(AttachError::Foreign { owner: e.target.owner }),
+            _ => {}
+        }
+        self.room_for(&map, ip, cfg.targets_per_address_max)?;
+        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client });
         Ok((target, false))
     }
 
     /// Refuses a new target from an address that already holds `max` (connected or kept).
-    fn room_for(&self, map: &HashMap<(String, String), Entry>, addr: &str, max: usize) -> Result<(), AttachError> {
-        let held = map.values().filter(|e| e.addr == addr).count();
+    fn room_for(&self, map: &HashMap<Key, Entry>, ip: IpAddr, max: usize) -> Result<(), AttachError> {
+        let held = map.values().filter(|e| e.target.owner == ip).count();
         if held >= max {
             return Err(AttachError::TargetsPerAddress(format!(
-                "address {addr} already holds {held} write caches (nbd.targets_per_address_max {max}, connected or kept for a reconnect): \
+                "address {ip} already holds {held} write caches (nbd.targets_per_address_max {max}, connected or kept for a reconnect): \
                  reuse the target id, wait nbd.cache_keep_after_disconnect_ms for old ones to go, or raise the limit"
             )));
         }
         Ok(())
     }
 
+    /// Whether a standard vdisk's named target `id` exists, created from `ip`.
+    pub fn holds(&self, vdisk: &str, id: &str, ip: IpAddr) -> bool {
+        let map = self.entries.lock().unwrap();
+        map.get(&(vdisk.to_string(), true, id.to_string())).is_some_and(|e| e.target.owner == ip)
+    }
+
     /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
     pub fn detach(&self, t: &Arc<Target>, keep: Duration, now: Instant) {
-        let key = (t.vdisk.name.clone(), t.id.clone());
+        let key: Key = (t.vdisk.name.clone(), t.named, t.id.clone());
         let gone = {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
@@ -977,7 +1031,7 @@ impl Registry {
     pub fn sweep(&self, now: Instant, keep: Duration) {
         let gone: Vec<Arc<Target>> = {
             let mut map = self.entries.lock().unwrap();
-            let old: Vec<(String, String)> = map
+            let old: Vec<Key> = map
                 .iter()
                 .filter(|(_, e)| e.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= keep))
                 .map(|(k, _)| k.clone())
@@ -993,7 +1047,7 @@ impl Registry {
     pub fn connected_by_vdisk(&self, now: Instant, boot: Duration) -> Vec<(String, u32, u32)> {
         let map = self.entries.lock().unwrap();
         let mut out: Vec<(String, u32, u32)> = Vec::new();
-        for ((v, _), e) in map.iter().filter(|(_, e)| e.conns > 0) {
+        for ((v, _, _), e) in map.iter().filter(|(_, e)| e.conns > 0) {
             let booting = (now.saturating_duration_since(e.started) < boot) as u32;
             match out.iter_mut().find(|(n, _, _)| n == v) {
                 Some(x) => {
@@ -1016,7 +1070,10 @@ impl Registry {
 fn end_target(t: &Arc<Target>, why: &str) {
     let mut o = t.overlay.lock().unwrap();
     let (written, held) = (o.bytes_written, o.allocated_bytes());
-    match &t.version_file {
+    match &o.version_file.clone() {
+        None if t.private => {
+            tracing::info!(vdisk = %t.vdisk.name, "private session ended ({why}) without a write; no version was made")
+        }
         Some(p) => match o.sync() {
             Ok(()) => tracing::info!(
                 vdisk = %t.vdisk.name,
@@ -1032,6 +1089,30 @@ fn end_target(t: &Arc<Target>, why: &str) {
             tracing::info!(vdisk = %t.vdisk.name, target = %t.id, bytes_written = written, cache_bytes = held, "write cache discarded ({why})")
         }
     }
+}
+
+/// The version files private sessions made beside the newest image of `vdisk`
+/// (`<vdisk>.private-*`), in that folder.
+fn private_versions(vdisk: &crate::config::Vdisk) -> usize {
+    let top = vdisk.chain.top();
+    let dir = top.path.parent().unwrap_or(Path::new("."));
+    let prefix = format!("{}.private-", vdisk.name);
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix))).count())
+        .unwrap_or(0)
+}
+
+/// Refuses a private session once `max` version files exist: every session that writes leaves
+/// one, and without a bound a client reconnecting in a loop fills the disk with them.
+fn private_versions_check(vdisk: &crate::config::Vdisk, max: usize) -> Result<(), String> {
+    let n = private_versions(vdisk);
+    if n >= max {
+        return Err(format!(
+            "vdisk {} already has {n} private version files (nbd.private_versions_max = {max}) beside its image: merge or remove old ones, or raise the limit",
+            vdisk.name
+        ));
+    }
+    Ok(())
 }
 
 /// Private mode: a new differencing version beside the newest image, and its writer.

@@ -2,4 +2,5 @@
 //! write caches behind writable exports. The engine glue (src/engine/nbd.rs) drives them.
 
 pub mod cache;
+pub mod token;
 pub mod wire;

@@ -112,15 +112,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with(Command::new(bin()).arg("serve").args(args))
+    }
+
+    /// Starts `cmd`, a command line that ends in `bootfarm serve ...` (behind prlimit, say).
+    pub fn start_with(cmd: &mut Command) -> Server {
         use std::io::BufRead;
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .args(args)
-            .args(["--log", "info"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            cmd.args(["--log", "info"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {

@@ -219,7 +219,7 @@ fn boot_fixture(tag: &str) -> (PathBuf, std::process::Child, u16, u16, u16) {
     std::fs::write(
         d.join("bf.toml"),
         format!(
-            "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\nsteer = \"cpu\"\n[tftp]\nroot = \"boot\"\nsessions_per_ip_max = 64\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n"
+            "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\nsteer = \"cpu\"\n[tftp]\nroot = \"boot\"\nsessions_per_ip_max = 64\n[nbd]\ncache_dir = \"cache\"\nconnections_per_ip_max = 1024\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n"
         ),
     )
     .unwrap();
