@@ -205,7 +205,7 @@ fn targets_per_address_and_the_global_ram_cap() {
     let m = metrics(ports.1);
     assert_eq!(metric(&m, "bootfarm_nbd_cache_ram_bytes"), 98304.0, "RAM stops at the global cap");
     assert_eq!(metric(&m, "bootfarm_nbd_cache_bytes"), 2.0 * 131072.0);
-    assert_eq!(metric(&m, "bootfarm_nbd_targets_refused_total"), 1.0);
+    assert_eq!(metric(&m, "bootfarm_nbd_targets_refused_total{reason=\"targets_per_address\"}"), 1.0);
     assert!(s.log().contains("cache_ram_bytes_total_max"), "meeting the RAM cap is logged");
     // A target that goes makes room for a new one.
     drop(held.remove(2));
