@@ -191,6 +191,21 @@ mod tests {
         assert!(text.contains("bootfarm_config_generation 7\n"));
     }
 
+    /// Every counter is its own series, and a metric has one help text and one kind of label
+    /// set (all labelled or none): Prometheus keeps one of two equal series and drops the other.
+    #[test]
+    fn every_series_is_distinct_and_each_metric_consistent() {
+        let mut seen = std::collections::HashMap::new();
+        let mut helps = std::collections::HashMap::new();
+        for &c in Counter::ALL {
+            let (name, labels, help) = c.describe();
+            assert!(seen.insert((name, labels), c).is_none(), "{c:?}: the series {name}{{{labels}}} is also {:?}", seen[&(name, labels)]);
+            let (h, labelled) = *helps.entry(name).or_insert((help, !labels.is_empty()));
+            assert_eq!(h, help, "{c:?}: {name} has two help texts");
+            assert_eq!(labelled, !labels.is_empty(), "{c:?}: {name} is both labelled and not");
+        }
+    }
+
     #[test]
     fn histogram_is_cumulative() {
         let h = Histogram::default();
