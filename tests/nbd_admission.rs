@@ -81,29 +81,7 @@ struct Raw(TcpStream);
 impl Raw {
     fn try_go(src: &str, port: u16, export: &str) -> Result<Raw, (u32, String)> {
         let mut s = connect_from(src, port);
-        let mut g = [0u8; 18];
-        s.read_exact(&mut g).unwrap();
-        assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
-        s.write_all(&3u32.to_be_bytes()).unwrap();
-        let mut o = wire::IHAVEOPT.to_be_bytes().to_vec();
-        o.extend_from_slice(&wire::OPT_GO.to_be_bytes());
-        o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
-        o.extend_from_slice(&(export.len() as u32).to_be_bytes());
-        o.extend_from_slice(export.as_bytes());
-        o.extend_from_slice(&0u16.to_be_bytes());
-        s.write_all(&o).unwrap();
-        loop {
-            let mut h = [0u8; 20];
-            s.read_exact(&mut h).unwrap();
-            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-            let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
-            s.read_exact(&mut d).unwrap();
-            match kind {
-                wire::REP_ACK => return Ok(Raw(s)),
-                wire::REP_INFO => {}
-                other => return Err((other, String::from_utf8_lossy(&d).into_owned())),
-            }
-        }
+        nbd_go(&mut s, export).map(|_| Raw(s))
     }
     fn go(src: &str, port: u16, export: &str) -> Raw {
         Raw::try_go(src, port, export).unwrap_or_else(|e| panic!("GO {export} from {src}: {e:?}"))

@@ -33,34 +33,7 @@ impl Raw {
     fn try_go(port: u16, export: &str) -> Result<Raw, (u32, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut g = [0u8; 18];
-        s.read_exact(&mut g).unwrap();
-        assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
-        s.write_all(&3u32.to_be_bytes()).unwrap();
-        let mut o = wire::IHAVEOPT.to_be_bytes().to_vec();
-        o.extend_from_slice(&wire::OPT_GO.to_be_bytes());
-        o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
-        o.extend_from_slice(&(export.len() as u32).to_be_bytes());
-        o.extend_from_slice(export.as_bytes());
-        o.extend_from_slice(&0u16.to_be_bytes());
-        s.write_all(&o).unwrap();
-        let mut size = 0;
-        loop {
-            let mut h = [0u8; 20];
-            s.read_exact(&mut h).unwrap();
-            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-            let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
-            s.read_exact(&mut d).unwrap();
-            match kind {
-                wire::REP_ACK => return Ok(Raw { s, size }),
-                wire::REP_INFO => {
-                    if u16::from_be_bytes(d[..2].try_into().unwrap()) == wire::INFO_EXPORT {
-                        size = u64::from_be_bytes(d[2..10].try_into().unwrap());
-                    }
-                }
-                other => return Err((other, String::from_utf8_lossy(&d).into_owned())),
-            }
-        }
+        nbd_go(&mut s, export).map(|size| Raw { s, size })
     }
     fn go(port: u16, export: &str) -> Raw {
         Raw::try_go(port, export).unwrap_or_else(|e| panic!("GO {export}: {e:?}"))

@@ -168,3 +168,37 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// The NBD fixed-newstyle handshake on a connected stream, with NBD_OPT_GO for `export`: the
+/// export's size, or the error reply (its type and message). The tests' raw clients use it.
+pub fn nbd_go(s: &mut std::net::TcpStream, export: &str) -> Result<u64, (u32, String)> {
+    use bootfarm::nbd::wire;
+    use std::io::{Read, Write};
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut o = wire::IHAVEOPT.to_be_bytes().to_vec();
+    o.extend_from_slice(&wire::OPT_GO.to_be_bytes());
+    o.extend_from_slice(&(6 + export.len() as u32).to_be_bytes());
+    o.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    o.extend_from_slice(export.as_bytes());
+    o.extend_from_slice(&0u16.to_be_bytes());
+    s.write_all(&o).unwrap();
+    let mut size = 0;
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        s.read_exact(&mut d).unwrap();
+        match kind {
+            wire::REP_ACK => return Ok(size),
+            wire::REP_INFO if d.len() >= 10 && u16::from_be_bytes([d[0], d[1]]) == wire::INFO_EXPORT => {
+                size = u64::from_be_bytes(d[2..10].try_into().unwrap());
+            }
+            wire::REP_INFO => {}
+            other => return Err((other, String::from_utf8_lossy(&d).into_owned())),
+        }
+    }
+}
