@@ -95,17 +95,6 @@ fn nbdinfo_nbdcopy_and_qemu_img_read_the_exports() {
     assert!(!bad.status.success(), "an unknown export is refused");
 }
 
-fn encode(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> Vec<u8> {
-    let mut r = wire::REQUEST_MAGIC.to_be_bytes().to_vec();
-    r.extend_from_slice(&0u16.to_be_bytes());
-    r.extend_from_slice(&kind.to_be_bytes());
-    r.extend_from_slice(&cookie.to_be_bytes());
-    r.extend_from_slice(&offset.to_be_bytes());
-    r.extend_from_slice(&length.to_be_bytes());
-    r.extend_from_slice(payload);
-    r
-}
-
 /// A minimal fixed-newstyle client: handshake with GO, then raw requests.
 struct Raw(TcpStream);
 
@@ -125,7 +114,7 @@ impl Raw {
         d
     }
     fn request(&mut self, kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> (u32, u64) {
-        self.0.write_all(&encode(kind, cookie, offset, length, payload)).unwrap();
+        self.0.write_all(&nbd_request(kind, cookie, offset, length, payload)).unwrap();
         self.reply()
     }
     fn reply(&mut self) -> (u32, u64) {
@@ -351,7 +340,7 @@ fn a_flood_beyond_the_queue_and_a_client_gone_mid_write() {
     let orig = export(&f, "v2.avhdx");
     // A client gone half way through a WRITE payload: the server carries on.
     let mut gone = Raw::go(f.port, "chain@gone");
-    gone.0.write_all(&encode(wire::CMD_WRITE, 1, 0, 65536, &[1u8; 1000])).unwrap();
+    gone.0.write_all(&nbd_request(wire::CMD_WRITE, 1, 0, 65536, &[1u8; 1000])).unwrap();
     drop(gone);
     // 20,000 reads sent before any reply is read: TCP pushes back at the queue limit, and every
     // reply comes, in order, with the right bytes (the batches go out with SEND_ZC here).
@@ -361,7 +350,7 @@ fn a_flood_beyond_the_queue_and_a_client_gone_mid_write() {
     let sender = std::thread::spawn(move || {
         for i in 0..n {
             let off = (i * 7919 * 512) % ((12 << 20) - 4096);
-            tx.write_all(&encode(wire::CMD_READ, i, off, 4096, &[])).unwrap();
+            tx.write_all(&nbd_request(wire::CMD_READ, i, off, 4096, &[])).unwrap();
         }
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -391,7 +380,7 @@ fn clients_that_stop_reading_or_never_finish_the_handshake_are_cut_off() {
     // 64 reads of 1 MiB asked for and never read: the send stalls, the connection is cut off.
     let mut c = Raw::go(f.port, "chain");
     for i in 0..64 {
-        c.0.write_all(&encode(wire::CMD_READ, i, 0, 1 << 20, &[])).unwrap();
+        c.0.write_all(&nbd_request(wire::CMD_READ, i, 0, 1 << 20, &[])).unwrap();
     }
     let mut cut = false;
     for _ in 0..50 {

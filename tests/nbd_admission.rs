@@ -64,17 +64,6 @@ fn connect_from(src: &str, port: u16) -> TcpStream {
     s
 }
 
-fn encode(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> Vec<u8> {
-    let mut r = wire::REQUEST_MAGIC.to_be_bytes().to_vec();
-    r.extend_from_slice(&0u16.to_be_bytes());
-    r.extend_from_slice(&kind.to_be_bytes());
-    r.extend_from_slice(&cookie.to_be_bytes());
-    r.extend_from_slice(&offset.to_be_bytes());
-    r.extend_from_slice(&length.to_be_bytes());
-    r.extend_from_slice(payload);
-    r
-}
-
 /// A minimal fixed-newstyle client bound to a source address: GO, then simple requests.
 struct Raw(TcpStream);
 
@@ -87,7 +76,7 @@ impl Raw {
         Raw::try_go(src, port, export).unwrap_or_else(|e| panic!("GO {export} from {src}: {e:?}"))
     }
     fn request(&mut self, kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> (u32, u64) {
-        self.0.write_all(&encode(kind, cookie, offset, length, payload)).unwrap();
+        self.0.write_all(&nbd_request(kind, cookie, offset, length, payload)).unwrap();
         let mut h = [0u8; 16];
         self.0.read_exact(&mut h).unwrap();
         assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), wire::SIMPLE_REPLY_MAGIC);

@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 
 const M: u64 = 1 << 20;
 
-fn encode(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> Vec<u8> {
-    let mut r = wire::REQUEST_MAGIC.to_be_bytes().to_vec();
-    r.extend_from_slice(&0u16.to_be_bytes());
-    r.extend_from_slice(&kind.to_be_bytes());
-    r.extend_from_slice(&cookie.to_be_bytes());
-    r.extend_from_slice(&offset.to_be_bytes());
-    r.extend_from_slice(&length.to_be_bytes());
-    r.extend_from_slice(payload);
-    r
-}
-
 /// A minimal fixed-newstyle client (simple replies): handshake with GO, then raw requests.
 struct Raw {
     s: TcpStream,
@@ -45,7 +34,7 @@ impl Raw {
         d
     }
     fn request(&mut self, kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> (u32, u64) {
-        self.s.write_all(&encode(kind, cookie, offset, length, payload)).unwrap();
+        self.s.write_all(&nbd_request(kind, cookie, offset, length, payload)).unwrap();
         self.reply()
     }
     fn reply(&mut self) -> (u32, u64) {
@@ -133,7 +122,7 @@ fn a_reply_in_flight_keeps_its_pages_while_another_connection_trims_and_writes()
         assert_eq!(writer.request(wire::CMD_WRITE, i as u64, x + i as u64 * 4 * M, part.len() as u32, part), (0, i as u64));
     }
     let mut reader = Raw::go(ports.2, "v@t");
-    reader.s.write_all(&encode(wire::CMD_READ, 100, x, len as u32, &[])).unwrap();
+    reader.s.write_all(&nbd_request(wire::CMD_READ, 100, x, len as u32, &[])).unwrap();
     // The reply has started (its header is here): the batch points at X's pages now.
     let mut h = [0u8; 16];
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -218,7 +207,7 @@ fn connections_that_do_not_read_hold_bounded_reply_memory() {
     let mut conns: Vec<Raw> = (0..20).map(|_| Raw::go(ports.2, "v@t")).collect();
     for c in conns.iter_mut() {
         for i in 0..8 {
-            c.s.write_all(&encode(wire::CMD_READ, i, 0, len as u32, &[])).unwrap();
+            c.s.write_all(&nbd_request(wire::CMD_READ, i, 0, len as u32, &[])).unwrap();
         }
     }
     // Every connection's reply has started; then RSS is sampled until it settles.

@@ -4,6 +4,7 @@
 //! rate limit.
 
 mod common;
+use bootfarm::tftp::netascii::to_netascii;
 use bootfarm::tftp::wire::{self, Packet};
 use common::*;
 use std::io::{Read, Write};
@@ -81,18 +82,6 @@ fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
     let (n, from) = s.recv_from(&mut b).ok()?;
     b.truncate(n);
     Some((b, from))
-}
-
-fn to_netascii(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &c in b {
-        match c {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Text with CR LF, lone LF and lone CR at and around every 512-byte block edge.

@@ -845,7 +845,13 @@ mod tests {
         }
         assert_eq!(content_hash_unless(&[], 64, || true), Some(content_hash(&[])));
         let mut n = 0;
-        assert_eq!(content_hash_unless(&d, 4096, || { n += 1; n < 3 }), None);
+        assert_eq!(
+            content_hash_unless(&d, 4096, || {
+                n += 1;
+                n < 3
+            }),
+            None
+        );
         assert_eq!(n, 3, "asked before each piece, stopped at the third");
     }
 

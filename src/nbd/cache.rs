@@ -1169,6 +1169,20 @@ mod tests {
         out
     }
 
+    /// Limits for a test overlay in `dir`: the given RAM tier and byte budgets; zero ranges
+    /// and the global RAM tier out of the way.
+    fn test_limits(dir: &Path, ram_bytes: u64, target_bytes_max: u64, total_bytes_max: u64) -> Limits {
+        Limits {
+            ram_bytes,
+            target_bytes_max,
+            total_bytes_max,
+            dir: dir.to_path_buf(),
+            zero_ranges_max: 1 << 16,
+            ram_total_max: u64::MAX,
+            ram_total: Default::default(),
+        }
+    }
+
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("bootfarm-cache-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -1184,15 +1198,7 @@ mod tests {
         let size = 1 << 20 | 1536; // a short last block
         let (chain, mut model) = base(&dir, size);
         let total = Arc::new(AtomicU64::new(0));
-        let limits = Limits {
-            ram_bytes: 16 * BLOCK,
-            target_bytes_max: 1 << 30,
-            total_bytes_max: 1 << 30,
-            dir: dir.clone(),
-            zero_ranges_max: 1 << 16,
-            ram_total_max: u64::MAX,
-            ram_total: Default::default(),
-        };
+        let limits = test_limits(&dir, 16 * BLOCK, 1 << 30, 1 << 30);
         let mut o = Overlay::new(size, limits, total.clone(), None);
         let mut rng = crate::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
         for round in 0..3000 {
@@ -1229,15 +1235,7 @@ mod tests {
         let (chain, content) = base(&dir, 1 << 20);
         let total = Arc::new(AtomicU64::new(0));
         // The total has room for the zeroed range `a` keeps below (counted, never refused).
-        let limits = Limits {
-            ram_bytes: 4 * BLOCK,
-            target_bytes_max: 8 * BLOCK,
-            total_bytes_max: 12 * BLOCK + RANGE_BYTES,
-            dir: dir.clone(),
-            zero_ranges_max: 1 << 16,
-            ram_total_max: u64::MAX,
-            ram_total: Default::default(),
-        };
+        let limits = test_limits(&dir, 4 * BLOCK, 8 * BLOCK, 12 * BLOCK + RANGE_BYTES);
         let mut a = Overlay::new(1 << 20, limits.clone(), total.clone(), None);
         let mut b = Overlay::new(1 << 20, limits, total.clone(), None);
         a.write(0, &vec![0xaa; 8 * BLOCK as usize], &chain).unwrap();
@@ -1318,7 +1316,7 @@ mod tests {
             let nblocks = size.div_ceil(BLOCK) as usize;
             let mut state = vec![0u32; nblocks]; // flags as block status reports them
             let total = Arc::new(AtomicU64::new(0));
-            let limits = Limits { ram_bytes: 8 * BLOCK, target_bytes_max: 1 << 30, total_bytes_max: 1 << 30, dir: dir.clone(), zero_ranges_max: 1 << 16, ram_total_max: u64::MAX, ram_total: Default::default() };
+            let limits = test_limits(&dir, 8 * BLOCK, 1 << 30, 1 << 30);
             let mut o = Overlay::new(size, limits, total.clone(), None);
             for (kind, off, len) in ops {
                 let len = len.min(size - off);
@@ -1409,15 +1407,7 @@ mod tests {
         let chain = Arc::new(chain);
         for round in 0..200 {
             let total = Arc::new(AtomicU64::new(0));
-            let limits = Limits {
-                ram_bytes: 4 * BLOCK,
-                target_bytes_max: 8 * BLOCK,
-                total_bytes_max: 8 * BLOCK,
-                dir: dir.clone(),
-                zero_ranges_max: 1 << 16,
-                ram_total_max: u64::MAX,
-                ram_total: Default::default(),
-            };
+            let limits = test_limits(&dir, 4 * BLOCK, 8 * BLOCK, 8 * BLOCK);
             let barrier = Arc::new(std::sync::Barrier::new(2));
             let threads: Vec<_> = (0..2u8)
                 .map(|i| {
@@ -1462,15 +1452,7 @@ mod tests {
     fn a_page_under_a_reply_in_flight_is_not_reused() {
         let dir = tmpdir("pin");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits = Limits {
-            ram_bytes: 1 << 20,
-            target_bytes_max: 1 << 20,
-            total_bytes_max: 1 << 20,
-            dir: dir.clone(),
-            zero_ranges_max: 1 << 16,
-            ram_total_max: u64::MAX,
-            ram_total: Default::default(),
-        };
+        let limits = test_limits(&dir, 1 << 20, 1 << 20, 1 << 20);
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.write(0, &[0xaa; BLOCK as usize], &chain).unwrap();
         let epoch = o.pin();
@@ -1504,15 +1486,7 @@ mod tests {
     fn block_status_reports_written_zeroed_and_base() {
         let dir = tmpdir("status");
         let (chain, _) = base(&dir, 64 * BLOCK);
-        let limits = Limits {
-            ram_bytes: 1 << 20,
-            target_bytes_max: 1 << 20,
-            total_bytes_max: 1 << 20,
-            dir: dir.clone(),
-            zero_ranges_max: 1 << 16,
-            ram_total_max: u64::MAX,
-            ram_total: Default::default(),
-        };
+        let limits = test_limits(&dir, 1 << 20, 1 << 20, 1 << 20);
         let mut o = Overlay::new(64 * BLOCK, limits, Arc::new(AtomicU64::new(0)), None);
         o.zero(4 * BLOCK, 4 * BLOCK, &chain).unwrap();
         o.write(8 * BLOCK, &[9; 4096], &chain).unwrap();

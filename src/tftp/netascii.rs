@@ -138,22 +138,23 @@ impl Stream {
     }
 }
 
+/// The whole-buffer conversion (LF → CR LF, CR → CR NUL) in one pass: the reference the
+/// per-block [`Stream`] is checked against, here and in the tests that drive real clients.
+pub fn to_netascii(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    for &c in b {
+        match c {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The whole-file conversion, as the reference.
-    fn to_netascii(b: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for &c in b {
-            match c {
-                b'\n' => out.extend_from_slice(b"\r\n"),
-                b'\r' => out.extend_from_slice(b"\r\0"),
-                c => out.push(c),
-            }
-        }
-        out
-    }
 
     fn reader(src: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<usize> + '_ {
         move |off, buf| {

@@ -202,3 +202,15 @@ pub fn nbd_go(s: &mut std::net::TcpStream, export: &str) -> Result<u64, (u32, St
         }
     }
 }
+
+/// An NBD request (simple, no flags) with its payload, as a client writes it.
+pub fn nbd_request(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) -> Vec<u8> {
+    let mut r = bootfarm::nbd::wire::REQUEST_MAGIC.to_be_bytes().to_vec();
+    r.extend_from_slice(&0u16.to_be_bytes());
+    r.extend_from_slice(&kind.to_be_bytes());
+    r.extend_from_slice(&cookie.to_be_bytes());
+    r.extend_from_slice(&offset.to_be_bytes());
+    r.extend_from_slice(&length.to_be_bytes());
+    r.extend_from_slice(payload);
+    r
+}
