@@ -210,7 +210,7 @@ pub struct Shared {
     pub nbd_admission: Admission,
     /// Connections refused at an NBD limit that an idle connection may make room for.
     pub nbd_evictions: nbd::Evictions,
-    pub nbd_targets: crate::nbd::cache::Registry,
+    pub nbd_targets: crate::nbd::target::Registry,
     pub farm: Arc<crate::farm::Runtime>,
 }
 

@@ -22,7 +22,8 @@ use super::{ud, Limit, Shared, WorkerStats};
 use crate::config::{Mode, TargetIds};
 use crate::config::{Snapshot, Vdisk};
 use crate::metrics::Counter;
-use crate::nbd::cache::{self, AttachError, CacheError, Piece, Target};
+use crate::nbd::cache::{self, CacheError, Piece};
+use crate::nbd::target::{self, AttachError, Target};
 use crate::nbd::token;
 use crate::nbd::wire::{self, Parse};
 use io_uring::{cqueue, opcode, types, IoUring};
@@ -1156,8 +1157,8 @@ fn option(c: &mut Conn, opt: u32, payload: &[u8], ctx: &mut Ctx) -> bool {
     let snap = ctx.snap;
     let find = |name: &[u8]| -> Result<(Arc<Vdisk>, Option<String>), &'static str> {
         let name = std::str::from_utf8(name).map_err(|_| "export name is not UTF-8")?;
-        let (vd, id) = cache::split_export(name);
-        if id.is_some_and(|i| !cache::valid_target_id(i)) {
+        let (vd, id) = target::split_export(name);
+        if id.is_some_and(|i| !target::valid_target_id(i)) {
             return Err("bad target id after @ (1-64 printable characters, no slashes)");
         }
         let v = if vd.is_empty() { snap.default_vdisk() } else { snap.vdisk(vd) };
@@ -1339,9 +1340,9 @@ fn attach(c: &mut Conn, vd: &Arc<Vdisk>, id: Option<String>, ctx: &mut Ctx) -> R
         }
         Err(e) => {
             let counter = match e {
-                cache::AttachError::Busy(_) | cache::AttachError::Failed(_) => Counter::NbdRefusedPrivate,
-                cache::AttachError::TargetsPerAddress(_) => Counter::NbdRefusedTargets,
-                cache::AttachError::Foreign { .. } => Counter::NbdRefusedForeign,
+                AttachError::Busy(_) | AttachError::Failed(_) => Counter::NbdRefusedPrivate,
+                AttachError::TargetsPerAddress(_) => Counter::NbdRefusedTargets,
+                AttachError::Foreign { .. } => Counter::NbdRefusedForeign,
             };
             ctx.stats.counters.add(counter, 1);
             tracing::warn!(client = %c.peer, export = %vd.name, "nbd connection refused: {e}");

@@ -398,7 +398,7 @@ impl Runtime {
     /// (active targets per vdisk, booting targets) on this node, recomputed at most every
     /// 200 ms. Active: an HTTP read within `farm.active_window_ms`, or an NBD connection.
     /// Booting: active and first seen within `farm.boot_window_ms`.
-    pub fn local_load(&self, snap: &Snapshot, nbd: &crate::nbd::cache::Registry, now: Instant) -> (HashMap<String, u32>, u32) {
+    pub fn local_load(&self, snap: &Snapshot, nbd: &crate::nbd::target::Registry, now: Instant) -> (HashMap<String, u32>, u32) {
         let mut a = self.activity.lock().unwrap();
         if let Some((at, m, b)) = &a.cached {
             if now.saturating_duration_since(*at) < Duration::from_millis(200) {
@@ -440,7 +440,7 @@ impl Runtime {
     }
 
     /// This node's health report (the `/healthz` body).
-    pub fn health(&self, snap: &Snapshot, draining: bool, nbd: &crate::nbd::cache::Registry, now: Instant) -> Health {
+    pub fn health(&self, snap: &Snapshot, draining: bool, nbd: &crate::nbd::target::Registry, now: Instant) -> Health {
         let (active, booting) = self.local_load(snap, nbd, now);
         Health {
             node: snap.config.server.name.clone(),

@@ -1,6 +1,8 @@
 //! NBD (the Network Block Device protocol, fixed newstyle): the wire format, and the per-target
-//! write caches behind writable exports. The engine glue (src/engine/nbd.rs) drives them.
+//! write caches behind writable exports (`cache`: one target's overlay; `target`: which
+//! target a connection gets). The engine glue (src/engine/nbd.rs) drives them.
 
 pub mod cache;
+pub mod target;
 pub mod token;
 pub mod wire;

@@ -187,7 +187,7 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let mac = parse_mac("aa:bb:cc:dd:ee:01").unwrap();
         let t = issue(&key, [1; 16], 1000, mac, ip, "disk");
-        assert!(t.len() <= 64 && crate::nbd::cache::valid_target_id(&t), "{t}");
+        assert!(t.len() <= 64 && crate::nbd::target::valid_target_id(&t), "{t}");
         assert_eq!(verify(&key, &t, ip, "disk", 999), Ok(mac));
         assert!(verify(&key, &t, "127.0.0.2".parse().unwrap(), "disk", 999).is_err(), "another address");
         assert!(verify(&key, &t, ip, "other", 999).is_err(), "another vdisk");

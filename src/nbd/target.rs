@@ -1,0 +1,349 @@
+//! Targets and their registry: which write cache (an [`Overlay`]) a connection gets, keyed by
+//! vdisk and target (the client address, or the id named in the export), bound to the address
+//! that created it, limited per address, kept across a short disconnect; and private mode's
+//! version files. The overlay itself is in `cache`.
+
+use super::cache::{Limits, Overlay};
+use crate::image::write::Writer;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A target (a booted machine) as the write cache knows it.
+pub struct Target {
+    /// The vdisk as it was when the target's cache was made: its overlay only makes sense on
+    /// that chain, so a reload that changes the image gives later boots a new cache while
+    /// this one keeps reading the old mapping.
+    pub vdisk: Arc<crate::config::Vdisk>,
+    /// Client IP, or the id given in the export name (`win10@00:11:22:33:44:55`).
+    pub id: String,
+    /// Whether `id` was named in the export (`vdisk@id`) rather than being the client address:
+    /// the two are separate key spaces, so `vdisk@<some IP>` never reaches an anonymous target.
+    pub named: bool,
+    /// The address that created the target: only connections from it may attach to it.
+    pub owner: IpAddr,
+    pub overlay: Mutex<Overlay>,
+    /// Private mode: whether the session's writes go into a new version (made at the first).
+    pub private: bool,
+}
+
+/// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
+type Key = (String, bool, String);
+
+struct Entry {
+    target: Arc<Target>,
+    started: Instant,
+    conns: usize,
+    idle_since: Option<Instant>,
+    client: String,
+}
+
+/// Every target's cache, shared by the workers (a reconnect may land on any of them). The
+/// lock is taken on connect and disconnect only; requests lock their own target's overlay.
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<Key, Entry>>,
+    /// Bytes of RAM and overflow held by all overlays (nbd.cache_bytes_total_max).
+    pub total: Arc<AtomicU64>,
+    /// Bytes of RAM pages held by all overlays (nbd.cache_ram_bytes_total_max).
+    pub ram_total: Arc<AtomicU64>,
+}
+
+/// Splits an export name into (vdisk, explicit target id).
+pub fn split_export(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('@') {
+        Some((v, id)) => (v, Some(id)),
+        None => (name, None),
+    }
+}
+
+/// A target id given by a client: printable, no spaces, bounded.
+pub fn valid_target_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+}
+
+/// Why a connection did not get its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachError {
+    /// A private vdisk already has its writer (the message names it).
+    Busy(String),
+    /// The target was created from another address, which alone may reach it.
+    Foreign { owner: IpAddr },
+    /// The target could not be set up (a private version file, say).
+    Failed(String),
+    /// The client's address already holds nbd.targets_per_address_max targets.
+    TargetsPerAddress(String),
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Busy(s) | AttachError::Failed(s) | AttachError::TargetsPerAddress(s) => f.write_str(s),
+            AttachError::Foreign { .. } => {
+                f.write_str("this target id belongs to another machine (the address that created it); use your own id")
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Gives a connection from `client` its target: the cache kept from an earlier connection
+    /// (still open, or closed less than `keep` ago, on the same image) or a new one. `id` is
+    /// the id named in the export (`vdisk@id`); without one the target is the client address.
+    /// A target is bound to the address that created it: another address is refused, whatever
+    /// id it names.
+    pub fn attach(
+        &self,
+        vdisk: &Arc<crate::config::Vdisk>,
+        id: Option<&str>,
+        client: SocketAddr,
+        cfg: &crate::config::Nbd,
+        now: Instant,
+    ) -> Result<(Arc<Target>, bool), AttachError> {
+        use crate::config::Mode;
+        let keep = Duration::from_millis(cfg.cache_keep_after_disconnect_ms);
+        self.sweep(now, keep);
+        let private = vdisk.mode == Mode::Private;
+        let ip = client.ip().to_canonical();
+        let key: Key = match (private, id) {
+            (true, _) => (vdisk.name.clone(), false, String::new()),
+            (false, Some(id)) => (vdisk.name.clone(), true, id.to_string()),
+            (false, None) => (vdisk.name.clone(), false, ip.to_string()),
+        };
+        let client = client.to_string();
+        let stale = {
+            let mut map = self.entries.lock().unwrap();
+            match map.get_mut(&key) {
+                Some(e) if e.conns > 0 && private => {
+                    return Err(AttachError::Busy(format!(
+                        "vdisk {} is in private mode and already has a writer ({}); one connection at a time",
+                        vdisk.name, e.client
+                    )));
+                }
+                // A target whose image changed in place (damaged) can give nothing to a new
+                // connection: it starts over on the vdisk as served now.
+                Some(e) if (e.conns > 0 && !e.target.vdisk.damaged()) || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
+                    if e.target.owner != ip {
+                        return Err(AttachError::Foreign { owner: e.target.owner });
+                    }
+                    if !Arc::ptr_eq(&e.target.vdisk, vdisk) {
+                        tracing::info!(
+                            vdisk = %vdisk.name,
+                            target = %e.target.id,
+                            "the vdisk changed since this target connected; it keeps the image it booted with (size and data) until its last connection ends"
+                        );
+                    }
+                    e.conns += 1;
+                    e.idle_since = None;
+                    e.client = client;
+                    return Ok((e.target.clone(), true));
+                }
+                Some(_) => map.remove(&key).map(|e| e.target),
+                None => None,
+            }
+        };
+        if let Some(t) = stale {
+            end_target(&t, "the vdisk changed");
+        }
+        self.room_for(&self.entries.lock().unwrap(), ip, cfg.targets_per_address_max)?;
+        let limits = Limits {
+            ram_bytes: cfg.cache_ram_bytes_per_target,
+            target_bytes_max: cfg.cache_bytes_per_target_max,
+            total_bytes_max: cfg.cache_bytes_total_max,
+            dir: cfg.cache_dir.clone(),
+            zero_ranges_max: cfg.cache_zero_ranges_per_target_max,
+            ram_total_max: cfg.cache_ram_bytes_total_max,
+            ram_total: self.ram_total.clone(),
+        };
+        let mut overlay = Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), None);
+        if private {
+            private_versions_check(vdisk, cfg.private_versions_max).map_err(AttachError::Failed)?;
+            overlay.version_on_first_write(vdisk.clone());
+        }
+        let target =
+            Arc::new(Target { vdisk: vdisk.clone(), id: key.2.clone(), named: key.1, owner: ip, overlay: Mutex::new(overlay), private });
+        let mut map = self.entries.lock().unwrap();
+        // Another worker may have made the same target meanwhile: the same checks again.
+        match map.get(&key) {
+            Some(e) if private && e.conns > 0 => {
+                return Err(AttachError::Busy(format!(
+                    "vdisk {} is in private mode and already has a writer; one connection at a time",
+                    vdisk.name
+                )));
+            }
+            Some(e) if e.target.owner != ip => return Err(AttachError::Foreign { owner: e.target.owner }),
+            _ => {}
+        }
+        self.room_for(&map, ip, cfg.targets_per_address_max)?;
+        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client });
+        Ok((target, false))
+    }
+
+    /// Refuses a new target from an address that already holds `max` (connected or kept).
+    fn room_for(&self, map: &HashMap<Key, Entry>, ip: IpAddr, max: usize) -> Result<(), AttachError> {
+        let held = map.values().filter(|e| e.target.owner == ip).count();
+        if held >= max {
+            return Err(AttachError::TargetsPerAddress(format!(
+                "address {ip} already holds {held} write caches (nbd.targets_per_address_max {max}, connected or kept for a reconnect): \
+                 reuse the target id, wait nbd.cache_keep_after_disconnect_ms for old ones to go, or raise the limit"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a standard vdisk's named target `id` exists, created from `ip`.
+    pub fn holds(&self, vdisk: &str, id: &str, ip: IpAddr) -> bool {
+        let map = self.entries.lock().unwrap();
+        map.get(&(vdisk.to_string(), true, id.to_string())).is_some_and(|e| e.target.owner == ip)
+    }
+
+    /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
+    pub fn detach(&self, t: &Arc<Target>, keep: Duration, now: Instant) {
+        let key: Key = (t.vdisk.name.clone(), t.named, t.id.clone());
+        let gone = {
+            let mut map = self.entries.lock().unwrap();
+            match map.get_mut(&key) {
+                Some(e) if Arc::ptr_eq(&e.target, t) => {
+                    e.conns -= 1;
+                    if e.conns == 0 {
+                        e.idle_since = Some(now);
+                    }
+                    if e.conns == 0 && keep.is_zero() {
+                        map.remove(&key).map(|e| e.target)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(t) = gone {
+            end_target(&t, "disconnected");
+        }
+    }
+
+    /// Drops caches whose target has been gone longer than `keep`.
+    pub fn sweep(&self, now: Instant, keep: Duration) {
+        let gone: Vec<Arc<Target>> = {
+            let mut map = self.entries.lock().unwrap();
+            let old: Vec<Key> = map
+                .iter()
+                .filter(|(_, e)| e.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= keep))
+                .map(|(k, _)| k.clone())
+                .collect();
+            old.into_iter().filter_map(|k| map.remove(&k)).map(|e| e.target).collect()
+        };
+        for t in gone {
+            end_target(&t, "not reconnected in time");
+        }
+    }
+
+    /// Connected targets per vdisk, and how many of them connected within `boot` (farm load).
+    pub fn connected_by_vdisk(&self, now: Instant, boot: Duration) -> Vec<(String, u32, u32)> {
+        let map = self.entries.lock().unwrap();
+        let mut out: Vec<(String, u32, u32)> = Vec::new();
+        for ((v, _, _), e) in map.iter().filter(|(_, e)| e.conns > 0) {
+            let booting = (now.saturating_duration_since(e.started) < boot) as u32;
+            match out.iter_mut().find(|(n, _, _)| n == v) {
+                Some(x) => {
+                    x.1 += 1;
+                    x.2 += booting;
+                }
+                None => out.push((v.clone(), 1, booting)),
+            }
+        }
+        out
+    }
+
+    /// (targets, of which connected) for status and metrics.
+    pub fn counts(&self) -> (usize, usize) {
+        let map = self.entries.lock().unwrap();
+        (map.len(), map.values().filter(|e| e.conns > 0).count())
+    }
+}
+
+fn end_target(t: &Arc<Target>, why: &str) {
+    let mut o = t.overlay.lock().unwrap();
+    let (written, held) = (o.bytes_written, o.allocated_bytes());
+    match &o.version_file.clone() {
+        None if t.private => {
+            tracing::info!(vdisk = %t.vdisk.name, "private session ended ({why}) without a write; no version was made")
+        }
+        Some(p) => match o.sync() {
+            Ok(()) => tracing::info!(
+                vdisk = %t.vdisk.name,
+                bytes_written = written,
+                file = %p.display(),
+                "private session ended ({why}); its writes are in the new version: point the vdisk's path at it and reload to serve it"
+            ),
+            Err(e) => {
+                tracing::error!(vdisk = %t.vdisk.name, file = %p.display(), "private session ended but the version file could not be synced: {e}")
+            }
+        },
+        None => {
+            tracing::info!(vdisk = %t.vdisk.name, target = %t.id, bytes_written = written, cache_bytes = held, "write cache discarded ({why})")
+        }
+    }
+}
+
+/// The version files private sessions made beside the newest image of `vdisk`
+/// (`<vdisk>.private-*`), in that folder.
+fn private_versions(vdisk: &crate::config::Vdisk) -> usize {
+    let top = vdisk.chain.top();
+    let dir = top.path.parent().unwrap_or(Path::new("."));
+    let prefix = format!("{}.private-", vdisk.name);
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix))).count())
+        .unwrap_or(0)
+}
+
+/// Refuses a private session once `max` version files exist: every session that writes leaves
+/// one, and without a bound a client reconnecting in a loop fills the disk with them.
+fn private_versions_check(vdisk: &crate::config::Vdisk, max: usize) -> Result<(), String> {
+    let n = private_versions(vdisk);
+    if n >= max {
+        return Err(format!(
+            "vdisk {} already has {n} private version files (nbd.private_versions_max = {max}) beside its image: merge or remove old ones, or raise the limit",
+            vdisk.name
+        ));
+    }
+    Ok(())
+}
+
+/// Private mode: a new differencing version beside the newest image, and its writer.
+pub(super) fn private_version(vdisk: &crate::config::Vdisk) -> Result<(Writer, PathBuf), String> {
+    let top = vdisk.chain.top();
+    let ext = if top.format.is_vhdx() {
+        "vhdx"
+    } else if top.format.is_vhd() {
+        "vhd"
+    } else {
+        return Err(format!("vdisk {} is raw; private mode needs a VHD or VHDX image", vdisk.name));
+    };
+    let dir = top.path.parent().unwrap_or(Path::new("."));
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut path = dir.join(format!("{}.private-{secs}.{ext}", vdisk.name));
+    let mut n = 1;
+    while path.exists() {
+        path = dir.join(format!("{}.private-{secs}-{n}.{ext}", vdisk.name));
+        n += 1;
+    }
+    crate::image::write::new_version_of(&top.path, &path).map_err(|e| format!("cannot create the private version: {e}"))?;
+    let w = Writer::open(&path).map_err(|e| format!("cannot open the private version: {e}"))?;
+    tracing::info!(vdisk = %vdisk.name, file = %path.display(), "private session: writes go into a new version");
+    Ok((w, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_names_and_target_ids() {
+        assert_eq!(split_export("win10@00:11:22:33:44:55"), ("win10", Some("00:11:22:33:44:55")));
+        assert!(valid_target_id("00:11:22:33:44:55") && !valid_target_id("a/b") && !valid_target_id(""));
+    }
+}
