@@ -1,6 +1,6 @@
 //! Feeds arbitrary bytes to the network parsers that face clients: TFTP packets (and option
 //! negotiation on requests), HTTP request heads and Range headers, NBD options, requests and meta-context queries,
-//! export names with target ids, and the farm's health reports from peers.
+//! export names with target ids and boot tokens, and the farm's health reports from peers.
 //! Run: RUSTC_BOOTSTRAP=1 cargo fuzz run wire_parse
 #![no_main]
 
@@ -36,8 +36,15 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = nbd::meta_request(data);
     if let Ok(text) = std::str::from_utf8(data) {
-        let (_, id) = bootfarm::nbd::cache::split_export(text);
-        let _ = id.map(bootfarm::nbd::cache::valid_target_id);
+        let (vdisk, id) = bootfarm::nbd::target::split_export(text);
+        let _ = id.map(bootfarm::nbd::target::valid_target_id);
+        // A boot token as an NBD client names it (`vdisk@token`): any text is refused or
+        // verified, never a panic.
+        if let Some(t) = id {
+            let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+            let _ = bootfarm::nbd::token::verify(&[7; 16], t, ip, vdisk, 1_700_000_000);
+        }
+        let _ = bootfarm::nbd::token::parse_mac(text);
         // A peer's /healthz body: whatever it says, parsing ends cleanly.
         if let Some(h) = bootfarm::farm::Health::parse(text) {
             assert_eq!(bootfarm::farm::Health::parse(&h.render()).map(|x| x.generation), Some(h.generation));

@@ -122,7 +122,9 @@ pub fn verify(key: &[u8; 16], token: &str, ip: IpAddr, vdisk: &str, now_unix: u6
 /// Parses a MAC written with ':' or '-' separators (or none).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let hex: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
-    if hex.len() != 12 {
+    // Hex digits only, checked before slicing by bytes: `?mac=` is any client's text, and a
+    // multi-byte character would put a slice inside it (a panic, found by fuzzing).
+    if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut m = [0u8; 6];
@@ -185,6 +187,10 @@ mod tests {
     fn tokens_bind_address_vdisk_and_expiry() {
         let key = [7u8; 16];
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(parse_mac("ՎՎxx\n刷"), None, "multi-byte text is refused, not sliced");
+        assert_eq!(parse_mac("ՎՎՎՎՎՎ"), None, "12 bytes that are not hex digits");
+        assert_eq!(parse_mac("+a:bb:cc:dd:ee:01"), None, "from_str_radix would take the sign");
+        assert_eq!(parse_mac("AABBCCDDEE01"), Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x01]));
         let mac = parse_mac("aa:bb:cc:dd:ee:01").unwrap();
         let t = issue(&key, [1; 16], 1000, mac, ip, "disk");
         assert!(t.len() <= 64 && crate::nbd::target::valid_target_id(&t), "{t}");
