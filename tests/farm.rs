@@ -272,6 +272,13 @@ fn targets_booting_when_a_server_is_killed_finish_on_another() {
     let dir = TempDir::new("farm-failover");
     let (mut nodes, port) = farm(&dir, 3, "", |_, _| {});
     wait_until("farm up", 20, || farm_status(&dir, 1).0 == 0);
+    // Each server places on a peer only once its own prober has that peer's content hash
+    // (farm status probes from outside): wait until every server's own lists name all three,
+    // or the targets may all be placed on the first two and none fail over (1 run in 6).
+    for i in 0..3 {
+        let a = format!("127.0.0.{}:{port}", i + 1);
+        wait_until(&format!("node{} sees all three servers up", i + 1), 20, || ipxe_order(&a, "52:54:00:00:00:00").1.len() == 3);
+    }
     let content = std::sync::Arc::new(pattern(5, 0, DISK as usize));
     let killed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut handles = Vec::new();
