@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod nbd;
 pub mod rng;
 pub mod serve;
+pub mod session;
 pub mod tftp;
