@@ -147,7 +147,7 @@ pub enum Refusal {
 /// may consult while it decides (the snapshot, the target registry, counters, the farm): the
 /// protocol folder declares it as a trait, the engine glue implements it.
 pub trait TcpSession {
-    type Ctx;
+    type Ctx: ConnScope;
 
     /// Bytes received and not taken yet, oldest first; returns how many it took. Bytes not
     /// taken are offered again once more arrive or after [`TcpSession::on_released`]. A
@@ -200,6 +200,23 @@ pub trait TcpSession {
     /// Called once when the connection is gone (closed by either side, cut off by the driver
     /// for a stalled send with `stalled`), so the session can let go of what it holds.
     fn on_closed(&mut self, ctx: &mut Self::Ctx, stalled: bool, now: Instant);
+}
+
+/// A connection as the driver names it (its slab id and generation): what a context needs to
+/// wake that connection later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub id: u32,
+    pub generation: u16,
+}
+
+/// Implemented by every session context: before each call into a session the driver says
+/// which connection it is, so that a context that starts something asynchronous for it (a file
+/// opened through the ring, say) can have the driver wake it when that completes. A session
+/// waiting for such a thing returns None from `poll_transmit`; the engine glue calls the
+/// driver's `wake(ConnKey)` when the thing is ready, and the driver polls the session again.
+pub trait ConnScope {
+    fn enter(&mut self, _conn: ConnKey) {}
 }
 
 /// What a per-worker protocol tells the driver about new connections.
