@@ -16,7 +16,10 @@
 # bootfarm runs with server.steer = "cpu" and bootstorm's engine threads pinned; the peers get
 # bootstorm unpinned (--no-pin), which measured better for them.
 # Bounded: every bootstorm run stops after 240 s; the whole suite takes ~5 minutes here.
-# Usage: ROUNDS=3 SCALE=0.005 SCENARIOS="tftp http nbd headline" bash perf/suite.sh
+# A/B of two bootfarm builds: BF_BASE=/path/to/an/older/bootfarm adds a "bootfarm-base" stack
+# (its own ports and cache, the same configuration) that runs right after bootfarm in every
+# scenario of every round; its ratio columns read "this build over the base".
+# Usage: ROUNDS=3 SCALE=0.005 SCENARIOS="tftp http nbd headline" [BF_BASE=...] bash perf/suite.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -68,6 +71,13 @@ path = "disk.vhdx"
 TOML
 nginx_conf "$W/nginx" 16943 "$W/www"
 "$BF" serve --config "$W/bootfarm.toml" --log warn & BFP=$!; pids+=($!)
+BASE=${BF_BASE:-}
+if [ -n "$BASE" ]; then
+  sed -e 's/^tftp_port = 6941/tftp_port = 6951/' -e 's/^http_port = 16941/http_port = 16951/' \
+    -e 's/^nbd_port = 16942/nbd_port = 16952/' -e 's/^cache_dir = "cache"/cache_dir = "cache-base"/' \
+    "$W/bootfarm.toml" > "$W/bootfarm-base.toml"
+  "$BASE" serve --config "$W/bootfarm-base.toml" --log warn & BBP=$!; pids+=($!)
+fi
 /usr/sbin/dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$W/root" --listen-address=127.0.0.1 --bind-interfaces \
   --tftp-max=8192 --user=root --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null --quiet-tftp 2>/dev/null & DMP=$!; pids+=($!)
 "$HPA" -L -u root -a 127.0.0.1:6944 -s "$W/root" -B 1468 & HPP=$!; pids+=($!)
@@ -92,7 +102,7 @@ run() {
   # bootstorm pins its engine threads (one per core), which pairs with bootfarm's steering by
   # CPU; the peer stacks do better with the scheduler free to move the client around their
   # threads (dnsmasq + qemu-nbd: 38-45 boots/s pinned, 43-53 not), so they get that.
-  local pin=(); [ "$stack" = bootfarm ] || pin=(--no-pin)
+  local pin=(); case $stack in bootfarm*) ;; *) pin=(--no-pin) ;; esac
   "$BS" boot "$@" "${pin[@]}" --timeout-ms "$TIMEOUT_MS" --duration-max-s 240 --json "$W/out.json" > "$W/out.txt" 2>&1 || true
   # shellcheck disable=SC2086
   c1=$(cpu_ticks $procs)
@@ -118,15 +128,19 @@ for r in $(seq "$ROUNDS"); do
     case $sc in
       tftp)
         run tftp bootfarm "$BFP" --tftp 127.0.0.1:6941 "${BOOT[@]}" --disk none --targets 1024 --concurrency 256
+        [ -z "$BASE" ] || run tftp bootfarm-base "$BBP" --tftp 127.0.0.1:6951 "${BOOT[@]}" --disk none --targets 1024 --concurrency 256
         run tftp dnsmasq "$DMP" --tftp 127.0.0.1:69 "${BOOT[@]}" --disk none --targets 1024 --concurrency 256 ;;
       http)
         run http bootfarm "$BFP" --bootstrap http --http 127.0.0.1:16941 --disk http "${BOOT[@]}" "${DISK[@]}" --targets 500
+        [ -z "$BASE" ] || run http bootfarm-base "$BBP" --bootstrap http --http 127.0.0.1:16951 --disk http "${BOOT[@]}" "${DISK[@]}" --targets 500
         run http nginx "$NGP" --bootstrap http --http 127.0.0.1:16943 --disk http "${BOOT[@]}" "${DISK[@]}" --targets 500 ;;
       nbd)
         run nbd bootfarm "$BFP" --bootstrap none --nbd 127.0.0.1:16942 "${DISK[@]}" --targets 500
+        [ -z "$BASE" ] || run nbd bootfarm-base "$BBP" --bootstrap none --nbd 127.0.0.1:16952 "${DISK[@]}" --targets 500
         run nbd qemu-nbd "$QNP" --bootstrap none --nbd 127.0.0.1:16945 --export shared "${DISK[@]}" --targets 500 ;;
       headline)
         run headline bootfarm "$BFP" --tftp 127.0.0.1:6941 --nbd 127.0.0.1:16942 "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS"
+        [ -z "$BASE" ] || run headline bootfarm-base "$BBP" --tftp 127.0.0.1:6951 --nbd 127.0.0.1:16952 "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS"
         run headline tftpd-hpa+qemu-nbd "$HPP $QNP" --tftp 127.0.0.1:6944 --nbd 127.0.0.1:16945 --export shared "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS"
         run headline dnsmasq+qemu-nbd "$DMP $QNP" --tftp 127.0.0.1:69 --nbd 127.0.0.1:16945 --export shared "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS" ;;
       *) echo "unknown scenario $sc" >&2; exit 2 ;;
@@ -153,6 +167,7 @@ print(f"{N / (time.time() - t0) / 1e6:.0f}")
 PY
 )
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); loopback TCP (one stream) $LOOP MB/s"
+[ -z "$BASE" ] || echo "bootfarm-base: $BASE ($("$BASE" --version | cut -d' ' -f2))"
 echo "bootfarm $("$BF" --version | cut -d' ' -f2) ($(nproc) workers); $(/usr/sbin/dnsmasq --version | head -1 | cut -d' ' -f1-3); tftpd-hpa $(dpkg-deb -f "$W"/tftpd-hpa_*.deb Version); $(qemu-nbd --version | head -1); $(/usr/sbin/nginx -v 2>&1 | cut -d' ' -f3)"
 echo "bootstorm boot, every byte checked; profile = Windows-like x $SCALE (~$(python3 -c "print(round(70000*$SCALE))") I/Os); medians of $ROUNDS alternating rounds"
 echo "client engine threads pinned against bootfarm (server.steer = cpu), unpinned against the peers (their better case)"
