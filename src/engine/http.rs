@@ -6,7 +6,7 @@
 //! allocation). Large bodies may go out with SEND_ZC (http_send_zc_min_bytes), the connection
 //! keeping its body alive until the kernel's notification.
 
-use super::files::FileCache;
+use super::files::Files;
 use super::iov::{push_chain, push_slice, IOV_MAX};
 use super::ring::{push, with_sock, FileSlots, SockRef};
 use super::slab::Slab;
@@ -19,7 +19,6 @@ use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,7 +96,7 @@ pub struct HttpService {
     conns: Slab<Conn>,
     active: usize,
     dirty: Vec<u32>,
-    files: FileCache,
+    files: Files<crate::session::ConnKey>,
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
     worker: usize,
@@ -128,7 +127,7 @@ impl RateLog {
 struct EnvImpl<'a> {
     snap: Arc<crate::config::Snapshot>,
     shared: &'a Shared,
-    files: &'a mut FileCache,
+    files: &'a mut Files<crate::session::ConnKey>,
     client: std::net::IpAddr,
 }
 
@@ -155,10 +154,11 @@ impl http::Env for EnvImpl<'_> {
             self.shared.workers.iter().map(|w| w.http_connections.load(r)).sum(),
         )
     }
-    fn file(&mut self, path: &Path) -> std::io::Result<(Arc<Backing>, u64, i64)> {
-        self.files.get(path).map(|m| (m.data, m.ino, m.mtime_unix)).inspect_err(|e| {
-            tracing::warn!(file = %path.display(), client = %self.client, "bootstrap file refused (404): {e}");
-        })
+    fn file(&mut self, name: &[u8]) -> Result<(Arc<Backing>, u64, i64), crate::bootfiles::Refused> {
+        // A miss opens synchronously (one openat2 beneath the root's descriptor) until HTTP
+        // sessions can wait for a ring completion.
+        let f = self.files.get_sync(&self.snap.tftp_root, self.snap.generation, name, std::time::Instant::now())?;
+        Ok((f.data.clone(), f.id.ino, f.mtime_unix()))
     }
     fn client_ip(&self) -> std::net::IpAddr {
         self.client
@@ -195,7 +195,7 @@ impl HttpService {
             conns: Slab::default(),
             active: 0,
             dirty: Vec::new(),
-            files: FileCache::default(),
+            files: Files::default(),
             stats,
             shared,
             worker,

@@ -41,8 +41,9 @@ pub trait Env {
     fn now_unix(&self) -> i64;
     fn metrics(&self) -> String;
     fn sessions(&self) -> (u64, u64);
-    /// A mapped file under tftp.root, with (inode, mtime seconds) for validators.
-    fn file(&mut self, path: &std::path::Path) -> std::io::Result<(Arc<Backing>, u64, i64)>;
+    /// The file a /boot request names (as sent, percent-decoded) under tftp.root: its
+    /// mapping, with (inode, mtime seconds) for validators.
+    fn file(&mut self, name: &[u8]) -> Result<(Arc<Backing>, u64, i64), crate::bootfiles::Refused>;
     fn client_ip(&self) -> std::net::IpAddr;
     /// This node's `/healthz` report.
     fn farm_health(&self) -> crate::farm::Health;
@@ -232,13 +233,18 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
         if let Some(b) = redirect(req, env, &snap, q, vdisk, out) {
             return b;
         }
-        let file = match crate::tftp::path::resolve(&snap.tftp_root, rest.as_bytes()) {
+        use crate::bootfiles::Refused;
+        let (data, ino, mtime) = match env.file(rest.as_bytes()) {
             Ok(f) => f,
-            Err(crate::tftp::path::Refused::NotFound) => return error_page(out, 404, ka, minor, now, "no such bootstrap file"),
-            Err(_) => return error_page(out, 404, ka, minor, now, "not a file under the boot root"),
-        };
-        let Ok((data, ino, mtime)) = env.file(&file) else {
-            return error_page(out, 404, ka, minor, now, "file not readable");
+            Err(Refused::NotFound) => return error_page(out, 404, ka, minor, now, "no such bootstrap file"),
+            Err(Refused::Unreadable) => return error_page(out, 404, ka, minor, now, "file not readable"),
+            Err(Refused::Damaged) => {
+                env.count_damaged();
+                return error_page(out, 503, ka, minor, now, DAMAGED);
+            }
+            Err(Refused::BadName | Refused::Traversal | Refused::Outside) => {
+                return error_page(out, 404, ka, minor, now, "not a file under the boot root")
+            }
         };
         if data.damaged() {
             env.count_damaged();
