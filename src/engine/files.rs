@@ -81,15 +81,16 @@ pub struct Files<W> {
     root_failed: Option<(u64, Instant)>,
     ops: Vec<Option<Box<Op>>>,
     free: Vec<u32>,
-}
-
-impl<W> Default for Files<W> {
-    fn default() -> Self {
-        Files { table: Table::default(), root: None, root_failed: None, ops: Vec::new(), free: Vec::new() }
-    }
+    /// How the service answers a file it cannot open ("404", "ERROR 1"), for its log lines.
+    answer: &'static str,
 }
 
 impl<W> Files<W> {
+    /// `answer`: how the service answers a file it cannot open, named in the log line.
+    pub fn new(answer: &'static str) -> Files<W> {
+        Files { table: Table::default(), root: None, root_failed: None, ops: Vec::new(), free: Vec::new(), answer }
+    }
+
     /// The root's descriptor for snapshot `generation` (opened once per snapshot: the one path
     /// walk left, off the per-request path).
     fn root(&mut self, root: &Path, generation: u64, now: Instant) -> Option<Arc<Root>> {
@@ -171,7 +172,7 @@ impl<W> Files<W> {
         let outcome = if res < 0 {
             let r = refusal_of_errno(res);
             if r == Refused::Unreadable {
-                tracing::warn!(file = %op.root.path.join(&op.name).display(), "bootstrap file refused: cannot open: {}", std::io::Error::from_raw_os_error(-res));
+                tracing::warn!(file = %op.root.path.join(&op.name).display(), "bootstrap file refused ({}): cannot open: {}", self.answer, std::io::Error::from_raw_os_error(-res));
             }
             Err(r)
         } else {
@@ -189,7 +190,7 @@ impl<W> Files<W> {
     fn finish(&self, name: &Path, root: &Root, file: File) -> Result<Opened, Refused> {
         let path = root.path.join(name);
         let m = file.metadata().map_err(|e| {
-            tracing::warn!(file = %path.display(), "bootstrap file refused: cannot stat: {e}");
+            tracing::warn!(file = %path.display(), "bootstrap file refused ({}): cannot stat: {e}", self.answer);
             Refused::Unreadable
         })?;
         if !m.is_file() {
@@ -207,7 +208,7 @@ impl<W> Files<W> {
             Backing::Bytes(Vec::new())
         } else {
             let map = FileMap::new(&file, &path, id, id.size).map_err(|e| {
-                tracing::warn!(file = %path.display(), "bootstrap file refused: {e}");
+                tracing::warn!(file = %path.display(), "bootstrap file refused ({}): {e}", self.answer);
                 Refused::Unreadable
             })?;
             let _ = map.advise(memmap2::Advice::Random);
@@ -337,10 +338,10 @@ mod tests {
             ("", Err(Refused::BadName)),
         ];
         for (name, want) in cases {
-            let mut files = Files::default();
+            let mut files = Files::new("test");
             let got = open(&mut files, &mut ring, &root, 1, name.as_bytes(), now);
             assert_eq!(got.as_ref().map(|f| f.data.bytes()).map_err(|r| *r), *want, "ring: {name}");
-            let mut files: Files<u32> = Files::default();
+            let mut files: Files<u32> = Files::new("test");
             let got = files.get_sync(&root, 1, name.as_bytes(), now);
             assert_eq!(got.as_ref().map(|f| f.data.bytes()).map_err(|r| *r), *want, "sync: {name}");
         }
@@ -350,7 +351,7 @@ mod tests {
     fn a_file_replaced_by_rename_while_cached_is_served_anew_after_trust() {
         let (d, root) = fixture("rename");
         let mut ring = super::super::ring::build().unwrap();
-        let mut files = Files::default();
+        let mut files = Files::new("test");
         let t0 = Instant::now();
         std::fs::write(root.join("f"), b"one").unwrap();
         std::fs::write(root.join("same"), b"kept").unwrap();
@@ -375,7 +376,7 @@ mod tests {
     fn requests_for_one_name_share_one_open_and_a_new_snapshot_starts_over() {
         let (d, root) = fixture("share");
         let mut ring = super::super::ring::build().unwrap();
-        let mut files: Files<u32> = Files::default();
+        let mut files: Files<u32> = Files::new("test");
         let now = Instant::now();
         for w in [1, 2] {
             assert!(matches!(files.get(&mut ring, &root, 1, b"sub/f", false, now, || w, |op| op as u64), Get::Waiting));

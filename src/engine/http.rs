@@ -195,7 +195,7 @@ impl HttpService {
             conns: Slab::default(),
             active: 0,
             dirty: Vec::new(),
-            files: Files::default(),
+            files: Files::new("404"),
             stats,
             shared,
             worker,

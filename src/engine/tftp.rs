@@ -209,7 +209,7 @@ impl TftpService {
             msg,
             sessions: Slab::default(),
             active: 0,
-            files: Files::default(),
+            files: Files::new("ERROR 1"),
             dirty: Vec::new(),
             stats,
             shared,
