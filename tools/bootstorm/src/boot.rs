@@ -26,7 +26,7 @@ use crate::uring_http;
 use bootfarm::image::{Chain, ChainLimits};
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Request};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -451,23 +451,24 @@ fn tftp_request(a: &Args, timeout: Duration) -> Request {
 
 /// The bootstrap over TFTP on the io_uring engine; this thread waits for the result.
 fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, e: &crate::uring_tftp::Engine) -> (Result<(), Fail>, u64, u64) {
-    let any: SocketAddr = if a.tftp.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-    let Ok(sock) = UdpSocket::bind(any) else { return (Err(("bootstrap", "no local socket")), 0, 0) };
-    let _ = sock.set_nonblocking(true);
+    let Ok(sock) = crate::uring_tftp::client_socket(a.tftp) else { return (Err(("bootstrap", "no local socket")), 0, 0) };
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let now = Instant::now();
     e.submit(
         i,
         crate::uring_tftp::Job {
             sock,
             server: a.tftp,
-            client: Client::new(tftp_request(a, timeout), Instant::now()),
+            client: Client::new(tftp_request(a, timeout), now),
             rng: XorShift::new(a.seed.wrapping_mul(31).wrapping_add(i)),
             faults: a.faults,
+            started: now,
             done: tx,
         },
     );
-    let Ok((outcome, bytes, resends)) = rx.recv() else { return (Err(("bootstrap", "engine stopped")), 0, 0) };
-    let r = match outcome {
+    let Ok(d) = rx.recv() else { return (Err(("bootstrap", "engine stopped")), 0, 0) };
+    let (bytes, resends) = (d.bytes, d.resends);
+    let r = match d.outcome {
         Outcome::Done if expect.is_none_or(|x| x.len() as u64 == bytes) => Ok(()),
         Outcome::Done | Outcome::Corrupted => Err(("bootstrap", "corrupted")),
         Outcome::ServerError(_) => Err(("bootstrap", "tftp error")),
