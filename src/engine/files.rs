@@ -81,14 +81,28 @@ pub struct Files<W> {
     root_failed: Option<(u64, Instant)>,
     ops: Vec<Option<Box<Op>>>,
     free: Vec<u32>,
+    /// Opens started and not yet pushed to the ring ([`Files::submit`]).
+    queued: Vec<u32>,
     /// How the service answers a file it cannot open ("404", "ERROR 1"), for its log lines.
     answer: &'static str,
+    /// The ring user data of open `i`, routed back to [`Files::complete`] by the service.
+    user_data: fn(u32) -> u64,
 }
 
 impl<W> Files<W> {
-    /// `answer`: how the service answers a file it cannot open, named in the log line.
-    pub fn new(answer: &'static str) -> Files<W> {
-        Files { table: Table::default(), root: None, root_failed: None, ops: Vec::new(), free: Vec::new(), answer }
+    /// `answer`: how the service answers a file it cannot open, named in the log line;
+    /// `user_data`: the completion token of an open, by the open's index.
+    pub fn new(answer: &'static str, user_data: fn(u32) -> u64) -> Files<W> {
+        Files {
+            table: Table::default(),
+            root: None,
+            root_failed: None,
+            ops: Vec::new(),
+            free: Vec::new(),
+            queued: Vec::new(),
+            answer,
+            user_data,
+        }
     }
 
     /// The root's descriptor for snapshot `generation` (opened once per snapshot: the one path
@@ -119,21 +133,11 @@ impl<W> Files<W> {
     }
 
     /// Looks `name` up under `root` (snapshot `generation`): served at once when open and
-    /// fresh, else an open is started through the ring (or joined) and the request `waiter`
-    /// makes (only then: a hit costs no allocation) comes back from [`Files::complete`]. `need_file` asks for the descriptor too (a fresh entry does not
+    /// fresh, else an open is queued for the ring (or joined; [`Files::submit`] pushes it) and
+    /// the request `waiter` makes (only then: a hit costs no allocation) comes back from
+    /// [`Files::complete`]. `need_file` asks for the descriptor too (a fresh entry does not
     /// keep one), so it always waits for an open.
-    #[allow(clippy::too_many_arguments)]
-    pub fn get(
-        &mut self,
-        ring: &mut IoUring,
-        root: &Path,
-        generation: u64,
-        name: &[u8],
-        need_file: bool,
-        now: Instant,
-        waiter: impl FnOnce() -> W,
-        user_data: impl Fn(u32) -> u64,
-    ) -> Get {
+    pub fn get(&mut self, root: &Path, generation: u64, name: &[u8], need_file: bool, now: Instant, waiter: impl FnOnce() -> W) -> Get {
         let rel = match normalise(name) {
             Ok(r) => r,
             Err(r) => return Get::Refused(r),
@@ -150,7 +154,6 @@ impl<W> Files<W> {
             Ok(Wait::Start) => {
                 let cpath = CString::new(rel.as_os_str().as_bytes()).expect("normalise refuses NUL");
                 let op = Box::new(Op { name: rel, cpath, how: types::OpenHow::new().flags(HOW_FLAGS).resolve(HOW_RESOLVE), root: dir });
-                let e = opcode::OpenAt2::new(types::Fd(op.root.dir.as_raw_fd()), op.cpath.as_ptr(), &op.how).build();
                 let i = match self.free.pop() {
                     Some(i) => i,
                     None => {
@@ -158,10 +161,20 @@ impl<W> Files<W> {
                         (self.ops.len() - 1) as u32
                     }
                 };
-                super::ring::push(ring, &e.user_data(user_data(i)));
                 self.ops[i as usize] = Some(op);
+                self.queued.push(i);
                 Get::Waiting
             }
+        }
+    }
+
+    /// Pushes the opens queued by [`Files::get`] to the ring (submitted with the worker's next
+    /// io_uring_enter).
+    pub fn submit(&mut self, ring: &mut IoUring) {
+        for i in self.queued.drain(..) {
+            let op = self.ops[i as usize].as_ref().expect("a queued open");
+            let e = opcode::OpenAt2::new(types::Fd(op.root.dir.as_raw_fd()), op.cpath.as_ptr(), &op.how).build();
+            super::ring::push(ring, &e.user_data((self.user_data)(i)));
         }
     }
 
@@ -300,11 +313,12 @@ mod tests {
         name: &[u8],
         now: Instant,
     ) -> Result<Arc<Found>, Refused> {
-        match files.get(ring, root, generation, name, false, now, || 7, |op| op as u64) {
+        match files.get(root, generation, name, false, now, || 7) {
             Get::Ready(f) => Ok(f),
             Get::Refused(r) => Err(r),
             Get::Busy => panic!("busy"),
             Get::Waiting => {
+                files.submit(ring);
                 ring.submit_and_wait(1).unwrap();
                 let c = ring.completion().next().unwrap();
                 let (outcome, waiters) = files.complete(c.user_data() as u32, c.result(), now).unwrap();
@@ -338,10 +352,10 @@ mod tests {
             ("", Err(Refused::BadName)),
         ];
         for (name, want) in cases {
-            let mut files = Files::new("test");
+            let mut files = Files::new("test", |op| op as u64);
             let got = open(&mut files, &mut ring, &root, 1, name.as_bytes(), now);
             assert_eq!(got.as_ref().map(|f| f.data.bytes()).map_err(|r| *r), *want, "ring: {name}");
-            let mut files: Files<u32> = Files::new("test");
+            let mut files: Files<u32> = Files::new("test", |op| op as u64);
             let got = files.get_sync(&root, 1, name.as_bytes(), now);
             assert_eq!(got.as_ref().map(|f| f.data.bytes()).map_err(|r| *r), *want, "sync: {name}");
         }
@@ -351,7 +365,7 @@ mod tests {
     fn a_file_replaced_by_rename_while_cached_is_served_anew_after_trust() {
         let (d, root) = fixture("rename");
         let mut ring = super::super::ring::build().unwrap();
-        let mut files = Files::new("test");
+        let mut files = Files::new("test", |op| op as u64);
         let t0 = Instant::now();
         std::fs::write(root.join("f"), b"one").unwrap();
         std::fs::write(root.join("same"), b"kept").unwrap();
@@ -376,12 +390,13 @@ mod tests {
     fn requests_for_one_name_share_one_open_and_a_new_snapshot_starts_over() {
         let (d, root) = fixture("share");
         let mut ring = super::super::ring::build().unwrap();
-        let mut files: Files<u32> = Files::new("test");
+        let mut files: Files<u32> = Files::new("test", |op| op as u64);
         let now = Instant::now();
         for w in [1, 2] {
-            assert!(matches!(files.get(&mut ring, &root, 1, b"sub/f", false, now, || w, |op| op as u64), Get::Waiting));
+            assert!(matches!(files.get(&root, 1, b"sub/f", false, now, || w), Get::Waiting));
         }
         assert_eq!(files.waiting(), 2);
+        files.submit(&mut ring);
         ring.submit_and_wait(1).unwrap();
         let c = ring.completion().next().unwrap();
         assert!(ring.completion().next().is_none(), "one open for both");

@@ -201,7 +201,9 @@ impl HttpService {
             conns: Slab::default(),
             active: 0,
             dirty: Vec::new(),
-            files: Files::new("404"),
+            // Opened synchronously (get_sync) until an HTTP session can wait for a ring
+            // completion: nothing is queued for the ring, so no open token is ever made.
+            files: Files::new("404", |op| op as u64),
             stats,
             shared,
             worker,

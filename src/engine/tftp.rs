@@ -168,6 +168,11 @@ pub struct TftpService {
 /// client, and the snapshot it arrived under.
 struct Waiting {
     payload: Vec<u8>,
+    origin: Origin,
+}
+
+/// Who asked, and under which snapshot.
+struct Origin {
     peer: SocketAddr,
     peer_raw: SockAddr,
     snap: Arc<Snapshot>,
@@ -217,7 +222,7 @@ impl TftpService {
             msg,
             sessions: Slab::default(),
             active: 0,
-            files: Files::new("ERROR 1"),
+            files: Files::new("ERROR 1", |op| ud(K_OPEN, op, 0, 0)),
             dirty: Vec::new(),
             stats,
             shared,
@@ -365,15 +370,23 @@ impl TftpService {
         // it converts, so it needs the descriptor: it always waits for an open.
         let need_file = req.mode == wire::Mode::Netascii;
         let payload = out.payload_data();
-        let waiter = || Box::new(Waiting { payload: payload.to_vec(), peer, peer_raw: peer_raw.clone(), snap: snap.clone() });
-        let got = self.files.get(ring, &snap.tftp_root, snap.generation, req.filename, need_file, now, waiter, |op| ud(K_OPEN, op, 0, 0));
+        let origin = Origin { peer, peer_raw, snap };
+        let waiter = || {
+            Box::new(Waiting {
+                payload: payload.to_vec(),
+                origin: Origin { peer, peer_raw: origin.peer_raw.clone(), snap: origin.snap.clone() },
+            })
+        };
+        let got = self.files.get(&origin.snap.tftp_root, origin.snap.generation, req.filename, need_file, now, waiter);
+        self.files.submit(ring);
+        let peer_raw = &origin.peer_raw;
         match got {
-            Get::Ready(found) => self.start(&req, peer, peer_raw, &snap, Ok((found, None)), ring, bgid, now),
+            Get::Ready(found) => self.start(&req, &origin, Ok((found, None)), ring, bgid, now),
             Get::Waiting => {}
-            Get::Refused(r) => self.start(&req, peer, peer_raw, &snap, Err(r), ring, bgid, now),
+            Get::Refused(r) => self.start(&req, &origin, Err(r), ring, bgid, now),
             Get::Busy => {
                 self.shared.tftp_admission.release(ip);
-                self.answer(Answer::Refuse(server::BUSY), &peer, &peer_raw, None, None, now);
+                self.answer(Answer::Refuse(server::BUSY), &peer, peer_raw, None, None, now);
             }
         }
     }
@@ -382,7 +395,7 @@ impl TftpService {
     fn on_open(&mut self, op: u32, res: i32, ring: &mut IoUring, bgid: u16, now: Instant) {
         let Some((outcome, waiters)) = self.files.complete(op, res, now) else { return };
         for w in waiters {
-            let ip = w.peer.ip().to_canonical();
+            let ip = w.origin.peer.ip().to_canonical();
             let draining = self.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
             let Ok(req) = server::request(&w.payload, false) else {
                 self.shared.tftp_admission.release(ip);
@@ -394,7 +407,7 @@ impl TftpService {
                 continue;
             }
             let file = outcome.clone().map(|o| (o.found, Some(o.file)));
-            self.start(&req, w.peer, w.peer_raw.clone(), &w.snap, file, ring, bgid, now);
+            self.start(&req, &w.origin, file, ring, bgid, now);
         }
     }
 
@@ -453,18 +466,16 @@ impl TftpService {
 
     /// The request's file is known (`file`: its mapping, and its descriptor for netascii):
     /// `tftp::server::accept` decides, and an accepted transfer gets its sockets and session.
-    #[allow(clippy::too_many_arguments)]
     fn start(
         &mut self,
         req: &wire::Request<'_>,
-        peer: SocketAddr,
-        peer_raw: SockAddr,
-        snap: &Arc<Snapshot>,
+        origin: &Origin,
         file: Result<(Arc<Found>, Option<Arc<std::fs::File>>), Refused>,
         ring: &mut IoUring,
         bgid: u16,
         now: Instant,
     ) {
+        let (peer, peer_raw, snap) = (origin.peer, &origin.peer_raw, &origin.snap);
         let cfg = &snap.config.tftp;
         let ip = peer.ip().to_canonical();
         let limits = server::limits(cfg);
@@ -483,7 +494,7 @@ impl TftpService {
             Err(a) => {
                 self.shared.tftp_admission.release(ip);
                 let path = file.as_ref().ok().map(|(f, _)| f.path.clone());
-                return self.answer(a, &peer, &peer_raw, Some(cfg), path.as_deref(), now);
+                return self.answer(a, &peer, peer_raw, Some(cfg), path.as_deref(), now);
             }
         };
         let (found, fd) = file.expect("accepted with a file");
@@ -494,7 +505,7 @@ impl TftpService {
             Err(e) => {
                 tracing::warn!("cannot open a transfer socket: {e}");
                 self.shared.tftp_admission.release(ip);
-                return self.answer(Answer::Refuse(server::NO_PORT), &peer, &peer_raw, None, None, now);
+                return self.answer(Answer::Refuse(server::NO_PORT), &peer, peer_raw, None, None, now);
             }
         };
         let sref = self.slots.install(ring, sock.as_raw_fd());
@@ -519,7 +530,7 @@ impl TftpService {
             stray: Some(stray),
             stray_armed: false,
             peer,
-            peer_raw,
+            peer_raw: peer_raw.clone(),
             transfer,
             source,
             _snapshot: snap.clone(),
@@ -808,7 +819,7 @@ impl TftpService {
     /// Ends every running transfer (drain deadline passed).
     pub fn abort_all(&mut self, ring: &mut IoUring, now: Instant) {
         for w in self.files.take_waiters() {
-            self.shared.tftp_admission.release(w.peer.ip().to_canonical());
+            self.shared.tftp_admission.release(w.origin.peer.ip().to_canonical());
         }
         let ids = self.sessions.ids_where(|s| !s.closing);
         for id in ids {
