@@ -5,11 +5,11 @@
 
 mod files;
 mod http;
-mod iov;
 mod nbd;
 pub mod ring;
 mod service;
 mod slab;
+mod tcp;
 mod tftp;
 pub mod timer;
 pub mod token;
@@ -202,7 +202,7 @@ pub struct Shared {
     pub http_admission: Admission,
     pub nbd_admission: Admission,
     /// Connections refused at an NBD limit that an idle connection may make room for.
-    pub nbd_evictions: nbd::Evictions,
+    pub nbd_evictions: Arc<tcp::Evictions>,
     pub nbd_targets: crate::nbd::target::Registry,
     pub farm: Arc<crate::farm::Runtime>,
 }
@@ -389,8 +389,8 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
         let t = tftp::bind_listener(tftp_addr).map_err(|e| tftp_err(&e))?;
-        let h = http::bind_listener(http_addr).map_err(|e| http_err(&e))?;
-        let b = http::bind_listener(nbd_addr).map_err(|e| nbd_err(&e))?;
+        let h = tcp::bind_listener(http_addr).map_err(|e| http_err(&e))?;
+        let b = tcp::bind_listener(nbd_addr).map_err(|e| nbd_err(&e))?;
         listeners.push((t, h, b));
     }
     let cpus = allowed_cpus();
@@ -517,7 +517,7 @@ impl Worker {
         };
         let tftp = tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index, ring::FileSlots::new(0..t));
         w.add(ServiceId::Tftp, Box::new(tftp));
-        let http = http::HttpService::new(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h));
+        let http = http::service(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h));
         w.add(ServiceId::Http, Box::new(http));
         w.add(ServiceId::Nbd, Box::new(nbd::NbdService::new(nbd_listener, stats, shared, index, ring::FileSlots::new(h..n))));
         Ok(w)
@@ -666,7 +666,7 @@ mod tests {
     }
 
     fn group(tcp: bool, n: usize) -> (Vec<socket2::Socket>, SocketAddr) {
-        let bind = |a: SocketAddr| if tcp { http::bind_listener(a) } else { tftp::bind_listener(a) };
+        let bind = |a: SocketAddr| if tcp { tcp::bind_listener(a) } else { tftp::bind_listener(a) };
         let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let at = first.local_addr().unwrap().as_socket().unwrap();
         let mut socks = vec![first];

@@ -15,10 +15,10 @@
 //! Replies come in request order (the protocol allows any order; serving from memory gains
 //! nothing by reordering). WRITE payloads are applied to the target's cache as they arrive.
 
-use super::iov::{ZEROS, ZEROS_LEN};
 use super::ring::{push, with_sock, FileSlots, SockRef};
 use super::service::{Io, Service};
 use super::slab::Slab;
+use super::tcp::{EVICTION_REQUEST_MS, IOV_MAX};
 use super::token::{ServiceId, Token};
 use super::{Limit, Shared, WorkerStats};
 use crate::config::{Mode, TargetIds};
@@ -28,12 +28,13 @@ use crate::nbd::cache::{self, CacheError, Piece};
 use crate::nbd::target::{self, AttachError, Target};
 use crate::nbd::token;
 use crate::nbd::wire::{self, Parse};
+use crate::session::{ZEROS, ZEROS_LEN};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::Socket;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const K_ACCEPT: u8 = 1;
@@ -48,8 +49,6 @@ fn ud(op: u8, id: u32, generation: u16, _slot: u16) -> u64 {
 
 /// Receive buffer per connection: a few large WRITEs, or thousands of request headers.
 const RBUF: usize = 256 * 1024;
-/// Most iovecs in one sendmsg (the kernel's UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
 /// A batch stops growing past these (reply bytes, pieces), whatever the queue depth.
 const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_PIECES: usize = 16 * 1024;
@@ -208,32 +207,6 @@ impl Conn {
     fn reply_err(&mut self, cookie: u64, error: u32, msg: &str) {
         let structured = self.structured;
         self.put(|o| if structured { wire::error_chunk(o, cookie, error, msg) } else { wire::simple_reply(o, error, cookie) });
-    }
-}
-
-/// Places wanted by connections refused at a limit, each to be made by cutting one idle
-/// connection of the refused one's scope (its address at nbd.connections_per_ip_max; anyone at
-/// nbd.connections_max). The connections of one address are spread over the workers, so the
-/// refusing worker posts the request and the first worker holding a connection of that scope
-/// idle for nbd.idle_evict_ms takes it and cuts its longest-idle one: one refusal costs one
-/// eviction at most, and none when nothing in the scope is idle long enough.
-#[derive(Default)]
-pub struct Evictions {
-    pending: AtomicUsize,
-    wanted: Mutex<Vec<(Option<IpAddr>, Instant)>>,
-}
-
-/// Requests older than this are dropped: the refused client has retried or given up.
-const EVICTION_REQUEST_MS: u64 = 2000;
-const EVICTION_REQUESTS_MAX: usize = 1024;
-
-impl Evictions {
-    fn want(&self, scope: Option<IpAddr>, now: Instant) {
-        let mut w = self.wanted.lock().unwrap();
-        if w.len() < EVICTION_REQUESTS_MAX {
-            w.push((scope, now));
-            self.pending.store(w.len(), Ordering::Release);
-        }
     }
 }
 

@@ -6,7 +6,7 @@
 use super::ring::BufRing;
 use super::timer::Wheel;
 use super::token::Token;
-use crate::config::Store;
+use crate::config::{Snapshot, Store};
 use io_uring::IoUring;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +26,11 @@ pub struct Io {
 impl Io {
     pub fn new(ring: IoUring, bufs: BufRing, store: Arc<Store>, now: Instant) -> Io {
         Io { ring, bufs, wheel: Wheel::new(now), now, store }
+    }
+
+    /// The configuration snapshot in force now (one atomic load).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.store.load()
     }
 }
 
