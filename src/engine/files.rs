@@ -386,6 +386,26 @@ mod tests {
         assert_eq!(open(&mut files, &mut ring, &root, 1, b"f", t0 + 2 * TRUST).err(), Some(Refused::NotFound));
     }
 
+    /// A file truncated in place under a fresh entry: once a send faults on its mapping
+    /// (guard::mark_damaged_at, as the engines do on EFAULT) the entry is not served again, and
+    /// the next request opens and maps the file as it is now.
+    #[test]
+    fn a_mapping_a_send_faulted_on_is_not_served_again() {
+        let (_d, root) = fixture("fault");
+        let mut ring = super::super::ring::build().unwrap();
+        let mut files = Files::new("test", |op| op as u64);
+        let t0 = Instant::now();
+        std::fs::write(root.join("f"), vec![7u8; 3 * 4096]).unwrap();
+        let a = open(&mut files, &mut ring, &root, 1, b"f", t0).unwrap();
+        std::fs::OpenOptions::new().write(true).open(root.join("f")).unwrap().set_len(10).unwrap();
+        assert!(Arc::ptr_eq(&a, &open(&mut files, &mut ring, &root, 1, b"f", t0).unwrap()), "fresh: trusted");
+        assert!(crate::image::guard::mark_damaged_at(a.data.bytes().as_ptr() as usize + 5000));
+        assert!(a.data.damaged());
+        let b = open(&mut files, &mut ring, &root, 1, b"f", t0).unwrap();
+        assert_eq!(b.data.bytes(), &[7u8; 10][..], "opened and mapped again at its new size");
+        assert!(!crate::image::guard::mark_damaged_at(crate::session::ZEROS.as_ptr() as usize), "not a mapping");
+    }
+
     #[test]
     fn requests_for_one_name_share_one_open_and_a_new_snapshot_starts_over() {
         let (d, root) = fixture("share");

@@ -830,8 +830,16 @@ impl<P: TcpGlue> Service for Tcp<P> {
                 if res < 0 {
                     c.broken = true;
                     if res == -libc::EFAULT {
-                        // The kernel read a mapping past the end of a file truncated under it.
+                        // The kernel read a mapping past the end of a file truncated under it:
+                        // the piece at the cursor (nothing was sent, so the fault is there) is
+                        // marked damaged, and no later reply is read from that mapping.
                         self.stats.counters.add(counters.damaged, 1);
+                        if let Some(b) = c.batch {
+                            // Safety: the batch is held until released; this send did not release it.
+                            if let Some(Piece::Mem { ptr, .. }) = unsafe { &*b }.pieces.get(c.cursor.0) {
+                                crate::image::guard::mark_damaged_at(*ptr as usize + c.cursor.1);
+                            }
+                        }
                     }
                 } else {
                     c.sent += res as u64;

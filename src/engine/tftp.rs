@@ -313,7 +313,13 @@ impl TftpService {
                     s.free_slots.push(slot);
                     if res == -libc::EFAULT {
                         // The kernel read the mapping past the file's end: it was truncated.
+                        // Marked damaged, so the next request for the file opens it again.
                         s.file_changed = true;
+                        if let Source::Map(b) = &s.source {
+                            if let Backing::Map(m) = &**b {
+                                m.mark_damaged();
+                            }
+                        }
                     }
                     if res < 0 {
                         self.count(Counter::TftpSendErrors, 1);
