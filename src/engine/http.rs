@@ -21,15 +21,16 @@ use std::time::{Duration, Instant};
 
 pub type HttpService = Tcp<HttpProto>;
 
-pub fn service(listener: Socket, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> HttpService {
+/// Worker `worker`'s HTTP service.
+pub fn service(listener: Socket, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> HttpService {
     let ctx = HttpCtx {
         snap: shared.store.load(),
         shared: shared.clone(),
-        stats: stats.clone(),
+        stats: shared.workers[worker].clone(),
         files: FileCache::default(),
         client: IpAddr::from([0, 0, 0, 0]),
     };
-    Tcp::new(HttpProto { spec: spec() }, ctx, listener, stats, shared, None, worker, slots)
+    Tcp::new(HttpProto { spec: spec() }, ctx, listener, shared, worker, slots)
 }
 
 fn spec() -> TcpSpec {

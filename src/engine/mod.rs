@@ -517,7 +517,7 @@ impl Worker {
         };
         let tftp = tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index, ring::FileSlots::new(0..t));
         w.add(ServiceId::Tftp, Box::new(tftp));
-        let http = http::service(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h));
+        let http = http::service(http_listener, shared.clone(), index, ring::FileSlots::new(t..h));
         w.add(ServiceId::Http, Box::new(http));
         w.add(ServiceId::Nbd, Box::new(nbd::NbdService::new(nbd_listener, stats, shared, index, ring::FileSlots::new(h..n))));
         Ok(w)

@@ -132,7 +132,7 @@ pub struct Tcp<P: TcpGlue> {
     dirty: Vec<u32>,
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
-    /// Set by Evictions for Evict::Shared services.
+    /// The eviction requests of an `Evict::Shared` service.
     evictions: Option<Arc<Evictions>>,
     worker: usize,
     slots: FileSlots,
@@ -141,18 +141,14 @@ pub struct Tcp<P: TcpGlue> {
 }
 
 impl<P: TcpGlue> Tcp<P> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        proto: P,
-        ctx: Ctx<P>,
-        listener: Socket,
-        stats: Arc<WorkerStats>,
-        shared: Arc<Shared>,
-        evictions: Option<Arc<Evictions>>,
-        worker: usize,
-        slots: FileSlots,
-    ) -> Tcp<P> {
+    /// Worker `worker`'s side of the service, listening on `listener`, its sockets in `slots`.
+    pub fn new(proto: P, ctx: Ctx<P>, listener: Socket, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> Tcp<P> {
         let limits = proto.limits(&shared.store.load());
+        let stats = shared.workers[worker].clone();
+        let evictions = match proto.spec().evict {
+            Evict::Shared(of) => Some(of(&shared).clone()),
+            Evict::Local => None,
+        };
         Tcp {
             proto,
             ctx,
@@ -230,7 +226,7 @@ impl<P: TcpGlue> Tcp<P> {
                         admitted = adm.admit(ip, l.connections_max, l.connections_per_ip_max);
                     }
                 }
-                Evict::Shared => {
+                Evict::Shared(_) => {
                     if let Some(ev) = &self.evictions {
                         ev.want(if limit == Limit::PerIp { Some(ip) } else { None }, now);
                     }

@@ -27,16 +27,16 @@ pub struct TcpCounters {
 }
 
 /// How a service makes room at its connection limits.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Evict {
     /// At the total limit, this worker closes its longest-idle connection and admits the new
     /// one (HTTP: as nginx reuses idle keep-alive connections).
     Local,
     /// A refusal posts a request to `Evictions`, and the first worker holding an idle
     /// connection of that scope (idle for `TcpLimits::idle_evict`) cuts it (NBD: the client
-    /// retries and gets in).
-    #[allow(dead_code)] // NBD's, once it runs on this driver (#15, h2)
-    Shared,
+    /// retries and gets in). The requests of the service's workers are the ones given.
+    #[allow(dead_code)] // NBD's, once it runs on this driver (#15, h2); the driver's tests use it
+    Shared(fn(&Shared) -> &Arc<Evictions>),
 }
 
 /// What does not change for a service.

@@ -187,14 +187,13 @@ fn serve<T: Send>(limits: TcpLimits, client: impl FnOnce(SocketAddr) -> T + Send
         },
         rbuf_initial: 64,
         direct_send_max: 4096,
-        evict: Evict::Shared,
+        evict: Evict::Shared(|s| &s.nbd_evictions),
         admission: |s| &s.nbd_admission,
         gauge: None,
         keys: ("line.connections_max", "line.connections_per_ip_max"),
         refusal_note: "test",
     };
-    let ev = Some(shared.nbd_evictions.clone());
-    let mut tcp = Tcp::new(LineProto { spec, limits }, LineCtx::default(), listener, stats.clone(), shared, ev, 0, FileSlots::new(0..n));
+    let mut tcp = Tcp::new(LineProto { spec, limits }, LineCtx::default(), listener, shared, 0, FileSlots::new(0..n));
     let release = AtomicBool::new(false);
     let out = std::thread::scope(|s| {
         let h = s.spawn(|| {
