@@ -79,6 +79,9 @@ pub trait TcpGlue: TcpProtocol {
     /// Called before the driver calls into sessions in a new pass: the context takes the
     /// snapshot in force.
     fn refresh(ctx: &mut Ctx<Self>, snap: &Arc<Snapshot>);
+    /// Once per pass of the worker's loop, before the connections are flushed: periodic work
+    /// of the service's own (NBD sweeps its disconnected targets' caches). Nothing by default.
+    fn housekeeping(&mut self, _ctx: &mut Ctx<Self>, _worker: usize, _now: Instant) {}
 }
 
 pub type Ctx<P> = <<P as TcpProtocol>::Session as TcpSession>::Ctx;
