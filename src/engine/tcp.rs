@@ -677,7 +677,7 @@ impl<P: TcpGlue> Service for Tcp<P> {
         if self.evictions.is_some() {
             self.evict_shared(io);
         }
-        self.proto.housekeeping(&mut self.ctx, self.worker, io.now);
+        self.proto.tick(&mut self.ctx, io);
         if self.dirty.is_empty() {
             return;
         }

@@ -1,6 +1,7 @@
 //! What the engine glue of a TCP service tells the driver: its counters, fixed properties,
 //! limits from the snapshot, and the cross-worker eviction requests of `Evict::Shared`.
 
+use super::super::service::Io;
 use super::super::token::ServiceId;
 use super::super::{Admission, Shared, WorkerStats};
 use crate::config::Snapshot;
@@ -79,9 +80,9 @@ pub trait TcpGlue: TcpProtocol {
     /// Called before the driver calls into sessions in a new pass: the context takes the
     /// snapshot in force.
     fn refresh(ctx: &mut Ctx<Self>, snap: &Arc<Snapshot>);
-    /// Once per pass of the worker's loop, before the connections are flushed: periodic work
-    /// of the service's own (NBD sweeps its disconnected targets' caches). Nothing by default.
-    fn housekeeping(&mut self, _ctx: &mut Ctx<Self>, _worker: usize, _now: Instant) {}
+    /// Each pass of the loop, before the connections are flushed: a service's own periodic
+    /// housekeeping (NBD sweeps expired write caches). Nothing by default.
+    fn tick(&mut self, _ctx: &mut Ctx<Self>, _io: &Io) {}
 }
 
 pub type Ctx<P> = <<P as TcpProtocol>::Session as TcpSession>::Ctx;
