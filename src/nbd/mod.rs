@@ -3,6 +3,7 @@
 //! target a connection gets). The engine glue (src/engine/nbd.rs) drives them.
 
 pub mod cache;
+pub mod session;
 pub mod target;
 pub mod token;
 pub mod wire;
