@@ -377,3 +377,329 @@ fn the_same_stream_gives_the_same_replies_whatever_the_split() {
         assert!(drive(&mut env(&f), &s.bytes, &cuts, now).out == whole.out, "byte by byte");
     }
 }
+
+/// Runs `stream` whole and returns (handshake length, the replies after it, the env).
+fn run_after_handshake(f: &Fixture, structured: bool, stream: &[u8]) -> (Vec<Reply>, TestEnv) {
+    let mut e = env(f);
+    let mut bytes = handshake(structured);
+    bytes.extend_from_slice(stream);
+    let run = drive(&mut e, &bytes, &[], Instant::now());
+    let hs = handshake_len(f, structured);
+    let got = replies(&run.out[hs..], structured, &|_| Some(512));
+    (got, e)
+}
+
+#[test]
+fn pipelined_requests_stop_at_the_queue_depth_and_go_on_after_the_release() {
+    let f = fixture("depth", "queue_depth_max = 4");
+    let mut e = env(&f);
+    let now = Instant::now();
+    let mut s = Session::new(&e, peer(), now);
+    let mut rx = handshake(false);
+    let hs_len = rx.len();
+    for cookie in 0..10u64 {
+        rx.extend(request(wire::CMD_READ, 0, cookie, cookie * 512, 512));
+    }
+    // The greeting went first, alone.
+    let g = s.poll_transmit(&mut e, now).expect("greeting");
+    assert_eq!(g.len, 18);
+    assert!(!s.wants_input(), "a held batch takes no input");
+    assert_eq!(s.on_input(&mut e, &rx, now), 0);
+    s.on_released(&mut e, now);
+    assert!(s.wants_input());
+    // GO and three READs fill the batch of four; the rest waits in the receive buffer.
+    let taken = s.on_input(&mut e, &rx, now);
+    assert_eq!(taken, hs_len + 3 * 28);
+    assert!(!s.wants_input(), "the batch is full: TCP pushes back");
+    assert_eq!(s.on_input(&mut e, &rx[taken..], now), 0);
+    rx.drain(..taken);
+    let mut replies_seen = 3;
+    assert!(s.poll_transmit(&mut e, now).is_some());
+    s.on_released(&mut e, now);
+    while !rx.is_empty() {
+        let taken = s.on_input(&mut e, &rx, now);
+        assert_eq!(taken, (rx.len() / 28).min(4) * 28, "four requests a batch");
+        rx.drain(..taken);
+        let b = s.poll_transmit(&mut e, now).expect("replies");
+        assert_eq!(b.len, (taken / 28 * (16 + 512)) as u64);
+        // Safety: held until the release below.
+        let bytes = unsafe { b.to_vec() };
+        for (i, r) in replies(&bytes, false, &|_| Some(512)).iter().enumerate() {
+            let c = (replies_seen + i) as u64;
+            assert_eq!((r.cookie, r.error), (c, 0));
+            assert!(r.data[..] == f.content[c as usize * 512..][..512]);
+        }
+        replies_seen += taken / 28;
+        s.on_released(&mut e, now);
+    }
+    assert_eq!(replies_seen, 10);
+    assert!(s.poll_transmit(&mut e, now).is_none() && s.idle_since() == Some(now));
+    assert_eq!(e.counters.get(Counter::NbdReads), 10);
+}
+
+#[test]
+fn requests_out_of_bounds_get_an_error_reply_and_the_session_goes_on() {
+    let f = fixture("bounds", "request_bytes_max = 4096");
+    let size = SIZE as u64;
+    for structured in [false, true] {
+        let mut st = Vec::new();
+        st.extend(request(wire::CMD_READ, 0, 1, size - 511, 512)); // past the end
+        st.extend(request(wire::CMD_READ, 0, 2, 0, 8192)); // over request_bytes_max
+        st.extend(request(wire::CMD_READ, 0, 3, u64::MAX - 10, 100)); // offset + length overflows
+        st.extend(request(wire::CMD_WRITE, 0, 4, 0, 8192)); // over the maximum: payload skipped
+        st.extend(std::iter::repeat_n(0xEEu8, 8192));
+        st.extend(request(wire::CMD_WRITE, 0, 5, size - 100, 200)); // past the end: skipped
+        st.extend(std::iter::repeat_n(0xEEu8, 200));
+        st.extend(request(42, 0, 6, 0, 0)); // unknown command
+        st.extend(request(wire::CMD_TRIM, 0, 7, size, 1));
+        st.extend(request(wire::CMD_BLOCK_STATUS, 0, 8, 0, 512)); // no meta context for simple
+        st.extend(request(wire::CMD_READ, 0, 9, 0, 512)); // still serving, the disk unchanged
+        st.extend(request(wire::CMD_DISC, 0, 0, 0, 0));
+        let (got, e) = run_after_handshake(&f, structured, &st);
+        let errors: Vec<(u64, u32)> = got.iter().map(|r| (r.cookie, r.error)).collect();
+        let block_status = if structured { 0 } else { wire::EINVAL };
+        assert_eq!(
+            errors,
+            [
+                (1, wire::EINVAL),
+                (2, wire::EOVERFLOW),
+                (3, wire::EINVAL),
+                (4, wire::EOVERFLOW),
+                (5, wire::EINVAL),
+                (6, wire::EINVAL),
+                (7, wire::EINVAL),
+                (8, block_status),
+                (9, 0)
+            ],
+            "structured {structured}"
+        );
+        assert!(got[8].data[..] == f.content[..512], "nothing of the refused writes landed");
+        assert_eq!(e.counters.get(Counter::NbdErrors), if structured { 7 } else { 8 });
+        assert_eq!(e.counters.get(Counter::NbdWrittenBytes), 0);
+    }
+}
+
+#[test]
+fn block_status_reports_written_and_zeroed_blocks() {
+    let f = fixture("status", "");
+    let mut st = request(wire::CMD_WRITE, 0, 1, 8192, 4096);
+    st.extend(std::iter::repeat_n(7u8, 4096));
+    st.extend(request(wire::CMD_WRITE_ZEROES, 0, 2, 16384, 8192));
+    st.extend(request(wire::CMD_BLOCK_STATUS, 0, 3, 0, 32768));
+    st.extend(request(wire::CMD_BLOCK_STATUS, wire::CMD_FLAG_REQ_ONE, 4, 0, 32768));
+    st.extend(request(wire::CMD_BLOCK_STATUS, 0, 5, 0, 0)); // empty: refused
+    let (got, _) = run_after_handshake(&f, true, &st);
+    assert_eq!(got.iter().map(|r| (r.cookie, r.error)).collect::<Vec<_>>(), [(1, 0), (2, 0), (3, 0), (4, 0), (5, wire::EINVAL)]);
+    let extents = |d: &[u8]| -> Vec<(u32, u32)> {
+        assert_eq!(u32::from_be_bytes(d[..4].try_into().unwrap()), wire::BASE_ALLOCATION_ID);
+        d[4..].chunks(8).map(|c| (u32::from_be_bytes(c[..4].try_into().unwrap()), u32::from_be_bytes(c[4..].try_into().unwrap()))).collect()
+    };
+    let all = extents(&got[2].data);
+    assert_eq!(all.iter().map(|e| e.0 as u64).sum::<u64>(), 32768, "{all:?}");
+    assert!(all.iter().any(|&(_, flags)| flags & 2 != 0), "the zeroed range reads as zero: {all:?}");
+    assert_eq!(extents(&got[3].data).len(), 1, "REQ_ONE: one extent");
+}
+
+#[test]
+fn handshake_options_answer_errors_and_go_on() {
+    let f = fixture("options", "");
+    let mut e = env(&f);
+    let mut st = client_flags(1);
+    st.extend(opt(99, b"xyz")); // unknown: ERR_UNSUP
+    st.extend(opt(wire::OPT_LIST, &[])); // two exports
+    st.extend(opt(wire::OPT_LIST, b"x")); // LIST takes no payload: ERR_INVALID
+    st.extend(opt(wire::OPT_STRUCTURED_REPLY, b"x")); // ERR_INVALID
+    st.extend(set_meta("disk", wire::BASE_ALLOCATION)); // before structured replies: ERR_INVALID
+    st.extend(opt(wire::OPT_INFO, b"\x00")); // malformed: ERR_INVALID
+    st.extend(go("nosuch")); // ERR_UNKNOWN
+    st.extend(go("disk@a/b")); // bad target id: ERR_UNKNOWN
+    st.extend(go("other"));
+    st.extend(request(wire::CMD_READ, 0, 1, 0, 16));
+    let run = drive(&mut e, &st, &[], Instant::now());
+    let mut at = 18;
+    let mut kinds = Vec::new();
+    while at + 20 <= run.out.len() && u64::from_be_bytes(run.out[at..at + 8].try_into().unwrap()) == wire::OPT_REPLY_MAGIC {
+        let kind = u32::from_be_bytes(run.out[at + 12..at + 16].try_into().unwrap());
+        kinds.push(kind);
+        at += 20 + u32::from_be_bytes(run.out[at + 16..at + 20].try_into().unwrap()) as usize;
+    }
+    let (unknown, invalid) = (wire::REP_ERR_UNKNOWN, wire::REP_ERR_INVALID);
+    let want =
+        [wire::REP_ERR_UNSUP, wire::REP_SERVER, wire::REP_SERVER, wire::REP_ACK, invalid, invalid, invalid, invalid, unknown, unknown]
+            .into_iter()
+            .chain([wire::REP_INFO, wire::REP_INFO, wire::REP_ACK]) // GO: export, block size, ack
+            .collect::<Vec<_>>();
+    assert_eq!(kinds, want);
+    let r = replies(&run.out[at..], false, &|_| Some(16));
+    assert!(r.len() == 1 && r[0].error == 0 && r[0].data[..] == f.content[..16]);
+}
+
+#[test]
+fn protocol_violations_close_the_connection_cleanly() {
+    let f = fixture("violations", "");
+    let mut too_long = client_flags(1);
+    too_long.extend(wire::IHAVEOPT.to_be_bytes());
+    too_long.extend(wire::OPT_GO.to_be_bytes());
+    too_long.extend((wire::OPTION_BYTES_MAX + 1).to_be_bytes());
+    let mut bad_magic = client_flags(1);
+    bad_magic.extend(opt(wire::OPT_LIST, &[]));
+    bad_magic[4] ^= 0xFF;
+    let mut bad_request = handshake(false);
+    bad_request.extend(request(wire::CMD_READ, 0, 1, 0, 512));
+    bad_request.extend(request(wire::CMD_READ, 0, 2, 0, 512));
+    let n = bad_request.len();
+    bad_request[n - 28] ^= 1;
+    let mut export_name_unknown = client_flags(1);
+    export_name_unknown.extend(opt(wire::OPT_EXPORT_NAME, b"nosuch"));
+    let mut abort = client_flags(1);
+    abort.extend(opt(wire::OPT_ABORT, &[]));
+    abort.extend(go("disk")); // never read
+    let hs = handshake_len(&f, false);
+    let cases: [(&str, Vec<u8>, usize); 6] = [
+        ("not fixed newstyle", client_flags(0), 18),
+        ("option over OPTION_BYTES_MAX", too_long, 18),
+        ("bad option magic", bad_magic, 18),
+        ("bad request magic", bad_request, hs + 16 + 512),
+        ("EXPORT_NAME of no export", export_name_unknown, 18),
+        ("ABORT", abort, 18 + 20),
+    ];
+    for (what, stream, out_len) in cases {
+        let mut e = env(&f);
+        let now = Instant::now();
+        let mut s = Session::new(&e, peer(), now);
+        let mut run = Run { out: Vec::new(), batches: 0 };
+        let mut rx = stream.clone();
+        pump(&mut s, &mut e, &mut rx, &mut run, now);
+        assert!(s.is_done(), "{what}: the session ends without waiting for EOF");
+        assert!(!s.wants_input());
+        assert_eq!(run.out.len(), out_len, "{what}");
+        s.on_closed(&mut e, false, now);
+    }
+    // Seeded garbage in every phase: the session answers or ends, never panics.
+    let mut rng = XorShift::new(0xbad);
+    for prefix in [Vec::new(), client_flags(1), handshake(false), handshake(true)] {
+        for _ in 0..300 {
+            let mut st = prefix.clone();
+            st.extend((0..rng.below(300)).map(|_| rng.next() as u8));
+            let cuts: Vec<usize> = (1..st.len()).step_by(rng.below(50) as usize + 1).collect();
+            drive(&mut env(&f), &st, &cuts, Instant::now());
+        }
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_holds_its_batch_and_asks_nothing_more() {
+    let f = fixture("stall", "");
+    let mut e = env(&f);
+    let now = Instant::now();
+    let mut s = Session::new(&e, peer(), now);
+    let mut rx = handshake(false);
+    for c in 0..4u64 {
+        rx.extend(request(wire::CMD_READ, 0, c, 0, 65536));
+    }
+    let mut run = Run { out: Vec::new(), batches: 0 };
+    pump(&mut s, &mut e, &mut rx, &mut run, now); // greeting, then GO and the four reads
+    let mut more = Vec::new();
+    for c in 4..8u64 {
+        more.extend(request(wire::CMD_READ, 0, c, 0, 65536));
+    }
+    assert_eq!(s.on_input(&mut e, &more, now), 4 * 28, "taken while no batch is held");
+    let b = s.poll_transmit(&mut e, now).expect("replies");
+    assert_eq!(b.len, 4 * (16 + 65536));
+    // The client reads nothing: the batch stays held; nothing more is taken or asked.
+    for i in 1..100u64 {
+        let t = now + Duration::from_millis(i * 100);
+        assert_eq!(s.on_input(&mut e, &more, t), 0);
+        assert!(s.poll_transmit(&mut e, t).is_none());
+        assert!(!s.wants_input() && !s.is_done() && s.idle_since().is_none());
+    }
+    assert_eq!(s.poll_timeout(), None, "no handshake deadline after GO: the driver's send deadline applies");
+    s.on_closed(&mut e, true, now + Duration::from_secs(30));
+    assert_eq!(e.counters.get(Counter::NbdTimeoutSend), 1);
+    drop(s);
+    assert_eq!(e.registry.counts(), (1, 0), "the target is kept for a reconnect, with no connection");
+}
+
+#[test]
+fn the_handshake_times_out() {
+    let f = fixture("hs-timeout", "handshake_timeout_ms = 500");
+    let mut e = env(&f);
+    let t0 = Instant::now();
+    let mut s = Session::new(&e, peer(), t0);
+    assert!(s.poll_transmit(&mut e, t0).is_some());
+    s.on_released(&mut e, t0);
+    assert_eq!(s.on_input(&mut e, &client_flags(1), t0), 4);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+    s.on_timeout(&mut e, t0 + Duration::from_millis(499));
+    assert!(!s.is_done(), "not before the deadline");
+    s.on_timeout(&mut e, t0 + Duration::from_millis(500));
+    assert!(s.is_done() && s.close_reason().contains("handshake"));
+    assert_eq!(e.counters.get(Counter::NbdTimeoutHandshake), 1);
+    assert!(s.poll_transmit(&mut e, t0).is_none());
+    // After GO, no deadline.
+    let mut s = Session::new(&e, peer(), t0);
+    let mut rx = handshake(false);
+    pump(&mut s, &mut e, &mut rx, &mut Run { out: Vec::new(), batches: 0 }, t0);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_write_cut_by_eof_gives_its_reservation_back() {
+    let f = fixture("write-eof", "");
+    let mut e = env(&f);
+    let now = Instant::now();
+    let mut s = Session::new(&e, peer(), now);
+    let mut rx = handshake(false);
+    rx.extend(request(wire::CMD_WRITE, 0, 1, 0, 8 * 4096));
+    rx.extend(std::iter::repeat_n(0x5Au8, 3 * 4096 + 100));
+    let mut run = Run { out: Vec::new(), batches: 0 };
+    pump(&mut s, &mut e, &mut rx, &mut run, now);
+    assert_eq!(rx.len(), 100, "whole blocks are applied; the partial one waits");
+    assert_eq!(e.registry.total.load(std::sync::atomic::Ordering::Relaxed), 8 * 4096, "the whole write is reserved");
+    assert!(s.idle_since().is_none(), "a write in progress is not idle");
+    s.on_eof(&mut e, now);
+    assert!(s.is_done() && s.poll_transmit(&mut e, now).is_none(), "no reply to a write never finished");
+    s.on_closed(&mut e, false, now);
+    drop(s);
+    assert_eq!(e.registry.total.load(std::sync::atomic::Ordering::Relaxed), 3 * 4096, "the unused part went back");
+    // A reconnect (the target is kept) reads the three blocks written and the image after.
+    let mut st = request(wire::CMD_READ, 0, 2, 0, 5 * 4096);
+    st.extend(request(wire::CMD_DISC, 0, 0, 0, 0));
+    let mut bytes = handshake(false);
+    bytes.extend(st);
+    let out = drive(&mut e, &bytes, &[], now).out;
+    let r = replies(&out[handshake_len(&f, false)..], false, &|_| Some(5 * 4096));
+    assert!(r[0].data[..3 * 4096].iter().all(|&b| b == 0x5A));
+    assert!(r[0].data[3 * 4096..] == f.content[3 * 4096..5 * 4096]);
+}
+
+#[test]
+fn a_damaged_image_is_refused() {
+    let f = fixture("damaged", "");
+    let mut e = env(&f);
+    let now = Instant::now();
+    let mut s = Session::new(&e, peer(), now);
+    let mut rx = handshake(true);
+    let mut run = Run { out: Vec::new(), batches: 0 };
+    pump(&mut s, &mut e, &mut rx, &mut run, now);
+    let hs = run.out.len();
+    // Truncated under its mapping: a partial-block write copies the rest of its block from the
+    // image, past the new end: that load faults, reads zeros and marks the mapping damaged.
+    std::fs::OpenOptions::new().write(true).open(f.dir.join("disk.raw")).unwrap().set_len(65536).unwrap();
+    let mut rx = request(wire::CMD_WRITE, 0, 1, 512 * 1024, 512);
+    rx.extend(std::iter::repeat_n(1u8, 512));
+    rx.extend(request(wire::CMD_READ, 0, 2, 0, 512));
+    rx.extend(request(wire::CMD_WRITE, 0, 3, 0, 512));
+    rx.extend(std::iter::repeat_n(1u8, 512));
+    pump(&mut s, &mut e, &mut rx, &mut run, now);
+    let got = replies(&run.out[hs..], true, &|_| None);
+    assert_eq!(got.iter().map(|r| (r.cookie, r.error)).collect::<Vec<_>>(), [(1, wire::EIO), (2, wire::EIO), (3, wire::EIO)]);
+    assert!(got.iter().all(|r| r.data.is_empty()), "no byte of the damaged image is sent");
+    assert!(e.counters.get(Counter::NbdDamaged) >= 1);
+    // A new connection is refused at GO.
+    let mut e2 = env(&f);
+    let out = drive(&mut e2, &handshake(false), &[], now).out;
+    let kind = u32::from_be_bytes(out[18 + 12..18 + 16].try_into().unwrap());
+    assert_eq!(kind, wire::REP_ERR_UNKNOWN);
+    assert!(String::from_utf8_lossy(&out).contains("changed on the server"));
+}
