@@ -81,9 +81,6 @@ impl Env for TestEnv {
     fn now_unix(&self) -> u64 {
         0
     }
-    fn worker(&self) -> usize {
-        0
-    }
 }
 
 fn opt(o: u32, payload: &[u8]) -> Vec<u8> {

@@ -51,8 +51,6 @@ pub trait Env: ConnScope {
     fn token_key(&self) -> [u8; 16];
     /// Seconds since the Unix epoch (boot tokens expire by the wall clock).
     fn now_unix(&self) -> u64;
-    /// This worker's index, for the log.
-    fn worker(&self) -> usize;
 }
 
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
@@ -794,21 +792,20 @@ impl<E: Env> TcpSession for Session<E> {
     }
 
     fn on_closed(&mut self, env: &mut E, stalled: bool, now: Instant) {
+        // The driver counts the send timeout and logs the close; the cache pages this batch
+        // may point at stay pinned until the session is dropped (the kernel may hold them).
         if stalled {
-            env.count(Counter::NbdTimeoutSend, 1);
             tracing::warn!(client = %self.peer, "nbd connection cut off: the client stopped reading");
         }
-        let t = self.target.as_ref();
-        tracing::info!(
-            worker = env.worker(),
-            client = %self.peer,
-            export = t.map(|t| t.vdisk.name.as_str()).unwrap_or("-"),
-            target = t.map(|t| t.id.as_str()).unwrap_or("-"),
-            requests = self.requests,
-            ms = now.saturating_duration_since(self.opened).as_millis() as u64,
-            "nbd connection closed"
-        );
-        if let Some(t) = t {
+        if let Some(t) = self.target.as_ref() {
+            tracing::info!(
+                client = %self.peer,
+                export = %t.vdisk.name,
+                target = %t.id,
+                requests = self.requests,
+                ms = now.saturating_duration_since(self.opened).as_millis() as u64,
+                "nbd target detached"
+            );
             let keep = Duration::from_millis(env.snapshot().config.nbd.cache_keep_after_disconnect_ms);
             env.registry().detach(t, keep, now);
         }

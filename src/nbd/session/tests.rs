@@ -65,9 +65,6 @@ impl Env for TestEnv {
     fn now_unix(&self) -> u64 {
         1_800_000_000
     }
-    fn worker(&self) -> usize {
-        0
-    }
 }
 
 fn env(f: &Fixture) -> TestEnv {
@@ -615,7 +612,7 @@ fn a_client_that_stops_reading_holds_its_batch_and_asks_nothing_more() {
     }
     assert_eq!(s.poll_timeout(), None, "no handshake deadline after GO: the driver's send deadline applies");
     s.on_closed(&mut e, true, now + Duration::from_secs(30));
-    assert_eq!(e.counters.get(Counter::NbdTimeoutSend), 1);
+    assert_eq!(e.registry.counts(), (1, 0), "detached at the close");
     drop(s);
     assert_eq!(e.registry.counts(), (1, 0), "the target is kept for a reconnect, with no connection");
 }
