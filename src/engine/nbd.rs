@@ -15,10 +15,12 @@
 //! Replies come in request order (the protocol allows any order; serving from memory gains
 //! nothing by reordering). WRITE payloads are applied to the target's cache as they arrive.
 
-use super::iov::{ZEROS, ZEROS_LEN};
 use super::ring::{push, with_sock, FileSlots, SockRef};
+use super::service::{Io, Service};
 use super::slab::Slab;
-use super::{ud, Limit, Shared, WorkerStats};
+use super::tcp::{EVICTION_REQUEST_MS, IOV_MAX};
+use super::token::{ServiceId, Token};
+use super::{Limit, Shared, WorkerStats};
 use crate::config::{Mode, TargetIds};
 use crate::config::{Snapshot, Vdisk};
 use crate::metrics::Counter;
@@ -26,23 +28,27 @@ use crate::nbd::cache::{self, CacheError, Piece};
 use crate::nbd::target::{self, AttachError, Target};
 use crate::nbd::token;
 use crate::nbd::wire::{self, Parse};
+use crate::session::{ZEROS, ZEROS_LEN};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::Socket;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const K_ACCEPT: u8 = 32;
-pub const K_RECV: u8 = 33;
-pub const K_SEND: u8 = 34;
-pub const K_CANCEL: u8 = 35;
+pub const K_ACCEPT: u8 = 1;
+pub const K_RECV: u8 = 2;
+pub const K_SEND: u8 = 3;
+pub const K_CANCEL: u8 = 4;
+
+#[inline]
+fn ud(op: u8, id: u32, generation: u16, _slot: u16) -> u64 {
+    Token::new(ServiceId::Nbd, op, id, generation).pack()
+}
 
 /// Receive buffer per connection: a few large WRITEs, or thousands of request headers.
 const RBUF: usize = 256 * 1024;
-/// Most iovecs in one sendmsg (the kernel's UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
 /// A batch stops growing past these (reply bytes, pieces), whatever the queue depth.
 const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_PIECES: usize = 16 * 1024;
@@ -204,32 +210,6 @@ impl Conn {
     }
 }
 
-/// Places wanted by connections refused at a limit, each to be made by cutting one idle
-/// connection of the refused one's scope (its address at nbd.connections_per_ip_max; anyone at
-/// nbd.connections_max). The connections of one address are spread over the workers, so the
-/// refusing worker posts the request and the first worker holding a connection of that scope
-/// idle for nbd.idle_evict_ms takes it and cuts its longest-idle one: one refusal costs one
-/// eviction at most, and none when nothing in the scope is idle long enough.
-#[derive(Default)]
-pub struct Evictions {
-    pending: AtomicUsize,
-    wanted: Mutex<Vec<(Option<IpAddr>, Instant)>>,
-}
-
-/// Requests older than this are dropped: the refused client has retried or given up.
-const EVICTION_REQUEST_MS: u64 = 2000;
-const EVICTION_REQUESTS_MAX: usize = 1024;
-
-impl Evictions {
-    fn want(&self, scope: Option<IpAddr>, now: Instant) {
-        let mut w = self.wanted.lock().unwrap();
-        if w.len() < EVICTION_REQUESTS_MAX {
-            w.push((scope, now));
-            self.pending.store(w.len(), Ordering::Release);
-        }
-    }
-}
-
 pub struct NbdService {
     listener: Option<Socket>,
     accept_armed: bool,
@@ -265,13 +245,6 @@ impl NbdService {
             refusals_unlogged: 0,
             accept_backoff: Default::default(),
         }
-    }
-
-    pub fn active(&self) -> usize {
-        self.active
-    }
-    pub fn lingering(&self) -> usize {
-        self.conns.stored()
     }
 
     fn mark(&mut self, id: u32) {
@@ -663,6 +636,31 @@ impl NbdService {
         for id in self.conns.ids_where(|c| !c.closing) {
             self.close(id, ring, now);
         }
+    }
+}
+
+impl Service for NbdService {
+    fn name(&self) -> &'static str {
+        "nbd"
+    }
+    fn on_completion(&mut self, io: &mut Io, token: Token, res: i32, flags: u32) {
+        self.on_cqe(token.op, token.id, token.generation, res, flags, &io.ring, io.now);
+    }
+    fn on_timer(&mut self, _io: &mut Io, _token: Token) {}
+    fn flush(&mut self, io: &mut Io) {
+        NbdService::flush(self, &mut io.ring, io.now);
+    }
+    fn stop_listening(&mut self, io: &mut Io) {
+        NbdService::stop_listening(self, &mut io.ring);
+    }
+    fn abort_all(&mut self, io: &mut Io) {
+        NbdService::abort_all(self, &mut io.ring);
+    }
+    fn active(&self) -> usize {
+        self.active
+    }
+    fn lingering(&self) -> usize {
+        self.conns.stored()
     }
 }
 

@@ -6,6 +6,7 @@
 //! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script), /metrics, /healthz,
 //! /api/status. Multi-range requests get the whole representation (200), as RFC 9110 allows.
 
+pub mod conn;
 pub mod wire;
 
 use crate::config::{Snapshot, Vdisk};
@@ -79,9 +80,37 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// A response's header block as it is written, and its status (set by [`head`], which every
+/// response starts with): the caller learns the status without reading the bytes back.
+pub struct Head<'a> {
+    buf: &'a mut Vec<u8>,
+    pub status: u16,
+}
+
+impl<'a> Head<'a> {
+    /// Writes into `buf` (cleared by [`head`]).
+    pub fn new(buf: &'a mut Vec<u8>) -> Head<'a> {
+        Head { buf, status: 0 }
+    }
+}
+
+impl std::ops::Deref for Head<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        self.buf
+    }
+}
+
+impl std::ops::DerefMut for Head<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
+}
+
 /// Starts a header block: status line, Server, Date, Connection.
-pub fn head(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64) {
+pub fn head(out: &mut Head, status: u16, keep_alive: bool, minor: u8, now_unix: i64) {
     out.clear();
+    out.status = status;
     let _ = write!(out, "HTTP/1.1 {status} {}\r\nServer: bootfarm\r\nDate: ", reason(status));
     wire::format_date(now_unix, out);
     out.extend_from_slice(b"\r\n");
@@ -94,7 +123,7 @@ pub fn head(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_uni
 
 /// A complete small response (errors, status pages). Returns the body.
 pub fn simple(
-    out: &mut Vec<u8>,
+    out: &mut Head,
     status: u16,
     keep_alive: bool,
     minor: u8,
@@ -119,7 +148,7 @@ pub fn simple(
     }
 }
 
-pub fn error_page(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64, detail: &str) -> Body {
+pub fn error_page(out: &mut Head, status: u16, keep_alive: bool, minor: u8, now_unix: i64, detail: &str) -> Body {
     let body = format!("{status} {}: {detail}\n", reason(status)).into_bytes();
     simple(out, status, keep_alive, minor, now_unix, "text/plain; charset=utf-8", body, false)
 }
@@ -172,7 +201,7 @@ fn ranged(req: &Request, size: u64, v: &Validators) -> (u16, u64, u64) {
     }
 }
 
-fn representation(out: &mut Vec<u8>, req: &Request, now: i64, size: u64, v: &Validators, content_type: &str) -> Option<(u64, u64)> {
+fn representation(out: &mut Head, req: &Request, now: i64, size: u64, v: &Validators, content_type: &str) -> Option<(u64, u64)> {
     let (status, start, len) = if not_modified(req, v) { (304, 0, 0) } else { ranged(req, size, v) };
     head(out, status, req.keep_alive, req.minor, now);
     out.extend_from_slice(b"Accept-Ranges: bytes\r\nETag: ");
@@ -218,8 +247,9 @@ fn vdisk_validators(v: &Vdisk) -> Validators {
     Validators { etag: Tag::new(format_args!("\"{h:016x}\"")), last_modified }
 }
 
-/// Answers one request: writes the header block into `out` and returns the body.
-pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
+/// Answers one request: writes the header block into `out` (its status in `out.status`) and
+/// returns the body.
+pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
     let now = env.now_unix();
     let (ka, minor, head_only) = (req.keep_alive, req.minor, req.head);
     let Some(target) = wire::percent_decode(req.target) else {
@@ -329,7 +359,7 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
 /// of the target's list is sent there with 307, marked `via=` so that the server it lands on
 /// serves it whatever its own view says (one hop at most, never a loop). Served here when this
 /// node is first, or when no other server is up (the list then starts with this one).
-fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &str, out: &mut Vec<u8>) -> Option<Body> {
+fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &str, out: &mut Head) -> Option<Body> {
     if snap.farm.len() < 2 || vdisk.is_empty() || query(q, "via").is_some() {
         return None;
     }
