@@ -119,6 +119,9 @@ pub trait TcpGlue: TcpProtocol {
     /// Called before the driver calls into sessions in a new pass: the context takes the
     /// snapshot in force.
     fn refresh(ctx: &mut Ctx<Self>, snap: &Arc<Snapshot>);
+    /// Each pass of the loop, before the connections are flushed: a service's own periodic
+    /// housekeeping (NBD sweeps expired write caches). Nothing by default.
+    fn tick(&mut self, _ctx: &mut Ctx<Self>, _io: &Io) {}
 }
 
 pub type Ctx<P> = <<P as TcpProtocol>::Session as TcpSession>::Ctx;
@@ -871,6 +874,7 @@ impl<P: TcpGlue> Service for Tcp<P> {
         if self.evictions.is_some() {
             self.evict_shared(io);
         }
+        self.proto.tick(&mut self.ctx, io);
         if self.dirty.is_empty() {
             return;
         }

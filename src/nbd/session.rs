@@ -791,6 +791,10 @@ impl<E: Env> TcpSession for Session<E> {
         self.reason
     }
 
+    fn requests(&self) -> u64 {
+        self.requests
+    }
+
     fn on_closed(&mut self, env: &mut E, stalled: bool, now: Instant) {
         // The driver counts the send timeout and logs the close; the cache pages this batch
         // may point at stay pinned until the session is dropped (the kernel may hold them).
