@@ -36,7 +36,6 @@ pub enum Evict {
     /// A refusal posts a request to `Evictions`, and the first worker holding an idle
     /// connection of that scope (idle for `TcpLimits::idle_evict`) cuts it (NBD: the client
     /// retries and gets in). The requests of the service's workers are the ones given.
-    #[allow(dead_code)] // NBD's, once it runs on this driver (#15, h2); the driver's tests use it
     Shared(fn(&Shared) -> &Arc<Evictions>),
 }
 
