@@ -29,17 +29,18 @@ pub type HttpService = Tcp<HttpProto>;
 /// the token's 4 bits.
 const K_FILE_OPEN: u8 = 15;
 
-pub fn service(listener: Socket, stats: Arc<WorkerStats>, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> HttpService {
+/// Worker `worker`'s HTTP service.
+pub fn service(listener: Socket, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> HttpService {
     let ctx = HttpCtx {
         snap: shared.store.load(),
         shared: shared.clone(),
-        stats: stats.clone(),
+        stats: shared.workers[worker].clone(),
         files: Files::new("404", |op| Token::new(ServiceId::Http, K_FILE_OPEN, op, 0).pack()),
         conn: ConnKey { id: 0, generation: 0 },
         opened: HashMap::new(),
         client: IpAddr::from([0, 0, 0, 0]),
     };
-    Tcp::new(HttpProto { spec: spec() }, ctx, listener, stats, shared, None, worker, slots)
+    Tcp::new(HttpProto { spec: spec() }, ctx, listener, shared, worker, slots)
 }
 
 fn spec() -> TcpSpec {

@@ -151,8 +151,10 @@ impl AcceptBackoff {
         self.retry_at = Some(now + ACCEPT_PAUSE);
         if !self.episode {
             self.episode = true;
+            // The service in capitals ("NBD: cannot accept"), whatever case its name has.
             tracing::warn!(
-                "{service}: cannot accept connections: {} (accepting pauses {} ms between tries until it works again); raise the open-file limit (LimitNOFILE=, ulimit -Hn) or lower the connection limits",
+                "{}: cannot accept connections: {} (accepting pauses {} ms between tries until it works again); raise the open-file limit (LimitNOFILE=, ulimit -Hn) or lower the connection limits",
+                service.to_ascii_uppercase(),
                 std::io::Error::from_raw_os_error(-res),
                 ACCEPT_PAUSE.as_millis()
             );
@@ -163,7 +165,7 @@ impl AcceptBackoff {
     pub fn succeeded(&mut self, service: &str) {
         if self.episode {
             self.episode = false;
-            tracing::info!("{service}: accepting connections again");
+            tracing::info!("{}: accepting connections again", service.to_ascii_uppercase());
         }
     }
 
@@ -517,9 +519,9 @@ impl Worker {
         };
         let tftp = tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index, ring::FileSlots::new(0..t));
         w.add(ServiceId::Tftp, Box::new(tftp));
-        let http = http::service(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h));
+        let http = http::service(http_listener, shared.clone(), index, ring::FileSlots::new(t..h));
         w.add(ServiceId::Http, Box::new(http));
-        w.add(ServiceId::Nbd, Box::new(nbd::NbdService::new(nbd_listener, stats, shared, index, ring::FileSlots::new(h..n))));
+        w.add(ServiceId::Nbd, Box::new(nbd::service(nbd_listener, stats, shared, index, ring::FileSlots::new(h..n))));
         Ok(w)
     }
 

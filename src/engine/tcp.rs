@@ -17,18 +17,23 @@
 use super::ring::{push, with_sock, FileSlots, SockRef, RECVSEND_POLL_FIRST};
 use super::service::{Io, Service};
 use super::slab::Slab;
-use super::token::{ServiceId, Token};
-use super::{AcceptBackoff, Admission, Limit, Shared, WorkerStats};
-use crate::config::Snapshot;
+use super::token::Token;
+use super::{AcceptBackoff, Limit, Shared, WorkerStats};
 use crate::metrics::Counter;
-use crate::session::{Batch, ConnKey, ConnScope, Piece, Refusal, TcpProtocol, TcpSession};
+use crate::session::{ConnKey, ConnScope, Refusal, TcpSession};
 use io_uring::{cqueue, opcode, types};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod send;
+mod spec;
+
+use send::Outgoing;
+pub use spec::*;
 
 /// Most iovecs in one sendmsg: the kernel's UIO_MAXIOV (sendmsg fails with EMSGSIZE past it).
 /// What a batch holds beyond it goes out in the next sendmsg, from the byte cursor.
@@ -51,109 +56,6 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(s)
 }
 
-/// The counters a TCP service keeps, named by the glue (every service keeps its own names).
-#[derive(Clone, Copy)]
-pub struct TcpCounters {
-    pub accept_errors: Counter,
-    pub connections: Counter,
-    pub refused_total: Counter,
-    pub refused_per_ip: Counter,
-    pub idle_evicted: Counter,
-    pub timeout_send: Counter,
-    /// A send that faulted (EFAULT: a mapping past the end of a truncated file), or a guarded
-    /// batch whose file changed before it was sent.
-    pub damaged: Counter,
-    pub sent_bytes: Counter,
-}
-
-/// How a service makes room at its connection limits.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Evict {
-    /// At the total limit, this worker closes its longest-idle connection and admits the new
-    /// one (HTTP: as nginx reuses idle keep-alive connections).
-    Local,
-    /// A refusal posts a request to `Evictions`, and the first worker holding an idle
-    /// connection of that scope (idle for `TcpLimits::idle_evict`) cuts it (NBD: the client
-    /// retries and gets in).
-    #[allow(dead_code)] // NBD's, once it runs on this driver (#15, h2)
-    Shared,
-}
-
-/// What does not change for a service.
-pub struct TcpSpec {
-    pub service: ServiceId,
-    /// "http", "nbd": log lines ("http connection closed").
-    pub name: &'static str,
-    pub counters: TcpCounters,
-    /// The receive buffer a connection starts with; it grows, doubling, to `TcpLimits::rbuf_max`.
-    pub rbuf_initial: usize,
-    /// Batches up to this size are first offered with one non-blocking sendmsg (0: never).
-    pub direct_send_max: u64,
-    pub evict: Evict,
-    /// The service's share of the global admission counts.
-    pub admission: fn(&Shared) -> &Admission,
-    /// The per-worker gauge of open connections, where the service publishes one.
-    pub gauge: Option<fn(&WorkerStats) -> &std::sync::atomic::AtomicU64>,
-    /// The configuration keys of the two connection limits, for refusal log lines.
-    pub keys: (&'static str, &'static str),
-    /// Said in the refusal log line after the limit: what happens and what to do.
-    pub refusal_note: &'static str,
-}
-
-/// The limits a service reads from the snapshot in force.
-#[derive(Clone, Copy)]
-pub struct TcpLimits {
-    pub connections_max: usize,
-    pub connections_per_ip_max: usize,
-    pub rbuf_max: usize,
-    pub send_timeout: Duration,
-    pub send_zc_min_bytes: u64,
-    /// For `Evict::Shared`: how long a connection must have been idle to be cut.
-    pub idle_evict: Duration,
-}
-
-/// The engine glue of one TCP service: the protocol, plus what the driver needs to know of it.
-pub trait TcpGlue: TcpProtocol {
-    fn spec(&self) -> &TcpSpec;
-    fn limits(&self, snap: &Snapshot) -> TcpLimits;
-    /// Called before the driver calls into sessions in a new pass: the context takes the
-    /// snapshot in force.
-    fn refresh(ctx: &mut Ctx<Self>, snap: &Arc<Snapshot>);
-    /// A completion of the glue's own ring work (an op the driver does not use: HTTP's
-    /// bootstrap-file opens); the connections it pushes into `wake` are polled again.
-    fn on_glue_completion(_ctx: &mut Ctx<Self>, _t: Token, _res: i32, _now: Instant, _wake: &mut Vec<ConnKey>) {}
-    /// At the end of each flush: the glue pushes what its context queued for the ring.
-    fn submit(_ctx: &mut Ctx<Self>, _io: &mut Io) {}
-}
-
-pub type Ctx<P> = <<P as TcpProtocol>::Session as TcpSession>::Ctx;
-
-/// Places wanted by connections refused at a limit of a service with `Evict::Shared`, each to
-/// be made by cutting one idle connection of the refused one's scope (its address at the
-/// per-address limit; anyone at the total). The connections of one address are spread over
-/// the workers, so the refusing worker posts the request and the first worker holding a
-/// connection of that scope idle long enough takes it and cuts its longest-idle one: one
-/// refusal costs one eviction at most, and none when nothing in the scope is idle long enough.
-#[derive(Default)]
-pub struct Evictions {
-    pub(super) pending: AtomicUsize,
-    pub(super) wanted: Mutex<Vec<(Option<IpAddr>, Instant)>>,
-}
-
-/// Requests older than this are dropped: the refused client has retried or given up.
-pub(super) const EVICTION_REQUEST_MS: u64 = 2000;
-const EVICTION_REQUESTS_MAX: usize = 1024;
-
-impl Evictions {
-    pub fn want(&self, scope: Option<IpAddr>, now: Instant) {
-        let mut w = self.wanted.lock().unwrap();
-        if w.len() < EVICTION_REQUESTS_MAX {
-            w.push((scope, now));
-            self.pending.store(w.len(), Ordering::Release);
-        }
-    }
-}
-
 struct Conn<S> {
     generation: u16,
     session: S,
@@ -170,19 +72,11 @@ struct Conn<S> {
     recv_armed: bool,
     eof: bool,
     eof_told: bool,
-    /// The session's batch being sent (from its `poll_transmit`); the session leaves it
-    /// untouched until `on_released`, and it lives inside the session (boxed in the slab).
-    batch: Option<*const Batch>,
-    total: u64,
-    sent: u64,
-    /// (piece, offset in it) of the first byte not sent.
-    cursor: (usize, usize),
-    sending: bool,
-    /// SEND_ZC notifications still to come: the batch stays held until then.
-    zc_pending: u32,
-    iov: Vec<libc::iovec>,
-    msg: libc::msghdr,
-    /// A send must make progress by then (a client that stops reading).
+    /// The batch being sent, and how far.
+    out: Outgoing,
+    /// While a batch is held, the kernel must make progress with it by then (a send
+    /// completes, or a zero-copy notification comes: the client acknowledges): a client that
+    /// stops reading holds its batch and a connection slot no longer.
     send_deadline: Option<Instant>,
     stalled: bool,
     /// A send failed: the connection is over once nothing is in flight.
@@ -200,7 +94,7 @@ impl<S> Conn<S> {
     /// receive into `rbuf`, a send from the batch/`iov`/`msg`, or a zero-copy send awaiting its
     /// notification. A connection is freed only when this is false.
     fn kernel_holds(&self) -> bool {
-        self.recv_armed || self.sending || self.zc_pending > 0
+        self.recv_armed || self.out.sending || self.out.zc_pending > 0
     }
 
     fn key(&self, id: u32) -> ConnKey {
@@ -238,7 +132,7 @@ pub struct Tcp<P: TcpGlue> {
     dirty: Vec<u32>,
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
-    /// Set by Evictions for Evict::Shared services.
+    /// The eviction requests of an `Evict::Shared` service.
     evictions: Option<Arc<Evictions>>,
     worker: usize,
     slots: FileSlots,
@@ -247,18 +141,14 @@ pub struct Tcp<P: TcpGlue> {
 }
 
 impl<P: TcpGlue> Tcp<P> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        proto: P,
-        ctx: Ctx<P>,
-        listener: Socket,
-        stats: Arc<WorkerStats>,
-        shared: Arc<Shared>,
-        evictions: Option<Arc<Evictions>>,
-        worker: usize,
-        slots: FileSlots,
-    ) -> Tcp<P> {
+    /// Worker `worker`'s side of the service, listening on `listener`, its sockets in `slots`.
+    pub fn new(proto: P, ctx: Ctx<P>, listener: Socket, shared: Arc<Shared>, worker: usize, slots: FileSlots) -> Tcp<P> {
         let limits = proto.limits(&shared.store.load());
+        let stats = shared.workers[worker].clone();
+        let evictions = match proto.spec().evict {
+            Evict::Shared(of) => Some(of(&shared).clone()),
+            Evict::Local => None,
+        };
         Tcp {
             proto,
             ctx,
@@ -336,7 +226,7 @@ impl<P: TcpGlue> Tcp<P> {
                         admitted = adm.admit(ip, l.connections_max, l.connections_per_ip_max);
                     }
                 }
-                Evict::Shared => {
+                Evict::Shared(_) => {
                     if let Some(ev) = &self.evictions {
                         ev.want(if limit == Limit::PerIp { Some(ip) } else { None }, now);
                     }
@@ -395,15 +285,7 @@ impl<P: TcpGlue> Tcp<P> {
                 recv_armed: false,
                 eof: false,
                 eof_told: false,
-                batch: None,
-                total: 0,
-                sent: 0,
-                cursor: (0, 0),
-                sending: false,
-                zc_pending: 0,
-                iov: Vec::with_capacity(8),
-                // Safety: an all-zero msghdr is a valid empty one.
-                msg: unsafe { std::mem::zeroed() },
+                out: Outgoing::default(),
                 send_deadline: None,
                 stalled: false,
                 broken: false,
@@ -525,7 +407,7 @@ impl<P: TcpGlue> Tcp<P> {
             c.why = "the client stopped reading (send timeout)";
             return self.close(id, io, true);
         }
-        if c.broken && !c.sending {
+        if c.broken && !c.out.sending {
             return self.close(id, io, false);
         }
         if c.eof && !c.eof_told {
@@ -533,8 +415,8 @@ impl<P: TcpGlue> Tcp<P> {
             c.session.on_eof(&mut self.ctx, now);
         }
         // The batch is out and the kernel holds none of it: the session may reuse it.
-        if c.batch.is_some() && !c.sending && c.sent == c.total && c.zc_pending == 0 {
-            c.batch = None;
+        if c.out.batch.is_some() && !c.out.sending && c.out.sent == c.out.total && c.out.zc_pending == 0 {
+            c.out.batch = None;
             c.send_deadline = None;
             c.session.on_released(&mut self.ctx, now);
         }
@@ -542,21 +424,17 @@ impl<P: TcpGlue> Tcp<P> {
             let n = c.session.on_input(&mut self.ctx, &c.rbuf[c.head..c.tail], now);
             c.head += n.min(c.tail - c.head);
         }
-        if c.batch.is_none() && c.fd.is_some() {
+        if c.out.batch.is_none() && c.fd.is_some() {
             if let Some(b) = c.session.poll_transmit(&mut self.ctx, now) {
                 if !b.is_empty() {
-                    c.total = b.len;
-                    c.sent = 0;
-                    c.cursor = (0, 0);
-                    c.batch = Some(b as *const Batch);
+                    let guarded = b.guarded;
+                    c.out.hold(b);
                     c.send_deadline = Some(now + l.send_timeout);
-                    // Safety: just set from the session's live batch.
-                    let guarded = unsafe { &*c.batch.unwrap() }.guarded;
-                    let zc = l.send_zc_min_bytes > 0 && c.total >= l.send_zc_min_bytes;
-                    if (!guarded || c.session.still_valid()) && !zc && c.total <= direct_max {
-                        let n = direct_send(c);
+                    let zc = l.send_zc_min_bytes > 0 && c.out.total >= l.send_zc_min_bytes;
+                    if (!guarded || c.session.still_valid()) && !zc && c.out.total <= direct_max {
+                        let n = c.fd.as_ref().map_or(0, |f| c.out.direct(f.as_raw_fd()));
                         self.stats.counters.add(counters.sent_bytes, n);
-                        if c.sent == c.total {
+                        if c.out.sent == c.out.total {
                             // All out at once: the next batch can start in this same pass.
                             self.mark(id);
                             return;
@@ -566,9 +444,8 @@ impl<P: TcpGlue> Tcp<P> {
             }
         }
         let c = self.conns.at(id).unwrap();
-        if c.batch.is_some() && !c.sending && c.sent < c.total {
-            // Safety: the batch is held (not released), so the session leaves it untouched.
-            let guarded = unsafe { &*c.batch.unwrap() }.guarded;
+        if c.out.batch.is_some() && !c.out.sending && c.out.sent < c.out.total {
+            let guarded = c.out.guarded();
             if guarded && !c.session.still_valid() {
                 // The file or image changed in place: what was read from it may be wrong.
                 self.stats.counters.add(counters.damaged, 1);
@@ -576,11 +453,13 @@ impl<P: TcpGlue> Tcp<P> {
                 c.why = "reply cut off: its file or image changed on the server";
                 return self.close(id, io, false);
             }
-            let zc = l.send_zc_min_bytes > 0 && c.total - c.sent >= l.send_zc_min_bytes;
-            submit_send(c, &mut io.ring, zc, Token::new(svc, K_SEND, id, c.generation).pack());
+            let zc = l.send_zc_min_bytes > 0 && c.out.total - c.out.sent >= l.send_zc_min_bytes;
+            if c.fd.is_some() {
+                c.out.submit(&mut io.ring, c.sref, zc, Token::new(svc, K_SEND, id, c.generation).pack());
+            }
         }
         let c = self.conns.at(id).unwrap();
-        if c.session.is_done() && c.batch.is_none() {
+        if c.session.is_done() && c.out.batch.is_none() {
             return self.close(id, io, false);
         }
         if !c.recv_armed && !c.eof && !c.closing {
@@ -611,7 +490,7 @@ impl<P: TcpGlue> Tcp<P> {
                     .user_data(Token::new(svc, K_RECV, id, c.generation).pack());
                 push(&mut io.ring, &e);
                 c.recv_armed = true;
-            } else if c.head == 0 && c.batch.is_none() && c.session.wants_input() {
+            } else if c.head == 0 && c.out.batch.is_none() && c.session.wants_input() {
                 // A full buffer the session takes nothing from, nothing to send: no progress.
                 c.why = c.session.close_reason();
                 return self.close(id, io, false);
@@ -619,7 +498,7 @@ impl<P: TcpGlue> Tcp<P> {
             // Otherwise the buffer is full: TCP pushes back until the session takes input.
         }
         // One live wheel entry per connection, at its earliest deadline.
-        let due = match (c.session.poll_timeout(), c.send_deadline.filter(|_| c.sent < c.total)) {
+        let due = match (c.session.poll_timeout(), c.send_deadline.filter(|_| c.out.batch.is_some())) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -648,7 +527,7 @@ impl<P: TcpGlue> Tcp<P> {
             let t = Token::new(spec.service, K_RECV, id, g).pack();
             push(&mut io.ring, &opcode::AsyncCancel::new(t).build().user_data(cancel));
         }
-        if stalled && c.sending {
+        if stalled && c.out.sending {
             let t = Token::new(spec.service, K_SEND, id, g).pack();
             push(&mut io.ring, &opcode::AsyncCancel::new(t).build().user_data(cancel));
         }
@@ -691,7 +570,7 @@ impl<P: TcpGlue> Tcp<P> {
 /// Since when a connection is idle in the driver's view too (nothing received and not taken,
 /// nothing being sent), when it is.
 fn idle_since<S: TcpSession>(c: &Conn<S>) -> Option<Instant> {
-    if c.closing || c.batch.is_some() || c.head != c.tail || c.broken {
+    if c.closing || c.out.batch.is_some() || c.head != c.tail || c.broken {
         return None;
     }
     c.session.idle_since()
@@ -702,84 +581,6 @@ fn eviction_reason(key: &'static str) -> &'static str {
         "http.connections_max" => "idle, closed to admit a new connection at http.connections_max",
         _ => "idle, closed to admit a new connection at the connection limit",
     }
-}
-
-/// Moves the send cursor over `n` bytes that went out.
-fn advance<S>(c: &mut Conn<S>, mut n: usize) {
-    // Safety: only called while the batch is held.
-    let b = unsafe { &*c.batch.unwrap() };
-    while n > 0 && c.cursor.0 < b.pieces.len() {
-        let len = piece_len(&b.pieces[c.cursor.0]);
-        let left = len - c.cursor.1;
-        if n >= left {
-            n -= left;
-            c.cursor = (c.cursor.0 + 1, 0);
-        } else {
-            c.cursor.1 += n;
-            n = 0;
-        }
-    }
-}
-
-fn piece_len(p: &Piece) -> usize {
-    match *p {
-        Piece::Own { len, .. } => len as usize,
-        Piece::Mem { len, .. } => len,
-    }
-}
-
-/// The iovecs from the cursor, IOV_MAX at most.
-fn fill_iov<S>(c: &mut Conn<S>) {
-    // Safety: only called while the batch is held.
-    let b = unsafe { &*c.batch.unwrap() };
-    c.iov.clear();
-    let (mut i, mut skip) = c.cursor;
-    while i < b.pieces.len() && c.iov.len() < IOV_MAX {
-        let (p, n) = match b.pieces[i] {
-            Piece::Own { off, len } => (b.buf[off as usize..].as_ptr(), len as usize),
-            Piece::Mem { ptr, len } => (ptr, len),
-        };
-        // Safety: `skip` < n; the pointer stays inside the piece.
-        c.iov.push(libc::iovec { iov_base: unsafe { p.add(skip) } as *mut _, iov_len: n - skip });
-        skip = 0;
-        i += 1;
-    }
-    c.msg.msg_iov = c.iov.as_mut_ptr();
-    c.msg.msg_iovlen = c.iov.len() as _;
-}
-
-/// A small batch is first offered to the socket with one non-blocking sendmsg: on an idle
-/// connection it fits in the socket buffer, and the reply leaves without a submission, a
-/// completion and another pass of the loop. What does not fit goes through the ring. Returns
-/// the bytes sent.
-fn direct_send<S>(c: &mut Conn<S>) -> u64 {
-    let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return 0 };
-    fill_iov(c);
-    // Safety: msg points at iovecs over memory the held batch keeps alive.
-    let n = unsafe { libc::sendmsg(fd, &c.msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    if n <= 0 {
-        return 0;
-    }
-    c.sent += n as u64;
-    advance(c, n as usize);
-    n as u64
-}
-
-/// One sendmsg from the cursor, IOV_MAX pieces at most; SEND_ZC when asked.
-fn submit_send<S>(c: &mut Conn<S>, ring: &mut io_uring::IoUring, zc: bool, token: u64) {
-    if c.fd.is_none() {
-        return;
-    }
-    fill_iov(c);
-    let flags = libc::MSG_NOSIGNAL as u32;
-    let e = if zc {
-        with_sock!(c.sref, f => opcode::SendMsgZc::new(f, &c.msg).flags(flags).build())
-    } else {
-        with_sock!(c.sref, f => opcode::SendMsg::new(f, &c.msg).flags(flags).build())
-    }
-    .user_data(token);
-    push(ring, &e);
-    c.sending = true;
 }
 
 impl<P: TcpGlue> Service for Tcp<P> {
@@ -819,14 +620,15 @@ impl<P: TcpGlue> Service for Tcp<P> {
             K_SEND => {
                 let Some(c) = self.conns.get_mut(t.id, t.generation) else { return };
                 if cqueue::notif(flags) {
-                    c.zc_pending -= 1;
+                    c.out.zc_pending -= 1;
+                    c.send_deadline = Some(now + self.limits.send_timeout);
                     self.mark(t.id);
                     return;
                 }
                 if cqueue::more(flags) {
-                    c.zc_pending += 1; // a notification follows
+                    c.out.zc_pending += 1; // a notification follows
                 }
-                c.sending = false;
+                c.out.sending = false;
                 if res < 0 {
                     c.broken = true;
                     if res == -libc::EFAULT {
@@ -834,17 +636,16 @@ impl<P: TcpGlue> Service for Tcp<P> {
                         // the piece at the cursor (nothing was sent, so the fault is there) is
                         // marked damaged, and no later reply is read from that mapping.
                         self.stats.counters.add(counters.damaged, 1);
-                        if let Some(b) = c.batch {
+                        if let Some(b) = c.out.batch {
                             // Safety: the batch is held until released; this send did not release it.
-                            if let Some(Piece::Mem { ptr, .. }) = unsafe { &*b }.pieces.get(c.cursor.0) {
-                                crate::image::guard::mark_damaged_at(*ptr as usize + c.cursor.1);
+                            if let Some(crate::session::Piece::Mem { ptr, .. }) = unsafe { &*b }.pieces.get(c.out.cursor.0) {
+                                crate::image::guard::mark_damaged_at(*ptr as usize + c.out.cursor.1);
                             }
                         }
                     }
                 } else {
-                    c.sent += res as u64;
                     if res > 0 {
-                        advance(c, res as usize);
+                        c.out.advance(res as usize);
                         c.send_deadline = Some(now + self.limits.send_timeout);
                     }
                 }
@@ -868,7 +669,7 @@ impl<P: TcpGlue> Service for Tcp<P> {
         if c.closing {
             return;
         }
-        if c.sent < c.total && c.send_deadline.is_some_and(|d| now >= d) {
+        if c.out.batch.is_some() && c.send_deadline.is_some_and(|d| now >= d) {
             c.stalled = true;
         } else if c.session.poll_timeout().is_some_and(|d| now >= d) {
             self.begin(io);
@@ -890,6 +691,7 @@ impl<P: TcpGlue> Service for Tcp<P> {
         if self.evictions.is_some() {
             self.evict_shared(io);
         }
+        self.proto.tick(&mut self.ctx, io);
         if self.dirty.is_empty() {
             return;
         }
@@ -933,3 +735,6 @@ impl<P: TcpGlue> Service for Tcp<P> {
         self.conns.stored()
     }
 }
+
+#[cfg(test)]
+mod tests;
