@@ -341,7 +341,7 @@ mod tests {
     use crate::config::Snapshot;
     use crate::image::Backing;
     use crate::rng::XorShift;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     const NOW_UNIX: i64 = 1_700_000_000;
