@@ -407,9 +407,9 @@ impl TftpService {
                 self.shared.tftp_admission.release(ip);
                 continue;
             };
-            if draining || self.listener.is_none() {
-                // Began to drain while the file was opened: no new transfer, as at the listener.
+            if let Err(a) = server::resume(draining || self.listener.is_none()) {
                 self.shared.tftp_admission.release(ip);
+                self.answer(a, &w.origin.peer, &w.origin.peer_raw, None, None, now);
                 continue;
             }
             let file = outcome.clone().map(|o| (o.found, Some(o.file)));

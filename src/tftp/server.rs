@@ -113,6 +113,15 @@ pub fn admit(req: &Request<'_>, ip: IpAddr, cfg: &Tftp, draining: bool, now: Ins
     Ok(())
 }
 
+/// Whether a request that waited for its file's open goes on: not when the worker began to
+/// drain meanwhile (no new transfer, as at the listener). On Err the caller gives its place back.
+pub fn resume(draining: bool) -> Result<(), Answer> {
+    if draining {
+        return Err(Answer::Drop(Dropped::Draining));
+    }
+    Ok(())
+}
+
 /// The refusal for a file that is not served.
 pub fn file_refusal(r: Refused) -> Refusal {
     match r {
@@ -251,6 +260,8 @@ mod tests {
         let r = request(&req, false).unwrap();
         assert_eq!(admit(&r, A, &c, true, now, &mut p), Err(Answer::Drop(Dropped::Draining)));
         assert_eq!(Dropped::Draining.counter(), None);
+        assert_eq!(resume(true), Err(Answer::Drop(Dropped::Draining)), "a waiting request is dropped once draining");
+        assert_eq!(resume(false), Ok(()));
         assert!(p.tokens.is_empty(), "a draining server takes no token");
         let wrq = b"\x00\x02x\x00octet\x00";
         let w = request(wrq, false).unwrap();
