@@ -2,6 +2,7 @@
 //! ../shared/DESIGN.md for the architecture; this crate is the library behind the `bootfarm`
 //! binary and the `bootstorm` load generator.
 
+pub mod bootfiles;
 pub mod config;
 pub mod demo;
 pub mod engine;

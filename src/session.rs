@@ -197,6 +197,11 @@ pub trait TcpSession {
     /// Why it ended, for the close log line ("" when the client simply left).
     fn close_reason(&self) -> &'static str;
 
+    /// Requests (or commands) answered so far, for the close log line.
+    fn requests(&self) -> u64 {
+        0
+    }
+
     /// Called once when the connection is gone (closed by either side, cut off by the driver
     /// for a stalled send with `stalled`), so the session can let go of what it holds.
     fn on_closed(&mut self, ctx: &mut Self::Ctx, stalled: bool, now: Instant);

@@ -10,17 +10,20 @@
 //! socket on the same port (SO_REUSEPORT, same user only) catches packets from anyone else, and
 //! they get the RFC 1350 ERROR 5 from the transfer's own port as before.
 
-use super::files::FileCache;
-use super::ring::{push, with_sock, BufRing, FileSlots, SockRef};
+use super::files::{Files, Found, Get};
+use super::ring::{push, with_sock, FileSlots, SockRef};
+use super::service::{Io, Service};
 use super::slab::Slab;
 use super::timer::Wheel;
-use super::{ud, Shared, WorkerStats};
+use super::token::{ServiceId, Token};
+use super::{Shared, WorkerStats};
+use crate::bootfiles::Refused;
 use crate::config::Snapshot;
 use crate::image::Backing;
 use crate::metrics::Counter;
 use crate::tftp::netascii;
-use crate::tftp::path::{self, Refused};
-use crate::tftp::transfer::{self, Limits, Status, Transfer, Transmit};
+use crate::tftp::server::{self, Answer, Dropped, FileFacts};
+use crate::tftp::transfer::{Status, Transfer, Transmit};
 use crate::tftp::wire::{self, Packet};
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -37,6 +40,14 @@ pub const K_SEND: u8 = 3;
 pub const K_CANCEL: u8 = 4;
 /// The transfer port's catcher of packets from other addresses (wrong TID).
 pub const K_STRAY: u8 = 5;
+pub const K_TIMER: u8 = 6;
+/// A bootstrap file's open through the ring (engine::files); the id is the open's.
+pub const K_OPEN: u8 = 7;
+
+#[inline]
+fn ud(op: u8, id: u32, generation: u16, slot: u16) -> u64 {
+    Token::new(ServiceId::Tftp, op, id, generation).with_slot(slot).pack()
+}
 
 /// Sends in flight per transfer (the rest of a large window waits for completions).
 const SEND_SLOTS_MAX: usize = 64;
@@ -59,7 +70,7 @@ enum Source {
     /// truncated file gives a short read and ends the transfer, never a SIGBUS), into one
     /// block buffer per send slot: O(blksize x window) per transfer, nothing per file byte.
     Netascii {
-        file: std::fs::File,
+        file: Arc<std::fs::File>,
         stream: netascii::Stream,
         bufs: Vec<u8>,
     },
@@ -139,7 +150,8 @@ pub struct TftpService {
     msg: Box<libc::msghdr>,
     sessions: Slab<Session>,
     active: usize,
-    files: FileCache,
+    /// Bootstrap files by name; a request whose file is being opened waits here.
+    files: Files<Box<Waiting>>,
     dirty: Vec<u32>,
     stats: Arc<WorkerStats>,
     shared: Arc<Shared>,
@@ -150,6 +162,42 @@ pub struct TftpService {
     /// Sessions in start order whose client may not have acknowledged yet (stale entries are
     /// skipped): when the table is full the oldest of them gives its place to a new request.
     unconfirmed: std::collections::VecDeque<(u32, u16)>,
+}
+
+/// A request waiting for its file's open: its bytes (parsed again when the file is open), its
+/// client, and the snapshot it arrived under.
+struct Waiting {
+    payload: Vec<u8>,
+    origin: Origin,
+}
+
+/// Who asked, and under which snapshot.
+struct Origin {
+    peer: SocketAddr,
+    peer_raw: SockAddr,
+    snap: Arc<Snapshot>,
+}
+
+/// The shared session places as `tftp::server` sees them, and this worker's eviction.
+struct AdmitPlaces<'a> {
+    svc: &'a mut TftpService,
+    ring: &'a mut IoUring,
+    now: Instant,
+}
+
+impl server::Places for AdmitPlaces<'_> {
+    fn rate(&mut self, ip: IpAddr, now: Instant, per_s: u32, burst: u32) -> bool {
+        self.svc.shared.tftp_rate.try_take(ip, now, per_s, burst)
+    }
+    fn admit(&mut self, ip: IpAddr, total_max: usize, per_ip_max: usize) -> bool {
+        self.svc.shared.tftp_admission.try_admit(ip, total_max, per_ip_max)
+    }
+    fn total(&self) -> usize {
+        self.svc.shared.tftp_admission.total()
+    }
+    fn evict_unconfirmed(&mut self) -> bool {
+        self.svc.evict_unconfirmed(self.ring, self.now)
+    }
 }
 
 fn same_peer(a: &SocketAddr, b: &SocketAddr) -> bool {
@@ -174,7 +222,7 @@ impl TftpService {
             msg,
             sessions: Slab::default(),
             active: 0,
-            files: FileCache::default(),
+            files: Files::new("ERROR 1", |op| ud(K_OPEN, op, 0, 0)),
             dirty: Vec::new(),
             stats,
             shared,
@@ -184,15 +232,6 @@ impl TftpService {
             dropped_plain: DropLog::default(),
             unconfirmed: Default::default(),
         }
-    }
-
-    pub fn active(&self) -> usize {
-        self.active
-    }
-
-    /// Sessions whose memory is still referenced by the kernel (sends in flight).
-    pub fn lingering(&self) -> usize {
-        self.sessions.stored()
     }
 
     fn count(&self, c: Counter, n: u64) {
@@ -219,19 +258,10 @@ impl TftpService {
         unsafe { libc::sendto(fd, b.as_ptr().cast(), n, libc::MSG_DONTWAIT, to.as_ptr(), to.len()) };
     }
 
-    pub fn on_cqe(
-        &mut self,
-        kind: u8,
-        id: u32,
-        generation: u16,
-        slot: u16,
-        res: i32,
-        flags: u32,
-        bufs: &mut BufRing,
-        ring: &mut IoUring,
-        now: Instant,
-        snapshot: &dyn Fn() -> Arc<Snapshot>,
-    ) {
+    pub fn on_cqe(&mut self, io: &mut Io, t: Token, res: i32, flags: u32) {
+        let (kind, id, generation, slot) = (t.op, t.id, t.generation, t.slot);
+        let (bufs, ring, now, store) = (&mut io.bufs, &mut io.ring, io.now, &io.store);
+        let snapshot = &|| store.load();
         let bid = cqueue::buffer_select(flags);
         match kind {
             K_LISTEN => {
@@ -276,13 +306,20 @@ impl TftpService {
                     }
                 }
             }
+            K_OPEN => self.on_open(id, res, ring, bufs.bgid, now),
             K_SEND => {
                 if let Some(s) = self.session_mut(id, generation) {
                     s.inflight -= 1;
                     s.free_slots.push(slot);
                     if res == -libc::EFAULT {
                         // The kernel read the mapping past the file's end: it was truncated.
+                        // Marked damaged, so the next request for the file opens it again.
                         s.file_changed = true;
+                        if let Source::Map(b) = &s.source {
+                            if let Backing::Map(m) = &**b {
+                                m.mark_damaged();
+                            }
+                        }
                     }
                     if res < 0 {
                         self.count(Counter::TftpSendErrors, 1);
@@ -322,135 +359,167 @@ impl TftpService {
         let Ok(out) = types::RecvMsgOut::parse(raw, &self.msg) else { return };
         let Some(peer_raw) = sockaddr_from(out.name_data()) else { return };
         let Some(peer) = peer_raw.as_socket() else { return };
-        let Some(listener) = self.listener.as_ref().map(|l| l.as_raw_fd()) else { return };
-        if out.is_payload_truncated() {
-            self.count(Counter::TftpMalformed, 1);
+        if self.listener.is_none() {
             return;
         }
-        let req = match wire::parse(out.payload_data()) {
-            Ok(Packet::Request(r)) => r,
-            Ok(_) => {
-                // DATA/ACK/ERROR/OACK at the listening port: not a request; dropped (answering
-                // every stray packet would make us a reflector).
-                self.count(Counter::TftpMalformed, 1);
-                return;
-            }
-            Err(wire::Malformed::UnknownOpcode(_)) | Err(wire::Malformed::TooShort) => {
-                self.count(Counter::TftpMalformed, 1);
-                return;
-            }
-            Err(m) => {
-                self.count(Counter::TftpMalformed, 1);
-                Self::send_error_from(listener, &peer_raw, wire::ERR_ILLEGAL, m.message());
-                return;
-            }
+        let req = match server::request(out.payload_data(), out.is_payload_truncated()) {
+            Ok(r) => r,
+            Err(a) => return self.answer(a, &peer, &peer_raw, None, None, now),
         };
         let snap = snapshot();
+        let ip = peer.ip().to_canonical();
+        let draining = self.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(a) = server::admit(&req, ip, &snap.config.tftp, draining, now, &mut AdmitPlaces { svc: self, ring, now }) {
+            return self.answer(a, &peer, &peer_raw, Some(&snap.config.tftp), None, now);
+        }
+        // From here every refusal gives the place back. Netascii reads the file with pread as
+        // it converts, so it needs the descriptor: it always waits for an open.
+        let need_file = req.mode == wire::Mode::Netascii;
+        let payload = out.payload_data();
+        let origin = Origin { peer, peer_raw, snap };
+        let waiter = || {
+            Box::new(Waiting {
+                payload: payload.to_vec(),
+                origin: Origin { peer, peer_raw: origin.peer_raw.clone(), snap: origin.snap.clone() },
+            })
+        };
+        let got = self.files.get(&origin.snap.tftp_root, origin.snap.generation, req.filename, need_file, now, waiter);
+        self.files.submit(ring);
+        let peer_raw = &origin.peer_raw;
+        match got {
+            Get::Ready(found) => self.start(&req, &origin, Ok((found, None)), ring, bgid, now),
+            Get::Waiting => {}
+            Get::Refused(r) => self.start(&req, &origin, Err(r), ring, bgid, now),
+            Get::Busy => {
+                self.shared.tftp_admission.release(ip);
+                self.answer(Answer::Refuse(server::BUSY), &peer, peer_raw, None, None, now);
+            }
+        }
+    }
+
+    /// A file open through the ring completed: the requests that waited for it go on.
+    fn on_open(&mut self, op: u32, res: i32, ring: &mut IoUring, bgid: u16, now: Instant) {
+        let Some((outcome, waiters)) = self.files.complete(op, res, now) else { return };
+        for w in waiters {
+            let ip = w.origin.peer.ip().to_canonical();
+            let draining = self.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+            let Ok(req) = server::request(&w.payload, false) else {
+                self.shared.tftp_admission.release(ip);
+                continue;
+            };
+            if let Err(a) = server::resume(draining || self.listener.is_none()) {
+                self.shared.tftp_admission.release(ip);
+                self.answer(a, &w.origin.peer, &w.origin.peer_raw, None, None, now);
+                continue;
+            }
+            let file = outcome.clone().map(|o| (o.found, Some(o.file)));
+            self.start(&req, &w.origin, file, ring, bgid, now);
+        }
+    }
+
+    /// Applies a refusal or a drop decided by `tftp::server` (the caller gave any place back).
+    fn answer(
+        &mut self,
+        a: Answer,
+        peer: &SocketAddr,
+        peer_raw: &SockAddr,
+        cfg: Option<&crate::config::Tftp>,
+        file: Option<&std::path::Path>,
+        now: Instant,
+    ) {
+        match a {
+            Answer::Refuse(r) => {
+                self.count(r.counter, 1);
+                if let Some(l) = self.listener.as_ref() {
+                    Self::send_error_from(l.as_raw_fd(), peer_raw, r.code, r.message);
+                }
+            }
+            Answer::Drop(d) => {
+                if let Some(c) = d.counter() {
+                    self.count(c, 1);
+                }
+                match d {
+                    Dropped::Rate => {
+                        if let (Some(unlogged), Some(cfg)) = (self.dropped_rate.due(now), cfg) {
+                            tracing::warn!(
+                                worker = self.worker,
+                                client = %peer,
+                                per_s = cfg.requests_per_ip_per_s,
+                                burst = cfg.requests_per_ip_burst,
+                                unlogged,
+                                "tftp request dropped unanswered: this address is over tftp.requests_per_ip_per_s/requests_per_ip_burst \
+                                 (raise them if many targets share it behind a NAT)"
+                            );
+                        }
+                    }
+                    Dropped::Plain => {
+                        if let Some(unlogged) = self.dropped_plain.due(now) {
+                            tracing::warn!(
+                                worker = self.worker,
+                                client = %peer,
+                                file = %file.map(|f| f.display().to_string()).unwrap_or_default(),
+                                unlogged,
+                                "tftp request without options dropped unanswered: the client is outside tftp.plain_rrq_subnets \
+                                 (add its subnet if it is a PXE ROM that sends no options)"
+                            );
+                        }
+                    }
+                    Dropped::NotARequest | Dropped::Draining => {}
+                }
+            }
+        }
+    }
+
+    /// The request's file is known (`file`: its mapping, and its descriptor for netascii):
+    /// `tftp::server::accept` decides, and an accepted transfer gets its sockets and session.
+    fn start(
+        &mut self,
+        req: &wire::Request<'_>,
+        origin: &Origin,
+        file: Result<(Arc<Found>, Option<Arc<std::fs::File>>), Refused>,
+        ring: &mut IoUring,
+        bgid: u16,
+        now: Instant,
+    ) {
+        let (peer, peer_raw, snap) = (origin.peer, &origin.peer_raw, &origin.snap);
         let cfg = &snap.config.tftp;
         let ip = peer.ip().to_canonical();
-        if !self.shared.tftp_rate.try_take(ip, now, cfg.requests_per_ip_per_s, cfg.requests_per_ip_burst) {
-            self.count(Counter::TftpDroppedRate, 1);
-            if let Some(unlogged) = self.dropped_rate.due(now) {
-                tracing::warn!(
-                    worker = self.worker,
-                    client = %peer,
-                    per_s = cfg.requests_per_ip_per_s,
-                    burst = cfg.requests_per_ip_burst,
-                    unlogged,
-                    "tftp request dropped unanswered: this address is over tftp.requests_per_ip_per_s/requests_per_ip_burst \
-                     (raise them if many targets share it behind a NAT)"
-                );
-            }
-            return;
-        }
-        if req.write {
-            self.count(Counter::TftpRefusedWrite, 1);
-            Self::send_error_from(listener, &peer_raw, wire::ERR_ACCESS, "access violation: this server is read-only");
-            return;
-        }
-        let admitted = self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max)
-            || (self.shared.tftp_admission.total() >= cfg.sessions_max
-                && self.evict_unconfirmed(ring, now)
-                && self.shared.tftp_admission.try_admit(ip, cfg.sessions_max, cfg.sessions_per_ip_max));
-        if !admitted {
-            self.count(Counter::TftpRefusedLimit, 1);
-            Self::send_error_from(listener, &peer_raw, wire::ERR_NOT_DEFINED, "server busy: too many transfers, retry later");
-            return;
-        }
-        // From here every refusal gives the place back.
-        let refuse = |this: &Self, c: Counter, code: u16, msg: &str| {
-            this.shared.tftp_admission.release(ip);
-            this.count(c, 1);
-            Self::send_error_from(listener, &peer_raw, code, msg);
-        };
-        let file = match path::resolve(&snap.tftp_root, req.filename) {
-            Ok(f) => f,
-            Err(Refused::NotFound) => return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not found"),
-            Err(_) => return refuse(self, Counter::TftpRefusedAccess, wire::ERR_ACCESS, "access violation"),
-        };
-        // Octet is sent from the mapping; netascii is read with pread as it is converted.
-        let opened = match req.mode {
-            wire::Mode::Octet => self.files.get(&file).map(|m| {
-                let n = m.data.bytes().len() as u64;
-                (Ok(m.data), n)
-            }),
-            wire::Mode::Netascii => std::fs::File::open(&file).and_then(|f| {
-                let n = f.metadata()?.len();
-                Ok((Err(f), n))
-            }),
-        };
-        let (opened, size) = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(file = %file.display(), "cannot open: {e}");
-                return refuse(self, Counter::TftpRefusedNotFound, wire::ERR_NOT_FOUND, "file not readable");
-            }
-        };
-        let limits = Limits {
-            blksize_max: cfg.blksize_max,
-            windowsize_max: cfg.windowsize_max,
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            timeout_min: Duration::from_millis(cfg.timeout_min_ms),
-            retries_max: cfg.retries_max,
-            timeout_option_max: Duration::from_secs(cfg.timeout_option_max_s),
-            handshake_retries_max: cfg.handshake_retries_max,
-            stall_max: Duration::from_millis(cfg.stall_max_ms),
-            lifetime_max: Duration::from_millis(cfg.transfer_lifetime_max_ms),
-        };
-        let negotiated = match transfer::negotiate(&req, size, &limits) {
+        let limits = server::limits(cfg);
+        let netascii = req.mode == wire::Mode::Netascii;
+        let file = file.and_then(|(found, fd)| match (netascii, fd) {
+            (false, _) => Ok((found, None)),
+            (true, Some(fd)) => Ok((found, Some(fd))),
+            (true, None) => Err(Refused::Unreadable),
+        });
+        let facts = file.as_ref().map_err(|r| *r).map(|(f, fd)| FileFacts {
+            size: if fd.is_some() { f.id.size } else { f.data.bytes().len() as u64 },
+            damaged: fd.is_none() && f.data.damaged(),
+        });
+        let negotiated = match server::accept(req, facts, ip, &snap.tftp_plain_subnets, &limits) {
             Ok(n) => n,
-            Err((code, msg)) => return refuse(self, Counter::TftpRefusedOption, code, msg),
-        };
-        // An option-less request is answered with DATA 1 at once, without a handshake: from
-        // outside tftp.plain_rrq_subnets it is dropped unanswered, so nothing is reflected.
-        if !negotiated.oack() && !snap.tftp_plain_subnets.iter().any(|&n| crate::farm::place::in_subnet(ip, n)) {
-            self.shared.tftp_admission.release(ip);
-            self.count(Counter::TftpDroppedPlain, 1);
-            if let Some(unlogged) = self.dropped_plain.due(now) {
-                tracing::warn!(
-                    worker = self.worker,
-                    client = %peer,
-                    file = %file.display(),
-                    unlogged,
-                    "tftp request without options dropped unanswered: the client is outside tftp.plain_rrq_subnets \
-                     (add its subnet if it is a PXE ROM that sends no options)"
-                );
+            Err(a) => {
+                self.shared.tftp_admission.release(ip);
+                let path = file.as_ref().ok().map(|(f, _)| f.path.clone());
+                return self.answer(a, &peer, peer_raw, Some(cfg), path.as_deref(), now);
             }
-            return;
-        }
+        };
+        let (found, fd) = file.expect("accepted with a file");
+        let size = facts.map(|f| f.size).unwrap_or(0);
         let bind_ip = if peer.is_ipv4() && self.listen_ip.is_ipv6() { IpAddr::from([0, 0, 0, 0]) } else { self.listen_ip };
         let (sock, stray) = match transfer_sockets(peer, bind_ip) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cannot open a transfer socket: {e}");
-                return refuse(self, Counter::TftpRefusedLimit, wire::ERR_NOT_DEFINED, "server cannot open a transfer port");
+                self.shared.tftp_admission.release(ip);
+                return self.answer(Answer::Refuse(server::NO_PORT), &peer, peer_raw, None, None, now);
             }
         };
         let sref = self.slots.install(ring, sock.as_raw_fd());
         let slots_n = (negotiated.windowsize as usize).clamp(2, SEND_SLOTS_MAX);
-        let (source, transfer) = match opened {
-            Ok(map) => (Source::Map(map), Transfer::new(negotiated, size, &limits, now)),
-            Err(file) => (
+        // Octet is sent from the mapping; netascii is read with pread as it is converted.
+        let (source, transfer) = match fd {
+            None => (Source::Map(found.data.clone()), Transfer::new(negotiated, size, &limits, now)),
+            Some(file) => (
                 Source::Netascii {
                     file,
                     stream: netascii::Stream::new(size, negotiated.blksize),
@@ -459,6 +528,7 @@ impl TftpService {
                 Transfer::new_stream(negotiated, &limits, now),
             ),
         };
+        let file = found.path.clone();
         let mut s = Box::new(Session {
             generation: 0,
             sock: Some(sock),
@@ -466,7 +536,7 @@ impl TftpService {
             stray: Some(stray),
             stray_armed: false,
             peer,
-            peer_raw,
+            peer_raw: peer_raw.clone(),
             transfer,
             source,
             _snapshot: snap.clone(),
@@ -668,7 +738,7 @@ impl TftpService {
         }
         if let Some(t) = s.transfer.poll_timeout() {
             if s.timer_due.is_none_or(|d| t < d) {
-                wheel.insert(t, id, s.generation);
+                wheel.insert(t, Token::new(ServiceId::Tftp, K_TIMER, id, s.generation));
                 s.timer_due = Some(t);
             }
         }
@@ -754,6 +824,9 @@ impl TftpService {
 
     /// Ends every running transfer (drain deadline passed).
     pub fn abort_all(&mut self, ring: &mut IoUring, now: Instant) {
+        for w in self.files.take_waiters() {
+            self.shared.tftp_admission.release(w.origin.peer.ip().to_canonical());
+        }
         let ids = self.sessions.ids_where(|s| !s.closing);
         for id in ids {
             self.end(id, ring, Status::Active, now);
@@ -782,6 +855,35 @@ fn transfer_sockets(peer: SocketAddr, bind_ip: IpAddr) -> std::io::Result<(Socke
     stray.bind(&local)?;
     sock.connect(&peer.into())?;
     Ok((sock, stray))
+}
+
+impl Service for TftpService {
+    fn name(&self) -> &'static str {
+        "tftp"
+    }
+    fn on_completion(&mut self, io: &mut Io, token: Token, res: i32, flags: u32) {
+        self.on_cqe(io, token, res, flags);
+    }
+    fn on_timer(&mut self, io: &mut Io, token: Token) {
+        TftpService::on_timer(self, token.id, token.generation, io.now);
+    }
+    fn flush(&mut self, io: &mut Io) {
+        TftpService::flush(self, &mut io.ring, &mut io.wheel, io.bufs.bgid, io.now);
+    }
+    fn stop_listening(&mut self, io: &mut Io) {
+        TftpService::stop_listening(self, &mut io.ring);
+    }
+    fn abort_all(&mut self, io: &mut Io) {
+        TftpService::abort_all(self, &mut io.ring, io.now);
+    }
+    /// Transfers running, and requests waiting for their file (each holds its place).
+    fn active(&self) -> usize {
+        self.active + self.files.waiting()
+    }
+    /// Sessions whose memory is still referenced by the kernel (sends in flight).
+    fn lingering(&self) -> usize {
+        self.sessions.stored()
+    }
 }
 
 fn sockaddr_from(name: &[u8]) -> Option<SockAddr> {

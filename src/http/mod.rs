@@ -6,6 +6,7 @@
 //! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script), /metrics, /healthz,
 //! /api/status. Multi-range requests get the whole representation (200), as RFC 9110 allows.
 
+pub mod conn;
 pub mod wire;
 
 use crate::config::{Snapshot, Vdisk};
@@ -17,14 +18,25 @@ use wire::{Range, Request};
 pub enum Body {
     Empty,
     Owned(Vec<u8>),
-    File { data: Arc<Backing>, start: u64, len: u64 },
-    Vdisk { vdisk: Arc<Vdisk>, start: u64, len: u64 },
+    File {
+        data: Arc<Backing>,
+        start: u64,
+        len: u64,
+    },
+    Vdisk {
+        vdisk: Arc<Vdisk>,
+        start: u64,
+        len: u64,
+    },
+    /// No answer yet: the route waits for a bootstrap file being opened (nothing was written).
+    /// The connection asks again, with the same request, once its context wakes it.
+    Wait,
 }
 
 impl Body {
     pub fn len(&self) -> u64 {
         match self {
-            Body::Empty => 0,
+            Body::Empty | Body::Wait => 0,
             Body::Owned(v) => v.len() as u64,
             Body::File { len, .. } | Body::Vdisk { len, .. } => *len,
         }
@@ -41,8 +53,11 @@ pub trait Env {
     fn now_unix(&self) -> i64;
     fn metrics(&self) -> String;
     fn sessions(&self) -> (u64, u64);
-    /// A mapped file under tftp.root, with (inode, mtime seconds) for validators.
-    fn file(&mut self, path: &std::path::Path) -> std::io::Result<(Arc<Backing>, u64, i64)>;
+    /// The file a /boot request names (as sent, percent-decoded) under tftp.root: its
+    /// mapping, with (inode, mtime seconds) for validators; None while it is being opened
+    /// (the context wakes the connection when it is).
+    #[allow(clippy::type_complexity)]
+    fn file(&mut self, name: &[u8]) -> Result<Option<(Arc<Backing>, u64, i64)>, crate::bootfiles::Refused>;
     fn client_ip(&self) -> std::net::IpAddr;
     /// This node's `/healthz` report.
     fn farm_health(&self) -> crate::farm::Health;
@@ -79,9 +94,37 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// A response's header block as it is written, and its status (set by [`head`], which every
+/// response starts with): the caller learns the status without reading the bytes back.
+pub struct Head<'a> {
+    buf: &'a mut Vec<u8>,
+    pub status: u16,
+}
+
+impl<'a> Head<'a> {
+    /// Writes into `buf` (cleared by [`head`]).
+    pub fn new(buf: &'a mut Vec<u8>) -> Head<'a> {
+        Head { buf, status: 0 }
+    }
+}
+
+impl std::ops::Deref for Head<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        self.buf
+    }
+}
+
+impl std::ops::DerefMut for Head<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
+}
+
 /// Starts a header block: status line, Server, Date, Connection.
-pub fn head(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64) {
+pub fn head(out: &mut Head, status: u16, keep_alive: bool, minor: u8, now_unix: i64) {
     out.clear();
+    out.status = status;
     let _ = write!(out, "HTTP/1.1 {status} {}\r\nServer: bootfarm\r\nDate: ", reason(status));
     wire::format_date(now_unix, out);
     out.extend_from_slice(b"\r\n");
@@ -94,7 +137,7 @@ pub fn head(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_uni
 
 /// A complete small response (errors, status pages). Returns the body.
 pub fn simple(
-    out: &mut Vec<u8>,
+    out: &mut Head,
     status: u16,
     keep_alive: bool,
     minor: u8,
@@ -119,7 +162,7 @@ pub fn simple(
     }
 }
 
-pub fn error_page(out: &mut Vec<u8>, status: u16, keep_alive: bool, minor: u8, now_unix: i64, detail: &str) -> Body {
+pub fn error_page(out: &mut Head, status: u16, keep_alive: bool, minor: u8, now_unix: i64, detail: &str) -> Body {
     let body = format!("{status} {}: {detail}\n", reason(status)).into_bytes();
     simple(out, status, keep_alive, minor, now_unix, "text/plain; charset=utf-8", body, false)
 }
@@ -172,7 +215,7 @@ fn ranged(req: &Request, size: u64, v: &Validators) -> (u16, u64, u64) {
     }
 }
 
-fn representation(out: &mut Vec<u8>, req: &Request, now: i64, size: u64, v: &Validators, content_type: &str) -> Option<(u64, u64)> {
+fn representation(out: &mut Head, req: &Request, now: i64, size: u64, v: &Validators, content_type: &str) -> Option<(u64, u64)> {
     let (status, start, len) = if not_modified(req, v) { (304, 0, 0) } else { ranged(req, size, v) };
     head(out, status, req.keep_alive, req.minor, now);
     out.extend_from_slice(b"Accept-Ranges: bytes\r\nETag: ");
@@ -218,8 +261,9 @@ fn vdisk_validators(v: &Vdisk) -> Validators {
     Validators { etag: Tag::new(format_args!("\"{h:016x}\"")), last_modified }
 }
 
-/// Answers one request: writes the header block into `out` and returns the body.
-pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
+/// Answers one request: writes the header block into `out` (its status in `out.status`) and
+/// returns the body.
+pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
     let now = env.now_unix();
     let (ka, minor, head_only) = (req.keep_alive, req.minor, req.head);
     let Some(target) = wire::percent_decode(req.target) else {
@@ -232,13 +276,19 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
         if let Some(b) = redirect(req, env, &snap, q, vdisk, out) {
             return b;
         }
-        let file = match crate::tftp::path::resolve(&snap.tftp_root, rest.as_bytes()) {
-            Ok(f) => f,
-            Err(crate::tftp::path::Refused::NotFound) => return error_page(out, 404, ka, minor, now, "no such bootstrap file"),
-            Err(_) => return error_page(out, 404, ka, minor, now, "not a file under the boot root"),
-        };
-        let Ok((data, ino, mtime)) = env.file(&file) else {
-            return error_page(out, 404, ka, minor, now, "file not readable");
+        use crate::bootfiles::Refused;
+        let (data, ino, mtime) = match env.file(rest.as_bytes()) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Body::Wait,
+            Err(Refused::NotFound) => return error_page(out, 404, ka, minor, now, "no such bootstrap file"),
+            Err(Refused::Unreadable) => return error_page(out, 404, ka, minor, now, "file not readable"),
+            Err(Refused::Damaged) => {
+                env.count_damaged();
+                return error_page(out, 503, ka, minor, now, DAMAGED);
+            }
+            Err(Refused::BadName | Refused::Traversal | Refused::Outside) => {
+                return error_page(out, 404, ka, minor, now, "not a file under the boot root")
+            }
         };
         if data.damaged() {
             env.count_damaged();
@@ -329,7 +379,7 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Vec<u8>) -> Body {
 /// of the target's list is sent there with 307, marked `via=` so that the server it lands on
 /// serves it whatever its own view says (one hop at most, never a loop). Served here when this
 /// node is first, or when no other server is up (the list then starts with this one).
-fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &str, out: &mut Vec<u8>) -> Option<Body> {
+fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &str, out: &mut Head) -> Option<Body> {
     if snap.farm.len() < 2 || vdisk.is_empty() || query(q, "via").is_some() {
         return None;
     }

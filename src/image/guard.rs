@@ -144,6 +144,23 @@ fn install() {
     });
 }
 
+/// Marks damaged the mapping that holds `addr`, if one of ours does: a kernel read of it
+/// (sendmsg, SEND_ZC) failed with EFAULT, so the file is shorter than the mapping now. Without
+/// this, a reader that trusts a mapping between two sweeps (a bootstrap file served from the
+/// worker's table) would fault again on its next request. False when no mapping holds it (the
+/// static zero page, a page of the process).
+pub fn mark_damaged_at(addr: usize) -> bool {
+    let all: &[Slot] = SLOTS.get().map_or(&[], |s| s);
+    let high = HIGH.load(Ordering::Acquire).min(all.len());
+    for s in &all[..high] {
+        if s.state.load(Ordering::Acquire) == LIVE && (s.start.load(Ordering::Relaxed)..s.end.load(Ordering::Relaxed)).contains(&addr) {
+            s.tag.fetch_or(1, Ordering::AcqRel);
+            return true;
+        }
+    }
+    false
+}
+
 /// Claims a slot for `[start, start + len)`: (slot, generation).
 fn register(start: usize, len: usize) -> Option<(usize, u64)> {
     install();

@@ -1,8 +1,10 @@
-//! NBD (the Network Block Device protocol, fixed newstyle): the wire format, and the per-target
-//! write caches behind writable exports (`cache`: one target's overlay; `target`: which
-//! target a connection gets). The engine glue (src/engine/nbd.rs) drives them.
+//! NBD (the Network Block Device protocol, fixed newstyle): the wire format, the protocol on one
+//! connection as a sans-IO session (`session`), and the per-target write caches behind writable
+//! exports (`cache`: one target's overlay; `target`: which target a connection gets). The engine
+//! runs sessions on its one TCP driver (src/engine/nbd.rs is the glue).
 
 pub mod cache;
+pub mod session;
 pub mod target;
 pub mod token;
 pub mod wire;

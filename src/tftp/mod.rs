@@ -4,5 +4,6 @@
 pub mod client;
 pub mod netascii;
 pub mod path;
+pub mod server;
 pub mod transfer;
 pub mod wire;

@@ -5,6 +5,7 @@
 
 mod boot;
 mod engine;
+mod phases;
 mod report;
 mod tftp;
 mod uring;

@@ -36,19 +36,6 @@ impl Phase {
         }
     }
 
-    pub fn merge(&mut self, o: &Phase) {
-        self.completed += o.completed;
-        self.bytes += o.bytes;
-        self.resends += o.resends;
-        for &(r, n) in &o.failures {
-            for _ in 0..n {
-                self.fail(r);
-            }
-        }
-        self.micros.add(&o.micros).unwrap();
-        self.done_at_ms.extend_from_slice(&o.done_at_ms);
-    }
-
     pub fn failed(&self) -> u64 {
         self.failures.iter().map(|(_, n)| n).sum()
     }

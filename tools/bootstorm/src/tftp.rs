@@ -1,18 +1,17 @@
-//! The TFTP bootstrap storm. One thread per core, each with an io_uring: every simulated target
-//! has its own UDP socket (as a real target has its own address) with a multishot receive on
-//! the thread's provided buffers, and sends its RRQ/ACKs with sendmsg. Every DATA payload is
-//! compared with the expected file; a target that receives one wrong byte is counted as
-//! corrupted, never as booted. Faults (--loss, --dup, --reorder) are injected on the client side
-//! in both directions.
+//! The TFTP bootstrap storm: `--targets` simulated targets, `--concurrency` at once, each with
+//! its own UDP socket, run by the one TFTP client loop (`uring_tftp.rs`: an io_uring engine
+//! thread per core) that `bootstorm boot` uses for its bootstrap phase. Every DATA payload is
+//! compared with the expected file; a target that receives one wrong byte (or the wrong size)
+//! is counted as corrupted, never as booted. Faults (--loss, --dup, --reorder) are injected on
+//! the client side in both directions.
 
 use crate::report::Phase;
-use bootfarm::engine::ring::{self, BufRing};
-use bootfarm::tftp::client::{Client, Outcome, Request, Send};
-use io_uring::{cqueue, opcode, types};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use crate::uring_tftp::{self, Done, Job};
+use bootfarm::rng::XorShift;
+use bootfarm::tftp::client::{Client, Outcome, Request};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
@@ -83,31 +82,6 @@ pub struct Faults {
     pub reorder: f64,
 }
 
-struct Target {
-    sock: Option<Socket>,
-    client: Client,
-    started: Instant,
-    tx: Vec<u8>,
-    iov: libc::iovec,
-    msg: libc::msghdr,
-    dest: SockAddr,
-    sending: bool,
-    /// Connected to the server's transfer port (its TID) once known: no route lookup or IP id
-    /// hashing per ACK in the kernel, and the server's packets take the early-demux path.
-    connected: bool,
-    recv_armed: bool,
-    held: Option<(Vec<u8>, SocketAddr)>,
-    finished: bool,
-}
-
-const K_RECV: u64 = 1;
-const K_SEND: u64 = 2;
-const K_CANCEL: u64 = 3;
-
-fn ud(kind: u64, idx: usize) -> u64 {
-    kind | (idx as u64) << 8
-}
-
 pub fn run(a: Args) -> Result<bool, String> {
     let file = std::fs::File::open(&a.expect).map_err(|e| format!("{}: {e}", a.expect.display()))?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
@@ -115,29 +89,62 @@ pub fn run(a: Args) -> Result<bool, String> {
     let threads = if a.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { a.threads };
     let concurrency = a.concurrency.unwrap_or(a.targets).max(1);
     crate::report::open_files_for(concurrency, 1);
-    let expect = std::sync::Arc::new(expect);
     let t0 = Instant::now();
-    let cpus = bootfarm::engine::allowed_cpus();
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let cpu = (!a.no_pin).then(|| cpus[t % cpus.len()]);
-            let a = a.clone();
-            let expect = expect.clone();
-            let share = |n: u64| n / threads as u64 + (t as u64).lt(&(n % threads as u64)) as u64;
-            let (targets, conc) = (share(a.targets), share(concurrency).max(1));
-            std::thread::spawn(move || {
-                if let Some(cpu) = cpu {
-                    bootfarm::engine::pin(cpu);
+    let deadline = t0 + Duration::from_secs(a.duration_max_s);
+    let all = bootfarm::engine::allowed_cpus();
+    let cpus: Vec<Option<usize>> = (0..threads).map(|t| (!a.no_pin).then(|| all[t % all.len()])).collect();
+    let req = Request {
+        file: a.file.clone(),
+        blksize: a.blksize,
+        windowsize: a.windowsize,
+        tsize: !a.no_tsize,
+        timeout: Duration::from_millis(a.timeout_ms),
+        retries_max: a.retries,
+    };
+    let total = std::thread::scope(|scope| -> Result<Phase, String> {
+        let engine = uring_tftp::start(scope, &cpus, Some(&expect), a.blksize.unwrap_or(512), deadline);
+        let (tx, rx) = mpsc::sync_channel::<Done>(concurrency as usize);
+        let mut phase = Phase::new("tftp");
+        let (mut launched, mut running) = (0u64, 0u64);
+        loop {
+            // Targets past the time limit are not started (the run then counts fewer than
+            // --targets completed, and fails).
+            while launched < a.targets && running < concurrency && Instant::now() < deadline {
+                let sock = uring_tftp::client_socket(a.server).map_err(|e| format!("cannot bind a client socket: {e}"))?;
+                let now = Instant::now();
+                let rng = XorShift::new(a.seed.wrapping_add(launched.wrapping_mul(7919)) | 1);
+                let job = Job {
+                    sock,
+                    server: a.server,
+                    client: Client::new(req.clone(), now),
+                    rng,
+                    faults: a.faults,
+                    started: now,
+                    done: tx.clone(),
+                };
+                engine.submit(launched, job);
+                launched += 1;
+                running += 1;
+            }
+            if running == 0 {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(d) => {
+                    running -= 1;
+                    record(&mut phase, &d, expect.len() as u64, deadline, t0);
                 }
-                storm(&a, targets, conc, &expect, a.seed.wrapping_add(t as u64 * 7919) | 1, t0)
-            })
-        })
-        .collect();
-    let mut total = Phase::new("tftp");
-    for h in handles {
-        let p = h.join().map_err(|_| "a client thread panicked".to_string())??;
-        total.merge(&p);
-    }
+                // The engine ends every target by the time limit; one that does not answer
+                // well after it (a dead engine thread) must not hang the run.
+                Err(_) if Instant::now() > deadline + Duration::from_secs(5) => {
+                    (0..running).for_each(|_| phase.fail("time limit reached"));
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(phase)
+    })?;
     let wall = t0.elapsed();
     print!("{}", total.text(wall));
     if let Some(j) = &a.json {
@@ -171,275 +178,19 @@ pub fn run(a: Args) -> Result<bool, String> {
     Ok(total.failed() == 0 && total.completed == a.targets)
 }
 
-fn storm(a: &Args, targets: u64, concurrency: u64, expect: &[u8], seed: u64, t0: Instant) -> Result<Phase, String> {
-    let mut phase = Phase::new("tftp");
-    if targets == 0 {
-        return Ok(phase);
-    }
-    let mut uring = ring::build().map_err(|e| e.to_string())?;
-    let buf_size = (a.blksize.unwrap_or(512) as usize + 4 + 256).next_power_of_two().max(2048);
-    let mut bufs = BufRing::new(&uring, 0, 4096, buf_size).map_err(|e| format!("cannot register buffers: {e}"))?;
-    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    let mut rng = bootfarm::rng::XorShift::new(seed);
-    let req = Request {
-        file: a.file.clone(),
-        blksize: a.blksize,
-        windowsize: a.windowsize,
-        tsize: !a.no_tsize,
-        timeout: Duration::from_millis(a.timeout_ms),
-        retries_max: a.retries,
-    };
-    let server: SockAddr = a.server.into();
-    let mut slots: Vec<Option<Box<Target>>> = Vec::with_capacity(targets as usize);
-    let (mut launched, mut running, mut lingering) = (0u64, 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(a.duration_max_s);
-    let mut cqes: Vec<(u64, i32, u32)> = Vec::new();
-    let mut last_scan = Instant::now();
-    let mut verify = |off: u64, p: &[u8]| expect.get(off as usize..off as usize + p.len()) == Some(p);
-    loop {
-        let now = Instant::now();
-        while launched < targets && running < concurrency {
-            let sock = Socket::new(Domain::for_address(a.server), Type::DGRAM, Some(Protocol::UDP)).map_err(|e| e.to_string())?;
-            sock.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let bind: SocketAddr = if a.server.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-            sock.bind(&bind.into()).map_err(|e| format!("cannot bind a client socket: {e}"))?;
-            let idx = slots.len();
-            let t = Box::new(Target {
-                sock: Some(sock),
-                client: Client::new(req.clone(), now),
-                started: now,
-                tx: Vec::with_capacity(600),
-                iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
-                msg: unsafe { std::mem::zeroed() },
-                dest: server.clone(),
-                sending: false,
-                connected: false,
-                recv_armed: true,
-                held: None,
-                finished: false,
-            });
-            let fd = t.sock.as_ref().unwrap().as_raw_fd();
-            ring::push(&mut uring, &opcode::RecvMsgMulti::new(types::Fd(fd), &*msg, bufs.bgid).build().user_data(ud(K_RECV, idx)));
-            slots.push(Some(t));
-            launched += 1;
-            running += 1;
-            flush(&mut uring, &mut slots, idx, &mut rng, a.faults.loss);
-        }
-        if (running == 0 && lingering == 0 && launched == targets) || now > deadline {
-            break;
-        }
-        let ts = types::Timespec::from(Duration::from_millis(2));
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match uring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
-            Err(e) => return Err(format!("io_uring_enter: {e}")),
-        }
-        let now = Instant::now();
-        cqes.clear();
-        cqes.extend(uring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
-        for &(u, res, flags) in &cqes {
-            let (kind, idx) = (u & 0xFF, (u >> 8) as usize);
-            let bid = cqueue::buffer_select(flags);
-            match kind {
-                K_RECV => {
-                    if let Some(t) = slots[idx].as_deref_mut() {
-                        if !cqueue::more(flags) {
-                            t.recv_armed = false;
-                        }
-                        if let (Some(bid), true, false) = (bid, res >= 0, t.finished) {
-                            if let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, res as usize), &msg) {
-                                let from = sockaddr(out.name_data());
-                                let payload = out.payload_data();
-                                if let Some(from) = from {
-                                    if !rng.chance(a.faults.loss) {
-                                        if rng.chance(a.faults.reorder) && t.held.is_none() {
-                                            t.held = Some((payload.to_vec(), from));
-                                        } else {
-                                            t.client.handle(from, payload, now, &mut verify);
-                                            if rng.chance(a.faults.dup) {
-                                                t.client.handle(from, payload, now, &mut verify);
-                                            }
-                                            if let Some((p, f)) = t.held.take() {
-                                                t.client.handle(f, &p, now, &mut verify);
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                K_SEND => {
-                    if let Some(t) = slots[idx].as_deref_mut() {
-                        t.sending = false;
-                        if t.finished {
-                            // A finished target may still owe its final ACK.
-                            flush(&mut uring, &mut slots, idx, &mut rng, a.faults.loss);
-                            if !slots[idx].as_ref().unwrap().sending {
-                                slots[idx] = None;
-                                lingering -= 1;
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if let Some(bid) = bid {
-                bufs.recycle(bid);
-            }
-            if kind == K_RECV || kind == K_SEND {
-                settle(
-                    &mut uring,
-                    &mut slots,
-                    idx,
-                    &mut phase,
-                    &mut running,
-                    &mut lingering,
-                    &mut rng,
-                    a.faults.loss,
-                    &msg,
-                    bufs.bgid,
-                    now,
-                    t0,
-                );
-            }
-        }
-        if now.duration_since(last_scan) >= Duration::from_millis(5) {
-            last_scan = now;
-            for idx in 0..slots.len() {
-                let due = slots[idx].as_ref().is_some_and(|t| !t.finished && t.client.poll_timeout().is_some_and(|d| d <= now));
-                if due {
-                    slots[idx].as_mut().unwrap().client.handle_timeout(now);
-                    settle(
-                        &mut uring,
-                        &mut slots,
-                        idx,
-                        &mut phase,
-                        &mut running,
-                        &mut lingering,
-                        &mut rng,
-                        a.faults.loss,
-                        &msg,
-                        bufs.bgid,
-                        now,
-                        t0,
-                    );
-                }
-            }
-        }
-    }
-    // Whatever is still running at the time limit failed.
-    for t in slots.iter().flatten().filter(|t| !t.finished) {
-        let _ = t;
-        phase.fail("time limit reached");
-    }
-    bufs.unregister(&uring);
-    Ok(phase)
-}
-
-/// After a target's client changed: send what it wants, re-arm its receive, record its end.
-#[allow(clippy::too_many_arguments)]
-fn settle(
-    uring: &mut io_uring::IoUring,
-    slots: &mut [Option<Box<Target>>],
-    idx: usize,
-    phase: &mut Phase,
-    running: &mut u64,
-    lingering: &mut u64,
-    rng: &mut bootfarm::rng::XorShift,
-    loss: f64,
-    msg: &libc::msghdr,
-    bgid: u16,
-    now: Instant,
-    t0: Instant,
-) {
-    flush(uring, slots, idx, rng, loss);
-    let Some(t) = slots[idx].as_deref_mut() else { return };
-    if t.finished {
-        return;
-    }
-    match t.client.outcome() {
-        Outcome::Running => {
-            if !t.recv_armed {
-                let fd = t.sock.as_ref().unwrap().as_raw_fd();
-                ring::push(uring, &opcode::RecvMsgMulti::new(types::Fd(fd), msg, bgid).build().user_data(ud(K_RECV, idx)));
-                t.recv_armed = true;
-            }
-            return;
-        }
-        Outcome::Done => {
+/// One target's end, into the phase.
+fn record(phase: &mut Phase, d: &Done, expect_len: u64, deadline: Instant, t0: Instant) {
+    match d.outcome {
+        Outcome::Done if d.bytes == expect_len => {
             phase.completed += 1;
-            phase.micros.record((now - t.started).as_micros().max(1) as u64).ok();
-            phase.done_at_ms.push((now - t0).as_secs_f64() * 1000.0);
+            phase.micros.record(d.took.as_micros().max(1) as u64).ok();
+            phase.done_at_ms.push((d.ended - t0).as_secs_f64() * 1000.0);
         }
-        Outcome::Corrupted => phase.fail("corrupted: wrong bytes or size"),
-        Outcome::TimedOut => phase.fail("timed out"),
+        Outcome::Done | Outcome::Corrupted => phase.fail("corrupted: wrong bytes or size"),
+        Outcome::TimedOut | Outcome::Running if d.ended >= deadline => phase.fail("time limit reached"),
+        Outcome::TimedOut | Outcome::Running => phase.fail("timed out"),
         Outcome::ServerError(_) => phase.fail("server sent ERROR"),
     }
-    phase.bytes += t.client.bytes;
-    phase.resends += t.client.resends;
-    t.finished = true;
-    *running -= 1;
-    if t.recv_armed {
-        ring::push(uring, &opcode::AsyncCancel::new(ud(K_RECV, idx)).build().user_data(ud(K_CANCEL, idx)));
-    }
-    if t.sending {
-        // A send (maybe the final ACK, maybe one before it with the final ACK still owed) is in
-        // flight, and io_uring looks the socket up only at submission: the socket and the
-        // target stay until the sends complete (see K_SEND).
-        *lingering += 1;
-    } else {
-        slots[idx] = None;
-    }
-}
-
-fn flush(uring: &mut io_uring::IoUring, slots: &mut [Option<Box<Target>>], idx: usize, rng: &mut bootfarm::rng::XorShift, loss: f64) {
-    let Some(t) = slots[idx].as_deref_mut() else { return };
-    // One send at a time per target; a finished one still sends what it owes (its last ACK).
-    if t.sending || t.sock.is_none() {
-        return;
-    }
-    let Some(s) = t.client.poll_send() else { return };
-    t.tx.clear();
-    match s {
-        Send::Rrq(b) => {
-            t.tx.extend_from_slice(&b);
-            t.dest = SockAddr::from(t.dest.as_socket().unwrap());
-        }
-        Send::Ack(block, to) => {
-            t.tx.extend_from_slice(&bootfarm::tftp::wire::encode_ack(block));
-            if !t.connected {
-                // The client accepts packets from this TID only from now on (RFC 1350).
-                t.connected = t.sock.as_ref().unwrap().connect(&to.into()).is_ok();
-            }
-            t.dest = to.into();
-        }
-    }
-    if rng.chance(loss) {
-        return; // lost on the way out
-    }
-    t.iov = libc::iovec { iov_base: t.tx.as_mut_ptr().cast(), iov_len: t.tx.len() };
-    if t.connected {
-        t.msg.msg_name = std::ptr::null_mut();
-        t.msg.msg_namelen = 0;
-    } else {
-        t.msg.msg_name = t.dest.as_ptr() as *mut _;
-        t.msg.msg_namelen = t.dest.len();
-    }
-    t.msg.msg_iov = &mut t.iov;
-    t.msg.msg_iovlen = 1;
-    let fd = t.sock.as_ref().unwrap().as_raw_fd();
-    ring::push(uring, &opcode::SendMsg::new(types::Fd(fd), &t.msg).build().user_data(ud(K_SEND, idx)));
-    t.sending = true;
-}
-
-/// The socket address a recvmsg wrote (`name`: the bytes the kernel gave).
-pub(crate) fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let n = name.len().min(std::mem::size_of::<libc::sockaddr_storage>());
-    // Safety: at most sizeof(sockaddr_storage) bytes the kernel wrote, into the storage.
-    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n) };
-    unsafe { SockAddr::new(storage, n as libc::socklen_t) }.as_socket()
+    phase.bytes += d.bytes;
+    phase.resends += d.resends;
 }

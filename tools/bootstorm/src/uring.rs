@@ -6,8 +6,8 @@
 //! thread-per-target replay cost more CPU than the server. Nothing here blocks: a server that
 //! hangs in the handshake holds up its own targets only, until the timeout fails them over.
 
-use crate::boot::{block_pattern, DiskRun, Expect, Fail, Io, Written, BLOCK};
 use crate::engine::{self, Inboxes, Slots};
+use crate::phases::{block_pattern, DiskRun, Expect, Fail, Io, Written, BLOCK};
 use bootfarm::image::Chain;
 use bootfarm::nbd::wire as nbdw;
 use io_uring::{opcode, types, IoUring};

@@ -9,8 +9,8 @@
 //! MSG_WAITALL receive for the rest of the body, straight into the target's buffer, which grows
 //! to the largest answer once and is then reused (no copy or allocation per request).
 
-use crate::boot::{DiskRun, Expect, Fail, Io, Written};
 use crate::engine::{self, Inboxes, Slots};
+use crate::phases::{DiskRun, Expect, Fail, Io, Written};
 use bootfarm::image::Chain;
 use io_uring::{opcode, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};

@@ -1,16 +1,19 @@
-//! The TFTP bootstrap phase of `bootstorm boot` on io_uring: one engine thread per core holds
+//! bootstorm's one TFTP client loop, for the `tftp` storm and the bootstrap phase of `boot`, on
+//! io_uring: one engine thread per core holds
 //! every bootstrapping target's socket with a multishot receive on the thread's provided
 //! buffers (armed once per transfer, not once per packet), feeds the datagrams to the sans-IO
 //! client, and sends its ACKs through the ring on the socket connected to the server's transfer
-//! port. The target's own thread sleeps until its file is in. Lockstep TFTP is ~730 round
-//! trips per MiB: done as blocking receives on a thread per target, the task switches were the
-//! client's largest cost.
+//! port, the socket named by its slot in the ring's file table (no file reference taken per
+//! operation). Whoever submitted the job (a `boot` target's thread, or the `tftp` storm's
+//! launcher) waits for its `Done`. Lockstep TFTP is ~730 round trips per MiB: done as blocking
+//! receives on a thread per target, the task switches were the client's largest cost.
 
 use crate::engine::{self, Inboxes, Slots};
 use bootfarm::engine::ring::{push, with_sock, BufRing, SockRef};
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Send};
 use io_uring::{cqueue, opcode, types, IoUring};
+use socket2::SockAddr;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
@@ -22,8 +25,30 @@ pub struct Job {
     pub client: Client,
     pub rng: XorShift,
     pub faults: crate::tftp::Faults,
-    /// (outcome, bytes, resends)
-    pub done: mpsc::SyncSender<(Outcome, u64, u64)>,
+    /// When the target started (its client was made): `Done::took` counts from here.
+    pub started: Instant,
+    pub done: mpsc::SyncSender<Done>,
+}
+
+/// How one transfer ended.
+pub struct Done {
+    pub outcome: Outcome,
+    /// File bytes received (in order, checked).
+    pub bytes: u64,
+    pub resends: u64,
+    /// From the job's start to its outcome.
+    pub took: Duration,
+    /// When the outcome was known.
+    pub ended: Instant,
+}
+
+/// A target's own UDP socket (as a real target has its own address), non-blocking, on an
+/// ephemeral port of the server's address family.
+pub fn client_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let sock = UdpSocket::bind(any)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock)
 }
 
 struct T {
@@ -43,6 +68,7 @@ struct T {
     sref: SockRef,
     held: Option<(SocketAddr, Vec<u8>)>,
     finished: Option<Outcome>,
+    ended: Option<Instant>,
 }
 
 /// The TFTP engine threads' inboxes.
@@ -87,6 +113,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 sref: SockRef::Raw(-1),
                 held: None,
                 finished: None,
+                ended: None,
             });
             let fd = t.job.sock.as_raw_fd();
             t.sref = if engine::install(&ring, idx, fd) { SockRef::Fixed(idx as u32) } else { SockRef::Raw(fd) };
@@ -117,7 +144,7 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 if let (Some(bid), true, None) = (bid, res > 0, t.finished) {
                     if let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, res as usize), &msg) {
                         // A truncated datagram is no DATA of ours: as if lost (the client resends).
-                        if let (Some(from), false) = (crate::tftp::sockaddr(out.name_data()), out.is_payload_truncated()) {
+                        if let (Some(from), false) = (sockaddr(out.name_data()), out.is_payload_truncated()) {
                             deliver(t, from, out.payload_data(), now, &mut verify);
                         }
                     }
@@ -167,7 +194,14 @@ fn run(rx: mpsc::Receiver<Job>, expect: Option<&[u8]>, blksize: u16, deadline: I
                 engine::uninstall(&ring, idx);
             }
             let c = &t.job.client;
-            let _ = t.job.done.send((t.finished.unwrap(), c.bytes, c.resends));
+            let ended = t.ended.unwrap_or(now);
+            let _ = t.job.done.send(Done {
+                outcome: t.finished.unwrap(),
+                bytes: c.bytes,
+                resends: c.resends,
+                took: ended - t.job.started,
+                ended,
+            });
             false
         });
     }
@@ -189,9 +223,10 @@ fn retire(t: &mut T, ring: &mut IoUring, idx: usize, ending: &mut Vec<usize>) {
 fn check(t: &mut T, now: Instant, deadline: Instant) {
     match t.job.client.outcome() {
         Outcome::Running if now > deadline => t.finished = Some(Outcome::TimedOut),
-        Outcome::Running => {}
+        Outcome::Running => return,
         o => t.finished = Some(o),
     }
+    t.ended = Some(now);
 }
 
 /// The `n` bytes just received, through the client-side faults, into the client.
@@ -247,4 +282,14 @@ fn arm(t: &mut T, ring: &mut IoUring, msg: &libc::msghdr, bgid: u16, idx: usize)
     // The template lives in the engine thread for its whole run.
     push(ring, &with_sock!(t.sref, f => opcode::RecvMsgMulti::new(f, msg, bgid).build()).user_data(idx as u64));
     t.armed = true;
+}
+
+/// The socket address a recvmsg wrote (`name`: the bytes the kernel gave).
+fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = name.len().min(std::mem::size_of::<libc::sockaddr_storage>());
+    // Safety: at most sizeof(sockaddr_storage) bytes the kernel wrote, into the storage.
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(), n) };
+    // Safety: the storage holds an address of `n` bytes.
+    unsafe { SockAddr::new(storage, n as libc::socklen_t) }.as_socket()
 }

@@ -1,0 +1,691 @@
+//! One HTTP/1.1 connection as a sans-IO [`TcpSession`]: requests parsed in place from what the
+//! driver received, answered one at a time in order (pipelined ones wait in the driver's
+//! buffer, and TCP pushes back once it is full), keep-alive with an idle deadline, a header
+//! deadline from accept and then from each request's first byte (slowloris: 408), and the
+//! refusals 400/405/413/414/431/505 before routing. A response goes out as batches: the header
+//! block written in place and, per batch, up to `BODY_BATCH_BYTES` of body as references to
+//! the file mapping, the vdisk chain or the page it owns (no copy).
+//!
+//! Limits: one response in flight; the header block and request line by `http.*_max`; the
+//! receive buffer the driver grows to `http.header_bytes_max + 1` (431 past it).
+
+use super::{wire, Body, Env, Head};
+use crate::metrics::Counter;
+use crate::session::{Batch, ConnScope, TcpSession};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Body bytes per batch: one sendmsg each when its pieces fit IOV_MAX (a whole vdisk GET is
+/// sent as many batches, each referencing the mapping).
+pub const BODY_BATCH_BYTES: u64 = 4 << 20;
+
+/// The receive buffer a connection starts with (the driver grows it for long headers).
+pub const RBUF_INITIAL: usize = 4096;
+
+/// What a connection needs from the engine beyond the routes' [`Env`].
+pub trait Ctx: ConnScope + Env {
+    /// The client the routes called next serve ([`Env::client_ip`] answers it).
+    fn serve_client(&mut self, ip: IpAddr);
+    fn count(&self, c: Counter, n: u64);
+}
+
+pub struct Conn {
+    ip: IpAddr,
+    batch: Batch,
+    /// The batch is with the driver (between poll_transmit and on_released).
+    held: bool,
+    /// A response is under way: its header is in `batch.buf`, its body in `body`.
+    responding: bool,
+    status: u16,
+    body: Body,
+    /// The next body byte to put in a batch.
+    body_off: u64,
+    head_out: bool,
+    close_after: bool,
+    /// The header deadline passed with a request started: answer 408, then close.
+    timeout_408: bool,
+    done: bool,
+    /// Header deadline (from accept until the first request is complete, or from a request's
+    /// first byte) or keep-alive idle deadline (from the end of the previous response).
+    deadline: Instant,
+    request_started: bool,
+    idle_since: Instant,
+    requests: u64,
+    why: &'static str,
+    /// The request in the buffer waits for its file (`Body::Wait`).
+    waiting: bool,
+}
+
+fn limits(env: &dyn Env) -> (wire::Limits, Duration, Duration) {
+    let c = &env.snapshot().config.http;
+    let l =
+        wire::Limits { request_line_bytes_max: c.request_line_bytes_max, header_bytes_max: c.header_bytes_max, headers_max: c.headers_max };
+    (l, Duration::from_millis(c.header_timeout_ms), Duration::from_millis(c.keepalive_idle_ms))
+}
+
+impl Conn {
+    pub fn new<C: Ctx>(ctx: &mut C, ip: IpAddr, now: Instant) -> Conn {
+        let (_, header_timeout, _) = limits(ctx);
+        Conn {
+            ip,
+            batch: Batch::default(),
+            held: false,
+            responding: false,
+            status: 0,
+            body: Body::Empty,
+            body_off: 0,
+            head_out: false,
+            close_after: false,
+            timeout_408: false,
+            done: false,
+            // A connection that never sends a byte is closed at the header timeout.
+            deadline: now + header_timeout,
+            request_started: false,
+            idle_since: now,
+            requests: 0,
+            why: "",
+            waiting: false,
+        }
+    }
+
+    /// Starts a response whose header `respond` writes into the batch.
+    fn start(&mut self, close: bool, respond: impl FnOnce(&mut Head) -> Body) {
+        self.batch.clear();
+        let mut body = Body::Empty;
+        let mut status = 0;
+        self.batch.put(|b| {
+            let mut h = Head::new(b);
+            body = respond(&mut h);
+            status = h.status;
+        });
+        self.waiting = matches!(body, Body::Wait);
+        if self.waiting {
+            // Its file is being opened: no answer yet; the request stays unread and is parsed
+            // again when the context wakes this connection.
+            self.batch.clear();
+            return;
+        }
+        self.status = status;
+        self.body = body;
+        self.body_off = 0;
+        self.head_out = false;
+        self.responding = true;
+        self.close_after |= close;
+    }
+
+    fn error(&mut self, ctx: &mut dyn Env, status: u16, detail: &str) {
+        let now_unix = ctx.now_unix();
+        self.start(true, |h| super::error_page(h, status, false, 1, now_unix, detail));
+    }
+}
+
+impl<C: Ctx> TcpSession for ConnFor<C> {
+    type Ctx = C;
+
+    fn on_input(&mut self, ctx: &mut C, input: &[u8], now: Instant) -> usize {
+        let c = &mut self.0;
+        let (limits, header_timeout, _) = limits(ctx);
+        if !input.is_empty() && !c.request_started {
+            c.request_started = true;
+            // The first request's header timer runs from accept (set there); a keep-alive
+            // request's from its first byte.
+            if c.requests > 0 {
+                c.deadline = now + header_timeout;
+            }
+        }
+        if c.responding || c.held || c.timeout_408 || c.done {
+            return 0;
+        }
+        if c.close_after {
+            return input.len(); // nothing more is answered on this connection
+        }
+        match wire::parse(input, &limits) {
+            Ok((req, used)) => {
+                ctx.serve_client(c.ip);
+                let keep = req.keep_alive && !ctx.draining();
+                c.start(!keep, |h| super::respond(&req, ctx, h));
+                if c.waiting {
+                    return 0;
+                }
+                used
+            }
+            Err(wire::Error::Incomplete) if input.len() <= limits.header_bytes_max => 0,
+            Err(e) => {
+                let detail = match e {
+                    wire::Error::BadRequest(d) => d,
+                    wire::Error::MethodNotAllowed => "only GET and HEAD are served",
+                    wire::Error::UriTooLong => "request line too long",
+                    wire::Error::HeadersTooLarge | wire::Error::Incomplete => "request header too large or too many fields",
+                    wire::Error::PayloadTooLarge => "request bodies are not accepted",
+                    wire::Error::VersionNotSupported => "HTTP/1.0 and HTTP/1.1 only",
+                };
+                // Incomplete past the header limit: the buffer is full of one header (431).
+                let status = if e == wire::Error::Incomplete { 431 } else { e.status() };
+                ctx.count(Counter::HttpBadRequests, 1);
+                c.error(ctx, status, detail);
+                input.len()
+            }
+        }
+    }
+
+    fn wants_input(&self) -> bool {
+        let c = &self.0;
+        !(c.responding || c.held || c.timeout_408 || c.done)
+    }
+
+    fn on_eof(&mut self, _ctx: &mut C, _now: Instant) {
+        let c = &mut self.0;
+        // Either way this connection is over: a response under way finishes first.
+        c.close_after = true;
+        if !c.responding && !c.timeout_408 {
+            c.done = true;
+        }
+    }
+
+    fn poll_transmit(&mut self, ctx: &mut C, _now: Instant) -> Option<&Batch> {
+        let c = &mut self.0;
+        if c.held || c.done {
+            return None;
+        }
+        if c.timeout_408 && !c.responding {
+            c.timeout_408 = false;
+            c.error(ctx, 408, "request header not received in time");
+        }
+        if !c.responding {
+            return None;
+        }
+        if c.head_out {
+            c.batch.clear();
+        }
+        let left = c.body.len() - c.body_off;
+        if c.head_out && left == 0 {
+            return None;
+        }
+        let n = left.min(BODY_BATCH_BYTES);
+        let off = c.body_off;
+        let before = c.batch.len;
+        match &c.body {
+            Body::Empty | Body::Wait => {}
+            Body::Owned(v) => c.batch.mem(&v[off as usize..(off + n) as usize]),
+            Body::File { data, start, .. } => {
+                c.batch.mem(&data.bytes()[(start + off) as usize..(start + off + n) as usize]);
+                c.batch.guarded = true;
+            }
+            Body::Vdisk { vdisk, start, .. } => {
+                c.batch.chain(&vdisk.chain, start + off, n);
+                c.batch.guarded = true;
+            }
+        }
+        c.body_off += n;
+        if c.batch.len - before < n {
+            // The vdisk chain could not be read (a damaged image): the body would come out
+            // short of its Content-Length, so the connection ends after what was read.
+            c.body_off = c.body.len();
+            c.close_after = true;
+            c.why = "the vdisk could not be read; response cut short";
+        }
+        c.head_out = true;
+        c.held = true;
+        Some(&c.batch)
+    }
+
+    fn on_released(&mut self, ctx: &mut C, now: Instant) {
+        let c = &mut self.0;
+        c.held = false;
+        if !c.responding || c.body_off < c.body.len() {
+            return;
+        }
+        // The response is out.
+        c.responding = false;
+        c.requests += 1;
+        c.body = Body::Empty;
+        let class = match c.status {
+            200..=299 => Counter::HttpResponses2xx,
+            300..=399 => Counter::HttpResponses3xx,
+            400..=499 => Counter::HttpResponses4xx,
+            _ => Counter::HttpResponses5xx,
+        };
+        ctx.count(class, 1);
+        if c.close_after {
+            c.done = true;
+            return;
+        }
+        // A pipelined request already buffered restarts the header deadline when the driver
+        // offers it (on_input); otherwise the connection idles.
+        let (_, _, idle) = limits(ctx);
+        c.request_started = false;
+        c.deadline = now + idle;
+        c.idle_since = now;
+    }
+
+    fn still_valid(&self) -> bool {
+        match &self.0.body {
+            Body::File { data, .. } => !data.damaged(),
+            Body::Vdisk { vdisk, .. } => !vdisk.damaged(),
+            _ => true,
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let c = &self.0;
+        (!(c.responding || c.held || c.timeout_408 || c.done)).then_some(c.deadline)
+    }
+
+    fn on_timeout(&mut self, ctx: &mut C, now: Instant) {
+        let c = &mut self.0;
+        if c.responding || c.held || c.timeout_408 || c.done || now < c.deadline {
+            return;
+        }
+        if c.request_started {
+            // Slowloris: the request's header did not complete in time.
+            c.timeout_408 = true;
+            c.close_after = true;
+            c.why = "request header not complete within http.header_timeout_ms (408)";
+            ctx.count(Counter::HttpTimeoutHeader, 1);
+        } else if c.requests == 0 {
+            // Connected and silent: held a connection slot for header_timeout_ms, no longer.
+            c.done = true;
+            c.why = "no request within http.header_timeout_ms";
+            ctx.count(Counter::HttpTimeoutHeader, 1);
+        } else {
+            c.done = true;
+            c.why = "keep-alive idle for http.keepalive_idle_ms";
+            ctx.count(Counter::HttpTimeoutIdle, 1);
+        }
+    }
+
+    fn on_drain(&mut self, _ctx: &mut C, _now: Instant) {
+        let c = &mut self.0;
+        // Idle keep-alive connections are closed now; busy ones after their response.
+        c.close_after = true;
+        if !c.responding && !c.held && !c.request_started && !c.timeout_408 {
+            c.done = true;
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.done
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        let c = &self.0;
+        (!(c.responding || c.held || c.timeout_408 || c.done || c.close_after || c.request_started)).then_some(c.idle_since)
+    }
+
+    fn close_reason(&self) -> &'static str {
+        self.0.why
+    }
+
+    fn requests(&self) -> u64 {
+        self.0.requests
+    }
+
+    fn on_closed(&mut self, _ctx: &mut C, _stalled: bool, _now: Instant) {
+        // The driver frees the connection only once the kernel holds none of the batch; the
+        // body's mapping goes with it.
+    }
+}
+
+/// A connection served with context type `C` (the engine's, or a test's).
+pub struct ConnFor<C>(pub Conn, std::marker::PhantomData<fn(&mut C)>);
+
+impl<C: Ctx> ConnFor<C> {
+    pub fn new(ctx: &mut C, ip: IpAddr, now: Instant) -> ConnFor<C> {
+        ConnFor(Conn::new(ctx, ip, now), std::marker::PhantomData)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Snapshot;
+    use crate::image::Backing;
+    use crate::rng::XorShift;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    const NOW_UNIX: i64 = 1_700_000_000;
+
+    /// The routes' environment over a real snapshot and real file mappings (a boot root in a
+    /// temporary folder); the farm is not configured, so its routes are not asked here.
+    struct TestCtx {
+        snap: Arc<Snapshot>,
+        client: IpAddr,
+        counts: std::cell::RefCell<Vec<(Counter, u64)>>,
+        /// Requests for a file answered "being opened" before it is served.
+        opening: usize,
+    }
+
+    impl ConnScope for TestCtx {}
+    impl Ctx for TestCtx {
+        fn serve_client(&mut self, ip: IpAddr) {
+            self.client = ip;
+        }
+        fn count(&self, c: Counter, n: u64) {
+            self.counts.borrow_mut().push((c, n));
+        }
+    }
+    impl Env for TestCtx {
+        fn snapshot(&self) -> &Arc<Snapshot> {
+            &self.snap
+        }
+        fn draining(&self) -> bool {
+            false
+        }
+        fn now_unix(&self) -> i64 {
+            NOW_UNIX
+        }
+        fn metrics(&self) -> String {
+            "bootfarm_test 1\n".into()
+        }
+        fn sessions(&self) -> (u64, u64) {
+            (0, 1)
+        }
+        fn file(&mut self, name: &[u8]) -> Result<Option<(Arc<Backing>, u64, i64)>, crate::bootfiles::Refused> {
+            use std::os::unix::fs::MetadataExt;
+            if self.opening > 0 {
+                // As the engine's context while the file is opened through the ring.
+                self.opening -= 1;
+                return Ok(None);
+            }
+            let path = self.snap.tftp_root.join(crate::bootfiles::normalise(name)?);
+            let m = std::fs::metadata(&path).map_err(|_| crate::bootfiles::Refused::NotFound)?;
+            let b = Backing::map(&path).map_err(|_| crate::bootfiles::Refused::Unreadable)?;
+            Ok(Some((Arc::new(b), m.ino(), m.mtime())))
+        }
+        fn client_ip(&self) -> IpAddr {
+            self.client
+        }
+        fn farm_health(&self) -> crate::farm::Health {
+            unreachable!("no /healthz in these tests")
+        }
+        fn farm_place(&self, _: &str, _: &str) -> Vec<usize> {
+            Vec::new()
+        }
+        fn farm_touch(&self, _: &str, _: &str) {}
+        fn farm_status_json(&self) -> String {
+            "{}".into()
+        }
+        fn count_damaged(&self) {}
+    }
+
+    fn root() -> &'static PathBuf {
+        static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let d = std::env::temp_dir().join(format!("bootfarm-httpconn-{}", std::process::id()));
+            std::fs::create_dir_all(d.join("root")).unwrap();
+            let mut r = XorShift::new(7);
+            let small: Vec<u8> = (0..1000).map(|_| r.next() as u8).collect();
+            std::fs::write(d.join("root/hello.bin"), small).unwrap();
+            let big: Vec<u8> = (0..(9 << 20) + 123).map(|i: u32| (i % 251) as u8).collect();
+            std::fs::write(d.join("root/big.bin"), big).unwrap();
+            d
+        })
+    }
+
+    fn ctx(extra: &str) -> TestCtx {
+        let d = root();
+        let text = format!("[tftp]\nroot = \"root\"\n[http]\nheader_timeout_ms = 1000\nkeepalive_idle_ms = 5000\n{extra}");
+        let snap = crate::config::from_text(&d.join("bootfarm.toml"), &text, &Default::default(), 1, None).unwrap();
+        TestCtx { snap: Arc::new(snap), client: IpAddr::from([0, 0, 0, 0]), counts: Default::default(), opening: 0 }
+    }
+
+    /// The driver's part, without sockets: offers what was received, collects batches and
+    /// releases them at once (a client that reads everything).
+    struct Wire {
+        conn: ConnFor<TestCtx>,
+        ctx: TestCtx,
+        pending: Vec<u8>,
+        out: Vec<u8>,
+        batches: usize,
+    }
+
+    impl Wire {
+        fn new(ctx: TestCtx, now: Instant) -> Wire {
+            let mut ctx = ctx;
+            let conn = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 1]), now);
+            Wire { conn, ctx, pending: Vec::new(), out: Vec::new(), batches: 0 }
+        }
+
+        fn recv(&mut self, bytes: &[u8], now: Instant) {
+            self.pending.extend_from_slice(bytes);
+            self.pump(now);
+        }
+
+        fn pump(&mut self, now: Instant) {
+            for _ in 0..10_000 {
+                let mut progress = false;
+                if !self.pending.is_empty() && self.conn.wants_input() {
+                    let n = self.conn.on_input(&mut self.ctx, &self.pending, now);
+                    assert!(n <= self.pending.len());
+                    self.pending.drain(..n);
+                    progress |= n > 0;
+                }
+                if let Some(b) = self.conn.poll_transmit(&mut self.ctx, now) {
+                    assert!(b.pieces.len() <= Batch::PIECES_MAX);
+                    // Safety: the memory of a held batch is alive until on_released.
+                    self.out.extend_from_slice(&unsafe { b.to_vec() });
+                    self.batches += 1;
+                    self.conn.on_released(&mut self.ctx, now);
+                    progress = true;
+                }
+                if !progress || self.conn.is_done() {
+                    return;
+                }
+            }
+            panic!("no end to the exchange");
+        }
+
+        fn statuses(&self) -> Vec<u16> {
+            let text = String::from_utf8_lossy(&self.out);
+            text.match_indices("HTTP/1.1 ").filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok()).collect()
+        }
+    }
+
+    fn pipelined() -> Vec<u8> {
+        let mut s = Vec::new();
+        s.extend_from_slice(b"GET /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n");
+        s.extend_from_slice(b"HEAD /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n");
+        s.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n");
+        s.extend_from_slice(b"GET /boot/hello.bin HTTP/1.1\r\nHost: a\r\nRange: bytes=10-19\r\n\r\n");
+        s.extend_from_slice(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+        s.extend_from_slice(b"GET /boot/hello.bin HTTP/1.0\r\n\r\n");
+        // After a request that closes: never answered.
+        s.extend_from_slice(b"GET /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n");
+        s
+    }
+
+    fn run(chunks: &[&[u8]]) -> Wire {
+        let t0 = Instant::now();
+        let mut w = Wire::new(ctx(""), t0);
+        for c in chunks {
+            w.recv(c, t0);
+        }
+        w
+    }
+
+    /// A /boot request whose file is still being opened gets no answer and stays unread (a
+    /// request pipelined behind it waits too); once woken the connection answers both, in order.
+    #[test]
+    fn a_request_waiting_for_its_file_is_answered_when_woken() {
+        let t0 = Instant::now();
+        let mut c = ctx("");
+        c.opening = 1;
+        let mut w = Wire::new(c, t0);
+        let req = b"GET /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n";
+        w.recv(req, t0);
+        assert!(w.out.is_empty(), "nothing is sent while the file is opened");
+        assert_eq!(w.pending.len(), req.len(), "the request stays in the buffer");
+        assert!(w.conn.wants_input() && !w.conn.is_done());
+        // The driver polls the connection again when the context wakes it.
+        w.pump(t0);
+        assert_eq!(w.statuses(), vec![200, 200]);
+        assert!(w.pending.is_empty());
+    }
+
+    #[test]
+    fn pipelined_requests_get_the_same_replies_whatever_the_split() {
+        let stream = pipelined();
+        let whole = run(&[&stream]);
+        assert_eq!(whole.statuses(), vec![200, 200, 404, 206, 200, 200], "{}", String::from_utf8_lossy(&whole.out));
+        assert!(whole.conn.is_done(), "HTTP/1.0 without keep-alive closes");
+        let file = std::fs::read(root().join("root/hello.bin")).unwrap();
+        let text = &whole.out;
+        let first_body = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&text[first_body..first_body + 1000], &file[..], "the body is the file");
+        for i in 0..=stream.len() {
+            let w = run(&[&stream[..i], &stream[i..]]);
+            assert_eq!(w.out, whole.out, "split at {i}");
+        }
+        let mut r = XorShift::new(42);
+        for _ in 0..200 {
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let n = (1 + r.below(40) as usize).min(stream.len() - at);
+                chunks.push(&stream[at..at + n]);
+                at += n;
+            }
+            assert_eq!(run(&chunks).out, whole.out);
+        }
+    }
+
+    #[test]
+    fn a_large_body_goes_out_in_bounded_batches_from_the_mapping() {
+        let t0 = Instant::now();
+        let mut w = Wire::new(ctx(""), t0);
+        w.recv(b"GET /boot/big.bin HTTP/1.1\r\nHost: a\r\n\r\n", t0);
+        let file = std::fs::read(root().join("root/big.bin")).unwrap();
+        let start = w.out.windows(4).position(|x| x == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(w.out[start..], file[..]);
+        assert_eq!(w.batches as u64, (file.len() as u64).div_ceil(BODY_BATCH_BYTES));
+        assert!(!w.conn.is_done(), "keep-alive");
+        assert_eq!(w.conn.requests(), 1);
+        assert!(w.ctx.counts.borrow().contains(&(Counter::HttpResponses2xx, 1)));
+    }
+
+    #[test]
+    fn malformed_and_oversized_requests_get_their_status_then_a_close() {
+        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(5000));
+        let big_header = format!("GET / HTTP/1.1\r\nX: {}", "b".repeat(16 * 1024 + 10));
+        let cases: [(&[u8], u16); 6] = [
+            (b"GET / HTTP/2.0\r\n\r\n", 505),
+            (b"POST /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+            (long_uri.as_bytes(), 414),
+            (big_header.as_bytes(), 431),
+            (b"GET /boot/hello.bin HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 413),
+            (b"\x00\x01\x02garbage\r\n\r\n", 400),
+        ];
+        for (input, status) in cases {
+            let w = run(&[input]);
+            assert_eq!(w.statuses(), vec![status], "{:?}", String::from_utf8_lossy(&input[..input.len().min(60)]));
+            assert!(w.conn.is_done(), "closed after {status}");
+            assert!(w.ctx.counts.borrow().contains(&(Counter::HttpBadRequests, 1)));
+        }
+        // A request that parses but names nothing valid is the routes' 400: keep-alive goes on.
+        let w = run(&[b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n"]);
+        assert_eq!(w.statuses(), vec![400]);
+        assert!(!w.conn.is_done());
+        // Seeded garbage, split anywhere: an error reply or nothing yet, never a panic.
+        let mut r = XorShift::new(9);
+        for _ in 0..300 {
+            let n = r.below(600) as usize;
+            let mut junk: Vec<u8> = (0..n).map(|_| r.next() as u8).collect();
+            if r.chance(0.5) {
+                junk.splice(0..0, b"GET /boot/hello.bin HTTP/1.1\r\n".iter().copied());
+            }
+            let cut = r.below(junk.len() as u64 + 1) as usize;
+            let w = run(&[&junk[..cut], &junk[cut..]]);
+            let s = w.statuses();
+            assert!(s.len() <= 1 && s.iter().all(|s| [400, 405, 413, 414, 431, 505].contains(s)), "{s:?}");
+            assert_eq!(w.conn.is_done(), s.len() == 1);
+        }
+    }
+
+    #[test]
+    fn a_held_batch_stops_input_and_deadlines() {
+        let t0 = Instant::now();
+        let mut ctx = ctx("");
+        let mut c = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 2]), t0);
+        let req = b"GET /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(c.on_input(&mut ctx, req, t0), req.len());
+        assert!(c.poll_transmit(&mut ctx, t0).is_some());
+        // The client does not read: the batch stays with the driver. The session takes no
+        // more input, has no deadline of its own (the driver's send deadline runs) and is
+        // not idle.
+        assert!(!c.wants_input());
+        assert_eq!(c.on_input(&mut ctx, req, t0), 0);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.idle_since(), None);
+        c.on_timeout(&mut ctx, t0 + Duration::from_secs(3600));
+        assert!(!c.is_done());
+        c.on_released(&mut ctx, t0);
+        assert!(c.wants_input());
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(5000)), "keep-alive idle from the end of the response");
+    }
+
+    #[test]
+    fn header_timeout_from_accept_then_from_the_first_byte_and_idle_timeout() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Silent: closed at the header timeout from accept, no reply.
+        let mut w = Wire::new(ctx(""), t0);
+        assert_eq!(w.conn.poll_timeout(), Some(t0 + ms(1000)));
+        w.conn.on_timeout(&mut w.ctx, t0 + ms(999));
+        assert!(!w.conn.is_done(), "not before its deadline");
+        w.conn.on_timeout(&mut w.ctx, t0 + ms(1000));
+        assert!(w.conn.is_done() && w.out.is_empty());
+        assert_eq!(w.conn.close_reason(), "no request within http.header_timeout_ms");
+        // Slowloris: part of a header, then nothing: 408 and close.
+        let mut w = Wire::new(ctx(""), t0);
+        w.recv(b"GET /boot/hel", t0 + ms(500));
+        assert_eq!(w.conn.poll_timeout(), Some(t0 + ms(1000)), "the first request's deadline runs from accept");
+        w.conn.on_timeout(&mut w.ctx, t0 + ms(1000));
+        w.pump(t0 + ms(1000));
+        assert_eq!(w.statuses(), vec![408]);
+        assert!(w.conn.is_done());
+        assert!(w.ctx.counts.borrow().contains(&(Counter::HttpTimeoutHeader, 1)));
+        // Keep-alive: idle deadline after a response; a new request's first byte starts a
+        // header deadline; idle past keepalive_idle_ms closes without a reply.
+        let mut w = Wire::new(ctx(""), t0);
+        w.recv(b"GET /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n", t0);
+        assert_eq!(w.conn.poll_timeout(), Some(t0 + ms(5000)));
+        w.recv(b"GET /bo", t0 + ms(4000));
+        assert_eq!(w.conn.poll_timeout(), Some(t0 + ms(5000)), "a keep-alive request's header deadline from its first byte");
+        w.recv(b"ot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\n", t0 + ms(4500));
+        assert_eq!(w.statuses(), vec![200, 200]);
+        let idle_from = t0 + ms(4500);
+        assert_eq!(w.conn.poll_timeout(), Some(idle_from + ms(5000)));
+        assert_eq!(w.conn.idle_since(), Some(idle_from));
+        w.conn.on_timeout(&mut w.ctx, idle_from + ms(5000));
+        assert!(w.conn.is_done());
+        assert!(w.ctx.counts.borrow().contains(&(Counter::HttpTimeoutIdle, 1)));
+        assert_eq!(w.statuses().len(), 2, "no reply to an idle close");
+    }
+
+    #[test]
+    fn end_of_input_finishes_the_response_then_closes_and_drain_closes_idle_ones() {
+        let t0 = Instant::now();
+        let mut ctx = ctx("");
+        let mut c = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 3]), t0);
+        let req = b"GET /boot/hello.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /boot/hello.bin HTTP/1.1\r\n\r\n";
+        let n = c.on_input(&mut ctx, req, t0);
+        assert!(c.poll_transmit(&mut ctx, t0).is_some());
+        c.on_eof(&mut ctx, t0);
+        assert!(!c.is_done(), "the response under way is sent first");
+        c.on_released(&mut ctx, t0);
+        assert!(c.is_done());
+        assert_eq!(c.on_input(&mut ctx, &req[n..], t0), 0, "no more answers");
+        // Drain: an idle keep-alive connection is done at once, a busy one after its reply.
+        let mut idle = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 4]), t0);
+        idle.on_drain(&mut ctx, t0);
+        assert!(idle.is_done());
+        let mut busy = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 5]), t0);
+        busy.on_input(&mut ctx, &req[..n], t0);
+        assert!(busy.poll_transmit(&mut ctx, t0).is_some());
+        busy.on_drain(&mut ctx, t0);
+        assert!(!busy.is_done());
+        busy.on_released(&mut ctx, t0);
+        assert!(busy.is_done());
+    }
+}

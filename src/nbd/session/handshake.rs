@@ -1,0 +1,228 @@
+//! The handshake of an NBD session: the options (EXPORT_NAME, ABORT, LIST, STRUCTURED_REPLY,
+//! LIST/SET_META_CONTEXT, INFO, GO) and the export attach (target id, boot token, farm
+//! placement, the target registry).
+
+use super::{Env, Phase, Session, DAMAGED};
+use crate::config::{Mode, Snapshot, TargetIds, Vdisk};
+use crate::metrics::Counter;
+use crate::nbd::cache;
+use crate::nbd::target::{self, AttachError};
+use crate::nbd::token;
+use crate::nbd::wire;
+use std::sync::Arc;
+use std::time::Instant;
+/// The transmission flags of an export.
+fn export_flags(vd: &Vdisk, structured: bool) -> u16 {
+    let mut f =
+        wire::TFLAG_HAS_FLAGS | wire::TFLAG_SEND_FLUSH | wire::TFLAG_SEND_FUA | wire::TFLAG_SEND_TRIM | wire::TFLAG_SEND_WRITE_ZEROES;
+    if structured {
+        f |= wire::TFLAG_SEND_DF;
+    }
+    // Every connection of a target shares one cache, so what one connection wrote (and
+    // flushed) is what any other reads: multi-conn holds. A private vdisk takes one writer.
+    if vd.mode == Mode::Standard {
+        f |= wire::TFLAG_CAN_MULTI_CONN;
+    }
+    f
+}
+
+/// The vdisk an export name names, with its target id.
+fn find(snap: &Snapshot, name: &[u8]) -> Result<(Arc<Vdisk>, Option<String>), &'static str> {
+    let name = std::str::from_utf8(name).map_err(|_| "export name is not UTF-8")?;
+    let (vd, id) = target::split_export(name);
+    if id.is_some_and(|i| !target::valid_target_id(i)) {
+        return Err("bad target id after @ (1-64 printable characters, no slashes)");
+    }
+    let v = if vd.is_empty() { snap.default_vdisk() } else { snap.vdisk(vd) };
+    let v = v.ok_or("no such export")?;
+    if v.damaged() {
+        return Err(DAMAGED);
+    }
+    Ok((v.clone(), id.map(str::to_string)))
+}
+
+impl<E: Env> Session<E> {
+    /// Handshake options; returns true when the connection must end after the reply.
+    pub(super) fn option(&mut self, env: &E, opt: u32, payload: &[u8], now: Instant) -> bool {
+        let snap = env.snapshot();
+        match opt {
+            wire::OPT_EXPORT_NAME => {
+                let Ok((vd, id)) = find(snap, payload) else { return true }; // the protocol's only answer
+                if self.attach(env, &vd, id, now).is_err() {
+                    return true;
+                }
+                // The target's own image: a reconnect after a reload keeps the one it booted with.
+                let vd = self.target.as_ref().expect("attached").vdisk.clone();
+                let flags = export_flags(&vd, self.structured);
+                let no_zeroes = self.no_zeroes;
+                self.batch.put(|o| {
+                    o.extend_from_slice(&vd.chain.virtual_size().to_be_bytes());
+                    o.extend_from_slice(&flags.to_be_bytes());
+                    if !no_zeroes {
+                        o.extend_from_slice(&[0u8; 124]);
+                    }
+                });
+                self.phase = Phase::Transmission;
+            }
+            wire::OPT_ABORT => {
+                self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ACK, &[]));
+                return true;
+            }
+            wire::OPT_LIST => {
+                self.batch.put(|o| {
+                    if !payload.is_empty() {
+                        wire::option_reply(o, opt, wire::REP_ERR_INVALID, &[]);
+                    } else {
+                        for v in &snap.vdisks {
+                            let mut d = (v.name.len() as u32).to_be_bytes().to_vec();
+                            d.extend_from_slice(v.name.as_bytes());
+                            wire::option_reply(o, opt, wire::REP_SERVER, &d);
+                        }
+                        wire::option_reply(o, opt, wire::REP_ACK, &[]);
+                    }
+                });
+            }
+            wire::OPT_STRUCTURED_REPLY => {
+                self.structured = payload.is_empty();
+                let kind = if payload.is_empty() { wire::REP_ACK } else { wire::REP_ERR_INVALID };
+                self.batch.put(|o| wire::option_reply(o, opt, kind, &[]));
+            }
+            wire::OPT_LIST_META_CONTEXT | wire::OPT_SET_META_CONTEXT => {
+                let set = opt == wire::OPT_SET_META_CONTEXT;
+                let Some((name, queries)) = wire::meta_request(payload) else {
+                    self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, b"malformed meta context request"));
+                    return false;
+                };
+                if set && !self.structured {
+                    self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, b"structured replies first"));
+                    return false;
+                }
+                if find(snap, name).is_err() {
+                    self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNKNOWN, b"no such export"));
+                    return false;
+                }
+                let chosen = if queries.is_empty() { !set } else { queries.iter().any(|q| wire::selects_base_allocation(q)) };
+                if set {
+                    self.meta_base = chosen;
+                }
+                self.batch.put(|o| {
+                    if chosen {
+                        let mut d = wire::BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                        d.extend_from_slice(wire::BASE_ALLOCATION.as_bytes());
+                        wire::option_reply(o, opt, wire::REP_META_CONTEXT, &d);
+                    }
+                    wire::option_reply(o, opt, wire::REP_ACK, &[]);
+                });
+            }
+            wire::OPT_INFO | wire::OPT_GO => {
+                let Some((name, reqs)) = wire::info_request(payload) else {
+                    self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, &[]));
+                    return false;
+                };
+                let (vd, id) = match find(snap, name) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        if why == DAMAGED {
+                            env.count(Counter::NbdDamaged, 1);
+                        }
+                        // NBD_REP_ERR_UNKNOWN: "the requested export is not available".
+                        self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNKNOWN, why.as_bytes()));
+                        return false;
+                    }
+                };
+                let vd = if opt == wire::OPT_GO {
+                    if let Err(why) = self.attach(env, &vd, id, now) {
+                        self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_POLICY, why.as_bytes()));
+                        return false;
+                    }
+                    // Size and flags of the image the target is served from (the one it booted
+                    // with, when it was already connected before a reload changed the vdisk).
+                    self.target.as_ref().expect("attached").vdisk.clone()
+                } else {
+                    vd
+                };
+                let flags = export_flags(&vd, self.structured);
+                let max = snap.config.nbd.request_bytes_max;
+                self.batch.put(|o| {
+                    let mut d = wire::INFO_EXPORT.to_be_bytes().to_vec();
+                    d.extend_from_slice(&vd.chain.virtual_size().to_be_bytes());
+                    d.extend_from_slice(&flags.to_be_bytes());
+                    wire::option_reply(o, opt, wire::REP_INFO, &d);
+                    if reqs.contains(&wire::INFO_BLOCK_SIZE) {
+                        let mut d = wire::INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                        d.extend_from_slice(&1u32.to_be_bytes());
+                        d.extend_from_slice(&(cache::BLOCK as u32).to_be_bytes());
+                        d.extend_from_slice(&max.to_be_bytes());
+                        wire::option_reply(o, opt, wire::REP_INFO, &d);
+                    }
+                    wire::option_reply(o, opt, wire::REP_ACK, &[]);
+                });
+                if opt == wire::OPT_GO {
+                    self.phase = Phase::Transmission;
+                }
+            }
+            _ => self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNSUP, &[])),
+        }
+        false
+    }
+
+    /// Gives the connection its target's write cache (or refuses: a private vdisk's second
+    /// writer, a target created from another address, a target id that is no boot token).
+    fn attach(&mut self, env: &E, vd: &Arc<Vdisk>, id: Option<String>, now: Instant) -> Result<(), String> {
+        let snap = env.snapshot();
+        let mut key = id.clone().unwrap_or_else(|| self.ip.to_string());
+        if let Some(i) = id.as_deref() {
+            match token::verify(&env.token_key(), i, self.ip, &vd.name, env.now_unix()) {
+                // A boot token: the farm places the target by its MAC, as the boot script did.
+                Ok(m) => key = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                Err(_) if snap.config.nbd.target_ids == TargetIds::Bound => {}
+                // An expired token still reaches the target it made (a reconnect, hours later).
+                Err(why) if why.contains("expired") && env.registry().holds(&vd.name, i, self.ip) => {}
+                Err(why) => {
+                    env.count(Counter::NbdRefusedToken, 1);
+                    tracing::warn!(
+                        client = %self.peer,
+                        export = %vd.name,
+                        "nbd connection refused: {why} (nbd.target_ids = \"token\": a target id must be the boot token of the /ipxe script, used from the address that fetched it)"
+                    );
+                    return Err(format!("{why}; nbd.target_ids = token: use the export name the boot script gives (bootfarm-nbd-export)"));
+                }
+            }
+        }
+        if snap.farm.len() > 1 {
+            let order = env.farm_place(&vd.name, &key, self.ip, now);
+            if let Some(&first) = order.first().filter(|&&i| snap.farm[i].name != snap.config.server.name) {
+                env.count(Counter::NbdMisplaced, 1);
+                tracing::debug!(client = %self.peer, export = %vd.name, first = %snap.farm[first].name, "nbd target is placed on another server; serving it here");
+            }
+        }
+        match env.registry().attach(vd, id.as_deref(), self.peer, &snap.config.nbd, now) {
+            Ok((t, resumed)) => {
+                tracing::info!(client = %self.peer, export = %vd.name, target = %t.id, resumed, "nbd target attached");
+                self.target = Some(t);
+                Ok(())
+            }
+            Err(e @ AttachError::Foreign { owner }) => {
+                env.count(Counter::NbdRefusedForeign, 1);
+                tracing::warn!(
+                    client = %self.peer,
+                    owner = %owner,
+                    export = %vd.name,
+                    target = %key,
+                    "nbd connection refused: the target belongs to the address that created it; a target id reaches only its own machine's cache (a machine whose address changed gets a new cache once the old one expires, nbd.cache_keep_after_disconnect_ms)"
+                );
+                Err(e.to_string())
+            }
+            Err(e) => {
+                let counter = match e {
+                    AttachError::Busy(_) | AttachError::Failed(_) => Counter::NbdRefusedPrivate,
+                    AttachError::TargetsPerAddress(_) => Counter::NbdRefusedTargets,
+                    AttachError::Foreign { .. } => Counter::NbdRefusedForeign,
+                };
+                env.count(counter, 1);
+                tracing::warn!(client = %self.peer, export = %vd.name, "nbd connection refused: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+}
