@@ -515,7 +515,7 @@ impl<E: Env> Session<E> {
                 env.count(Counter::NbdWrittenBytes, n);
             }
             let inc = self.incoming.as_mut().unwrap();
-            inc.next += n;
+            inc.next = inc.next.saturating_add(n); // a refused write may name an offset near u64::MAX
             inc.remaining -= n;
             if inc.remaining > 0 {
                 return (Some(false), n as usize);
