@@ -173,15 +173,6 @@ impl<E: Env> Session<E> {
 }
 
 impl<E> Session<E> {
-    /// The target this connection is attached to (after GO or EXPORT_NAME).
-    pub fn target(&self) -> Option<&Arc<Target>> {
-        self.target.as_ref()
-    }
-
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
     /// The batch no longer points at cache pages: they may be reused.
     fn unpin(&mut self) {
         if let (Some(e), Some(t)) = (self.pin.take(), self.target.as_ref()) {
