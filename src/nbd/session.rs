@@ -173,15 +173,6 @@ impl<E: Env> Session<E> {
 }
 
 impl<E> Session<E> {
-    /// The target this connection is attached to (after GO or EXPORT_NAME).
-    pub fn target(&self) -> Option<&Arc<Target>> {
-        self.target.as_ref()
-    }
-
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
     /// The batch no longer points at cache pages: they may be reused.
     fn unpin(&mut self) {
         if let (Some(e), Some(t)) = (self.pin.take(), self.target.as_ref()) {
@@ -515,7 +506,7 @@ impl<E: Env> Session<E> {
                 env.count(Counter::NbdWrittenBytes, n);
             }
             let inc = self.incoming.as_mut().unwrap();
-            inc.next += n;
+            inc.next = inc.next.saturating_add(n); // a refused write may name an offset near u64::MAX
             inc.remaining -= n;
             if inc.remaining > 0 {
                 return (Some(false), n as usize);
