@@ -225,7 +225,25 @@ impl Responder {
         a.vendor_class = Some(if kind == ClientKind::UefiHttp { b"HTTPClient" } else { b"PXEClient" });
         a.client_uuid = req.client_uuid;
         a.relay_agent = if relayed { req.relay_agent } else { None };
+        // Option 43: an offer says "boot the file in this packet" (6 = 8) to every PXE client
+        // but UEFI when 4011 is to be used (EDK2 without 43 asks there); an ACK on 4011 echoes
+        // the boot item (71) the request named, as dnsmasq does and EDK2 and iPXE accept.
         let mut vend = [0u8; PxeVendor::BUFFER_LEN];
+        let vendor = if answer_type == MessageType::Ack {
+            let boot_item = req.vendor_specific.and_then(|v| PxeVendor::parse(v).ok()).and_then(|v| v.boot_item);
+            PxeVendor { discovery_control: None, boot_item }
+        } else if kind == ClientKind::UefiHttp || (kind == ClientKind::Uefi && cfg.uefi_via_pxe_port) {
+            PxeVendor::default()
+        } else {
+            PxeVendor { discovery_control: Some(wire::pxe_sub::USE_BOOT_FILE), boot_item: None }
+        };
+        let n = vendor.emit(&mut vend);
+        if n > 0 {
+            a.vendor_specific = Some(&vend[..n]);
+        }
+        if answer_type == MessageType::Ack {
+            a.ciaddr = req.ciaddr;
+        }
         let mut url = String::new();
         let mut sname = [0u8; 16];
         let sname_len = {
@@ -240,14 +258,6 @@ impl Responder {
                 a.siaddr = server.address;
                 a.sname = &sname[..sname_len];
                 a.file = file.as_bytes();
-                // The offer to UEFI leaves 43 out so EDK2 asks on 4011 (unless configured
-                // otherwise); every other answer says "boot the file in this packet".
-                let discovery = kind == ClientKind::Bios || answer_type == MessageType::Ack || !cfg.uefi_via_pxe_port;
-                if discovery {
-                    let boot_item = req.vendor_specific.and_then(|v| PxeVendor::parse(v).ok()).and_then(|v| v.boot_item);
-                    let n = PxeVendor { discovery_control: Some(wire::pxe_sub::USE_BOOT_FILE), boot_item }.emit(&mut vend);
-                    a.vendor_specific = Some(&vend[..n]);
-                }
             }
             ClientKind::UefiHttp => {
                 url = format!("http://{}:{}/boot/{}", server.address, server.http_port, cfg.http_boot_file);

@@ -112,7 +112,12 @@ fn uefi_pxe_offer_without_43_then_ack_on_4011() {
     assert_eq!((a.siaddr, a.file), (SERVER.address, &b"ipxe.efi"[..]));
     assert_eq!(a.vendor_class, Some(&b"PXEClient"[..]));
     let v = PxeVendor::parse(a.vendor_specific.unwrap()).unwrap();
-    assert_eq!(v, PxeVendor { discovery_control: Some(8), boot_item: Some((0, 0)) }, "boot item echoed");
+    assert_eq!(v, PxeVendor { discovery_control: None, boot_item: Some((0, 0)) }, "boot item echoed");
+    assert_eq!(a.ciaddr, r.ciaddr);
+    // Without a boot item in the request, no 43 in the ACK (what dnsmasq sends EDK2).
+    r.vendor_specific = None;
+    let (_, a) = run.send_from(&bytes(&r), Port::Pxe, src, false).unwrap();
+    assert_eq!(a.vendor_specific, None);
     // Configured to skip 4011: 43 in the offer.
     run.cfg.uefi_via_pxe_port = false;
     let (_, a) = run.send(&d, Port::Proxy).unwrap();
@@ -352,4 +357,71 @@ fn three_nodes_name_the_same_server() {
         }
     }
     assert_eq!(firsts.len(), 3, "targets spread over the farm");
+}
+
+/// The real firmware packets (captures/README.md) through the responder: the kind each gets,
+/// and silence for everything that is not a proxy's business.
+#[test]
+fn real_captures_get_the_right_answers() {
+    let mut run = Run::new();
+    let bcast = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+    let cases: &[(&[u8], Port, SocketAddrV4, ClientKind, MessageType)] = &[
+        (include_bytes!("captures/seabios-ipxe-rom-discover.bin"), Port::Proxy, bcast, ClientKind::Ipxe, MessageType::Offer),
+        (include_bytes!("captures/undionly-kpxe-discover.bin"), Port::Proxy, bcast, ClientKind::Ipxe, MessageType::Offer),
+        (include_bytes!("captures/ipxe-efi-discover.bin"), Port::Proxy, bcast, ClientKind::Ipxe, MessageType::Offer),
+        (include_bytes!("captures/ovmf-pxe-discover.bin"), Port::Proxy, bcast, ClientKind::Uefi, MessageType::Offer),
+        (include_bytes!("captures/ovmf-httpboot-discover.bin"), Port::Proxy, bcast, ClientKind::UefiHttp, MessageType::Offer),
+        (
+            include_bytes!("captures/ovmf-pxe-request-4011.bin"),
+            Port::Pxe,
+            SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 136), 4011),
+            ClientKind::Uefi,
+            MessageType::Ack,
+        ),
+        (
+            include_bytes!("captures/seabios-ipxe-rom-request-4011.bin"),
+            Port::Pxe,
+            SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 135), 68),
+            ClientKind::Ipxe,
+            MessageType::Ack,
+        ),
+    ];
+    for &(b, port, src, kind, t) in cases {
+        let (ans, a) = run.send_from(b, port, src, false).unwrap();
+        assert_eq!((ans.kind, a.message_type), (kind, t));
+        assert_eq!(a.yiaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(a.client_uuid.map(<[u8]>::len), Some(17), "97 echoed");
+        match port {
+            Port::Pxe => assert_eq!(ans.destination, src),
+            Port::Proxy => assert_eq!(ans.destination, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
+        }
+        match kind {
+            ClientKind::Uefi => assert_eq!((a.siaddr, a.file), (SERVER.address, &b"ipxe.efi"[..])),
+            ClientKind::UefiHttp => assert_eq!(a.bootfile, Some(&b"http://10.0.0.7:8080/boot/ipxe.efi"[..])),
+            ClientKind::Ipxe => assert_eq!(a.bootfile, Some(&b"http://10.0.0.7:8080/ipxe?mac=${mac}"[..])),
+            ClientKind::Bios => unreachable!(),
+        }
+    }
+    // The boot-server request's item is echoed.
+    let (_, a) = run
+        .send_from(
+            include_bytes!("captures/seabios-ipxe-rom-request-4011.bin"),
+            Port::Pxe,
+            SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 135), 68),
+            false,
+        )
+        .unwrap();
+    assert_eq!(PxeVendor::parse(a.vendor_specific.unwrap()).unwrap().boot_item, Some((0x8000, 0)));
+    // REQUESTs to the site server and every server's replies: nothing.
+    for b in [
+        &include_bytes!("captures/ovmf-pxe-request.bin")[..],
+        include_bytes!("captures/seabios-ipxe-rom-request.bin"),
+        include_bytes!("captures/undionly-kpxe-request.bin"),
+        include_bytes!("captures/site-dnsmasq-offer-to-ovmf-pxe.bin"),
+        include_bytes!("captures/site-dnsmasq-ack-to-seabios-ipxe-rom.bin"),
+        include_bytes!("captures/proxy-dnsmasq-offer-to-ovmf-pxe.bin"),
+        include_bytes!("captures/proxy-dnsmasq-ack-4011-to-ovmf-pxe.bin"),
+    ] {
+        assert_eq!(run.send_from(b, Port::Proxy, bcast, false).unwrap_err(), Refusal::NotForProxy);
+    }
 }
