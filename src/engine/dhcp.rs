@@ -121,7 +121,11 @@ struct SendSlot {
 pub struct DhcpService {
     /// [proxy, pxe]: the index is the `Port`.
     socks: Vec<(Socket, Port)>,
+    // The kernel holds pointers into armed slots: a box keeps each where it is, whatever the
+    // Vec does.
+    #[allow(clippy::vec_box)]
     recvs: Vec<Box<RecvSlot>>,
+    #[allow(clippy::vec_box)]
     sends: Vec<Box<SendSlot>>,
     responder: Responder,
     stats: Arc<WorkerStats>,
