@@ -182,7 +182,8 @@ impl Responder {
         if !http && !class.starts_with(b"PXEClient") {
             return Err(Refusal::NotPxe);
         }
-        let arch = req.client_arch.unwrap_or(0);
+        // Option 93, else the `Arch:xxxxx` field of 60 (some ROMs send only that), else BIOS.
+        let arch = req.client_arch.or_else(|| arch_of_class(class)).unwrap_or(0);
         // An iPXE that cannot speak HTTP (175 without the feature) is booted by its arch: the
         // NBP it gets then is an iPXE with HTTP, which comes back as iPXE.
         let ipxe = req.has_user_class(b"iPXE") || req.ipxe_encap.is_some();
@@ -287,6 +288,16 @@ impl Responder {
         };
         Ok(Answer { len, destination, broadcast: destination.ip().is_broadcast(), kind })
     }
+}
+
+/// The architecture in `PXEClient:Arch:00007:UNDI:003000` (decimal, PXE 2.1 §2.2.1).
+fn arch_of_class(class: &[u8]) -> Option<u16> {
+    let mut f = class.split(|&b| b == b':');
+    let (_, tag, digits) = (f.next()?, f.next()?, f.next()?);
+    if tag != b"Arch" || digits.len() != 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -425,3 +425,16 @@ fn real_captures_get_the_right_answers() {
         assert_eq!(run.send_from(b, Port::Proxy, bcast, false).unwrap_err(), Refusal::NotForProxy);
     }
 }
+
+#[test]
+fn arch_from_option_60_when_93_is_missing() {
+    assert_eq!(arch_of_class(b"PXEClient:Arch:00007:UNDI:003000"), Some(7));
+    assert_eq!(arch_of_class(b"HTTPClient:Arch:00016:UNDI:003000"), Some(16));
+    assert_eq!(arch_of_class(b"PXEClient"), None);
+    assert_eq!(arch_of_class(b"PXEClient:Arch:0x007"), None);
+    assert_eq!(arch_of_class(b"PXEClient:Arch:"), None);
+    let mut run = Run::new();
+    let mut d = discover(b"PXEClient:Arch:00007:UNDI:003000", 0);
+    d.client_arch = None;
+    assert_eq!(run.send(&d, Port::Proxy).unwrap().0.kind, ClientKind::Uefi);
+}
