@@ -174,6 +174,10 @@ impl Responder {
         }
         let answer_type = match (inbound.port, req.message_type) {
             (Port::Proxy, MessageType::Discover) => MessageType::Offer,
+            // Answered by unicast to the source: it must be one (a client on 4011 has its address).
+            (Port::Pxe, _) if inbound.source.ip().is_unspecified() || inbound.source.ip().is_broadcast() || inbound.source.port() == 0 => {
+                return Err(Refusal::NotForProxy)
+            }
             (Port::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
             _ => return Err(Refusal::NotForProxy),
         };
@@ -277,6 +281,7 @@ impl Responder {
                 a.file = url.as_bytes();
             }
         }
+        // Cannot fail with a validated [pxe] (names of at most 100 bytes, URLs under 255).
         let len = a.emit(out).map_err(|_| Refusal::Malformed(wire::Malformed::TooLong))?;
         let destination = match inbound.port {
             // Unicast to where the request came from (EDK2: port 4011, iPXE: 68).

@@ -200,6 +200,13 @@ fn plain_dhcp_and_other_messages_get_nothing() {
     r.message_type = MessageType::Request;
     assert_eq!(run.send(&r, Port::Proxy).unwrap_err(), Refusal::NotForProxy);
     assert_eq!(run.send(&pxe, Port::Pxe).unwrap_err(), Refusal::NotForProxy);
+    // A REQUEST on 4011 from no address (nothing to unicast the ACK to).
+    let mut r4011 = pxe.clone();
+    r4011.message_type = MessageType::Request;
+    assert_eq!(run.send(&r4011, Port::Pxe).unwrap_err(), Refusal::NotForProxy, "source 0.0.0.0");
+    let b = bytes(&r4011);
+    let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 0);
+    assert_eq!(run.send_from(&b, Port::Pxe, src, false).unwrap_err(), Refusal::NotForProxy, "source port 0");
     // Another server's offer (a BOOTREPLY) is never answered.
     let mut o = pxe.clone();
     o.op = Op::Reply;
