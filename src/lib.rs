@@ -5,6 +5,7 @@
 pub mod bootfiles;
 pub mod config;
 pub mod demo;
+pub mod dhcp;
 pub mod engine;
 pub mod farm;
 pub mod http;

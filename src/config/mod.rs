@@ -5,9 +5,11 @@
 //! refuses it with a precise error and leaves the last good one serving.
 
 mod model;
+mod pxe;
 pub mod reload;
 
 pub use model::*;
+pub use pxe::{Pxe, Relay};
 
 use crate::image::{Chain, ChainLimits};
 use crate::metrics::{Counter, WorkerCounters};
@@ -270,6 +272,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     }
     if s.reload_poll_ms == 0 || s.reload_poll_ms > 60_000 {
         return Err(err(file, "server.reload_poll_ms", s.reload_poll_ms, "must be between 1 and 60000"));
+    }
+    if let Err((key, value, why)) = c.pxe.validate() {
+        return Err(err(file, key, value, why));
     }
     let t = &c.tftp;
     if t.root.as_os_str().is_empty() {
