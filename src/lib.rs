@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod dhcp;
 pub mod engine;
 pub mod farm;
 pub mod http;
