@@ -217,8 +217,14 @@ impl Lab {
 
     /// Starts a qemu guest on a new tap of the bridge; its serial console is collected.
     pub fn guest(&mut self, kind: Firmware, name: &str) -> Guest {
+        let mac = [0x52, 0x54, 0, 0x77, self.taps as u8 + 1, name.len() as u8];
+        self.guest_with_mac(kind, name, mac)
+    }
+
+    /// A guest with a chosen MAC (a test that must know the target's placement first).
+    pub fn guest_with_mac(&mut self, kind: Firmware, name: &str, mac: [u8; 6]) -> Guest {
         let tap = self.tap();
-        let mac = format!("52:54:00:77:{:02x}:{:02x}", self.taps, name.len() as u8);
+        let mac = mac_text(mac);
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns, "qemu-system-x86_64", "-accel", "tcg", "-display", "none", "-vga", "none", "-nodefaults"]);
         c.args(["-monitor", "none", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -462,4 +468,71 @@ pub fn dhcp_option(p: &[u8], code: u8) -> Option<&[u8]> {
         }
     }
     None
+}
+
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// One HTTP GET from inside namespace `ns` (Connection: close): (status, body). Bounded: 5 s.
+pub fn http_get(ns: &str, addr: std::net::SocketAddrV4, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let path = path.to_string();
+    enter_ns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut b = Vec::new();
+        s.read_to_end(&mut b)?;
+        let text = String::from_utf8_lossy(&b).into_owned();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+        Ok((status, body))
+    })
+}
+
+/// The value of one Prometheus sample (`name{labels}` exactly as exposed); 0 when absent.
+pub fn metric(text: &str, sample: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// A raw DHCP client socket inside a host's namespace (port 68 as firmware uses, or 67 as a
+/// relay agent does), with SO_BROADCAST: the negative and farm tests' own PXE client.
+pub struct Probe {
+    pub sock: std::net::UdpSocket,
+}
+
+impl Probe {
+    pub fn new(host: &Host, port: u16) -> Probe {
+        let sock = host.enter(move || {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind 0.0.0.0:{port} in the lab: {e}"));
+            s.set_broadcast(true).unwrap();
+            s
+        });
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Probe { sock }
+    }
+
+    pub fn send(&self, bytes: &[u8], to: std::net::SocketAddrV4) {
+        self.sock.send_to(bytes, to).unwrap_or_else(|e| panic!("send to {to}: {e}"));
+    }
+
+    pub fn broadcast(&self, bytes: &[u8]) {
+        self.send(bytes, std::net::SocketAddrV4::new(Ipv4Addr::BROADCAST, 67));
+    }
+
+    /// Every reply (BOOTREPLY) whose xid is `xid` arriving within `within`: (source, bytes).
+    pub fn replies(&self, xid: u32, within: Duration) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let end = Instant::now() + within;
+        let mut b = [0u8; 2048];
+        while Instant::now() < end {
+            if let Ok((n, from)) = self.sock.recv_from(&mut b) {
+                if n >= 240 && b[0] == 2 && b[4..8] == xid.to_be_bytes() {
+                    out.push((from, b[..n].to_vec()));
+                }
+            }
+        }
+        out
+    }
 }
