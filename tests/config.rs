@@ -72,6 +72,7 @@ fn example_is_valid_apart_from_its_example_paths() {
     assert_eq!(parsed.http, d.http);
     assert_eq!(parsed.nbd, d.nbd);
     assert_eq!(parsed.image, d.image);
+    assert_eq!(parsed.pxe, d.pxe);
     // Every [tftp] key but the root (an example path) is documented at its default.
     assert_eq!(bootfarm::config::Tftp { root: d.tftp.root.clone(), ..parsed.tftp }, d.tftp);
 }
@@ -82,6 +83,9 @@ fn bad_files_get_precise_errors() {
     store(&dir);
     let cases: &[(&str, &str, &[&str])] = &[
         ("syntax", "[server\nname = 1", &["line 1", "bootfarm.toml"]),
+        ("pxe boot file", "[pxe]\nbios_boot_file = \"../etc/passwd\"", &["pxe.bios_boot_file", "no '..'"]),
+        ("pxe ports", "[pxe]\npxe_port = 67", &["pxe.pxe_port = 67", "same port as pxe.proxy_port"]),
+        ("pxe rate", "[pxe]\nanswers_per_mac_per_s = 0", &["pxe.answers_per_mac_per_s = 0", "refuse every client"]),
         ("unknown key", "[server]\nnmae = \"x\"", &["unknown field `nmae`", "line 2"]),
         ("wrong type", "[server]\ntftp_port = \"sixty-nine\"", &["invalid type", "line 2"]),
         ("port out of range", "[server]\nhttp_port = 70000", &["line 2"]),

@@ -5,9 +5,11 @@
 //! refuses it with a precise error and leaves the last good one serving.
 
 mod model;
+mod pxe;
 pub mod reload;
 
 pub use model::*;
+pub use pxe::{Pxe, Relay};
 
 use crate::image::{Chain, ChainLimits};
 use crate::metrics::{Counter, WorkerCounters};
@@ -271,6 +273,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if s.reload_poll_ms == 0 || s.reload_poll_ms > 60_000 {
         return Err(err(file, "server.reload_poll_ms", s.reload_poll_ms, "must be between 1 and 60000"));
     }
+    if let Err((key, value, why)) = c.pxe.validate() {
+        return Err(err(file, key, value, why));
+    }
     let t = &c.tftp;
     if t.root.as_os_str().is_empty() {
         // "" would resolve to the configuration's own folder and serve it over TFTP and HTTP.
@@ -354,6 +359,23 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     ];
     if let Some((k, v)) = nonzero.iter().find(|(_, v)| *v == 0) {
         return Err(err(file, *k, v, "a limit of 0 would refuse every client; raise it"));
+    }
+    // Each worker names a session by a slab id in the 24 bits of an io_uring user_data.
+    let ids = [
+        ("tftp.sessions_max", t.sessions_max),
+        ("http.connections_max", c.http.connections_max),
+        ("nbd.connections_max", c.nbd.connections_max),
+    ];
+    if let Err((k, v)) = crate::engine::token::check_ids(&ids) {
+        let max = crate::engine::token::ID_MAX;
+        return Err(err(
+            file,
+            k,
+            v,
+            format!(
+                "exceeds {max}, the most sessions a worker can name (a 24-bit id, half of it kept for connections still closing); lower it"
+            ),
+        ));
     }
     if c.http.header_bytes_max < c.http.request_line_bytes_max {
         return Err(err(file, "http.header_bytes_max", c.http.header_bytes_max, "must be at least http.request_line_bytes_max"));
@@ -587,6 +609,29 @@ impl Store {
                 self.counters.add(Counter::ConfigReloadsFailed, 1);
                 Err(e)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A limit the engine's token cannot encode is refused with its key; the largest that it
+    /// can is accepted (the check runs before any path of the file is looked at).
+    #[test]
+    fn a_limit_past_the_session_id_width_is_refused_by_name() {
+        let max = crate::engine::token::ID_MAX;
+        let file = Path::new("/nonexistent/bootfarm.toml");
+        for (table, key) in [("tftp", "sessions_max"), ("http", "connections_max"), ("nbd", "connections_max")] {
+            let text = format!("[{table}]\n{key} = {}\n", max + 1);
+            let e = from_text(file, &text, &Overrides::default(), 1, None).err().expect("refused");
+            assert_eq!(e.key, format!("{table}.{key}"), "{e}");
+            assert!(e.to_string().contains(&max.to_string()), "{e}");
+            // At the edge the id check passes: what fails next is the missing tftp.root.
+            let text = format!("[{table}]\n{key} = {max}\n");
+            let e = from_text(file, &text, &Overrides::default(), 1, None).err().expect("no tftp root here");
+            assert_eq!(e.key, "tftp.root", "{e}");
         }
     }
 }

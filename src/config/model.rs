@@ -15,6 +15,7 @@ pub struct Config {
     pub image: Image,
     pub vdisk: Vec<VdiskEntry>,
     pub farm: Farm,
+    pub pxe: super::pxe::Pxe,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -481,6 +482,24 @@ targets_max = 65536         # targets the load map holds (least recently read go
 targets_per_address_max = 16  # distinct ?mac= targets one client address adds; beyond, it counts as one
 # token_key_file = "token.key"  # example: 16+ random bytes, the same on every node (head -c 32 /dev/urandom);
                               # unset = a random key per process (tokens only valid on the issuing node)
+
+[pxe]                       # ProxyDHCP beside the site's DHCP server (README: "PXE")
+enabled = false             # off unless configured: it answers every PXE client on the segment
+listen = "0.0.0.0"          # broadcasts reach only 0.0.0.0; choose the segment with `interface`
+interface = ""              # SO_BINDTODEVICE (e.g. "eth1"); empty = all interfaces
+proxy_port = 67             # needs CAP_NET_BIND_SERVICE (setcap cap_net_bind_service=+ep, or root)
+pxe_port = 4011             # PXE boot-server requests (UEFI firmware); 0 = not served
+client_port = 68            # broadcast answers go here; only tests change it
+# server_address = "10.0.0.1"  # example: option 54; unset = the address the request arrived on
+bios_boot_file = "undionly.kpxe"  # BIOS PXE (arch 0), over TFTP from tftp.root
+uefi_boot_file = "ipxe.efi"       # UEFI PXE x64 (arch 7, 9), over TFTP
+http_boot_file = "ipxe.efi"       # UEFI HTTP Boot x64 (arch 16): http://<server>:<http_port>/boot/<file>
+uefi_via_pxe_port = true    # UEFI PXE gets its file in the ACK on pxe_port (as EDK2 expects);
+                            # false = in the offer, with option 43 {6: 8} as for BIOS
+relay = "answer"            # requests through a DHCP relay (giaddr): answer | ignore
+answers_per_mac_per_s = 4   # answers per client MAC per second (token bucket),
+answers_per_mac_burst = 16  # and at once; above, requests are dropped and counted
+# iPXE clients (user class iPXE or option 175) always get http://<server>:<http_port>/ipxe?mac=${mac}
 
 # One table per server of the farm (example); empty = a farm of this node alone.
 [[farm.server]]

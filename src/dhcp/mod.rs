@@ -2,4 +2,5 @@
 //! HTTP Boot and iPXE clients which farm server boots them. It never hands out addresses: the
 //! site's DHCP server does that. The engine glue lives in `engine::dhcp`.
 
+pub mod responder;
 pub mod wire;

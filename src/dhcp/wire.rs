@@ -70,6 +70,11 @@ pub mod opt {
 }
 
 /// PXE vendor sub-options inside option 43 (PXE 2.1 Table 2-1).
+/// iPXE's feature sub-options inside option 175 (iPXE include/ipxe/dhcp.h).
+pub mod ipxe_feature {
+    pub const HTTP: u8 = 0x13;
+}
+
 pub mod pxe_sub {
     pub const DISCOVERY_CONTROL: u8 = 6;
     pub const BOOT_ITEM: u8 = 71;
@@ -359,6 +364,11 @@ impl<'a> Iterator for Options<'a> {
     }
 }
 
+/// The options encapsulated in an option's value (43's PXE sub-options, 175's iPXE features).
+pub fn encapsulated(v: &[u8]) -> Options<'_> {
+    Options { areas: [v, &[], &[]], area: 0, pos: 0, failed: false }
+}
+
 /// PXE vendor options (option 43's sub-options) read or written here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PxeVendor {
@@ -374,7 +384,7 @@ impl PxeVendor {
 
     pub fn parse(v: &[u8]) -> Result<PxeVendor, Malformed> {
         let mut out = PxeVendor::default();
-        for o in (Options { areas: [v, &[], &[]], area: 0, pos: 0, failed: false }) {
+        for o in encapsulated(v) {
             let (code, val) = o.map_err(|_| Malformed::BadOptionLength(opt::VENDOR_SPECIFIC))?;
             match code {
                 pxe_sub::DISCOVERY_CONTROL if out.discovery_control.is_none() => {
@@ -599,6 +609,11 @@ impl<'a> Repr<'a> {
         false
     }
 
+    /// Whether option 175 lists iPXE feature `code` (e.g. 0x13: HTTP); false without 175.
+    pub fn has_ipxe_feature(&self, code: u8) -> bool {
+        self.ipxe_encap.is_some_and(|v| encapsulated(v).any(|o| matches!(o, Ok((c, _)) if c == code)))
+    }
+
     /// Options in emit order: 53 first (RFC 2131 §4.1 asks nothing, but some ROMs look only
     /// there), 82 last (RFC 3046 §2.1: the relay strips it from the end).
     fn each_option(&self, mut f: impl FnMut(u8, &[u8]) -> Result<(), EmitError>) -> Result<(), EmitError> {
@@ -730,4 +745,4 @@ pub fn parse(bytes: &[u8]) -> Result<Repr<'_>, Malformed> {
 
 #[cfg(test)]
 #[path = "wire_tests.rs"]
-mod tests;
+pub(crate) mod tests;

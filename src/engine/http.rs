@@ -9,9 +9,11 @@
 use super::files::FileCache;
 use super::iov::{push_chain, push_slice, IOV_MAX};
 use super::ring::{push, with_sock, FileSlots, SockRef};
+use super::service::{Io, Service};
 use super::slab::Slab;
 use super::timer::Wheel;
-use super::{ud, Shared, WorkerStats};
+use super::token::{ServiceId, Token};
+use super::{Shared, WorkerStats};
 use crate::http::{self, wire, Body};
 use crate::image::Backing;
 use crate::metrics::Counter;
@@ -23,12 +25,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const K_ACCEPT: u8 = 16;
-pub const K_RECV: u8 = 17;
-pub const K_SEND: u8 = 18;
-pub const K_CANCEL: u8 = 19;
-/// Timer ids of HTTP connections carry this bit (TFTP sessions do not).
-pub const TIMER_BIT: u32 = 1 << 23;
+pub const K_ACCEPT: u8 = 1;
+pub const K_RECV: u8 = 2;
+pub const K_SEND: u8 = 3;
+pub const K_CANCEL: u8 = 4;
+pub const K_TIMER: u8 = 5;
+
+#[inline]
+fn ud(op: u8, id: u32, generation: u16, _slot: u16) -> u64 {
+    Token::new(ServiceId::Http, op, id, generation).pack()
+}
 
 const SEND_BYTES_MAX: u64 = 4 << 20;
 const RBUF_INITIAL: usize = 4096;
@@ -202,13 +208,6 @@ impl HttpService {
             slots,
             refusals: RateLog::default(),
         }
-    }
-
-    pub fn active(&self) -> usize {
-        self.active
-    }
-    pub fn lingering(&self) -> usize {
-        self.conns.stored()
     }
 
     fn count(&self, c: Counter, n: u64) {
@@ -678,6 +677,33 @@ impl HttpService {
     }
 }
 
+impl Service for HttpService {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+    fn on_completion(&mut self, io: &mut Io, token: Token, res: i32, flags: u32) {
+        self.on_cqe(token.op, token.id, token.generation, res, flags, &mut io.ring, io.now);
+    }
+    fn on_timer(&mut self, io: &mut Io, token: Token) {
+        HttpService::on_timer(self, token.id, token.generation, io.now);
+    }
+    fn flush(&mut self, io: &mut Io) {
+        HttpService::flush(self, &mut io.ring, &mut io.wheel, io.now);
+    }
+    fn stop_listening(&mut self, io: &mut Io) {
+        HttpService::stop_listening(self, &mut io.ring);
+    }
+    fn abort_all(&mut self, io: &mut Io) {
+        HttpService::abort_all(self, &mut io.ring);
+    }
+    fn active(&self) -> usize {
+        self.active
+    }
+    fn lingering(&self) -> usize {
+        self.conns.stored()
+    }
+}
+
 impl Conn {
     /// Whether an operation the kernel has not completed yet points into this connection:
     /// a receive into `rbuf`, a send from `head`/`body`/`iov`/`msg`, or a zero-copy body
@@ -720,7 +746,7 @@ fn start_response(c: &mut Conn, status: u16, body: Body, close: bool) {
 /// Makes sure a wake-up is armed no later than `at` (one live wheel entry per connection).
 fn arm_timer(c: &mut Conn, id: u32, wheel: &mut Wheel, at: Instant) {
     if c.timer_due.is_none_or(|d| at < d) {
-        wheel.insert(at, id | TIMER_BIT, c.generation);
+        wheel.insert(at, Token::new(ServiceId::Http, K_TIMER, id, c.generation));
         c.timer_due = Some(at);
     }
 }

@@ -8,28 +8,21 @@ mod http;
 mod iov;
 mod nbd;
 pub mod ring;
+mod service;
 mod slab;
 mod tftp;
 pub mod timer;
+pub mod token;
 
 use crate::config::{Snapshot, Store};
 use crate::metrics::{Histogram, WorkerCounters};
+use service::{Io, Service};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-
-/// user_data layout: kind (8 bits) | session id (24) | generation (16) | send slot (16).
-#[inline]
-pub(crate) fn ud(kind: u8, id: u32, generation: u16, slot: u16) -> u64 {
-    kind as u64 | ((id as u64) & 0xFF_FFFF) << 8 | (generation as u64) << 32 | (slot as u64) << 48
-}
-
-#[inline]
-pub(crate) fn ud_parts(u: u64) -> (u8, u32, u16, u16) {
-    (u as u8, ((u >> 8) & 0xFF_FFFF) as u32, (u >> 32) as u16, (u >> 48) as u16)
-}
+use token::{ServiceId, Token};
 
 /// Global admission limits shared by every worker without a lock: a total and a per-client
 /// count. Clients are counted in 65536 hashed buckets, so two clients sharing a bucket share
@@ -487,15 +480,12 @@ impl Engine {
 
 struct Worker {
     index: usize,
-    ring: io_uring::IoUring,
-    bufs: ring::BufRing,
-    wheel: timer::Wheel,
-    tftp: tftp::TftpService,
-    http: http::HttpService,
-    nbd: nbd::NbdService,
+    io: Io,
+    /// Indexed by `ServiceId`: a token's service field picks the one its completion is for.
+    services: Vec<Box<dyn Service>>,
     shared: Arc<Shared>,
     cqes: Vec<(u64, i32, u32)>,
-    expired: Vec<(u32, u16)>,
+    expired: Vec<Token>,
 }
 
 impl Worker {
@@ -517,82 +507,90 @@ impl Worker {
             tracing::debug!(worker = index, "no registered file table: operations name sockets by descriptor");
         }
         let (t, h) = (n / 2, n / 2 + n / 4);
-        Ok(Worker {
+        let mut w = Worker {
             index,
-            ring,
-            bufs,
-            wheel: timer::Wheel::new(Instant::now()),
-            tftp: tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index, ring::FileSlots::new(0..t)),
-            http: http::HttpService::new(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h)),
-            nbd: nbd::NbdService::new(nbd_listener, stats, shared.clone(), index, ring::FileSlots::new(h..n)),
-            shared,
+            io: Io::new(ring, bufs, shared.store.clone(), Instant::now()),
+            services: Vec::with_capacity(token::ServiceId::MAX),
+            shared: shared.clone(),
             cqes: Vec::with_capacity(ring::CQ_ENTRIES as usize),
             expired: Vec::new(),
-        })
+        };
+        let tftp = tftp::TftpService::new(listener, listen_ip, stats.clone(), shared.clone(), index, ring::FileSlots::new(0..t));
+        w.add(ServiceId::Tftp, Box::new(tftp));
+        let http = http::HttpService::new(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h));
+        w.add(ServiceId::Http, Box::new(http));
+        w.add(ServiceId::Nbd, Box::new(nbd::NbdService::new(nbd_listener, stats, shared, index, ring::FileSlots::new(h..n))));
+        Ok(w)
+    }
+
+    /// Adds the service that tokens with `id` name (in ServiceId order).
+    fn add(&mut self, id: ServiceId, s: Box<dyn Service>) {
+        assert_eq!(self.services.len(), id as usize, "services are added in ServiceId order");
+        self.services.push(s);
+    }
+
+    fn active(&self) -> usize {
+        self.services.iter().map(|s| s.active()).sum()
+    }
+
+    fn flush_all(&mut self) {
+        for s in &mut self.services {
+            s.flush(&mut self.io);
+        }
     }
 
     fn run(&mut self) {
-        let store = self.shared.store.clone();
-        let snapshot = move || -> Arc<Snapshot> { store.load() };
         let mut drain_deadline: Option<Instant> = None;
-        let mut now = Instant::now();
-        self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
-        self.http.flush(&mut self.ring, &mut self.wheel, now);
+        self.io.now = Instant::now();
+        self.flush_all();
         loop {
-            let ts = io_uring::types::Timespec::from(self.wheel.wait_hint());
+            let ts = io_uring::types::Timespec::from(self.io.wheel.wait_hint());
             let args = io_uring::types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1, &args) {
+            match self.io.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
                 Err(e) => panic!("worker {}: io_uring_enter failed: {e}", self.index),
             }
-            now = Instant::now();
+            let now = Instant::now();
+            self.io.now = now;
             self.cqes.clear();
-            self.cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            self.cqes.extend(self.io.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
             for i in 0..self.cqes.len() {
                 let (u, res, flags) = self.cqes[i];
-                let (kind, id, generation, slot) = ud_parts(u);
-                if kind >= nbd::K_ACCEPT {
-                    self.nbd.on_cqe(kind, id, generation, res, flags, &self.ring, now);
-                } else if kind >= http::K_ACCEPT {
-                    self.http.on_cqe(kind, id, generation, res, flags, &mut self.ring, now);
-                } else {
-                    self.tftp.on_cqe(kind, id, generation, slot, res, flags, &mut self.bufs, &mut self.ring, now, &snapshot);
+                let t = Token::unpack(u);
+                if let Some(s) = self.services.get_mut(t.service as usize) {
+                    s.on_completion(&mut self.io, t, res, flags);
                 }
             }
             self.expired.clear();
-            self.wheel.advance(now, &mut self.expired);
+            self.io.wheel.advance(now, &mut self.expired);
             for i in 0..self.expired.len() {
-                let (id, g) = self.expired[i];
-                if id & http::TIMER_BIT != 0 {
-                    self.http.on_timer(id & !http::TIMER_BIT, g, now);
-                } else {
-                    self.tftp.on_timer(id, g, now);
+                let t = self.expired[i];
+                if let Some(s) = self.services.get_mut(t.service as usize) {
+                    s.on_timer(&mut self.io, t);
                 }
             }
-            self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
-            self.http.flush(&mut self.ring, &mut self.wheel, now);
-            self.nbd.flush(&mut self.ring, now);
+            self.flush_all();
             if self.shared.draining.load(Ordering::Relaxed) {
-                let deadline = *drain_deadline.get_or_insert_with(|| {
-                    tracing::info!(worker = self.index, tftp = self.tftp.active(), http = self.http.active(), "draining");
-                    self.http.stop_listening(&mut self.ring);
-                    self.nbd.stop_listening(&mut self.ring);
-                    now + self.shared.grace
-                });
-                self.tftp.stop_listening(&mut self.ring);
-                if now >= deadline && self.tftp.active() + self.http.active() + self.nbd.active() > 0 {
-                    self.tftp.abort_all(&mut self.ring, now);
-                    self.http.abort_all(&mut self.ring);
-                    self.nbd.abort_all(&mut self.ring);
-                    self.nbd.flush(&mut self.ring, now);
-                    self.tftp.flush(&mut self.ring, &mut self.wheel, self.bufs.bgid, now);
-                    self.http.flush(&mut self.ring, &mut self.wheel, now);
+                let deadline = match drain_deadline {
+                    Some(d) => d,
+                    None => {
+                        let active: Vec<(&str, usize)> = self.services.iter().map(|s| (s.name(), s.active())).collect();
+                        tracing::info!(worker = self.index, ?active, "draining");
+                        for s in &mut self.services {
+                            s.stop_listening(&mut self.io);
+                        }
+                        *drain_deadline.insert(now + self.shared.grace)
+                    }
+                };
+                if now >= deadline && self.active() > 0 {
+                    for s in &mut self.services {
+                        s.abort_all(&mut self.io);
+                    }
+                    self.flush_all();
                 }
                 // Done when nothing runs and the kernel holds no session memory.
-                if self.tftp.active() + self.http.active() + self.nbd.active() == 0
-                    && self.tftp.lingering() + self.http.lingering() + self.nbd.lingering() == 0
-                {
+                if self.active() == 0 && self.services.iter().all(|s| s.lingering() == 0) {
                     break;
                 }
                 if now >= deadline + Duration::from_secs(5) {
@@ -601,8 +599,8 @@ impl Worker {
                 }
             }
         }
-        let _ = self.ring.submit();
-        self.bufs.unregister(&self.ring);
+        let _ = self.io.ring.submit();
+        self.io.bufs.unregister(&self.io.ring);
         tracing::info!(worker = self.index, "worker stopped");
     }
 }

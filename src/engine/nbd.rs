@@ -17,8 +17,10 @@
 
 use super::iov::{ZEROS, ZEROS_LEN};
 use super::ring::{push, with_sock, FileSlots, SockRef};
+use super::service::{Io, Service};
 use super::slab::Slab;
-use super::{ud, Limit, Shared, WorkerStats};
+use super::token::{ServiceId, Token};
+use super::{Limit, Shared, WorkerStats};
 use crate::config::{Mode, TargetIds};
 use crate::config::{Snapshot, Vdisk};
 use crate::metrics::Counter;
@@ -34,10 +36,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const K_ACCEPT: u8 = 32;
-pub const K_RECV: u8 = 33;
-pub const K_SEND: u8 = 34;
-pub const K_CANCEL: u8 = 35;
+pub const K_ACCEPT: u8 = 1;
+pub const K_RECV: u8 = 2;
+pub const K_SEND: u8 = 3;
+pub const K_CANCEL: u8 = 4;
+
+#[inline]
+fn ud(op: u8, id: u32, generation: u16, _slot: u16) -> u64 {
+    Token::new(ServiceId::Nbd, op, id, generation).pack()
+}
 
 /// Receive buffer per connection: a few large WRITEs, or thousands of request headers.
 const RBUF: usize = 256 * 1024;
@@ -265,13 +272,6 @@ impl NbdService {
             refusals_unlogged: 0,
             accept_backoff: Default::default(),
         }
-    }
-
-    pub fn active(&self) -> usize {
-        self.active
-    }
-    pub fn lingering(&self) -> usize {
-        self.conns.stored()
     }
 
     fn mark(&mut self, id: u32) {
@@ -663,6 +663,31 @@ impl NbdService {
         for id in self.conns.ids_where(|c| !c.closing) {
             self.close(id, ring, now);
         }
+    }
+}
+
+impl Service for NbdService {
+    fn name(&self) -> &'static str {
+        "nbd"
+    }
+    fn on_completion(&mut self, io: &mut Io, token: Token, res: i32, flags: u32) {
+        self.on_cqe(token.op, token.id, token.generation, res, flags, &io.ring, io.now);
+    }
+    fn on_timer(&mut self, _io: &mut Io, _token: Token) {}
+    fn flush(&mut self, io: &mut Io) {
+        NbdService::flush(self, &mut io.ring, io.now);
+    }
+    fn stop_listening(&mut self, io: &mut Io) {
+        NbdService::stop_listening(self, &mut io.ring);
+    }
+    fn abort_all(&mut self, io: &mut Io) {
+        NbdService::abort_all(self, &mut io.ring);
+    }
+    fn active(&self) -> usize {
+        self.active
+    }
+    fn lingering(&self) -> usize {
+        self.conns.stored()
     }
 }
 

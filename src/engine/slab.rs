@@ -21,6 +21,9 @@ impl<T> Slab<T> {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
+                // The configuration check (token::ID_MAX per service, half the id space) keeps
+                // live entries far below this; only lingering ones could go past it.
+                assert!(self.entries.len() < super::token::ID_SPACE as usize, "slab full: more entries than a token's id can name");
                 self.entries.push(None);
                 self.generations.push(0);
                 (self.entries.len() - 1) as u32

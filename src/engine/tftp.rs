@@ -11,10 +11,12 @@
 //! they get the RFC 1350 ERROR 5 from the transfer's own port as before.
 
 use super::files::FileCache;
-use super::ring::{push, with_sock, BufRing, FileSlots, SockRef};
+use super::ring::{push, with_sock, FileSlots, SockRef};
+use super::service::{Io, Service};
 use super::slab::Slab;
 use super::timer::Wheel;
-use super::{ud, Shared, WorkerStats};
+use super::token::{ServiceId, Token};
+use super::{Shared, WorkerStats};
 use crate::config::Snapshot;
 use crate::image::Backing;
 use crate::metrics::Counter;
@@ -37,6 +39,12 @@ pub const K_SEND: u8 = 3;
 pub const K_CANCEL: u8 = 4;
 /// The transfer port's catcher of packets from other addresses (wrong TID).
 pub const K_STRAY: u8 = 5;
+pub const K_TIMER: u8 = 6;
+
+#[inline]
+fn ud(op: u8, id: u32, generation: u16, slot: u16) -> u64 {
+    Token::new(ServiceId::Tftp, op, id, generation).with_slot(slot).pack()
+}
 
 /// Sends in flight per transfer (the rest of a large window waits for completions).
 const SEND_SLOTS_MAX: usize = 64;
@@ -186,15 +194,6 @@ impl TftpService {
         }
     }
 
-    pub fn active(&self) -> usize {
-        self.active
-    }
-
-    /// Sessions whose memory is still referenced by the kernel (sends in flight).
-    pub fn lingering(&self) -> usize {
-        self.sessions.stored()
-    }
-
     fn count(&self, c: Counter, n: u64) {
         self.stats.counters.add(c, n);
     }
@@ -219,19 +218,10 @@ impl TftpService {
         unsafe { libc::sendto(fd, b.as_ptr().cast(), n, libc::MSG_DONTWAIT, to.as_ptr(), to.len()) };
     }
 
-    pub fn on_cqe(
-        &mut self,
-        kind: u8,
-        id: u32,
-        generation: u16,
-        slot: u16,
-        res: i32,
-        flags: u32,
-        bufs: &mut BufRing,
-        ring: &mut IoUring,
-        now: Instant,
-        snapshot: &dyn Fn() -> Arc<Snapshot>,
-    ) {
+    pub fn on_cqe(&mut self, io: &mut Io, t: Token, res: i32, flags: u32) {
+        let (kind, id, generation, slot) = (t.op, t.id, t.generation, t.slot);
+        let (bufs, ring, now, store) = (&mut io.bufs, &mut io.ring, io.now, &io.store);
+        let snapshot = &|| store.load();
         let bid = cqueue::buffer_select(flags);
         match kind {
             K_LISTEN => {
@@ -668,7 +658,7 @@ impl TftpService {
         }
         if let Some(t) = s.transfer.poll_timeout() {
             if s.timer_due.is_none_or(|d| t < d) {
-                wheel.insert(t, id, s.generation);
+                wheel.insert(t, Token::new(ServiceId::Tftp, K_TIMER, id, s.generation));
                 s.timer_due = Some(t);
             }
         }
@@ -782,6 +772,33 @@ fn transfer_sockets(peer: SocketAddr, bind_ip: IpAddr) -> std::io::Result<(Socke
     stray.bind(&local)?;
     sock.connect(&peer.into())?;
     Ok((sock, stray))
+}
+
+impl Service for TftpService {
+    fn name(&self) -> &'static str {
+        "tftp"
+    }
+    fn on_completion(&mut self, io: &mut Io, token: Token, res: i32, flags: u32) {
+        self.on_cqe(io, token, res, flags);
+    }
+    fn on_timer(&mut self, io: &mut Io, token: Token) {
+        TftpService::on_timer(self, token.id, token.generation, io.now);
+    }
+    fn flush(&mut self, io: &mut Io) {
+        TftpService::flush(self, &mut io.ring, &mut io.wheel, io.bufs.bgid, io.now);
+    }
+    fn stop_listening(&mut self, io: &mut Io) {
+        TftpService::stop_listening(self, &mut io.ring);
+    }
+    fn abort_all(&mut self, io: &mut Io) {
+        TftpService::abort_all(self, &mut io.ring, io.now);
+    }
+    fn active(&self) -> usize {
+        self.active
+    }
+    fn lingering(&self) -> usize {
+        self.sessions.stored()
+    }
 }
 
 fn sockaddr_from(name: &[u8]) -> Option<SockAddr> {

@@ -1,8 +1,10 @@
-//! A hashed timer wheel with 1 ms ticks. Sessions keep at most one live entry: when a deadline
+//! A hashed timer wheel with 1 ms ticks, one per worker for every service's deadlines, each
+//! entry keyed by the [`Token`] of what it wakes. Sessions keep at most one live entry: when a deadline
 //! moves later the old entry stays and, when it fires, the owner checks its real deadline and
 //! re-arms; when it moves earlier a new entry is added and the stale one is ignored when it
 //! fires (the generation or the deadline no longer match). Insert O(1), expiry O(expired).
 
+use super::token::Token;
 use std::time::{Duration, Instant};
 
 const SLOTS: usize = 4096;
@@ -11,7 +13,7 @@ pub struct Wheel {
     origin: Instant,
     /// Next tick to process.
     current: u64,
-    slots: Vec<Vec<(u64, u32, u16)>>,
+    slots: Vec<Vec<(u64, u64)>>,
     len: usize,
 }
 
@@ -24,16 +26,16 @@ impl Wheel {
         t.saturating_duration_since(self.origin).as_millis() as u64
     }
 
-    /// Arms a wake-up for (`id`, `generation`) at `due` (rounded up to the next tick).
-    pub fn insert(&mut self, due: Instant, id: u32, generation: u16) -> u64 {
+    /// Arms a wake-up for `token` at `due` (rounded up to the next tick).
+    pub fn insert(&mut self, due: Instant, token: Token) -> u64 {
         let tick = (self.tick_of(due) + 1).max(self.current);
-        self.slots[(tick % SLOTS as u64) as usize].push((tick, id, generation));
+        self.slots[(tick % SLOTS as u64) as usize].push((tick, token.pack()));
         self.len += 1;
         tick
     }
 
-    /// Moves time to `now`, appending every expired (id, generation) to `out`.
-    pub fn advance(&mut self, now: Instant, out: &mut Vec<(u32, u16)>) {
+    /// Moves time to `now`, appending the token of every expired entry to `out`.
+    pub fn advance(&mut self, now: Instant, out: &mut Vec<Token>) {
         let target = self.tick_of(now);
         if self.len == 0 {
             self.current = target + 1;
@@ -46,8 +48,8 @@ impl Wheel {
             let mut i = 0;
             while i < slot.len() {
                 if slot[i].0 <= target {
-                    let (_, id, g) = slot.swap_remove(i);
-                    out.push((id, g));
+                    let (_, t) = slot.swap_remove(i);
+                    out.push(Token::unpack(t));
                     self.len -= 1;
                 } else {
                     i += 1;
@@ -75,29 +77,34 @@ impl Wheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::token::ServiceId;
+
+    fn t(id: u32, g: u16) -> Token {
+        Token::new(ServiceId::Tftp, 0, id, g)
+    }
 
     #[test]
     fn fires_in_order_of_ticks_and_handles_laps() {
         let t0 = Instant::now();
         let mut w = Wheel::new(t0);
-        w.insert(t0 + Duration::from_millis(10), 1, 0);
-        w.insert(t0 + Duration::from_millis(5000), 2, 0); // beyond one lap of 4096 ticks
-        w.insert(t0 + Duration::from_millis(3), 3, 7);
+        w.insert(t0 + Duration::from_millis(10), t(1, 0));
+        w.insert(t0 + Duration::from_millis(5000), t(2, 0)); // beyond one lap of 4096 ticks
+        w.insert(t0 + Duration::from_millis(3), t(3, 7));
         let mut out = Vec::new();
         w.advance(t0 + Duration::from_millis(2), &mut out);
         assert!(out.is_empty());
         w.advance(t0 + Duration::from_millis(20), &mut out);
-        assert_eq!(out, vec![(3, 7), (1, 0)]);
+        assert_eq!(out, vec![t(3, 7), t(1, 0)]);
         out.clear();
         w.advance(t0 + Duration::from_millis(4200), &mut out);
         assert!(out.is_empty(), "a later lap's entry stays");
         w.advance(t0 + Duration::from_millis(5002), &mut out);
-        assert_eq!(out, vec![(2, 0)]);
+        assert_eq!(out, vec![t(2, 0)]);
         assert!(w.is_empty());
         w.advance(t0 + Duration::from_secs(100), &mut out);
-        w.insert(t0 + Duration::from_secs(99), 4, 0); // in the past: fires at the next tick
+        w.insert(t0 + Duration::from_secs(99), t(4, 0)); // in the past: fires at the next tick
         out.clear();
         w.advance(t0 + Duration::from_millis(100_002), &mut out);
-        assert_eq!(out, vec![(4, 0)]);
+        assert_eq!(out, vec![t(4, 0)]);
     }
 }
