@@ -3,6 +3,7 @@
 //! configuration comes from the snapshot store (one atomic load per new session) and counters
 //! are per worker. The engine is the only code that makes system calls for the services.
 
+mod dhcp;
 mod files;
 mod http;
 mod iov;
@@ -386,6 +387,8 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     ensure_free(tftp_addr, false).map_err(|e| tftp_err(&e))?;
     ensure_free(http_addr, true).map_err(|e| http_err(&e))?;
     ensure_free(nbd_addr, true).map_err(|e| nbd_err(&e))?;
+    // The PXE service: bound here so that a port or capability problem stops the start.
+    let mut dhcp_sockets = if snap.config.pxe.enabled { Some(dhcp::bind(&snap.config.pxe)?) } else { None };
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
         let t = tftp::bind_listener(tftp_addr).map_err(|e| tftp_err(&e))?;
@@ -432,11 +435,13 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         let ready = ready_tx.clone();
         let listen_ip = tftp_addr.ip();
         let cpu = worker_cpus[i];
+        // One worker answers DHCP: a broadcast reaches every socket on the port.
+        let dhcp = dhcp_sockets.take();
         let t = std::thread::Builder::new()
             .name(format!("bootfarm-w{i}"))
             .spawn(move || {
                 pin(cpu);
-                let mut w = match Worker::new(i, shared, listener, http_listener, nbd_listener, listen_ip) {
+                let mut w = match Worker::new(i, shared, listener, http_listener, nbd_listener, listen_ip, dhcp) {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -496,6 +501,7 @@ impl Worker {
         http_listener: socket2::Socket,
         nbd_listener: socket2::Socket,
         listen_ip: std::net::IpAddr,
+        dhcp: Option<dhcp::Sockets>,
     ) -> Result<Worker, String> {
         let ring = ring::build().map_err(|e| e.to_string())?;
         let bufs = ring::BufRing::new(&ring, 0, 1024, 2048).map_err(|e| format!("cannot register receive buffers: {e}"))?;
@@ -519,7 +525,13 @@ impl Worker {
         w.add(ServiceId::Tftp, Box::new(tftp));
         let http = http::HttpService::new(http_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(t..h));
         w.add(ServiceId::Http, Box::new(http));
-        w.add(ServiceId::Nbd, Box::new(nbd::NbdService::new(nbd_listener, stats, shared, index, ring::FileSlots::new(h..n))));
+        w.add(
+            ServiceId::Nbd,
+            Box::new(nbd::NbdService::new(nbd_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(h..n))),
+        );
+        if let Some(d) = dhcp {
+            w.add(ServiceId::Dhcp, Box::new(dhcp::DhcpService::new(d, stats, shared)));
+        }
         Ok(w)
     }
 
