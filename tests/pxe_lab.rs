@@ -201,7 +201,7 @@ impl Node {
                     subnets: vec![],
                     vdisks: vec![],
                     max_booting: 0,
-                    http_port: 0,
+                    http_port: None,
                 })
                 .collect();
             // A dead node leaves the lists after ~3 x 200 ms.
