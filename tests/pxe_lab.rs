@@ -182,6 +182,16 @@ impl Node {
     fn start(lab: &mut Lab, last: u8, farm: &[u8]) -> Node {
         let dir = lab.dir.join(&format!("node{last}"));
         let mut c = bootfarm::demo::write_store(&dir, HTTP).unwrap();
+        // Farm nodes place targets only on replicas with the same bytes: every node gets a
+        // copy of one store's vDisk chain (a copy keeps the images' identifiers).
+        let master = lab.dir.join("master");
+        if !master.exists() {
+            bootfarm::demo::write_store(&master, HTTP).unwrap();
+        }
+        for f in std::fs::read_dir(master.join("vdisks")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join("vdisks").join(f.file_name())).unwrap();
+        }
         c.server.name = format!("node{last}");
         c.server.listen = lab::ip(last).into();
         c.server.tftp_port = 69;
@@ -315,7 +325,10 @@ fn ovmf_uefi_pxe_asks_on_4011_and_runs_ipxe_efi_over_tftp() {
     assert!(metric(&m, "bootfarm_pxe_answers_total{kind=\"uefi\"}") >= 2, "offer and 4011 ACK:\n{m}");
     assert!(metric(&m, "bootfarm_pxe_answers_total{kind=\"ipxe\"}") >= 1, "{m}");
     let log = node.log();
-    assert!(log.lines().any(|l| l.contains("tftp transfer started") && l.contains("ipxe.efi") && l.contains("blksize=1468")), "EDK2 asks blksize 1468:\n{log}");
+    assert!(
+        log.lines().any(|l| l.contains("tftp transfer started") && l.contains("ipxe.efi") && l.contains("blksize=1468")),
+        "EDK2 asks blksize 1468:\n{log}"
+    );
 }
 
 #[test]
@@ -335,8 +348,12 @@ fn ovmf_uefi_http_boot_gets_the_efi_program_from_boot() {
 /// Asks every node (one broadcast) which server boots `mac`: the servers named, one per answer.
 fn ask_farm(probe: &Probe, mac: [u8; 6], xid: u32, answers: usize) -> Vec<String> {
     probe.broadcast(&request("ipxe", MessageType::Discover, mac, xid));
-    let got = probe.replies(xid, Duration::from_millis(1500));
-    assert!(got.len() <= answers, "one answer per node at most: {}", got.len());
+    // The site server's address offers (yiaddr set) are not PXE answers.
+    let mut got = probe.replies(xid, Duration::from_millis(1500));
+    got.retain(|(_, b)| wire::parse(b).is_ok_and(|r| r.yiaddr.is_unspecified()));
+    let from: Vec<String> =
+        got.iter().map(|(a, b)| format!("{a} (option 54 {:?})", wire::parse(b).ok().and_then(|r| r.server_id))).collect();
+    assert!(got.len() <= answers, "one answer per node at most, {answers} nodes up: {from:?}");
     got.iter().map(|(_, b)| named_server(b)).collect()
 }
 
@@ -353,7 +370,8 @@ fn every_farm_node_names_the_same_server_and_a_killed_one_is_replaced() {
         let t0 = Instant::now();
         loop {
             let r = http_get(&n.host.ns, SocketAddrV4::new(n.host.addr, HTTP), "/ipxe?mac=52:54:00:00:00:00");
-            if r.as_ref().is_ok_and(|(_, b)| b.lines().any(|l| l.starts_with("# servers in failover order:") && l.split(' ').count() == 8)) {
+            if r.as_ref().is_ok_and(|(_, b)| b.lines().any(|l| l.starts_with("# servers in failover order:") && l.split(' ').count() == 8))
+            {
                 break;
             }
             assert!(t0.elapsed() < Duration::from_secs(30), "node {} does not see all three servers: {r:?}", n.host.addr);

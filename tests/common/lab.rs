@@ -22,21 +22,29 @@ pub fn ip(last: u8) -> Ipv4Addr {
 }
 
 /// Why the lab cannot be built on this machine, when the reason is one a CI machine shares
-/// (no TUN device, no right to create namespaces); `None` when it can.
+/// (no TUN device, no right to create namespaces); `None` when it can. Probed once per process.
 pub fn unavailable() -> Option<String> {
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun: qemu cannot attach a guest to the lab bridge".into());
-    }
-    let probe = format!("bootfarm-probe-{}", std::process::id());
-    let ok = Command::new("ip").args(["netns", "add", &probe]).stderr(Stdio::null()).status();
-    match ok {
-        Ok(s) if s.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-            None
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WHY.get_or_init(|| {
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return Some("no /dev/net/tun: qemu cannot attach a guest to the lab bridge".into());
         }
-        Ok(_) => Some("cannot create a network namespace (needs CAP_SYS_ADMIN and CAP_NET_ADMIN: run as root)".into()),
-        Err(e) => panic!("cannot run `ip` ({e}): install iproute2"),
-    }
+        let probe = format!("bootfarm-probe-{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &probe])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `ip` ({e}): install iproute2"));
+        let _ = Command::new("ip").args(["netns", "del", &probe]).stderr(Stdio::null()).status();
+        if out.status.success() {
+            return None;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Operation not permitted") || err.contains("Permission denied") {
+            return Some(format!("cannot create a network namespace ({}): the lab needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)", err.trim()));
+        }
+        panic!("ip netns add {probe} failed: {err}");
+    })
+    .clone()
 }
 
 fn sh(args: &[&str]) {
