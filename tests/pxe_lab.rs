@@ -488,3 +488,41 @@ fn hostile_and_foreign_dhcp_traffic_gets_no_answer_and_is_counted() {
     assert_eq!(a.yiaddr, Ipv4Addr::UNSPECIFIED, "a proxy never offers an address");
     assert!(probe.replies(6, Duration::from_millis(200)).is_empty(), "nothing broadcast to the client port for a relayed request");
 }
+
+/// qemu's only BIOS PXE ROMs are iPXE builds, which bootfarm (rightly) sends straight to the
+/// script; a plain PXE ROM's path is checked here with a real TFTP client instead: the answer
+/// (43 {6: 8}, siaddr, file) names an NBP that downloads, byte for byte, from the server named.
+#[test]
+fn a_bios_pxe_answer_names_an_nbp_that_downloads_over_tftp() {
+    if skip() {
+        return;
+    }
+    let mut lab = Lab::new("bios-nbp");
+    let node = Node::start(&mut lab, 2, &[]);
+    let client = lab.host(50);
+    let probe = Probe::new(&client, 68);
+    probe.broadcast(&request("bios", MessageType::Discover, [0x52, 0x54, 0, 0x77, 0xbb, 1], 0xb105));
+    let got = probe.replies(0xb105, Duration::from_millis(1000));
+    assert_eq!(got.len(), 1, "one answer");
+    let r = wire::parse(&got[0].1).unwrap();
+    assert_eq!(r.message_type, MessageType::Offer);
+    assert_eq!(r.yiaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.vendor_class, Some(&b"PXEClient"[..]));
+    let pxe = wire::PxeVendor::parse(r.vendor_specific.expect("option 43 for a BIOS ROM")).unwrap();
+    assert_eq!(pxe.discovery_control, Some(wire::pxe_sub::USE_BOOT_FILE), "43 {{6: 8}}: boot the file named");
+    assert_eq!(r.siaddr, node.host.addr);
+    let file = String::from_utf8_lossy(r.bootfile.unwrap_or(r.file)).trim_end_matches('\0').to_string();
+    assert_eq!(file, "undionly.kpxe");
+    let out = lab.dir.join("nbp");
+    let st = client
+        .cmd("curl")
+        .args(["-sS", "--max-time", "20", "-o"])
+        .arg(&out)
+        .arg(format!("tftp://{}/{file}", r.siaddr))
+        .status()
+        .expect("curl (Debian curl)");
+    assert!(st.success(), "curl tftp://{}/{file}: {st}", r.siaddr);
+    common::assert_same("the NBP", &common::read_file(&out), &common::read_file(std::path::Path::new("/usr/lib/ipxe/undionly.kpxe")));
+    let m = node.metrics();
+    assert_eq!(metric(&m, "bootfarm_pxe_answers_total{kind=\"bios\"}"), 1, "{m}");
+}
