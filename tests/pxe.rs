@@ -211,3 +211,114 @@ fn run_unchecked(cmd: &mut Command) -> std::process::Output {
     let _ = child.kill();
     child.wait_with_output().unwrap()
 }
+
+/// Two network namespaces joined by a veth pair, removed when dropped: the server's side
+/// (10.66.0.1, `vs`) and a client's (`vc`). Nothing outside them changes.
+struct Netns {
+    server: String,
+    client: String,
+}
+
+impl Netns {
+    fn new() -> Option<Netns> {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+        );
+        let n = Netns { server: format!("bfpxe-s-{id}"), client: format!("bfpxe-c-{id}") };
+        let ip = |args: &[&str]| Command::new("ip").args(args).output().map(|o| o.status.success()).unwrap_or(false);
+        if !ip(&["netns", "add", &n.server]) {
+            return None; // not root, or no iproute2: the caller says it skipped
+        }
+        let ok = ip(&["netns", "add", &n.client])
+            && ip(&["-n", &n.server, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &n.client])
+            && ip(&["-n", &n.server, "addr", "add", "10.66.0.1/24", "dev", "vs"])
+            && ip(&["-n", &n.client, "addr", "add", "10.66.0.2/24", "dev", "vc"])
+            && ip(&["-n", &n.server, "link", "set", "vs", "up"])
+            && ip(&["-n", &n.client, "link", "set", "vc", "up"])
+            && ip(&["-n", &n.server, "link", "set", "lo", "up"]);
+        assert!(ok, "cannot build the namespace pair");
+        Some(n)
+    }
+
+    /// Runs `f` on a thread that has entered the client namespace (sockets made there stay there).
+    fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(format!("/run/netns/{}", self.client)).unwrap();
+                use std::os::fd::AsRawFd;
+                // Safety: setns on this thread only, with a namespace descriptor.
+                assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in [&self.server, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// The real ports on a real (virtual) L2 segment: a broadcast DISCOVER from port 68 to
+/// 255.255.255.255:67 is answered by broadcast to port 68 from the interface it came in on,
+/// naming that interface's address; a relayed one goes back to giaddr:67 with option 82.
+#[test]
+fn broadcast_and_relay_on_a_veth_segment() {
+    let Some(ns) = Netns::new() else {
+        eprintln!("skipped: needs root and iproute2 (ip netns)");
+        return;
+    };
+    let dir = TempDir::new("pxe-netns");
+    // No pxe.interface and no default route in the server's namespace: the broadcast answer
+    // leaves by the arrival interface only because the engine names it (IP_PKTINFO).
+    let f = config(&dir, "0.0.0.0", 67, 4011, 68, "");
+    let server = Server::start_with(Command::new("ip").args(["netns", "exec", &ns.server]).arg(bin()).args([
+        "serve",
+        "--config",
+        f.to_str().unwrap(),
+    ]));
+    server.wait_for("PXE service (ProxyDHCP) answering");
+    let mac = [2, 0x66, 0, 0, 0, 2];
+    let (offer, relayed) = ns.in_client(|| {
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        c.set_broadcast(true).unwrap();
+        // As DHCP clients do: no route yet, the interface is named.
+        c.bind_device(Some(b"vc")).unwrap();
+        c.bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into()).unwrap();
+        let c: UdpSocket = c.into();
+        c.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        let mut d = discover(mac, b"PXEClient:Arch:00000:UNDI:002001", 0);
+        d.ciaddr = Ipv4Addr::UNSPECIFIED;
+        d.broadcast = true;
+        c.send_to(&bytes(&d), (Ipv4Addr::BROADCAST, 67)).unwrap();
+        let offer = recv(&c);
+        let extra = recv(&c);
+        assert!(extra.is_none(), "one answer");
+        // A relay agent at 10.66.0.2:67 forwarding a client's DISCOVER.
+        let relay = UdpSocket::bind((Ipv4Addr::new(10, 66, 0, 2), 67)).unwrap();
+        relay.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        let mut r = discover([2, 0x66, 0, 0, 0, 3], b"PXEClient:Arch:00000:UNDI:002001", 0);
+        r.ciaddr = Ipv4Addr::UNSPECIFIED;
+        r.giaddr = Ipv4Addr::new(10, 66, 0, 2);
+        r.hops = 1;
+        r.relay_agent = Some(b"\x01\x03vc0");
+        relay.send_to(&bytes(&r), (Ipv4Addr::new(10, 66, 0, 1), 67)).unwrap();
+        (offer, recv(&relay))
+    });
+    let offer = offer.expect("a broadcast offer on port 68");
+    let a = wire::parse(&offer).unwrap();
+    let me = Ipv4Addr::new(10, 66, 0, 1);
+    assert_eq!((a.message_type, a.chaddr, a.yiaddr), (MessageType::Offer, mac, Ipv4Addr::UNSPECIFIED));
+    assert_eq!((a.server_id, a.siaddr, a.file), (Some(me), me, &b"undionly.kpxe"[..]), "named by its address on the segment");
+    let relayed = relayed.expect("the relay's answer at giaddr:67");
+    let r = wire::parse(&relayed).unwrap();
+    assert_eq!((r.giaddr, r.hops, r.relay_agent), (Ipv4Addr::new(10, 66, 0, 2), 1, Some(&b"\x01\x03vc0"[..])));
+    drop(server);
+}

@@ -121,7 +121,11 @@ struct SendSlot {
 pub struct DhcpService {
     /// [proxy, pxe]: the index is the `Port`.
     socks: Vec<(Socket, Port)>,
+    // The kernel holds pointers into armed slots: a box keeps each where it is, whatever the
+    // Vec does.
+    #[allow(clippy::vec_box)]
     recvs: Vec<Box<RecvSlot>>,
+    #[allow(clippy::vec_box)]
     sends: Vec<Box<SendSlot>>,
     responder: Responder,
     stats: Arc<WorkerStats>,
@@ -261,8 +265,10 @@ impl DhcpService {
                 s.msg.msg_iovlen = 1;
                 // From the address the request reached; a broadcast leaves by the interface
                 // it came in on (255.255.255.255 would otherwise follow the default route).
+                // The source is the arrival address itself (pxe.server_address, named in 54,
+                // may be an address this host does not hold).
                 let oif = if a.broadcast { ifindex } else { 0 };
-                if !local.is_unspecified() || oif != 0 {
+                if !spec_dst.is_unspecified() || oif != 0 {
                     s.control = [0; CONTROL_LEN / 8];
                     s.msg.msg_control = s.control.as_mut_ptr().cast();
                     s.msg.msg_controllen = CONTROL_LEN as _;
@@ -276,7 +282,7 @@ impl DhcpService {
                         let p = libc::CMSG_DATA(c).cast::<libc::in_pktinfo>();
                         p.write_unaligned(libc::in_pktinfo {
                             ipi_ifindex: oif,
-                            ipi_spec_dst: libc::in_addr { s_addr: u32::from(local).to_be() },
+                            ipi_spec_dst: libc::in_addr { s_addr: u32::from(spec_dst).to_be() },
                             ipi_addr: libc::in_addr { s_addr: 0 },
                         });
                         s.msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
