@@ -7,6 +7,8 @@
 #   (a) arriving within 1 s, BIOS and UEFI PXE kinds alternating (UEFI asks the proxy on 4011
 #       when the offer lacks option 43)
 #   (b) all at once (arrival 0): the most answers/s each server gives
+#   (c) bootfarm alone, (a) with all four kinds (BIOS, UEFI, HTTP Boot, iPXE)
+# `rcvbuf drops`: DISCOVERs the server's kernel dropped for a full socket receive buffer.
 # Server CPU per answer from /proc/PID/task/*/schedstat before/after (bootstorm --server-pid).
 # Both programs share the machine's cores (2 here): bootstorm's own CPU is printed beside.
 # Bounded: every storm stops after 30 s. Needs root (namespaces, port 67). Usage:
@@ -72,27 +74,33 @@ start() {
 stop() { kill "${PID[$1]}" 2>/dev/null || true; wait "${PID[$1]}" 2>/dev/null || true; }
 SERVERS=(${SERVERS:-bootfarm dnsmasq})
 
+# Datagrams the server's namespace dropped for a full socket receive buffer (Udp RcvbufErrors).
+rcvbuf_drops() { ip netns exec "$NS-srv" awk '/^Udp:/ { if (h) { for (i = 1; i <= NF; i++) if (k[i] == "RcvbufErrors") print $i } else { h = 1; for (i = 1; i <= NF; i++) k[i] = $i } }' /proc/net/snmp; }
 # run SCENARIO SERVER ARGS... -> "scenario server answers/s p50 p99 failed cpu_us client_us"
 run() {
   local sc=$1 srv=$2; shift 2
   start "$srv"
+  local d0; d0=$(rcvbuf_drops)
   ip netns exec "$NS-cli" "$BS" dhcp --clients "$CLIENTS" --duration-max-s 30 --server-pid "${PID[$srv]}" \
     --json "$W/out.json" "$@" > "$W/out.txt" || true
   { echo "== $sc $srv"; cat "$W/out.txt"; } >> "${LOG:-/dev/null}"
+  local d1; d1=$(rcvbuf_drops)
   stop "$srv"
-  python3 - "$W/out.json" "$sc" "$srv" >> "$W/results" <<'PY'
+  python3 - "$W/out.json" "$sc" "$srv" "$((d1 - d0))" >> "$W/results" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 d = j["phases"][0]
 n = d["completed"] or float("nan")
 print(sys.argv[2], sys.argv[3], d["per_second"], d["ms"]["p50"], d["ms"]["p99"], d["ms"]["max"], d["failed"],
-      j["server_cpu_us_per_answer"] if j["server_cpu_ms"] is not None else float("nan"), j["client_cpu_ms"] * 1000 / n, j["via_4011"])
+      j["server_cpu_us_per_answer"] if j["server_cpu_ms"] is not None else float("nan"), j["client_cpu_ms"] * 1000 / n, j["via_4011"], sys.argv[4])
 PY
 }
 
 for round in $(seq "$RUNS"); do
   for srv in "${SERVERS[@]}"; do run "a:${CLIENTS}-in-1s" "$srv" --arrival-ms 1000 --kinds bios,uefi --seed "$round"; done
   for srv in "${SERVERS[@]}"; do run "b:${CLIENTS}-at-once" "$srv" --arrival-ms 0 --kinds bios,uefi --seed "$round"; done
+  # dnsmasq's proxy mode ignores HTTPClient: HTTP Boot and iPXE clients are bootfarm's alone.
+  for srv in "${SERVERS[@]}"; do [ "$srv" = bootfarm ] && run "c:${CLIENTS}-4-kinds-1s" "$srv" --arrival-ms 1000 --kinds bios,uefi,http,ipxe --seed "$round"; done
 done
 
 echo "machine: $(nproc) cores (bootstorm and the server share them), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); runs: $RUNS (medians)"
@@ -104,14 +112,14 @@ for line in open(sys.argv[1]):
     sc, srv, *v = line.split()
     rows[(sc, srv)].append([float(x) for x in v])
 scen = list(dict.fromkeys(sc for sc, _ in rows))
-print(f"{'scenario':<20}{'server':<10}{'answers/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'failed':>8}{'cpu us/ans':>11}{'client us':>10}{'via 4011':>9}")
+print(f"{'scenario':<20}{'server':<10}{'answers/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'failed':>8}{'cpu us/ans':>11}{'client us':>10}{'via 4011':>9}{'rcvbuf drops':>13}")
 for sc in scen:
     for srv in ["bootfarm", "dnsmasq"]:
         v = rows.get((sc, srv))
         if not v: continue
         m = [statistics.median(r[i] for r in v) for i in range(len(v[0]))]
         failed = sum(r[4] for r in v)
-        print(f"{sc:<20}{srv:<10}{m[0]:>10.1f}{m[1]:>9.2f}{m[2]:>9.2f}{m[3]:>9.2f}{failed:>8.0f}{m[5]:>11.1f}{m[6]:>10.1f}{m[7]:>9.0f}")
+        print(f"{sc:<20}{srv:<10}{m[0]:>10.1f}{m[1]:>9.2f}{m[2]:>9.2f}{m[3]:>9.2f}{failed:>8.0f}{m[5]:>11.1f}{m[6]:>10.1f}{m[7]:>9.0f}{m[8]:>13.0f}")
     b, d = rows.get((sc, "bootfarm")), rows.get((sc, "dnsmasq"))
     if b and d:
         med = lambda v, i: statistics.median(r[i] for r in v)

@@ -36,6 +36,7 @@ pub fn unavailable() -> Option<String> {
             .unwrap_or_else(|e| panic!("cannot run `ip` ({e}): install iproute2"));
         let _ = Command::new("ip").args(["netns", "del", &probe]).stderr(Stdio::null()).status();
         if out.status.success() {
+            remove_stale_namespaces();
             return None;
         }
         let err = String::from_utf8_lossy(&out.stderr);
@@ -45,6 +46,31 @@ pub fn unavailable() -> Option<String> {
         panic!("ip netns add {probe} failed: {err}");
     })
     .clone()
+}
+
+/// Makes `cmd`'s process die with the thread that starts it (PR_SET_PDEATHSIG survives the
+/// exec of `ip netns exec`): a test killed outright leaves no qemu, dnsmasq or bootfarm behind.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // Safety: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
+/// Removes the namespaces of lab runs whose test process is gone (killed before its drops ran).
+fn remove_stale_namespaces() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("bflab-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        }
+    }
 }
 
 fn sh(args: &[&str]) {
@@ -64,6 +90,7 @@ impl Host {
     /// A command that runs inside this host's namespace.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
+        die_with_parent(&mut c);
         c.args(["netns", "exec", &self.ns, program]);
         c
     }
@@ -146,7 +173,7 @@ impl Lab {
     pub fn site_dhcp(&mut self) {
         let leases = self.dir.join("site.leases");
         let log = self.dir.join("site-dnsmasq.log");
-        let child = Command::new("ip")
+        let child = die_with_parent(&mut Command::new("ip"))
             .args(["netns", "exec", &self.ns, "dnsmasq", "--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces"])
             .arg(format!("--dhcp-range={},{},255.255.255.0,10m", ip(100), ip(199)))
             .args(["--enable-ra", "--dhcp-range=fd77::,ra-only", "--dhcp-authoritative", "--log-dhcp", "--no-resolv", "--no-hosts"])
@@ -193,7 +220,7 @@ impl Lab {
     /// tcpdump on br0 writing every DHCP / PXE packet to `file` (stopped, flushed, on drop or
     /// with `Capture::stop`).
     pub fn capture(&self, file: &std::path::Path) -> Capture {
-        let child = Command::new("ip")
+        let child = die_with_parent(&mut Command::new("ip"))
             .args(["netns", "exec", &self.ns, "tcpdump", "-i", "br0", "-U", "-s", "0", "-w"])
             .arg(file)
             .args(["udp port 67 or udp port 68 or udp port 4011"])
@@ -231,9 +258,13 @@ impl Lab {
 
     /// A guest with a chosen MAC (a test that must know the target's placement first).
     pub fn guest_with_mac(&mut self, kind: Firmware, name: &str, mac: [u8; 6]) -> Guest {
+        if !matches!(kind, Firmware::SeaBios) {
+            assert!(std::path::Path::new(OVMF).exists(), "{OVMF} missing: install Debian's ovmf (.ci/run does)");
+        }
         let tap = self.tap();
         let mac = mac_text(mac);
         let mut c = Command::new("ip");
+        die_with_parent(&mut c);
         c.args(["netns", "exec", &self.ns, "qemu-system-x86_64", "-accel", "tcg", "-display", "none", "-vga", "none", "-nodefaults"]);
         c.args(["-monitor", "none", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         c.args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);

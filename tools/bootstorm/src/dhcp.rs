@@ -474,15 +474,18 @@ pub fn run(a: Args) -> Result<bool, String> {
         if open == 0 {
             break;
         }
-        // Sleep until the next send is due or an answer arrives.
+        // Sleep until the next send is due or an answer arrives: ppoll with a timeout in
+        // microseconds, since arrivals 0.5 ms apart would make a millisecond poll spin (and the
+        // client would take a core from the server it measures).
         let next = retry.peek().map(|r| r.0 .0).into_iter().chain((cursor < n).then(|| clients[cursor].start_at)).min();
-        let wait_ms = next.map_or(50, |at| at.saturating_sub(t0.elapsed()).as_millis().min(50) as i32);
-        let wait_ms = if batch == 64 { 0 } else { wait_ms };
+        let wait = next.map_or(Duration::from_millis(50), |at| at.saturating_sub(t0.elapsed()).min(Duration::from_millis(50)));
+        let wait = if batch == 64 { Duration::ZERO } else { wait };
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: wait.as_nanos() as libc::c_long };
         let mut fds = [
             libc::pollfd { fd: s68.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: s4011.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+        unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
     }
     let wall = t0.elapsed();
     for c in &clients {
