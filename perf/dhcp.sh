@@ -9,6 +9,8 @@
 #   (b) all at once (arrival 0): the most answers/s each server gives
 #   (c) bootfarm alone, (a) with all four kinds (BIOS, UEFI, HTTP Boot, iPXE)
 # `rcvbuf drops`: DISCOVERs the server's kernel dropped for a full socket receive buffer.
+# `cpu us/ans` is per client answered usably (a UEFI client, or any client of dnsmasq's, needs
+# two exchanges: DISCOVER and the 4011 REQUEST); `cpu us/dgram` per datagram answered.
 # Server CPU per answer from /proc/PID/task/*/schedstat before/after (bootstorm --server-pid).
 # Both programs share the machine's cores (2 here): bootstorm's own CPU is printed beside.
 # Bounded: every storm stops after 30 s. Needs root (namespaces, port 67). Usage:
@@ -92,7 +94,8 @@ j = json.load(open(sys.argv[1]))
 d = j["phases"][0]
 n = d["completed"] or float("nan")
 print(sys.argv[2], sys.argv[3], d["per_second"], d["ms"]["p50"], d["ms"]["p99"], d["ms"]["max"], d["failed"],
-      j["server_cpu_us_per_answer"] if j["server_cpu_ms"] is not None else float("nan"), j["client_cpu_ms"] * 1000 / n, j["via_4011"], sys.argv[4])
+      j["server_cpu_us_per_answer"] if j["server_cpu_ms"] is not None else float("nan"), j["client_cpu_ms"] * 1000 / n, j["via_4011"], sys.argv[4],
+      j["server_cpu_us_per_datagram"] if j["server_cpu_ms"] is not None else float("nan"))
 PY
 }
 
@@ -100,7 +103,7 @@ for round in $(seq "$RUNS"); do
   for srv in "${SERVERS[@]}"; do run "a:${CLIENTS}-in-1s" "$srv" --arrival-ms 1000 --kinds bios,uefi --seed "$round"; done
   for srv in "${SERVERS[@]}"; do run "b:${CLIENTS}-at-once" "$srv" --arrival-ms 0 --kinds bios,uefi --seed "$round"; done
   # dnsmasq's proxy mode ignores HTTPClient: HTTP Boot and iPXE clients are bootfarm's alone.
-  for srv in "${SERVERS[@]}"; do [ "$srv" = bootfarm ] && run "c:${CLIENTS}-4-kinds-1s" "$srv" --arrival-ms 1000 --kinds bios,uefi,http,ipxe --seed "$round"; done
+  if [[ " ${SERVERS[*]} " == *" bootfarm "* ]]; then run "c:${CLIENTS}-4-kinds-1s" bootfarm --arrival-ms 1000 --kinds bios,uefi,http,ipxe --seed "$round"; fi
 done
 
 echo "machine: $(nproc) cores (bootstorm and the server share them), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); runs: $RUNS (medians)"
@@ -112,14 +115,14 @@ for line in open(sys.argv[1]):
     sc, srv, *v = line.split()
     rows[(sc, srv)].append([float(x) for x in v])
 scen = list(dict.fromkeys(sc for sc, _ in rows))
-print(f"{'scenario':<20}{'server':<10}{'answers/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'failed':>8}{'cpu us/ans':>11}{'client us':>10}{'via 4011':>9}{'rcvbuf drops':>13}")
+print(f"{'scenario':<20}{'server':<10}{'answers/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'failed':>8}{'cpu us/ans':>11}{'client us':>10}{'via 4011':>9}{'rcvbuf drops':>13}{'cpu us/dgram':>13}")
 for sc in scen:
     for srv in ["bootfarm", "dnsmasq"]:
         v = rows.get((sc, srv))
         if not v: continue
         m = [statistics.median(r[i] for r in v) for i in range(len(v[0]))]
         failed = sum(r[4] for r in v)
-        print(f"{sc:<20}{srv:<10}{m[0]:>10.1f}{m[1]:>9.2f}{m[2]:>9.2f}{m[3]:>9.2f}{failed:>8.0f}{m[5]:>11.1f}{m[6]:>10.1f}{m[7]:>9.0f}{m[8]:>13.0f}")
+        print(f"{sc:<20}{srv:<10}{m[0]:>10.1f}{m[1]:>9.2f}{m[2]:>9.2f}{m[3]:>9.2f}{failed:>8.0f}{m[5]:>11.1f}{m[6]:>10.1f}{m[7]:>9.0f}{m[8]:>13.0f}{m[9]:>13.1f}")
     b, d = rows.get((sc, "bootfarm")), rows.get((sc, "dnsmasq"))
     if b and d:
         med = lambda v, i: statistics.median(r[i] for r in v)

@@ -518,14 +518,16 @@ pub fn run(a: Args) -> Result<bool, String> {
     }
     text += &format!("  client cpu:  {own_ms:.0} ms ({:.1} us per answer)\n", per_answer(own_ms));
     if let Some(ms) = server_ms {
-        text += &format!("  server cpu:  {ms:.1} ms ({:.1} us per answer)\n", per_answer(ms));
+        let per_request = ms * 1000.0 / tally.answers.max(1) as f64;
+        text +=
+            &format!("  server cpu:  {ms:.1} ms ({:.1} us per usable answer, {per_request:.1} us per datagram answered)\n", per_answer(ms));
     }
     print!("{text}");
     if let Some(j) = &a.json {
         let kinds_json: Vec<String> =
             kinds.iter().map(|(k, (ok, bad))| format!("\"{k}\": {{\"usable\": {ok}, \"unusable\": {bad}}}")).collect();
         let body = format!(
-            "{{\"tool\": \"bootstorm\", \"clients\": {}, \"arrival_ms\": {}, \"server\": \"{}\", \"sent\": {}, \"answers\": {}, \"extra_answers\": {}, \"via_4011\": {}, \"address_offers\": {}, \"malformed\": {}, \"kinds\": {{{}}}, \"client_cpu_ms\": {own_ms:.1}, \"server_cpu_ms\": {}, \"server_cpu_us_per_answer\": {}, \"phases\": [{}]}}\n",
+            "{{\"tool\": \"bootstorm\", \"clients\": {}, \"arrival_ms\": {}, \"server\": \"{}\", \"sent\": {}, \"answers\": {}, \"extra_answers\": {}, \"via_4011\": {}, \"address_offers\": {}, \"malformed\": {}, \"kinds\": {{{}}}, \"client_cpu_ms\": {own_ms:.1}, \"server_cpu_ms\": {}, \"server_cpu_us_per_answer\": {}, \"server_cpu_us_per_datagram\": {}, \"phases\": [{}]}}\n",
             a.clients,
             a.arrival_ms,
             a.server,
@@ -538,6 +540,7 @@ pub fn run(a: Args) -> Result<bool, String> {
             kinds_json.join(", "),
             server_ms.map_or("null".into(), |m| format!("{m:.3}")),
             server_ms.map_or("null".into(), |m| format!("{:.3}", per_answer(m))),
+            server_ms.map_or("null".into(), |m| format!("{:.3}", m * 1000.0 / tally.answers.max(1) as f64)),
             phase.json(wall)
         );
         std::fs::write(j, body).map_err(|e| format!("{}: {e}", j.display()))?;
