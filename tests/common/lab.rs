@@ -562,10 +562,15 @@ impl Probe {
 
     /// Every reply (BOOTREPLY) whose xid is `xid` arriving within `within`: (source, bytes).
     pub fn replies(&self, xid: u32, within: Duration) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
+        self.replies_upto(xid, within, usize::MAX)
+    }
+
+    /// As `replies`, returning as soon as `n` have arrived.
+    pub fn replies_upto(&self, xid: u32, within: Duration, n: usize) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
         let mut out = Vec::new();
         let end = Instant::now() + within;
         let mut b = [0u8; 2048];
-        while Instant::now() < end {
+        while Instant::now() < end && out.len() < n {
             if let Ok((n, from)) = self.sock.recv_from(&mut b) {
                 if n >= 240 && b[0] == 2 && b[4..8] == xid.to_be_bytes() {
                     out.push((from, b[..n].to_vec()));
