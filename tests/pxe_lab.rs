@@ -73,6 +73,7 @@ fn capture_firmware_dhcp() {
     std::fs::copy("/usr/lib/ipxe/undionly.kpxe", tftp.join("undionly.0")).unwrap();
     let child = proxy
         .cmd("dnsmasq")
+        .args(["--user=root", "--group=root"]) // keeps PR_SET_PDEATHSIG
         .args(["--keep-in-foreground", "--port=0", "--interface=eth0", "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-dhcp"])
         .arg(format!("--dhcp-range={},proxy", lab::ip(0)))
         .args(["--pxe-service=x86PC,lab,undionly", "--pxe-service=X86-64_EFI,lab,ipxe.efi"])

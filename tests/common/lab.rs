@@ -175,6 +175,8 @@ impl Lab {
         let log = self.dir.join("site-dnsmasq.log");
         let child = die_with_parent(&mut Command::new("ip"))
             .args(["netns", "exec", &self.ns, "dnsmasq", "--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces"])
+            // Staying root keeps PR_SET_PDEATHSIG (a change of uid or gid clears it).
+            .args(["--user=root", "--group=root"])
             .arg(format!("--dhcp-range={},{},255.255.255.0,10m", ip(100), ip(199)))
             .args(["--enable-ra", "--dhcp-range=fd77::,ra-only", "--dhcp-authoritative", "--log-dhcp", "--no-resolv", "--no-hosts"])
             .arg(format!("--dhcp-leasefile={}", leases.display()))
