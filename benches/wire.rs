@@ -1,8 +1,11 @@
 //! The per-packet and per-request hot paths: TFTP RRQ parse (with options) and ACK/DATA header
 //! encode, HTTP request parse (an iPXE-like Range request), NBD request header decode, farm
-//! placement of one target over a 4-server table, and the write cache's read of 64 KiB.
+//! placement of one target over a 4-server table, the write cache's read of 64 KiB, and the
+//! ProxyDHCP path: parse of a real iPXE DISCOVER and the whole answer to it.
 
 use bootfarm::config::{Affinity, FarmMember};
+use bootfarm::dhcp::responder::{BootServer, Inbound, Port, Responder};
+use bootfarm::dhcp::wire as dhcp;
 use bootfarm::farm::place::{place, ServerState};
 use bootfarm::http::wire as http;
 use bootfarm::nbd::wire as nbd;
@@ -43,6 +46,29 @@ fn benches(c: &mut Criterion) {
     let st = |i: usize| ServerState { up: true, replica_ok: true, active: 10 * i as u32, booting: 0 };
     c.bench_function("farm: place one target on 4 servers", |b| {
         b.iter(|| black_box(place(&farm, &st, "win10", black_box("52:54:00:12:34:56"), None, Affinity::None, 0.25)))
+    });
+
+    // Captured from SeaBIOS + the iPXE ROM in the PXE lab.
+    let discover = include_bytes!("../src/dhcp/captures/seabios-ipxe-rom-discover.bin");
+    c.bench_function("dhcp: parse an iPXE DISCOVER", |b| b.iter(|| black_box(dhcp::parse(black_box(discover)).is_ok())));
+    let now = std::time::Instant::now();
+    let mut responder = Responder::new(now);
+    // No rate limit in the way: the same MAC asks every time.
+    let cfg = bootfarm::config::Pxe { answers_per_mac_per_s: u32::MAX, answers_per_mac_burst: u32::MAX, ..Default::default() };
+    let server = BootServer { address: "10.0.0.2".parse().unwrap(), http_port: 8080 };
+    let mut out = [0u8; dhcp::PACKET_MAX];
+    c.bench_function("dhcp: answer an iPXE DISCOVER (parse, decide, emit)", |b| {
+        b.iter(|| {
+            let inbound = Inbound {
+                bytes: black_box(discover),
+                source: "0.0.0.0:68".parse().unwrap(),
+                port: Port::Proxy,
+                local: "10.0.0.1".parse().unwrap(),
+                now,
+                draining: false,
+            };
+            black_box(responder.handle(&cfg, &inbound, &mut |_, _| Some(server), &mut out).is_ok())
+        })
     });
 }
 

@@ -74,6 +74,12 @@ impl Default for Pxe {
 }
 
 impl Pxe {
+    /// Whether `other` needs other sockets (bound at start only).
+    pub fn sockets_differ(&self, other: &Pxe) -> bool {
+        (self.enabled, self.listen, &self.interface, self.proxy_port, self.pxe_port)
+            != (other.enabled, other.listen, &other.interface, other.proxy_port, other.pxe_port)
+    }
+
     /// Checks the section; Err((key, value, why)).
     pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
         if self.proxy_port == 0 {

@@ -124,6 +124,9 @@ impl Control {
                 {
                     tracing::warn!(generation, "server.listen/ports/workers/steer changed: they take effect at the next restart");
                 }
+                if old.config.pxe.sockets_differ(&new.config.pxe) {
+                    tracing::warn!(generation, "pxe.enabled/listen/interface/ports changed: they take effect at the next restart");
+                }
                 if old.config.image.mappings_max != new.config.image.mappings_max {
                     tracing::warn!(generation, "image.mappings_max changed: it takes effect at the next restart");
                 }

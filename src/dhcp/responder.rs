@@ -174,6 +174,10 @@ impl Responder {
         }
         let answer_type = match (inbound.port, req.message_type) {
             (Port::Proxy, MessageType::Discover) => MessageType::Offer,
+            // Answered by unicast to the source: it must be one (a client on 4011 has its address).
+            (Port::Pxe, _) if inbound.source.ip().is_unspecified() || inbound.source.ip().is_broadcast() || inbound.source.port() == 0 => {
+                return Err(Refusal::NotForProxy)
+            }
             (Port::Pxe, MessageType::Request | MessageType::Inform) => MessageType::Ack,
             _ => return Err(Refusal::NotForProxy),
         };
@@ -182,7 +186,8 @@ impl Responder {
         if !http && !class.starts_with(b"PXEClient") {
             return Err(Refusal::NotPxe);
         }
-        let arch = req.client_arch.unwrap_or(0);
+        // Option 93, else the `Arch:xxxxx` field of 60 (some ROMs send only that), else BIOS.
+        let arch = req.client_arch.or_else(|| arch_of_class(class)).unwrap_or(0);
         // An iPXE that cannot speak HTTP (175 without the feature) is booted by its arch: the
         // NBP it gets then is an iPXE with HTTP, which comes back as iPXE.
         let ipxe = req.has_user_class(b"iPXE") || req.ipxe_encap.is_some();
@@ -276,6 +281,7 @@ impl Responder {
                 a.file = url.as_bytes();
             }
         }
+        // Cannot fail with a validated [pxe] (names of at most 100 bytes, URLs under 255).
         let len = a.emit(out).map_err(|_| Refusal::Malformed(wire::Malformed::TooLong))?;
         let destination = match inbound.port {
             // Unicast to where the request came from (EDK2: port 4011, iPXE: 68).
@@ -287,6 +293,16 @@ impl Responder {
         };
         Ok(Answer { len, destination, broadcast: destination.ip().is_broadcast(), kind })
     }
+}
+
+/// The architecture in `PXEClient:Arch:00007:UNDI:003000` (decimal, PXE 2.1 §2.2.1).
+fn arch_of_class(class: &[u8]) -> Option<u16> {
+    let mut f = class.split(|&b| b == b':');
+    let (_, tag, digits) = (f.next()?, f.next()?, f.next()?);
+    if tag != b"Arch" || digits.len() != 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -200,6 +200,13 @@ fn plain_dhcp_and_other_messages_get_nothing() {
     r.message_type = MessageType::Request;
     assert_eq!(run.send(&r, Port::Proxy).unwrap_err(), Refusal::NotForProxy);
     assert_eq!(run.send(&pxe, Port::Pxe).unwrap_err(), Refusal::NotForProxy);
+    // A REQUEST on 4011 from no address (nothing to unicast the ACK to).
+    let mut r4011 = pxe.clone();
+    r4011.message_type = MessageType::Request;
+    assert_eq!(run.send(&r4011, Port::Pxe).unwrap_err(), Refusal::NotForProxy, "source 0.0.0.0");
+    let b = bytes(&r4011);
+    let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 0);
+    assert_eq!(run.send_from(&b, Port::Pxe, src, false).unwrap_err(), Refusal::NotForProxy, "source port 0");
     // Another server's offer (a BOOTREPLY) is never answered.
     let mut o = pxe.clone();
     o.op = Op::Reply;
@@ -424,4 +431,17 @@ fn real_captures_get_the_right_answers() {
     ] {
         assert_eq!(run.send_from(b, Port::Proxy, bcast, false).unwrap_err(), Refusal::NotForProxy);
     }
+}
+
+#[test]
+fn arch_from_option_60_when_93_is_missing() {
+    assert_eq!(arch_of_class(b"PXEClient:Arch:00007:UNDI:003000"), Some(7));
+    assert_eq!(arch_of_class(b"HTTPClient:Arch:00016:UNDI:003000"), Some(16));
+    assert_eq!(arch_of_class(b"PXEClient"), None);
+    assert_eq!(arch_of_class(b"PXEClient:Arch:0x007"), None);
+    assert_eq!(arch_of_class(b"PXEClient:Arch:"), None);
+    let mut run = Run::new();
+    let mut d = discover(b"PXEClient:Arch:00007:UNDI:003000", 0);
+    d.client_arch = None;
+    assert_eq!(run.send(&d, Port::Proxy).unwrap().0.kind, ClientKind::Uefi);
 }

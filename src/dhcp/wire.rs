@@ -436,9 +436,9 @@ pub struct Repr<'a> {
     pub siaddr: Ipv4Addr,
     pub giaddr: Ipv4Addr,
     pub chaddr: [u8; 6],
-    /// sname field (empty when overloaded with options); at most 63 bytes to emit.
+    /// sname field (empty when overloaded with options); at most 64 bytes (a full field has no NUL).
     pub sname: &'a [u8],
-    /// file field (empty when overloaded with options); at most 127 bytes to emit.
+    /// file field (empty when overloaded with options); at most 128 bytes (a full field has no NUL).
     pub file: &'a [u8],
     /// 50
     pub requested_ip: Option<Ipv4Addr>,
@@ -678,10 +678,10 @@ impl<'a> Repr<'a> {
 
     /// Writes the message into the front of `buf`; returns the length written.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EmitError> {
-        if self.sname.len() >= field::SNAME.len() || self.sname.contains(&0) {
+        if self.sname.len() > field::SNAME.len() || self.sname.contains(&0) {
             return Err(EmitError::ValueTooLong(0));
         }
-        if self.file.len() >= field::FILE.len() || self.file.contains(&0) {
+        if self.file.len() > field::FILE.len() || self.file.contains(&0) {
             return Err(EmitError::ValueTooLong(0));
         }
         self.each_option(|code, v| if v.len() > OPTION_MAX { Err(EmitError::ValueTooLong(code)) } else { Ok(()) })?;

@@ -251,10 +251,20 @@ fn emit_refuses_what_does_not_fit() {
     assert_eq!(r.emit(&mut buf), Err(EmitError::ValueTooLong(67)));
     r.bootfile = Some(&long[..255]);
     assert!(r.emit(&mut buf).is_ok());
+    r.file = &long[..129];
+    assert_eq!(r.emit(&mut buf), Err(EmitError::ValueTooLong(0)));
+    r.sname = &long[..65];
     r.file = &long[..128];
     assert_eq!(r.emit(&mut buf), Err(EmitError::ValueTooLong(0)));
-    r.file = &long[..127];
-    assert!(r.emit(&mut buf).is_ok());
+    r.file = b"a\0b";
+    r.sname = b"";
+    assert_eq!(r.emit(&mut buf), Err(EmitError::ValueTooLong(0)), "a NUL would cut the name");
+    // Full fields without a NUL (found by the fuzz target: what parse reads, emit writes).
+    r.sname = &long[..64];
+    r.file = &long[..128];
+    let n = r.emit(&mut buf).unwrap();
+    let back = parse(&buf[..n]).unwrap();
+    assert_eq!((back.sname.len(), back.file.len()), (64, 128));
     assert_eq!(r.emit(&mut buf[..299]), Err(EmitError::BufferTooShort));
 }
 
