@@ -69,11 +69,20 @@ start() {
         --user=root --pid-file="$W/dnsmasq.pid" --log-facility=/dev/null --quiet-dhcp --no-resolv --no-hosts 2>/dev/null & ;;
   esac
   PID[$1]=$!; pids+=($!)
-  # Wait (10 s at most) for port 67.
-  for _ in $(seq 100); do ip netns exec "$NS-srv" ss -Hlun | grep -q ':67 ' && return; sleep 0.1; done
+  # Wait (10 s at most) for port 67, from this server (not a dead one's: see stop).
+  for _ in $(seq 100); do
+    kill -0 "${PID[$1]}" 2>/dev/null || { echo "$1 exited before binding UDP 67" >&2; exit 1; }
+    ip netns exec "$NS-srv" ss -Hlun | grep -q ':67 ' && return; sleep 0.1
+  done
   echo "$1 did not bind UDP 67 within 10 s" >&2; exit 1
 }
-stop() { kill "${PID[$1]}" 2>/dev/null || true; wait "${PID[$1]}" 2>/dev/null || true; }
+# A killed io_uring process's sockets close when the kernel has torn its rings down, a moment
+# after the process is gone: wait (10 s at most) until port 67 is free for the next server.
+stop() {
+  kill "${PID[$1]}" 2>/dev/null || true; wait "${PID[$1]}" 2>/dev/null || true
+  for _ in $(seq 100); do ip netns exec "$NS-srv" ss -Hlun | grep -q ':67 ' || return 0; sleep 0.1; done
+  echo "port 67 still bound 10 s after $1 stopped" >&2; exit 1
+}
 SERVERS=(${SERVERS:-bootfarm dnsmasq})
 
 # Datagrams the server's namespace dropped for a full socket receive buffer (Udp RcvbufErrors).

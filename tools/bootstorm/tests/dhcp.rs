@@ -67,26 +67,45 @@ impl Segment {
         c
     }
 
+    fn port67_bound(&self) -> bool {
+        let out = Command::new("ip").args(["netns", "exec", &format!("{}-srv", self.ns), "ss", "-Hlun"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(":67")))
+    }
+
     /// Starts a server in srv and waits (10 s at most) for its port 67.
     fn serve(&mut self, mut cmd: Command) {
-        self.children.push(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(10) {
-            let out = Command::new("ip").args(["netns", "exec", &format!("{}-srv", self.ns), "ss", "-Hlun"]).output().unwrap();
-            if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(":67"))) {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                panic!("the server exited ({st}) before answering: {err}");
+            }
+            if self.port67_bound() {
+                self.children.push(child);
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
         panic!("the server did not bind UDP 67 within 10 s");
     }
 
+    /// Kills the servers and waits (10 s at most) until port 67 is free again: a killed
+    /// io_uring process's sockets close only when the kernel has torn its rings down, a moment
+    /// after the process is gone.
     fn stop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
         self.children.clear();
+        let t0 = Instant::now();
+        while self.port67_bound() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "port 67 still bound 10 s after the server was killed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs `bootstorm dhcp ARGS` in cli: (exit status, stdout, the JSON report).
