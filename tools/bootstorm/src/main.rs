@@ -4,6 +4,7 @@
 //! (bootstrap, iPXE script, vDisk over NBD or HTTP) with failover.
 
 mod boot;
+mod dhcp;
 mod engine;
 mod phases;
 mod report;
@@ -28,6 +29,9 @@ enum Command {
     Tftp(tftp::Args),
     /// Whole boots: bootstrap (TFTP/HTTP), iPXE script, a vDisk boot trace over NBD or HTTP.
     Boot(boot::Args),
+    /// PXE DHCP storm: N clients broadcast DISCOVER (UEFI ones then ask the proxy on 4011);
+    /// time to a usable answer.
+    Dhcp(dhcp::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Tftp(a) => tftp::run(a),
         Command::Boot(a) => boot::run(a),
+        Command::Dhcp(a) => dhcp::run(a),
     };
     match r {
         Ok(ok) if ok => ExitCode::SUCCESS,
