@@ -10,6 +10,7 @@ pub mod http;
 pub mod image;
 pub mod metrics;
 pub mod nbd;
+pub mod notify;
 pub mod rng;
 pub mod serve;
 pub mod session;
