@@ -4,10 +4,12 @@
 
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod engine;
 pub mod farm;
 pub mod http;
 pub mod image;
+pub mod manual;
 pub mod metrics;
 pub mod nbd;
 pub mod notify;

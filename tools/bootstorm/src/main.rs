@@ -11,7 +11,7 @@ mod uring;
 mod uring_http;
 mod uring_tftp;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -27,6 +27,10 @@ enum Command {
     Tftp(tftp::Args),
     /// Whole boots: bootstrap (TFTP/HTTP), iPXE script, a vDisk boot trace over NBD or HTTP.
     Boot(boot::Args),
+    /// Write the manual pages (DIR/man) and bash/zsh completions (DIR/completions); the
+    /// package build runs it.
+    #[command(hide = true)]
+    GenerateDocs { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,10 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Tftp(a) => tftp::run(a),
         Command::Boot(a) => boot::run(a),
+        Command::GenerateDocs { dir } => bootfarm::manual::write(Cli::command(), &dir).map(|files| {
+            files.iter().for_each(|f| println!("{}", f.display()));
+            true
+        }),
     };
     match r {
         Ok(ok) if ok => ExitCode::SUCCESS,
