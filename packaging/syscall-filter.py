@@ -120,11 +120,17 @@ def build_filter(settings, numbers):
         prog.append((LD_W_ABS, 0, 0, OFF_NR))  # the blocks loaded an argument
     else:
         prog.append((LD_W_ABS, 0, 0, OFF_NR))
-    for name, nr in sorted(numbers.items(), key=lambda x: x[1]):
-        if allowed(name):
-            prog += [(JEQ_K, 0, 1, nr), (RET_K, 0, 0, RET_ALLOW)]
-    prog.append((RET_K, 0, 0, RET_ALLOW if allow is None else refuse))
-    return prog, (len(allow) if allow is not None else None)
+    if allow is None:
+        # A deny list alone: those refused, everything else allowed.
+        for name in sorted(deny & numbers.keys(), key=numbers.get):
+            prog += [(JEQ_K, 0, 1, numbers[name]), (RET_K, 0, 0, refuse)]
+        prog.append((RET_K, 0, 0, RET_ALLOW))
+    else:
+        for name, nr in sorted(numbers.items(), key=lambda x: x[1]):
+            if allowed(name):
+                prog += [(JEQ_K, 0, 1, nr), (RET_K, 0, 0, RET_ALLOW)]
+        prog.append((RET_K, 0, 0, refuse))
+    return prog, (f"{len(allow)} syscalls allowed" if allow is not None else f"{len(deny)} syscalls refused")
 
 
 def install(prog):
@@ -151,7 +157,7 @@ def main():
     prog, n = build_filter(unit_settings(sys.argv[1]), syscall_numbers())
     if len(prog) > 4096:
         sys.exit(f"syscall-filter: {len(prog)} instructions, over the kernel's 4096")
-    print(f"syscall-filter: {n} syscalls allowed, {len(prog)} BPF instructions, from {sys.argv[1]}", file=sys.stderr)
+    print(f"syscall-filter: {n}, {len(prog)} BPF instructions, from {sys.argv[1]}", file=sys.stderr)
     install(prog)
     os.execvp(sys.argv[3], sys.argv[3:])
 
