@@ -31,9 +31,15 @@ enum Command {
     /// Look at the farm the configuration describes.
     #[command(subcommand)]
     Farm(FarmCmd),
-    /// Check this machine and the configuration for what would stop serving: io_uring, limits,
-    /// ports, capabilities, MTU, vdisks, farm peers, clocks. Exit 0 fine, 1 warnings, 2 errors.
+    /// Check this machine, the configuration and the farm for what would stop serving.
+    ///
+    /// io_uring (and why not), locked memory, open-file limits against the configured limits,
+    /// ports free or held by whom, the capability for ports below 1024, interface MTU against
+    /// tftp.blksize_max, the configuration, every vdisk chain, every farm server (up, same
+    /// generation, identical replicas, clock). One line per finding with what to do; exit 0 when
+    /// all is fine, 1 with warnings, 2 with errors.
     Doctor {
+        /// The configuration to check.
         #[arg(long, default_value = "/etc/bootfarm/bootfarm.toml")]
         config: PathBuf,
     },
