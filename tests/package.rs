@@ -221,6 +221,20 @@ fn package_builds_installs_serves_as_its_unit_and_removes_cleanly() {
     assert!(status.lines().any(|l| l == "CapEff:\t0000000000000400"), "only CAP_NET_BIND_SERVICE: {status}");
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1") && status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
 
+    // The packaged doctor beside the running service (in its namespace): its ports are served
+    // by bootfarm, the packaged configuration is valid; at most warnings (this machine's hard
+    // open-file limit may be below the default limits' need).
+    let out = Command::new("nsenter").args(["-t", &pid.to_string(), "-n", "--", "/usr/bin/bootfarm", "doctor"]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "doctor found errors:\n{report}");
+    for want in [
+        "tcp/8080 (server.http_port) is served by bootfarm",
+        "udp/69 (server.tftp_port) is served by bootfarm",
+        "/etc/bootfarm/bootfarm.toml: valid",
+    ] {
+        assert!(report.contains(want), "doctor: no {want:?} in:\n{report}");
+    }
+
     // systemctl reload = ExecReload = SIGHUP.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     let reloading = manager.expect("RELOADING=1");

@@ -23,18 +23,8 @@ pub fn io_uring() -> Vec<Finding> {
         Ok(r) => r,
         Err(e) => {
             let seccomp = status_field("Seccomp").is_some_and(|s| s != "0");
-            let cause = match (e.raw_os_error(), disabled) {
-                (_, Some(2)) => "sysctl kernel.io_uring_disabled = 2 forbids it: set it to 0 (sysctl -w kernel.io_uring_disabled=0, and in /etc/sysctl.d/)".to_string(),
-                (_, Some(1)) => format!(
-                    "sysctl kernel.io_uring_disabled = 1 allows it only to the group kernel.io_uring_group ({}): add the bootfarm user to that group or set the sysctl to 0",
-                    read("/proc/sys/kernel/io_uring_group").unwrap_or_default().trim()
-                ),
-                (Some(libc::EPERM | libc::EACCES | libc::ENOSYS), _) if seccomp => "a seccomp filter refuses it (Seccomp: 2 in /proc/self/status): allow io_uring_setup, io_uring_enter and io_uring_register (systemd SystemCallFilter=, the container's seccomp profile)".to_string(),
-                (Some(libc::ENOSYS), _) => "this kernel has no io_uring (Linux 6.1 or later, built with CONFIG_IO_URING)".to_string(),
-                (Some(libc::EINVAL), _) => "this kernel lacks IORING_SETUP_SINGLE_ISSUER/DEFER_TASKRUN: use Linux 6.1 or later".to_string(),
-                (Some(libc::ENOMEM), _) => "not enough locked memory for a ring: raise RLIMIT_MEMLOCK (LimitMEMLOCK=, ulimit -l)".to_string(),
-                _ => "see the error; bootfarm cannot serve without io_uring".to_string(),
-            };
+            let group = read("/proc/sys/kernel/io_uring_group").unwrap_or_default();
+            let cause = setup_refused(e.raw_os_error(), disabled, group.trim(), seccomp);
             return vec![Finding::error("io_uring", format!("cannot create a ring ({e}): {cause}"))];
         }
     };
@@ -64,6 +54,22 @@ pub fn io_uring() -> Vec<Finding> {
         )]
     } else {
         vec![Finding::error("io_uring", format!("kernel {} lacks {}: use Linux 6.1 or later", kernel(), missing.join(", ")))]
+    }
+}
+
+/// Why io_uring_setup failed, and what to do: the sysctl first (it refuses before any
+/// filter), then a seccomp filter, then what the kernel lacks.
+pub fn setup_refused(errno: Option<i32>, disabled: Option<u32>, group: &str, seccomp: bool) -> String {
+    match (errno, disabled) {
+        (_, Some(2)) => "sysctl kernel.io_uring_disabled = 2 forbids it: set it to 0 (sysctl -w kernel.io_uring_disabled=0, and in /etc/sysctl.d/)".to_string(),
+        (_, Some(1)) => format!(
+            "sysctl kernel.io_uring_disabled = 1 allows it only to the group kernel.io_uring_group ({group}): add the bootfarm user to that group or set the sysctl to 0"
+        ),
+        (Some(libc::EPERM | libc::EACCES | libc::ENOSYS), _) if seccomp => "a seccomp filter refuses it (Seccomp: 2 in /proc/self/status): allow io_uring_setup, io_uring_enter and io_uring_register (systemd SystemCallFilter=, the container's seccomp profile)".to_string(),
+        (Some(libc::ENOSYS), _) => "this kernel has no io_uring (Linux 6.1 or later, built with CONFIG_IO_URING)".to_string(),
+        (Some(libc::EINVAL), _) => "this kernel lacks IORING_SETUP_SINGLE_ISSUER/DEFER_TASKRUN: use Linux 6.1 or later".to_string(),
+        (Some(libc::ENOMEM), _) => "not enough locked memory for a ring: raise RLIMIT_MEMLOCK (LimitMEMLOCK=, ulimit -l)".to_string(),
+        _ => "see the error; bootfarm cannot serve without io_uring".to_string(),
     }
 }
 
@@ -376,6 +382,18 @@ mod tests {
         let http = f.iter().find(|f| f.text.contains("server.http_port")).unwrap();
         assert_eq!(http.level, super::super::Level::Error, "{}", http.text);
         assert!(http.text.contains(&format!("pid {}", std::process::id())), "{}", http.text);
+    }
+
+    #[test]
+    fn io_uring_refusals_name_their_cause() {
+        let c = |e, d, s| setup_refused(Some(e), d, "1001", s);
+        assert!(c(libc::EPERM, Some(2), true).contains("io_uring_disabled = 2"), "the sysctl wins over a filter");
+        assert!(c(libc::EPERM, Some(1), false).contains("io_uring_group (1001)"));
+        assert!(c(libc::EPERM, Some(0), true).contains("seccomp filter"));
+        assert!(c(libc::ENOSYS, None, true).contains("seccomp filter"), "filters may answer ENOSYS");
+        assert!(c(libc::ENOSYS, Some(0), false).contains("CONFIG_IO_URING"));
+        assert!(c(libc::EINVAL, Some(0), false).contains("6.1"));
+        assert!(c(libc::ENOMEM, Some(0), false).contains("RLIMIT_MEMLOCK"));
     }
 
     #[test]
