@@ -266,3 +266,61 @@ fn package_builds_installs_serves_as_its_unit_and_removes_cleanly() {
         let _ = std::fs::remove_dir(d); // only if empty: never an admin's images
     }
 }
+
+/// The same notifications from a plain `bootfarm serve` (no package, no root): READY with the
+/// generation, a refused reload still answered by READY (systemd leaves "reloading" only on
+/// READY=1) with the generation kept, a good one with the next, STOPPING at SIGTERM; every
+/// RELOADING=1 is followed by its READY=1.
+#[test]
+fn serve_tells_the_service_manager_ready_reloading_and_stopping() {
+    let dir = common::TempDir::new("notify-serve");
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let file = dir.join("bootfarm.toml");
+    let good = |name: &str| {
+        format!(
+            "[server]\nname = \"{name}\"\ntftp_port = {}\nhttp_port = {}\nnbd_port = {}\n[tftp]\nroot = \"boot\"\n",
+            common::free_port(),
+            common::free_port(),
+            common::free_port()
+        )
+    };
+    std::fs::write(&file, good("node1")).unwrap();
+    let sock = dir.join("notify.sock");
+    let mut manager = Manager { socket: UnixDatagram::bind(&sock).unwrap(), seen: Vec::new() };
+    let mut cmd = Command::new(common::bin());
+    cmd.env("NOTIFY_SOCKET", &sock).args(["serve", "--config", file.to_str().unwrap()]);
+    let mut server = common::Server::start_with(&mut cmd);
+    let ready = manager.expect("READY=1");
+    assert_eq!(ready, "READY=1\nSTATUS=generation 1");
+
+    // A bad file: refused, generation 1 keeps serving, and systemd hears the reload end.
+    std::fs::write(&file, "[server]\nlisten = \"not-an-ip\"\n[tftp]\nroot = \"boot\"\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let refused = manager.expect("STATUS=generation 1 (last reload refused)");
+    assert!(refused.starts_with("READY=1\n"), "{refused}");
+    server.wait_for("server.listen = \"not-an-ip\": not an IP address");
+
+    std::fs::write(&file, good("node1")).unwrap();
+    server.signal(libc::SIGHUP);
+    let reloaded = manager.expect("STATUS=generation 2");
+    assert!(reloaded.starts_with("READY=1\n"), "{reloaded}");
+
+    server.signal(libc::SIGTERM);
+    manager.expect("STOPPING=1");
+    let exit = wait_exit(&mut server.child, Duration::from_secs(30));
+    assert!(exit.success(), "{exit}");
+    // RELOADING=1 and READY=1 alternate: systemd never stays in "reloading".
+    let kinds: Vec<&str> = manager.seen.iter().map(|m| m.lines().next().unwrap()).collect();
+    let mut reloading = false;
+    for k in &kinds {
+        match *k {
+            "RELOADING=1" => {
+                assert!(!reloading, "two RELOADING=1 without a READY=1 between: {kinds:?}");
+                reloading = true;
+            }
+            "READY=1" => reloading = false,
+            _ => {}
+        }
+    }
+    assert!(!reloading && kinds.iter().filter(|k| **k == "RELOADING=1").count() >= 2, "{kinds:?}");
+}
