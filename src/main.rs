@@ -2,7 +2,7 @@
 
 use bootfarm::config::{self, reload, Overrides};
 use bootfarm::image::{self, bytes, write, Chain, ChainLimits, Layer};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +31,22 @@ enum Command {
     /// Look at the farm the configuration describes.
     #[command(subcommand)]
     Farm(FarmCmd),
+    /// Check this machine, the configuration and the farm for what would stop serving.
+    ///
+    /// io_uring (and why not), locked memory, open-file limits against the configured limits,
+    /// ports free or held by whom, the capability for ports below 1024, interface MTU against
+    /// tftp.blksize_max, the configuration, every vdisk chain, every farm server (up, same
+    /// generation, identical replicas, clock). One line per finding with what to do; exit 0 when
+    /// all is fine, 1 with warnings, 2 with errors.
+    Doctor {
+        /// The configuration to check.
+        #[arg(long, default_value = "/etc/bootfarm/bootfarm.toml")]
+        config: PathBuf,
+    },
+    /// Write the manual pages (DIR/man) and bash/zsh completions (DIR/completions); the
+    /// package build runs it.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -182,6 +198,12 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCmd::Check { file }) => config_check(&file),
         Command::Vdisk(v) => vdisk(v),
+        Command::Doctor { config } => return ExitCode::from(bootfarm::doctor::run(&config)),
+        Command::GenerateDocs { dir } => bootfarm::manual::write(Cli::command(), &dir).map(|files| {
+            for f in files {
+                println!("{}", f.display());
+            }
+        }),
         Command::Farm(FarmCmd::Status { config, timeout_ms }) => match farm_status(&config, timeout_ms) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
@@ -262,15 +284,8 @@ fn vdisk(cmd: VdiskCmd) -> Result<(), String> {
             Ok(())
         }
         VdiskCmd::Verify { file, chain_depth_max } => {
-            let chain = Chain::open(&file, limits(chain_depth_max)).map_err(e)?;
-            for l in &chain.layers {
-                if let Some(p) = l.problems.first() {
-                    return Err(format!("{}: {p}", l.path.display()));
-                }
-                l.deep_check().map_err(|d| format!("{}: {d}", l.path.display()))?;
-            }
-            unchanged(&chain)?;
-            println!("{}: ok ({} image(s) in the chain, {} bytes virtual)", file.display(), chain.layers.len(), chain.virtual_size());
+            // The same check `bootfarm doctor` runs on every configured vdisk.
+            println!("{}", bootfarm::doctor::verify_chain(&file, chain_depth_max)?);
             Ok(())
         }
         VdiskCmd::Export { file, output, chain_depth_max } => {

@@ -72,8 +72,11 @@ pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_
     if let Some(dir) = demo_dir {
         println!("{}", demo_banner(dir, &snap));
     }
+    // Every listener is bound and every image open: the service manager may start what waits.
+    control.notify.ready(store.load().generation);
     let stop = AtomicBool::new(false);
     let exit = control.run(&stop);
+    control.notify.stopping();
     tracing::info!(?exit, grace_ms = s.shutdown_grace_ms, "shutting down: no new transfers, running ones may finish");
     engine.shutdown();
     tracing::info!("stopped");

@@ -4,6 +4,7 @@
 //! transfer; a reload builds the next snapshot off the data path and swaps it in one store, or
 //! refuses it with a precise error and leaves the last good one serving.
 
+mod locate;
 mod model;
 mod pxe;
 pub mod reload;
@@ -139,21 +140,22 @@ impl Snapshot {
     }
 }
 
-/// Parses TOML text into a Config, with errors located by line and key.
+/// Parses TOML text into a Config, with errors naming the key, the value and the line
+/// (`server.listen = "not-an-ip": not an IP address (line 2)`).
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     toml::from_str::<Config>(text).map_err(|e| {
-        let (line, col) = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                (before.matches('\n').count() + 1, s.start - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1)
-            })
-            .unwrap_or((0, 0));
-        ConfigError {
-            file: file.to_path_buf(),
-            key: format!("line {line}, column {col}"),
-            value: String::new(),
-            why: e.message().to_string(),
+        let why = locate::explain(e.message());
+        let Some(span) = e.span() else {
+            return ConfigError { file: file.to_path_buf(), key: String::new(), value: String::new(), why };
+        };
+        let (line, key, value) = locate::locate(text, span.start);
+        match key {
+            Some(key) => ConfigError { file: file.to_path_buf(), key, value, why: format!("{why} (line {line})") },
+            None => {
+                let before = &text[..span.start.min(text.len())];
+                let col = span.start.min(text.len()) - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                ConfigError { file: file.to_path_buf(), key: format!("line {line}, column {col}"), value: String::new(), why }
+            }
         }
     })
 }

@@ -64,13 +64,15 @@ pub struct Control {
     /// The file as it was when the serving snapshot was read: a change made while the engine
     /// starts is still seen.
     loaded: Option<Stamp>,
+    /// The service manager (NOTIFY_SOCKET): RELOADING=1 / READY=1 around every reload.
+    pub notify: crate::notify::Notifier,
 }
 
 impl Control {
     /// Call right after the snapshot was loaded, before serving starts.
     pub fn new(store: std::sync::Arc<Store>, file: Option<PathBuf>, overrides: Overrides) -> Control {
         let loaded = file.as_deref().and_then(stamp);
-        Control { store, file, overrides, loaded }
+        Control { store, file, overrides, loaded, notify: crate::notify::Notifier::from_env() }
     }
 
     /// Reads the file if it is still as `seen` (stamped `debounce` ago) after the read, and
@@ -107,10 +109,15 @@ impl Control {
             return;
         };
         let old = self.store.load();
+        self.notify.reloading();
         let result = match text {
             Some(t) => self.store.reload_text(file, t, &self.overrides),
             None => self.store.reload(file, &self.overrides),
         };
+        match &result {
+            Ok(g) => self.notify.reloaded(*g, false),
+            Err(_) => self.notify.reloaded(old.generation, true),
+        }
         match result {
             Ok(generation) => {
                 let new = self.store.load();

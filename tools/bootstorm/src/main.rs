@@ -13,7 +13,7 @@ mod uring;
 mod uring_http;
 mod uring_tftp;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -32,6 +32,10 @@ enum Command {
     /// PXE DHCP storm: N clients broadcast DISCOVER (UEFI ones then ask the proxy on 4011);
     /// time to a usable answer.
     Dhcp(dhcp::Args),
+    /// Write the manual pages (DIR/man) and bash/zsh completions (DIR/completions); the
+    /// package build runs it.
+    #[command(hide = true)]
+    GenerateDocs { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,10 @@ fn main() -> ExitCode {
         Command::Tftp(a) => tftp::run(a),
         Command::Boot(a) => boot::run(a),
         Command::Dhcp(a) => dhcp::run(a),
+        Command::GenerateDocs { dir } => bootfarm::manual::write(Cli::command(), &dir).map(|files| {
+            files.iter().for_each(|f| println!("{}", f.display()));
+            true
+        }),
     };
     match r {
         Ok(ok) if ok => ExitCode::SUCCESS,
