@@ -203,6 +203,10 @@ pub struct Nbd {
     pub send_timeout_ms: u64,
     /// The handshake (greeting to GO/EXPORT_NAME) must end within this time.
     pub handshake_timeout_ms: u64,
+    /// A GO for a private vdisk whose writer is still connected waits this long for that
+    /// connection to end before it is refused (0 = refuse at once): a machine that reboots
+    /// reconnects before the server has seen its old connection close.
+    pub private_writer_wait_ms: u64,
 }
 
 impl Default for Nbd {
@@ -228,6 +232,7 @@ impl Default for Nbd {
             send_zc_min_bytes: 0,
             send_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
+            private_writer_wait_ms: 2_000,
         }
     }
 }
@@ -457,6 +462,7 @@ reply_scratch_bytes_max = 4194304   # 4 MiB per connection of overflow-file bloc
 send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)
 send_timeout_ms = 30000             # a client that stops reading is cut off
 handshake_timeout_ms = 10000        # a client that never finishes the handshake is cut off
+private_writer_wait_ms = 2000       # a private vdisk's next writer waits this long for the last one to go
 
 [image]
 chain_depth_max = 16

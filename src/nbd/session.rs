@@ -133,6 +133,11 @@ pub struct Session<E> {
     /// Last time the client sent bytes or a batch went out (idle eviction).
     active_at: Instant,
     handshake_deadline: Instant,
+    /// A GO (or EXPORT_NAME) for a private vdisk whose writer is still connected: tried again
+    /// at `attach_retry`, refused once `attach_give_up` (nbd.private_writer_wait_ms) passed.
+    /// No input is taken meanwhile: the option stays unread.
+    attach_retry: Option<Instant>,
+    attach_give_up: Option<Instant>,
     _env: PhantomData<fn(&mut E)>,
 }
 
@@ -165,6 +170,8 @@ impl<E: Env> Session<E> {
             opened: now,
             active_at: now,
             handshake_deadline: now + hs,
+            attach_retry: None,
+            attach_give_up: None,
             _env: PhantomData,
         };
         s.batch.copy(&wire::greeting());
@@ -318,11 +325,14 @@ impl<E: Env> Session<E> {
                         }
                         Parse::Done((o, r), n) => (o, r, n),
                     };
-                    at += n;
                     if self.option(env, opt, &avail[range], now) {
                         self.end("the client ended the handshake, or its export was refused");
-                        return at;
+                        return at + n;
                     }
+                    if self.attach_retry.is_some() {
+                        return at; // the option is read again when the wait is over
+                    }
+                    at += n;
                     self.answered += 1;
                 }
                 Phase::Transmission => {
@@ -705,14 +715,14 @@ impl<E: Env> TcpSession for Session<E> {
         if !input.is_empty() {
             self.active_at = now;
         }
-        if self.held || self.done {
-            return 0; // answered once the batch is out (the driver offers the bytes again)
+        if self.held || self.done || self.attach_retry.is_some() {
+            return 0; // answered once the batch is out or the wait is over (offered again then)
         }
         self.step(env, input, now)
     }
 
     fn wants_input(&self) -> bool {
-        !self.held && !self.done && self.cont.is_none() && !self.full()
+        !self.held && !self.done && self.cont.is_none() && !self.full() && self.attach_retry.is_none()
     }
 
     fn on_eof(&mut self, _env: &mut E, _now: Instant) {
@@ -749,10 +759,17 @@ impl<E: Env> TcpSession for Session<E> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        (self.phase != Phase::Transmission && !self.done).then_some(self.handshake_deadline)
+        let hs = (self.phase != Phase::Transmission && !self.done).then_some(self.handshake_deadline);
+        match (hs, self.attach_retry) {
+            (Some(h), Some(r)) => Some(h.min(r)),
+            (h, r) => h.or(r),
+        }
     }
 
     fn on_timeout(&mut self, env: &mut E, now: Instant) {
+        if self.attach_retry.is_some_and(|r| now >= r) {
+            self.attach_retry = None; // the driver offers the waiting option again
+        }
         if self.phase == Phase::Transmission || self.done || now < self.handshake_deadline {
             return;
         }

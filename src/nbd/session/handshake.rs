@@ -10,7 +10,10 @@ use crate::nbd::target::{self, AttachError};
 use crate::nbd::token;
 use crate::nbd::wire;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often a GO waiting for a private vdisk's writer to go looks again.
+const PRIVATE_RETRY: Duration = Duration::from_millis(20);
 /// The transmission flags of an export.
 fn export_flags(vd: &Vdisk, structured: bool) -> u16 {
     let mut f =
@@ -48,8 +51,10 @@ impl<E: Env> Session<E> {
         match opt {
             wire::OPT_EXPORT_NAME => {
                 let Ok((vd, id)) = find(snap, payload) else { return true }; // the protocol's only answer
-                if self.attach(env, &vd, id, now).is_err() {
-                    return true;
+                match self.attach(env, &vd, id, now) {
+                    Ok(()) => {}
+                    Err(None) => return false, // waits for the private vdisk's writer to go
+                    Err(Some(_)) => return true,
                 }
                 // The target's own image: a reconnect after a reload keeps the one it booted with.
                 let vd = self.target.as_ref().expect("attached").vdisk.clone();
@@ -131,9 +136,13 @@ impl<E: Env> Session<E> {
                     }
                 };
                 let vd = if opt == wire::OPT_GO {
-                    if let Err(why) = self.attach(env, &vd, id, now) {
-                        self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_POLICY, why.as_bytes()));
-                        return false;
+                    match self.attach(env, &vd, id, now) {
+                        Ok(()) => {}
+                        Err(None) => return false, // waits for the private vdisk's writer to go
+                        Err(Some(why)) => {
+                            self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_POLICY, why.as_bytes()));
+                            return false;
+                        }
                     }
                     // Size and flags of the image the target is served from (the one it booted
                     // with, when it was already connected before a reload changed the vdisk).
@@ -168,8 +177,12 @@ impl<E: Env> Session<E> {
 
     /// Gives the connection its target's write cache (or refuses: a private vdisk's second
     /// writer, a target created from another address, a target id that is no boot token).
-    fn attach(&mut self, env: &E, vd: &Arc<Vdisk>, id: Option<String>, now: Instant) -> Result<(), String> {
+    /// `Err(None)`: a private vdisk's writer is still connected and `nbd.private_writer_wait_ms`
+    /// has not passed since the first try; `attach_retry` says when to try again (the option
+    /// stays unread meanwhile).
+    fn attach(&mut self, env: &E, vd: &Arc<Vdisk>, id: Option<String>, now: Instant) -> Result<(), Option<String>> {
         let snap = env.snapshot();
+        let wait = Duration::from_millis(snap.config.nbd.private_writer_wait_ms);
         let mut key = id.clone().unwrap_or_else(|| self.ip.to_string());
         if let Some(i) = id.as_deref() {
             match token::verify(&env.token_key(), i, self.ip, &vd.name, env.now_unix()) {
@@ -185,7 +198,9 @@ impl<E: Env> Session<E> {
                         export = %vd.name,
                         "nbd connection refused: {why} (nbd.target_ids = \"token\": a target id must be the boot token of the /ipxe script, used from the address that fetched it)"
                     );
-                    return Err(format!("{why}; nbd.target_ids = token: use the export name the boot script gives (bootfarm-nbd-export)"));
+                    return Err(Some(format!(
+                        "{why}; nbd.target_ids = token: use the export name the boot script gives (bootfarm-nbd-export)"
+                    )));
                 }
             }
         }
@@ -200,7 +215,14 @@ impl<E: Env> Session<E> {
             Ok((t, resumed)) => {
                 tracing::info!(client = %self.peer, export = %vd.name, target = %t.id, resumed, "nbd target attached");
                 self.target = Some(t);
+                self.attach_give_up = None;
                 Ok(())
+            }
+            Err(AttachError::Busy(_)) if now < *self.attach_give_up.get_or_insert(now + wait) => {
+                // The writer's connection may be one the server has not seen close yet (a
+                // machine that rebooted): look again shortly, until the wait is over.
+                self.attach_retry = Some((now + PRIVATE_RETRY).min(self.attach_give_up.unwrap()));
+                Err(None)
             }
             Err(e @ AttachError::Foreign { owner }) => {
                 env.count(Counter::NbdRefusedForeign, 1);
@@ -211,7 +233,7 @@ impl<E: Env> Session<E> {
                     target = %key,
                     "nbd connection refused: the target belongs to the address that created it; a target id reaches only its own machine's cache (a machine whose address changed gets a new cache once the old one expires, nbd.cache_keep_after_disconnect_ms)"
                 );
-                Err(e.to_string())
+                Err(Some(e.to_string()))
             }
             Err(e) => {
                 let counter = match e {
@@ -221,7 +243,8 @@ impl<E: Env> Session<E> {
                 };
                 env.count(counter, 1);
                 tracing::warn!(client = %self.peer, export = %vd.name, "nbd connection refused: {e}");
-                Err(e.to_string())
+                self.attach_give_up = None;
+                Err(Some(e.to_string()))
             }
         }
     }

@@ -25,6 +25,11 @@ impl Drop for Fixture {
 
 /// A server over `disk` (raw, SIZE bytes of a fixed pattern) with `nbd` lines in its [nbd].
 fn fixture(tag: &str, nbd: &str) -> Fixture {
+    fixture_vdisk(tag, nbd, "")
+}
+
+/// As `fixture`, with `extra` appended to the file (more vdisks).
+fn fixture_vdisk(tag: &str, nbd: &str, extra: &str) -> Fixture {
     let dir = std::env::temp_dir().join(format!("bootfarm-nbd-session-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("boot")).unwrap();
@@ -32,8 +37,11 @@ fn fixture(tag: &str, nbd: &str) -> Fixture {
     let content: Vec<u8> = (0..SIZE as u64).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
     std::fs::write(dir.join("disk.raw"), &content).unwrap();
     let text = format!(
-        "[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{nbd}\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n[[vdisk]]\nname = \"other\"\npath = \"disk.raw\"\n"
+        "[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{nbd}\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n[[vdisk]]\nname = \"other\"\npath = \"disk.raw\"\n{extra}"
     );
+    if extra.contains("priv.vhdx") {
+        crate::image::write::create_vhdx(&dir.join("priv.vhdx"), 1 << 20, 1 << 20, 512, None).unwrap();
+    }
     let snap = config::from_text(&dir.join("bootfarm.toml"), &text, &Overrides::default(), 1, None).unwrap();
     Fixture { dir, snap: Arc::new(snap), content }
 }
@@ -804,4 +812,73 @@ fn handshakes_with_hostile_options_serve_or_end() {
     }
     // The generator reaches transmission often enough to matter (132 and 38 with this seed).
     assert!(attached > 50 && served > 10, "attached {attached}, served {served}");
+}
+
+/// The handshake of a client of the private vdisk `priv`.
+fn priv_go() -> Vec<u8> {
+    let mut v = client_flags(1 | 2);
+    v.extend(go("priv"));
+    v
+}
+
+/// A private vdisk has one writer. A second connection's GO waits for the first to go (a
+/// machine that rebooted reconnects before its old connection's close is seen), taking no input
+/// meanwhile, and is refused with the policy error once nbd.private_writer_wait_ms has passed.
+#[test]
+fn a_private_vdisks_next_writer_waits_for_the_last_then_is_refused() {
+    // Private mode writes into a new differencing version: its base is a VHDX (empty here).
+    let f = fixture_vdisk(
+        "private-wait",
+        "private_writer_wait_ms = 100",
+        "[[vdisk]]\nname = \"priv\"\npath = \"priv.vhdx\"\nmode = \"private\"\n",
+    );
+    let mut e = env(&f);
+    let t0 = Instant::now();
+    let ms = |n: u64| Duration::from_millis(n);
+    let mut first = Session::new(&e, peer(), t0);
+    let mut run = Run { out: Vec::new(), batches: 0 };
+    pump(&mut first, &mut e, &mut priv_go(), &mut run, t0);
+    assert_eq!(e.registry.counts(), (1, 1));
+
+    let mut second = Session::new(&e, peer(), t0);
+    let mut rx = priv_go();
+    let mut run = Run { out: Vec::new(), batches: 0 };
+    pump(&mut second, &mut e, &mut rx, &mut run, t0);
+    assert_eq!(rx, go("priv"), "the GO stays unread while it waits");
+    assert!(!second.wants_input());
+    assert_eq!(second.poll_timeout(), Some(t0 + ms(20)));
+    second.on_timeout(&mut e, t0 + ms(20));
+    assert!(second.wants_input(), "looks again at the retry time");
+    pump(&mut second, &mut e, &mut rx, &mut run, t0 + ms(20));
+    assert_eq!(rx.len(), go("priv").len(), "the writer is still there");
+    first.on_closed(&mut e, false, t0 + ms(30));
+    drop(first);
+    second.on_timeout(&mut e, t0 + ms(40));
+    pump(&mut second, &mut e, &mut rx, &mut run, t0 + ms(40));
+    assert!(rx.is_empty() && second.poll_timeout().is_none(), "attached: in transmission");
+    assert_eq!(e.registry.counts(), (1, 1));
+    assert_eq!(e.counters.get(Counter::NbdRefusedPrivate), 0);
+
+    // A third while the second stays: refused when the wait is over, not before.
+    let t1 = t0 + ms(1000);
+    let mut third = Session::new(&e, peer(), t1);
+    let mut rx = priv_go();
+    let mut run = Run { out: Vec::new(), batches: 0 };
+    pump(&mut third, &mut e, &mut rx, &mut run, t1);
+    let mut retries = 0;
+    while let Some(at) = third.poll_timeout().filter(|&at| at <= t1 + ms(100)) {
+        third.on_timeout(&mut e, at);
+        pump(&mut third, &mut e, &mut rx, &mut run, at);
+        retries += 1;
+        assert!(retries <= 10, "bounded");
+        if rx.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(retries, 5, "every 20 ms until 100 ms");
+    assert!(rx.is_empty(), "the GO was answered");
+    let kind = u32::from_be_bytes(run.out[18 + 12..18 + 16].try_into().unwrap());
+    assert_eq!(kind, wire::REP_ERR_POLICY);
+    assert!(String::from_utf8_lossy(&run.out).contains("already has a writer"));
+    assert_eq!(e.counters.get(Counter::NbdRefusedPrivate), 1);
 }
