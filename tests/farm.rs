@@ -109,17 +109,6 @@ fn farm_status(dir: &TempDir, node: usize) -> (i32, String) {
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("not within {secs} s: {what}");
-}
-
 #[test]
 fn every_server_agrees_redirects_and_a_killed_server_is_left_out() {
     let dir = TempDir::new("farm");

@@ -7,7 +7,7 @@ use bootfarm::dhcp::wire::{self, MessageType, Op, Repr};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn ipxe_first(node: usize, http: u16, mac: &str) -> Option<(usize, String)> {
     let mut s = TcpStream::connect((Ipv4Addr::new(127, 0, 0, node as u8), http)).ok()?;
@@ -18,17 +18,6 @@ fn ipxe_first(node: usize, http: u16, mac: &str) -> Option<(usize, String)> {
     let order: Vec<String> =
         out.lines().find_map(|l| l.strip_prefix("# servers in failover order: "))?.split(' ').map(String::from).collect();
     Some((order.len(), order[0].clone()))
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("not within {secs} s: {what}");
 }
 
 /// The server node `node`'s answer names for `mac` (siaddr), asked by unicast as a client

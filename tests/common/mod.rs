@@ -216,3 +216,15 @@ pub fn nbd_request(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[
     r.extend_from_slice(payload);
     r
 }
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("not within {secs} s: {what}");
+}
