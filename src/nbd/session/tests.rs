@@ -50,6 +50,8 @@ struct TestEnv {
     snap: Arc<Snapshot>,
     registry: Registry,
     counters: WorkerCounters,
+    /// The wall clock boot tokens expire by (seconds since the epoch).
+    unix: u64,
 }
 
 impl ConnScope for TestEnv {}
@@ -71,12 +73,12 @@ impl Env for TestEnv {
         KEY
     }
     fn now_unix(&self) -> u64 {
-        1_800_000_000
+        self.unix
     }
 }
 
 fn env(f: &Fixture) -> TestEnv {
-    TestEnv { snap: f.snap.clone(), registry: Registry::default(), counters: WorkerCounters::default() }
+    TestEnv { snap: f.snap.clone(), registry: Registry::default(), counters: WorkerCounters::default(), unix: 1_800_000_000 }
 }
 
 fn peer() -> SocketAddr {
@@ -1008,4 +1010,29 @@ fn a_boot_token_is_a_boot_of_its_mac() {
     // In the default "bound" mode an expired token still starts a boot (any id may).
     assert_eq!(session_reads(&mut e, &format!("disk@{expired}"), &write_then_read(0, 4096, 0xC3), t0), vec![0xC3; 4096]);
     assert_eq!(session_reads(&mut e, &format!("disk@{expired}"), &[], t0 + Duration::from_secs(1)), vec![0xC3; 4096]);
+}
+
+/// nbd.target_ids = "token": an expired token cannot start a boot, but the boot it started
+/// reconnects to its writes after the expiry (a Linux root that lost its server for hours).
+#[test]
+fn an_expired_token_reconnects_its_boot_and_starts_none() {
+    let f = fixture("token-expiry", "target_ids = \"token\"");
+    let mut e = env(&f);
+    let t0 = Instant::now();
+    let mac = crate::nbd::token::parse_mac("aa:bb:cc:dd:ee:07").unwrap();
+    let ip = peer().ip();
+    let live = crate::nbd::token::issue(&KEY, [4; 16], 1_800_000_010, mac, ip, "disk");
+    let other = crate::nbd::token::issue(&KEY, [5; 16], 1_800_000_010, mac, ip, "disk");
+    assert_eq!(session_reads(&mut e, &format!("disk@{live}"), &write_then_read(0, 4096, 0xD4), t0), vec![0xD4; 4096]);
+    e.unix = 1_800_003_600; // both tokens expired an hour ago
+    assert_eq!(session_reads(&mut e, &format!("disk@{live}"), &[], t0 + Duration::from_secs(3600)), vec![0xD4; 4096]);
+    assert_eq!(e.counters.get(Counter::NbdRefusedToken), 0);
+    let run = drive(&mut e, &export_name(1 | 2, &format!("disk@{other}"), &[]), &[], t0 + Duration::from_secs(3601));
+    assert_eq!(run.out.len(), 18, "an expired token starts no boot (EXPORT_NAME: closed)");
+    assert_eq!(e.counters.get(Counter::NbdRefusedToken), 1);
+    assert_eq!(
+        session_reads(&mut e, &format!("disk@{live}"), &[], t0 + Duration::from_secs(3602)),
+        vec![0xD4; 4096],
+        "nor drops the live boot"
+    );
 }
