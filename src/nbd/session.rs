@@ -1,7 +1,8 @@
 //! One NBD connection (fixed newstyle, or plain newstyle with EXPORT_NAME only) as a sans-IO
 //! [`TcpSession`]: handshake options, then transmission commands answered into a [`Batch`] that
-//! points at the image mapping, the target's RAM cache pages and the zero page (only overflow-file blocks are copied, at most
-//! `nbd.reply_scratch_bytes_max` per batch: a READ with more goes out over several batches).
+//! points at the image mapping, the target's RAM cache pages and the zero page (only
+//! overflow-file blocks are copied, at most `nbd.reply_scratch_bytes_max` per batch: a READ
+//! with more goes out over several batches).
 //!
 //! Requests are pipelined: everything the client has sent, up to `nbd.queue_depth_max` requests
 //! (and [`BATCH_BYTES`], [`Batch::PIECES_MAX`]), is answered in one batch. While a batch is held
