@@ -194,6 +194,10 @@ pub struct Nbd {
     /// a later connection is a new boot and starts clean. Kept short so that a quick reboot is
     /// not mistaken for a blip; a client that names itself per boot (`vdisk@id`) can go longer.
     pub cache_keep_after_disconnect_ms: u64,
+    /// A target whose connections name a boot id (`vdisk@id#boot`, or a boot token) keeps its
+    /// write cache this long after its last connection ended, for a reconnect of the same boot
+    /// (a long outage, a failover back); a new boot id drops it at once.
+    pub boot_cache_keep_max_ms: u64,
     /// Bytes of overflow-file blocks one connection copies into its reply batch; a READ past
     /// it goes out over several batches.
     pub reply_scratch_bytes_max: u64,
@@ -228,6 +232,7 @@ impl Default for Nbd {
             cache_bytes_total_max: 256 << 30,
             cache_zero_ranges_per_target_max: 65536,
             cache_keep_after_disconnect_ms: 15_000,
+            boot_cache_keep_max_ms: 86_400_000,
             reply_scratch_bytes_max: 4 << 20,
             send_zc_min_bytes: 0,
             send_timeout_ms: 30_000,
@@ -457,6 +462,10 @@ cache_zero_ranges_per_target_max = 65536    # TRIM/WRITE_ZEROES ranges kept (coa
                                             # counted in the cache bytes); beyond it ENOSPC
 cache_keep_after_disconnect_ms = 15000      # a reconnect within this keeps the cache (blip, failover);
                                             # later = a new boot, the cache is discarded
+boot_cache_keep_max_ms = 86400000           # 24 h: a target naming a boot id (vdisk@id#boot, a boot
+                                            # token) finds its writes on a reconnect of that boot
+                                            # this long after its last connection; a new boot id
+                                            # drops the cache at once
 reply_scratch_bytes_max = 4194304   # 4 MiB per connection of overflow-file blocks copied for replies;
                                     # larger READs go out over several batches
 send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)

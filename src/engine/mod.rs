@@ -225,6 +225,7 @@ pub fn render_metrics(shared: &Shared) -> String {
     let mut blocks: Vec<&WorkerCounters> = shared.workers.iter().map(|w| &w.counters).collect();
     blocks.push(&shared.store.counters);
     blocks.push(&shared.farm.counters);
+    blocks.push(&shared.nbd_targets.counters);
     let tftp: u64 = shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum();
     let http: u64 = shared.workers.iter().map(|w| w.http_connections.load(r)).sum();
     let (targets, connected) = shared.nbd_targets.counts();

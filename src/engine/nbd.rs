@@ -105,7 +105,7 @@ impl TcpGlue for NbdProto {
         // One worker sweeps for all: the registry is shared.
         if self.worker == 0 && io.now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.last_sweep = io.now;
-            let keep = Duration::from_millis(io.snapshot().config.nbd.cache_keep_after_disconnect_ms);
+            let keep = crate::nbd::target::Keep::of(&io.snapshot().config.nbd);
             ctx.shared.nbd_targets.sweep(io.now, keep);
         }
     }

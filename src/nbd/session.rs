@@ -1,7 +1,8 @@
-//! One NBD connection (fixed newstyle) as a sans-IO [`TcpSession`]: handshake options, then
-//! transmission commands answered into a [`Batch`] that points at the image mapping, the target's
-//! RAM cache pages and the zero page (only overflow-file blocks are copied, at most
-//! `nbd.reply_scratch_bytes_max` per batch: a READ with more goes out over several batches).
+//! One NBD connection (fixed newstyle, or plain newstyle with EXPORT_NAME only) as a sans-IO
+//! [`TcpSession`]: handshake options, then transmission commands answered into a [`Batch`] that
+//! points at the image mapping, the target's RAM cache pages and the zero page (only
+//! overflow-file blocks are copied, at most `nbd.reply_scratch_bytes_max` per batch: a READ
+//! with more goes out over several batches).
 //!
 //! Requests are pipelined: everything the client has sent, up to `nbd.queue_depth_max` requests
 //! (and [`BATCH_BYTES`], [`Batch::PIECES_MAX`]), is answered in one batch. While a batch is held
@@ -99,7 +100,11 @@ pub struct Session<E> {
     /// The peer's address, IPv4-mapped ones as IPv4 (a dual-stack socket).
     ip: IpAddr,
     phase: Phase,
+    /// The client set NBD_FLAG_C_FIXED_NEWSTYLE; without it only NBD_OPT_EXPORT_NAME is taken.
+    fixed: bool,
     no_zeroes: bool,
+    /// The last option the client sent (for the log line of a handshake that ends).
+    last_option: Option<u32>,
     structured: bool,
     meta_base: bool,
     target: Option<Arc<Target>>,
@@ -149,7 +154,9 @@ impl<E: Env> Session<E> {
             peer,
             ip: peer.ip().to_canonical(),
             phase: Phase::ClientFlags,
+            fixed: false,
             no_zeroes: false,
+            last_option: None,
             structured: false,
             meta_base: false,
             target: None,
@@ -266,7 +273,44 @@ impl<E> Drop for Session<E> {
     }
 }
 
+/// Handshake-end lines logged and left out in the current second (a flood of bad clients
+/// writes one line a second, with the count left out).
+static HANDSHAKE_LOG: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+
+/// Whether a handshake that ended for `why` is the client's doing (info) or a refusal or a
+/// protocol violation (warn).
+fn handshake_end_is_normal(why: &str) -> bool {
+    why.starts_with("the client closed") || why.starts_with("the client sent NBD_OPT_ABORT")
+}
+
 impl<E: Env> Session<E> {
+    /// Ends the connection during the handshake for `why`, with a log line naming the last
+    /// option (one line a second at most in all, the rest counted in the next).
+    pub(super) fn end_handshake(&mut self, _env: &E, why: &'static str) {
+        self.end(why);
+        let now = self.active_at;
+        let skipped = {
+            let mut g = HANDSHAKE_LOG.lock().unwrap();
+            match g.0 {
+                Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => {
+                    g.1 += 1;
+                    return;
+                }
+                _ => {
+                    let n = g.1;
+                    *g = (Some(now), 0);
+                    n
+                }
+            }
+        };
+        let option = self.last_option.map(wire::option_name).unwrap_or("none");
+        if handshake_end_is_normal(why) {
+            tracing::info!(client = %self.peer, option, fixed_newstyle = self.fixed, skipped, "nbd handshake ended: {why}");
+        } else {
+            tracing::warn!(client = %self.peer, option, fixed_newstyle = self.fixed, skipped, "nbd handshake ended: {why}");
+        }
+    }
+
     /// Parses and answers what `input` holds into the batch; returns the bytes taken.
     fn step(&mut self, env: &E, input: &[u8], now: Instant) -> usize {
         let cfg = &env.snapshot().config.nbd;
@@ -312,6 +356,7 @@ impl<E: Env> Session<E> {
                     }
                     Parse::Done(f, n) => {
                         self.no_zeroes = f & wire::FLAG_NO_ZEROES as u32 != 0;
+                        self.fixed = f & wire::FLAG_FIXED_NEWSTYLE as u32 != 0;
                         at += n;
                         self.phase = Phase::Options;
                     }
@@ -320,13 +365,14 @@ impl<E: Env> Session<E> {
                     let (opt, range, n) = match wire::option(avail) {
                         Parse::More => return at,
                         Parse::Fatal(why) => {
-                            self.end(why);
+                            self.end_handshake(env, why);
                             return at;
                         }
                         Parse::Done((o, r), n) => (o, r, n),
                     };
-                    if self.option(env, opt, &avail[range], now) {
-                        self.end("the client ended the handshake, or its export was refused");
+                    self.last_option = Some(opt);
+                    if let Some(why) = self.option(env, opt, &avail[range], now) {
+                        self.end_handshake(env, why);
                         return at + n;
                     }
                     if self.attach_retry.is_some() {
@@ -725,7 +771,16 @@ impl<E: Env> TcpSession for Session<E> {
         !self.held && !self.done && self.cont.is_none() && !self.full() && self.attach_retry.is_none()
     }
 
-    fn on_eof(&mut self, _env: &mut E, _now: Instant) {
+    fn on_eof(&mut self, env: &mut E, _now: Instant) {
+        if self.phase != Phase::Transmission && !self.done {
+            self.end_handshake(
+                env,
+                match self.phase {
+                    Phase::ClientFlags => "the client closed the connection before sending its flags (not an NBD newstyle client?)",
+                    _ => "the client closed the connection during the handshake",
+                },
+            );
+        }
         self.end("");
     }
 
@@ -818,7 +873,7 @@ impl<E: Env> TcpSession for Session<E> {
                 ms = now.saturating_duration_since(self.opened).as_millis() as u64,
                 "nbd target detached"
             );
-            let keep = Duration::from_millis(env.snapshot().config.nbd.cache_keep_after_disconnect_ms);
+            let keep = crate::nbd::target::Keep::of(&env.snapshot().config.nbd);
             env.registry().detach(t, keep, now);
         }
         self.done = true;

@@ -1,10 +1,12 @@
 //! Targets and their registry: which write cache (an [`Overlay`]) a connection gets, keyed by
 //! vdisk and target (the client address, or the id named in the export), bound to the address
-//! that created it, limited per address, kept across a short disconnect; and private mode's
-//! version files. The overlay itself is in `cache`.
+//! that created it, limited per address, kept across a disconnect (briefly without a boot id,
+//! up to `nbd.boot_cache_keep_max_ms` for the same boot id), dropped at once when the target
+//! starts a new boot; and private mode's version files. The overlay itself is in `cache`.
 
 use super::cache::{Limits, Overlay};
 use crate::image::write::Writer;
+use crate::metrics::{Counter, WorkerCounters};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,9 @@ pub struct Target {
     pub overlay: Mutex<Overlay>,
     /// Private mode: whether the session's writes go into a new version (made at the first).
     pub private: bool,
+    /// The boot this cache belongs to (`#boot` of the export, or the boot token), if named:
+    /// a connection naming another boot id starts a new boot on a clean cache.
+    pub boot: Option<String>,
 }
 
 /// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
@@ -50,19 +55,96 @@ pub struct Registry {
     pub total: Arc<AtomicU64>,
     /// Bytes of RAM pages held by all overlays (nbd.cache_ram_bytes_total_max).
     pub ram_total: Arc<AtomicU64>,
+    /// Caches dropped, by reason (bootfarm_nbd_caches_dropped_total).
+    pub counters: WorkerCounters,
 }
 
-/// Splits an export name into (vdisk, explicit target id).
-pub fn split_export(name: &str) -> (&str, Option<&str>) {
-    match name.split_once('@') {
-        Some((v, id)) => (v, Some(id)),
-        None => (name, None),
+/// How long a target's cache outlives its last connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Keep {
+    /// Targets without a boot id (nbd.cache_keep_after_disconnect_ms).
+    pub anonymous: Duration,
+    /// Targets with a boot id (nbd.boot_cache_keep_max_ms).
+    pub boot: Duration,
+}
+
+impl Keep {
+    pub fn of(cfg: &crate::config::Nbd) -> Keep {
+        Keep {
+            anonymous: Duration::from_millis(cfg.cache_keep_after_disconnect_ms),
+            boot: Duration::from_millis(cfg.boot_cache_keep_max_ms),
+        }
+    }
+
+    fn for_target(&self, t: &Target) -> Duration {
+        if t.boot.is_some() {
+            self.boot
+        } else {
+            self.anonymous
+        }
     }
 }
 
-/// A target id given by a client: printable, no spaces, bounded.
+/// Why a cache went (the label of bootfarm_nbd_caches_dropped_total).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dropped {
+    NewBoot,
+    Expired,
+    Disconnected,
+    VdiskChanged,
+}
+
+impl Dropped {
+    fn counter(self) -> Counter {
+        match self {
+            Dropped::NewBoot => Counter::NbdDroppedNewBoot,
+            Dropped::Expired => Counter::NbdDroppedExpired,
+            Dropped::Disconnected => Counter::NbdDroppedDisconnected,
+            Dropped::VdiskChanged => Counter::NbdDroppedVdiskChanged,
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            Dropped::NewBoot => "the target started a new boot (another boot id); the new boot starts from the clean image",
+            Dropped::Expired => "not reconnected in time",
+            Dropped::Disconnected => "disconnected",
+            Dropped::VdiskChanged => "the vdisk changed",
+        }
+    }
+}
+
+/// The parts of an export name `[vdisk][@target][#boot]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportName<'a> {
+    pub vdisk: &'a str,
+    pub target: Option<&'a str>,
+    pub boot: Option<&'a str>,
+}
+
+/// Splits an export name `[vdisk][@target][#boot]` into its parts (unchecked; see
+/// [`valid_target_id`], [`valid_boot_id`]). '#' ends the target id: everything after it is
+/// the boot id.
+pub fn split_export(name: &str) -> ExportName<'_> {
+    let (rest, boot) = match name.split_once('#') {
+        Some((r, b)) => (r, Some(b)),
+        None => (name, None),
+    };
+    let (vdisk, target) = match rest.split_once('@') {
+        Some((v, id)) => (v, Some(id)),
+        None => (rest, None),
+    };
+    ExportName { vdisk, target, boot }
+}
+
+/// A target id given by a client: printable, no spaces, bounded, no '#' (it starts the boot id).
 pub fn valid_target_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\' && b != b'#')
+}
+
+/// A boot id: 1-64 letters, digits, '-' or '_' (what base64url and MACs without ':' use).
+pub fn valid_boot_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Why a connection did not get its target.
@@ -91,22 +173,28 @@ impl std::fmt::Display for AttachError {
 
 impl Registry {
     /// Gives a connection from `client` its target: the cache kept from an earlier connection
-    /// (still open, or closed less than `keep` ago, on the same image) or a new one. `id` is
-    /// the id named in the export (`vdisk@id`); without one the target is the client address.
-    /// A target is bound to the address that created it: another address is refused, whatever
-    /// id it names.
+    /// or a new one. `id` is the id named in the export (`vdisk@id`); without one the target is
+    /// the client address. `boot` is the boot the connection belongs to: the same boot id finds
+    /// the target's cache however long it was disconnected (until `nbd.boot_cache_keep_max_ms`,
+    /// even across a reload that changed the vdisk: its writes only make sense on the image it
+    /// booted with); another boot id drops the previous boot's cache at once and starts clean.
+    /// Without a boot id: the cache of a connected target, or of one gone less than
+    /// `nbd.cache_keep_after_disconnect_ms` on the same image. A target is bound to the address
+    /// that created it: another address is refused, whatever id it names.
     pub fn attach(
         &self,
         vdisk: &Arc<crate::config::Vdisk>,
         id: Option<&str>,
+        boot: Option<&str>,
         client: SocketAddr,
         cfg: &crate::config::Nbd,
         now: Instant,
     ) -> Result<(Arc<Target>, bool), AttachError> {
         use crate::config::Mode;
-        let keep = Duration::from_millis(cfg.cache_keep_after_disconnect_ms);
+        let keep = Keep::of(cfg);
         self.sweep(now, keep);
         let private = vdisk.mode == Mode::Private;
+        let boot = boot.filter(|_| !private);
         let ip = client.ip().to_canonical();
         let key: Key = match (private, id) {
             (true, _) => (vdisk.name.clone(), false, String::new()),
@@ -123,12 +211,32 @@ impl Registry {
                         vdisk.name, e.client
                     )));
                 }
-                // A target whose image changed in place (damaged) can give nothing to a new
-                // connection: it starts over on the vdisk as served now.
-                Some(e) if (e.conns > 0 && !e.target.vdisk.damaged()) || Arc::ptr_eq(&e.target.vdisk, vdisk) => {
-                    if e.target.owner != ip {
-                        return Err(AttachError::Foreign { owner: e.target.owner });
-                    }
+                // A cache answers its owner only while today's rule keeps it (connected, or
+                // gone less than the anonymous keep time, on the image served now). Past that,
+                // another address may start its own target under the id, as it could when
+                // caches went after the anonymous keep time (a machine whose address changed);
+                // the owner's longer keep for its boot only ever serves the owner.
+                Some(e)
+                    if e.target.owner != ip
+                        && live(e, vdisk)
+                        && (e.conns > 0 || e.idle_since.is_none_or(|t| now.saturating_duration_since(t) < keep.anonymous)) =>
+                {
+                    return Err(AttachError::Foreign { owner: e.target.owner });
+                }
+                Some(e) if e.target.owner != ip => {
+                    map.remove(&key).map(|e| (e.target, if boot.is_some() { Dropped::NewBoot } else { Dropped::Expired }))
+                }
+                // Another boot of this machine: whatever the old boot left (connections the
+                // server has not seen close yet included) is not this boot's.
+                Some(e) if boot.is_some() && e.target.boot.as_deref() != boot => map.remove(&key).map(|e| (e.target, Dropped::NewBoot)),
+                // The same boot, however long it was gone; without a boot id, connected or gone
+                // less than the anonymous keep time.
+                Some(e)
+                    if live(e, vdisk)
+                        && (boot.is_some()
+                            || e.conns > 0
+                            || e.idle_since.is_none_or(|t| now.saturating_duration_since(t) < keep.anonymous)) =>
+                {
                     if !Arc::ptr_eq(&e.target.vdisk, vdisk) {
                         tracing::info!(
                             vdisk = %vdisk.name,
@@ -141,12 +249,15 @@ impl Registry {
                     e.client = client;
                     return Ok((e.target.clone(), true));
                 }
-                Some(_) => map.remove(&key).map(|e| e.target),
+                Some(e) => {
+                    let why = if Arc::ptr_eq(&e.target.vdisk, vdisk) { Dropped::Expired } else { Dropped::VdiskChanged };
+                    map.remove(&key).map(|e| (e.target, why))
+                }
                 None => None,
             }
         };
-        if let Some(t) = stale {
-            end_target(&t, "the vdisk changed");
+        if let Some((t, why)) = stale {
+            self.end_target(&t, why);
         }
         self.room_for(&self.entries.lock().unwrap(), ip, cfg.targets_per_address_max)?;
         let limits = Limits {
@@ -163,23 +274,52 @@ impl Registry {
             private_versions_check(vdisk, cfg.private_versions_max).map_err(AttachError::Failed)?;
             overlay.version_on_first_write(vdisk.clone());
         }
-        let target =
-            Arc::new(Target { vdisk: vdisk.clone(), id: key.2.clone(), named: key.1, owner: ip, overlay: Mutex::new(overlay), private });
-        let mut map = self.entries.lock().unwrap();
-        // Another worker may have made the same target meanwhile: the same checks again.
-        match map.get(&key) {
-            Some(e) if private && e.conns > 0 => {
-                return Err(AttachError::Busy(format!(
-                    "vdisk {} is in private mode and already has a writer; one connection at a time",
-                    vdisk.name
-                )));
-            }
-            Some(e) if e.target.owner != ip => return Err(AttachError::Foreign { owner: e.target.owner }),
-            _ => {}
+        let target = Arc::new(Target {
+            vdisk: vdisk.clone(),
+            id: key.2.clone(),
+            named: key.1,
+            owner: ip,
+            overlay: Mutex::new(overlay),
+            private,
+            boot: boot.map(str::to_string),
+        });
+        let stale = {
+            let mut map = self.entries.lock().unwrap();
+            // Another worker may have made the same target meanwhile: the same checks again.
+            let stale = match map.get(&key) {
+                Some(e) if private && e.conns > 0 => {
+                    return Err(AttachError::Busy(format!(
+                        "vdisk {} is in private mode and already has a writer; one connection at a time",
+                        vdisk.name
+                    )));
+                }
+                Some(e) if e.target.owner != ip => return Err(AttachError::Foreign { owner: e.target.owner }),
+                // Two connections of one boot raced: the first one's target is the boot's.
+                Some(e) if boot.is_some() && e.target.boot.as_deref() == boot && !e.target.vdisk.damaged() => {
+                    let e = map.get_mut(&key).unwrap();
+                    e.conns += 1;
+                    e.idle_since = None;
+                    e.client = client;
+                    return Ok((e.target.clone(), true));
+                }
+                Some(_) => map.remove(&key).map(|e| e.target),
+                None => None,
+            };
+            self.room_for(&map, ip, cfg.targets_per_address_max)?;
+            map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client });
+            stale
+        };
+        if let Some(t) = stale {
+            self.end_target(&t, Dropped::NewBoot);
         }
-        self.room_for(&map, ip, cfg.targets_per_address_max)?;
-        map.insert(key, Entry { target: target.clone(), started: now, conns: 1, idle_since: None, client });
         Ok((target, false))
+    }
+
+    fn end_target(&self, t: &Arc<Target>, why: Dropped) {
+        if !t.private {
+            self.counters.add(why.counter(), 1);
+        }
+        end_target(t, why.why());
     }
 
     /// Refuses a new target from an address that already holds `max` (connected or kept).
@@ -194,14 +334,15 @@ impl Registry {
         Ok(())
     }
 
-    /// Whether a standard vdisk's named target `id` exists, created from `ip`.
-    pub fn holds(&self, vdisk: &str, id: &str, ip: IpAddr) -> bool {
+    /// Whether a standard vdisk's named target `id` exists, created from `ip`, in boot `boot`.
+    pub fn holds(&self, vdisk: &str, id: &str, ip: IpAddr, boot: Option<&str>) -> bool {
         let map = self.entries.lock().unwrap();
-        map.get(&(vdisk.to_string(), true, id.to_string())).is_some_and(|e| e.target.owner == ip)
+        map.get(&(vdisk.to_string(), true, id.to_string())).is_some_and(|e| e.target.owner == ip && e.target.boot.as_deref() == boot)
     }
 
-    /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
-    pub fn detach(&self, t: &Arc<Target>, keep: Duration, now: Instant) {
+    /// A connection of `t` ended; with a keep time of zero its cache goes at once when it was
+    /// the last.
+    pub fn detach(&self, t: &Arc<Target>, keep: Keep, now: Instant) {
         let key: Key = (t.vdisk.name.clone(), t.named, t.id.clone());
         let gone = {
             let mut map = self.entries.lock().unwrap();
@@ -211,7 +352,7 @@ impl Registry {
                     if e.conns == 0 {
                         e.idle_since = Some(now);
                     }
-                    if e.conns == 0 && keep.is_zero() {
+                    if e.conns == 0 && keep.for_target(t).is_zero() {
                         map.remove(&key).map(|e| e.target)
                     } else {
                         None
@@ -221,23 +362,23 @@ impl Registry {
             }
         };
         if let Some(t) = gone {
-            end_target(&t, "disconnected");
+            self.end_target(&t, Dropped::Disconnected);
         }
     }
 
-    /// Drops caches whose target has been gone longer than `keep`.
-    pub fn sweep(&self, now: Instant, keep: Duration) {
+    /// Drops caches whose target has been gone longer than its keep time.
+    pub fn sweep(&self, now: Instant, keep: Keep) {
         let gone: Vec<Arc<Target>> = {
             let mut map = self.entries.lock().unwrap();
             let old: Vec<Key> = map
                 .iter()
-                .filter(|(_, e)| e.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= keep))
+                .filter(|(_, e)| e.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= keep.for_target(&e.target)))
                 .map(|(k, _)| k.clone())
                 .collect();
             old.into_iter().filter_map(|k| map.remove(&k)).map(|e| e.target).collect()
         };
         for t in gone {
-            end_target(&t, "not reconnected in time");
+            self.end_target(&t, Dropped::Expired);
         }
     }
 
@@ -263,6 +404,13 @@ impl Registry {
         let map = self.entries.lock().unwrap();
         (map.len(), map.values().filter(|e| e.conns > 0).count())
     }
+}
+
+/// Whether an entry's cache is still its target's: connected, of a named boot (kept until
+/// nbd.boot_cache_keep_max_ms by the sweep), or kept on the image served now; never when its
+/// image was found damaged.
+fn live(e: &Entry, vdisk: &Arc<crate::config::Vdisk>) -> bool {
+    !e.target.vdisk.damaged() && (e.conns > 0 || e.target.boot.is_some() || Arc::ptr_eq(&e.target.vdisk, vdisk))
 }
 
 fn end_target(t: &Arc<Target>, why: &str) {
@@ -343,7 +491,23 @@ mod tests {
 
     #[test]
     fn export_names_and_target_ids() {
-        assert_eq!(split_export("win10@00:11:22:33:44:55"), ("win10", Some("00:11:22:33:44:55")));
+        let e = |v, t, b| ExportName { vdisk: v, target: t, boot: b };
+        assert_eq!(split_export("win10@00:11:22:33:44:55"), e("win10", Some("00:11:22:33:44:55"), None));
+        assert_eq!(split_export("win10"), e("win10", None, None));
+        assert_eq!(split_export(""), e("", None, None));
+        assert_eq!(split_export("win10@aa:bb:cc:dd:ee:ff#b00t_1-x"), e("win10", Some("aa:bb:cc:dd:ee:ff"), Some("b00t_1-x")));
+        assert_eq!(split_export("win10#b1"), e("win10", None, Some("b1")), "a boot of the anonymous target");
+        assert_eq!(split_export("win10@a#b#c"), e("win10", Some("a"), Some("b#c")), "the boot id is all after the first #");
+        assert_eq!(split_export("v@#"), e("v", Some(""), Some("")));
         assert!(valid_target_id("00:11:22:33:44:55") && !valid_target_id("a/b") && !valid_target_id(""));
+        assert!(!valid_target_id("a#b"), "'#' starts the boot id");
+        assert!(valid_boot_id("AZaz09-_") && valid_boot_id(&"x".repeat(64)));
+        assert!(
+            !valid_boot_id("")
+                && !valid_boot_id(&"x".repeat(65))
+                && !valid_boot_id("b#c")
+                && !valid_boot_id("a b")
+                && !valid_boot_id("a:b")
+        );
     }
 }

@@ -104,6 +104,18 @@ pub fn issue(key: &[u8; 16], nonce: [u8; NONCE], expires_unix: u32, mac: [u8; 6]
 
 /// Checks a token presented from `ip` for `vdisk`: the MAC it was issued to, or why not.
 pub fn verify(key: &[u8; 16], token: &str, ip: IpAddr, vdisk: &str, now_unix: u64) -> Result<[u8; 6], &'static str> {
+    match check(key, token, ip, vdisk, now_unix)? {
+        (_, true) => Err(EXPIRED),
+        (mac, false) => Ok(mac),
+    }
+}
+
+/// Why an authentic token is refused when it creates a target.
+pub const EXPIRED: &str = "boot token expired: fetch the boot script again";
+
+/// Checks a token's tag (issued to `ip` for `vdisk` under `key`): (its MAC, whether it has
+/// expired). An expired token still names its boot: a reconnect of that boot is let in.
+pub fn check(key: &[u8; 16], token: &str, ip: IpAddr, vdisk: &str, now_unix: u64) -> Result<([u8; 6], bool), &'static str> {
     let raw = unb64(token).filter(|r| r.len() == RAW).ok_or("not a boot token")?;
     let (body, t) = raw.split_at(RAW - 8);
     // A constant-time comparison is not needed for a 64-bit tag checked per connection attempt
@@ -113,10 +125,18 @@ pub fn verify(key: &[u8; 16], token: &str, ip: IpAddr, vdisk: &str, now_unix: u6
         return Err("boot token not issued to this address for this vdisk");
     }
     let expires = u32::from_be_bytes(body[NONCE..NONCE + 4].try_into().unwrap()) as u64;
-    if now_unix > expires {
-        return Err("boot token expired: fetch the boot script again");
-    }
-    Ok(body[NONCE + 4..].try_into().unwrap())
+    Ok((body[NONCE + 4..].try_into().unwrap(), now_unix > expires))
+}
+
+/// A fresh boot id for an export name's `#boot` (128 random bits, base64url, 22 characters):
+/// what a boot script without a boot token gives the connections of one boot.
+pub fn new_boot_id() -> String {
+    b64(&random16())
+}
+
+/// A MAC as target id: lowercase hex pairs with ':' (how a boot token's target is named).
+pub fn mac_id(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses a MAC written with ':' or '-' separators (or none).
@@ -203,5 +223,10 @@ mod tests {
         bad[3] = if bad[3] == b'A' { b'B' } else { b'A' };
         assert!(verify(&key, std::str::from_utf8(&bad).unwrap(), ip, "disk", 999).is_err(), "a changed byte");
         assert!(verify(&key, "aa:bb:cc:dd:ee:01", ip, "disk", 0).is_err());
+        assert_eq!(check(&key, &t, ip, "disk", 1001), Ok((mac, true)), "expired, still authentic");
+        assert_eq!(mac_id(mac), "aa:bb:cc:dd:ee:01");
+        let b = new_boot_id();
+        assert!(b.len() == 22 && crate::nbd::target::valid_boot_id(&b) && b != new_boot_id(), "{b}");
+        assert!(crate::nbd::target::valid_boot_id(&t), "a token is a valid boot id: {t}");
     }
 }

@@ -85,6 +85,21 @@ fn be64(b: &[u8], o: usize) -> u64 {
     u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
 }
 
+/// An option's name for log lines.
+pub fn option_name(opt: u32) -> &'static str {
+    match opt {
+        OPT_EXPORT_NAME => "EXPORT_NAME",
+        OPT_ABORT => "ABORT",
+        OPT_LIST => "LIST",
+        OPT_INFO => "INFO",
+        OPT_GO => "GO",
+        OPT_STRUCTURED_REPLY => "STRUCTURED_REPLY",
+        OPT_LIST_META_CONTEXT => "LIST_META_CONTEXT",
+        OPT_SET_META_CONTEXT => "SET_META_CONTEXT",
+        _ => "unknown",
+    }
+}
+
 /// The server's opening: NBDMAGIC, IHAVEOPT, handshake flags.
 pub fn greeting() -> [u8; 18] {
     let mut g = [0u8; 18];
@@ -103,16 +118,13 @@ pub enum Parse<T> {
     Fatal(&'static str),
 }
 
-/// Client flags (4 bytes) after the greeting.
+/// Client flags (4 bytes) after the greeting. Flags 0 (plain newstyle, busybox's nbd-client)
+/// are taken: such a client may send NBD_OPT_EXPORT_NAME only (the session enforces it).
 pub fn client_flags(b: &[u8]) -> Parse<u32> {
     if b.len() < 4 {
         return Parse::More;
     }
-    let f = be32(b, 0);
-    if f & FLAG_FIXED_NEWSTYLE as u32 == 0 {
-        return Parse::Fatal("client does not speak fixed newstyle");
-    }
-    Parse::Done(f, 4)
+    Parse::Done(be32(b, 0), 4)
 }
 
 /// One option: (option, payload range in `b`).
@@ -245,7 +257,7 @@ mod tests {
         assert_eq!(&greeting()[..8], b"NBDMAGIC");
         assert_eq!(&greeting()[8..16], b"IHAVEOPT");
         assert_eq!(client_flags(&[0, 0, 0, 3]), Parse::Done(3, 4));
-        assert!(matches!(client_flags(&[0, 0, 0, 0]), Parse::Fatal(_)));
+        assert_eq!(client_flags(&[0, 0, 0, 0]), Parse::Done(0, 4), "plain newstyle (busybox)");
         let mut o = IHAVEOPT.to_be_bytes().to_vec();
         o.extend_from_slice(&OPT_GO.to_be_bytes());
         o.extend_from_slice(&8u32.to_be_bytes());

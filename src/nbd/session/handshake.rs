@@ -29,32 +29,57 @@ fn export_flags(vd: &Vdisk, structured: bool) -> u16 {
     f
 }
 
-/// The vdisk an export name names, with its target id.
-fn find(snap: &Snapshot, name: &[u8]) -> Result<(Arc<Vdisk>, Option<String>), &'static str> {
+/// What an export name names: the vdisk, the target id, the boot id.
+type Named = (Arc<Vdisk>, Option<String>, Option<String>);
+
+/// The vdisk an export name (`[vdisk][@target][#boot]`) names, with its target and boot ids.
+fn find(snap: &Snapshot, name: &[u8]) -> Result<Named, &'static str> {
     let name = std::str::from_utf8(name).map_err(|_| "export name is not UTF-8")?;
-    let (vd, id) = target::split_export(name);
-    if id.is_some_and(|i| !target::valid_target_id(i)) {
-        return Err("bad target id after @ (1-64 printable characters, no slashes)");
+    let e = target::split_export(name);
+    if e.target.is_some_and(|i| !target::valid_target_id(i)) {
+        return Err("bad target id after @ (1-64 printable characters, no slashes, no #)");
     }
-    let v = if vd.is_empty() { snap.default_vdisk() } else { snap.vdisk(vd) };
+    if e.boot.is_some_and(|b| !target::valid_boot_id(b)) {
+        return Err("bad boot id after # (1-64 letters, digits, - or _)");
+    }
+    let v = if e.vdisk.is_empty() { snap.default_vdisk() } else { snap.vdisk(e.vdisk) };
     let v = v.ok_or("no such export")?;
     if v.damaged() {
         return Err(DAMAGED);
     }
-    Ok((v.clone(), id.map(str::to_string)))
+    Ok((v.clone(), e.target.map(str::to_string), e.boot.map(str::to_string)))
 }
 
 impl<E: Env> Session<E> {
-    /// Handshake options; returns true when the connection must end after the reply.
-    pub(super) fn option(&mut self, env: &E, opt: u32, payload: &[u8], now: Instant) -> bool {
+    /// Handshake options; returns why the connection must end after the reply, if it must.
+    pub(super) fn option(&mut self, env: &E, opt: u32, payload: &[u8], now: Instant) -> Option<&'static str> {
         let snap = env.snapshot();
+        if !self.fixed && opt != wire::OPT_EXPORT_NAME {
+            // Plain newstyle has no option replies: the only answer to anything else is a close.
+            return Some(
+                "a client without fixed newstyle (client flags without NBD_FLAG_C_FIXED_NEWSTYLE) may only send NBD_OPT_EXPORT_NAME",
+            );
+        }
         match opt {
             wire::OPT_EXPORT_NAME => {
-                let Ok((vd, id)) = find(snap, payload) else { return true }; // the protocol's only answer
-                match self.attach(env, &vd, id, now) {
+                // A close is the protocol's only answer to a refused EXPORT_NAME.
+                let (vd, id, boot) = match find(snap, payload) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        if why == DAMAGED {
+                            env.count(Counter::NbdDamaged, 1);
+                        }
+                        return Some(match why {
+                            "no such export" => "NBD_OPT_EXPORT_NAME named no export served here (closed, as the protocol answers it)",
+                            DAMAGED => "NBD_OPT_EXPORT_NAME named a vdisk whose image changed on the server (closed)",
+                            _ => "NBD_OPT_EXPORT_NAME with a malformed export name (not UTF-8, or a bad target or boot id; closed)",
+                        });
+                    }
+                };
+                match self.attach(env, &vd, id, boot, now) {
                     Ok(()) => {}
-                    Err(None) => return false, // waits for the private vdisk's writer to go
-                    Err(Some(_)) => return true,
+                    Err(None) => return None, // waits for the private vdisk's writer to go
+                    Err(Some(_)) => return Some("NBD_OPT_EXPORT_NAME was refused (logged above; closed, as the protocol answers it)"),
                 }
                 // The target's own image: a reconnect after a reload keeps the one it booted with.
                 let vd = self.target.as_ref().expect("attached").vdisk.clone();
@@ -71,7 +96,7 @@ impl<E: Env> Session<E> {
             }
             wire::OPT_ABORT => {
                 self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ACK, &[]));
-                return true;
+                return Some("the client sent NBD_OPT_ABORT");
             }
             wire::OPT_LIST => {
                 self.batch.put(|o| {
@@ -96,15 +121,15 @@ impl<E: Env> Session<E> {
                 let set = opt == wire::OPT_SET_META_CONTEXT;
                 let Some((name, queries)) = wire::meta_request(payload) else {
                     self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, b"malformed meta context request"));
-                    return false;
+                    return None;
                 };
                 if set && !self.structured {
                     self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, b"structured replies first"));
-                    return false;
+                    return None;
                 }
                 if find(snap, name).is_err() {
                     self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNKNOWN, b"no such export"));
-                    return false;
+                    return None;
                 }
                 let chosen = if queries.is_empty() { !set } else { queries.iter().any(|q| wire::selects_base_allocation(q)) };
                 if set {
@@ -122,9 +147,9 @@ impl<E: Env> Session<E> {
             wire::OPT_INFO | wire::OPT_GO => {
                 let Some((name, reqs)) = wire::info_request(payload) else {
                     self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_INVALID, &[]));
-                    return false;
+                    return None;
                 };
-                let (vd, id) = match find(snap, name) {
+                let (vd, id, boot) = match find(snap, name) {
                     Ok(v) => v,
                     Err(why) => {
                         if why == DAMAGED {
@@ -132,16 +157,16 @@ impl<E: Env> Session<E> {
                         }
                         // NBD_REP_ERR_UNKNOWN: "the requested export is not available".
                         self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNKNOWN, why.as_bytes()));
-                        return false;
+                        return None;
                     }
                 };
                 let vd = if opt == wire::OPT_GO {
-                    match self.attach(env, &vd, id, now) {
+                    match self.attach(env, &vd, id, boot, now) {
                         Ok(()) => {}
-                        Err(None) => return false, // waits for the private vdisk's writer to go
+                        Err(None) => return None, // waits for the private vdisk's writer to go
                         Err(Some(why)) => {
                             self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_POLICY, why.as_bytes()));
-                            return false;
+                            return None;
                         }
                     }
                     // Size and flags of the image the target is served from (the one it booted
@@ -172,7 +197,7 @@ impl<E: Env> Session<E> {
             }
             _ => self.batch.put(|o| wire::option_reply(o, opt, wire::REP_ERR_UNSUP, &[])),
         }
-        false
+        None
     }
 
     /// Gives the connection its target's write cache (or refuses: a private vdisk's second
@@ -180,17 +205,43 @@ impl<E: Env> Session<E> {
     /// `Err(None)`: a private vdisk's writer is still connected and `nbd.private_writer_wait_ms`
     /// has not passed since the first try; `attach_retry` says when to try again (the option
     /// stays unread meanwhile).
-    fn attach(&mut self, env: &E, vd: &Arc<Vdisk>, id: Option<String>, now: Instant) -> Result<(), Option<String>> {
+    fn attach(
+        &mut self,
+        env: &E,
+        vd: &Arc<Vdisk>,
+        mut id: Option<String>,
+        mut boot: Option<String>,
+        now: Instant,
+    ) -> Result<(), Option<String>> {
         let snap = env.snapshot();
         let wait = Duration::from_millis(snap.config.nbd.private_writer_wait_ms);
         let mut key = id.clone().unwrap_or_else(|| self.ip.to_string());
-        if let Some(i) = id.as_deref() {
-            match token::verify(&env.token_key(), i, self.ip, &vd.name, env.now_unix()) {
-                // A boot token: the farm places the target by its MAC, as the boot script did.
-                Ok(m) => key = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
-                Err(_) if snap.config.nbd.target_ids == TargetIds::Bound => {}
-                // An expired token still reaches the target it made (a reconnect, hours later).
-                Err(why) if why.contains("expired") && env.registry().holds(&vd.name, i, self.ip) => {}
+        if let Some(i) = id.clone() {
+            let checked = token::check(&env.token_key(), &i, self.ip, &vd.name, env.now_unix());
+            let (mac, expired) = match checked {
+                Ok((m, expired)) => (Some(token::mac_id(m)), expired),
+                Err(why) => (None, why == token::EXPIRED),
+            };
+            // A boot token is a boot of the machine whose MAC it carries: the target is that
+            // MAC (the farm places it by it, as the boot script did), the boot is the token
+            // unless the export names one.
+            let boot_of_token = boot.clone().unwrap_or_else(|| i.clone());
+            let verdict = match (&mac, expired) {
+                (Some(_), false) => Ok(()),
+                _ if snap.config.nbd.target_ids == TargetIds::Bound && mac.is_none() => Ok(()),
+                // An expired token still reaches the boot it made (a reconnect, hours later).
+                (Some(m), true) if env.registry().holds(&vd.name, m, self.ip, Some(&boot_of_token)) => Ok(()),
+                (Some(_), true) if snap.config.nbd.target_ids == TargetIds::Bound => Ok(()),
+                (Some(_), true) => Err(token::EXPIRED),
+                (None, _) => Err(checked.err().unwrap_or("not a boot token")),
+            };
+            if let (Ok(()), Some(m)) = (verdict, mac) {
+                key = m.clone();
+                id = Some(m);
+                boot = Some(boot_of_token);
+            }
+            match verdict {
+                Ok(()) => {}
                 Err(why) => {
                     env.count(Counter::NbdRefusedToken, 1);
                     tracing::warn!(
@@ -211,9 +262,9 @@ impl<E: Env> Session<E> {
                 tracing::debug!(client = %self.peer, export = %vd.name, first = %snap.farm[first].name, "nbd target is placed on another server; serving it here");
             }
         }
-        match env.registry().attach(vd, id.as_deref(), self.peer, &snap.config.nbd, now) {
+        match env.registry().attach(vd, id.as_deref(), boot.as_deref(), self.peer, &snap.config.nbd, now) {
             Ok((t, resumed)) => {
-                tracing::info!(client = %self.peer, export = %vd.name, target = %t.id, resumed, "nbd target attached");
+                tracing::info!(client = %self.peer, export = %vd.name, target = %t.id, boot = t.boot.as_deref().unwrap_or(""), resumed, "nbd target attached");
                 self.target = Some(t);
                 self.attach_give_up = None;
                 Ok(())

@@ -50,6 +50,8 @@ struct TestEnv {
     snap: Arc<Snapshot>,
     registry: Registry,
     counters: WorkerCounters,
+    /// The wall clock boot tokens expire by (seconds since the epoch).
+    unix: u64,
 }
 
 impl ConnScope for TestEnv {}
@@ -71,12 +73,12 @@ impl Env for TestEnv {
         KEY
     }
     fn now_unix(&self) -> u64 {
-        1_800_000_000
+        self.unix
     }
 }
 
 fn env(f: &Fixture) -> TestEnv {
-    TestEnv { snap: f.snap.clone(), registry: Registry::default(), counters: WorkerCounters::default() }
+    TestEnv { snap: f.snap.clone(), registry: Registry::default(), counters: WorkerCounters::default(), unix: 1_800_000_000 }
 }
 
 fn peer() -> SocketAddr {
@@ -560,8 +562,10 @@ fn protocol_violations_close_the_connection_cleanly() {
     abort.extend(opt(wire::OPT_ABORT, &[]));
     abort.extend(go("disk")); // never read
     let hs = handshake_len(&f, false);
+    let mut not_fixed_go = client_flags(0);
+    not_fixed_go.extend(go("disk"));
     let cases: [(&str, Vec<u8>, usize); 6] = [
-        ("not fixed newstyle", client_flags(0), 18),
+        ("GO from a client without fixed newstyle", not_fixed_go, 18),
         ("option over OPTION_BYTES_MAX", too_long, 18),
         ("bad option magic", bad_magic, 18),
         ("bad request magic", bad_request, hs + 16 + 512),
@@ -881,4 +885,154 @@ fn a_private_vdisks_next_writer_waits_for_the_last_then_is_refused() {
     assert_eq!(kind, wire::REP_ERR_POLICY);
     assert!(String::from_utf8_lossy(&run.out).contains("already has a writer"));
     assert_eq!(e.counters.get(Counter::NbdRefusedPrivate), 1);
+}
+
+// --- plain newstyle (busybox) and boots --------------------------------------------------
+
+/// An EXPORT_NAME stream (client flags `flags`) for `name`, then `rest`.
+fn export_name(flags: u32, name: &str, rest: &[u8]) -> Vec<u8> {
+    let mut v = client_flags(flags);
+    v.extend(opt(wire::OPT_EXPORT_NAME, name.as_bytes()));
+    v.extend_from_slice(rest);
+    v
+}
+
+/// busybox's nbd-client sends client flags 0 and EXPORT_NAME: it gets the export's size, flags
+/// and the 124 zero bytes (NO_ZEROES was not agreed), then is served; with NO_ZEROES alone
+/// (plain newstyle too) the zeros are left out. An unknown export just closes.
+#[test]
+fn a_plain_newstyle_client_gets_its_export_by_name() {
+    let f = fixture("plain", "");
+    for (flags, pad) in [(0u32, 124usize), (2, 0)] {
+        let mut e = env(&f);
+        let run = drive(&mut e, &export_name(flags, "disk", &request(wire::CMD_READ, 0, 9, 4096, 512)), &[], Instant::now());
+        let hs = 18 + 8 + 2 + pad;
+        assert_eq!(u64::from_be_bytes(run.out[18..26].try_into().unwrap()), SIZE as u64, "flags {flags}");
+        assert!(run.out[28..hs].iter().all(|&b| b == 0));
+        let r = replies(&run.out[hs..], false, &|_| Some(512));
+        assert_eq!(r, vec![Reply { cookie: 9, error: 0, data: f.content[4096..4608].to_vec() }], "flags {flags}");
+    }
+    let mut e = env(&f);
+    let run = drive(&mut e, &export_name(0, "nosuch", &[]), &[], Instant::now());
+    assert_eq!(run.out.len(), 18, "an unknown export: closed without a reply, as the protocol answers");
+    // A plain-newstyle client asking anything but EXPORT_NAME is closed (it cannot read replies).
+    let mut s = Session::new(&e, peer(), Instant::now());
+    let mut rx = client_flags(0);
+    rx.extend(opt(wire::OPT_LIST, &[]));
+    let mut run = Run { out: Vec::new(), batches: 0 };
+    pump(&mut s, &mut e, &mut rx, &mut run, Instant::now());
+    assert!(s.is_done() && run.out.len() == 18);
+    assert!(s.close_reason().contains("only send NBD_OPT_EXPORT_NAME"), "{}", s.close_reason());
+    s.on_closed(&mut e, false, Instant::now());
+    // Every handshake end says why.
+    let mut s = Session::new(&e, peer(), Instant::now());
+    s.on_eof(&mut e, Instant::now());
+    assert!(s.close_reason().contains("before sending its flags"), "{}", s.close_reason());
+}
+
+/// A write of `len` bytes of `byte` at `offset` (cookie 1), then a read of it back (cookie 2).
+fn write_then_read(offset: u64, len: u32, byte: u8) -> Vec<u8> {
+    let mut v = request(wire::CMD_WRITE, 0, 1, offset, len);
+    v.extend(std::iter::repeat_n(byte, len as usize));
+    v.extend(request(wire::CMD_READ, 0, 2, offset, len));
+    v
+}
+
+/// One connection of export `name` at `now` that reads 4 KiB at 0 (cookie 3), after `rest`;
+/// returns what it read.
+fn session_reads(e: &mut TestEnv, name: &str, rest: &[u8], now: Instant) -> Vec<u8> {
+    let mut stream = rest.to_vec();
+    stream.extend(request(wire::CMD_READ, 0, 3, 0, 4096));
+    let run = drive(e, &export_name(1 | 2, name, &stream), &[], now);
+    let r = replies(&run.out[18 + 10..], false, &|c| Some(if c == 1 { 0 } else { 4096 }));
+    r.iter().find(|r| r.cookie == 3).expect("the read was answered").data.clone()
+}
+
+/// Writes belong to a boot: the same boot id finds its writes after any outage (up to
+/// nbd.boot_cache_keep_max_ms), another boot id starts from the clean image and drops the old
+/// cache at once; without a boot id, today's rule (nbd.cache_keep_after_disconnect_ms).
+#[test]
+fn writes_belong_to_a_boot() {
+    let f = fixture("boots", "cache_keep_after_disconnect_ms = 15000\nboot_cache_keep_max_ms = 3600000");
+    let mut e = env(&f);
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let clean = f.content[..4096].to_vec();
+    let dropped = |e: &TestEnv, c| e.registry.counters.get(c);
+
+    assert_eq!(session_reads(&mut e, "disk@m1#boot1", &write_then_read(0, 4096, 0xA1), t0), vec![0xA1; 4096]);
+    // An outage of 50 minutes: the same boot finds its writes (the anonymous keep is 15 s).
+    e.registry.sweep(t0 + s(3000), crate::nbd::target::Keep::of(&f.snap.config.nbd));
+    assert_eq!(session_reads(&mut e, "disk@m1#boot1", &[], t0 + s(3000)), vec![0xA1; 4096]);
+    assert_eq!(dropped(&e, Counter::NbdDroppedExpired), 0);
+    // A new boot of the machine: clean, and the old cache is gone at once.
+    assert_eq!(session_reads(&mut e, "disk@m1#boot2", &[], t0 + s(3001)), clean);
+    assert_eq!(dropped(&e, Counter::NbdDroppedNewBoot), 1);
+    assert_eq!(session_reads(&mut e, "disk@m1#boot1", &[], t0 + s(3002)), clean, "the old boot is gone for good");
+    assert_eq!(e.registry.counts(), (1, 0), "one cache for the machine, not one per boot");
+    // Past boot_cache_keep_max_ms the cache goes, counted as expired.
+    e.registry.sweep(t0 + s(3002 + 3600), crate::nbd::target::Keep::of(&f.snap.config.nbd));
+    assert_eq!(e.registry.counts(), (0, 0));
+    assert_eq!(dropped(&e, Counter::NbdDroppedExpired), 1);
+
+    // No boot id: a reconnect within 15 s keeps the writes, a later one starts clean.
+    assert_eq!(session_reads(&mut e, "disk@m2", &write_then_read(0, 4096, 0xB2), t0), vec![0xB2; 4096]);
+    assert_eq!(session_reads(&mut e, "disk@m2", &[], t0 + s(10)), vec![0xB2; 4096]);
+    assert_eq!(session_reads(&mut e, "disk@m2", &[], t0 + s(30)), clean);
+    // A boot id on a target made without one is a new boot too.
+    assert_eq!(session_reads(&mut e, "disk@m2", &write_then_read(0, 4096, 0xB3), t0 + s(31)), vec![0xB3; 4096]);
+    assert_eq!(session_reads(&mut e, "disk@m2#b", &[], t0 + s(32)), clean);
+    // A bad boot id is refused like a bad target id (EXPORT_NAME: closed).
+    let run = drive(&mut e, &export_name(1 | 2, "disk@m3#a b", &[]), &[], t0);
+    assert_eq!(run.out.len(), 18);
+}
+
+/// A boot token is a boot: its target is the MAC inside it and its boot the token, so a new
+/// token (the next /ipxe fetch) starts clean and drops the last boot's cache, and the same
+/// token finds its writes even once it has expired.
+#[test]
+fn a_boot_token_is_a_boot_of_its_mac() {
+    let f = fixture("token-boots", "");
+    let mut e = env(&f);
+    let t0 = Instant::now();
+    let mac = crate::nbd::token::parse_mac("aa:bb:cc:dd:ee:01").unwrap();
+    let ip = peer().ip();
+    let first = crate::nbd::token::issue(&KEY, [1; 16], 1_800_000_100, mac, ip, "disk");
+    let second = crate::nbd::token::issue(&KEY, [2; 16], 1_800_000_100, mac, ip, "disk");
+    let expired = crate::nbd::token::issue(&KEY, [3; 16], 1_700_000_000, mac, ip, "disk");
+    let clean = f.content[..4096].to_vec();
+    assert_eq!(session_reads(&mut e, &format!("disk@{first}"), &write_then_read(0, 4096, 0xC1), t0), vec![0xC1; 4096]);
+    assert!(e.registry.holds("disk", "aa:bb:cc:dd:ee:01", ip, Some(&first)), "the target is the MAC");
+    assert_eq!(session_reads(&mut e, &format!("disk@{first}"), &[], t0 + Duration::from_secs(600)), vec![0xC1; 4096]);
+    assert_eq!(session_reads(&mut e, &format!("disk@{second}"), &[], t0 + Duration::from_secs(601)), clean);
+    assert_eq!(e.registry.counters.get(Counter::NbdDroppedNewBoot), 1);
+    assert_eq!(e.registry.counts(), (1, 0));
+    // In the default "bound" mode an expired token still starts a boot (any id may).
+    assert_eq!(session_reads(&mut e, &format!("disk@{expired}"), &write_then_read(0, 4096, 0xC3), t0), vec![0xC3; 4096]);
+    assert_eq!(session_reads(&mut e, &format!("disk@{expired}"), &[], t0 + Duration::from_secs(1)), vec![0xC3; 4096]);
+}
+
+/// nbd.target_ids = "token": an expired token cannot start a boot, but the boot it started
+/// reconnects to its writes after the expiry (a Linux root that lost its server for hours).
+#[test]
+fn an_expired_token_reconnects_its_boot_and_starts_none() {
+    let f = fixture("token-expiry", "target_ids = \"token\"");
+    let mut e = env(&f);
+    let t0 = Instant::now();
+    let mac = crate::nbd::token::parse_mac("aa:bb:cc:dd:ee:07").unwrap();
+    let ip = peer().ip();
+    let live = crate::nbd::token::issue(&KEY, [4; 16], 1_800_000_010, mac, ip, "disk");
+    let other = crate::nbd::token::issue(&KEY, [5; 16], 1_800_000_010, mac, ip, "disk");
+    assert_eq!(session_reads(&mut e, &format!("disk@{live}"), &write_then_read(0, 4096, 0xD4), t0), vec![0xD4; 4096]);
+    e.unix = 1_800_003_600; // both tokens expired an hour ago
+    assert_eq!(session_reads(&mut e, &format!("disk@{live}"), &[], t0 + Duration::from_secs(3600)), vec![0xD4; 4096]);
+    assert_eq!(e.counters.get(Counter::NbdRefusedToken), 0);
+    let run = drive(&mut e, &export_name(1 | 2, &format!("disk@{other}"), &[]), &[], t0 + Duration::from_secs(3601));
+    assert_eq!(run.out.len(), 18, "an expired token starts no boot (EXPORT_NAME: closed)");
+    assert_eq!(e.counters.get(Counter::NbdRefusedToken), 1);
+    assert_eq!(
+        session_reads(&mut e, &format!("disk@{live}"), &[], t0 + Duration::from_secs(3602)),
+        vec![0xD4; 4096],
+        "nor drops the live boot"
+    );
 }

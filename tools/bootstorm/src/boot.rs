@@ -11,7 +11,9 @@
 //! Every byte read is checked: against the local image (`--image`, read with the bootfarm
 //! image code) or against what the target itself wrote there. A target that saw one wrong
 //! byte is "corrupted", never booted. When a server stops answering, the target moves to the
-//! next one of its list and the time lost is recorded.
+//! next one of its list and the time lost is recorded; the writes it had made stayed in the
+//! old server's write cache, so such a boot ends "writes lost" (and a read of them that
+//! differs, "corrupted"): never a success.
 //!
 //! Targets run on a pool of `--concurrency` threads, started by the arrival pattern, which keeps
 //! each boot's phases in order as on a real machine. The TFTP bootstrap and the NBD vDisk phase
@@ -128,6 +130,8 @@ struct Results {
     boot: Phase,
     failovers: u64,
     failover_lost: Duration,
+    /// Written blocks left behind on a server the target failed over from.
+    writes_lost: u64,
 }
 
 /// Maps the image's pages in before the storm, when the files fit in half of the memory
@@ -186,6 +190,7 @@ pub fn run(a: Args) -> Result<bool, String> {
         boot: Phase::new("boot"),
         failovers: 0,
         failover_lost: Duration::ZERO,
+        writes_lost: 0,
     });
     let show = a.progress || unsafe { libc::isatty(2) } == 1;
     // One engine thread per CPU, pinned: target i's phases all run on thread i mod CPUs, so
@@ -263,13 +268,14 @@ pub fn run(a: Args) -> Result<bool, String> {
         print!("{}", p.text(wall));
     }
     println!(
-        "boots: {} of {} in {:.3} s = {:.1} boots/s; failovers {} ({} ms lost in all); bootstorm CPU {:.0} ms",
+        "boots: {} of {} in {:.3} s = {:.1} boots/s; failovers {} ({} ms lost in all, {} written blocks left behind); bootstorm CPU {:.0} ms",
         r.boot.completed,
         a.targets,
         wall.as_secs_f64(),
         r.boot.completed as f64 / wall.as_secs_f64(),
         r.failovers,
         r.failover_lost.as_millis(),
+        r.writes_lost,
         client_cpu_ms
     );
     let context = format!(
@@ -290,13 +296,14 @@ pub fn run(a: Args) -> Result<bool, String> {
     );
     if let Some(j) = &a.json {
         let body = format!(
-            "{{\"tool\": \"bootstorm\", \"command\": \"boot\", \"context\": \"{}\", \"targets\": {}, \"concurrency\": {conc}, \"seconds\": {:.6}, \"boots_per_second\": {:.3}, \"failovers\": {}, \"failover_lost_ms\": {}, \"client_cpu_ms\": {client_cpu_ms:.0}, \"phases\": [{}]}}\n",
+            "{{\"tool\": \"bootstorm\", \"command\": \"boot\", \"context\": \"{}\", \"targets\": {}, \"concurrency\": {conc}, \"seconds\": {:.6}, \"boots_per_second\": {:.3}, \"failovers\": {}, \"failover_lost_ms\": {}, \"writes_lost_blocks\": {}, \"client_cpu_ms\": {client_cpu_ms:.0}, \"phases\": [{}]}}\n",
             context.replace('"', "'"),
             a.targets,
             wall.as_secs_f64(),
             r.boot.completed as f64 / wall.as_secs_f64(),
             r.failovers,
             r.failover_lost.as_millis(),
+            r.writes_lost,
             phases.iter().map(|p| p.json(wall)).collect::<Vec<_>>().join(", ")
         );
         std::fs::write(j, body).map_err(|e| format!("{}: {e}", j.display()))?;
@@ -428,6 +435,7 @@ fn boot_one(
             let mut g = results.lock().unwrap();
             g.failovers += st.failovers;
             g.failover_lost += st.lost;
+            g.writes_lost += st.writes_lost;
         }
         record(|r| &mut r.disk, b0, st.bytes, st.failovers, &r);
         if let Err(f) = r {

@@ -191,6 +191,9 @@ pub(crate) struct DiskRun {
     pub failovers: u64,
     pub lost: Duration,
     pub bytes: u64,
+    /// Blocks the target had written when it failed over: they stayed in the old server's
+    /// write cache (counted once per failover that left writes behind).
+    pub writes_lost: u64,
     /// Since when no server has answered (an outage in progress).
     down_since: Option<Instant>,
 }
@@ -201,6 +204,11 @@ impl DiskRun {
         if let Some(d) = self.down_since.take() {
             self.lost += d.elapsed();
         }
+    }
+
+    /// A failover left `blocks` written blocks behind on the old server.
+    pub fn lose_writes(&mut self, blocks: u64) {
+        self.writes_lost += blocks;
     }
 
     /// The current server went away: the next of the `servers` in the list (a failover), or

@@ -141,18 +141,11 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                     submit(t, &mut ring, idx);
                     None
                 }
-                Adv::NextIo => {
+                Adv::NextIo | Adv::Connected => {
                     if start_io(t, &mut ring, idx) {
                         None
                     } else {
-                        Some(Ok(()))
-                    }
-                }
-                Adv::Connected => {
-                    if start_io(t, &mut ring, idx) {
-                        None
-                    } else {
-                        Some(Ok(()))
+                        trace_done(t)
                     }
                 }
                 Adv::Broken(e) => failover(t, e).and_then(|()| connect(t, &mut ring, idx)).err().map(Err),
@@ -391,11 +384,18 @@ fn done_io(t: &mut T, io: Io) -> Adv {
     Adv::NextIo
 }
 
-/// The server went away: the next of the list (its cache, and so the target's writes, stay
-/// behind), or the end of this boot. The caller connects.
+/// The server went away: the next of the list, or the end of this boot. The caller connects.
+/// The target's writes stayed in the old server's cache: they are counted as lost (the boot
+/// cannot succeed), and the target still expects them, as the OS above it would: a later read
+/// that differs is "corrupted".
 fn failover(t: &mut T, why: &'static str) -> Result<(), Fail> {
     t.sock = None;
     t.st.next_server(t.job.servers.len(), "vdisk", why)?;
-    t.written.clear();
+    t.st.lose_writes(t.written.len() as u64);
     Ok(())
+}
+
+/// The trace is over: a boot whose writes were lost on a failover did not succeed.
+fn trace_done(t: &T) -> Option<Result<(), Fail>> {
+    Some(if t.st.writes_lost > 0 { Err(("vdisk", "writes lost")) } else { Ok(()) })
 }

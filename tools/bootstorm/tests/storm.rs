@@ -312,7 +312,7 @@ fn corrupting_nbd(l: std::net::TcpListener, data: Vec<u8>, flip: usize) {
 
 /// The same double, optionally exact; after `replies` it drops the connection, or with `hang`
 /// holds it open without answering (a hung server).
-fn nbd_double(l: std::net::TcpListener, data: Vec<u8>, flip: Option<usize>, replies: usize, hang: bool) {
+fn nbd_double(l: std::net::TcpListener, mut data: Vec<u8>, flip: Option<usize>, replies: usize, hang: bool) {
     use std::io::{Read, Write};
     let (mut s, _) = l.accept().unwrap();
     s.write_all(b"NBDMAGICIHAVEOPT\x00\x03").unwrap();
@@ -341,6 +341,13 @@ fn nbd_double(l: std::net::TcpListener, data: Vec<u8>, flip: Option<usize>, repl
         let mut out = 0x6744_6698u32.to_be_bytes().to_vec();
         out.extend_from_slice(&0u32.to_be_bytes());
         out.extend_from_slice(&r[8..16]);
+        if u16::from_be_bytes([r[6], r[7]]) == 1 {
+            // A WRITE: kept in this server's own copy (its "write cache"), answered without data.
+            if s.read_exact(&mut data[off..off + len]).is_err() || s.write_all(&out).is_err() {
+                return;
+            }
+            continue;
+        }
         let mut d = data[off..off + len].to_vec();
         if let Some(flip) = flip.filter(|f| (off..off + len).contains(f)) {
             d[flip - off] ^= 0x40;
@@ -413,6 +420,31 @@ fn a_server_lost_mid_trace_hands_the_target_to_the_next_one() {
     }
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("phase boot: 1 completed, 0 failed") && text.contains("failovers 1"), "{text}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A failover after writes: the writes stayed on the first server, so the boot is never a
+/// success. Read back on the next server they differ ("corrupted"); not read back, the boot
+/// still ends "writes lost", and the summary counts the blocks left behind.
+#[test]
+fn a_failover_that_loses_writes_is_never_a_success() {
+    let (d, data) = trace_fixture("nbd-lost-writes", 0);
+    // A write, its read-back (served by the first), a read; the first goes after 3 replies.
+    let traces = [
+        ("read-back.csv", "0,8192,w\n0,8192,r\n65536,4096,r\n0,4096,r\n", "1 corrupted"),
+        ("no-read-back.csv", "0,8192,w\n0,8192,r\n65536,4096,r\n131072,4096,r\n", "1 writes lost"),
+    ];
+    for (name, trace, reason) in traces {
+        std::fs::write(d.join(name), trace).unwrap();
+        let (list, threads) = failing_pair(data.clone(), 3, false);
+        let (code, text) = trace_boot(&d, name, &list, &[]);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(code, Some(1), "{name}: a boot that lost its writes fails the run: {text}");
+        assert!(text.contains("phase vdisk: 0 completed, 1 failed") && text.contains(reason), "{name}: {text}");
+        assert!(text.contains("failovers 1") && text.contains("2 written blocks left behind"), "{name}: {text}");
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
 
