@@ -5,7 +5,7 @@
 
 use super::cache::{Limits, Overlay};
 use crate::image::write::Writer;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -50,6 +50,41 @@ pub struct Registry {
     pub total: Arc<AtomicU64>,
     /// Bytes of RAM pages held by all overlays (nbd.cache_ram_bytes_total_max).
     pub ram_total: Arc<AtomicU64>,
+    /// The last [`RECENT_MAX`] target sessions that ended (last connection gone), newest last:
+    /// the console's "recent boots".
+    recent: Mutex<VecDeque<Ended>>,
+}
+
+/// How many ended target sessions the registry remembers for the console (a fixed bound:
+/// one line each on the page, ~150 bytes each here).
+pub const RECENT_MAX: usize = 64;
+
+/// A target as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub vdisk: String,
+    pub id: String,
+    /// The address:port of its latest connection.
+    pub client: String,
+    pub connections: usize,
+    /// How long since the target's cache was made (its boot started).
+    pub age: Duration,
+    /// How long since its last connection ended, when none is open (its cache is kept for a
+    /// reconnect).
+    pub idle: Option<Duration>,
+    pub cache_bytes: u64,
+    pub written_bytes: u64,
+}
+
+/// A target session that ended: from its cache's creation to its last connection's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub vdisk: String,
+    pub id: String,
+    pub client: String,
+    pub at: Instant,
+    pub duration: Duration,
+    pub written_bytes: u64,
 }
 
 /// Splits an export name into (vdisk, explicit target id).
@@ -203,6 +238,7 @@ impl Registry {
     /// A connection of `t` ended; with `keep` zero its cache goes at once when it was the last.
     pub fn detach(&self, t: &Arc<Target>, keep: Duration, now: Instant) {
         let key: Key = (t.vdisk.name.clone(), t.named, t.id.clone());
+        let mut ended = None;
         let gone = {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
@@ -210,6 +246,7 @@ impl Registry {
                     e.conns -= 1;
                     if e.conns == 0 {
                         e.idle_since = Some(now);
+                        ended = Some((e.client.clone(), now.saturating_duration_since(e.started)));
                     }
                     if e.conns == 0 && keep.is_zero() {
                         map.remove(&key).map(|e| e.target)
@@ -220,9 +257,56 @@ impl Registry {
                 _ => None,
             }
         };
+        if let Some((client, duration)) = ended {
+            // The overlay's lock is never taken under the registry's.
+            let written_bytes = t.overlay.lock().unwrap().bytes_written;
+            let mut r = self.recent.lock().unwrap();
+            if r.len() == RECENT_MAX {
+                r.pop_front();
+            }
+            r.push_back(Ended { vdisk: t.vdisk.name.clone(), id: t.id.clone(), client, at: now, duration, written_bytes });
+        }
         if let Some(t) = gone {
             end_target(&t, "disconnected");
         }
+    }
+
+    /// Every target (connected, or kept for a reconnect), for the console: at most `max`, the
+    /// most recently started first.
+    pub fn list(&self, now: Instant, max: usize) -> Vec<Listed> {
+        let mut rows: Vec<(Arc<Target>, Listed)> = {
+            let map = self.entries.lock().unwrap();
+            map.values()
+                .map(|e| {
+                    let row = Listed {
+                        vdisk: e.target.vdisk.name.clone(),
+                        id: e.target.id.clone(),
+                        client: e.client.clone(),
+                        connections: e.conns,
+                        age: now.saturating_duration_since(e.started),
+                        idle: e.idle_since.map(|t| now.saturating_duration_since(t)),
+                        cache_bytes: 0,
+                        written_bytes: 0,
+                    };
+                    (e.target.clone(), row)
+                })
+                .collect()
+        };
+        rows.sort_by_key(|(_, r)| r.age);
+        rows.truncate(max);
+        // The overlays' locks are taken after the registry's is released.
+        rows.into_iter()
+            .map(|(t, mut r)| {
+                let o = t.overlay.lock().unwrap();
+                (r.cache_bytes, r.written_bytes) = (o.allocated_bytes(), o.bytes_written);
+                r
+            })
+            .collect()
+    }
+
+    /// The target sessions that ended last, newest first.
+    pub fn recent(&self) -> Vec<Ended> {
+        self.recent.lock().unwrap().iter().rev().cloned().collect()
     }
 
     /// Drops caches whose target has been gone longer than `keep`.
