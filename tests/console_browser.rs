@@ -55,7 +55,7 @@ fn a_person_sees_the_farm_its_targets_and_a_node_going_down() {
         .args(["boot", "--bootstrap", "none", "--disk", "nbd", "--vdisk", "disk"])
         .args(["--nbd", &format!("127.0.0.1:{nbd},127.0.0.2:{nbd}")])
         .args(["--image", dir.join("node1/disk.avhdx").to_str().unwrap()])
-        .args(["--targets", "24", "--concurrency", "3", "--scale", "0.002", "--duration-max-s", "120"])
+        .args(["--targets", "30", "--concurrency", "3", "--arrival", "rate:3", "--scale", "0.002", "--duration-max-s", "120"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -60,10 +60,17 @@ try:
         versions = r[0].get_attribute("data-versions")
         return versions == "2" and "v1" in cells[3].text and "v2" in cells[3].text and cells[4].text == "node1, node2, node3"
     wait("vdisk 'disk' with its two versions, identical on every server", 20, vdisk_ok)
-    wait("targets appear", 60, lambda: len(rows("targets")) > 0)
+    def booting():
+        live = [r for r in rows("targets") if r.get_attribute("data-phase") in ("booting", "running")]
+        return live and live[0].get_attribute("data-target")
+    first = wait("a target appears, booting", 60, booting)
+    print("target: " + first, flush=True)
     driver.save_screenshot(shot)
     print("screenshot: " + shot, flush=True)
-    wait("targets finish (recent boots)", 90, lambda: len(rows("recent")) >= 3)
+    wait("that target finishes (in recent boots, no longer booting)", 90,
+         lambda: rows("recent", "data-target", first)
+         and not [r for r in rows("targets", "data-target", first) if r.get_attribute("data-phase") == "booting"])
+    wait("more boots finish", 90, lambda: len(rows("recent")) >= 5)
     os.kill(kill_pid, signal.SIGKILL)
     t_kill = time.time()
     wait("node3 shown down", 10, lambda: len(rows("servers", "data-health", "down")) == 1
