@@ -49,29 +49,23 @@ fn a_person_sees_the_farm_its_targets_and_a_node_going_down() {
         std::fs::write(d.join("bootfarm.toml"), cfg).unwrap();
         nodes.push(Server::start(&["--config", d.join("bootfarm.toml").to_str().unwrap()]));
     }
-    // Targets boot over NBD from node1 and node2 (a few at a time, so they come and go while
-    // the page watches).
-    let storm = Command::new(bootstorm_bin())
-        .args(["boot", "--bootstrap", "none", "--disk", "nbd", "--vdisk", "disk"])
-        .args(["--nbd", &format!("127.0.0.1:{nbd},127.0.0.2:{nbd}")])
-        .args(["--image", dir.join("node1/disk.avhdx").to_str().unwrap()])
-        .args(["--targets", "30", "--concurrency", "3", "--arrival", "rate:3", "--scale", "0.002", "--duration-max-s", "120"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("bootstorm");
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console.png");
     let page = Command::new("/usr/bin/python3")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/browser.py"))
         .arg(format!("http://127.0.0.1:{port}/"))
         .arg(nodes[2].child.id().to_string())
         .arg(&shot)
+        // Targets boot over NBD from node1 and node2, a few at a time, so they come and go
+        // while the page watches; the script starts it once the farm is on screen.
+        .arg(bootstorm_bin())
+        .args(["boot", "--bootstrap", "none", "--disk", "nbd", "--vdisk", "disk"])
+        .args(["--nbd", &format!("127.0.0.1:{nbd},127.0.0.2:{nbd}")])
+        .args(["--image", dir.join("node1/disk.avhdx").to_str().unwrap()])
+        .args(["--targets", "24", "--concurrency", "4", "--arrival", "rate:2", "--scale", "0.05", "--duration-max-s", "120"])
         .env("CONSOLE_PROFILE", dir.join("chromium-profile"))
         .output()
         .expect("python3 with selenium (Debian python3-selenium), chromium, chromium-driver");
     let text = format!("{}{}", String::from_utf8_lossy(&page.stdout), String::from_utf8_lossy(&page.stderr));
-    let storm = storm.wait_with_output().unwrap();
     assert!(page.status.success() && text.contains("PASS"), "the browser's view:\n{text}\nnode1 log:\n{}", nodes[0].log());
-    let report = String::from_utf8_lossy(&storm.stdout);
-    assert!(storm.status.success(), "bootstorm:\n{report}\n{}", String::from_utf8_lossy(&storm.stderr));
+    println!("{text}");
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/python3
 """The console in a real browser: headless Chromium driven by Selenium (Debian's chromium,
-chromium-driver, python3-selenium). Argument: the console's URL, the PID of the node to kill,
-a screenshot path. Asserts what a person sees, in order, each within a bound:
+chromium-driver, python3-selenium). Arguments: the console's URL, the PID of the node to kill,
+a screenshot path, then the bootstorm command line, started once the farm is on screen (so the
+page sees its targets come and go). Asserts what a person sees, in order, each within a bound:
 three servers up; the vdisk with its versions and an identical copy on every server; targets
 appearing (the bootstorm that tests/console_browser.rs started); boots finishing (recent boots);
 the killed node shown down within the health window. Prints one line per step."""
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -14,7 +16,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-url, kill_pid, shot = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+url, kill_pid, shot, storm_cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+storm = None
 
 opts = webdriver.ChromeOptions()
 for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1100",
@@ -60,6 +63,7 @@ try:
         versions = r[0].get_attribute("data-versions")
         return versions == "2" and "v1" in cells[3].text and "v2" in cells[3].text and cells[4].text == "node1, node2, node3"
     wait("vdisk 'disk' with its two versions, identical on every server", 20, vdisk_ok)
+    storm = subprocess.Popen(storm_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     def booting():
         live = [r for r in rows("targets") if r.get_attribute("data-phase") in ("booting", "running")]
         return live and live[0].get_attribute("data-target")
@@ -76,6 +80,12 @@ try:
     wait("node3 shown down", 10, lambda: len(rows("servers", "data-health", "down")) == 1
          and rows("servers", "data-server", "node3")[0].get_attribute("data-health") == "down")
     print("down after %.1f s" % (time.time() - t_kill), flush=True)
+    out, _ = storm.communicate(timeout=150)
+    if storm.returncode != 0:
+        raise SystemExit("bootstorm failed:\n" + out.decode(errors="replace"))
+    print("bootstorm:\n" + out.decode(errors="replace"), flush=True)
     print("PASS", flush=True)
 finally:
+    if storm and storm.poll() is None:
+        storm.kill()
     driver.quit()
