@@ -425,6 +425,52 @@ pub(super) fn private_version(vdisk: &crate::config::Vdisk) -> Result<(Writer, P
 mod tests {
     use super::*;
 
+    /// The console's view: targets listed newest first with their cache use, each ended
+    /// session remembered once (a second connection ending first adds nothing), and no more
+    /// than RECENT_MAX of them, the oldest dropped first.
+    #[test]
+    fn targets_are_listed_and_ended_sessions_kept_up_to_recent_max() {
+        let dir = std::env::temp_dir().join(format!("bootfarm-nbd-target-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        std::fs::write(dir.join("disk.raw"), vec![7u8; 1 << 20]).unwrap();
+        let text = "[tftp]\nroot = \"boot\"\n[nbd]\ntargets_per_address_max = 1000\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n";
+        let snap = crate::config::from_text(&dir.join("bootfarm.toml"), text, &Default::default(), 1, None).unwrap();
+        let (vd, cfg) = (snap.vdisk("disk").unwrap().clone(), snap.config.nbd.clone());
+        let r = Registry::default();
+        let t0 = Instant::now();
+        let client: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let ms = Duration::from_millis;
+        let (a, _) = r.attach(&vd, Some("aa"), client, &cfg, t0).unwrap();
+        let (b, _) = r.attach(&vd, Some("bb"), client, &cfg, t0 + ms(10)).unwrap();
+        let (a2, again) = r.attach(&vd, Some("aa"), client, &cfg, t0 + ms(20)).unwrap();
+        assert!(again, "a second connection of the same target");
+        a.overlay.lock().unwrap().write(0, &[1u8; 4096], &vd.chain).unwrap();
+        let l = r.list(t0 + ms(100), 10);
+        assert_eq!(l.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["bb", "aa"], "newest first");
+        assert_eq!((l[1].connections, l[1].age, l[1].idle), (2, ms(100), None));
+        assert!(l[1].cache_bytes >= 4096 && l[1].written_bytes == 4096, "{:?}", l[1]);
+        assert_eq!(r.list(t0 + ms(100), 1).len(), 1, "bounded by its caller");
+        let keep = Duration::from_secs(60);
+        r.detach(&a2, keep, t0 + ms(200));
+        assert!(r.recent().is_empty(), "one connection of aa is still open");
+        r.detach(&a, keep, t0 + ms(300));
+        r.detach(&b, keep, t0 + ms(400));
+        let rec = r.recent();
+        assert_eq!(rec.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["bb", "aa"], "newest first");
+        assert_eq!((rec[1].duration, rec[1].written_bytes, rec[1].client.as_str()), (ms(300), 4096, "10.0.0.1:5000"));
+        assert_eq!(r.list(t0 + ms(500), 10)[1].idle, Some(ms(200)), "kept for a reconnect, idle since its last connection");
+        for i in 0..RECENT_MAX + 5 {
+            let (t, _) = r.attach(&vd, Some(&format!("t{i}")), client, &cfg, t0 + ms(1000)).unwrap();
+            r.detach(&t, Duration::ZERO, t0 + ms(1000 + i as u64));
+        }
+        let rec = r.recent();
+        assert_eq!(rec.len(), RECENT_MAX);
+        assert_eq!(rec[0].id, format!("t{}", RECENT_MAX + 4));
+        assert_eq!(rec[RECENT_MAX - 1].id, "t5", "the oldest went first");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn export_names_and_target_ids() {
         assert_eq!(split_export("win10@00:11:22:33:44:55"), ("win10", Some("00:11:22:33:44:55")));
