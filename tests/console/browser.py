@@ -69,12 +69,13 @@ try:
         return live and live[0].get_attribute("data-target")
     first = wait("a target appears, booting", 60, booting)
     print("target: " + first, flush=True)
-    driver.save_screenshot(shot)
-    print("screenshot: " + shot, flush=True)
     wait("that target finishes (in recent boots, no longer booting)", 90,
          lambda: rows("recent", "data-target", first)
          and not [r for r in rows("targets", "data-target", first) if r.get_attribute("data-phase") == "booting"])
     wait("more boots finish", 90, lambda: len(rows("recent")) >= 5)
+    # Mid-storm: targets booting, others done, rates moving.
+    driver.save_screenshot(shot)
+    print("screenshot: " + shot, flush=True)
     os.kill(kill_pid, signal.SIGKILL)
     t_kill = time.time()
     wait("node3 shown down", 10, lambda: len(rows("servers", "data-health", "down")) == 1
