@@ -4,11 +4,13 @@
 //! transfer; a reload builds the next snapshot off the data path and swaps it in one store, or
 //! refuses it with a precise error and leaves the last good one serving.
 
+mod console;
 mod locate;
 mod model;
 mod pxe;
 pub mod reload;
 
+pub use console::{Console, TOKEN_BYTES_MIN};
 pub use model::*;
 pub use pxe::{Pxe, Relay};
 
@@ -276,6 +278,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         return Err(err(file, "server.reload_poll_ms", s.reload_poll_ms, "must be between 1 and 60000"));
     }
     if let Err((key, value, why)) = c.pxe.validate() {
+        return Err(err(file, key, value, why));
+    }
+    if let Err((key, value, why)) = c.console.validate() {
         return Err(err(file, key, value, why));
     }
     let t = &c.tftp;

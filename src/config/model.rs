@@ -16,6 +16,7 @@ pub struct Config {
     pub vdisk: Vec<VdiskEntry>,
     pub farm: Farm,
     pub pxe: super::pxe::Pxe,
+    pub console: super::console::Console,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -515,6 +516,12 @@ relay = "answer"            # requests through a DHCP relay (giaddr): answer | i
 answers_per_mac_per_s = 4   # answers per client MAC per second (token bucket),
 answers_per_mac_burst = 16  # and at once; above, requests are dropped and counted
 # iPXE clients (user class iPXE or option 175) always get http://<server>:<http_port>/ipxe?mac=${mac}
+
+[console]                   # the operator's web console at http://<server>:<http_port>/ (README: "Console")
+# token = "…"               # example: allows POST /api/drain and /api/resume (Authorization: Bearer …);
+                            # unset = read-only. 16+ printable characters: head -c 24 /dev/urandom | base64
+events_max = 16             # /api/events streams open at once on this node (one per browser tab); beyond: 503
+event_interval_ms = 1000    # how often a stream gets the status (or a keep-alive comment)
 
 # One table per server of the farm (example); empty = a farm of this node alone.
 [[farm.server]]

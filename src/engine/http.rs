@@ -206,7 +206,7 @@ impl http::Env for HttpCtx {
         self.client
     }
     fn farm_health(&self) -> crate::farm::Health {
-        self.shared.farm.health(&self.snap, self.draining(), &self.shared.nbd_targets, Instant::now())
+        self.shared.farm.health(&self.snap, self.shared.farm_draining(), &self.shared.nbd_targets, Instant::now())
     }
     fn farm_place(&self, vdisk: &str, target: &str) -> Vec<usize> {
         let me = self.shared.farm_local(&self.snap, Instant::now());
@@ -218,4 +218,110 @@ impl http::Env for HttpCtx {
     fn farm_status_json(&self) -> String {
         crate::farm::status_json(&self.snap, &self.shared.farm, &self.shared.farm_local(&self.snap, Instant::now()))
     }
+    fn console_json(&self) -> String {
+        console_json(&self.shared, &self.snap, Instant::now())
+    }
+    fn events_acquire(&self) -> bool {
+        self.shared.console.events_acquire(self.snap.config.console.events_max)
+    }
+    fn events_release(&self) {
+        self.shared.console.events_release();
+    }
+    fn set_drained(&self, drained: bool) {
+        self.shared.console.drained.store(drained, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The console's live members of /api/status from the NBD registry, the farm load map and
+/// the counters (see http::console::live_json).
+fn console_json(shared: &Shared, snap: &Snapshot, now: Instant) -> String {
+    use crate::http::console::{self as c, BootRow, TargetRow, Totals};
+    let boot = Duration::from_millis(snap.config.farm.boot_window_ms);
+    let ms = |d: Duration| d.as_millis() as u64;
+    let nbd = shared.nbd_targets.list(now, c::TARGETS_SHOWN_MAX);
+    let http = shared.farm.http_targets(snap, now, c::TARGETS_SHOWN_MAX);
+    let (nbd_total, _) = shared.nbd_targets.counts();
+    let http_total = shared.farm.targets();
+    let mut rows: Vec<TargetRow> = nbd
+        .into_iter()
+        .map(|t| TargetRow {
+            protocol: "nbd",
+            phase: if t.connections == 0 {
+                "disconnected"
+            } else if t.age < boot {
+                "booting"
+            } else {
+                "running"
+            },
+            vdisk: t.vdisk,
+            id: t.id,
+            client: t.client,
+            age_ms: ms(t.age),
+            connections: t.connections,
+            cache_bytes: t.cache_bytes,
+            written_bytes: t.written_bytes,
+        })
+        .collect();
+    // An HTTP reader not seen for 10 s is shown idle (iPXE reads on every INT13 call).
+    rows.extend(http.into_iter().map(|(vdisk, id, from, age, last)| TargetRow {
+        protocol: "http",
+        phase: if last > Duration::from_secs(10) {
+            "idle"
+        } else if age < boot {
+            "booting"
+        } else {
+            "running"
+        },
+        vdisk,
+        id,
+        client: from.to_string(),
+        age_ms: ms(age),
+        connections: 0,
+        cache_bytes: 0,
+        written_bytes: 0,
+    }));
+    let recent: Vec<BootRow> = shared
+        .nbd_targets
+        .recent()
+        .into_iter()
+        .map(|e| BootRow {
+            vdisk: e.vdisk,
+            id: e.id,
+            client: e.client,
+            ended_ms_ago: ms(now.saturating_duration_since(e.at)),
+            duration_ms: ms(e.duration),
+            written_bytes: e.written_bytes,
+        })
+        .collect();
+    let t = |x: Counter| shared.counter_total(x);
+    let failed = [
+        Counter::TftpFailedTimeout,
+        Counter::TftpFailedClient,
+        Counter::TftpFailedShutdown,
+        Counter::TftpFailedLifetime,
+        Counter::TftpFailedEvicted,
+        Counter::TftpFailedFileChanged,
+    ];
+    let responses = [Counter::HttpResponses2xx, Counter::HttpResponses3xx, Counter::HttpResponses4xx, Counter::HttpResponses5xx];
+    let totals = Totals {
+        tftp_bytes: t(Counter::TftpDataBytes),
+        tftp_started: t(Counter::TftpStarted),
+        tftp_completed: t(Counter::TftpCompleted),
+        tftp_failed: failed.iter().map(|&x| t(x)).sum(),
+        http_bytes: t(Counter::HttpBodyBytes),
+        http_responses: responses.iter().map(|&x| t(x)).sum(),
+        nbd_bytes: t(Counter::NbdSentBytes),
+        nbd_written_bytes: t(Counter::NbdWrittenBytes),
+        nbd_cache_bytes: shared.nbd_targets.total.load(std::sync::atomic::Ordering::Relaxed),
+        nbd_cache_bytes_max: snap.config.nbd.cache_bytes_total_max,
+    };
+    c::live_json(
+        &rows,
+        (nbd_total, http_total),
+        &recent,
+        &totals,
+        shared.console.events_open(),
+        shared.console.drained.load(std::sync::atomic::Ordering::Relaxed),
+        snap.config.console.token.is_some(),
+    )
 }

@@ -16,7 +16,7 @@ pub mod timer;
 pub mod token;
 
 use crate::config::{Snapshot, Store};
-use crate::metrics::{Histogram, WorkerCounters};
+use crate::metrics::{Counter, Histogram, WorkerCounters};
 use service::{Io, Service};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -208,13 +208,26 @@ pub struct Shared {
     pub nbd_evictions: Arc<tcp::Evictions>,
     pub nbd_targets: crate::nbd::target::Registry,
     pub farm: Arc<crate::farm::Runtime>,
+    /// The operator's console: event-stream slots, the drained flag.
+    pub console: crate::http::console::State,
 }
 
 impl Shared {
-    /// This node's own farm figures, for placement and /healthz.
+    /// This node's own farm figures, for placement and /healthz. Drained from the console
+    /// counts as draining for the farm (no new target placed here), the engine serving on.
     pub fn farm_local(&self, snap: &Snapshot, now: Instant) -> crate::farm::Local {
         let (active, booting) = self.farm.local_load(snap, &self.nbd_targets, now);
-        crate::farm::Local { draining: self.draining.load(Ordering::Relaxed), active, booting, hashes: self.farm.vdisk_hashes(snap) }
+        crate::farm::Local { draining: self.farm_draining(), active, booting, hashes: self.farm.vdisk_hashes(snap) }
+    }
+
+    /// Draining (shutting down), or drained from the console.
+    pub fn farm_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || self.console.drained.load(Ordering::Relaxed)
+    }
+
+    /// A counter summed over every worker (and the store's and the farm's blocks).
+    pub fn counter_total(&self, c: Counter) -> u64 {
+        self.workers.iter().map(|w| w.counters.get(c)).sum::<u64>() + self.store.counters.get(c) + self.farm.counters.get(c)
     }
 }
 
@@ -269,8 +282,22 @@ pub fn render_metrics(shared: &Shared) -> String {
                 "RAM pages held by all NBD write caches (nbd.cache_ram_bytes_total_max).",
                 shared.nbd_targets.ram_total.load(r) as f64,
             ),
+            (
+                "bootfarm_nbd_cache_bytes_max",
+                "",
+                "nbd.cache_bytes_total_max: the write caches' bytes stop there (ENOSPC beyond).",
+                snap.config.nbd.cache_bytes_total_max as f64,
+            ),
+            (
+                "bootfarm_console_drained",
+                "",
+                "1 while drained from the console (no new target placed here; serving goes on).",
+                shared.console.drained.load(r) as u8 as f64,
+            ),
+            ("bootfarm_console_event_streams", "", "Console event streams (/api/events) open now.", shared.console.events_open() as f64),
         ],
     );
+    crate::farm::render_metrics(&mut out, &snap, &shared.farm, &shared.farm_local(&snap, Instant::now()));
     let hs: Vec<&Histogram> = shared.workers.iter().map(|w| &w.tftp_duration).collect();
     crate::metrics::render_histogram(&mut out, "bootfarm_tftp_transfer_duration_seconds", "Duration of completed TFTP transfers.", &hs);
     out
@@ -421,6 +448,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     let shared = Arc::new(Shared {
         store,
         draining: AtomicBool::new(false),
+        console: Default::default(),
         workers,
         grace: Duration::from_millis(s.shutdown_grace_ms),
         tftp_admission: Admission::default(),

@@ -257,6 +257,22 @@ impl Activity {
         (m, booting)
     }
 
+    /// The targets read within `window`, for the console: (vdisk, target, client address,
+    /// since the first read, since the last), at most `max`, the most recently started first.
+    pub fn list(&mut self, now: Instant, window: Duration, max: usize) -> Vec<(String, String, IpAddr, Duration, Duration)> {
+        self.prune(now, window);
+        let mut v: Vec<_> = self
+            .seen
+            .iter()
+            .map(|((vd, t), e)| {
+                (vd.clone(), t.clone(), e.from, now.saturating_duration_since(e.first), now.saturating_duration_since(e.last))
+            })
+            .collect();
+        v.sort_by_key(|x| x.3);
+        v.truncate(max);
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.seen.len()
     }
@@ -398,6 +414,11 @@ impl Runtime {
     /// (active targets per vdisk, booting targets) on this node, recomputed at most every
     /// 200 ms. Active: an HTTP read within `farm.active_window_ms`, or an NBD connection.
     /// Booting: active and first seen within `farm.boot_window_ms`.
+    /// This node's HTTP vdisk readers, for the console (see [`Activity::list`]).
+    pub fn http_targets(&self, snap: &Snapshot, now: Instant, max: usize) -> Vec<(String, String, IpAddr, Duration, Duration)> {
+        self.activity.lock().unwrap().list(now, Duration::from_millis(snap.config.farm.active_window_ms), max)
+    }
+
     pub fn local_load(&self, snap: &Snapshot, nbd: &crate::nbd::target::Registry, now: Instant) -> (HashMap<String, u32>, u32) {
         let mut a = self.activity.lock().unwrap();
         if let Some((at, m, b)) = &a.cached {
@@ -722,6 +743,37 @@ pub fn status_json(snap: &Snapshot, rt: &Runtime, me: &Local) -> String {
         view.round,
         servers.join(", ")
     )
+}
+
+/// The farm as Prometheus gauges, for alerts: `bootfarm_farm_server_up{server}` (1 up, 0 down
+/// or draining, as this node sees it) and `bootfarm_farm_replica_match{server,vdisk}` (1 the
+/// same content as this node's copy, 0 a mismatch; absent while a hash is pending).
+pub fn render_metrics(out: &mut String, snap: &Snapshot, rt: &Runtime, me: &Local) {
+    use std::fmt::Write as _;
+    let view = rt.view.load();
+    let _ = writeln!(out, "# HELP bootfarm_farm_server_up Farm servers answering their health probes and not draining, as this node sees them.\n# TYPE bootfarm_farm_server_up gauge");
+    let mut replicas = String::new();
+    for m in &snap.farm {
+        let is_me = m.name == snap.config.server.name;
+        let peer = view.peers.get(&m.name);
+        let up = if is_me { !me.draining } else { peer.is_some_and(|p| p.up && !p.draining) };
+        let _ = writeln!(out, "bootfarm_farm_server_up{{server=\"{}\"}} {}", m.name, up as u8);
+        let theirs = if is_me { Some(&me.hashes) } else { peer.and_then(|p| p.report.as_ref()).map(|r| &r.hashes) };
+        for v in snap.vdisks.iter().filter(|v| place::holds(m, &v.name)) {
+            let r = replica(me.hashes.get(&v.name), theirs.and_then(|h| h.get(&v.name)));
+            if r != "pending" {
+                let _ = writeln!(
+                    replicas,
+                    "bootfarm_farm_replica_match{{server=\"{}\",vdisk=\"{}\"}} {}",
+                    m.name,
+                    v.name,
+                    (r == "match") as u8
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP bootfarm_farm_replica_match Whether a farm server's copy of a vdisk has the same content hash as this node's (1) or not (0).\n# TYPE bootfarm_farm_replica_match gauge");
+    out.push_str(&replicas);
 }
 
 /// `bootfarm farm status`: probes every server of the farm table and lays out what they say.

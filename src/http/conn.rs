@@ -6,10 +6,16 @@
 //! block written in place and, per batch, up to `BODY_BATCH_BYTES` of body as references to
 //! the file mapping, the vdisk chain or the page it owns (no copy).
 //!
+//! An event stream (`/api/events`, [`Body::Events`]) is a long response: after its header the
+//! connection's own deadline (`console.event_interval_ms`) makes the next event (the status
+//! document when it changed, a keep-alive comment when not); a client that stops reading
+//! holds one event and is cut by the driver's send deadline (`http.send_timeout_ms`); a drain
+//! or the client's FIN ends it after the event in flight.
+//!
 //! Limits: one response in flight; the header block and request line by `http.*_max`; the
 //! receive buffer the driver grows to `http.header_bytes_max + 1` (431 past it).
 
-use super::{wire, Body, Env, Head};
+use super::{console, wire, Body, Env, Head};
 use crate::metrics::Counter;
 use crate::session::{Batch, ConnScope, TcpSession};
 use std::net::IpAddr;
@@ -54,6 +60,19 @@ pub struct Conn {
     why: &'static str,
     /// The request in the buffer waits for its file (`Body::Wait`).
     waiting: bool,
+    /// Streaming events (after an `/api/events` header went out).
+    stream: Option<Stream>,
+    /// The route took an event-stream slot for this connection: given back when it closes.
+    events_slot: bool,
+}
+
+struct Stream {
+    /// When the next event is made.
+    next: Instant,
+    /// Digest of the last status document sent.
+    last: u64,
+    /// An event is in the batch, not yet polled.
+    pending: bool,
 }
 
 fn limits(env: &dyn Env) -> (wire::Limits, Duration, Duration) {
@@ -85,6 +104,8 @@ impl Conn {
             requests: 0,
             why: "",
             waiting: false,
+            stream: None,
+            events_slot: false,
         }
     }
 
@@ -105,6 +126,7 @@ impl Conn {
             self.batch.clear();
             return;
         }
+        self.events_slot |= matches!(body, Body::Events);
         self.status = status;
         self.body = body;
         self.body_off = 0;
@@ -133,7 +155,7 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
                 c.deadline = now + header_timeout;
             }
         }
-        if c.responding || c.held || c.timeout_408 || c.done {
+        if c.responding || c.held || c.timeout_408 || c.done || c.stream.is_some() {
             return 0;
         }
         if c.close_after {
@@ -170,11 +192,17 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
 
     fn wants_input(&self) -> bool {
         let c = &self.0;
-        !(c.responding || c.held || c.timeout_408 || c.done)
+        !(c.responding || c.held || c.timeout_408 || c.done || c.stream.is_some())
     }
 
     fn on_eof(&mut self, _ctx: &mut C, _now: Instant) {
         let c = &mut self.0;
+        if c.stream.is_some() {
+            // The browser left (tab closed): the event in flight, if any, is the last.
+            c.close_after = true;
+            c.done |= !c.held;
+            return;
+        }
         // Either way this connection is over: a response under way finishes first.
         c.close_after = true;
         if !c.responding && !c.timeout_408 {
@@ -186,6 +214,14 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
         let c = &mut self.0;
         if c.held || c.done {
             return None;
+        }
+        if let Some(st) = &mut c.stream {
+            if !st.pending {
+                return None;
+            }
+            st.pending = false;
+            c.held = true;
+            return Some(&c.batch);
         }
         if c.timeout_408 && !c.responding {
             c.timeout_408 = false;
@@ -205,7 +241,7 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
         let off = c.body_off;
         let before = c.batch.len;
         match &c.body {
-            Body::Empty | Body::Wait => {}
+            Body::Empty | Body::Wait | Body::Events => {}
             Body::Owned(v) => c.batch.mem(&v[off as usize..(off + n) as usize]),
             Body::File { data, start, .. } => {
                 c.batch.mem(&data.bytes()[(start + off) as usize..(start + off + n) as usize]);
@@ -232,12 +268,17 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
     fn on_released(&mut self, ctx: &mut C, now: Instant) {
         let c = &mut self.0;
         c.held = false;
+        if c.stream.is_some() {
+            c.done |= c.close_after;
+            return;
+        }
         if !c.responding || c.body_off < c.body.len() {
             return;
         }
         // The response is out.
         c.responding = false;
         c.requests += 1;
+        let events = matches!(c.body, Body::Events);
         c.body = Body::Empty;
         let class = match c.status {
             200..=299 => Counter::HttpResponses2xx,
@@ -246,6 +287,12 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
             _ => Counter::HttpResponses5xx,
         };
         ctx.count(class, 1);
+        if events {
+            // The header is out: the first event is due at once, then one per interval.
+            c.stream = Some(Stream { next: now, last: 0, pending: false });
+            c.close_after = false;
+            return;
+        }
         if c.close_after {
             c.done = true;
             return;
@@ -268,11 +315,32 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let c = &self.0;
+        if let Some(st) = &c.stream {
+            // While an event is held the driver's send deadline runs, not this one.
+            return (!(c.held || c.done || st.pending)).then_some(st.next);
+        }
         (!(c.responding || c.held || c.timeout_408 || c.done)).then_some(c.deadline)
     }
 
     fn on_timeout(&mut self, ctx: &mut C, now: Instant) {
         let c = &mut self.0;
+        if let Some(st) = &mut c.stream {
+            if c.held || c.done || st.pending || now < st.next {
+                return;
+            }
+            st.next = now + Duration::from_millis(ctx.snapshot().config.console.event_interval_ms);
+            let doc = super::status_body(&*ctx);
+            let d = console::digest(&doc);
+            c.batch.clear();
+            if d != st.last {
+                st.last = d;
+                c.batch.put(|b| console::event(b, &doc));
+            } else {
+                c.batch.copy(console::KEEPALIVE);
+            }
+            st.pending = true;
+            return;
+        }
         if c.responding || c.held || c.timeout_408 || c.done || now < c.deadline {
             return;
         }
@@ -296,6 +364,12 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
 
     fn on_drain(&mut self, _ctx: &mut C, _now: Instant) {
         let c = &mut self.0;
+        if c.stream.is_some() {
+            // Ends the stream: at once, or once the event in flight is out.
+            c.close_after = true;
+            c.done |= !c.held;
+            return;
+        }
         // Idle keep-alive connections are closed now; busy ones after their response.
         c.close_after = true;
         if !c.responding && !c.held && !c.request_started && !c.timeout_408 {
@@ -309,7 +383,8 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
 
     fn idle_since(&self) -> Option<Instant> {
         let c = &self.0;
-        (!(c.responding || c.held || c.timeout_408 || c.done || c.close_after || c.request_started)).then_some(c.idle_since)
+        (!(c.responding || c.held || c.timeout_408 || c.done || c.close_after || c.request_started || c.stream.is_some()))
+            .then_some(c.idle_since)
     }
 
     fn close_reason(&self) -> &'static str {
@@ -320,9 +395,12 @@ impl<C: Ctx> TcpSession for ConnFor<C> {
         self.0.requests
     }
 
-    fn on_closed(&mut self, _ctx: &mut C, _stalled: bool, _now: Instant) {
+    fn on_closed(&mut self, ctx: &mut C, _stalled: bool, _now: Instant) {
         // The driver frees the connection only once the kernel holds none of the batch; the
-        // body's mapping goes with it.
+        // body's mapping goes with it. An event stream's slot is free again now.
+        if std::mem::take(&mut self.0.events_slot) {
+            ctx.events_release();
+        }
     }
 }
 
@@ -354,6 +432,8 @@ mod tests {
         counts: std::cell::RefCell<Vec<(Counter, u64)>>,
         /// Requests for a file answered "being opened" before it is served.
         opening: usize,
+        console: console::State,
+        draining: bool,
     }
 
     impl ConnScope for TestCtx {}
@@ -370,7 +450,7 @@ mod tests {
             &self.snap
         }
         fn draining(&self) -> bool {
-            false
+            self.draining
         }
         fn now_unix(&self) -> i64 {
             NOW_UNIX
@@ -407,6 +487,20 @@ mod tests {
             "{}".into()
         }
         fn count_damaged(&self) {}
+        fn console_json(&self) -> String {
+            let drained = self.console.drained.load(std::sync::atomic::Ordering::Relaxed);
+            let actions = self.snap.config.console.token.is_some();
+            console::live_json(&[], (0, 0), &[], &Default::default(), self.console.events_open(), drained, actions)
+        }
+        fn events_acquire(&self) -> bool {
+            self.console.events_acquire(self.snap.config.console.events_max)
+        }
+        fn events_release(&self) {
+            self.console.events_release();
+        }
+        fn set_drained(&self, drained: bool) {
+            self.console.drained.store(drained, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn root() -> &'static PathBuf {
@@ -427,7 +521,14 @@ mod tests {
         let d = root();
         let text = format!("[tftp]\nroot = \"root\"\n[http]\nheader_timeout_ms = 1000\nkeepalive_idle_ms = 5000\n{extra}");
         let snap = crate::config::from_text(&d.join("bootfarm.toml"), &text, &Default::default(), 1, None).unwrap();
-        TestCtx { snap: Arc::new(snap), client: IpAddr::from([0, 0, 0, 0]), counts: Default::default(), opening: 0 }
+        TestCtx {
+            snap: Arc::new(snap),
+            client: IpAddr::from([0, 0, 0, 0]),
+            counts: Default::default(),
+            opening: 0,
+            console: Default::default(),
+            draining: false,
+        }
     }
 
     /// The driver's part, without sockets: offers what was received, collects batches and
@@ -687,5 +788,165 @@ mod tests {
         assert!(!busy.is_done());
         busy.on_released(&mut ctx, t0);
         assert!(busy.is_done());
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// Opens an event stream on a fresh connection and sends its header; returns the header.
+    fn open_stream(ctx: &mut TestCtx, c: &mut ConnFor<TestCtx>, t0: Instant) -> String {
+        let req = b"GET /api/events HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(c.on_input(ctx, req, t0), req.len());
+        // Safety: the batch is held until on_released below.
+        let head = text(&unsafe { c.poll_transmit(ctx, t0).unwrap().to_vec() });
+        c.on_released(ctx, t0);
+        head
+    }
+
+    /// Makes the event due at `at` and returns what it sends (the batch is released).
+    fn tick(ctx: &mut TestCtx, c: &mut ConnFor<TestCtx>, at: Instant) -> String {
+        c.on_timeout(ctx, at);
+        // Safety: as above.
+        let out = text(&unsafe { c.poll_transmit(ctx, at).expect("an event at its deadline").to_vec() });
+        c.on_released(ctx, at);
+        out
+    }
+
+    #[test]
+    fn an_event_stream_sends_the_status_at_each_deadline_and_a_keepalive_when_nothing_changed() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut ctx = ctx("[console]\nevent_interval_ms = 500\n");
+        let mut c = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 6]), t0);
+        let head = open_stream(&mut ctx, &mut c, t0);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Content-Type: text/event-stream\r\n") && !head.contains("Content-Length"), "{head}");
+        assert!(head.ends_with("\r\n\r\nretry: 2000\n\n"), "{head}");
+        assert_eq!(ctx.console.events_open(), 1, "the stream holds a slot");
+        assert!(!c.is_done() && !c.wants_input() && c.idle_since().is_none());
+        assert_eq!(c.poll_timeout(), Some(t0), "the first event is due at once");
+        assert!(c.poll_transmit(&mut ctx, t0).is_none(), "nothing before its deadline");
+        let first = tick(&mut ctx, &mut c, t0);
+        assert!(first.starts_with("data: {\"node\": \"node1\"") && first.ends_with("}\n\n"), "{first}");
+        assert_eq!(first.matches('\n').count(), 2, "one line of JSON: {first}");
+        assert!(first.contains("\"drained\": false"));
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(500)));
+        c.on_timeout(&mut ctx, t0 + ms(499));
+        assert!(c.poll_transmit(&mut ctx, t0 + ms(499)).is_none(), "not before the interval");
+        assert_eq!(tick(&mut ctx, &mut c, t0 + ms(500)), ": keep-alive\n\n", "nothing changed");
+        ctx.set_drained(true);
+        let changed = tick(&mut ctx, &mut c, t0 + ms(1000));
+        assert!(changed.starts_with("data: {") && changed.contains("\"drained\": true"), "{changed}");
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(1500)));
+        assert!(ctx.counts.borrow().contains(&(Counter::HttpResponses2xx, 1)), "the stream counts as one response");
+    }
+
+    #[test]
+    fn a_stream_whose_client_stops_reading_is_left_to_the_send_deadline_and_gives_its_slot_back() {
+        let t0 = Instant::now();
+        let mut ctx = ctx("");
+        let mut c = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 7]), t0);
+        open_stream(&mut ctx, &mut c, t0);
+        c.on_timeout(&mut ctx, t0);
+        assert!(c.poll_transmit(&mut ctx, t0).is_some());
+        // Never released: the client does not read. No deadline of the session's own runs
+        // (the driver's http.send_timeout_ms does), no further event is made, the connection
+        // is not idle (never reclaimed as such) and takes no input.
+        assert_eq!(c.poll_timeout(), None);
+        c.on_timeout(&mut ctx, t0 + Duration::from_secs(3600));
+        assert!(c.poll_transmit(&mut ctx, t0 + Duration::from_secs(3600)).is_none());
+        assert!(c.idle_since().is_none() && !c.wants_input() && !c.is_done());
+        // The driver cuts it at its send deadline: the slot is free again, once.
+        c.on_closed(&mut ctx, true, t0 + Duration::from_secs(30));
+        assert_eq!(ctx.console.events_open(), 0);
+        c.on_closed(&mut ctx, true, t0 + Duration::from_secs(30));
+        assert_eq!(ctx.console.events_open(), 0);
+    }
+
+    #[test]
+    fn event_streams_stop_at_console_events_max_and_drain_ends_them() {
+        let t0 = Instant::now();
+        let mut ctx = ctx("[console]\nevents_max = 1\n");
+        let mut a = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 8]), t0);
+        open_stream(&mut ctx, &mut a, t0);
+        let mut w = Wire::new(ctx, t0);
+        w.recv(b"GET /api/events HTTP/1.1\r\nHost: a\r\n\r\n", t0);
+        assert_eq!(w.statuses(), vec![503], "{}", text(&w.out));
+        assert!(text(&w.out).contains("console.events_max"));
+        assert!(!w.conn.is_done(), "a refusal keeps the connection");
+        let mut ctx = w.ctx;
+        // Drain while idle between events: done at once, and its slot comes back on close.
+        a.on_drain(&mut ctx, t0);
+        assert!(a.is_done());
+        a.on_closed(&mut ctx, false, t0);
+        assert_eq!(ctx.console.events_open(), 0);
+        // Drain while an event is in flight: done once it is out.
+        let mut b = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 9]), t0);
+        open_stream(&mut ctx, &mut b, t0);
+        b.on_timeout(&mut ctx, t0);
+        assert!(b.poll_transmit(&mut ctx, t0).is_some());
+        b.on_drain(&mut ctx, t0);
+        assert!(!b.is_done(), "the event in flight goes out first");
+        b.on_released(&mut ctx, t0);
+        assert!(b.is_done());
+        b.on_closed(&mut ctx, false, t0);
+        // The browser closing its tab (FIN) ends a stream too.
+        let mut d = ConnFor::new(&mut ctx, IpAddr::from([10, 0, 0, 10]), t0);
+        open_stream(&mut ctx, &mut d, t0);
+        d.on_eof(&mut ctx, t0);
+        assert!(d.is_done());
+        d.on_closed(&mut ctx, false, t0);
+        assert_eq!(ctx.console.events_open(), 0);
+        // A draining node opens no new stream.
+        ctx.draining = true;
+        let mut w = Wire::new(ctx, t0);
+        w.recv(b"GET /api/events HTTP/1.1\r\nHost: a\r\n\r\n", t0);
+        assert_eq!(w.statuses(), vec![503]);
+        assert_eq!(w.ctx.console.events_open(), 0);
+    }
+
+    #[test]
+    fn the_console_page_is_served_and_actions_need_the_configured_token() {
+        let t0 = Instant::now();
+        let mut w = Wire::new(ctx(""), t0);
+        w.recv(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /console.js HTTP/1.1\r\nHost: a\r\n\r\nGET /console.css HTTP/1.1\r\nHost: a\r\n\r\n",
+            t0,
+        );
+        assert_eq!(w.statuses(), vec![200, 200, 200]);
+        let out = text(&w.out);
+        assert!(out.contains("Content-Type: text/html") && out.contains("<script src=\"/console.js\""), "the page and its script");
+        assert!(out.contains("new EventSource(") && out.contains("Content-Type: text/css"));
+        assert!(!out.contains("http://") && !out.contains("https://"), "nothing from another site (no CDN)");
+        let mut w = Wire::new(ctx(""), t0);
+        w.recv(b"GET /api/status HTTP/1.1\r\nHost: a\r\n\r\n", t0);
+        assert!(text(&w.out).contains("Access-Control-Allow-Origin: *") && text(&w.out).contains("\"actions\": false"));
+        // Read-only by default: 403 whatever is sent.
+        let drain = |auth: &str| format!("POST /api/drain HTTP/1.1\r\nHost: a\r\n{auth}\r\n");
+        let mut w = Wire::new(ctx(""), t0);
+        w.recv(drain("Authorization: Bearer 0123456789abcdef\r\n").as_bytes(), t0);
+        assert_eq!(w.statuses(), vec![403]);
+        assert!(text(&w.out).contains("console.token"));
+        assert!(!w.ctx.console.drained.load(std::sync::atomic::Ordering::Relaxed));
+        // With a token: a wrong or missing one is 403, the right one drains, then resumes.
+        let with = "[console]\ntoken = \"0123456789abcdef\"\n";
+        for auth in ["", "Authorization: Bearer 0123456789abcdeX\r\n", "Authorization: 0123456789abcdef\r\n"] {
+            let mut w = Wire::new(ctx(with), t0);
+            w.recv(drain(auth).as_bytes(), t0);
+            assert_eq!(w.statuses(), vec![403], "{auth:?}");
+            assert!(!w.ctx.console.drained.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        let mut w = Wire::new(ctx(with), t0);
+        w.recv(drain("Authorization: Bearer 0123456789abcdef\r\n").as_bytes(), t0);
+        assert_eq!(w.statuses(), vec![200]);
+        assert!(text(&w.out).contains("\"drained\": true"));
+        assert!(w.ctx.console.drained.load(std::sync::atomic::Ordering::Relaxed));
+        w.recv(b"POST /api/resume HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n", t0);
+        assert_eq!(w.statuses(), vec![200, 200]);
+        assert!(!w.ctx.console.drained.load(std::sync::atomic::Ordering::Relaxed));
+        // Any other POST is refused before routing.
+        let w = run(&[b"POST /api/status HTTP/1.1\r\nHost: a\r\n\r\n"]);
+        assert_eq!(w.statuses(), vec![405]);
     }
 }

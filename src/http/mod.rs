@@ -4,9 +4,12 @@
 //!
 //! Routes: /boot/<path> (files under tftp.root), /vdisk/<name> (the virtual disk, raw, with
 //! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script), /metrics, /healthz,
-//! /api/status. Multi-range requests get the whole representation (200), as RFC 9110 allows.
+//! /api/status, and the operator's console: / (its page), /api/events (the status as a stream
+//! of server-sent events), POST /api/drain and /api/resume (with the configured token).
+//! Multi-range requests get the whole representation (200), as RFC 9110 allows.
 
 pub mod conn;
+pub mod console;
 pub mod wire;
 
 use crate::config::{Snapshot, Vdisk};
@@ -28,6 +31,10 @@ pub enum Body {
         start: u64,
         len: u64,
     },
+    /// An event stream (`/api/events`): after the header, the connection sends an event every
+    /// `console.event_interval_ms` until the client leaves or the node drains. The route took
+    /// an event-stream slot for it; the connection gives it back when it closes.
+    Events,
     /// No answer yet: the route waits for a bootstrap file being opened (nothing was written).
     /// The connection asks again, with the same request, once its context wakes it.
     Wait,
@@ -36,7 +43,7 @@ pub enum Body {
 impl Body {
     pub fn len(&self) -> u64 {
         match self {
-            Body::Empty | Body::Wait => 0,
+            Body::Empty | Body::Wait | Body::Events => 0,
             Body::Owned(v) => v.len() as u64,
             Body::File { len, .. } | Body::Vdisk { len, .. } => *len,
         }
@@ -68,6 +75,19 @@ pub trait Env {
     fn farm_status_json(&self) -> String;
     /// Counts a request refused because its file or vdisk image changed in place.
     fn count_damaged(&self);
+    /// The live members of /api/status ([`console::live_json`]): this node's targets, recent
+    /// boots, counter totals.
+    fn console_json(&self) -> String;
+    /// Takes one of the node's `console.events_max` event-stream slots; false when none is free.
+    fn events_acquire(&self) -> bool;
+    fn events_release(&self);
+    /// The console's drain (true) or resume (false), its token already checked.
+    fn set_drained(&self, drained: bool);
+}
+
+/// The status document of `/api/status` and of each event.
+pub fn status_body(env: &dyn Env) -> String {
+    status_json(env.snapshot(), env.draining(), env.sessions(), &env.farm_status_json(), &env.console_json())
 }
 
 /// The one-line reason a damaged vdisk or bootstrap file is refused with (image::guard).
@@ -84,6 +104,7 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        403 => "Forbidden",
         413 => "Content Too Large",
         414 => "URI Too Long",
         416 => "Range Not Satisfiable",
@@ -271,6 +292,9 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
     };
     let (path, q) = target.split_once('?').unwrap_or((target.as_ref(), ""));
     let snap = env.snapshot().clone();
+    if req.post {
+        return action(req, env, &snap, path, out);
+    }
     if let Some(rest) = path.strip_prefix("/boot/") {
         let vdisk = query(q, "vdisk").or(snap.default_vdisk().map(|v| v.name.as_str())).unwrap_or("");
         if let Some(b) = redirect(req, env, &snap, q, vdisk, out) {
@@ -331,9 +355,40 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
         }
         "/metrics" => simple(out, 200, ka, minor, now, "text/plain; version=0.0.4", env.metrics().into_bytes(), head_only),
         "/api/status" => {
-            let body = status_json(&snap, env.draining(), env.sessions(), &env.farm_status_json()).into_bytes();
-            simple(out, 200, ka, minor, now, "application/json", body, head_only)
+            let body = status_body(env).into_bytes();
+            head(out, 200, ka, minor, now);
+            // Read-only and the same for everyone: the console of one node reads the others'.
+            let _ = write!(
+                out,
+                "Content-Type: application/json\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            if head_only {
+                Body::Empty
+            } else {
+                Body::Owned(body)
+            }
         }
+        "/api/events" => {
+            if head_only {
+                return simple(out, 200, ka, minor, now, "text/event-stream", Vec::new(), true);
+            }
+            if env.draining() || !env.events_acquire() {
+                let why = "too many console event streams (console.events_max), or the node is draining; retry later";
+                return error_page(out, 503, ka, minor, now, why);
+            }
+            // No length: the stream ends with the connection.
+            head(out, 200, false, minor, now);
+            let _ = write!(
+                out,
+                "Content-Type: text/event-stream\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nX-Accel-Buffering: no\r\n\r\nretry: {}\n\n",
+                console::RETRY_MS
+            );
+            Body::Events
+        }
+        "/" | "/index.html" => simple(out, 200, ka, minor, now, "text/html; charset=utf-8", console::INDEX_HTML.into(), head_only),
+        "/console.js" => simple(out, 200, ka, minor, now, "text/javascript; charset=utf-8", console::CONSOLE_JS.into(), head_only),
+        "/console.css" => simple(out, 200, ka, minor, now, "text/css; charset=utf-8", console::CONSOLE_CSS.into(), head_only),
         "/ipxe" => {
             let vd = match query(q, "vdisk") {
                 Some(n) => snap.vdisk(n),
@@ -369,10 +424,32 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
             }
             simple(out, 200, ka, minor, now, "text/plain; charset=utf-8", script.into_bytes(), head_only)
         }
-        _ => {
-            error_page(out, 404, ka, minor, now, "no such route (try /boot/<file>, /vdisk/<name>, /ipxe, /metrics, /healthz, /api/status)")
-        }
+        _ => error_page(
+            out,
+            404,
+            ka,
+            minor,
+            now,
+            "no such route (try /, /boot/<file>, /vdisk/<name>, /ipxe, /metrics, /healthz, /api/status)",
+        ),
     }
+}
+
+/// POST /api/drain or /api/resume: allowed only with `console.token` configured and named in
+/// `Authorization: Bearer`; 403 otherwise (the console is read-only by default).
+fn action(req: &Request, env: &mut dyn Env, snap: &Snapshot, path: &str, out: &mut Head) -> Body {
+    let (ka, minor, now) = (req.keep_alive, req.minor, env.now_unix());
+    let Some(token) = snap.config.console.token.as_deref() else {
+        return error_page(out, 403, ka, minor, now, "the console is read-only: set console.token in the configuration to allow actions");
+    };
+    if !console::token_ok(token, req.authorization) {
+        return error_page(out, 403, ka, minor, now, "missing or wrong token (send Authorization: Bearer <console.token>)");
+    }
+    let drained = path == "/api/drain";
+    env.set_drained(drained);
+    tracing::info!(node = %snap.config.server.name, client = %env.client_ip(), drained, "console action: {path}");
+    let body = format!("{{\"node\": {}, \"drained\": {drained}}}\n", json_str(&snap.config.server.name)).into_bytes();
+    simple(out, 200, ka, minor, now, "application/json", body, false)
 }
 
 /// In a farm, a request for a vdisk (or a bootstrap) that reaches a server other than the first
@@ -451,7 +528,7 @@ pub(crate) fn json_str(s: &str) -> String {
     o
 }
 
-pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), farm: &str) -> String {
+pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), farm: &str, live: &str) -> String {
     let vdisks: Vec<String> = snap
         .vdisks
         .iter()
@@ -485,7 +562,7 @@ pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), fa
         })
         .collect();
     format!(
-        "{{\"node\": {}, \"generation\": {}, \"draining\": {draining}, \"vdisks\": [{}], \"sessions\": {{\"tftp\": {tftp}, \"http\": {http}}}, \"farm\": {farm}}}\n",
+        "{{\"node\": {}, \"generation\": {}, \"draining\": {draining}, \"vdisks\": [{}], \"sessions\": {{\"tftp\": {tftp}, \"http\": {http}}}, \"farm\": {farm}, {live}}}\n",
         json_str(&snap.config.server.name),
         snap.generation,
         vdisks.join(", ")

@@ -1,5 +1,7 @@
 //! HTTP/1.1 requests as borrowed views (no copy, no allocation), byte ranges (RFC 9110 §14),
-//! and HTTP dates. Only GET and HEAD exist here: the appliance takes no request bodies.
+//! and HTTP dates. GET and HEAD, and POST of the console's actions (`/api/drain`,
+//! `/api/resume`) alone: the appliance takes no request bodies (an action is its path and an
+//! `Authorization` header).
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -17,6 +19,8 @@ pub enum Method {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request<'a> {
     pub head: bool,
+    /// A POST (only to the console's action paths, without a body).
+    pub post: bool,
     /// The request target as sent (path and query, still percent-encoded).
     pub target: &'a [u8],
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -27,7 +31,11 @@ pub struct Request<'a> {
     pub if_modified_since: Option<&'a [u8]>,
     pub if_range: Option<&'a [u8]>,
     pub host: Option<&'a [u8]>,
+    pub authorization: Option<&'a [u8]>,
 }
+
+/// The only targets a POST may name (the console's actions); any other POST is 405.
+pub const POST_PATHS: [&[u8]; 2] = [b"/api/drain", b"/api/resume"];
 
 /// Why a request cannot be served; each maps to one status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +115,11 @@ pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Request<'a>, usize), E
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(Error::BadRequest("malformed request line"));
     };
-    let head = match method {
-        b"GET" => false,
-        b"HEAD" => true,
+    let path = target.split(|&c| c == b'?').next().unwrap_or_default();
+    let (head, post) = match method {
+        b"GET" => (false, false),
+        b"HEAD" => (true, false),
+        b"POST" if POST_PATHS.contains(&path) => (false, true),
         m if is_token(m) => return Err(Error::MethodNotAllowed),
         _ => return Err(Error::BadRequest("malformed method")),
     };
@@ -122,7 +132,7 @@ pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Request<'a>, usize), E
     if target.is_empty() || target[0] != b'/' || target.iter().any(|&c| c <= b' ' || c == 0x7F) {
         return Err(Error::BadRequest("request target must be an origin-form path"));
     }
-    let mut r = Request { head, target, minor, keep_alive: minor == 1, ..Default::default() };
+    let mut r = Request { head, post, target, minor, keep_alive: minor == 1, ..Default::default() };
     let mut count = 0;
     let mut host = false;
     for line in lines {
@@ -165,6 +175,8 @@ pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Request<'a>, usize), E
             }
             host = true;
             r.host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            r.authorization = Some(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return Err(Error::PayloadTooLarge);
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -360,6 +372,10 @@ mod tests {
         let e = |b: &[u8]| parse(b, &L).unwrap_err().status();
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &L).unwrap_err(), Error::Incomplete);
         assert_eq!(e(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(e(b"POST /api/drainx HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(e(b"POST /api/drain HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"), 413, "an action has no body");
+        let (r, _) = parse(b"POST /api/drain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\n\r\n", &L).unwrap();
+        assert!(r.post && !r.head && r.authorization == Some(&b"Bearer t0k"[..]));
         assert_eq!(e(b"GET / HTTP/2.0\r\n\r\n"), 505);
         assert_eq!(e(b"GET / HTTP/1.1\r\n\r\n"), 400, "Host is required in 1.1");
         assert_eq!(e(b"GET nopath HTTP/1.1\r\nHost: x\r\n\r\n"), 400);

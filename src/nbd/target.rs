@@ -7,7 +7,7 @@
 use super::cache::{Limits, Overlay};
 use crate::image::write::Writer;
 use crate::metrics::{Counter, WorkerCounters};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -57,6 +57,41 @@ pub struct Registry {
     pub ram_total: Arc<AtomicU64>,
     /// Caches dropped, by reason (bootfarm_nbd_caches_dropped_total).
     pub counters: WorkerCounters,
+    /// The last [`RECENT_MAX`] target sessions that ended (last connection gone), newest last:
+    /// the console's "recent boots".
+    recent: Mutex<VecDeque<Ended>>,
+}
+
+/// How many ended target sessions the registry remembers for the console (a fixed bound:
+/// one line each on the page, ~150 bytes each here).
+pub const RECENT_MAX: usize = 64;
+
+/// A target as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub vdisk: String,
+    pub id: String,
+    /// The address:port of its latest connection.
+    pub client: String,
+    pub connections: usize,
+    /// How long since the target's cache was made (its boot started).
+    pub age: Duration,
+    /// How long since its last connection ended, when none is open (its cache is kept for a
+    /// reconnect).
+    pub idle: Option<Duration>,
+    pub cache_bytes: u64,
+    pub written_bytes: u64,
+}
+
+/// A target session that ended: from its cache's creation to its last connection's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub vdisk: String,
+    pub id: String,
+    pub client: String,
+    pub at: Instant,
+    pub duration: Duration,
+    pub written_bytes: u64,
 }
 
 /// How long a target's cache outlives its last connection.
@@ -344,6 +379,7 @@ impl Registry {
     /// the last.
     pub fn detach(&self, t: &Arc<Target>, keep: Keep, now: Instant) {
         let key: Key = (t.vdisk.name.clone(), t.named, t.id.clone());
+        let mut ended = None;
         let gone = {
             let mut map = self.entries.lock().unwrap();
             match map.get_mut(&key) {
@@ -351,6 +387,7 @@ impl Registry {
                     e.conns -= 1;
                     if e.conns == 0 {
                         e.idle_since = Some(now);
+                        ended = Some((e.client.clone(), now.saturating_duration_since(e.started)));
                     }
                     if e.conns == 0 && keep.for_target(t).is_zero() {
                         map.remove(&key).map(|e| e.target)
@@ -361,9 +398,56 @@ impl Registry {
                 _ => None,
             }
         };
+        if let Some((client, duration)) = ended {
+            // The overlay's lock is never taken under the registry's.
+            let written_bytes = t.overlay.lock().unwrap().bytes_written;
+            let mut r = self.recent.lock().unwrap();
+            if r.len() == RECENT_MAX {
+                r.pop_front();
+            }
+            r.push_back(Ended { vdisk: t.vdisk.name.clone(), id: t.id.clone(), client, at: now, duration, written_bytes });
+        }
         if let Some(t) = gone {
             self.end_target(&t, Dropped::Disconnected);
         }
+    }
+
+    /// Every target (connected, or kept for a reconnect), for the console: at most `max`, the
+    /// most recently started first.
+    pub fn list(&self, now: Instant, max: usize) -> Vec<Listed> {
+        let mut rows: Vec<(Arc<Target>, Listed)> = {
+            let map = self.entries.lock().unwrap();
+            map.values()
+                .map(|e| {
+                    let row = Listed {
+                        vdisk: e.target.vdisk.name.clone(),
+                        id: e.target.id.clone(),
+                        client: e.client.clone(),
+                        connections: e.conns,
+                        age: now.saturating_duration_since(e.started),
+                        idle: e.idle_since.map(|t| now.saturating_duration_since(t)),
+                        cache_bytes: 0,
+                        written_bytes: 0,
+                    };
+                    (e.target.clone(), row)
+                })
+                .collect()
+        };
+        rows.sort_by_key(|(_, r)| r.age);
+        rows.truncate(max);
+        // The overlays' locks are taken after the registry's is released.
+        rows.into_iter()
+            .map(|(t, mut r)| {
+                let o = t.overlay.lock().unwrap();
+                (r.cache_bytes, r.written_bytes) = (o.allocated_bytes(), o.bytes_written);
+                r
+            })
+            .collect()
+    }
+
+    /// The target sessions that ended last, newest first.
+    pub fn recent(&self) -> Vec<Ended> {
+        self.recent.lock().unwrap().iter().rev().cloned().collect()
     }
 
     /// Drops caches whose target has been gone longer than its keep time.
@@ -488,6 +572,52 @@ pub(super) fn private_version(vdisk: &crate::config::Vdisk) -> Result<(Writer, P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The console's view: targets listed newest first with their cache use, each ended
+    /// session remembered once (a second connection ending first adds nothing), and no more
+    /// than RECENT_MAX of them, the oldest dropped first.
+    #[test]
+    fn targets_are_listed_and_ended_sessions_kept_up_to_recent_max() {
+        let dir = std::env::temp_dir().join(format!("bootfarm-nbd-target-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        std::fs::write(dir.join("disk.raw"), vec![7u8; 1 << 20]).unwrap();
+        let text = "[tftp]\nroot = \"boot\"\n[nbd]\ntargets_per_address_max = 1000\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n";
+        let snap = crate::config::from_text(&dir.join("bootfarm.toml"), text, &Default::default(), 1, None).unwrap();
+        let (vd, cfg) = (snap.vdisk("disk").unwrap().clone(), snap.config.nbd.clone());
+        let r = Registry::default();
+        let t0 = Instant::now();
+        let client: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let ms = Duration::from_millis;
+        let (a, _) = r.attach(&vd, Some("aa"), None, client, &cfg, t0).unwrap();
+        let (b, _) = r.attach(&vd, Some("bb"), None, client, &cfg, t0 + ms(10)).unwrap();
+        let (a2, again) = r.attach(&vd, Some("aa"), None, client, &cfg, t0 + ms(20)).unwrap();
+        assert!(again, "a second connection of the same target");
+        a.overlay.lock().unwrap().write(0, &[1u8; 4096], &vd.chain).unwrap();
+        let l = r.list(t0 + ms(100), 10);
+        assert_eq!(l.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["bb", "aa"], "newest first");
+        assert_eq!((l[1].connections, l[1].age, l[1].idle), (2, ms(100), None));
+        assert!(l[1].cache_bytes >= 4096 && l[1].written_bytes == 4096, "{:?}", l[1]);
+        assert_eq!(r.list(t0 + ms(100), 1).len(), 1, "bounded by its caller");
+        let keep = Keep { anonymous: Duration::from_secs(60), boot: Duration::from_secs(60) };
+        r.detach(&a2, keep, t0 + ms(200));
+        assert!(r.recent().is_empty(), "one connection of aa is still open");
+        r.detach(&a, keep, t0 + ms(300));
+        r.detach(&b, keep, t0 + ms(400));
+        let rec = r.recent();
+        assert_eq!(rec.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["bb", "aa"], "newest first");
+        assert_eq!((rec[1].duration, rec[1].written_bytes, rec[1].client.as_str()), (ms(300), 4096, "10.0.0.1:5000"));
+        assert_eq!(r.list(t0 + ms(500), 10)[1].idle, Some(ms(200)), "kept for a reconnect, idle since its last connection");
+        for i in 0..RECENT_MAX + 5 {
+            let (t, _) = r.attach(&vd, Some(&format!("t{i}")), None, client, &cfg, t0 + ms(1000)).unwrap();
+            r.detach(&t, Keep { anonymous: Duration::ZERO, boot: Duration::ZERO }, t0 + ms(1000 + i as u64));
+        }
+        let rec = r.recent();
+        assert_eq!(rec.len(), RECENT_MAX);
+        assert_eq!(rec[0].id, format!("t{}", RECENT_MAX + 4));
+        assert_eq!(rec[RECENT_MAX - 1].id, "t5", "the oldest went first");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn export_names_and_target_ids() {
