@@ -3,7 +3,7 @@
 # the network card, NBD, the root file system and overlayfs (with their dependencies per
 # modules.dep), busybox, nbd-client and the libraries they link.
 #   build.sh OUT.img [MODULES_DIR]     e.g. build.sh /srv/bootfarm/boot/linux/initrd.img /lib/modules/6.1.0-42-amd64
-# Environment: MODULES (default "e1000 e1000e virtio_net nbd ext4 overlay af_packet": the
+# Environment: MODULES (default "e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet": the
 # names that exist are taken), BUSYBOX (default: busybox on PATH), NBD_CLIENT (default:
 # nbd-client on PATH; a busybox with the nbd-client applet works too: NBD_CLIENT=busybox).
 # Debian: apt install busybox nbd-client cpio (and the kernel's linux-image package).
@@ -52,7 +52,7 @@ add_module() (
 	done
 	grep -qx "$path" "$tmp/order" || echo "$path" >>"$tmp/order"
 )
-for m in ${MODULES:-e1000 e1000e virtio_net nbd ext4 overlay af_packet}; do
+for m in ${MODULES:-e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet}; do
 	add_module "$(echo "$m" | tr - _)"
 	add_module "$m"
 done
