@@ -4,7 +4,8 @@
 //! Debian's nbd-client to bootfarm and switch_roots into an ext4 root on a VHDX version chain
 //! built by contrib/linux-vdisk.sh. The vdisk's own init prints a marker and the checksum of a
 //! file that the second version changed, writes 4 MiB, syncs, drops the page cache, reads them
-//! back and powers off. The image files are unchanged afterwards.
+//! back and powers off. The image files are unchanged afterwards; a second boot of the same
+//! machine (server cache) starts from the clean image.
 //!
 //! Needs Debian's linux-image-amd64 (its vmlinuz and modules), nbd-client, busybox, e2fsprogs,
 //! cpio, qemu-system-x86 and ipxe-qemu (.ci/run installs them).
@@ -195,6 +196,15 @@ fn boots_and_powers_off(cache: &str) {
     } else {
         assert!(serial.contains("read-only, writes in RAM"), "{}", ctx());
         assert_eq!(written, 0, "a device-cache boot writes nothing to the server; {}", ctx());
+    }
+    if cache == "server" {
+        // The same machine boots again: a new /ipxe fetch is a new boot, from the clean image.
+        let (exited, again) = boot(&s.dir, s.http, Duration::from_secs(300));
+        let ctx = || format!("serial output:\n{again}\nserver log:\n{}", server.log());
+        assert!(again.contains("VDISK-READBACK-OK") && exited, "the second boot ran; {}", ctx());
+        assert!(!again.contains("VDISK-DIRTY"), "the second boot does not see the first one's writes; {}", ctx());
+        let token = |t: &str| t.split("export lab@").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+        assert_ne!(token(&again), token(&serial), "each boot has its own token; {}", ctx());
     }
     for (f, b) in s.files.iter().zip(&before) {
         assert_same(&format!("{} after the boot", f.display()), &read_file(f), b);
