@@ -7,6 +7,8 @@
 //! back and powers off. The image files are unchanged afterwards; a second boot of the same
 //! machine (server cache) starts from the clean image.
 //!
+//! The same boot through Debian's own initramfs-tools with contrib/initramfs-tools (boot=bootfarm).
+//!
 //! Needs Debian's linux-image-amd64 (its vmlinuz and modules), nbd-client, busybox, e2fsprogs,
 //! cpio, qemu-system-x86 and ipxe-qemu (.ci/run installs them).
 
@@ -71,12 +73,49 @@ struct Store {
     known_sha: String,
 }
 
-fn store(tag: &str, cache: &str) -> Store {
+/// Which initramfs the target boots.
+#[derive(PartialEq)]
+enum Initramfs {
+    /// contrib/initramfs/build.sh: busybox, nbd-client, bootfarm's /init.
+    Busybox,
+    /// Debian's mkinitramfs with contrib/initramfs-tools (boot=bootfarm).
+    Tools,
+}
+
+/// Debian's mkinitramfs with bootfarm's hook and boot script, in a copy of
+/// /etc/initramfs-tools (MODULES=list: the hook's modules and the network drivers only).
+fn mkinitramfs(dir: &TempDir, mods: &Path, out: &Path) {
+    let conf = dir.join("initramfs-tools");
+    run(Command::new("cp").args(["-a", "/etc/initramfs-tools"]).arg(&conf));
+    let c = std::fs::read_to_string(conf.join("initramfs.conf")).unwrap();
+    let c: String = c
+        .lines()
+        .map(|l| match l.split('=').next() {
+            Some("MODULES") => "MODULES=list".to_string(),
+            Some("COMPRESS") => "COMPRESS=gzip".to_string(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(conf.join("initramfs.conf"), c + "\n").unwrap();
+    std::fs::copy(contrib("initramfs-tools/hooks/bootfarm"), conf.join("hooks/bootfarm")).unwrap();
+    std::fs::copy(contrib("initramfs-tools/scripts/bootfarm"), conf.join("scripts/bootfarm")).unwrap();
+    std::fs::copy(contrib("initramfs/bootfarm-root.sh"), conf.join("scripts/bootfarm-root.sh")).unwrap();
+    let version = mods.file_name().unwrap().to_str().unwrap();
+    run(Command::new("mkinitramfs").arg("-d").arg(&conf).arg("-o").arg(out).arg(version).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"));
+}
+
+fn store(tag: &str, cache: &str, initramfs: Initramfs) -> Store {
     let dir = TempDir::new(tag);
     let (vmlinuz, mods) = debian_kernel();
     std::fs::create_dir_all(dir.join("boot/linux")).unwrap();
     std::fs::copy(&vmlinuz, dir.join("boot/linux/vmlinuz")).unwrap();
-    run(Command::new("sh").arg(contrib("initramfs/build.sh")).arg(dir.join("boot/linux/initrd.img")).arg(&mods));
+    let initrd = dir.join("boot/linux/initrd.img");
+    match initramfs {
+        Initramfs::Busybox => drop(run(Command::new("sh").arg(contrib("initramfs/build.sh")).arg(&initrd).arg(&mods))),
+        Initramfs::Tools => mkinitramfs(&dir, &mods, &initrd),
+    }
+    let boot_opt = if initramfs == Initramfs::Tools { "boot=bootfarm " } else { "" };
 
     // The root file system: busybox with its libraries, the init above, a known file.
     let root = dir.join("rootfs");
@@ -122,7 +161,7 @@ fn store(tag: &str, cache: &str) -> Store {
     let cfg = format!(
         "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n\
          [[vdisk]]\nname = \"lab\"\npath = \"lab-v2.avhdx\"\n[vdisk.linux]\nkernel = \"linux/vmlinuz\"\ninitrd = \"linux/initrd.img\"\n\
-         cmdline = \"console=ttyS0 panic=1 {{ip}} {{nbd}}\"\ncache = \"{cache}\"\n"
+         cmdline = \"console=ttyS0 panic=1 {boot_opt}{{ip}} {{nbd}}\"\ncache = \"{cache}\"\n"
     );
     std::fs::create_dir_all(dir.join("cache")).unwrap();
     std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
@@ -170,8 +209,9 @@ fn metric(http: u16, name: &str) -> u64 {
     m.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
 
-fn boots_and_powers_off(cache: &str) {
-    let s = store(&format!("linux-{cache}"), cache);
+fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
+    let tools = initramfs == Initramfs::Tools;
+    let s = store(&format!("linux-{cache}-{}", if tools { "tools" } else { "busybox" }), cache, initramfs);
     let before: Vec<Vec<u8>> = s.files.iter().map(|f| read_file(f)).collect();
     let server = Server::start(&["--config", s.dir.join("bootfarm.toml").to_str().unwrap()]);
     let t0 = Instant::now();
@@ -181,6 +221,9 @@ fn boots_and_powers_off(cache: &str) {
     let ctx = || format!("serial output:\n{serial}\nserver log:\n{log}");
     assert!(serial.contains("bootfarm: booting Linux vdisk lab"), "the generated script ran; {}", ctx());
     assert!(serial.contains("root: /dev/nbd0 from 10.0.2.2"), "the initramfs mounted the vdisk; {}", ctx());
+    if tools {
+        assert!(serial.contains("Mounting root file system"), "initramfs-tools' init ran the boot script; {}", ctx());
+    }
     assert!(serial.contains("VDISK-INIT: root is"), "the vdisk's init ran; {}", ctx());
     assert!(serial.contains(&format!("VDISK-KNOWN: {}", s.known_sha)), "the file version 2 changed reads as written there; {}", ctx());
     assert!(!serial.contains("VDISK-DIRTY"), "a first boot starts from the clean image; {}", ctx());
@@ -197,7 +240,7 @@ fn boots_and_powers_off(cache: &str) {
         assert!(serial.contains("read-only, writes in RAM"), "{}", ctx());
         assert_eq!(written, 0, "a device-cache boot writes nothing to the server; {}", ctx());
     }
-    if cache == "server" {
+    if cache == "server" && !tools {
         // The same machine boots again: a new /ipxe fetch is a new boot, from the clean image.
         let (exited, again) = boot(&s.dir, s.http, Duration::from_secs(300));
         let ctx = || format!("serial output:\n{again}\nserver log:\n{}", server.log());
@@ -214,12 +257,17 @@ fn boots_and_powers_off(cache: &str) {
 
 #[test]
 fn linux_boots_with_root_on_a_vdisk_chain_over_nbd_server_cache() {
-    boots_and_powers_off("server");
+    boots_and_powers_off("server", Initramfs::Busybox);
 }
 
 #[test]
 fn linux_boots_with_root_read_only_and_an_overlay_in_ram() {
-    boots_and_powers_off("device");
+    boots_and_powers_off("device", Initramfs::Busybox);
+}
+
+#[test]
+fn linux_boots_from_an_initramfs_tools_image_with_the_bootfarm_hook() {
+    boots_and_powers_off("server", Initramfs::Tools);
 }
 
 /// The script itself, without a kernel: kernel, initrd and boot from each server in turn, with

@@ -68,6 +68,8 @@ while read -r p; do
 done <"$tmp/order"
 
 cp "$here/init" "$r/init"
+mkdir -p "$r/lib/bootfarm"
+cp "$here/bootfarm-root.sh" "$r/lib/bootfarm/root.sh"
 cp "$here/udhcpc.script" "$r/etc/bootfarm/udhcpc.script"
 chmod 755 "$r/init" "$r/etc/bootfarm/udhcpc.script"
 if command -v cpio >/dev/null 2>&1; then
