@@ -314,6 +314,12 @@ fn ipxe_answers_a_linux_vdisk_with_kernel_initrd_and_the_nbd_keys() {
     // The kernel is served where the script says.
     let k = run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/boot/linux/vmlinuz?vdisk=lab&mac={MAC}")])).stdout;
     assert_eq!(k, b"kernel");
+    // A template without {nbd} is refused, naming the key; the running one keeps serving.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, cfg("server").replace("cache = \"server\"", "cmdline = \"console=ttyS0\"")).unwrap();
+    let o = bootfarm(&["config", "check", bad.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("vdisk[0].linux.cmdline") && e.contains("lacks {nbd}"), "{e}");
     // The device cache: the export is the vdisk alone (no server state), after a reload.
     std::fs::write(dir.join("bootfarm.toml"), cfg("device")).unwrap();
     let t0 = Instant::now();

@@ -84,6 +84,40 @@ mod tests {
         assert_eq!(nbd_export("lab", CacheSite::Device, Some("TOK")), "lab");
     }
 
+    /// A farm of three: the script tries each server in the target's order for the kernel,
+    /// and names them in that order for NBD, this node as the client reached it.
+    #[test]
+    fn the_script_follows_the_failover_order() {
+        let dir = std::env::temp_dir().join(format!("bootfarm-http-linux-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        std::fs::write(dir.join("disk.raw"), vec![0u8; 1 << 20]).unwrap();
+        let text = "[server]\nname = \"b\"\nnbd_port = 10810\n[tftp]\nroot = \"boot\"\n\
+            [[vdisk]]\nname = \"lab\"\npath = \"disk.raw\"\n[vdisk.linux]\nkernel = \"k\"\ninitrd = \"linux/i.img\"\ncache = \"device\"\n\
+            [[farm.server]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[farm.server]]\nname = \"b\"\naddress = \"10.0.0.2\"\n\
+            [[farm.server]]\nname = \"c\"\naddress = \"10.0.0.3\"\nhttp_port = 81\n";
+        let snap = crate::config::from_text(&dir.join("b.toml"), text, &Default::default(), 1, None).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let vd = snap.vdisk("lab").unwrap();
+        let lb = snap.linux("lab").unwrap();
+        let s = linux_script(&snap, vd, lb, Some("192.168.7.2:8080"), "aa:bb", &[2, 1, 0], "lab");
+        let kernels: Vec<&str> = s.lines().filter(|l| l.starts_with("kernel ")).collect();
+        assert_eq!(kernels.len(), 3, "{s}");
+        assert!(kernels[0].starts_with("kernel http://10.0.0.3:81/boot/k?vdisk=lab&mac=aa:bb initrd=i.img "), "{s}");
+        assert!(kernels[1].starts_with("kernel http://192.168.7.2:8080/boot/k?"), "this node as reached: {s}");
+        assert!(kernels[2].starts_with("kernel http://10.0.0.1:8080/boot/k?"), "{s}");
+        assert!(kernels[0].ends_with(" || goto s1") && kernels[2].ends_with(" || goto failed"), "{s}");
+        assert!(
+            kernels[0]
+                .contains(" bootfarm.servers=10.0.0.3,192.168.7.2,10.0.0.1 bootfarm.port=10810 bootfarm.export=lab bootfarm.cache=device "),
+            "{s}"
+        );
+        assert!(s.contains("\n:s1\nkernel ") && s.contains("\n:failed\n"), "{s}");
+        // More servers than the command line names: the first SERVERS_MAX.
+        let s = linux_script(&snap, vd, lb, None, "", &[0, 1, 2, 0, 1], "lab");
+        assert!(s.contains("bootfarm.servers=10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.1 "), "{s}");
+    }
+
     #[test]
     fn hosts_lose_their_port() {
         assert_eq!(host_only("10.0.2.2:8080"), "10.0.2.2");
