@@ -5,7 +5,8 @@
 #   build.sh OUT.img [MODULES_DIR]     e.g. build.sh /srv/bootfarm/boot/linux/initrd.img /lib/modules/6.1.0-42-amd64
 # Environment: MODULES (default "e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet": the
 # names that exist are taken), BUSYBOX (default: busybox on PATH), NBD_CLIENT (default:
-# nbd-client on PATH; a busybox with the nbd-client applet works too: NBD_CLIENT=busybox).
+# nbd-client on PATH; NBD_CLIENT=busybox when BUSYBOX has the nbd-client applet, or the path of
+# another busybox binary that has it, installed as /bin/nbd-client).
 # Debian: apt install busybox nbd-client cpio (and the kernel's linux-image package).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,8 +25,8 @@ r=$tmp/root
 mkdir -p "$r/bin" "$r/sbin" "$r/etc/bootfarm" "$r/lib/modules" "$r/dev" "$r/proc" "$r/sys" "$r/run" "$r/root" "$r/tmp"
 
 # Binaries and the shared libraries they need (ldd: the loader and libc, at their own paths).
-copy_bin() {
-	cp "$1" "$r/bin/"
+copy_bin() { # FILE [NAME]
+	cp "$1" "$r/bin/${2:-$(basename "$1")}"
 	ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
 		[ -e "$r$lib" ] || { mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"; }
 	done
@@ -35,8 +36,9 @@ for a in $("$busybox" --list); do [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a
 if [ "$nbdc" = busybox ]; then
 	"$busybox" --list | grep -qx nbd-client || { echo "build.sh: $busybox has no nbd-client applet" >&2; exit 2; }
 else
+	# As /bin/nbd-client whatever its name: a busybox built with the applet runs it by that name.
 	rm -f "$r/bin/nbd-client"
-	copy_bin "$nbdc"
+	copy_bin "$nbdc" nbd-client
 fi
 
 # Modules in load order: each one's dependencies (modules.dep lists them, deepest last) first.
