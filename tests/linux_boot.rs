@@ -314,6 +314,9 @@ fn ipxe_answers_a_linux_vdisk_with_kernel_initrd_and_the_nbd_keys() {
     // The kernel is served where the script says.
     let k = run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/boot/linux/vmlinuz?vdisk=lab&mac={MAC}")])).stdout;
     assert_eq!(k, b"kernel");
+    // /api/status says where the writes of this vdisk's targets live.
+    let j = String::from_utf8(run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/api/status")])).stdout).unwrap();
+    assert!(j.contains("\"linux\": {\"kernel\": \"linux/vmlinuz\", \"initrd\": \"linux/initrd.img\", \"cache\": \"server\", \"writes\": \"in the serving node's write cache"), "{j}");
     // A template without {nbd} is refused, naming the key; the running one keeps serving.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, cfg("server").replace("cache = \"server\"", "cmdline = \"console=ttyS0\"")).unwrap();

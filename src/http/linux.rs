@@ -73,6 +73,26 @@ pub fn linux_script(snap: &Snapshot, vd: &Vdisk, lb: &LinuxBoot, host: Option<&s
     s
 }
 
+/// The vdisk's Linux boot in `/api/status` (a `, "linux": {...}` member): its files and where
+/// a target's writes live, in words an operator can act on.
+pub fn status_json(lb: &LinuxBoot) -> String {
+    let writes = match lb.cache {
+        CacheSite::Server => {
+            "in the serving node's write cache for that boot (export <vdisk>@<boot token>): kept across reconnects to that node, lost on a failover to another node, dropped when the target boots again"
+        }
+        CacheSite::Device => {
+            "in the target's RAM (read-only root under an overlay on tmpfs): the servers hold none, any server of the list can take over, lost at reboot"
+        }
+    };
+    format!(
+        ", \"linux\": {{\"kernel\": {}, \"initrd\": {}, \"cache\": \"{}\", \"writes\": {}}}",
+        super::json_str(&lb.kernel),
+        super::json_str(&lb.initrd),
+        lb.cache.name(),
+        super::json_str(writes)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

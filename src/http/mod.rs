@@ -489,12 +489,13 @@ pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), fa
                 })
                 .collect();
             format!(
-                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"damaged\": {}, \"chain\": [{}]}}",
+                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"damaged\": {}, \"chain\": [{}]{}}}",
                 json_str(&v.name),
                 if v.mode == crate::config::Mode::Standard { "standard" } else { "private" },
                 v.chain.virtual_size(),
                 v.damaged(),
-                chain.join(", ")
+                chain.join(", "),
+                snap.linux(&v.name).map(linux::status_json).unwrap_or_default()
             )
         })
         .collect();
