@@ -104,7 +104,7 @@ pub fn write_store(dir: &Path, http_port: u16) -> Result<Config, String> {
     c.tftp.requests_per_ip_burst = 1_000_000;
     c.http.connections_per_ip_max = 1024;
     c.nbd.connections_per_ip_max = 1024;
-    c.vdisk.push(VdiskEntry { name: VDISK_NAME.into(), path: top, mode: Mode::Standard });
+    c.vdisk.push(VdiskEntry { name: VDISK_NAME.into(), path: top, mode: Mode::Standard, linux: None });
     Ok(c)
 }
 

@@ -5,12 +5,14 @@
 //! refuses it with a precise error and leaves the last good one serving.
 
 mod console;
+mod linux;
 mod locate;
 mod model;
 mod pxe;
 pub mod reload;
 
 pub use console::{Console, TOKEN_BYTES_MIN};
+pub use linux::{CacheSite, LinuxBoot, SERVERS_MAX};
 pub use model::*;
 pub use pxe::{Pxe, Relay};
 
@@ -139,6 +141,11 @@ impl Snapshot {
     /// The default vdisk (NBD's empty export name, `/ipxe` without arguments): the first one.
     pub fn default_vdisk(&self) -> Option<&Arc<Vdisk>> {
         self.vdisks.first()
+    }
+    /// The vdisk's Linux boot (`[vdisk.linux]`), read from the configuration so that a reload
+    /// that changes only these keys takes effect without reopening the image.
+    pub fn linux(&self, vdisk: &str) -> Option<&LinuxBoot> {
+        self.config.vdisk.iter().find(|v| v.name == vdisk)?.linux.as_ref()
     }
 }
 
@@ -468,6 +475,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         }
         if vdisks.iter().any(|o| o.name == v.name) {
             return Err(err(file, key("name"), format!("{:?}", v.name), "is used by an earlier [[vdisk]]; names must be unique"));
+        }
+        if let Some(l) = &v.linux {
+            l.validate().map_err(|(k, value, why)| err(file, key(&format!("linux.{k}")), value, why))?;
         }
         let p = base.join(&v.path);
         let path = std::fs::canonicalize(&p).map_err(|e| err(file, key("path"), p.display(), format!("cannot be used: {e}")))?;

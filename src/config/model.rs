@@ -288,6 +288,10 @@ pub struct VdiskEntry {
     pub path: PathBuf,
     #[serde(default = "default_mode")]
     pub mode: Mode,
+    /// A Linux boot of this vdisk (`[vdisk.linux]`): `/ipxe` then loads this kernel and
+    /// initramfs instead of `sanboot`, and the initramfs mounts the vdisk over NBD as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linux: Option<super::linux::LinuxBoot>,
 }
 
 fn default_mode() -> Mode {
@@ -484,6 +488,19 @@ mappings_max = 65536        # files mapped at once (vdisk layers; bootstrap file
 name = "win10"                             # URL and NBD export name: letters, digits, . _ -
 path = "/srv/bootfarm/vdisks/win10.vhdx"   # newest version; parents resolved from the image
 mode = "standard"                          # standard | private
+
+# A Linux vdisk (example): /ipxe loads a kernel and an initramfs (contrib/initramfs/) that
+# mounts the vdisk over NBD as its root file system (README: "Linux targets").
+# [[vdisk]]
+# name = "lab"
+# path = "/srv/bootfarm/vdisks/lab.vhdx"
+# [vdisk.linux]
+# kernel = "linux/vmlinuz"                 # files under tftp.root (served at /boot/<file>)
+# initrd = "linux/initrd.img"
+# cmdline = "{ip} {nbd}"                   # {ip}: the address iPXE got (ip=...); {nbd}: the
+#                                          # bootfarm.* keys (servers, port, export, cache)
+# cache = "server"                         # server: writes in the server's write cache (read-write
+#                                          # root); device: read-only root + overlay in the target's RAM
 
 [farm]
 load_epsilon = 0.25         # bounded load: at most (1+e) x fair share per server

@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod console;
+pub mod linux;
 pub mod wire;
 
 use crate::config::{Snapshot, Vdisk};
@@ -412,14 +413,22 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
                     "no farm server can serve this vdisk to this client now (all down, or none for its subnet)",
                 );
             }
-            let mut script = ipxe_script(&snap, vd, host, mac, &order);
-            if let Some(m) = mac.and_then(crate::nbd::token::parse_mac) {
-                // The target's boot token, bound to its MAC, this client address and the vdisk:
-                // the NBD export name a Linux initramfs uses to reach its own write cache.
+            // The target's boot token, bound to its MAC, this client address and the vdisk:
+            // the NBD export name a Linux initramfs uses to reach its own write cache.
+            let token = mac.and_then(crate::nbd::token::parse_mac).map(|m| {
                 use crate::nbd::token;
                 let key = token::key(snap.config.farm.token_key_file.as_deref());
                 let expires = (env.now_unix().max(0) as u64 + snap.config.nbd.token_ttl_ms / 1000).min(u32::MAX as u64) as u32;
-                let t = token::issue(&key, token::random16(), expires, m, env.client_ip(), &vd.name);
+                token::issue(&key, token::random16(), expires, m, env.client_ip(), &vd.name)
+            });
+            let mut script = match snap.linux(&vd.name) {
+                Some(lb) => {
+                    let export = linux::nbd_export(&vd.name, lb.cache, token.as_deref());
+                    linux::linux_script(&snap, vd, lb, host, &clean_mac(mac), &order, &export)
+                }
+                None => ipxe_script(&snap, vd, host, mac, &order),
+            };
+            if let Some(t) = &token {
                 script = script.replacen('\n', &format!("\nset bootfarm-token {t}\nset bootfarm-nbd-export {}@{t}\n", vd.name), 1);
             }
             simple(out, 200, ka, minor, now, "text/plain; charset=utf-8", script.into_bytes(), head_only)
@@ -474,6 +483,11 @@ fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &
     Some(Body::Empty)
 }
 
+/// The `?mac=` value as scripts may repeat it: hex digits and separators only.
+fn clean_mac(mac: Option<&str>) -> String {
+    mac.unwrap_or("").chars().filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').take(32).collect()
+}
+
 fn host_port(a: std::net::IpAddr, port: u16) -> String {
     match a {
         std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
@@ -486,7 +500,7 @@ fn host_port(a: std::net::IpAddr, port: u16) -> String {
 /// carry the target's MAC so every server places it the same way.
 pub fn ipxe_script(snap: &Snapshot, vd: &Vdisk, host: Option<&str>, mac: Option<&str>, order: &[usize]) -> String {
     let me = &snap.config.server;
-    let mac: String = mac.unwrap_or("").chars().filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').take(32).collect();
+    let mac = clean_mac(mac);
     let q = if mac.is_empty() { String::new() } else { format!("?mac={mac}") };
     let uris: Vec<String> = order
         .iter()
@@ -552,12 +566,13 @@ pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), fa
                 })
                 .collect();
             format!(
-                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"damaged\": {}, \"chain\": [{}]}}",
+                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"damaged\": {}, \"chain\": [{}]{}}}",
                 json_str(&v.name),
                 if v.mode == crate::config::Mode::Standard { "standard" } else { "private" },
                 v.chain.virtual_size(),
                 v.damaged(),
-                chain.join(", ")
+                chain.join(", "),
+                snap.linux(&v.name).map(linux::status_json).unwrap_or_default()
             )
         })
         .collect();
