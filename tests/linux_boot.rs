@@ -233,9 +233,15 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
     if cache == "server" {
         assert!(serial.contains("read-write (writes in the server's cache)"), "{}", ctx());
         assert!(written >= 4 << 20, "the writes went to the server's write cache: {written} bytes; {}", ctx());
-        // The initramfs named the boot token from /ipxe, and the server took it as the target.
+        // The initramfs named the boot token from /ipxe, and the server took it as a boot of
+        // the machine the token names (its MAC, as iPXE printed it).
         let token = serial.split("export lab@").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("none");
-        assert!(log.contains(&format!("export=lab target={token}")), "the connection named the boot token {token}; {}", ctx());
+        let mac = serial.split("net0: ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("none");
+        assert!(
+            log.contains(&format!("export=lab target={mac} boot=\"{token}\"")),
+            "the connection named the boot token {token} of {mac}; {}",
+            ctx()
+        );
     } else {
         assert!(serial.contains("read-only, writes in RAM"), "{}", ctx());
         assert_eq!(written, 0, "a device-cache boot writes nothing to the server; {}", ctx());
