@@ -12,8 +12,8 @@ use super::token::{ServiceId, Token};
 use super::{Shared, WorkerStats};
 use crate::bootfiles::Refused;
 use crate::config::Snapshot;
+use crate::http;
 use crate::http::conn::{self, ConnFor};
-use crate::http::{self, Head};
 use crate::image::Backing;
 use crate::metrics::Counter;
 use crate::session::{ConnKey, ConnScope, Refusal, TcpProtocol};
@@ -80,10 +80,7 @@ impl TcpProtocol for HttpProto {
     }
 
     fn refusal(&mut self, _ctx: &mut HttpCtx, _why: Refusal, out: &mut Vec<u8>) {
-        let body = http::error_page(&mut Head::new(out), 503, false, 1, 0, "too many connections, retry later");
-        if let http::Body::Owned(b) = body {
-            out.extend_from_slice(&b);
-        }
+        http::refused_at_limit(out);
     }
 }
 

@@ -184,6 +184,15 @@ pub fn simple(
     }
 }
 
+/// The whole answer to a connection refused at a connection limit (before any request was
+/// read): a 503 that closes, header and body in `out`.
+pub fn refused_at_limit(out: &mut Vec<u8>) {
+    let body = error_page(&mut Head::new(out), 503, false, 1, 0, "too many connections, retry later");
+    if let Body::Owned(b) = body {
+        out.extend_from_slice(&b);
+    }
+}
+
 pub fn error_page(out: &mut Head, status: u16, keep_alive: bool, minor: u8, now_unix: i64, detail: &str) -> Body {
     let body = format!("{status} {}: {detail}\n", reason(status)).into_bytes();
     simple(out, status, keep_alive, minor, now_unix, "text/plain; charset=utf-8", body, false)
