@@ -4,43 +4,15 @@
 
 mod common;
 use common::*;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Runs QEMU until it exits or `limit` passes; returns (exit code, serial output).
 pub fn boot_qemu(dir: &TempDir, bootfile: &str, limit: Duration) -> (Option<i32>, String) {
-    let sercon = dir.join("sercon");
-    std::fs::write(&sercon, [0xf8u8, 0x03]).unwrap(); // SeaBIOS: copy the text console to COM1
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "128", "-display", "none", "-vga", "none", "-nodefaults", "-monitor", "none", "-serial", "stdio"])
-        .args(["-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display())])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .args(["-netdev", &format!("user,id=n0,bootfile={bootfile}"), "-device", "e1000,netdev=n0", "-boot", "n"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (Debian qemu-system-x86 + ipxe-qemu; .ci/run installs them)");
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let t0 = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (code, reader.join().unwrap())
+    let netdev = format!("user,id=n0,bootfile={bootfile}");
+    let args = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-netdev", &netdev, "-device", "e1000,netdev=n0", "-boot", "n"];
+    let (status, serial) = run_qemu(&dir.join("sercon"), 128, &args, limit);
+    (status.and_then(|s| s.code()), serial)
 }
 
 #[test]

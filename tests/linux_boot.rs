@@ -14,7 +14,6 @@
 
 mod common;
 use common::*;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -170,38 +169,11 @@ fn store(tag: &str, cache: &str, initramfs: Initramfs) -> Store {
 
 /// Runs QEMU until it powers off or `limit` passes; returns (exited by itself, serial output).
 fn boot(dir: &TempDir, http: u16, limit: Duration) -> (bool, String) {
-    let sercon = dir.join("sercon");
-    std::fs::write(&sercon, [0xf8u8, 0x03]).unwrap(); // SeaBIOS: copy the text console to COM1
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "512", "-display", "none", "-vga", "none", "-nodefaults", "-monitor", "none"])
-        .args(["-serial", "stdio", "-no-reboot"])
-        .args(["-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display())])
-        .args(["-netdev", &format!("user,id=n0,bootfile=http://10.0.2.2:{http}/ipxe?mac=${{mac}}")])
-        .args(["-device", &format!("e1000,netdev=n0,mac={MAC}"), "-boot", "n"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (Debian qemu-system-x86 + ipxe-qemu; .ci/run installs them)");
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let t0 = Instant::now();
-    let exited = loop {
-        if child.try_wait().unwrap().is_some() {
-            break true;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (exited, reader.join().unwrap())
+    let netdev = format!("user,id=n0,bootfile=http://10.0.2.2:{http}/ipxe?mac=${{mac}}");
+    let device = format!("e1000,netdev=n0,mac={MAC}");
+    let args = ["-no-reboot", "-netdev", &netdev, "-device", &device, "-boot", "n"];
+    let (status, serial) = run_qemu(&dir.join("sercon"), 512, &args, limit);
+    (status.is_some(), serial)
 }
 
 fn metric(http: u16, name: &str) -> u64 {

@@ -228,3 +228,40 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
     panic!("not within {secs} s: {what}");
 }
+
+/// Runs QEMU under TCG with its serial port on a pipe and SeaBIOS copying its text console to
+/// that port (iPXE's output reaches the test), `memory_mib` of RAM and `args` added, until it
+/// exits or `limit` passes (then it is killed); returns its exit status (None when killed) and
+/// the serial output. `sercon` is a scratch file for the SeaBIOS switch.
+pub fn run_qemu(sercon: &Path, memory_mib: u32, args: &[&str], limit: std::time::Duration) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::Read;
+    std::fs::write(sercon, [0xf8u8, 0x03]).unwrap(); // SeaBIOS: copy the text console to COM1
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", &memory_mib.to_string(), "-display", "none", "-vga", "none", "-nodefaults", "-monitor", "none"])
+        .args(["-serial", "stdio", "-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display())])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (Debian qemu-system-x86 + ipxe-qemu; .ci/run installs them)");
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    (status, reader.join().unwrap())
+}
