@@ -73,10 +73,13 @@ struct Store {
 }
 
 /// Which initramfs the target boots.
-#[derive(PartialEq)]
+#[derive(PartialEq, Clone, Copy)]
 enum Initramfs {
-    /// contrib/initramfs/build.sh: busybox, nbd-client, bootfarm's /init.
+    /// contrib/initramfs/build.sh: busybox, Debian's nbd-client, bootfarm's /init.
     Busybox,
+    /// The same with busybox's own nbd-client applet (built from Debian's busybox source,
+    /// tests/common/busybox.rs) instead of Debian's client: `NBD_CLIENT=<that busybox>`.
+    BusyboxApplet,
     /// Debian's mkinitramfs with contrib/initramfs-tools (boot=bootfarm).
     Tools,
 }
@@ -112,6 +115,11 @@ fn store(tag: &str, cache: &str, initramfs: Initramfs) -> Store {
     let initrd = dir.join("boot/linux/initrd.img");
     match initramfs {
         Initramfs::Busybox => drop(run(Command::new("sh").arg(contrib("initramfs/build.sh")).arg(&initrd).arg(&mods))),
+        Initramfs::BusyboxApplet => drop(run(Command::new("sh")
+            .arg(contrib("initramfs/build.sh"))
+            .arg(&initrd)
+            .arg(&mods)
+            .env("NBD_CLIENT", common::busybox::busybox_with_nbd_client()))),
         Initramfs::Tools => mkinitramfs(&dir, &mods, &initrd),
     }
     let boot_opt = if initramfs == Initramfs::Tools { "boot=bootfarm " } else { "" };
@@ -183,7 +191,15 @@ fn metric(http: u16, name: &str) -> u64 {
 
 fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
     let tools = initramfs == Initramfs::Tools;
-    let s = store(&format!("linux-{cache}-{}", if tools { "tools" } else { "busybox" }), cache, initramfs);
+    let applet = initramfs == Initramfs::BusyboxApplet;
+    let kind = if tools {
+        "tools"
+    } else if applet {
+        "applet"
+    } else {
+        "busybox"
+    };
+    let s = store(&format!("linux-{cache}-{kind}"), cache, initramfs);
     let before: Vec<Vec<u8>> = s.files.iter().map(|f| read_file(f)).collect();
     let server = Server::start(&["--config", s.dir.join("bootfarm.toml").to_str().unwrap()]);
     let t0 = Instant::now();
@@ -214,11 +230,14 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
             "the connection named the boot token {token} of {mac}; {}",
             ctx()
         );
+        // Which client connected: busybox's applet speaks plain newstyle, Debian's fixed.
+        let plain = log.contains("resumed=false fixed_newstyle=false");
+        assert_eq!(plain, applet, "busybox's applet (plain newstyle) connected: {applet}; {}", ctx());
     } else {
         assert!(serial.contains("read-only, writes in RAM"), "{}", ctx());
         assert_eq!(written, 0, "a device-cache boot writes nothing to the server; {}", ctx());
     }
-    if cache == "server" && !tools {
+    if cache == "server" && initramfs == Initramfs::Busybox {
         // The same machine boots again: a new /ipxe fetch is a new boot, from the clean image.
         let (exited, again) = boot(&s.dir, s.http, Duration::from_secs(300));
         let ctx = || format!("serial output:\n{again}\nserver log:\n{}", server.log());
@@ -236,6 +255,13 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
 #[test]
 fn linux_boots_with_root_on_a_vdisk_chain_over_nbd_server_cache() {
     boots_and_powers_off("server", Initramfs::Busybox);
+}
+
+/// busybox's nbd-client applet (client flags 0, NBD_OPT_EXPORT_NAME, the 124 zero bytes) as
+/// the initramfs' client: the same boot, writes and read-back.
+#[test]
+fn linux_boots_with_busybox_nbd_client_applet_server_cache() {
+    boots_and_powers_off("server", Initramfs::BusyboxApplet);
 }
 
 #[test]
@@ -295,6 +321,7 @@ fn ipxe_answers_a_linux_vdisk_with_kernel_initrd_and_the_nbd_keys() {
     // /api/status says where the writes of this vdisk's targets live.
     let j = String::from_utf8(run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/api/status")])).stdout).unwrap();
     assert!(j.contains("\"linux\": {\"kernel\": \"linux/vmlinuz\", \"initrd\": \"linux/initrd.img\", \"cache\": \"server\", \"writes\": \"in the serving node's write cache"), "{j}");
+    assert!(j.contains("\"failover\": \"lost: the writes are in the serving node's write cache"), "{j}");
     // A template without {nbd} is refused, naming the key; the running one keeps serving.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, cfg("server").replace("cache = \"server\"", "cmdline = \"console=ttyS0\"")).unwrap();
@@ -308,4 +335,6 @@ fn ipxe_answers_a_linux_vdisk_with_kernel_initrd_and_the_nbd_keys() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the reload did not apply:\n{}", get(""));
         std::thread::sleep(Duration::from_millis(100));
     }
+    let j = String::from_utf8(run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/api/status")])).stdout).unwrap();
+    assert!(j.contains("\"failover\": \"kept: the writes are in the target's RAM"), "the device cache survives a failover: {j}");
 }
