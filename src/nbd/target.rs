@@ -10,7 +10,7 @@ use crate::metrics::{Counter, WorkerCounters};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub struct Target {
     /// The boot this cache belongs to (`#boot` of the export, or the boot token), if named:
     /// a connection naming another boot id starts a new boot on a clean cache.
     pub boot: Option<String>,
+    /// Bumped by an operator's disconnect (`POST /api/targets/<id>/disconnect`): a
+    /// connection attached before the bump is cut (its session compares), the cache stays.
+    pub cut: AtomicU64,
 }
 
 /// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
@@ -60,6 +63,9 @@ pub struct Registry {
     /// The last [`RECENT_MAX`] target sessions that ended (last connection gone), newest last:
     /// the console's "recent boots".
     recent: Mutex<VecDeque<Ended>>,
+    /// Bumped with every target's `cut`: a worker that sees it change looks for the
+    /// connections to cut among its own.
+    pub cuts: AtomicU64,
 }
 
 /// How many ended target sessions the registry remembers for the console (a fixed bound:
@@ -317,6 +323,7 @@ impl Registry {
             overlay: Mutex::new(overlay),
             private,
             boot: boot.map(str::to_string),
+            cut: AtomicU64::new(0),
         });
         let stale = {
             let mut map = self.entries.lock().unwrap();
@@ -410,6 +417,26 @@ impl Registry {
         if let Some(t) = gone {
             self.end_target(&t, Dropped::Disconnected);
         }
+    }
+
+    /// An operator's disconnect: every connection of the targets whose id is `id` (on any
+    /// vdisk) is cut within ~100 ms by the worker holding it; their caches stay for the
+    /// reconnect (a boot's writes are still there when it comes back). Returns (vdisk,
+    /// connections now open) of each such target; empty when none has a connection.
+    pub fn disconnect(&self, id: &str) -> Vec<(String, usize)> {
+        let map = self.entries.lock().unwrap();
+        let hit: Vec<(String, usize)> = map
+            .values()
+            .filter(|e| e.target.id == id && e.conns > 0)
+            .map(|e| {
+                e.target.cut.fetch_add(1, Ordering::AcqRel);
+                (e.target.vdisk.name.clone(), e.conns)
+            })
+            .collect();
+        if !hit.is_empty() {
+            self.cuts.fetch_add(1, Ordering::AcqRel);
+        }
+        hit
     }
 
     /// Every target (connected, or kept for a reconnect), for the console: at most `max`, the
