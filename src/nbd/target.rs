@@ -646,6 +646,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An operator's disconnect marks the connected targets of that id (on any vdisk) and
+    /// bumps the registry's generation once; the cache stays for the boot's reconnect, and a
+    /// target kept without a connection, or an unknown id, is not hit.
+    #[test]
+    fn a_disconnect_marks_the_connected_targets_of_an_id_and_keeps_their_caches() {
+        let dir = std::env::temp_dir().join(format!("bootfarm-nbd-cut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        std::fs::write(dir.join("disk.raw"), vec![7u8; 1 << 20]).unwrap();
+        let text = "[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n";
+        let snap = crate::config::from_text(&dir.join("bootfarm.toml"), text, &Default::default(), 1, None).unwrap();
+        let (vd, cfg) = (snap.vdisk("disk").unwrap().clone(), snap.config.nbd.clone());
+        let r = Registry::default();
+        let t0 = Instant::now();
+        let client: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let (a, _) = r.attach(&vd, Some("aa"), Some("b1"), client, &cfg, t0).unwrap();
+        let (other, _) = r.attach(&vd, Some("bb"), None, client, &cfg, t0).unwrap();
+        a.overlay.lock().unwrap().write(0, &[1u8; 4096], &vd.chain).unwrap();
+        assert!(r.disconnect("zz").is_empty() && r.cuts.load(Ordering::Acquire) == 0, "no such target: nothing changes");
+        assert_eq!(r.disconnect("aa"), vec![("disk".to_string(), 1)]);
+        assert_eq!((a.cut.load(Ordering::Acquire), other.cut.load(Ordering::Acquire), r.cuts.load(Ordering::Acquire)), (1, 0, 1));
+        let keep = Keep::of(&cfg);
+        r.detach(&a, keep, t0);
+        let (back, resumed) = r.attach(&vd, Some("aa"), Some("b1"), client, &cfg, t0 + Duration::from_secs(1)).unwrap();
+        assert!(resumed && Arc::ptr_eq(&back, &a), "the boot's reconnect finds its cache");
+        assert_eq!(back.overlay.lock().unwrap().bytes_written, 4096);
+        r.detach(&back, keep, t0 + Duration::from_secs(2));
+        assert!(r.disconnect("aa").is_empty(), "a target without a connection has nothing to cut");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn export_names_and_target_ids() {
         let e = |v, t, b| ExportName { vdisk: v, target: t, boot: b };
