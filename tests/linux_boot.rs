@@ -232,6 +232,7 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
     };
     let s = store(&format!("linux-{cache}-{kind}"), cache, initramfs);
     let before: Vec<Vec<u8>> = s.files.iter().map(|f| read_file(f)).collect();
+    let hashes: Vec<String> = s.files.iter().map(|f| sha256(f)).collect();
     let server = Server::start(&["--config", s.dir.join("bootfarm.toml").to_str().unwrap()]);
     let t0 = Instant::now();
     let (exited, serial) = boot(&s.dir, s.http, Duration::from_secs(300));
@@ -276,9 +277,13 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
         assert!(!again.contains("VDISK-DIRTY"), "the second boot does not see the first one's writes; {}", ctx());
         let token = |t: &str| t.split("export lab@").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
         assert_ne!(token(&again), token(&serial), "each boot has its own token; {}", ctx());
+        // The first boot's cache (kept for its reconnect until then) went when the second began.
+        assert_eq!(metric(s.http, "bootfarm_nbd_caches_dropped_total{reason=\"new_boot\"}"), 1, "{}", ctx());
+        assert!(server.log().contains("write cache discarded (the target started a new boot"), "{}", ctx());
     }
-    for (f, b) in s.files.iter().zip(&before) {
+    for (f, (b, h)) in s.files.iter().zip(before.iter().zip(&hashes)) {
         assert_same(&format!("{} after the boot", f.display()), &read_file(f), b);
+        assert_eq!(&sha256(f), h, "{} hashes as before the boot", f.display());
     }
     eprintln!("linux boot with the {cache} cache: {:.1} s from QEMU start to power-off", took.as_secs_f64());
 }
@@ -573,7 +578,7 @@ fn a_device_cache_boot_survives_the_death_of_its_server() {
             "cache_dir = \"cache\"",
             &format!("cache_dir = \"cache{i}\""),
             1,
-        ) + "[farm]\nhealth_interval_ms = 200\nhealth_timeout_ms = 500\nhealth_failures_max = 3\nhealth_successes_min = 1\n\
+        ) + "[farm]\nhealth_interval_ms = 500\nhealth_timeout_ms = 400\nhealth_failures_max = 3\nhealth_successes_min = 1\n\
                [[farm.server]]\nname = \"node1\"\naddress = \"192.0.2.1\"\n[[farm.server]]\nname = \"node2\"\naddress = \"192.0.2.2\"\n";
         std::fs::create_dir_all(s.dir.join(&format!("cache{i}"))).unwrap();
         std::fs::write(s.dir.join(&format!("node{i}.toml")), c).unwrap();
@@ -595,7 +600,7 @@ fn a_device_cache_boot_survives_the_death_of_its_server() {
     };
     let serial = g.serial();
     assert!(serial.contains("read-only, writes in RAM"), "the device cache; serial output:\n{serial}");
-    let first = word_after(&serial, "root: /dev/nbd0 from ").unwrap_or("none").to_string();
+    let first = word_after(&serial, "root: /dev/nbd0 from ").unwrap_or("none").trim_end_matches(',').to_string();
     let (dead, alive) = match first.as_str() {
         "192.0.2.1" => (0, "192.0.2.2"),
         "192.0.2.2" => (1, "192.0.2.1"),

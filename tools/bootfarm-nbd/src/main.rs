@@ -239,6 +239,12 @@ fn reconnect(o: &Opts, family: u16, at: usize, size: u64) -> usize {
                     ));
                     return i;
                 }
+                // ENOSPC: the kernel has no dead connection to replace (a late event of an
+                // outage already mended): nothing to do.
+                Err(e) if e.contains("(os error 28)") => {
+                    log(&format!("/dev/nbd{}: the connection is alive again; nothing to reconnect", o.index));
+                    return at;
+                }
                 Err(e) => log(&format!("/dev/nbd{}: {e}", o.index)),
             }
         }
