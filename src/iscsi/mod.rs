@@ -1,4 +1,7 @@
-//! iSCSI target (RFC 7143): vDisks as SCSI disks for initiators that cannot stay on HTTP or
-//! NBD (Windows, open-iscsi, iPXE's sanboot + iBFT). Sans-IO like the other protocols.
+//! iSCSI target (RFC 7143, ErrorRecoveryLevel 0): every vdisk as one target IQN with LUN 0,
+//! served read-only from the image chain with the per-target write cache NBD uses. `wire` is
+//! the PDU codec, `session` the sans-IO connection on the engine's TCP driver (engine/iscsi.rs
+//! is its glue); login, text, CHAP and the SCSI command set are pure modules beside them.
 
+pub mod wire;
 pub mod scsi;
