@@ -3,5 +3,5 @@
 //! the PDU codec, `session` the sans-IO connection on the engine's TCP driver (engine/iscsi.rs
 //! is its glue); login, text, CHAP and the SCSI command set are pure modules beside them.
 
-pub mod wire;
 pub mod scsi;
+pub mod wire;
