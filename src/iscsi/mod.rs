@@ -4,9 +4,11 @@
 //! is its glue); login (`login`, `text`, `chap` with an in-tree `md5`) and the SCSI command set
 //! (`scsi`) are pure modules beside them.
 
+pub mod boot;
 pub mod chap;
 pub mod login;
 pub mod md5;
 pub mod scsi;
+pub mod session;
 pub mod text;
 pub mod wire;
