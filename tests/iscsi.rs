@@ -46,7 +46,8 @@ fn fixture(iscsi: &str) -> Fixture {
     std::fs::write(dir.join("chap.secret"), "correct-horse-battery\n").unwrap();
     let port = free_port();
     let cfg = format!(
-        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = 0\niscsi_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{PREFIX}\"\n{iscsi}\n[[vdisk]]\nname = \"chain\"\npath = \"v2.avhdx\"\n[[vdisk]]\nname = \"base\"\npath = \"base.vhdx\"\n[[vdisk]]\nname = \"copy\"\npath = \"copy.vhdx\"\n",
+        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = {}\niscsi_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{PREFIX}\"\n{iscsi}\n[[vdisk]]\nname = \"chain\"\npath = \"v2.avhdx\"\n[[vdisk]]\nname = \"base\"\npath = \"base.vhdx\"\n[[vdisk]]\nname = \"copy\"\npath = \"copy.vhdx\"\n",
+        free_port(),
         free_port(),
         free_port()
     );

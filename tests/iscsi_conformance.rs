@@ -70,14 +70,15 @@ fn iscsi_test_cu_passes_on_bootfarm_what_passes_on_tgt() {
     let tgt = Tgt::start(&dir.0, &[(&tgt_iqn, &raw)]);
     let port = free_port();
     let cfg = format!(
-        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = 0\niscsi_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{IQN_PREFIX}\"\n[[vdisk]]\nname = \"disk\"\npath = \"{}\"\n",
+        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = {}\niscsi_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{IQN_PREFIX}\"\n[[vdisk]]\nname = \"disk\"\npath = \"{}\"\n",
+        free_port(),
         free_port(),
         free_port(),
         vhdx.display()
     );
     std::fs::create_dir_all(dir.join("boot")).unwrap();
     std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
-    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap(), "--iscsi-port", &port.to_string()]);
     let ours = format!("iscsi://127.0.0.1:{port}/{IQN_PREFIX}:disk/0");
 
     let mut table: BTreeMap<String, (Option<Verdict>, Option<Verdict>, String)> = BTreeMap::new();

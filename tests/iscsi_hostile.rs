@@ -31,7 +31,8 @@ fn fixture(iscsi: &str) -> Fixture {
     qemu_img(&["convert", "-f", "raw", "-O", "vhdx", src.to_str().unwrap(), vhdx.to_str().unwrap()]);
     let port = free_port();
     let cfg = format!(
-        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = 0\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{PREFIX}\"\n{iscsi}\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n",
+        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = {}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{PREFIX}\"\n{iscsi}\n[[vdisk]]\nname = \"disk\"\npath = \"disk.vhdx\"\n",
+        free_port(),
         free_port(),
         free_port()
     );

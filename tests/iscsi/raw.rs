@@ -154,14 +154,37 @@ impl Raw {
         }
     }
 
-    /// After something a target must refuse: a Reject (then the connection may go on) or the
-    /// connection closed, within 5 s. Anything else is a failure of the test.
+    /// After something a target must refuse: a Reject (then the connection may go on, except
+    /// after a protocol error, which ends it under ERL 0) or the connection closed, within 5 s.
+    /// R2Ts the target had sent for an earlier write are skipped; anything else fails the test.
     pub fn refused(&mut self) -> Refusal {
-        match self.recv() {
-            Ok(p) if p.op() == wire::op::REJECT => Refusal::Reject { reason: p.bhs[2], rejected: p.data },
-            Ok(p) => panic!("expected a Reject or a closed connection, got {p:?}"),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof || e.kind() == std::io::ErrorKind::ConnectionReset => Refusal::Closed,
-            Err(e) => panic!("expected a Reject or a closed connection within 5 s: {e}"),
+        loop {
+            match self.recv() {
+                Ok(p) if p.op() == wire::op::R2T => continue,
+                Ok(p) if p.op() == wire::op::REJECT => {
+                    if p.bhs[2] == wire::reject::PROTOCOL_ERROR {
+                        assert!(self.closed(), "a Reject for a protocol error, then the connection goes on (ERL 0 ends it)");
+                    }
+                    return Refusal::Reject { reason: p.bhs[2], rejected: p.data };
+                }
+                Ok(p) => panic!("expected a Reject or a closed connection, got {p:?}"),
+                Err(e) if Raw::is_close(&e) => return Refusal::Closed,
+                Err(e) => panic!("expected a Reject or a closed connection within 5 s: {e}"),
+            }
+        }
+    }
+
+    fn is_close(e: &std::io::Error) -> bool {
+        matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+    }
+
+    /// The target closes the connection within 5 s (PDUs before the close are skipped).
+    pub fn closed(&mut self) -> bool {
+        loop {
+            match self.recv() {
+                Ok(_) => continue,
+                Err(e) => return Raw::is_close(&e),
+            }
         }
     }
 
