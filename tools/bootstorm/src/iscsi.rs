@@ -276,12 +276,13 @@ impl Initiator {
         &mut self.inb[self.in_len..]
     }
 
-    pub fn next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    /// Nothing received waits to be parsed: the next byte starts a PDU.
+    pub fn nothing_buffered(&self) -> bool {
+        self.in_at == self.in_len
     }
 
-    pub fn ready(&self) -> bool {
-        self.stage == Stage::Full
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
     }
 
     /// A command may be issued now: logged in, a slot free, CmdSN inside the target's window.

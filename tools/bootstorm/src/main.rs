@@ -1,7 +1,7 @@
 //! bootstorm: simulates network-booting targets against a bootfarm (or any server speaking the
 //! same protocols) and measures boots per second and time-to-boot percentiles, checking every
 //! byte received. `tftp` is a bootstrap-only storm on io_uring; `boot` runs whole boots
-//! (bootstrap, iPXE script, vDisk over NBD or HTTP) with failover.
+//! (bootstrap, iPXE script, vDisk over NBD, iSCSI or HTTP) with failover.
 
 mod boot;
 mod dhcp;
@@ -13,6 +13,7 @@ mod report;
 mod tftp;
 mod uring;
 mod uring_http;
+mod uring_iscsi;
 mod uring_tftp;
 
 use clap::{CommandFactory, Parser, Subcommand};
