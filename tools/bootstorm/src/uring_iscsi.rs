@@ -204,7 +204,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
     while let Some(ev) = t.s.as_mut().unwrap().next_event() {
         match ev {
             Event::Ready { block_len, .. } => {
-                if block_len == 0 || BLOCK % block_len as u64 != 0 {
+                if block_len == 0 || !BLOCK.is_multiple_of(block_len as u64) {
                     return Err(Adv::Fatal(("vdisk", "block length not a divisor of 4096")));
                 }
                 t.block_len = block_len;
