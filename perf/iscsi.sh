@@ -55,7 +55,7 @@ iqn_prefix = "$PREFIX"
 [[vdisk]]
 name = "disk"
 path = "disk.vhdx"
-iscsi = true
+sanboot = "iscsi"
 EOF
 if [[ " $SERVERS " == *" bootfarm "* ]]; then
   "$BF" serve --config "$W/bootfarm.toml" --log warn & BFP=$!; pids+=($!)

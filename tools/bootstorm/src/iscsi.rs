@@ -8,29 +8,18 @@
 
 use std::collections::VecDeque;
 
-pub const BHS: usize = 48;
+use bootfarm::iscsi::text;
+use bootfarm::iscsi::wire::{
+    self, op, Bhs, Digests, FLAG_CONTINUE, FLAG_FINAL, FLAG_IMMEDIATE, FLAG_STATUS, FLAG_TRANSIT, TAG_NONE as NO_TAG,
+};
+use wire::sn_lt;
+
+pub const BHS: usize = wire::BHS_LEN;
 /// The MaxRecvDataSegmentLength we declare: the largest Data-In segment we take.
 pub const RECV_DSL: u32 = 256 << 10;
 /// Commands in flight on one session (the slot is the low bits of the task tag).
 pub const SLOTS: usize = 256;
-const LOGIN_TEXT_MAX: usize = 64 << 10;
-
-const OP_NOP_OUT: u8 = 0x00;
-const OP_SCSI_CMD: u8 = 0x01;
-const OP_LOGIN_REQ: u8 = 0x03;
-const OP_DATA_OUT: u8 = 0x05;
-const OP_LOGOUT_REQ: u8 = 0x06;
-const OP_NOP_IN: u8 = 0x20;
-const OP_SCSI_RSP: u8 = 0x21;
-const OP_LOGIN_RSP: u8 = 0x23;
-const OP_DATA_IN: u8 = 0x25;
-const OP_LOGOUT_RSP: u8 = 0x26;
-const OP_R2T: u8 = 0x31;
-const OP_ASYNC: u8 = 0x32;
-const OP_REJECT: u8 = 0x3f;
-const IMMEDIATE: u8 = 0x40;
-const FINAL: u8 = 0x80;
-const NO_TAG: u32 = 0xffff_ffff;
+const LOGIN_TEXT_MAX: usize = text::TEXT_BYTES_MAX;
 
 /// Who logs in to what.
 #[derive(Clone, Debug)]
@@ -138,23 +127,6 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Serial number arithmetic (RFC 1982, 32 bits): a < b.
-fn sn_lt(a: u32, b: u32) -> bool {
-    a != b && b.wrapping_sub(a) < 1 << 31
-}
-
-/// LUN field: single-level peripheral addressing below 256, flat space above (SAM-5).
-fn lun_field(lun: u64) -> [u8; 8] {
-    let mut f = [0u8; 8];
-    if lun < 256 {
-        f[1] = lun as u8;
-    } else {
-        f[0] = 0x40 | ((lun >> 8) as u8 & 0x3f);
-        f[1] = lun as u8;
-    }
-    f
-}
-
 /// Appends a PDU: the BHS and a data segment padded to 4 bytes.
 fn pdu(out: &mut Vec<u8>, bhs: &[u8; BHS], data: &[u8]) {
     let mut h = *bhs;
@@ -163,13 +135,6 @@ fn pdu(out: &mut Vec<u8>, bhs: &[u8; BHS], data: &[u8]) {
     out.extend_from_slice(&h);
     out.extend_from_slice(data);
     out.resize(out.len() + (4 - data.len() % 4) % 4, 0);
-}
-
-fn key(text: &mut Vec<u8>, k: &str, v: &str) {
-    text.extend_from_slice(k.as_bytes());
-    text.push(b'=');
-    text.extend_from_slice(v.as_bytes());
-    text.push(0);
 }
 
 impl Initiator {
@@ -210,16 +175,16 @@ impl Initiator {
     /// Queues a Login Request for the current stage; `keys`: the stage's keys (false: an
     /// empty request, to go on when the target answered without transit).
     fn login(&mut self, keys: bool) {
-        let mut text = Vec::new();
+        let mut body = Vec::new();
         let (csg, nsg) = match self.stage {
             Stage::Security => (0u8, 1u8),
             _ => (1, 3),
         };
         if keys && self.stage == Stage::Security {
-            key(&mut text, "InitiatorName", &self.p.initiator.clone());
-            key(&mut text, "TargetName", &self.p.target.clone());
-            key(&mut text, "SessionType", "Normal");
-            key(&mut text, "AuthMethod", "None");
+            text::push(&mut body, "InitiatorName", &self.p.initiator.clone());
+            text::push(&mut body, "TargetName", &self.p.target.clone());
+            text::push(&mut body, "SessionType", "Normal");
+            text::push(&mut body, "AuthMethod", "None");
         } else if keys {
             for (k, v) in [
                 ("HeaderDigest", "None"),
@@ -237,18 +202,18 @@ impl Initiator {
                 ("DefaultTime2Retain", "0"),
                 ("ErrorRecoveryLevel", "0"),
             ] {
-                key(&mut text, k, v);
+                text::push(&mut body, k, v);
             }
         }
         let mut h = [0u8; BHS];
-        h[0] = OP_LOGIN_REQ | IMMEDIATE;
-        h[1] = 0x80 | csg << 2 | nsg;
+        h[0] = op::LOGIN | FLAG_IMMEDIATE;
+        h[1] = FLAG_TRANSIT | csg << 2 | nsg;
         h[8..14].copy_from_slice(&self.isid());
         h[14..16].copy_from_slice(&self.tsih.to_be_bytes());
         put32(&mut h, 16, self.itt_seq);
         put32(&mut h, 24, self.cmdsn);
         put32(&mut h, 28, self.exp_statsn);
-        pdu(&mut self.out, &h, &text);
+        pdu(&mut self.out, &h, &body);
     }
 
     /// Bytes waiting to be sent.
@@ -308,8 +273,8 @@ impl Initiator {
     /// Logout (close the session), as an immediate command.
     pub fn logout(&mut self) {
         let mut h = [0u8; BHS];
-        h[0] = OP_LOGOUT_REQ | IMMEDIATE;
-        h[1] = FINAL;
+        h[0] = op::LOGOUT | FLAG_IMMEDIATE;
+        h[1] = FLAG_FINAL;
         self.itt_seq = self.itt_seq.wrapping_add(1) | 0x8000_0000;
         put32(&mut h, 16, self.itt_seq);
         put32(&mut h, 24, self.cmdsn);
@@ -355,9 +320,9 @@ impl Initiator {
             buf.resize(edtl as usize, 0);
         }
         let mut h = [0u8; BHS];
-        h[0] = OP_SCSI_CMD;
+        h[0] = op::SCSI_COMMAND;
         // Final, read or write, task attribute SIMPLE.
-        h[1] = FINAL
+        h[1] = FLAG_FINAL
             | if write {
                 0x20
             } else if edtl > 0 {
@@ -366,7 +331,7 @@ impl Initiator {
                 0
             }
             | 1;
-        h[8..16].copy_from_slice(&lun_field(self.p.lun));
+        h[8..16].copy_from_slice(&wire::lun_field(self.p.lun).to_be_bytes());
         put32(&mut h, 16, itt);
         put32(&mut h, 20, edtl);
         put32(&mut h, 24, self.cmdsn);
@@ -397,9 +362,9 @@ impl Initiator {
         while at < len {
             let n = step.min(len - at);
             let mut h = [0u8; BHS];
-            h[0] = OP_DATA_OUT;
-            h[1] = if at + n == len { FINAL } else { 0 };
-            h[8..16].copy_from_slice(&lun_field(self.p.lun));
+            h[0] = op::DATA_OUT;
+            h[1] = if at + n == len { FLAG_FINAL } else { 0 };
+            h[8..16].copy_from_slice(&wire::lun_field(self.p.lun).to_be_bytes());
             put32(&mut h, 16, itt);
             put32(&mut h, 20, ttt);
             put32(&mut h, 28, self.exp_statsn);
@@ -422,12 +387,12 @@ impl Initiator {
                 return Ok(());
             }
             let h: [u8; BHS] = self.inb[self.in_at..self.in_at + BHS].try_into().unwrap();
-            let ahs = h[4] as usize * 4;
-            let dsl = be32(&h, 4) as usize & 0xff_ffff;
-            if dsl > RECV_DSL as usize || ahs > 0 {
+            // No digests negotiated; an AHS (none is sent to an initiator here) is refused.
+            let l = wire::layout(&Bhs::new(&h).expect("48 bytes"), Digests::default());
+            let (dsl, total) = (l.data_len, l.total);
+            if dsl > RECV_DSL as usize || l.ahs_len > 0 {
                 return Err("target PDU over the limits");
             }
-            let total = BHS + dsl.div_ceil(4) * 4;
             if avail < total {
                 return Ok(());
             }
@@ -469,9 +434,9 @@ impl Initiator {
     }
 
     fn on_pdu(&mut self, h: &[u8; BHS], data: &[u8]) -> Result<(), &'static str> {
-        match h[0] & 0x3f {
-            OP_LOGIN_RSP => self.on_login(h, data),
-            OP_DATA_IN => {
+        match Bhs::new(h).expect("48 bytes").opcode() {
+            op::LOGIN_RESPONSE => self.on_login(h, data),
+            op::DATA_IN => {
                 let slot = self.task(be32(h, 16))?;
                 let (off, n) = (be32(h, 40) as usize, data.len());
                 let t = self.tasks[slot].as_mut().unwrap();
@@ -481,7 +446,7 @@ impl Initiator {
                 t.buf[off..off + n].copy_from_slice(data);
                 t.got += n as u32;
                 self.window(h);
-                if h[1] & 0x01 != 0 {
+                if h[1] & FLAG_STATUS != 0 {
                     self.status_sn(h);
                     // Status in the last Data-In; residual underflow (U) is a short read.
                     let good = h[3] == 0 && h[1] & 0x06 == 0;
@@ -489,7 +454,7 @@ impl Initiator {
                 }
                 Ok(())
             }
-            OP_SCSI_RSP => {
+            op::SCSI_RESPONSE => {
                 let slot = self.task(be32(h, 16))?;
                 self.window(h);
                 self.status_sn(h);
@@ -508,7 +473,7 @@ impl Initiator {
                 self.finish(slot, good, why, sense);
                 Ok(())
             }
-            OP_R2T => {
+            op::R2T => {
                 let slot = self.task(be32(h, 16))?;
                 self.window(h);
                 let (ttt, off, len) = (be32(h, 20), be32(h, 40), be32(h, 44));
@@ -523,14 +488,14 @@ impl Initiator {
                 }
                 Ok(())
             }
-            OP_NOP_IN => {
+            op::NOP_IN => {
                 self.window(h);
                 let ttt = be32(h, 20);
                 if ttt != NO_TAG {
                     // A ping: answer with a NOP-Out echoing the target's tag.
                     let mut o = [0u8; BHS];
-                    o[0] = OP_NOP_OUT | IMMEDIATE;
-                    o[1] = FINAL;
+                    o[0] = op::NOP_OUT | FLAG_IMMEDIATE;
+                    o[1] = FLAG_FINAL;
                     o[8..16].copy_from_slice(&h[8..16]);
                     put32(&mut o, 16, NO_TAG);
                     put32(&mut o, 20, ttt);
@@ -540,13 +505,13 @@ impl Initiator {
                 }
                 Ok(())
             }
-            OP_LOGOUT_RSP => {
+            op::LOGOUT_RESPONSE => {
                 self.status_sn(h);
                 self.stage = Stage::Over;
                 self.events.push_back(Event::LoggedOut);
                 Ok(())
             }
-            OP_ASYNC => {
+            op::ASYNC => {
                 self.window(h);
                 self.status_sn(h);
                 // 1: the target asks for a logout; anything else is noted and ignored.
@@ -555,7 +520,7 @@ impl Initiator {
                 }
                 Ok(())
             }
-            OP_REJECT => Err("target rejected a PDU"),
+            op::REJECT => Err("target rejected a PDU"),
             _ => Err("unexpected PDU from the target"),
         }
     }
@@ -610,27 +575,26 @@ impl Initiator {
             return Err("login text over the limit");
         }
         self.login_text.extend_from_slice(data);
-        if h[1] & 0x40 != 0 {
+        if h[1] & FLAG_CONTINUE != 0 {
             // Continued: ask for the rest with an empty request.
             self.login(false);
             return Ok(());
         }
-        let text = std::mem::take(&mut self.login_text);
-        for kv in text.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-            let s = std::str::from_utf8(kv).map_err(|_| "login text not UTF-8")?;
-            let Some((k, v)) = s.split_once('=') else { return Err("login text without '='") };
-            let num = || v.parse::<u32>().ok();
+        let all = std::mem::take(&mut self.login_text);
+        let pairs = text::parse(&all, text::PAIRS_MAX).map_err(|_| "bad login text")?;
+        for (k, v) in pairs {
+            let num = |what| text::number(v, 1 << 24).map(|n| n as u32).ok_or(what);
             match k {
-                "MaxRecvDataSegmentLength" => self.neg.send_dsl = num().ok_or("bad MaxRecvDataSegmentLength")?.clamp(512, 1 << 24),
-                "FirstBurstLength" => self.neg.first_burst = num().ok_or("bad FirstBurstLength")?.min(65536),
-                "MaxBurstLength" => self.neg.max_burst = num().ok_or("bad MaxBurstLength")?.min(262144),
-                "ImmediateData" => self.neg.immediate_data = v == "Yes",
-                "InitialR2T" => self.neg.initial_r2t = v == "Yes",
+                "MaxRecvDataSegmentLength" => self.neg.send_dsl = num("bad MaxRecvDataSegmentLength")?.max(512),
+                "FirstBurstLength" => self.neg.first_burst = num("bad FirstBurstLength")?.min(65536),
+                "MaxBurstLength" => self.neg.max_burst = num("bad MaxBurstLength")?.min(262144),
+                "ImmediateData" => self.neg.immediate_data = text::boolean(v).ok_or("bad ImmediateData")?,
+                "InitialR2T" => self.neg.initial_r2t = text::boolean(v).ok_or("bad InitialR2T")?,
                 "AuthMethod" if v != "None" => return Err("target wants authentication"),
                 _ => {}
             }
         }
-        let transit = h[1] & 0x80 != 0;
+        let transit = h[1] & FLAG_TRANSIT != 0;
         let nsg = h[1] & 0x03;
         match (self.stage, transit, nsg) {
             (Stage::Security, true, 1) => {
@@ -668,20 +632,5 @@ mod tests {
         assert!(text.contains("InitiatorName=iqn.2026-12.org.bootstorm:t1\0"));
         assert!(text.contains("TargetName=iqn.x:disk\0AuthMethod=None\0") || text.contains("AuthMethod=None\0"));
         assert_eq!(p.len() % 4, 0, "padded");
-    }
-
-    #[test]
-    fn serial_numbers_wrap() {
-        assert!(sn_lt(1, 2));
-        assert!(sn_lt(u32::MAX, 0));
-        assert!(!sn_lt(5, 5));
-        assert!(!sn_lt(2, 1));
-    }
-
-    #[test]
-    fn lun_fields() {
-        assert_eq!(lun_field(0), [0; 8]);
-        assert_eq!(lun_field(1)[..2], [0, 1]);
-        assert_eq!(lun_field(300)[..2], [0x41, 44]);
     }
 }

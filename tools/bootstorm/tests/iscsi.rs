@@ -2,7 +2,8 @@
 //! `--disk iscsi` complete with every byte checked, writes included (R2T and immediate data);
 //! a LUN with other bytes than the image is reported as corrupted; a wrong IQN is a refused
 //! login; `iscsi-bench` runs a bounded read/write mix on one session. tgtd runs on free ports
-//! on loopback and is killed with SIGKILL at the end (it ignores SIGTERM).
+//! on loopback and is killed with SIGKILL at the end (it ignores SIGTERM). The same boots then
+//! run against bootfarm's own target (a write cache per initiator name).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -142,5 +143,62 @@ fn iscsi_bench_runs_a_bounded_mix_against_tgt() {
     assert_eq!(f.len(), 5, "{text}");
     assert!(f[0] > 10.0 && (f[1] - f[0] * 65536.0 / 1e6).abs() < 1.0 && f[2] > 0.0 && f[3] >= f[2], "{text}");
     drop(t);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn bootfarm_bin() -> PathBuf {
+    // The workspace's bootfarm binary, built alongside this test.
+    let me = std::env::current_exe().unwrap();
+    let b = me.parent().unwrap().parent().unwrap().join("bootfarm");
+    if !b.exists() {
+        let st = Command::new(env!("CARGO")).args(["build", "-q", "-p", "bootfarm", "--bin", "bootfarm"]).status().unwrap();
+        assert!(st.success());
+    }
+    b
+}
+
+#[test]
+fn boots_over_iscsi_against_bootfarm_check_every_byte() {
+    let d = tmp("bootfarm");
+    std::fs::create_dir_all(d.join("boot")).unwrap();
+    let img = d.join("disk.raw");
+    image(&img, 32 << 20, 11);
+    let port = free_port();
+    std::fs::write(
+        d.join("bf.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1\"\ntftp_port = {}\nhttp_port = {}\nnbd_port = {}\niscsi_port = {port}\n\
+             [tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\ntargets_per_address_max = 64\n\
+             [iscsi]\nconnections_per_ip_max = 64\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n",
+            free_port(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut server =
+        Command::new(bootfarm_bin()).args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn"]).spawn().unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "bootfarm listens on its iSCSI port");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_bootstorm"))
+        .args(["boot", "--bootstrap", "none", "--disk", "iscsi", "--iscsi", &format!("127.0.0.1:{port}"), "--lun", "0"])
+        .args(["--vdisk", "disk", "--image", img.to_str().unwrap(), "--scale", "0.004", "--targets", "12"])
+        .args(["--timeout-ms", "10000", "--duration-max-s", "60"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let bench = Command::new(env!("CARGO_BIN_EXE_bootstorm"))
+        .args(["iscsi-bench", "--portal", &format!("127.0.0.1:{port}"), "--target", IQN])
+        .args(["--rw", "randrw", "--bs", "65536", "--qd", "8", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("phase vdisk: 12 completed, 0 failed"), "{text}");
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
     let _ = std::fs::remove_dir_all(&d);
 }
