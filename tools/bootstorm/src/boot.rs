@@ -72,7 +72,7 @@ pub struct Args {
     #[arg(long)]
     ipxe: bool,
     /// nbd | iscsi | http | none (iSCSI: initiator name iqn.2026-12.org.bootstorm:<mac as hex>,
-    /// so each target has its own write cache)
+    /// so each target has its own write cache, or the script's `set initiator-iqn` with --ipxe)
     #[arg(long, default_value = "nbd")]
     disk: String,
     /// vdisk name (NBD export, /vdisk/<name>).
@@ -404,6 +404,8 @@ fn boot_one(
     }
     // 2. The iPXE script and its server list.
     let mut http_servers = vec![a.http];
+    // The initiator name the script sets (a boot token in it), else the target's own.
+    let mut initiator = format!("iqn.2026-12.org.bootstorm:{}", m.replace(':', ""));
     if a.ipxe {
         let b0 = Instant::now();
         let d = http_job(engines.http, i, uring_http::Kind::Script, vec![a.http], format!("/ipxe?mac={m}&vdisk={}", a.vdisk));
@@ -411,7 +413,12 @@ fn boot_one(
         let rr = r.as_ref().map(|_| ()).map_err(|e| ("ipxe", *e));
         record(|r| &mut r.ipxe, b0, 0, 0, &rr);
         match r {
-            Ok(s) => http_servers = s,
+            Ok(s) => {
+                http_servers = s;
+                if let Some(n) = String::from_utf8_lossy(&d.body).lines().find_map(|l| l.strip_prefix("set initiator-iqn ")) {
+                    initiator = n.trim().to_string();
+                }
+            }
             Err(e) => return fail_boot(("ipxe", e)),
         }
     }
@@ -444,7 +451,7 @@ fn boot_one(
                         target: i,
                         ios: ios.to_vec(),
                         servers,
-                        initiator: format!("iqn.2026-12.org.bootstorm:{}", m.replace(':', "")),
+                        initiator: initiator.clone(),
                         iqn: format!("{}:{}", a.iqn_prefix, a.vdisk),
                         lun: a.lun,
                         done: tx,
