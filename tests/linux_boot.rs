@@ -7,7 +7,12 @@
 //! back and powers off. The image files are unchanged afterwards; a second boot of the same
 //! machine (server cache) starts from the clean image.
 //!
-//! The same boot through Debian's own initramfs-tools with contrib/initramfs-tools (boot=bootfarm).
+//! The same boot through Debian's own initramfs-tools with contrib/initramfs-tools (boot=bootfarm),
+//! and with busybox's nbd-client applet instead of Debian's client. With tools/bootfarm-nbd as
+//! the initramfs' client: a connection cut from the server side (`POST
+//! /api/targets/<mac>/disconnect`) between the guest's writes and its read-back is reconnected
+//! and the writes are there; and two nodes of one farm (a network namespace of the test's own)
+//! serve a device-cache boot whose serving node is killed mid-boot: it finishes on the other.
 //!
 //! Needs Debian's linux-image-amd64 (its vmlinuz and modules), nbd-client, busybox, e2fsprogs,
 //! cpio, qemu-system-x86 and ipxe-qemu (.ci/run installs them).

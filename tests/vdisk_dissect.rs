@@ -42,6 +42,7 @@ fn ours(file: &Path, out: &Path) -> Vec<u8> {
 /// locators). Asserts dissect reads what bootfarm reads, and libvhdi too when `libvhdi`;
 /// returns the bytes.
 fn readers_agree(dir: &TempDir, chain: &[&Path], tag: &str, libvhdi: bool) -> Vec<u8> {
+    let t0 = std::time::Instant::now();
     let b = ours(chain[0], &dir.join(&format!("{tag}.ours.raw")));
     let d = dissect(chain[0], &dir.join(&format!("{tag}.dissect.raw")));
     assert_same(&format!("{tag}: dissect vs bootfarm"), &d, &b);
@@ -50,6 +51,7 @@ fn readers_agree(dir: &TempDir, chain: &[&Path], tag: &str, libvhdi: bool) -> Ve
         libvhdi_export(chain, &l);
         assert_same(&format!("{tag}: libvhdi vs bootfarm"), &read_file(&l), &b);
     }
+    eprintln!("{tag}: three readers in {:.1} s", t0.elapsed().as_secs_f64());
     for f in ["ours", "dissect", "libvhdi"] {
         let _ = std::fs::remove_file(dir.join(&format!("{tag}.{f}.raw")));
     }
@@ -67,12 +69,12 @@ fn dissect_reads_the_versions_merges_and_linux_vdisks_bootfarm_writes() {
     let dir = TempDir::new("vdisk-dissect");
     const M: u64 = 1 << 20;
     let base = dir.join("base.vhdx");
-    run(Command::new(bin()).args(["vdisk", "create"]).arg(&base).args(["--size", "40M", "--block-size", "2M"]));
+    run(Command::new(bin()).args(["vdisk", "create"]).arg(&base).args(["--size", "24M", "--block-size", "2M"]));
     write(&base, &dir, 0, &pattern(1, 0, 3 * M as usize));
-    write(&base, &dir, 17 * M + 4096, &pattern(2, 0, 69_632));
-    let mut expect = vec![0u8; 40 * M as usize];
+    write(&base, &dir, 9 * M + 4096, &pattern(2, 0, 69_632));
+    let mut expect = vec![0u8; 24 * M as usize];
     expect[..3 * M as usize].copy_from_slice(&pattern(1, 0, 3 * M as usize));
-    expect[(17 * M + 4096) as usize..(17 * M + 4096) as usize + 69_632].copy_from_slice(&pattern(2, 0, 69_632));
+    expect[(9 * M + 4096) as usize..(9 * M + 4096) as usize + 69_632].copy_from_slice(&pattern(2, 0, 69_632));
     assert_same("the base", &readers_agree(&dir, &[&base], "base", true), &expect);
 
     // An empty version: every BAT entry NOT_PRESENT, sector bitmaps absent. libvhdi 20210425
@@ -83,9 +85,9 @@ fn dissect_reads_the_versions_merges_and_linux_vdisks_bootfarm_writes() {
 
     // Written: partial sectors of a block over the parent's data, a block of its own.
     write(&v2, &dir, M + 512, &pattern(3, 0, 5120));
-    write(&v2, &dir, 30 * M, &pattern(4, 0, 2 * M as usize));
+    write(&v2, &dir, 20 * M, &pattern(4, 0, 2 * M as usize));
     expect[(M + 512) as usize..(M + 512) as usize + 5120].copy_from_slice(&pattern(3, 0, 5120));
-    expect[30 * M as usize..32 * M as usize].copy_from_slice(&pattern(4, 0, 2 * M as usize));
+    expect[20 * M as usize..22 * M as usize].copy_from_slice(&pattern(4, 0, 2 * M as usize));
     assert_same("version 2 written", &readers_agree(&dir, &[&v2, &base], "v2", true), &expect);
     let v3 = dir.join("v3.avhdx");
     run(Command::new(bin()).args(["vdisk", "new-version"]).arg(&v2).arg("-o").arg(&v3));
@@ -123,7 +125,7 @@ fn dissect_reads_the_versions_merges_and_linux_vdisks_bootfarm_writes() {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         nbd_go(&mut s, "priv").unwrap();
-        for (i, (off, len)) in [(4096u64, 8192usize), (20 * M + 1000, 100_000), (39 * M, M as usize)].into_iter().enumerate() {
+        for (i, (off, len)) in [(4096u64, 8192usize), (12 * M + 1000, 100_000), (23 * M, M as usize)].into_iter().enumerate() {
             let d = pattern(10 + i as u64, 0, len);
             s.write_all(&nbd_request(bootfarm::nbd::wire::CMD_WRITE, i as u64, off, len as u32, &d)).unwrap();
             let mut h = [0u8; 16];
