@@ -6,7 +6,10 @@
 # Environment: MODULES (default "e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet": the
 # names that exist are taken), BUSYBOX (default: busybox on PATH), NBD_CLIENT (default:
 # nbd-client on PATH; NBD_CLIENT=busybox when BUSYBOX has the nbd-client applet, or the path of
-# another busybox binary that has it, installed as /bin/nbd-client).
+# another busybox binary that has it, installed as /bin/nbd-client), BOOTFARM_NBD (the path of
+# bootfarm's own client, tools/bootfarm-nbd: when given it is installed as /bin/bootfarm-nbd and
+# the init uses it instead of nbd-client, so a lost connection is reconnected, to the next
+# server of the list if need be, while I/O waits).
 # Debian: apt install busybox nbd-client cpio (and the kernel's linux-image package).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,6 +42,13 @@ else
 	# As /bin/nbd-client whatever its name: a busybox built with the applet runs it by that name.
 	rm -f "$r/bin/nbd-client"
 	copy_bin "$nbdc" nbd-client
+fi
+
+if [ -n "${BOOTFARM_NBD:-}" ]; then
+	[ -x "$BOOTFARM_NBD" ] || { echo "build.sh: BOOTFARM_NBD=$BOOTFARM_NBD is not an executable" >&2; exit 2; }
+	copy_bin "$BOOTFARM_NBD" bootfarm-nbd
+	# A debug build carries megabytes of symbols the initramfs does not need.
+	strip --strip-debug "$r/bin/bootfarm-nbd" 2>/dev/null || true
 fi
 
 # Modules in load order: each one's dependencies (modules.dep lists them, deepest last) first.

@@ -101,6 +101,10 @@ impl TcpGlue for NbdProto {
         }
     }
 
+    fn cuts(&self, shared: &Shared) -> Option<(u64, Counter)> {
+        Some((shared.nbd_targets.cuts.load(std::sync::atomic::Ordering::Acquire), Counter::NbdOperatorCut))
+    }
+
     fn tick(&mut self, ctx: &mut NbdCtx, io: &Io) {
         // One worker sweeps for all: the registry is shared.
         if self.worker == 0 && io.now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {

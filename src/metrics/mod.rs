@@ -90,6 +90,7 @@ counters! {
     NbdRefusedPerIp => ("bootfarm_nbd_connections_refused_total", "limit=\"per_ip\"", "NBD connections closed at once at a connection limit, by limit (total: nbd.connections_max; per_ip: nbd.connections_per_ip_max)."),
     NbdAcceptErrors => ("bootfarm_nbd_accept_errors_total", "", "NBD accepts that failed for lack of descriptors or memory (accepting pauses 100 ms)."),
     NbdIdleEvicted => ("bootfarm_nbd_idle_evicted_total", "", "Idle NBD connections cut to make room for a connection refused at a limit (nbd.idle_evict_ms)."),
+    NbdOperatorCut => ("bootfarm_nbd_operator_disconnects_total", "", "NBD connections cut by an operator's disconnect of their target (POST /api/targets/<id>/disconnect); the target's write cache is kept for its reconnect."),
     NbdReads => ("bootfarm_nbd_reads_total", "", "NBD READ requests answered with data."),
     NbdWrites => ("bootfarm_nbd_writes_total", "", "NBD WRITE, WRITE_ZEROES and TRIM requests applied to a write cache."),
     NbdWrittenBytes => ("bootfarm_nbd_written_bytes_total", "", "Bytes written into write caches (WRITE payloads)."),

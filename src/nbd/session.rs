@@ -114,6 +114,9 @@ pub struct Session<E> {
     structured: bool,
     meta_base: bool,
     target: Option<Arc<Target>>,
+    /// The target's `cut` when this connection attached: a later value is an operator's
+    /// disconnect of the target.
+    cut_seen: u64,
     incoming: Option<Incoming>,
     /// The batch being built, or (while `held`) the one the driver is sending.
     batch: Batch,
@@ -168,6 +171,7 @@ impl<E: Env> Session<E> {
             structured: false,
             meta_base: false,
             target: None,
+            cut_seen: 0,
             incoming: None,
             batch: Batch { buf: Vec::with_capacity(4096), pieces: Vec::with_capacity(64), ..Default::default() },
             held: false,
@@ -878,6 +882,10 @@ impl<E: Env> TcpSession for Session<E> {
     fn idle_since(&self) -> Option<Instant> {
         let idle = !self.done && !self.held && self.batch.is_empty() && self.incoming.is_none() && self.cont.is_none();
         idle.then_some(self.active_at)
+    }
+
+    fn cut_requested(&self) -> bool {
+        self.target.as_ref().is_some_and(|t| t.cut.load(std::sync::atomic::Ordering::Acquire) != self.cut_seen)
     }
 
     fn close_reason(&self) -> &'static str {
