@@ -94,6 +94,7 @@ counters! {
     NbdReads => ("bootfarm_nbd_reads_total", "", "NBD READ requests answered with data."),
     NbdWrites => ("bootfarm_nbd_writes_total", "", "NBD WRITE, WRITE_ZEROES and TRIM requests applied to a write cache."),
     NbdWrittenBytes => ("bootfarm_nbd_written_bytes_total", "", "Bytes written into write caches (WRITE payloads)."),
+    NbdTraceDropped => ("bootfarm_nbd_trace_lines_dropped_total", "", "NBD trace lines (nbd.trace_dir) not written: past nbd.trace_bytes_max, the writer's queue full (nbd.trace_queue_bytes_max), or a failed write."),
     NbdNoSpace => ("bootfarm_nbd_nospace_total", "", "Writes refused with ENOSPC at a write-cache limit."),
     NbdTimeoutSend => ("bootfarm_nbd_timeouts_total", "kind=\"send\"", "NBD connections cut off by a timeout, by kind (send: the client stopped reading; handshake: never finished it)."),
     NbdTimeoutHandshake => ("bootfarm_nbd_timeouts_total", "kind=\"handshake\"", "NBD connections cut off by a timeout, by kind (send: the client stopped reading; handshake: never finished it)."),

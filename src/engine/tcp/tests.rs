@@ -168,6 +168,7 @@ fn serve<T: Send>(limits: TcpLimits, client: impl FnOnce(SocketAddr) -> T + Send
         nbd_targets: Default::default(),
         farm: Default::default(),
         console: Default::default(),
+        nbd_trace: Default::default(),
     });
     let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
     let at = listener.local_addr().unwrap().as_socket().unwrap();
