@@ -1,0 +1,156 @@
+//! Real machines boot over iSCSI: QEMU (TCG) with its iPXE NIC ROM runs a script that
+//! `sanboot`s an iSCSI LUN holding the demo vdisk; its boot sector prints the marker on COM1 and
+//! ends QEMU through isa-debug-exit (status 33). First against tgt (Debian's userspace target,
+//! an independent peer: it proves the harness), then against bootfarm.
+//!
+//! What this iPXE (1.0.0+git-20190125) sends, seen on the wire against tgt (a tcpdump on lo):
+//! - Login 1 (CSG 0 -> NSG 1, T): InitiatorName=iqn.2010-04.org.ipxe:<uuid, zeros under QEMU>,
+//!   TargetName, SessionType=Normal, AuthMethod=None (tgt answers TargetPortalGroupTag=1,
+//!   AuthMethod=None).
+//! - Login 2 (CSG 1 -> NSG 3, T), every key at once: HeaderDigest=None DataDigest=None
+//!   MaxConnections=1 InitialR2T=Yes ImmediateData=No MaxRecvDataSegmentLength=8192
+//!   MaxBurstLength=262144 FirstBurstLength=65536 DefaultTime2Wait=0 DefaultTime2Retain=0
+//!   MaxOutstandingR2T=1 DataPDUInOrder=Yes DataSequenceInOrder=Yes ErrorRecoveryLevel=0.
+//! - TEST UNIT READY until GOOD (tgt's first answer is CHECK CONDITION, a unit attention; iPXE
+//!   retries), READ CAPACITY 10, READ 10 of LBA 64 x 4 blocks (iPXE's El Torito probe at byte
+//!   32768), READ 10 of LBA 0 x 1 twice; every Data-In carries the status (flags 0x81: F+S), no
+//!   SCSI Response PDU after it. No NOP-Out, no Logout: the connection is left open when the
+//!   boot sector runs.
+//! - Multipath (`sanboot URI1 URI2`): a refused first portal costs nothing visible; the second
+//!   one serves.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IQN: &str = "iqn.2026-12.org.bootfarm:demo";
+
+/// tgtd on a loopback portal, exporting one file as LUN 1 of one target; killed when dropped.
+struct Tgt {
+    child: std::process::Child,
+    control: u16,
+    port: u16,
+}
+
+impl Tgt {
+    fn start(dir: &TempDir, iqn: &str, backing: &Path) -> Tgt {
+        // Up when this tgtd's portal is listed (not another test's tgtd on the same socket name).
+        let ours = |control: u16, port: u16| {
+            Command::new("tgtadm")
+                .args(["-C", &control.to_string(), "--lld", "iscsi", "--op", "show", "--mode", "portal"])
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("127.0.0.1:{port},")))
+                .unwrap_or(false)
+        };
+        let mut tries = 0;
+        let t = loop {
+            let port = free_port();
+            // The management socket is /var/run/tgtd/socket.<control> (tgtd takes 0..32767):
+            // derived from the free portal port; a tgtd of another test holding the same name
+            // makes this one exit at once, and then another port is drawn.
+            let control = port % 32000 + 700;
+            let log = std::fs::File::create(dir.join("tgtd.log")).unwrap();
+            let child = Command::new("tgtd")
+                .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &control.to_string()])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("tgtd (Debian tgt; .ci/run installs it)");
+            let mut t = Tgt { child, control, port };
+            let t0 = Instant::now();
+            let up = loop {
+                if ours(control, port) {
+                    break true;
+                }
+                if t.child.try_wait().unwrap().is_some() || t0.elapsed() > Duration::from_secs(10) {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if up {
+                break t;
+            }
+            tries += 1;
+            let log = String::from_utf8_lossy(&std::fs::read(dir.join("tgtd.log")).unwrap_or_default()).into_owned();
+            assert!(tries < 5, "tgtd does not start (portal 127.0.0.1:{port}, -C {control}); its log:\n{log}");
+        };
+        t.adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
+        t.adm(&["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", backing.to_str().unwrap()]);
+        t.adm(&["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
+        t
+    }
+
+    fn adm(&self, args: &[&str]) {
+        run(Command::new("tgtadm").args(["-C", &self.control.to_string(), "--lld", "iscsi"]).args(args));
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The demo store (a two-version VHDX chain whose boot sector prints the marker) served by
+/// bootfarm over HTTP (the iPXE scripts come from its /boot), and the vdisk's raw bytes.
+struct Demo {
+    dir: TempDir,
+    http: u16,
+    raw: PathBuf,
+}
+
+fn demo(tag: &str) -> (Demo, Server) {
+    let dir = TempDir::new(tag);
+    let http = free_port();
+    let mut c = bootfarm::demo::write_store(&dir.0, http).unwrap();
+    c.server.tftp_port = free_port();
+    c.server.nbd_port = free_port();
+    std::fs::write(dir.join("bootfarm.toml"), toml::to_string(&c).unwrap()).unwrap();
+    let raw = dir.join("demo.raw");
+    run(Command::new(bin()).args(["vdisk", "export"]).arg(&c.vdisk[0].path).arg("-o").arg(&raw));
+    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+    (Demo { dir, http, raw }, server)
+}
+
+/// Boots QEMU with `script` as the iPXE script (from bootfarm's /boot); (exit code, serial).
+fn boot_script(d: &Demo, script: &str, limit: Duration) -> (Option<i32>, String) {
+    std::fs::write(d.dir.join("boot/iscsi.ipxe"), script).unwrap();
+    let netdev = format!("user,id=n0,bootfile=http://10.0.2.2:{}/boot/iscsi.ipxe", d.http);
+    let args = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-netdev", &netdev, "-device", "e1000,netdev=n0", "-boot", "n"];
+    let (status, serial) = run_qemu(&d.dir.join("sercon"), 128, &args, limit);
+    (status.and_then(|s| s.code()), serial)
+}
+
+#[test]
+fn ipxe_sanboots_the_demo_vdisk_from_tgt() {
+    let (d, _server) = demo("iscsi-tgt");
+    let tgt = Tgt::start(&d.dir, IQN, &d.raw);
+    let t0 = Instant::now();
+    let script = format!("#!ipxe\necho test: sanboot over iscsi\nsanboot iscsi:10.0.2.2::{}:1:{IQN}\n", tgt.port);
+    let (code, serial) = boot_script(&d, &script, Duration::from_secs(90));
+    let ctx = || {
+        format!(
+            "serial output:\n{serial}\ntgtd log:\n{}",
+            String::from_utf8_lossy(&std::fs::read(d.dir.join("tgtd.log")).unwrap_or_default())
+        )
+    };
+    assert!(serial.contains("Registered SAN device 0x80"), "iPXE logged in and read the capacity; {}", ctx());
+    assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; {}", ctx());
+    assert_eq!(code, Some(33), "the boot sector ends QEMU through isa-debug-exit; {}", ctx());
+    eprintln!("iPXE sanboot from tgt: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn ipxe_multipath_sanboot_skips_a_dead_portal_tgt() {
+    let (d, _server) = demo("iscsi-tgt-mp");
+    let tgt = Tgt::start(&d.dir, IQN, &d.raw);
+    let dead = free_port(); // nothing listens there: the first path is refused
+    let script = format!("#!ipxe\nsanboot iscsi:10.0.2.2::{dead}:1:{IQN} iscsi:10.0.2.2::{}:1:{IQN}\n", tgt.port);
+    let (code, serial) = boot_script(&d, &script, Duration::from_secs(90));
+    assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; serial output:\n{serial}");
+    assert_eq!(code, Some(33));
+}
