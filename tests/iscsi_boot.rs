@@ -154,3 +154,146 @@ fn ipxe_multipath_sanboot_skips_a_dead_portal_tgt() {
     assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; serial output:\n{serial}");
     assert_eq!(code, Some(33));
 }
+
+// --- A Linux guest initiator: root on the LUN --------------------------------------------------
+
+fn contrib(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(p)
+}
+
+/// contrib/initramfs/build.sh with ISCSI=yes for Debian's kernel, built once per kernel and
+/// content of contrib/initramfs and kept under target/ (a build takes seconds, a boot a minute:
+/// every test of this file shares one); (vmlinuz, initrd).
+fn iscsi_kernel_and_initrd() -> (PathBuf, PathBuf) {
+    use std::hash::{Hash, Hasher};
+    let (vmlinuz, mods) = debian_kernel();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    mods.hash(&mut h);
+    for f in ["build.sh", "init", "bootfarm-root.sh", "udhcpc.script"] {
+        read_file(&contrib(&format!("initramfs/{f}"))).hash(&mut h);
+    }
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let initrd = tmp.join(format!("initrd-iscsi-{:016x}.img", h.finish()));
+    if !initrd.exists() {
+        // Built aside and renamed: the tests of this file run in parallel.
+        let part = tmp.join(format!("initrd-iscsi-{}-{:?}.part", std::process::id(), std::thread::current().id()));
+        run(Command::new("sh").arg(contrib("initramfs/build.sh")).arg(&part).arg(&mods).env("ISCSI", "yes"));
+        std::fs::rename(&part, &initrd).unwrap();
+    }
+    (vmlinuz, initrd)
+}
+
+/// What the booted system does with its root: says what it is, checks a known file, writes
+/// 4 MiB, syncs, drops the page cache, reads them back and powers off.
+const VDISK_INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+echo "VDISK-INIT: root is $(grep ' / ' /proc/mounts | head -n 1)"
+[ -e /data.bin ] && echo "VDISK-DIRTY: a previous boot's file is here"
+echo "VDISK-KNOWN: $(sha256sum /etc/known | cut -d ' ' -f 1)"
+dd if=/dev/urandom of=/data.bin bs=1M count=4 2>/dev/null
+a=$(sha256sum /data.bin | cut -d ' ' -f 1)
+sync
+echo 3 > /proc/sys/vm/drop_caches
+b=$(sha256sum /data.bin | cut -d ' ' -f 1)
+[ -n "$a" ] && [ "$a" = "$b" ] && echo "VDISK-READBACK-OK $a"
+echo "VDISK-DONE"
+sync
+poweroff -f
+"#;
+
+/// A Linux root file system (busybox, the init above, /etc/known) as an ext4 VHDX made by
+/// contrib/linux-vdisk.sh at `dir/lab.vhdx`; returns the sha256 of /etc/known.
+fn linux_vdisk(dir: &TempDir) -> String {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "dev", "proc", "sys", "run", "tmp", "sbin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let busybox = PathBuf::from("/bin/busybox");
+    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    let ldd = String::from_utf8(run(Command::new("ldd").arg(&busybox)).stdout).unwrap();
+    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    for a in ["sh", "echo", "grep", "head", "sha256sum", "cut", "dd", "sync", "poweroff", "cat"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("sbin/init"), VDISK_INIT).unwrap();
+    run(Command::new("chmod").args(["755"]).arg(root.join("sbin/init")));
+    let known = pattern(11, 0, 256 << 10);
+    std::fs::write(root.join("etc/known"), &known).unwrap();
+    std::fs::write(dir.join("known"), &known).unwrap();
+    run(Command::new("sh").arg(contrib("linux-vdisk.sh")).arg(&root).arg(dir.join("lab.vhdx")).arg("64M").env("BOOTFARM", bin()));
+    let o = run(Command::new("sha256sum").arg(dir.join("known")));
+    String::from_utf8(o.stdout).unwrap().split(' ').next().unwrap().to_string()
+}
+
+/// A bootfarm serving `dir/boot` over HTTP (the kernel, the initrd and the iPXE scripts) and
+/// `extra` config; returns its HTTP port.
+fn http_server(dir: &TempDir, extra: &str) -> (Server, u16) {
+    let (tftp, http, nbd) = (free_port(), free_port(), free_port());
+    let cfg = format!("[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n[tftp]\nroot = \"boot\"\n{extra}");
+    std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
+    (Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]), http)
+}
+
+/// Boots Linux: QEMU runs `script` (from /boot) that loads the kernel and the initrd from
+/// `dir/boot/linux`; (powered off by itself, serial output).
+fn boot_linux(dir: &TempDir, http: u16, script: &str, limit: Duration) -> (bool, String) {
+    std::fs::write(dir.join("boot/linux.ipxe"), script).unwrap();
+    let netdev = format!("user,id=n0,bootfile=http://10.0.2.2:{http}/boot/linux.ipxe");
+    let args = ["-no-reboot", "-netdev", &netdev, "-device", "e1000,netdev=n0,mac=52:54:00:12:34:56", "-boot", "n"];
+    let (status, serial) = run_qemu(&dir.join("sercon"), 512, &args, limit);
+    (status.is_some(), serial)
+}
+
+/// The iPXE lines that load and boot the kernel with the initramfs's `keys`.
+fn linux_lines(http: u16, keys: &str) -> String {
+    format!(
+        "kernel http://10.0.2.2:{http}/boot/linux/vmlinuz initrd=initrd.img console=ttyS0 panic=1 ip=${{ip}}::${{gateway}}:${{netmask}}:::off {keys}\n\
+         initrd http://10.0.2.2:{http}/boot/linux/initrd.img\nboot\n"
+    )
+}
+
+fn linux_store(tag: &str) -> (TempDir, String) {
+    let dir = TempDir::new(tag);
+    let (vmlinuz, initrd) = iscsi_kernel_and_initrd();
+    std::fs::create_dir_all(dir.join("boot/linux")).unwrap();
+    std::fs::copy(vmlinuz, dir.join("boot/linux/vmlinuz")).unwrap();
+    std::fs::copy(initrd, dir.join("boot/linux/initrd.img")).unwrap();
+    let known = linux_vdisk(&dir);
+    (dir, known)
+}
+
+fn assert_linux_ran(exited: bool, serial: &str, known: &str, ctx: &dyn Fn() -> String) {
+    assert!(serial.contains("bootfarm-init: iSCSI disk /dev/sd"), "the initramfs logged in and found the disk; {}", ctx());
+    assert!(serial.contains("VDISK-INIT: root is /dev/sd"), "the vdisk's init ran from the LUN; {}", ctx());
+    assert!(serial.contains(&format!("VDISK-KNOWN: {known}")), "/etc/known reads as written; {}", ctx());
+    assert!(!serial.contains("VDISK-DIRTY"), "a first boot starts from the clean image; {}", ctx());
+    assert!(serial.contains("VDISK-READBACK-OK"), "4 MiB written, synced and read back; {}", ctx());
+    assert!(serial.contains("VDISK-DONE") && exited, "the machine powered off by itself; {}", ctx());
+}
+
+/// iPXE `sanhook`s the LUN (publishing the iBFT), then boots Linux; the initramfs logs in
+/// with `iscsistart -b` from that iBFT and mounts its root on the LUN, here from tgt.
+#[test]
+fn linux_boots_with_root_on_a_tgt_lun_from_the_ibft() {
+    let (dir, known) = linux_store("iscsi-linux-tgt");
+    let raw = dir.join("lab.raw");
+    run(Command::new(bin()).args(["vdisk", "export"]).arg(dir.join("lab.vhdx")).arg("-o").arg(&raw));
+    let tgt = Tgt::start(&dir, "iqn.2026-12.org.bootfarm:lab", &raw);
+    let (_server, http) = http_server(&dir, "");
+    let script = format!(
+        "#!ipxe\nsanhook iscsi:10.0.2.2::{}:1:iqn.2026-12.org.bootfarm:lab || shell\n{}",
+        tgt.port,
+        linux_lines(http, "bootfarm.iscsi=ibft")
+    );
+    let t0 = Instant::now();
+    let (exited, serial) = boot_linux(&dir, http, &script, Duration::from_secs(300));
+    let ctx = || format!("serial output:\n{serial}");
+    assert!(serial.contains("iBFT found at"), "the kernel found iPXE's iBFT; {}", ctx());
+    assert!(serial.contains("logging in from the iBFT: iqn.2026-12.org.bootfarm:lab at 10.0.2.2:"), "{}", ctx());
+    assert_linux_ran(exited, &serial, &known, &ctx);
+    eprintln!("linux boot with root on tgt's LUN: {:.1} s", t0.elapsed().as_secs_f64());
+}
