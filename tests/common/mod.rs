@@ -118,8 +118,13 @@ impl Server {
     }
 
     /// Starts `cmd`, a command line that ends in `bootfarm serve ...` (behind prlimit, say).
+    /// iSCSI is turned off (`--iscsi-port 0`) unless the command names its port: its default,
+    /// 3260, would be taken by the first of the tests running at once and refused to the others.
     pub fn start_with(cmd: &mut Command) -> Server {
         use std::io::BufRead;
+        if !cmd.get_args().any(|a| a == "--iscsi-port") {
+            cmd.args(["--iscsi-port", "0"]);
+        }
         let mut child =
             cmd.args(["--log", "info"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();

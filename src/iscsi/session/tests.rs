@@ -1,0 +1,1 @@
+//! The session driven as the engine drives it (filled in below).
