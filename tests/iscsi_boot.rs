@@ -97,23 +97,27 @@ impl Drop for Tgt {
 
 /// The demo store (a two-version VHDX chain whose boot sector prints the marker) served by
 /// bootfarm over HTTP (the iPXE scripts come from its /boot), and the vdisk's raw bytes.
+/// bootfarm's own iSCSI target listens on `iscsi` (its demo vdisk: `IQN`, LUN 0).
 struct Demo {
     dir: TempDir,
     http: u16,
+    iscsi: u16,
     raw: PathBuf,
 }
 
 fn demo(tag: &str) -> (Demo, Server) {
     let dir = TempDir::new(tag);
-    let http = free_port();
+    let (http, iscsi) = (free_port(), free_port());
     let mut c = bootfarm::demo::write_store(&dir.0, http).unwrap();
+    c.vdisk[0].sanboot = bootfarm::config::Sanboot::Iscsi;
     c.server.tftp_port = free_port();
     c.server.nbd_port = free_port();
+    c.server.iscsi_port = iscsi;
     std::fs::write(dir.join("bootfarm.toml"), toml::to_string(&c).unwrap()).unwrap();
     let raw = dir.join("demo.raw");
     run(Command::new(bin()).args(["vdisk", "export"]).arg(&c.vdisk[0].path).arg("-o").arg(&raw));
-    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
-    (Demo { dir, http, raw }, server)
+    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap(), "--iscsi-port", &iscsi.to_string()]);
+    (Demo { dir, http, iscsi, raw }, server)
 }
 
 /// Boots QEMU with `script` as the iPXE script (from bootfarm's /boot); (exit code, serial).
@@ -153,6 +157,104 @@ fn ipxe_multipath_sanboot_skips_a_dead_portal_tgt() {
     let (code, serial) = boot_script(&d, &script, Duration::from_secs(90));
     assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; serial output:\n{serial}");
     assert_eq!(code, Some(33));
+}
+
+const MAC: &str = "52:54:00:12:34:56";
+
+fn curl(url: &str) -> String {
+    String::from_utf8(run(Command::new("curl").args(["-sS", url])).stdout).unwrap()
+}
+
+/// The sum of a metric's samples in a /metrics page.
+fn metric(page: &str, name: &str) -> u64 {
+    page.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
+
+/// The demo vdisk configured with `sanboot = "iscsi"`: QEMU's DHCP names bootfarm's /ipxe, the
+/// script sanboots `iscsi:10.0.2.2::<port>:0:<iqn>` with an initiator name that carries the
+/// boot token, and bootfarm's target serves the boot sector.
+#[test]
+fn ipxe_sanboots_the_demo_vdisk_from_bootfarm_via_its_ipxe_script() {
+    let (d, server) = demo("iscsi-bf");
+    let s = curl(&format!("http://127.0.0.1:{}/ipxe?mac={MAC}", d.http));
+    assert!(s.contains(&format!("\nsanboot iscsi:127.0.0.1::{}:0:{IQN} || goto failed\n", d.iscsi)), "{s}");
+    assert!(s.contains("\nset initiator-iqn iqn.2026-12.org.bootfarm:initiator.525400123456."), "{s}");
+    let netdev = format!("user,id=n0,bootfile=http://10.0.2.2:{}/ipxe?mac=${{mac}}", d.http);
+    let device = format!("e1000,netdev=n0,mac={MAC}");
+    let args = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-netdev", &netdev, "-device", &device, "-boot", "n"];
+    let (status, serial) = run_qemu(&d.dir.join("sercon"), 128, &args, Duration::from_secs(90));
+    let ctx = || format!("serial output:\n{serial}\nserver log:\n{}", server.log());
+    assert!(serial.contains("bootfarm: booting vdisk demo (16777216 bytes) over iSCSI"), "the generated script ran; {}", ctx());
+    assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; {}", ctx());
+    assert_eq!(status.and_then(|s| s.code()), Some(33), "{}", ctx());
+    // The login named the boot token: the target is the machine's MAC, the boot its token.
+    let l = server.wait_for("iscsi target attached");
+    assert!(l.contains("cache=52:54:00:12:34:56"), "{l}");
+    assert!(!l.contains("boot=\"\""), "the boot token came through the initiator name: {l}");
+    let m = curl(&format!("http://127.0.0.1:{}/metrics", d.http));
+    assert_eq!(metric(&m, "bootfarm_iscsi_logins_total{session=\"normal\"}"), 1, "{m}");
+    assert!(metric(&m, "bootfarm_iscsi_read_bytes_total") >= 512, "{m}");
+}
+
+/// Two bootfarm nodes in a farm (127.0.0.1 and 127.0.0.2, the same ports, one token key),
+/// each with its own byte-identical copy of the demo vdisk. The first server of the target's
+/// list is killed before the boot (the survivor still counts it up: a failure not yet
+/// detected), the survivor's /ipxe lists both, and iPXE's multipath sanboot boots from the
+/// second.
+#[test]
+fn ipxe_multipath_sanboot_fails_over_to_the_second_bootfarm_node() {
+    let dir = TempDir::new("iscsi-farm");
+    let (tftp, http, nbd, iscsi) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(dir.join("token.key"), pattern(3, 0, 32)).unwrap();
+    let mut table = String::new();
+    for i in 1..=2 {
+        table.push_str(&format!("[[farm.server]]\nname = \"node{i}\"\naddress = \"127.0.0.{i}\"\n"));
+    }
+    let mut nodes: Vec<Option<Server>> = Vec::new();
+    for i in 1..=2 {
+        let d = dir.join(&format!("node{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let c = bootfarm::demo::write_store(&d, http).unwrap();
+        // The second node's image files are the first's, copied (replication is a file copy).
+        if i == 2 {
+            for f in ["demo.1.vhdx", "demo.2.avhdx"] {
+                std::fs::copy(dir.join(&format!("node1/vdisks/{f}")), d.join("vdisks").join(f)).unwrap();
+            }
+        }
+        let cfg = format!(
+            "[server]\nname = \"node{i}\"\nlisten = \"127.0.0.{i}\"\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\niscsi_port = {iscsi}\nworkers = 1\n\
+             [tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"demo\"\npath = \"{}\"\nsanboot = \"iscsi\"\n\
+             [farm]\ntoken_key_file = \"{}\"\nhealth_interval_ms = 200\nhealth_timeout_ms = 200\nhealth_failures_max = 100000\nhealth_successes_min = 1\n{table}",
+            c.vdisk[0].path.display(),
+            dir.join("token.key").display()
+        );
+        std::fs::write(d.join("bootfarm.toml"), cfg).unwrap();
+        nodes.push(Some(Server::start(&["--config", d.join("bootfarm.toml").to_str().unwrap(), "--iscsi-port", &iscsi.to_string()])));
+    }
+    // Both nodes up in each other's eyes, then the target's order.
+    let script = |n: usize| curl(&format!("http://127.0.0.{n}:{http}/ipxe?mac={MAC}"));
+    wait_until("both nodes list both servers", 20, || {
+        script(1).contains("servers in failover order: node") && script(1).matches("iscsi:").count() == 2
+    });
+    let s = script(1);
+    let order = s.lines().find_map(|l| l.strip_prefix("# servers in failover order: ")).unwrap().to_string();
+    let first: usize = order.split(' ').next().unwrap().trim_start_matches("node").parse().unwrap();
+    let second = 3 - first;
+    drop(nodes[first - 1].take());
+    // The survivor still lists the dead one first: iPXE gets both paths.
+    let s = script(second);
+    let (dead_uri, live_uri) = (format!("iscsi:127.0.0.{first}::{iscsi}:0:{IQN}"), format!("iscsi:127.0.0.{second}::{iscsi}:0:{IQN}"));
+    assert!(s.contains(&format!("sanboot {dead_uri} {live_uri} || goto failed")), "{s}");
+    let netdev = format!("user,id=n0,bootfile=http://127.0.0.{second}:{http}/ipxe?mac=${{mac}}");
+    let device = format!("e1000,netdev=n0,mac={MAC}");
+    let args = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-netdev", &netdev, "-device", &device, "-boot", "n"];
+    let (status, serial) = run_qemu(&dir.join("sercon"), 128, &args, Duration::from_secs(120));
+    let live = nodes[second - 1].as_ref().unwrap();
+    let ctx = || format!("serial output:\n{serial}\nlog of node{second}:\n{}", live.log());
+    assert!(serial.contains("over iSCSI"), "the survivor's script ran; {}", ctx());
+    assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; {}", ctx());
+    assert_eq!(status.and_then(|s| s.code()), Some(33), "{}", ctx());
+    live.wait_for("iscsi target attached");
 }
 
 // --- A Linux guest initiator: root on the LUN --------------------------------------------------
