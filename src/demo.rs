@@ -96,6 +96,7 @@ pub fn write_store(dir: &Path, http_port: u16) -> Result<Config, String> {
     c.server.tftp_port = 6969;
     c.server.http_port = http_port;
     c.server.nbd_port = 10809;
+    c.server.iscsi_port = 3260;
     c.tftp.root = boot;
     c.nbd.cache_dir = dir.join("cache");
     // Every demo client comes from 127.0.0.1: let a local boot storm through.
@@ -104,7 +105,8 @@ pub fn write_store(dir: &Path, http_port: u16) -> Result<Config, String> {
     c.tftp.requests_per_ip_burst = 1_000_000;
     c.http.connections_per_ip_max = 1024;
     c.nbd.connections_per_ip_max = 1024;
-    c.vdisk.push(VdiskEntry { name: VDISK_NAME.into(), path: top, mode: Mode::Standard, linux: None });
+    c.iscsi.connections_per_ip_max = 1024;
+    c.vdisk.push(VdiskEntry { name: VDISK_NAME.into(), path: top, mode: Mode::Standard, linux: None, sanboot: config::Sanboot::Http });
     Ok(c)
 }
 

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod farm;
 pub mod http;
 pub mod image;
+pub mod iscsi;
 pub mod manual;
 pub mod metrics;
 pub mod nbd;

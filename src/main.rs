@@ -79,6 +79,9 @@ struct ServeArgs {
     http_port: Option<u16>,
     #[arg(long)]
     nbd_port: Option<u16>,
+    /// The iSCSI port (0 = no iSCSI).
+    #[arg(long)]
+    iscsi_port: Option<u16>,
     /// Worker threads (0 = one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -241,8 +244,14 @@ fn config_check(file: &Path) -> Result<(), String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     reload::block_signals();
-    let overrides =
-        Overrides { listen: a.listen, tftp_port: a.tftp_port, http_port: a.http_port, nbd_port: a.nbd_port, workers: a.workers };
+    let overrides = Overrides {
+        listen: a.listen,
+        tftp_port: a.tftp_port,
+        http_port: a.http_port,
+        nbd_port: a.nbd_port,
+        iscsi_port: a.iscsi_port,
+        workers: a.workers,
+    };
     let (snapshot, file, demo_dir) = if a.demo {
         let dir = bootfarm::demo::temp_dir()?;
         let mut c = bootfarm::demo::write_store(&dir, a.http_port.unwrap_or(8080))?;

@@ -71,6 +71,7 @@ fn example_is_valid_apart_from_its_example_paths() {
     assert_eq!(parsed.server, d.server);
     assert_eq!(parsed.http, d.http);
     assert_eq!(parsed.nbd, d.nbd);
+    assert_eq!(parsed.iscsi, d.iscsi);
     assert_eq!(parsed.image, d.image);
     assert_eq!(parsed.pxe, d.pxe);
     // Every [tftp] key but the root (an example path) is documented at its default.
@@ -121,10 +122,19 @@ fn bad_files_get_precise_errors() {
         ("node not in farm", "[tftp]\nroot = \"boot\"\n[[farm.server]]\nname = \"other\"\naddress = \"127.0.0.1\"", &["server.name = \"node1\"", "its own farm"]),
         ("epsilon", "[tftp]\nroot = \"boot\"\n[farm]\nload_epsilon = 20.0", &["farm.load_epsilon = 20", "between 0 and 10"]),
         ("mappings", "[tftp]\nroot = \"boot\"\n[image]\nmappings_max = 1", &["image.mappings_max = 1", "between 16 and"]),
+        ("iscsi port clash", "[server]\nhttp_port = 9000\niscsi_port = 9000", &["server.iscsi_port = 9000", "same TCP port as server.http_port"]),
+        ("iqn prefix", "[iscsi]\niqn_prefix = \"bootfarm\"", &["iscsi.iqn_prefix = \"bootfarm\"", "qualified name"]),
+        ("iscsi burst", "[iscsi]\nfirst_burst_length = 2000000", &["iscsi.first_burst_length = 2000000", "at most iscsi.max_burst_length"]),
+        ("iscsi segment", "[iscsi]\nmax_recv_data_segment_length = 100", &["iscsi.max_recv_data_segment_length = 100", "between 512"]),
+        ("chap without secret", "[iscsi]\nchap_user = \"u\"", &["iscsi.chap_secret_file", "needed with iscsi.chap_user"]),
+        ("chap secret short", "[tftp]\nroot = \"boot\"\n[iscsi]\nchap_user = \"u\"\nchap_secret_file = \"short.secret\"", &["iscsi.chap_secret_file", "holds 5 bytes", "12 to 255"]),
+        ("iscsi vdisk name", "[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"Win_10\"\npath = \"vdisks/a.vhdx\"", &["vdisk[0].name = \"Win_10\"", "iqn.2026-12.org.bootfarm:Win_10", "server.iscsi_port = 0"]),
+        ("bad sanboot", "[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"a\"\npath = \"vdisks/a.vhdx\"\nsanboot = \"nfs\"", &["unknown variant `nfs`", "iscsi"]),
         ("private raw", "[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"a\"\npath = \"vdisks/a.raw\"\nmode = \"private\"", &["vdisk[0].mode", "VHD or VHDX"]),
     ];
     std::fs::write(dir.join("vdisks/bad.vhdx"), vec![0u8; 4096]).unwrap();
     std::fs::write(dir.join("vdisks/a.raw"), vec![0u8; 65536]).unwrap();
+    std::fs::write(dir.join("short.secret"), "abcde\n").unwrap();
     for (what, text, expect) in cases {
         let (ok, _, err) = check(&dir, text);
         assert!(!ok, "{what}: accepted a bad file");

@@ -192,7 +192,7 @@ fn port_67_without_the_capability_is_refused() {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
             .arg(bin())
-            .args(["serve", "--config", f.to_str().unwrap()]),
+            .args(["serve", "--iscsi-port", "0", "--config", f.to_str().unwrap()]),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must not start: {err}");

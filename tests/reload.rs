@@ -128,7 +128,7 @@ fn open_file_limit_is_raised_to_the_hard_limit_and_checked() {
         std::process::Command::new("prlimit")
             .args([&format!("--nofile={limits}"), "--"])
             .arg(bin())
-            .args(["serve", "--config", file.to_str().unwrap(), "--log", "info"])
+            .args(["serve", "--config", file.to_str().unwrap(), "--log", "info", "--iscsi-port", "0"])
             .args([
                 "--tftp-port",
                 &free_port().to_string(),
@@ -170,7 +170,19 @@ fn out_of_descriptors_pauses_accepting_and_recovers() {
     let mut child = std::process::Command::new("prlimit")
         .args(["--nofile=48:48", "--"])
         .arg(bin())
-        .args(["serve", "--config", file.to_str().unwrap(), "--tftp-port", &free_port().to_string(), "--workers", "1", "--log", "warn"])
+        .args([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--tftp-port",
+            &free_port().to_string(),
+            "--workers",
+            "1",
+            "--log",
+            "warn",
+            "--iscsi-port",
+            "0",
+        ])
         .args(["--nbd-port", &free_port().to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

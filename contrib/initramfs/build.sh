@@ -9,8 +9,11 @@
 # another busybox binary that has it, installed as /bin/nbd-client), BOOTFARM_NBD (the path of
 # bootfarm's own client, tools/bootfarm-nbd: when given it is installed as /bin/bootfarm-nbd and
 # the init uses it instead of nbd-client, so a lost connection is reconnected, to the next
-# server of the list if need be, while I/O waits).
-# Debian: apt install busybox nbd-client cpio (and the kernel's linux-image package).
+# server of the list if need be, while I/O waits); ISCSI=yes (root on an iSCSI LUN,
+# bootfarm.iscsi= on the command line) adds open-iscsi's iscsistart (ISCSISTART: its path) and
+# the modules iscsi_tcp, sd_mod and iscsi_ibft.
+# Debian: apt install busybox nbd-client cpio (open-iscsi for ISCSI=yes; and the kernel's
+# linux-image package).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUT.img [MODULES_DIR]}
@@ -21,6 +24,11 @@ nbdc=${NBD_CLIENT:-nbd-client}
 if [ "$nbdc" != busybox ]; then
 	nbdc=$(command -v "$nbdc" || command -v "/usr/sbin/$nbdc" || command -v "/sbin/$nbdc") ||
 		{ echo "build.sh: nbd-client not found (apt install nbd-client, or NBD_CLIENT=busybox)" >&2; exit 2; }
+fi
+iscsistart=
+if [ "${ISCSI:-no}" = yes ]; then
+	iscsistart=$(command -v "${ISCSISTART:-iscsistart}" || command -v /usr/sbin/iscsistart || command -v /sbin/iscsistart) ||
+		{ echo "build.sh: iscsistart not found (apt install open-iscsi)" >&2; exit 2; }
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -43,6 +51,7 @@ else
 	rm -f "$r/bin/nbd-client"
 	copy_bin "$nbdc" nbd-client
 fi
+[ -z "$iscsistart" ] || copy_bin "$iscsistart" iscsistart
 
 if [ -n "${BOOTFARM_NBD:-}" ]; then
 	[ -x "$BOOTFARM_NBD" ] || { echo "build.sh: BOOTFARM_NBD=$BOOTFARM_NBD is not an executable" >&2; exit 2; }
@@ -64,7 +73,9 @@ add_module() (
 	done
 	grep -qx "$path" "$tmp/order" || echo "$path" >>"$tmp/order"
 )
-for m in ${MODULES:-e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet}; do
+modules=${MODULES:-e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet}
+[ -z "$iscsistart" ] || modules="$modules iscsi_tcp sd_mod iscsi_ibft"
+for m in $modules; do
 	add_module "$(echo "$m" | tr - _)"
 	add_module "$m"
 done

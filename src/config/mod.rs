@@ -5,6 +5,7 @@
 //! refuses it with a precise error and leaves the last good one serving.
 
 mod console;
+mod iscsi;
 mod linux;
 mod locate;
 mod model;
@@ -12,6 +13,7 @@ mod pxe;
 pub mod reload;
 
 pub use console::{Console, TOKEN_BYTES_MIN};
+pub use iscsi::{valid_iqn, Iscsi, Sanboot, IQN_PREFIX_DEFAULT};
 pub use linux::{CacheSite, LinuxBoot, SERVERS_MAX};
 pub use model::*;
 pub use pxe::{Pxe, Relay};
@@ -57,6 +59,7 @@ pub struct Overrides {
     pub tftp_port: Option<u16>,
     pub http_port: Option<u16>,
     pub nbd_port: Option<u16>,
+    pub iscsi_port: Option<u16>,
     pub workers: Option<usize>,
 }
 
@@ -73,6 +76,9 @@ impl Overrides {
         }
         if let Some(v) = self.nbd_port {
             c.server.nbd_port = v;
+        }
+        if let Some(v) = self.iscsi_port {
+            c.server.iscsi_port = v;
         }
         if let Some(v) = self.workers {
             c.server.workers = v;
@@ -118,6 +124,8 @@ pub struct Snapshot {
     /// The top-level tables the file had (`server`, `tftp`, `vdisk`, ...), for the reload
     /// rule that refuses a file missing one (a half-written file); empty when not from a file.
     pub tables: Vec<String>,
+    /// The CHAP secret read from iscsi.chap_secret_file, when CHAP is on.
+    pub iscsi_chap_secret: Option<Vec<u8>>,
 }
 
 impl Vdisk {
@@ -278,6 +286,13 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if s.http_port == s.nbd_port {
         return Err(err(file, "server.nbd_port", s.nbd_port, "is the same TCP port as server.http_port"));
     }
+    if s.iscsi_port != 0 && (s.iscsi_port == s.http_port || s.iscsi_port == s.nbd_port) {
+        let other = if s.iscsi_port == s.http_port { "server.http_port" } else { "server.nbd_port" };
+        return Err(err(file, "server.iscsi_port", s.iscsi_port, format!("is the same TCP port as {other} (0 turns iSCSI off)")));
+    }
+    if let Err((key, value, why)) = c.iscsi.validate() {
+        return Err(err(file, key, value, why));
+    }
     if s.workers > 1024 {
         return Err(err(file, "server.workers", s.workers, "at most 1024 workers (0 = one per core)"));
     }
@@ -379,6 +394,7 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         ("tftp.sessions_max", t.sessions_max),
         ("http.connections_max", c.http.connections_max),
         ("nbd.connections_max", c.nbd.connections_max),
+        ("iscsi.connections_max", c.iscsi.connections_max),
     ];
     if let Err((k, v)) = crate::engine::token::check_ids(&ids) {
         let max = crate::engine::token::ID_MAX;
@@ -440,6 +456,20 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
             return Err(err(file, "nbd.cache_dir", c.nbd.cache_dir.display(), "is not a directory (write-cache overflow files go there)"));
         }
     }
+    if let Some(d) = c.nbd.trace_dir.as_mut() {
+        *d = base.join(&*d);
+        if !d.is_dir() {
+            return Err(err(file, "nbd.trace_dir", d.display(), "is not a directory (create it: NBD traces are written there)"));
+        }
+    }
+    if c.nbd.trace_bytes_max < 4096 || c.nbd.trace_queue_bytes_max < crate::nbd::trace::CHUNK_BYTES as u64 {
+        let (k, v) = if c.nbd.trace_bytes_max < 4096 {
+            ("nbd.trace_bytes_max", c.nbd.trace_bytes_max)
+        } else {
+            ("nbd.trace_queue_bytes_max", c.nbd.trace_queue_bytes_max)
+        };
+        return Err(err(file, k, v, "must be at least 4096 (trace_bytes_max) and 65536 (trace_queue_bytes_max: one chunk)"));
+    }
     if let Some(k) = c.farm.token_key_file.as_mut() {
         *k = base.join(&*k);
         // Read without blocking, regular files only (a FIFO here would hang a reload).
@@ -461,6 +491,14 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         }
     }
 
+    let iscsi_chap_secret = match c.iscsi.chap_secret_file.as_mut() {
+        None => None,
+        Some(k) => {
+            *k = base.join(&*k);
+            Some(read_chap_secret(file, k)?)
+        }
+    };
+
     let limits = ChainLimits { depth_max: c.image.chain_depth_max };
     let mut vdisks: Vec<Arc<Vdisk>> = Vec::new();
     for (i, v) in c.vdisk.iter_mut().enumerate() {
@@ -475,6 +513,20 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         }
         if vdisks.iter().any(|o| o.name == v.name) {
             return Err(err(file, key("name"), format!("{:?}", v.name), "is used by an earlier [[vdisk]]; names must be unique"));
+        }
+        if c.server.iscsi_port != 0 && !iscsi::valid_suffix(&v.name) {
+            return Err(err(
+                file,
+                key("name"),
+                format!("{:?}", v.name),
+                format!(
+                    "is served over iSCSI as {}:{}, and an IQN allows only lowercase letters, digits, '.' and '-'; rename the vdisk or set server.iscsi_port = 0",
+                    c.iscsi.iqn_prefix, v.name
+                ),
+            ));
+        }
+        if c.iscsi.target_iqn(&v.name).len() > iscsi::IQN_BYTES_MAX && c.server.iscsi_port != 0 {
+            return Err(err(file, key("name"), format!("{:?}", v.name), "with iscsi.iqn_prefix it makes an IQN longer than 223 bytes"));
         }
         if let Some(l) = &v.linux {
             l.validate().map_err(|(k, value, why)| err(file, key(&format!("linux.{k}")), value, why))?;
@@ -568,7 +620,36 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
         vdisks,
         farm,
         tables: Vec::new(),
+        iscsi_chap_secret,
     })
+}
+
+/// The CHAP secret in `path` (without a trailing newline), read without blocking.
+fn read_chap_secret(file: &Path, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let key = "iscsi.chap_secret_file";
+    let mut d = crate::image::open_readable(path, false)
+        .and_then(|(mut f, _, _)| {
+            let mut d = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut d).map(|_| d).map_err(|e| format!("cannot read: {e}"))
+        })
+        .map_err(|e| err(file, key, path.display(), e))?;
+    while d.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+        d.pop();
+    }
+    if !(iscsi::CHAP_SECRET_MIN..=iscsi::CHAP_SECRET_MAX).contains(&d.len()) {
+        return Err(err(
+            file,
+            key,
+            path.display(),
+            format!(
+                "holds {} bytes; a CHAP secret needs {} to {} (RFC 7143 12.1.3; e.g. head -c 16 /dev/urandom | base64)",
+                d.len(),
+                iscsi::CHAP_SECRET_MIN,
+                iscsi::CHAP_SECRET_MAX
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 /// The published snapshot and its reload statistics.
@@ -640,7 +721,9 @@ mod tests {
     fn a_limit_past_the_session_id_width_is_refused_by_name() {
         let max = crate::engine::token::ID_MAX;
         let file = Path::new("/nonexistent/bootfarm.toml");
-        for (table, key) in [("tftp", "sessions_max"), ("http", "connections_max"), ("nbd", "connections_max")] {
+        for (table, key) in
+            [("tftp", "sessions_max"), ("http", "connections_max"), ("nbd", "connections_max"), ("iscsi", "connections_max")]
+        {
             let text = format!("[{table}]\n{key} = {}\n", max + 1);
             let e = from_text(file, &text, &Overrides::default(), 1, None).err().expect("refused");
             assert_eq!(e.key, format!("{table}.{key}"), "{e}");

@@ -12,6 +12,7 @@ pub struct Config {
     pub tftp: Tftp,
     pub http: Http,
     pub nbd: Nbd,
+    pub iscsi: super::iscsi::Iscsi,
     pub image: Image,
     pub vdisk: Vec<VdiskEntry>,
     pub farm: Farm,
@@ -27,6 +28,8 @@ pub struct Server {
     pub tftp_port: u16,
     pub http_port: u16,
     pub nbd_port: u16,
+    /// The iSCSI target's port; 0 = no iSCSI.
+    pub iscsi_port: u16,
     /// 0 = one worker per online core.
     pub workers: usize,
     /// Which worker takes a new flow (a TFTP request, a TCP connection).
@@ -49,6 +52,7 @@ impl Default for Server {
             tftp_port: 69,
             http_port: 8080,
             nbd_port: 10809,
+            iscsi_port: 3260,
             workers: 0,
             steer: Steer::Hash,
             shutdown_grace_ms: 10_000,
@@ -212,6 +216,14 @@ pub struct Nbd {
     /// connection to end before it is refused (0 = refuse at once): a machine that reboots
     /// reconnects before the server has seen its old connection close.
     pub private_writer_wait_ms: u64,
+    /// A folder for per-connection I/O traces (one CSV file per connection that reached an
+    /// export: time, op, offset, length of every request); none = off.
+    pub trace_dir: Option<PathBuf>,
+    /// Bytes of one trace file; later lines of that connection are dropped and counted.
+    pub trace_bytes_max: u64,
+    /// Trace bytes waiting for the writer thread, all connections together; a chunk that would
+    /// pass it is dropped and its lines counted (the workers never wait for the disk).
+    pub trace_queue_bytes_max: u64,
 }
 
 impl Default for Nbd {
@@ -239,6 +251,9 @@ impl Default for Nbd {
             send_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             private_writer_wait_ms: 2_000,
+            trace_dir: None,
+            trace_bytes_max: 64 << 20,
+            trace_queue_bytes_max: 32 << 20,
         }
     }
 }
@@ -292,6 +307,9 @@ pub struct VdiskEntry {
     /// initramfs instead of `sanboot`, and the initramfs mounts the vdisk over NBD as root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linux: Option<super::linux::LinuxBoot>,
+    /// How `/ipxe` boots it: over HTTP (`sanboot http://`) or iSCSI (`sanboot iscsi:`).
+    #[serde(default)]
+    pub sanboot: super::iscsi::Sanboot,
 }
 
 fn default_mode() -> Mode {
@@ -401,6 +419,7 @@ listen = "127.0.0.1"        # every service binds here (0.0.0.0 / :: for all int
 tftp_port = 69              # UDP
 http_port = 8080            # TCP: /boot, /vdisk, /ipxe, /metrics, /healthz, /api/status
 nbd_port = 10809            # TCP
+iscsi_port = 3260           # TCP, the iSCSI target; 0 = off
 workers = 0                 # 0 = one pinned worker per core
 steer = "hash"              # which worker takes a new flow: hash (the kernel's SO_REUSEPORT hash,
                             # even spread) | cpu (the worker on the core that received its first
@@ -477,6 +496,33 @@ send_zc_min_bytes = 0               # reply batches of at least this size use SE
 send_timeout_ms = 30000             # a client that stops reading is cut off
 handshake_timeout_ms = 10000        # a client that never finishes the handshake is cut off
 private_writer_wait_ms = 2000       # a private vdisk's next writer waits this long for the last one to go
+# trace_dir = "traces"              # example: one CSV file per connection, a line per request
+                                    # (us since connect, op, offset, length); off unless set
+trace_bytes_max = 67108864          # 64 MiB per trace file; later lines are dropped and counted
+trace_queue_bytes_max = 33554432    # 32 MiB of lines waiting for the disk, all connections
+
+[iscsi]                     # every vdisk is target <iqn_prefix>:<name>, LUN 0 (README: "iSCSI")
+iqn_prefix = "iqn.2026-12.org.bootfarm"
+# chap_user = "bootfarm"    # example: CHAP (MD5) required with this user name; unset = no authentication
+# chap_secret_file = "chap.secret"   # example: the secret, 12-255 bytes (trailing newline dropped)
+connections_max = 2048
+connections_per_ip_max = 64
+idle_evict_ms = 60000       # at a connection limit, a connection idle this long is cut for the newcomer
+login_timeout_ms = 15000    # the login phase must end within this
+text_bytes_max = 65536      # key=value text of one login/text exchange, across PDUs
+max_recv_data_segment_length = 262144   # largest data segment an initiator may send us
+max_burst_length = 1048576  # offered: data per R2T and per Data-In sequence
+first_burst_length = 65536  # offered: unsolicited data per write (immediate + Data-Out)
+immediate_data = true       # offered (AND of both sides)
+initial_r2t = false         # offered (OR of both sides; true = no unsolicited Data-Out)
+commands_in_flight_max = 128    # the CmdSN window
+max_outstanding_r2t = 8     # offered: R2Ts in flight per command
+nop_in_interval_ms = 30000  # a connection idle this long gets a NOP-In ping (0 = never)
+nop_in_timeout_ms = 30000   # ... and is closed if the ping is not answered in this time
+send_timeout_ms = 30000     # an initiator that stops reading is cut off
+send_zc_min_bytes = 0       # batches of at least this size use SEND_ZC (0 = off)
+portal_group_tag = 1        # TargetPortalGroupTag of this node's portal
+# Write caches: the same as NBD's ([nbd] cache_* keys, keep rules, private mode's one writer).
 
 [image]
 chain_depth_max = 16
@@ -488,6 +534,7 @@ mappings_max = 65536        # files mapped at once (vdisk layers; bootstrap file
 name = "win10"                             # URL and NBD export name: letters, digits, . _ -
 path = "/srv/bootfarm/vdisks/win10.vhdx"   # newest version; parents resolved from the image
 mode = "standard"                          # standard | private
+sanboot = "http"                           # /ipxe boots it over http | iscsi (iBFT: Windows, Linux)
 
 # A Linux vdisk (example): /ipxe loads a kernel and an initramfs (contrib/initramfs/) that
 # mounts the vdisk over NBD as its root file system (README: "Linux targets").

@@ -126,6 +126,7 @@ impl Control {
                     || s.0.tftp_port != s.1.tftp_port
                     || s.0.http_port != s.1.http_port
                     || s.0.nbd_port != s.1.nbd_port
+                    || s.0.iscsi_port != s.1.iscsi_port
                     || s.0.workers != s.1.workers
                     || s.0.steer != s.1.steer
                 {

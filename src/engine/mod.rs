@@ -6,6 +6,7 @@
 mod dhcp;
 mod files;
 mod http;
+mod iscsi;
 mod nbd;
 pub mod ring;
 mod service;
@@ -14,6 +15,7 @@ mod tcp;
 mod tftp;
 pub mod timer;
 pub mod token;
+mod trace;
 
 use crate::config::{Snapshot, Store};
 use crate::metrics::{Counter, Histogram, WorkerCounters};
@@ -207,9 +209,14 @@ pub struct Shared {
     /// Connections refused at an NBD limit that an idle connection may make room for.
     pub nbd_evictions: Arc<tcp::Evictions>,
     pub nbd_targets: crate::nbd::target::Registry,
+    pub iscsi_admission: Admission,
+    /// Connections refused at an iSCSI limit that an idle connection may make room for.
+    pub iscsi_evictions: Arc<tcp::Evictions>,
     pub farm: Arc<crate::farm::Runtime>,
     /// The operator's console: event-stream slots, the drained flag.
     pub console: crate::http::console::State,
+    /// The NBD I/O trace writer (nbd.trace_dir).
+    pub nbd_trace: trace::TraceWriter,
 }
 
 impl Shared {
@@ -227,7 +234,10 @@ impl Shared {
 
     /// A counter summed over every worker (and the store's and the farm's blocks).
     pub fn counter_total(&self, c: Counter) -> u64 {
-        self.workers.iter().map(|w| w.counters.get(c)).sum::<u64>() + self.store.counters.get(c) + self.farm.counters.get(c)
+        self.workers.iter().map(|w| w.counters.get(c)).sum::<u64>()
+            + self.store.counters.get(c)
+            + self.farm.counters.get(c)
+            + self.nbd_trace.counters.get(c)
     }
 }
 
@@ -239,6 +249,7 @@ pub fn render_metrics(shared: &Shared) -> String {
     blocks.push(&shared.store.counters);
     blocks.push(&shared.farm.counters);
     blocks.push(&shared.nbd_targets.counters);
+    blocks.push(&shared.nbd_trace.counters);
     let tftp: u64 = shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum();
     let http: u64 = shared.workers.iter().map(|w| w.http_connections.load(r)).sum();
     let (targets, connected) = shared.nbd_targets.counts();
@@ -414,9 +425,16 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     let tftp_err = |e: &dyn std::fmt::Display| format!("cannot bind TFTP on udp/{tftp_addr}: {e}");
     let http_err = |e: &dyn std::fmt::Display| format!("cannot bind HTTP on tcp/{http_addr}: {e}");
     let nbd_err = |e: &dyn std::fmt::Display| format!("cannot bind NBD on tcp/{nbd_addr}: {e}");
+    let iscsi_addr = (s.iscsi_port != 0).then(|| SocketAddr::new(s.listen, s.iscsi_port));
+    let iscsi_err = |e: &dyn std::fmt::Display| {
+        format!("cannot bind iSCSI on tcp/{}: {e} (server.iscsi_port = 0 turns iSCSI off)", iscsi_addr.unwrap())
+    };
     ensure_free(tftp_addr, false).map_err(|e| tftp_err(&e))?;
     ensure_free(http_addr, true).map_err(|e| http_err(&e))?;
     ensure_free(nbd_addr, true).map_err(|e| nbd_err(&e))?;
+    if let Some(a) = iscsi_addr {
+        ensure_free(a, true).map_err(|e| iscsi_err(&e))?;
+    }
     // The PXE service: bound here so that a port or capability problem stops the start.
     let mut dhcp_sockets = if snap.config.pxe.enabled { Some(dhcp::bind(&snap.config.pxe)?) } else { None };
     let mut listeners = Vec::with_capacity(n);
@@ -424,14 +442,19 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         let t = tftp::bind_listener(tftp_addr).map_err(|e| tftp_err(&e))?;
         let h = tcp::bind_listener(http_addr).map_err(|e| http_err(&e))?;
         let b = tcp::bind_listener(nbd_addr).map_err(|e| nbd_err(&e))?;
-        listeners.push((t, h, b));
+        let i = match iscsi_addr {
+            Some(a) => Some(tcp::bind_listener(a).map_err(|e| iscsi_err(&e))?),
+            None => None,
+        };
+        listeners.push((t, h, b, i));
     }
     let cpus = allowed_cpus();
     let worker_cpus: Vec<usize> = (0..n).map(|i| cpus[i % cpus.len()]).collect();
     // Steering needs a worker per CPU at most: a second worker on one CPU would get no flow.
     if s.steer == crate::config::Steer::Cpu && n > 1 && n <= cpus.len() {
-        let (t, h, b) = &listeners[0];
-        for (what, sock) in [("TFTP", t), ("HTTP", h), ("NBD", b)] {
+        let (t, h, b, i) = &listeners[0];
+        for (what, sock) in [("TFTP", Some(t)), ("HTTP", Some(h)), ("NBD", Some(b)), ("iSCSI", i.as_ref())] {
+            let Some(sock) = sock else { continue };
             if let Err(e) = steer_by_cpu(sock, &worker_cpus) {
                 tracing::warn!("{what}: cannot steer flows to the worker on their CPU ({e}); the kernel's hash picks the worker");
             }
@@ -457,11 +480,14 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         nbd_admission: Admission::default(),
         nbd_evictions: Default::default(),
         nbd_targets: Default::default(),
+        iscsi_admission: Admission::default(),
+        iscsi_evictions: Default::default(),
         farm: Default::default(),
+        nbd_trace: Default::default(),
     });
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
-    for (i, (listener, http_listener, nbd_listener)) in listeners.into_iter().enumerate() {
+    for (i, (listener, http_listener, nbd_listener, iscsi_listener)) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let listen_ip = tftp_addr.ip();
@@ -472,7 +498,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
             .name(format!("bootfarm-w{i}"))
             .spawn(move || {
                 pin(cpu);
-                let mut w = match Worker::new(i, shared, listener, http_listener, nbd_listener, listen_ip, dhcp) {
+                let mut w = match Worker::new(i, shared, listener, http_listener, nbd_listener, iscsi_listener, listen_ip, dhcp) {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -495,7 +521,8 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         shared.draining.store(true, Ordering::Relaxed);
         return Err(failure);
     }
-    tracing::info!(workers = n, tftp = %tftp_addr, http = %http_addr, nbd = %nbd_addr, "engine started");
+    let iscsi = iscsi_addr.map_or("off".to_string(), |a| a.to_string());
+    tracing::info!(workers = n, tftp = %tftp_addr, http = %http_addr, nbd = %nbd_addr, iscsi = %iscsi, "engine started");
     let farm_threads = crate::farm::start(shared.farm.clone(), shared.store.clone());
     Ok(Engine { shared, threads, farm_threads, tftp_addr, http_addr })
 }
@@ -518,19 +545,21 @@ struct Worker {
     index: usize,
     io: Io,
     /// Indexed by `ServiceId`: a token's service field picks the one its completion is for.
-    services: Vec<Box<dyn Service>>,
+    services: Vec<Option<Box<dyn Service>>>,
     shared: Arc<Shared>,
     cqes: Vec<(u64, i32, u32)>,
     expired: Vec<Token>,
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         index: usize,
         shared: Arc<Shared>,
         listener: socket2::Socket,
         http_listener: socket2::Socket,
         nbd_listener: socket2::Socket,
+        iscsi_listener: Option<socket2::Socket>,
         listen_ip: std::net::IpAddr,
         dhcp: Option<dhcp::Sockets>,
     ) -> Result<Worker, String> {
@@ -538,12 +567,13 @@ impl Worker {
         let bufs = ring::BufRing::new(&ring, 0, 1024, 2048).map_err(|e| format!("cannot register receive buffers: {e}"))?;
         let stats = shared.workers[index].clone();
         // The registered file table, split between the services: half for TFTP transfers, a
-        // quarter each for HTTP and NBD connections; beyond that, plain descriptors.
+        // quarter for HTTP, an eighth each for NBD and iSCSI connections; beyond that, plain
+        // descriptors.
         let n = ring::register_file_table(&ring);
         if n == 0 {
             tracing::debug!(worker = index, "no registered file table: operations name sockets by descriptor");
         }
-        let (t, h) = (n / 2, n / 2 + n / 4);
+        let (t, h, b) = (n / 2, n / 2 + n / 4, n / 2 + n / 4 + n / 8);
         let mut w = Worker {
             index,
             io: Io::new(ring, bufs, shared.store.clone(), Instant::now()),
@@ -556,25 +586,30 @@ impl Worker {
         w.add(ServiceId::Tftp, Box::new(tftp));
         let http = http::service(http_listener, shared.clone(), index, ring::FileSlots::new(t..h));
         w.add(ServiceId::Http, Box::new(http));
-        w.add(ServiceId::Nbd, Box::new(nbd::service(nbd_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(h..n))));
+        w.add(ServiceId::Nbd, Box::new(nbd::service(nbd_listener, stats.clone(), shared.clone(), index, ring::FileSlots::new(h..b))));
         if let Some(d) = dhcp {
-            w.add(ServiceId::Dhcp, Box::new(dhcp::DhcpService::new(d, stats, shared)));
+            w.add(ServiceId::Dhcp, Box::new(dhcp::DhcpService::new(d, stats.clone(), shared.clone())));
+        }
+        if let Some(l) = iscsi_listener {
+            w.add(ServiceId::Iscsi, Box::new(iscsi::service(l, stats, shared, index, ring::FileSlots::new(b..n))));
         }
         Ok(w)
     }
 
     /// Adds the service that tokens with `id` name (in ServiceId order).
     fn add(&mut self, id: ServiceId, s: Box<dyn Service>) {
-        assert_eq!(self.services.len(), id as usize, "services are added in ServiceId order");
-        self.services.push(s);
+        assert!(self.services.len() <= id as usize, "services are added in ServiceId order");
+        // A service that is off (PXE, iSCSI) leaves its index empty.
+        self.services.resize_with(id as usize, || None);
+        self.services.push(Some(s));
     }
 
     fn active(&self) -> usize {
-        self.services.iter().map(|s| s.active()).sum()
+        self.services.iter().flatten().map(|s| s.active()).sum()
     }
 
     fn flush_all(&mut self) {
-        for s in &mut self.services {
+        for s in self.services.iter_mut().flatten() {
             s.flush(&mut self.io);
         }
     }
@@ -598,7 +633,7 @@ impl Worker {
             for i in 0..self.cqes.len() {
                 let (u, res, flags) = self.cqes[i];
                 let t = Token::unpack(u);
-                if let Some(s) = self.services.get_mut(t.service as usize) {
+                if let Some(Some(s)) = self.services.get_mut(t.service as usize) {
                     s.on_completion(&mut self.io, t, res, flags);
                 }
             }
@@ -606,7 +641,7 @@ impl Worker {
             self.io.wheel.advance(now, &mut self.expired);
             for i in 0..self.expired.len() {
                 let t = self.expired[i];
-                if let Some(s) = self.services.get_mut(t.service as usize) {
+                if let Some(Some(s)) = self.services.get_mut(t.service as usize) {
                     s.on_timer(&mut self.io, t);
                 }
             }
@@ -615,22 +650,22 @@ impl Worker {
                 let deadline = match drain_deadline {
                     Some(d) => d,
                     None => {
-                        let active: Vec<(&str, usize)> = self.services.iter().map(|s| (s.name(), s.active())).collect();
+                        let active: Vec<(&str, usize)> = self.services.iter().flatten().map(|s| (s.name(), s.active())).collect();
                         tracing::info!(worker = self.index, ?active, "draining");
-                        for s in &mut self.services {
+                        for s in self.services.iter_mut().flatten() {
                             s.stop_listening(&mut self.io);
                         }
                         *drain_deadline.insert(now + self.shared.grace)
                     }
                 };
                 if now >= deadline && self.active() > 0 {
-                    for s in &mut self.services {
+                    for s in self.services.iter_mut().flatten() {
                         s.abort_all(&mut self.io);
                     }
                     self.flush_all();
                 }
                 // Done when nothing runs and the kernel holds no session memory.
-                if self.active() == 0 && self.services.iter().all(|s| s.lingering() == 0) {
+                if self.active() == 0 && self.services.iter().flatten().all(|s| s.lingering() == 0) {
                     break;
                 }
                 if now >= deadline + Duration::from_secs(5) {

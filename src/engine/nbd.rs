@@ -144,4 +144,11 @@ impl session::Env for NbdCtx {
     fn now_unix(&self) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
+    fn trace_start(&self) -> (u64, u64) {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        (self.shared.nbd_trace.next_id(), ms)
+    }
+    fn trace_out(&self, chunk: crate::nbd::trace::Chunk) -> bool {
+        self.shared.nbd_trace.send(chunk, self.snap.config.nbd.trace_queue_bytes_max)
+    }
 }

@@ -16,6 +16,8 @@ pub enum ServiceId {
     Nbd = 2,
     /// ProxyDHCP (#19).
     Dhcp = 3,
+    /// The iSCSI target (#16); absent when server.iscsi_port = 0.
+    Iscsi = 4,
 }
 
 impl ServiceId {

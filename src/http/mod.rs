@@ -3,7 +3,8 @@
 //! live (a file mapping, a vDisk chain) or, for small generated pages, owns them.
 //!
 //! Routes: /boot/<path> (files under tftp.root), /vdisk/<name> (the virtual disk, raw, with
-//! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script), /metrics, /healthz,
+//! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script: sanboot over HTTP or
+//! iSCSI, or a Linux kernel), /metrics, /healthz,
 //! /api/status, and the operator's console: / (its page), /api/events (the status as a stream
 //! of server-sent events), POST /api/drain, /api/resume and /api/targets/<id>/disconnect
 //! (with the configured token).
@@ -11,6 +12,7 @@
 
 pub mod conn;
 pub mod console;
+pub mod iscsi;
 pub mod linux;
 pub mod wire;
 
@@ -442,6 +444,10 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
                 Some(lb) => {
                     let export = linux::nbd_export(&vd.name, lb.cache, token.as_deref());
                     linux::linux_script(&snap, vd, lb, host, &clean_mac(mac), &order, &export)
+                }
+                None if iscsi::wanted(&snap, &vd.name) => {
+                    let m = mac.and_then(crate::nbd::token::parse_mac);
+                    iscsi::iscsi_script(&snap, vd, host, m, &order, token.as_deref())
                 }
                 None => ipxe_script(&snap, vd, host, mac, &order),
             };

@@ -68,6 +68,16 @@ pub fn crc32c_zeroed(data: &[u8], zeroed_at: usize) -> u32 {
     !c
 }
 
+/// CRC-32C of `data` continuing `crc` (the finished CRC of the bytes before; 0 to start): iSCSI
+/// header and data digests, computed over a PDU's pieces one after another.
+pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    let mut c = !crc;
+    for &b in data {
+        c = CRC32C_TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
 /// VHD checksum: one's complement of the byte sum, the checksum field itself excluded.
 pub fn vhd_checksum(data: &[u8], field_at: usize) -> u32 {
     let sum =
@@ -215,6 +225,9 @@ mod tests {
         // RFC 3720 B.4: 32 bytes of zeros.
         assert_eq!(crc32c_zeroed(&[0u8; 32], usize::MAX - 4), 0x8A91_36AA);
         assert_eq!(crc32c_zeroed(b"123456789", usize::MAX - 4), 0xE306_9283);
+        assert_eq!(crc32c_append(0, b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c_append(crc32c_append(0, b"1234"), b"56789"), 0xE306_9283);
+        assert_eq!(crc32c_append(0, &[0xFF; 32]), 0x62A8_AB43);
     }
 
     #[test]

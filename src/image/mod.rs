@@ -211,6 +211,9 @@ pub struct Layer {
     pub physical_sector: u32,
     /// The identity children refer to: VHD footer unique id, VHDX DataWriteGuid.
     pub id: bytes::Guid,
+    /// The disk's own unique id, which SCSI VPD page 0x83 is meant to carry: VHD footer unique
+    /// id, VHDX metadata item Page 83 Data (Virtual Disk ID); NIL for raw disks.
+    pub disk_id: bytes::Guid,
     /// VHD footer time stamp (children record it), 0 for other formats.
     pub timestamp: u32,
     pub parent: Option<ParentRef>,
@@ -252,6 +255,7 @@ impl Layer {
             logical_sector: p.logical_sector,
             physical_sector: p.physical_sector,
             id: p.id,
+            disk_id: p.disk_id,
             timestamp: p.timestamp,
             parent: p.parent,
             problems: p.problems,
@@ -350,6 +354,7 @@ pub(crate) struct Parsed {
     pub logical_sector: u32,
     pub physical_sector: u32,
     pub id: bytes::Guid,
+    pub disk_id: bytes::Guid,
     pub timestamp: u32,
     pub parent: Option<ParentRef>,
     pub problems: Vec<String>,
@@ -365,6 +370,7 @@ impl Parsed {
             logical_sector: 512,
             physical_sector: 512,
             id: bytes::NIL_GUID,
+            disk_id: bytes::NIL_GUID,
             timestamp: 0,
             parent: None,
             problems: Vec::new(),

@@ -232,6 +232,7 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, String> {
         logical_sector: 512,
         physical_sector: 512,
         id: footer.unique_id,
+        disk_id: footer.unique_id,
         timestamp: footer.timestamp,
         parent,
         problems: Vec::new(),

@@ -224,6 +224,8 @@ struct Metadata {
     virtual_size: u64,
     logical_sector: u64,
     physical_sector: u64,
+    /// Page 83 Data (the Virtual Disk ID item).
+    disk_id: Guid,
     parent: Option<ParentRef>,
 }
 
@@ -267,7 +269,7 @@ fn parse_metadata(b: &[u8], region: Region) -> Result<Metadata, String> {
     let virtual_size = le64(item(VIRTUAL_DISK_SIZE, "Virtual Disk Size", 8)?, 0);
     let logical_sector = le32(item(LOGICAL_SECTOR_SIZE, "Logical Sector Size", 4)?, 0) as u64;
     let physical_sector = le32(item(PHYSICAL_SECTOR_SIZE, "Physical Sector Size", 4)?, 0) as u64;
-    item(VIRTUAL_DISK_ID, "Virtual Disk ID", 16)?;
+    let disk_id: Guid = item(VIRTUAL_DISK_ID, "Virtual Disk ID", 16)?[..16].try_into().unwrap();
     if logical_sector != 512 && logical_sector != 4096 {
         return Err(format!("metadata: logical sector size {logical_sector} (must be 512 or 4096)"));
     }
@@ -281,7 +283,7 @@ fn parse_metadata(b: &[u8], region: Region) -> Result<Metadata, String> {
     }
     let has_parent = flags & 2 != 0;
     let parent = if has_parent { Some(parse_locator(item(PARENT_LOCATOR, "Parent Locator", 20)?)?) } else { None };
-    Ok(Metadata { block_size, leave_allocated: flags & 1 != 0, has_parent, virtual_size, logical_sector, physical_sector, parent })
+    Ok(Metadata { block_size, leave_allocated: flags & 1 != 0, has_parent, virtual_size, logical_sector, physical_sector, disk_id, parent })
 }
 
 fn parse_locator(l: &[u8]) -> Result<ParentRef, String> {
@@ -456,6 +458,7 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, String> {
         logical_sector: m.logical_sector as u32,
         physical_sector: m.physical_sector as u32,
         id: header.data_write_guid,
+        disk_id: m.disk_id,
         timestamp: 0,
         parent: m.parent,
         problems,

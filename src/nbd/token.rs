@@ -63,7 +63,7 @@ fn tag(key: &[u8; 16], body: &[u8], ip: IpAddr, vdisk: &str) -> u64 {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-fn b64(data: &[u8]) -> String {
+pub(crate) fn b64(data: &[u8]) -> String {
     let mut o = String::new();
     for c in data.chunks(3) {
         let n = c.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
@@ -74,7 +74,7 @@ fn b64(data: &[u8]) -> String {
     o
 }
 
-fn unb64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unb64(s: &str) -> Option<Vec<u8>> {
     let mut o = Vec::new();
     for c in s.as_bytes().chunks(4) {
         if c.len() < 2 {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod busybox;
+pub mod iscsi;
 pub mod lab;
 
 pub fn bin() -> PathBuf {
@@ -119,8 +120,13 @@ impl Server {
     }
 
     /// Starts `cmd`, a command line that ends in `bootfarm serve ...` (behind prlimit, say).
+    /// iSCSI is turned off (`--iscsi-port 0`) unless the command names its port: its default,
+    /// 3260, would be taken by the first of the tests running at once and refused to the others.
     pub fn start_with(cmd: &mut Command) -> Server {
         use std::io::BufRead;
+        if !cmd.get_args().any(|a| a == "--iscsi-port") {
+            cmd.args(["--iscsi-port", "0"]);
+        }
         let mut child =
             cmd.args(["--log", "info"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
@@ -216,6 +222,23 @@ pub fn nbd_request(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[
     r.extend_from_slice(&length.to_be_bytes());
     r.extend_from_slice(payload);
     r
+}
+
+/// Debian's newest installed kernel with its modules: (vmlinuz, /lib/modules/<version>).
+pub fn debian_kernel() -> (PathBuf, PathBuf) {
+    let mut found: Vec<(PathBuf, PathBuf)> = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let version = name.strip_prefix("vmlinuz-")?;
+            let mods = Path::new("/lib/modules").join(version);
+            mods.join("modules.dep").exists().then(|| (e.path(), mods))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("no /boot/vmlinuz-* with /lib/modules/<version>/modules.dep: apt install linux-image-amd64 (.ci/run does)")
 }
 
 /// Polls `f` every 100 ms until it holds; panics naming `what` after `secs` seconds.

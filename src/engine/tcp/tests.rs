@@ -178,9 +178,12 @@ fn serve<T: Send>(limits: TcpLimits, client: impl FnOnce(SocketAddr) -> T + Send
         http_admission: Default::default(),
         nbd_admission: Default::default(),
         nbd_evictions: Default::default(),
+        iscsi_admission: Default::default(),
+        iscsi_evictions: Default::default(),
         nbd_targets: Default::default(),
         farm: Default::default(),
         console: Default::default(),
+        nbd_trace: Default::default(),
     });
     let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
     let at = listener.local_addr().unwrap().as_socket().unwrap();

@@ -159,7 +159,7 @@ fn a_pxe_storm_against_bootfarm_and_dnsmasq_proxy() {
     )
     .unwrap();
     let mut bf = seg.in_ns("srv", &bootfarm_bin());
-    bf.args(["serve", "--config"]).arg(&cfg);
+    bf.args(["serve", "--iscsi-port", "0", "--config"]).arg(&cfg);
     seg.serve(bf);
     // Every kind, 200 clients within 200 ms: every one answered usably, once per request; the
     // UEFI quarter through 4011.

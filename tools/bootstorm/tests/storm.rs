@@ -55,8 +55,10 @@ fn tiny_storm_against_bootfarm_completes_with_json() {
         ),
     )
     .unwrap();
-    let mut server =
-        Command::new(bootfarm_bin()).args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn"]).spawn().unwrap();
+    let mut server = Command::new(bootfarm_bin())
+        .args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn", "--iscsi-port", "0"])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let json = d.join("out.json");
     let html = d.join("report.html");
@@ -223,8 +225,10 @@ fn boot_fixture(tag: &str) -> (PathBuf, std::process::Child, u16, u16, u16) {
         ),
     )
     .unwrap();
-    let server =
-        Command::new(bootfarm_bin()).args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn"]).spawn().unwrap();
+    let server = Command::new(bootfarm_bin())
+        .args(["serve", "--config", d.join("bf.toml").to_str().unwrap(), "--log", "warn", "--iscsi-port", "0"])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     (d, server, tftp, http, nbd)
 }
