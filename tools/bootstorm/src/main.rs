@@ -1,7 +1,8 @@
 //! bootstorm: simulates network-booting targets against a bootfarm (or any server speaking the
 //! same protocols) and measures boots per second and time-to-boot percentiles, checking every
 //! byte received. `tftp` is a bootstrap-only storm on io_uring; `boot` runs whole boots
-//! (bootstrap, iPXE script, vDisk over NBD or HTTP) with failover.
+//! (bootstrap, iPXE script, vDisk over NBD or HTTP) with failover; `trace convert` makes boot
+//! traces from bootfarm's NBD traces.
 
 mod boot;
 mod dhcp;
@@ -9,6 +10,7 @@ mod engine;
 mod phases;
 mod report;
 mod tftp;
+mod trace;
 mod uring;
 mod uring_http;
 mod uring_tftp;
@@ -32,6 +34,9 @@ enum Command {
     /// PXE DHCP storm: N clients broadcast DISCOVER (UEFI ones then ask the proxy on 4011);
     /// time to a usable answer.
     Dhcp(dhcp::Args),
+    /// Boot traces: `trace convert` turns bootfarm's NBD traces (nbd.trace_dir) into a
+    /// `boot --trace` CSV.
+    Trace(trace::Args),
     /// Write the manual pages (DIR/man) and bash/zsh completions (DIR/completions); the
     /// package build runs it.
     #[command(hide = true)]
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         Command::Tftp(a) => tftp::run(a),
         Command::Boot(a) => boot::run(a),
         Command::Dhcp(a) => dhcp::run(a),
+        Command::Trace(a) => trace::run(a),
         Command::GenerateDocs { dir } => bootfarm::manual::write(Cli::command(), &dir).map(|files| {
             files.iter().for_each(|f| println!("{}", f.display()));
             true
