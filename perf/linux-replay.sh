@@ -16,7 +16,7 @@
 # Server CPU per boot: utime + stime (+ reaped children: nbd-server's per-connection
 # processes) from /proc/PID/stat around each run. bootfarm gets bootstorm pinned (it steers
 # flows by CPU), the peers unpinned (their better case in perf/suite.sh).
-# Bounded: each bootstorm run stops after 240 s; the whole script takes ~2-4 minutes here.
+# Bounded: each bootstorm run stops after 240 s; the whole script took 5.5 minutes here (3 rounds).
 # Usage: ROUNDS=3 TARGETS=500 bash perf/linux-replay.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
