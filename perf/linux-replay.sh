@@ -17,7 +17,9 @@
 # processes) from /proc/PID/stat around each run. bootfarm gets bootstorm pinned (it steers
 # flows by CPU), the peers unpinned (their better case in perf/suite.sh).
 # Bounded: each bootstorm run stops after 240 s; the whole script took 5.5 minutes here (3 rounds).
-# Usage: ROUNDS=3 TARGETS=500 bash perf/linux-replay.sh
+# PIN=0: bootstorm unpinned against bootfarm too, and bootfarm with steer = "hash" (on a host
+# shared with other loads, pinned threads cannot move to the core another process left).
+# Usage: ROUNDS=3 TARGETS=500 [PIN=0] bash perf/linux-replay.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -25,6 +27,8 @@ ROUNDS=${ROUNDS:-3}
 TARGETS=${TARGETS:-500}
 TRACE=$PWD/perf/traces/linux-boot.csv
 TIMEOUT_MS=${TIMEOUT_MS:-15000}
+PIN=${PIN:-1}
+STEER=cpu; [ "$PIN" = 1 ] || STEER=hash
 need_pkgs qemu-nbd:qemu-utils nbd-server:nbd-server
 cargo build --release -q -p bootfarm -p bootstorm
 BF=$PWD/target/release/bootfarm
@@ -46,7 +50,7 @@ listen = "127.0.0.1"
 tftp_port = 6961
 http_port = 16961
 nbd_port = 16962
-steer = "cpu"
+steer = "$STEER"
 [tftp]
 root = "boot"
 [nbd]
@@ -86,7 +90,7 @@ cpu_ticks() {
 run() {
   local stack=$1 procs=$2 c0 c1; shift 2
   c0=$(cpu_ticks "$procs")
-  local pin=(); [ "$stack" = bootfarm ] || pin=(--no-pin)
+  local pin=(); [ "$stack" = bootfarm ] && [ "$PIN" = 1 ] || pin=(--no-pin)
   "$BS" boot --bootstrap none --vdisk disk --image "$W/disk.vhdx" --trace "$TRACE" --own-areas --targets "$TARGETS" \
     "$@" "${pin[@]}" --timeout-ms "$TIMEOUT_MS" --duration-max-s 240 --json "$W/out.json" > "$W/out.txt" 2>&1 || true
   # nbd-server's per-connection processes end at the close: let them be reaped (their CPU
@@ -116,6 +120,7 @@ done
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); client and servers share the cores"
 echo "bootfarm $("$BF" --version | cut -d' ' -f2) ($(nproc) workers); $(qemu-nbd --version | head -1); nbd-server $(dpkg-query -W -f '${Version}' nbd-server)"
 echo "bootstorm boot --trace perf/traces/linux-boot.csv --own-areas, $TARGETS targets at once, every byte checked; medians of $ROUNDS alternating rounds"
+echo "bootstorm against bootfarm: $([ "$PIN" = 1 ] && echo "pinned, server.steer = cpu" || echo "unpinned, server.steer = hash"); against the peers: unpinned"
 python3 - "$W/results" "$(nproc)" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
