@@ -117,8 +117,11 @@ fn mkinitramfs(dir: &TempDir, mods: &Path, out: &Path) {
     run(Command::new("mkinitramfs").arg("-d").arg(&conf).arg("-o").arg(out).arg(version).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"));
 }
 
+/// BOOTFARM_TEST_NBD_TRACE_DIR=DIR keeps each boot's NBD I/O trace there (nbd.trace_dir):
+/// how perf/traces/linux-boot.csv was made (perf/traces/README.md).
 fn store(tag: &str, cache: &str, initramfs: Initramfs) -> Store {
-    store_with(tag, cache, initramfs, "", "")
+    let trace = std::env::var("BOOTFARM_TEST_NBD_TRACE_DIR").map(|d| format!("trace_dir = {d:?}")).unwrap_or_default();
+    store_with(tag, cache, initramfs, "", &trace)
 }
 
 /// [`store`] with `cmdline` added to the kernel command line template and `config` to the

@@ -21,7 +21,7 @@
 //! are handed to io_uring engines (one thread per core each: `uring_tftp.rs`, `uring.rs`,
 //! `uring_http.rs`) while the target's thread sleeps.
 
-use crate::phases::{load_trace, windows_profile, DiskRun, Fail, Io};
+use crate::phases::{load_trace, own_areas, trace_span, windows_profile, DiskRun, Fail, Io};
 use crate::report::{self, Phase};
 use crate::uring;
 use crate::uring_http;
@@ -91,6 +91,12 @@ pub struct Args {
     /// (`vdisk` as is, for peers without per-target caches; writes then go to per-target areas).
     #[arg(long, default_value = "per-target")]
     export: String,
+    /// With --trace: each target's writes (and its reads of blocks it wrote) go to its own area
+    /// past the trace's span (target i at (1 + i) x span), for servers that share one write
+    /// overlay between all targets (qemu-nbd --snapshot); the image must hold (targets + 1) x
+    /// span. Give it to every server of a comparison: they then serve the same requests.
+    #[arg(long)]
+    own_areas: bool,
     /// Boots to run in all (each a new target); `--boots` is the same bound.
     #[arg(long, alias = "boots", default_value_t = 100)]
     targets: u64,
@@ -186,6 +192,18 @@ pub fn run(a: Args) -> Result<bool, String> {
         Some(p) => Some(load_trace(p, disk_size)?),
         None => None,
     };
+    if let Some(t) = &trace {
+        let need = (a.targets + 1) * trace_span(t);
+        if a.own_areas && need > disk_size {
+            return Err(format!(
+                "--own-areas with {} targets needs an image of at least {need} bytes (this one has {disk_size})",
+                a.targets
+            ));
+        }
+        if a.export == "shared" && !a.own_areas {
+            return Err("--export shared with --trace needs --own-areas: the targets would read each other's writes".into());
+        }
+    }
     let conc = a.concurrency.unwrap_or(a.targets).clamp(1, 4096);
     // A target holds its bootstrap socket or its vDisk connection, and briefly both.
     report::open_files_for(conc, 2);
@@ -307,7 +325,7 @@ pub fn run(a: Args) -> Result<bool, String> {
         a.vdisk,
         a.disk,
         match &a.trace {
-            Some(t) => format!("trace {}", t.display()),
+            Some(t) => format!("trace {}{}", t.display(), if a.own_areas { " (own areas)" } else { "" }),
             None => format!("Windows-like profile x {}", a.scale),
         },
         a.seed
@@ -427,6 +445,10 @@ fn boot_one(
         let b0 = Instant::now();
         let own;
         let ios: &[Io] = match trace {
+            Some(t) if a.own_areas => {
+                own = own_areas(t, i, trace_span(t));
+                &own
+            }
             Some(t) => t,
             None => {
                 own = windows_profile(a.scale, disk_size, i, a.targets, a.seed);

@@ -1,7 +1,8 @@
 //! bootstorm: simulates network-booting targets against a bootfarm (or any server speaking the
 //! same protocols) and measures boots per second and time-to-boot percentiles, checking every
 //! byte received. `tftp` is a bootstrap-only storm on io_uring; `boot` runs whole boots
-//! (bootstrap, iPXE script, vDisk over NBD, iSCSI or HTTP) with failover.
+//! (bootstrap, iPXE script, vDisk over NBD, iSCSI or HTTP) with failover; `trace convert` makes
+//! boot traces from bootfarm's NBD traces.
 
 mod boot;
 mod dhcp;
@@ -11,6 +12,7 @@ mod iscsi_bench;
 mod phases;
 mod report;
 mod tftp;
+mod trace;
 mod uring;
 mod uring_http;
 mod uring_iscsi;
@@ -38,6 +40,9 @@ enum Command {
     /// iSCSI load on one session: random or sequential reads or a read/write mix at a fixed
     /// queue depth, for a bounded time; prints IOPS, MB/s, p50/p99 latency and CPU per I/O.
     IscsiBench(crate::iscsi_bench::Args),
+    /// Boot traces: `trace convert` turns bootfarm's NBD traces (nbd.trace_dir) into a
+    /// `boot --trace` CSV.
+    Trace(trace::Args),
     /// Write the manual pages (DIR/man) and bash/zsh completions (DIR/completions); the
     /// package build runs it.
     #[command(hide = true)]
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Boot(a) => boot::run(a),
         Command::Dhcp(a) => dhcp::run(a),
         Command::IscsiBench(a) => iscsi_bench::run(a),
+        Command::Trace(a) => trace::run(a),
         Command::GenerateDocs { dir } => bootfarm::manual::write(Cli::command(), &dir).map(|files| {
             files.iter().for_each(|f| println!("{}", f.display()));
             true

@@ -94,6 +94,42 @@ pub fn load_trace(p: &std::path::Path, disk: u64) -> Result<Vec<Io>, String> {
     Ok(out)
 }
 
+/// The span a trace covers: its last byte, rounded up to 1 MiB.
+pub fn trace_span(ios: &[Io]) -> u64 {
+    ios.iter().map(|i| i.off + i.len as u64).max().unwrap_or(0).div_ceil(1 << 20) << 20
+}
+
+/// A trace for servers that share one write overlay between all targets (qemu-nbd
+/// `--snapshot`): target `t`'s writes, and its reads of blocks it wrote before, move to its own
+/// area `(1 + t) * span` further on; reads of blocks it has not written stay where the trace has
+/// them (a read over both kinds is split at the boundaries). Every target then reads the image
+/// or its own writes, as with a write cache per target. The image must hold
+/// `(targets + 1) * span` bytes.
+pub fn own_areas(ios: &[Io], t: u64, span: u64) -> Vec<Io> {
+    let shift = (1 + t) * span;
+    let mut written = std::collections::HashSet::<u64>::new();
+    let mut out = Vec::with_capacity(ios.len());
+    for io in ios {
+        let (first, n) = (io.off / BLOCK, io.len as u64 / BLOCK);
+        if io.write {
+            written.extend(first..first + n);
+            out.push(Io { off: io.off + shift, ..*io });
+            continue;
+        }
+        let mut b = first;
+        while b < first + n {
+            let own = written.contains(&b);
+            let mut e = b + 1;
+            while e < first + n && written.contains(&e) == own {
+                e += 1;
+            }
+            out.push(Io { off: b * BLOCK + if own { shift } else { 0 }, len: ((e - b) * BLOCK) as u32, write: false });
+            b = e;
+        }
+    }
+    out
+}
+
 /// What a target expects to read: the image, with its own writes over it.
 pub(crate) struct Expect<'a> {
     pub chain: Option<&'a Chain>,
@@ -284,6 +320,28 @@ mod tests {
         block_pattern(1 << 40, &mut a);
         block_pattern(2 << 40, &mut b);
         assert_ne!(a, b, "two tags, two patterns");
+    }
+
+    /// Writes move to the target's area, reads of its own written blocks follow them (split
+    /// where a read covers both), other reads stay; the span is the trace's end in MiB.
+    #[test]
+    fn own_areas_move_writes_and_the_reads_of_them() {
+        let io = |off: u64, len: u32, write: bool| Io { off, len, write };
+        let trace = [io(0, 8192, false), io(4096, 4096, true), io(0, 12288, false), io(4096, 4096, false)];
+        assert_eq!(trace_span(&trace), 1 << 20);
+        let m = 1u64 << 20;
+        let got: Vec<(u64, u32, bool)> = own_areas(&trace, 2, m).iter().map(|i| (i.off, i.len, i.write)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, 8192, false),
+                (3 * m + 4096, 4096, true),
+                (0, 4096, false),
+                (3 * m + 4096, 4096, false),
+                (8192, 4096, false),
+                (3 * m + 4096, 4096, false)
+            ]
+        );
     }
 
     #[test]
