@@ -41,9 +41,9 @@ mkdir -p "$W/boot"
 cat > "$W/bootfarm.toml" <<EOF
 [server]
 listen = "127.0.0.1"
-tftp_port = 0
+tftp_port = 32618
 http_port = 32617
-nbd_port = 0
+nbd_port = 32619
 iscsi_port = $BF_PORT
 [tftp]
 root = "boot"
@@ -69,12 +69,14 @@ if [[ " $SERVERS " == *" tgt "* ]]; then
   "${T[@]}" --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 262144
   "${T[@]}" --op bind --mode target --tid 1 -I ALL
 fi
-sleep 1
-cat "$W/disk.vhdx" "$W/disk.raw" > /dev/null
-
 pid_of() { case $1 in bootfarm) echo "$BFP";; tgt) echo "$TGP";; esac; }
 lun_of() { case $1 in bootfarm) echo 0;; tgt) echo 1;; esac; }
 port_of() { case $1 in bootfarm) echo "$BF_PORT";; tgt) echo "$TGT_PORT";; esac; }
+for s in $SERVERS; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$(port_of "$s")") 2>/dev/null && break; sleep 0.1; done
+done
+cat "$W/disk.vhdx" "$W/disk.raw" > /dev/null
+
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 declare -A R
@@ -86,13 +88,15 @@ bench() {
     --initiator "iqn.2026-12.org.bootstorm:perf-$sc" --seconds "$SECS" "$@")
   c1=$(ticks "$(pid_of "$s")")
   # Server CPU in microseconds per I/O: ticks over the run's I/Os (iops x seconds).
+  echo "bench $s $sc: $out" >&2
   R[$sc,$s]+="$out $(echo "($c1 - $c0) * 1000000 / $HZ / (${out%% *} * $SECS)" | bc -l)|"
 }
 # perf_run SERVER SCENARIO IPERF-ARGS... -> R[SCENARIO-iscsi-perf,SERVER] += "iops|"
 perf_run() {
   local s=$1 sc=$2 iops; shift 2
-  iops=$(timeout $((SECS + 20)) iscsi-perf -i "iqn.2026-12.org.bootstorm:iscsi-perf" -t "$SECS" "$@" \
-    "iscsi://127.0.0.1:$(port_of "$s")/$PREFIX:disk/$(lun_of "$s")" 2>&1 | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+  iops=$( (timeout $((SECS + 20)) iscsi-perf -i "iqn.2026-12.org.bootstorm:iscsi-perf" -t "$SECS" "$@" \
+    "iscsi://127.0.0.1:$(port_of "$s")/$PREFIX:disk/$(lun_of "$s")" 2>&1 || true) | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}' || true)
+  echo "iscsi-perf $s $sc: ${iops:-none (timed out)}" >&2
   R[$sc-iscsi-perf,$s]+="${iops:-0}|"
 }
 for round in $(seq "$ROUNDS"); do
