@@ -18,6 +18,13 @@
 //!   boot sector runs.
 //! - Multipath (`sanboot URI1 URI2`): a refused first portal costs nothing visible; the second
 //!   one serves.
+//! - `sanhook` then `boot` of a Linux kernel (against bootfarm): iPXE logs in for the sanhook
+//!   (TUR, READ CAPACITY, a few READs), closes that connection, logs in again before the
+//!   kernel starts and leaves the second session open: nobody answers its NOP-In pings, so
+//!   bootfarm closes it after iscsi.nop_in_interval_ms + nop_in_timeout_ms. The iBFT carries
+//!   the `initiator-iqn` iPXE used. Linux (iscsistart 2.1.8, kernel 6.1) then logs in with it,
+//!   accepting MaxRecvDataSegmentLength 256 KiB, MaxBurstLength 1 MiB, ImmediateData=Yes,
+//!   InitialR2T=No.
 
 mod common;
 use common::*;
@@ -340,6 +347,15 @@ fn http_server(dir: &TempDir, extra: &str) -> (Server, u16) {
     (Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]), http)
 }
 
+/// As [`http_server`], with bootfarm's iSCSI target on `iscsi` (`server.iscsi_port` in `extra`).
+fn http_server_iscsi(dir: &TempDir, extra: &str, iscsi: u16) -> (Server, u16) {
+    let (tftp, http, nbd) = (free_port(), free_port(), free_port());
+    let (head, rest) = extra.split_once('\n').unwrap_or((extra, ""));
+    let cfg = format!("[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n{head}\n[tftp]\nroot = \"boot\"\n{rest}");
+    std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
+    (Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap(), "--iscsi-port", &iscsi.to_string()]), http)
+}
+
 /// Boots Linux: QEMU runs `script` (from /boot) that loads the kernel and the initrd from
 /// `dir/boot/linux`; (powered off by itself, serial output).
 fn boot_linux(dir: &TempDir, http: u16, script: &str, limit: Duration) -> (bool, String) {
@@ -398,4 +414,46 @@ fn linux_boots_with_root_on_a_tgt_lun_from_the_ibft() {
     assert!(serial.contains("logging in from the iBFT: iqn.2026-12.org.bootfarm:lab at 10.0.2.2:"), "{}", ctx());
     assert_linux_ran(exited, &serial, &known, &ctx);
     eprintln!("linux boot with root on tgt's LUN: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The same Linux machine with its root on bootfarm's LUN: the initiator name of the vdisk's
+/// /ipxe script (the boot token in it) is set in iPXE, iPXE `sanhook`s the LUN and publishes
+/// the iBFT, the initramfs logs in from it with iscsistart (a second session of the same
+/// initiator while iPXE's own is left open), writes 4 MiB into the write cache, reads them
+/// back and powers off; the image file is unchanged.
+#[test]
+fn linux_boots_with_root_on_a_bootfarm_lun_from_the_ibft() {
+    let (dir, known) = linux_store("iscsi-linux-bf");
+    let before = read_file(&dir.join("lab.vhdx"));
+    let iscsi = free_port();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    let extra = format!(
+        "iscsi_port = {iscsi}\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"lab\"\npath = \"lab.vhdx\"\nsanboot = \"iscsi\"\n"
+    );
+    let (server, http) = http_server_iscsi(&dir, &extra, iscsi);
+    let s = curl(&format!("http://127.0.0.1:{http}/ipxe?vdisk=lab&mac={MAC}"));
+    let initiator = s.lines().find_map(|l| l.strip_prefix("set initiator-iqn ")).unwrap_or_else(|| panic!("no initiator-iqn in:\n{s}"));
+    let script = format!(
+        "#!ipxe\nset initiator-iqn {initiator}\nsanhook iscsi:10.0.2.2::{iscsi}:0:iqn.2026-12.org.bootfarm:lab || shell\n{}",
+        linux_lines(http, "bootfarm.iscsi=ibft")
+    );
+    let t0 = Instant::now();
+    let (exited, serial) = boot_linux(&dir, http, &script, Duration::from_secs(300));
+    let ctx = || format!("serial output:\n{serial}\nserver log:\n{}", server.log());
+    assert!(
+        serial.contains(&format!("logging in from the iBFT: iqn.2026-12.org.bootfarm:lab at 10.0.2.2:{iscsi} as {initiator}")),
+        "{}",
+        ctx()
+    );
+    assert_linux_ran(exited, &serial, &known, &ctx);
+    let m = curl(&format!("http://127.0.0.1:{http}/metrics"));
+    // iPXE logs in for `sanhook` (4 commands), closes, logs in again before `boot` and leaves
+    // that session open (the NOP-In ping closes it after a minute); then Linux's login.
+    assert!(metric(&m, "bootfarm_iscsi_logins_total{session=\"normal\"}") >= 2, "iPXE's logins and Linux's; {m}");
+    let attached = server.log().lines().filter(|l| l.contains("iscsi target attached") && l.contains("cache=52:54:00:12:34:56")).count();
+    assert!(attached >= 2, "every login of this boot reached the MAC's write cache; {}", ctx());
+    assert!(metric(&m, "bootfarm_iscsi_written_bytes_total") >= 4 << 20, "the writes went to the write cache; {m}");
+    assert_eq!(metric(&m, "bootfarm_iscsi_protocol_errors_total"), 0, "{m}");
+    assert_same("lab.vhdx after the boot", &read_file(&dir.join("lab.vhdx")), &before);
+    eprintln!("linux boot with root on bootfarm's LUN: {:.1} s", t0.elapsed().as_secs_f64());
 }
