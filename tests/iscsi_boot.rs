@@ -457,3 +457,29 @@ fn linux_boots_with_root_on_a_bootfarm_lun_from_the_ibft() {
     assert_same("lab.vhdx after the boot", &read_file(&dir.join("lab.vhdx")), &before);
     eprintln!("linux boot with root on bootfarm's LUN: {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// Without iPXE's iSCSI: the kernel command line names the target, the servers in failover
+/// order and the initiator name (the boot token's, from /ipxe); the first server does not
+/// answer (nothing listens at 127.0.0.3), the initramfs logs in to the second (bootfarm).
+#[test]
+fn linux_logs_in_from_the_command_line_and_fails_over_to_the_second_server() {
+    let (dir, known) = linux_store("iscsi-linux-cmdline");
+    let iscsi = free_port();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    let extra = format!(
+        "iscsi_port = {iscsi}\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"lab\"\npath = \"lab.vhdx\"\nsanboot = \"iscsi\"\n"
+    );
+    let (server, http) = http_server_iscsi(&dir, &extra, iscsi);
+    let s = curl(&format!("http://127.0.0.1:{http}/ipxe?vdisk=lab&mac={MAC}"));
+    let initiator = s.lines().find_map(|l| l.strip_prefix("set initiator-iqn ")).unwrap_or_else(|| panic!("no initiator-iqn in:\n{s}"));
+    let keys = format!(
+        "bootfarm.iscsi=iqn.2026-12.org.bootfarm:lab bootfarm.servers=127.0.0.3,10.0.2.2 bootfarm.port={iscsi} bootfarm.login_s=10 bootfarm.initiator={initiator}"
+    );
+    let (exited, serial) = boot_linux(&dir, http, &format!("#!ipxe\n{}", linux_lines(http, &keys)), Duration::from_secs(300));
+    let ctx = || format!("serial output:\n{serial}\nserver log:\n{}", server.log());
+    assert!(serial.contains(&format!("127.0.0.3:{iscsi} did not log us in")), "the dead first server was tried; {}", ctx());
+    assert!(serial.contains(&format!("iSCSI disk /dev/sda from 10.0.2.2:{iscsi}")), "the second one served; {}", ctx());
+    assert_linux_ran(exited, &serial, &known, &ctx);
+    let l = server.wait_for("iscsi target attached");
+    assert!(l.contains("cache=52:54:00:12:34:56") && !l.contains("boot=\"\""), "the initiator name's boot token named the cache: {l}");
+}
