@@ -45,3 +45,36 @@ pub fn iscsi_script(snap: &Snapshot, vd: &Vdisk, host: Option<&str>, mac: &str, 
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Overrides};
+
+    #[test]
+    fn a_multipath_sanboot_with_the_tokens_initiator_name() {
+        let dir = std::env::temp_dir().join(format!("bootfarm-http-iscsi-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        std::fs::write(dir.join("a.raw"), vec![0u8; 1 << 20]).unwrap();
+        let text = "[server]\nname = \"n1\"\niscsi_port = 3261\n[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"win10\"\npath = \"a.raw\"\nsanboot = \"iscsi\"\n\
+                    [[farm.server]]\nname = \"n1\"\naddress = \"10.0.0.1\"\n[[farm.server]]\nname = \"n2\"\naddress = \"fd00::2\"\n";
+        let s = config::from_text(&dir.join("b.toml"), text, &Overrides::default(), 1, None).unwrap();
+        let vd = s.vdisk("win10").unwrap();
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let tok = crate::nbd::token::issue(b"0123456789abcdef", [3; 16], 2_000_000_000, mac, "10.0.0.50".parse().unwrap(), "win10");
+        let name = crate::iscsi::boot::initiator_iqn("iqn.2026-12.org.bootfarm", mac, &tok).unwrap();
+        let script = iscsi_script(&s, vd, Some("10.0.0.1:8080"), "52:54:00:12:34:56", &[1, 0], Some(&name));
+        let sanboot = script.lines().find(|l| l.starts_with("sanboot ")).unwrap();
+        assert_eq!(
+            sanboot,
+            "sanboot iscsi:[fd00::2]::3261:0:iqn.2026-12.org.bootfarm:win10 iscsi:10.0.0.1::3261:0:iqn.2026-12.org.bootfarm:win10 || goto failed"
+        );
+        let iqn = script.lines().find_map(|l| l.strip_prefix("set initiator-iqn ")).unwrap();
+        assert!(config::valid_iqn(iqn), "{iqn}");
+        assert_eq!(crate::iscsi::boot::token_of("iqn.2026-12.org.bootfarm", iqn).as_deref(), Some(tok.as_str()));
+        let script = iscsi_script(&s, vd, None, "", &[0], None);
+        assert!(!script.contains("initiator-iqn"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod iscsi;
 pub mod lab;
 
 pub fn bin() -> PathBuf {

@@ -74,7 +74,10 @@ fn standard(absent: bool, lun: &Lun, out: &mut Vec<u8>) {
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(VENDOR);
     ascii_field(&mut d[16..32], lun.vdisk);
-    ascii_field(&mut d[32..36], env!("CARGO_PKG_VERSION"));
+    // Revision: "major.minor" of the package (4 characters; "0.1.0" would be cut to "0.1.").
+    let v = env!("CARGO_PKG_VERSION");
+    let minor_end = v.match_indices('.').nth(1).map_or(v.len(), |(i, _)| i);
+    ascii_field(&mut d[32..36], &v[..minor_end]);
     for (i, v) in VERSIONS.iter().enumerate() {
         d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
     }

@@ -129,12 +129,8 @@ impl<E: Env> Session<E> {
             error: None,
             residual: c.expected_len as i64 - bytes as i64,
         };
-        if (c.expected_len as u64) < bytes {
-            // Less data than the CDB moves: refused, the announced data eaten (SAM-5 overflow).
-            task.kind = Kind::Sink { sense: Sense::invalid_field(0, None), good: false };
-            task.want = 0;
-            task.residual = c.expected_len as i64 - bytes as i64;
-        }
+        // Less data than the CDB moves (an overflow): what comes is written and the status says
+        // how much was not (RFC 7143 11.4.5.2; libiscsi's residual tests and tgt do so).
         if let (Kind::Write { .. }, Some(t)) = (&task.kind, self.target.as_ref()) {
             match t.overlay.lock().unwrap().reserve(start, want as u64) {
                 Ok(r) => task.reservation = Some(r),
