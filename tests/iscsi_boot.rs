@@ -27,80 +27,13 @@
 //!   InitialR2T=No.
 
 mod common;
+use common::iscsi::Tgt;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const IQN: &str = "iqn.2026-12.org.bootfarm:demo";
-
-/// tgtd on a loopback portal, exporting one file as LUN 1 of one target; killed when dropped.
-struct Tgt {
-    child: std::process::Child,
-    control: u16,
-    port: u16,
-}
-
-impl Tgt {
-    fn start(dir: &TempDir, iqn: &str, backing: &Path) -> Tgt {
-        // Up when this tgtd's portal is listed (not another test's tgtd on the same socket name).
-        let ours = |control: u16, port: u16| {
-            Command::new("tgtadm")
-                .args(["-C", &control.to_string(), "--lld", "iscsi", "--op", "show", "--mode", "portal"])
-                .stderr(Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("127.0.0.1:{port},")))
-                .unwrap_or(false)
-        };
-        let mut tries = 0;
-        let t = loop {
-            let port = free_port();
-            // The management socket is /var/run/tgtd/socket.<control> (tgtd takes 0..32767):
-            // derived from the free portal port; a tgtd of another test holding the same name
-            // makes this one exit at once, and then another port is drawn.
-            let control = port % 32000 + 700;
-            let log = std::fs::File::create(dir.join("tgtd.log")).unwrap();
-            let child = Command::new("tgtd")
-                .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &control.to_string()])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("tgtd (Debian tgt; .ci/run installs it)");
-            let mut t = Tgt { child, control, port };
-            let t0 = Instant::now();
-            let up = loop {
-                if ours(control, port) {
-                    break true;
-                }
-                if t.child.try_wait().unwrap().is_some() || t0.elapsed() > Duration::from_secs(10) {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            if up {
-                break t;
-            }
-            tries += 1;
-            let log = String::from_utf8_lossy(&std::fs::read(dir.join("tgtd.log")).unwrap_or_default()).into_owned();
-            assert!(tries < 5, "tgtd does not start (portal 127.0.0.1:{port}, -C {control}); its log:\n{log}");
-        };
-        t.adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
-        t.adm(&["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", backing.to_str().unwrap()]);
-        t.adm(&["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
-        t
-    }
-
-    fn adm(&self, args: &[&str]) {
-        run(Command::new("tgtadm").args(["-C", &self.control.to_string(), "--lld", "iscsi"]).args(args));
-    }
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The demo store (a two-version VHDX chain whose boot sector prints the marker) served by
 /// bootfarm over HTTP (the iPXE scripts come from its /boot), and the vdisk's raw bytes.
@@ -139,16 +72,11 @@ fn boot_script(d: &Demo, script: &str, limit: Duration) -> (Option<i32>, String)
 #[test]
 fn ipxe_sanboots_the_demo_vdisk_from_tgt() {
     let (d, _server) = demo("iscsi-tgt");
-    let tgt = Tgt::start(&d.dir, IQN, &d.raw);
+    let tgt = Tgt::start(&d.dir.0, &[(IQN, &d.raw)]);
     let t0 = Instant::now();
     let script = format!("#!ipxe\necho test: sanboot over iscsi\nsanboot iscsi:10.0.2.2::{}:1:{IQN}\n", tgt.port);
     let (code, serial) = boot_script(&d, &script, Duration::from_secs(90));
-    let ctx = || {
-        format!(
-            "serial output:\n{serial}\ntgtd log:\n{}",
-            String::from_utf8_lossy(&std::fs::read(d.dir.join("tgtd.log")).unwrap_or_default())
-        )
-    };
+    let ctx = || format!("serial output:\n{serial}\ntgtd log:\n{}", tgt.log_text());
     assert!(serial.contains("Registered SAN device 0x80"), "iPXE logged in and read the capacity; {}", ctx());
     assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; {}", ctx());
     assert_eq!(code, Some(33), "the boot sector ends QEMU through isa-debug-exit; {}", ctx());
@@ -158,7 +86,7 @@ fn ipxe_sanboots_the_demo_vdisk_from_tgt() {
 #[test]
 fn ipxe_multipath_sanboot_skips_a_dead_portal_tgt() {
     let (d, _server) = demo("iscsi-tgt-mp");
-    let tgt = Tgt::start(&d.dir, IQN, &d.raw);
+    let tgt = Tgt::start(&d.dir.0, &[(IQN, &d.raw)]);
     let dead = free_port(); // nothing listens there: the first path is refused
     let script = format!("#!ipxe\nsanboot iscsi:10.0.2.2::{dead}:1:{IQN} iscsi:10.0.2.2::{}:1:{IQN}\n", tgt.port);
     let (code, serial) = boot_script(&d, &script, Duration::from_secs(90));
@@ -400,7 +328,7 @@ fn linux_boots_with_root_on_a_tgt_lun_from_the_ibft() {
     let (dir, known) = linux_store("iscsi-linux-tgt");
     let raw = dir.join("lab.raw");
     run(Command::new(bin()).args(["vdisk", "export"]).arg(dir.join("lab.vhdx")).arg("-o").arg(&raw));
-    let tgt = Tgt::start(&dir, "iqn.2026-12.org.bootfarm:lab", &raw);
+    let tgt = Tgt::start(&dir.0, &[("iqn.2026-12.org.bootfarm:lab", &raw)]);
     let (_server, http) = http_server(&dir, "");
     let script = format!(
         "#!ipxe\nsanhook iscsi:10.0.2.2::{}:1:iqn.2026-12.org.bootfarm:lab || shell\n{}",
