@@ -12,6 +12,13 @@
 #             per-target areas)
 #   headline  $HEADLINE_TARGETS (500) targets at once: 1 MiB TFTP bootstrap + the profile over
 #             NBD, against tftpd-hpa + qemu-nbd and against dnsmasq + qemu-nbd
+#   iscsi     500 targets at once: the profile over iSCSI (`--disk iscsi`, one session per target
+#             under its own initiator name): bootfarm (a write cache per initiator) vs tgt
+#             (tgtd, a raw copy as LUN 1, written in place: bootstorm's writes go to per-target
+#             areas)
+#   headline-iscsi  the headline over iSCSI: 1 MiB TFTP bootstrap + the profile over iSCSI,
+#             against dnsmasq + tgt
+# (iscsi and headline-iscsi run when named in SCENARIOS.)
 # Also measured in the same run: loopback TCP bandwidth, server and client CPU per boot.
 # bootfarm runs with server.steer = "cpu" and bootstorm's engine threads pinned; the peers get
 # bootstorm unpinned (--no-pin), which measured better for them.
@@ -30,7 +37,7 @@ HEADLINE_TARGETS=${HEADLINE_TARGETS:-500}
 # How long a target waits for any one answer before it counts the server as gone: generous, as
 # real clients are; 2 s made qemu-nbd's queued handshakes fail.
 TIMEOUT_MS=${TIMEOUT_MS:-15000}
-need_pkgs qemu-nbd:qemu-utils /usr/sbin/dnsmasq:dnsmasq-base /usr/sbin/nginx:nginx-light
+need_pkgs qemu-nbd:qemu-utils /usr/sbin/dnsmasq:dnsmasq-base /usr/sbin/nginx:nginx-light /usr/sbin/tgtd:tgt
 cargo build --release -q --workspace
 BF=$PWD/target/release/bootfarm
 BS=$PWD/target/release/bootstorm
@@ -48,6 +55,7 @@ listen = "127.0.0.1"
 tftp_port = 6941
 http_port = 16941
 nbd_port = 16942
+iscsi_port = 16947
 # bootstorm runs on this host with its engine threads pinned (for bootfarm only, see run):
 # each target's flows stay on one core.
 steer = "cpu"
@@ -65,6 +73,9 @@ cache_dir = "cache"
 connections_max = 8192
 targets_per_address_max = 8192   # every simulated target connects from 127.0.0.1
 connections_per_ip_max = 8192
+[iscsi]
+connections_max = 8192
+connections_per_ip_max = 8192
 [[vdisk]]
 name = "disk"
 path = "disk.vhdx"
@@ -74,7 +85,7 @@ nginx_conf "$W/nginx" 16943 "$W/www"
 BASE=${BF_BASE:-}
 if [ -n "$BASE" ]; then
   sed -e 's/^tftp_port = 6941/tftp_port = 6951/' -e 's/^http_port = 16941/http_port = 16951/' \
-    -e 's/^nbd_port = 16942/nbd_port = 16952/' -e 's/^cache_dir = "cache"/cache_dir = "cache-base"/' \
+    -e 's/^nbd_port = 16942/nbd_port = 16952/' -e 's/^iscsi_port = 16947/iscsi_port = 16957/' -e 's/^cache_dir = "cache"/cache_dir = "cache-base"/' \
     "$W/bootfarm.toml" > "$W/bootfarm-base.toml"
   "$BASE" serve --config "$W/bootfarm-base.toml" --log warn & BBP=$!; pids+=($!)
 fi
@@ -83,8 +94,20 @@ fi
 "$HPA" -L -u root -a 127.0.0.1:6944 -s "$W/root" -B 1468 & HPP=$!; pids+=($!)
 qemu-nbd -f vhdx --snapshot -x disk -p 16945 -b 127.0.0.1 -e 1000 --persistent "$W/disk.vhdx" & QNP=$!; pids+=($!)
 /usr/sbin/nginx -c "$W/nginx/nginx.conf" -g 'daemon off;' & NGP=$!; pids+=($!)
+TGP=
+if [[ " $SCENARIOS " == *" iscsi "* || " $SCENARIOS " == *" headline-iscsi "* ]]; then
+  # tgtd ignores SIGTERM: the exit kills it with SIGKILL, then work_dir's cleanup runs.
+  trap '[ -z "$TGP" ] || kill -9 "$TGP" 2>/dev/null || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+  cp "$W/www/vdisk/disk" "$W/tgt.raw"
+  /usr/sbin/tgtd -f --iscsi portal=127.0.0.1:16946 -C 16946 > "$W/tgtd.log" 2>&1 & TGP=$!
+  sleep 1
+  tgtadm -C 16946 --lld iscsi --op new --mode target --tid 1 -T iqn.2026-12.org.bootfarm:disk
+  tgtadm -C 16946 --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$W/tgt.raw"
+  tgtadm -C 16946 --lld iscsi --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 262144
+  tgtadm -C 16946 --lld iscsi --op bind --mode target --tid 1 -I ALL
+fi
 sleep 1
-cat "$W/disk.vhdx" "$W/www/vdisk/disk" > /dev/null
+cat "$W/disk.vhdx" "$W/www/vdisk/disk" $([ -z "$TGP" ] || echo "$W/tgt.raw") > /dev/null
 
 # CPU ticks of processes and all their children's threads (nginx: master + workers).
 cpu_ticks() {
@@ -143,6 +166,14 @@ for r in $(seq "$ROUNDS"); do
         [ -z "$BASE" ] || run headline bootfarm-base "$BBP" --tftp 127.0.0.1:6951 --nbd 127.0.0.1:16952 "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS"
         run headline tftpd-hpa+qemu-nbd "$HPP $QNP" --tftp 127.0.0.1:6944 --nbd 127.0.0.1:16945 --export shared "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS"
         run headline dnsmasq+qemu-nbd "$DMP $QNP" --tftp 127.0.0.1:69 --nbd 127.0.0.1:16945 --export shared "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS" ;;
+      iscsi)
+        run iscsi bootfarm "$BFP" --bootstrap none --disk iscsi --iscsi 127.0.0.1:16947 "${DISK[@]}" --targets 500
+        [ -z "$BASE" ] || run iscsi bootfarm-base "$BBP" --bootstrap none --disk iscsi --iscsi 127.0.0.1:16957 "${DISK[@]}" --targets 500
+        run iscsi tgt "$TGP" --bootstrap none --disk iscsi --iscsi 127.0.0.1:16946 --lun 1 "${DISK[@]}" --targets 500 ;;
+      headline-iscsi)
+        run headline-iscsi bootfarm "$BFP" --tftp 127.0.0.1:6941 --disk iscsi --iscsi 127.0.0.1:16947 "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS"
+        [ -z "$BASE" ] || run headline-iscsi bootfarm-base "$BBP" --tftp 127.0.0.1:6951 --disk iscsi --iscsi 127.0.0.1:16957 "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS"
+        run headline-iscsi dnsmasq+tgt "$DMP $TGP" --tftp 127.0.0.1:69 --disk iscsi --iscsi 127.0.0.1:16946 --lun 1 "${BOOT[@]}" "${DISK[@]}" --targets "$HEADLINE_TARGETS" ;;
       *) echo "unknown scenario $sc" >&2; exit 2 ;;
     esac
   done
@@ -182,9 +213,9 @@ def med(sc, st, k):
     return statistics.median(v) if v else float("nan")
 def tot(sc, st, k):
     return sum(int(r[k]) for r in rows if r[0] == sc and r[1] == st)
-print(f"{'scenario':<10}{'stack':<20}{'targets':>8}{'boots/s':>9}{'p99 ms':>9}{'failed':>7}{'corrupt':>8}{'srv CPU ms/boot':>16}{'client ms/boot':>15}{'MB/boot':>8}{'boots/s x':>10}{'p99 x':>7}")
+print(f"{'scenario':<15}{'stack':<20}{'targets':>8}{'boots/s':>9}{'p99 ms':>9}{'failed':>7}{'corrupt':>8}{'srv CPU ms/boot':>16}{'client ms/boot':>15}{'MB/boot':>8}{'boots/s x':>10}{'p99 x':>7}")
 for sc, st in order:
-    line = f"{sc:<10}{st:<20}{int(med(sc, st, 2)):>8}{med(sc, st, 3):>9.1f}{med(sc, st, 4):>9.0f}{tot(sc, st, 5):>7}{tot(sc, st, 6):>8}{med(sc, st, 7):>16.2f}{med(sc, st, 8):>15.2f}{med(sc, st, 9) / 1e6:>8.2f}"
+    line = f"{sc:<15}{st:<20}{int(med(sc, st, 2)):>8}{med(sc, st, 3):>9.1f}{med(sc, st, 4):>9.0f}{tot(sc, st, 5):>7}{tot(sc, st, 6):>8}{med(sc, st, 7):>16.2f}{med(sc, st, 8):>15.2f}{med(sc, st, 9) / 1e6:>8.2f}"
     if st != "bootfarm":
         line += f"{med(sc, 'bootfarm', 3) / med(sc, st, 3):>10.2f}{med(sc, 'bootfarm', 4) / med(sc, st, 4):>7.2f}"
     print(line)

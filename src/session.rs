@@ -194,6 +194,12 @@ pub trait TcpSession {
     /// connection limit the driver may close the longest-idle one to admit a new client.
     fn idle_since(&self) -> Option<Instant>;
 
+    /// Whether an operator asked for this connection to be cut (NBD: a disconnect of its
+    /// target); the driver asks when the spec's `cuts` generation changed.
+    fn cut_requested(&self) -> bool {
+        false
+    }
+
     /// Why it ended, for the close log line ("" when the client simply left).
     fn close_reason(&self) -> &'static str;
 

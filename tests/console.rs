@@ -47,6 +47,12 @@ fn the_console_streams_the_status_and_drains_only_with_its_token() {
     for want in ["\"node\": \"node1\"", "\"name\": \"win10\"", "\"servers\": [", "\"targets\": [", "\"recent\": [", "\"totals\": {"] {
         assert!(status.contains(want), "{want} in {status}");
     }
+    // Each vdisk says plainly what a failover to another node does to its targets' writes.
+    assert!(
+        status.contains("\"mode\": \"standard\"")
+            && status.contains("\"failover\": \"lost: the writes are in the serving node's write cache; another node has no copy"),
+        "{status}"
+    );
     // Two streams read for 3 s each (the limit is 2): events every 200 ms, each one line
     // of JSON; a third stream meanwhile is refused with 503.
     let streams: Vec<std::process::Child> = (0..2)

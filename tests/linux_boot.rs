@@ -7,7 +7,12 @@
 //! back and powers off. The image files are unchanged afterwards; a second boot of the same
 //! machine (server cache) starts from the clean image.
 //!
-//! The same boot through Debian's own initramfs-tools with contrib/initramfs-tools (boot=bootfarm).
+//! The same boot through Debian's own initramfs-tools with contrib/initramfs-tools (boot=bootfarm),
+//! and with busybox's nbd-client applet instead of Debian's client. With tools/bootfarm-nbd as
+//! the initramfs' client: a connection cut from the server side (`POST
+//! /api/targets/<mac>/disconnect`) between the guest's writes and its read-back is reconnected
+//! and the writes are there; and two nodes of one farm (a network namespace of the test's own)
+//! serve a device-cache boot whose serving node is killed mid-boot: it finishes on the other.
 //!
 //! Needs Debian's linux-image-amd64 (its vmlinuz and modules), nbd-client, busybox, e2fsprogs,
 //! cpio, qemu-system-x86 and ipxe-qemu (.ci/run installs them).
@@ -38,8 +43,15 @@ echo "VDISK-KNOWN: $(sha256sum /etc/known | cut -d ' ' -f 1)"
 dd if=/dev/urandom of=/data.bin bs=1M count=4 2>/dev/null
 a=$(sha256sum /data.bin | cut -d ' ' -f 1)
 sync
+# vdisk.wait: the test acts (cuts the connection, kills the server), then says go.
+if grep -q vdisk.wait /proc/cmdline; then
+	echo "VDISK-WRITTEN $a"
+	read -r go
+	echo "VDISK-GO $go"
+fi
 echo 3 > /proc/sys/vm/drop_caches
 b=$(sha256sum /data.bin | cut -d ' ' -f 1)
+echo "VDISK-KNOWN-AFTER: $(sha256sum /etc/known | cut -d ' ' -f 1)"
 [ -n "$a" ] && [ "$a" = "$b" ] && echo "VDISK-READBACK-OK $a"
 echo "VDISK-DONE"
 sync
@@ -56,12 +68,30 @@ struct Store {
 }
 
 /// Which initramfs the target boots.
-#[derive(PartialEq)]
+#[derive(PartialEq, Clone, Copy)]
 enum Initramfs {
-    /// contrib/initramfs/build.sh: busybox, nbd-client, bootfarm's /init.
+    /// contrib/initramfs/build.sh: busybox, Debian's nbd-client, bootfarm's /init.
     Busybox,
+    /// The same with busybox's own nbd-client applet (built from Debian's busybox source,
+    /// tests/common/busybox.rs) instead of Debian's client: `NBD_CLIENT=<that busybox>`.
+    BusyboxApplet,
     /// Debian's mkinitramfs with contrib/initramfs-tools (boot=bootfarm).
     Tools,
+    /// build.sh with `BOOTFARM_NBD=<tools/bootfarm-nbd>`: the init connects with it, and its
+    /// watcher reconnects a lost connection.
+    BootfarmNbd,
+}
+
+/// tools/bootfarm-nbd, built (incrementally) once per test run.
+fn bootfarm_nbd() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let st = Command::new(env!("CARGO")).args(["build", "-q", "-p", "bootfarm-nbd"]).status().unwrap();
+            assert!(st.success(), "cannot build tools/bootfarm-nbd");
+            bin().with_file_name("bootfarm-nbd")
+        })
+        .clone()
 }
 
 /// Debian's mkinitramfs with bootfarm's hook and boot script, in a copy of
@@ -88,6 +118,12 @@ fn mkinitramfs(dir: &TempDir, mods: &Path, out: &Path) {
 }
 
 fn store(tag: &str, cache: &str, initramfs: Initramfs) -> Store {
+    store_with(tag, cache, initramfs, "", "")
+}
+
+/// [`store`] with `cmdline` added to the kernel command line template and `config` to the
+/// configuration (before the vdisk).
+fn store_with(tag: &str, cache: &str, initramfs: Initramfs, cmdline: &str, config: &str) -> Store {
     let dir = TempDir::new(tag);
     let (vmlinuz, mods) = debian_kernel();
     std::fs::create_dir_all(dir.join("boot/linux")).unwrap();
@@ -95,6 +131,14 @@ fn store(tag: &str, cache: &str, initramfs: Initramfs) -> Store {
     let initrd = dir.join("boot/linux/initrd.img");
     match initramfs {
         Initramfs::Busybox => drop(run(Command::new("sh").arg(contrib("initramfs/build.sh")).arg(&initrd).arg(&mods))),
+        Initramfs::BusyboxApplet => drop(run(Command::new("sh")
+            .arg(contrib("initramfs/build.sh"))
+            .arg(&initrd)
+            .arg(&mods)
+            .env("NBD_CLIENT", common::busybox::busybox_with_nbd_client()))),
+        Initramfs::BootfarmNbd => {
+            drop(run(Command::new("sh").arg(contrib("initramfs/build.sh")).arg(&initrd).arg(&mods).env("BOOTFARM_NBD", bootfarm_nbd())))
+        }
         Initramfs::Tools => mkinitramfs(&dir, &mods, &initrd),
     }
     let boot_opt = if initramfs == Initramfs::Tools { "boot=bootfarm " } else { "" };
@@ -141,9 +185,9 @@ fn store(tag: &str, cache: &str, initramfs: Initramfs) -> Store {
 
     let (tftp, http, nbd) = (free_port(), free_port(), free_port());
     let cfg = format!(
-        "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n\
+        "[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{config}\n\
          [[vdisk]]\nname = \"lab\"\npath = \"lab-v2.avhdx\"\n[vdisk.linux]\nkernel = \"linux/vmlinuz\"\ninitrd = \"linux/initrd.img\"\n\
-         cmdline = \"console=ttyS0 panic=1 {boot_opt}{{ip}} {{nbd}}\"\ncache = \"{cache}\"\n"
+         cmdline = \"console=ttyS0 panic=1 {boot_opt}{{ip}} {{nbd}} {cmdline}\"\ncache = \"{cache}\"\n"
     );
     std::fs::create_dir_all(dir.join("cache")).unwrap();
     std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
@@ -166,8 +210,17 @@ fn metric(http: u16, name: &str) -> u64 {
 
 fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
     let tools = initramfs == Initramfs::Tools;
-    let s = store(&format!("linux-{cache}-{}", if tools { "tools" } else { "busybox" }), cache, initramfs);
+    let applet = initramfs == Initramfs::BusyboxApplet;
+    let kind = if tools {
+        "tools"
+    } else if applet {
+        "applet"
+    } else {
+        "busybox"
+    };
+    let s = store(&format!("linux-{cache}-{kind}"), cache, initramfs);
     let before: Vec<Vec<u8>> = s.files.iter().map(|f| read_file(f)).collect();
+    let hashes: Vec<String> = s.files.iter().map(|f| sha256(f)).collect();
     let server = Server::start(&["--config", s.dir.join("bootfarm.toml").to_str().unwrap()]);
     let t0 = Instant::now();
     let (exited, serial) = boot(&s.dir, s.http, Duration::from_secs(300));
@@ -197,11 +250,14 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
             "the connection named the boot token {token} of {mac}; {}",
             ctx()
         );
+        // Which client connected: busybox's applet speaks plain newstyle, Debian's fixed.
+        let plain = log.contains("resumed=false fixed_newstyle=false");
+        assert_eq!(plain, applet, "busybox's applet (plain newstyle) connected: {applet}; {}", ctx());
     } else {
         assert!(serial.contains("read-only, writes in RAM"), "{}", ctx());
         assert_eq!(written, 0, "a device-cache boot writes nothing to the server; {}", ctx());
     }
-    if cache == "server" && !tools {
+    if cache == "server" && initramfs == Initramfs::Busybox {
         // The same machine boots again: a new /ipxe fetch is a new boot, from the clean image.
         let (exited, again) = boot(&s.dir, s.http, Duration::from_secs(300));
         let ctx = || format!("serial output:\n{again}\nserver log:\n{}", server.log());
@@ -209,9 +265,13 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
         assert!(!again.contains("VDISK-DIRTY"), "the second boot does not see the first one's writes; {}", ctx());
         let token = |t: &str| t.split("export lab@").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
         assert_ne!(token(&again), token(&serial), "each boot has its own token; {}", ctx());
+        // The first boot's cache (kept for its reconnect until then) went when the second began.
+        assert_eq!(metric(s.http, "bootfarm_nbd_caches_dropped_total{reason=\"new_boot\"}"), 1, "{}", ctx());
+        assert!(server.log().contains("write cache discarded (the target started a new boot"), "{}", ctx());
     }
-    for (f, b) in s.files.iter().zip(&before) {
+    for (f, (b, h)) in s.files.iter().zip(before.iter().zip(&hashes)) {
         assert_same(&format!("{} after the boot", f.display()), &read_file(f), b);
+        assert_eq!(&sha256(f), h, "{} hashes as before the boot", f.display());
     }
     eprintln!("linux boot with the {cache} cache: {:.1} s from QEMU start to power-off", took.as_secs_f64());
 }
@@ -219,6 +279,13 @@ fn boots_and_powers_off(cache: &str, initramfs: Initramfs) {
 #[test]
 fn linux_boots_with_root_on_a_vdisk_chain_over_nbd_server_cache() {
     boots_and_powers_off("server", Initramfs::Busybox);
+}
+
+/// busybox's nbd-client applet (client flags 0, NBD_OPT_EXPORT_NAME, the 124 zero bytes) as
+/// the initramfs' client: the same boot, writes and read-back.
+#[test]
+fn linux_boots_with_busybox_nbd_client_applet_server_cache() {
+    boots_and_powers_off("server", Initramfs::BusyboxApplet);
 }
 
 #[test]
@@ -278,6 +345,7 @@ fn ipxe_answers_a_linux_vdisk_with_kernel_initrd_and_the_nbd_keys() {
     // /api/status says where the writes of this vdisk's targets live.
     let j = String::from_utf8(run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/api/status")])).stdout).unwrap();
     assert!(j.contains("\"linux\": {\"kernel\": \"linux/vmlinuz\", \"initrd\": \"linux/initrd.img\", \"cache\": \"server\", \"writes\": \"in the serving node's write cache"), "{j}");
+    assert!(j.contains("\"failover\": \"lost: the writes are in the serving node's write cache"), "{j}");
     // A template without {nbd} is refused, naming the key; the running one keeps serving.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, cfg("server").replace("cache = \"server\"", "cmdline = \"console=ttyS0\"")).unwrap();
@@ -290,5 +358,262 @@ fn ipxe_answers_a_linux_vdisk_with_kernel_initrd_and_the_nbd_keys() {
     while !get(&format!("?mac={MAC}")).contains("bootfarm.export=lab bootfarm.cache=device") {
         assert!(t0.elapsed() < Duration::from_secs(10), "the reload did not apply:\n{}", get(""));
         std::thread::sleep(Duration::from_millis(100));
+    }
+    let j = String::from_utf8(run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http}/api/status")])).stdout).unwrap();
+    assert!(j.contains("\"failover\": \"kept: the writes are in the target's RAM"), "the device cache survives a failover: {j}");
+}
+
+/// QEMU as [`boot`] runs it, but interactive: the serial output is read while it runs and
+/// lines can be typed into the guest's console (its standard input), so a test acts at a
+/// point of the boot the guest names. `netns`: run inside that network namespace.
+struct Guest {
+    child: std::process::Child,
+    serial: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Guest {
+    fn start(dir: &TempDir, bootfile: &str, netns: Option<&str>) -> Guest {
+        use std::io::Read;
+        let sercon = dir.join("sercon");
+        std::fs::write(&sercon, [0xf8u8, 0x03]).unwrap(); // SeaBIOS: copy the text console to COM1
+        let mut c = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        c.args(["-accel", "tcg", "-m", "512", "-display", "none", "-vga", "none", "-nodefaults", "-monitor", "none"]);
+        c.args(["-serial", "stdio", "-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display()), "-no-reboot"]);
+        c.args(["-netdev", &format!("user,id=n0,bootfile={bootfile}"), "-device", &format!("e1000,netdev=n0,mac={MAC}"), "-boot", "n"]);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian qemu-system-x86 + ipxe-qemu; .ci/run installs them)");
+        let serial = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut out, s) = (child.stdout.take().unwrap(), serial.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Guest { child, serial }
+    }
+
+    fn serial(&self) -> String {
+        self.serial.lock().unwrap().clone()
+    }
+
+    /// Waits (`limit` at most, or until QEMU ends) for `what` on the console; returns the
+    /// text after its first occurrence, or Err with the whole console.
+    fn wait_for(&mut self, what: &str, limit: Duration) -> Result<String, String> {
+        let t0 = Instant::now();
+        loop {
+            let s = self.serial();
+            if let Some(i) = s.find(what) {
+                return Ok(s[i + what.len()..].to_string());
+            }
+            if t0.elapsed() > limit || self.child.try_wait().unwrap().is_some() {
+                std::thread::sleep(Duration::from_millis(200));
+                let s = self.serial();
+                return s.find(what).map(|i| s[i + what.len()..].to_string()).ok_or(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Types `line` and Enter on the guest's console.
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\r").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits (`limit` at most) for QEMU to end by itself (the guest powered off).
+    fn exited(&mut self, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first word after `key` in `text`.
+fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split(key).nth(1)?.split_whitespace().next()
+}
+
+/// A reconnect within the boot keeps its writes: the guest (server cache, the initramfs with
+/// bootfarm-nbd) writes 4 MiB and syncs; the test cuts its connection from the server side
+/// (`POST /api/targets/<mac>/disconnect`); the guest then drops its page cache and reads
+/// everything back through the connection bootfarm-nbd's watcher made again, with the same
+/// boot token, to the same node's cache: the checksums match.
+#[test]
+fn a_reconnect_within_the_boot_keeps_its_writes() {
+    let token = "reconnect-test-token-01";
+    let s = store_with("linux-reconnect", "server", Initramfs::BootfarmNbd, "vdisk.wait", &format!("[console]\ntoken = \"{token}\""));
+    let before: Vec<Vec<u8>> = s.files.iter().map(|f| read_file(f)).collect();
+    let server = Server::start(&["--config", s.dir.join("bootfarm.toml").to_str().unwrap()]);
+    let mut g = Guest::start(&s.dir, &format!("http://10.0.2.2:{}/ipxe?mac=${{mac}}", s.http), None);
+    let ctx = |g: &Guest, server: &Server| format!("serial output:\n{}\nserver log:\n{}", g.serial(), server.log());
+    let t0 = Instant::now();
+    let written = match g.wait_for("VDISK-WRITTEN ", Duration::from_secs(300)) {
+        Ok(rest) => rest.split_whitespace().next().unwrap_or("").to_string(),
+        Err(_) => panic!("the guest did not write its data; {}", ctx(&g, &server)),
+    };
+    eprintln!("reconnect boot: {:.1} s from QEMU start to the writes", t0.elapsed().as_secs_f64());
+    let serial = g.serial();
+    assert!(serial.contains("bootfarm-nbd: /dev/nbd0 connected to 10.0.2.2"), "bootfarm-nbd connected; {}", ctx(&g, &server));
+    let boot = word_after(&serial, "export lab@").unwrap_or("none").to_string();
+    let o = run(Command::new("curl")
+        .args(["-sS", "-X", "POST", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://127.0.0.1:{}/api/targets/{MAC}/disconnect", s.http)));
+    let body = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(body.contains("\"connections\": 1"), "the boot's one connection is cut: {body}; {}", ctx(&g, &server));
+    server.wait_for("nbd connection cut: disconnected by the operator");
+    let t_cut = Instant::now();
+    g.type_line("go");
+    let done = g.wait_for("VDISK-DONE", Duration::from_secs(180));
+    let exited = g.exited(Duration::from_secs(30));
+    let (serial, log) = (g.serial(), server.log());
+    eprintln!("reconnect boot: {:.1} s from the cut to VDISK-DONE", t_cut.elapsed().as_secs_f64());
+    for l in serial.lines().filter(|l| l.contains("bootfarm-nbd")) {
+        eprintln!("  {l}");
+    }
+    let ctx = format!("serial output:\n{serial}\nserver log:\n{log}");
+    assert!(done.is_ok() && exited, "the boot finished and powered off; {ctx}");
+    assert!(serial.contains("bootfarm-nbd: /dev/nbd0: reconnected to 10.0.2.2"), "the watcher reconnected; {ctx}");
+    assert!(serial.contains(&format!("VDISK-READBACK-OK {written}")), "what it wrote reads back after the reconnect; {ctx}");
+    assert!(serial.contains(&format!("VDISK-KNOWN-AFTER: {}", s.known_sha)), "{ctx}");
+    let attached: Vec<&str> =
+        log.lines().filter(|l| l.contains("nbd target attached") && l.contains(&format!("boot=\"{boot}\""))).collect();
+    assert!(attached.len() >= 2 && attached[1].contains("resumed=true"), "the reconnect named the same boot and found its cache; {ctx}");
+    assert_eq!(metric(s.http, "bootfarm_nbd_operator_disconnects_total"), 1, "{ctx}");
+    for (f, b) in s.files.iter().zip(&before) {
+        assert_same(&format!("{} after the boot", f.display()), &read_file(f), b);
+    }
+}
+
+/// A network namespace of the test's own with addresses on its loopback, removed on drop:
+/// QEMU's user-mode network inside it reaches every server bound there, each at its own
+/// address, as a guest on a LAN reaches a farm's nodes.
+struct Netns(String);
+
+impl Netns {
+    fn new(addrs: &[&str]) -> Netns {
+        let ns = format!("bflinux-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
+        run(Command::new("ip").args(["netns", "add", &ns]));
+        let n = Netns(ns);
+        run(Command::new("ip").args(["-n", &n.0, "link", "set", "lo", "up"]));
+        for a in addrs {
+            run(Command::new("ip").args(["-n", &n.0, "addr", "add", &format!("{a}/32"), "dev", "lo"]));
+        }
+        n
+    }
+
+    fn cmd(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The device cache fails over: two bootfarm nodes in one farm (192.0.2.1 and .2 in the
+/// test's namespace), `/ipxe` lists both, the guest mounts the vdisk read-only under a tmpfs
+/// overlay and writes 4 MiB into RAM; the test kills the node serving its NBD connection
+/// (root mounted, init not finished); the guest drops its page cache and reads the vdisk
+/// again: bootfarm-nbd's watcher has moved /dev/nbd0 to the other node, the reads wait for
+/// it, and the boot ends with the right checksums.
+#[test]
+fn a_device_cache_boot_survives_the_death_of_its_server() {
+    if let Some(why) = common::lab::unavailable() {
+        eprintln!("SKIPPED the two-node failover boot: {why}");
+        return;
+    }
+    let s = store_with("linux-failover", "device", Initramfs::BootfarmNbd, "vdisk.wait", "");
+    let before: Vec<Vec<u8>> = s.files.iter().map(|f| read_file(f)).collect();
+    let ns = Netns::new(&["192.0.2.1", "192.0.2.2"]);
+    let cfg = std::fs::read_to_string(s.dir.join("bootfarm.toml")).unwrap();
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        let c = cfg.replacen("[server]\n", &format!("[server]\nname = \"node{i}\"\nlisten = \"192.0.2.{i}\"\nworkers = 1\n"), 1).replacen(
+            "cache_dir = \"cache\"",
+            &format!("cache_dir = \"cache{i}\""),
+            1,
+        ) + "[farm]\nhealth_interval_ms = 500\nhealth_timeout_ms = 400\nhealth_failures_max = 3\nhealth_successes_min = 1\n\
+               [[farm.server]]\nname = \"node1\"\naddress = \"192.0.2.1\"\n[[farm.server]]\nname = \"node2\"\naddress = \"192.0.2.2\"\n";
+        std::fs::create_dir_all(s.dir.join(&format!("cache{i}"))).unwrap();
+        std::fs::write(s.dir.join(&format!("node{i}.toml")), c).unwrap();
+        let conf = s.dir.join(&format!("node{i}.toml"));
+        nodes.push(Some(Server::start_with(ns.cmd(&bin()).arg("serve").arg("--config").arg(conf))));
+    }
+    let ipxe = |node: u8| {
+        let url = format!("http://192.0.2.{node}:{}/ipxe?mac={MAC}", s.http);
+        String::from_utf8_lossy(&run(ns.cmd(Path::new("curl")).args(["-sS", &url])).stdout).into_owned()
+    };
+    wait_until("node1's /ipxe lists both nodes", 30, || {
+        ipxe(1).contains("bootfarm.servers=192.0.2.1,192.0.2.2 ") || ipxe(1).contains("bootfarm.servers=192.0.2.2,192.0.2.1 ")
+    });
+    let mut g = Guest::start(&s.dir, &format!("http://192.0.2.1:{}/ipxe?mac=${{mac}}", s.http), Some(&ns.0));
+    let log = |nodes: &Vec<Option<Server>>| nodes.iter().flatten().map(|n| n.log()).collect::<Vec<_>>().join("\n----\n");
+    let written = match g.wait_for("VDISK-WRITTEN ", Duration::from_secs(300)) {
+        Ok(rest) => rest.split_whitespace().next().unwrap_or("").to_string(),
+        Err(serial) => panic!("the guest did not get to its writes; serial output:\n{serial}\nserver logs:\n{}", log(&nodes)),
+    };
+    let serial = g.serial();
+    assert!(serial.contains("read-only, writes in RAM"), "the device cache; serial output:\n{serial}");
+    let first = word_after(&serial, "root: /dev/nbd0 from ").unwrap_or("none").trim_end_matches(',').to_string();
+    let (dead, alive) = match first.as_str() {
+        "192.0.2.1" => (0, "192.0.2.2"),
+        "192.0.2.2" => (1, "192.0.2.1"),
+        _ => panic!("which node serves the root? serial output:\n{serial}"),
+    };
+    // The serving node dies (SIGKILL: no goodbye on its connections), then the guest reads.
+    nodes[dead].as_ref().unwrap().signal(libc::SIGKILL);
+    let _ = nodes[dead].as_mut().unwrap().child.wait();
+    let t_kill = Instant::now();
+    g.type_line("go");
+    let done = g.wait_for("VDISK-DONE", Duration::from_secs(240));
+    let exited = g.exited(Duration::from_secs(30));
+    let serial = g.serial();
+    eprintln!("failover boot: {:.1} s from the kill to VDISK-DONE", t_kill.elapsed().as_secs_f64());
+    for l in serial.lines().filter(|l| l.contains("bootfarm-nbd")) {
+        eprintln!("  {l}");
+    }
+    let ctx = format!("serial output:\n{serial}\nserver logs:\n{}", log(&nodes));
+    assert!(done.is_ok() && exited, "the boot finished and powered off; {ctx}");
+    assert!(serial.contains(&format!("bootfarm-nbd: /dev/nbd0: the connection to {first} was lost")), "{ctx}");
+    assert!(serial.contains(&format!("bootfarm-nbd: /dev/nbd0: reconnected to {alive}")), "the next server took over; {ctx}");
+    assert!(serial.contains(&format!("VDISK-KNOWN-AFTER: {}", s.known_sha)), "the vdisk reads right from the other node; {ctx}");
+    assert!(serial.contains(&format!("VDISK-READBACK-OK {written}")), "its RAM writes are intact; {ctx}");
+    assert!(nodes[1 - dead].as_ref().unwrap().log().contains("nbd target attached"), "{ctx}");
+    for (f, b) in s.files.iter().zip(&before) {
+        assert_same(&format!("{} after the boot", f.display()), &read_file(f), b);
     }
 }

@@ -19,6 +19,7 @@ struct Fixture {
 fn fixture(extra: &str) -> Fixture {
     let dir = TempDir::new("nbd");
     std::fs::create_dir_all(dir.join("boot")).unwrap();
+    std::fs::create_dir_all(dir.join("traces")).unwrap();
     let src = dir.join("src.raw");
     std::fs::File::create(&src).unwrap().set_len(12 << 20).unwrap();
     write_at(&src, 0, &pattern(1, 0, 3 << 20));
@@ -93,6 +94,58 @@ fn nbdinfo_nbdcopy_and_qemu_img_read_the_exports() {
     assert_eq!(map("base@someone-else").len(), 4);
     let bad = Command::new("nbdinfo").arg(format!("nbd://127.0.0.1:{}/nope", f.port)).output().unwrap();
     assert!(!bad.status.success(), "an unknown export is refused");
+}
+
+/// nbd.trace_dir: nbdcopy (several connections, multi-conn) and qemu-io leave one CSV file per
+/// connection, named by its target, whose header names export, target and disk size and
+/// whose lines (µs since connect, op, offset, length) are the requests they sent: the reads
+/// cover the whole disk, the write is there as written, times never go back.
+#[test]
+fn a_traced_server_writes_one_line_per_request_per_connection() {
+    let f = fixture("trace_dir = \"traces\"");
+    let out = f.dir.join("copy.raw");
+    run(Command::new("nbdcopy").args(["--no-extents", &format!("nbd://127.0.0.1:{}/chain@tracer", f.port), out.to_str().unwrap()]));
+    qemu_io(f.port, "chain@writer", "write -P 7 4096 8192");
+    let size = 12u64 << 20;
+    // The writer thread appends a connection's last lines after its close.
+    let files = |who: &str| -> Vec<String> {
+        std::fs::read_dir(f.dir.join("traces"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(&format!("-{who}.csv")))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect()
+    };
+    let complete = |t: &String| t.lines().last().is_some_and(|l| l.contains(",d,"));
+    wait_until("trace files of both clients, each ending with its disconnect", 20, || {
+        let (a, b) = (files("tracer"), files("writer"));
+        !a.is_empty() && a.iter().all(complete) && b.len() == 1 && b.iter().all(complete)
+    });
+    let mut covered = vec![false; (size / 4096) as usize];
+    for t in files("tracer").iter().chain(&files("writer")) {
+        let mut lines = t.lines();
+        let head = lines.next().unwrap();
+        assert!(head.starts_with("# bootfarm nbd trace: connection=") && head.contains(" export=chain "), "{head}");
+        assert!(head.contains(&format!(" disk_bytes={size} ")) && head.contains(" client=127.0.0.1:"), "{head}");
+        assert_eq!(lines.next(), Some("us,op,offset,length"));
+        let mut last_us = 0u64;
+        for l in lines {
+            let v: Vec<&str> = l.split(',').collect();
+            let [us, op, off, len] = v.as_slice() else { panic!("line {l:?}") };
+            let (us, off, len): (u64, u64, u64) = (us.parse().unwrap(), off.parse().unwrap(), len.parse().unwrap());
+            assert!(us >= last_us, "times never go back: {l:?} in\n{t}");
+            last_us = us;
+            assert!(["r", "w", "f", "d", "b"].contains(op), "{l:?}");
+            if *op == "r" {
+                assert!(off + len <= size && off % 4096 == 0 && len % 4096 == 0, "{l:?}");
+                covered[(off / 4096) as usize..((off + len) / 4096) as usize].iter_mut().for_each(|c| *c = true);
+            }
+        }
+    }
+    assert!(covered.iter().all(|&c| c), "nbdcopy's reads, as traced, cover the whole disk");
+    let w = &files("writer")[0];
+    assert!(w.contains(" target=writer ") && w.lines().any(|l| l.ends_with(",w,4096,8192")), "{w}");
+    assert!(http_get(&f, "/metrics").contains("bootfarm_nbd_trace_lines_dropped_total 0"));
 }
 
 /// A minimal fixed-newstyle client: handshake with GO, then raw requests.

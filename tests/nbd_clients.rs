@@ -12,6 +12,7 @@
 //! handshake (it reads all 134 bytes of the answer) and only then fails at its first ioctl.
 
 mod common;
+use common::busybox::busybox_with_nbd_client;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,37 +21,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const M: u64 = 1 << 20;
-
-/// busybox with the nbd-client applet: built once from Debian's source and kept under target/.
-fn busybox_with_nbd_client() -> PathBuf {
-    let v = String::from_utf8(run(Command::new("dpkg-query").args(["-W", "-f", "${source:Upstream-Version}", "busybox"])).stdout).unwrap();
-    assert!(!v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'), "busybox version {v:?}");
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("busybox-nbd-{v}"));
-    let bin = root.join("busybox");
-    if bin.exists() {
-        return bin;
-    }
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    let tarball = root.join("busybox.orig.tar.bz2");
-    let url = format!("http://deb.debian.org/debian/pool/main/b/busybox/busybox_{v}.orig.tar.bz2");
-    run(Command::new("curl").args(["-sfL", "--retry", "3", "-o"]).arg(&tarball).arg(&url));
-    run(Command::new("tar").arg("xjf").arg(&tarball).arg("-C").arg(&root));
-    let src = root.join(format!("busybox-{v}"));
-    run(Command::new("make").arg("-C").arg(&src).arg("allnoconfig").stdout(Stdio::null()));
-    let cfg = src.join(".config");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("# CONFIG_NBDCLIENT is not set", "CONFIG_NBDCLIENT=y");
-    std::fs::write(&cfg, text).unwrap();
-    // `oldconfig` asks about the applet's own options, if any: the defaults.
-    let mut old = Command::new("make").arg("-C").arg(&src).arg("oldconfig").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    let _ = old.stdin.take().unwrap().write_all(&b"\n".repeat(200));
-    assert!(old.wait().unwrap().success(), "make oldconfig");
-    run(Command::new("make").arg("-C").arg(&src).args(["-j2", "busybox"]).stdout(Stdio::null()));
-    std::fs::copy(src.join("busybox"), &bin).unwrap();
-    let _ = std::fs::remove_dir_all(&src);
-    let _ = std::fs::remove_file(&tarball);
-    bin
-}
 
 /// The first free /dev/nbdN from `first` on, loading the driver if needed; None (with the
 /// reason) when this kernel cannot give one.

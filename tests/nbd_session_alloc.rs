@@ -81,6 +81,12 @@ impl Env for TestEnv {
     fn now_unix(&self) -> u64 {
         0
     }
+    fn trace_start(&self) -> (u64, u64) {
+        panic!("nbd.trace_dir is not set in this test")
+    }
+    fn trace_out(&self, _: bootfarm::nbd::trace::Chunk) -> bool {
+        panic!("nbd.trace_dir is not set in this test")
+    }
 }
 
 fn opt(o: u32, payload: &[u8]) -> Vec<u8> {

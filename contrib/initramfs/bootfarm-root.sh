@@ -99,10 +99,24 @@ bootfarm_connect_iscsi() {
 }
 
 # Connects /dev/nbd0: the servers in order, three rounds; sets connected to the server.
+# With bootfarm-nbd (tools/bootfarm-nbd) the connection is also watched: when it is lost, the
+# device is reconnected to the servers in order from the one lost, while I/O waits (a server
+# cache's writes are on that node; with the device cache any node serves the same bytes).
+# Debian's nbd-client and busybox's applet cannot reconnect a mounted device on Linux 6.1.
 bootfarm_connect_nbd() {
-	# The servers in order, each tried a few times (a server that is starting, a lost SYN).
 	[ -e /dev/nbd0 ] || fail "/dev/nbd0 missing: the nbd module is not loaded"
 	connected=
+	if command -v bootfarm-nbd >/dev/null 2>&1; then
+		ro=
+		[ "$cache" = device ] && ro=--readonly
+		log "connecting /dev/nbd0 with bootfarm-nbd to the first of $servers (port $port) that serves $bf_export"
+		# shellcheck disable=SC2086 # nbdopts is a list of words
+		connected=$(bootfarm-nbd connect --servers "$servers" --port "$port" --export "$bf_export" $ro $nbdopts /dev/nbd0) ||
+			fail "no server of $servers served $bf_export on port $port"
+		bootfarm_wait_size
+		return
+	fi
+	# The servers in order, each tried a few times (a server that is starting, a lost SYN).
 	# A device-cache root is never written: say so to the kernel where the client can (Debian's).
 	ro_opt=
 	[ "$cache" = device ] && nbd-client -h 2>&1 | grep -q -- -readonly && ro_opt=-readonly
@@ -119,6 +133,11 @@ bootfarm_connect_nbd() {
 		sleep $round
 	done
 	[ -n "$connected" ] || fail "no server of $servers served $bf_export on port $port"
+	bootfarm_wait_size
+}
+
+# Waits (5 s at most) for the kernel to size /dev/nbd0.
+bootfarm_wait_size() {
 	i=0
 	while [ "$(cat /sys/block/nbd0/size 2>/dev/null || echo 0)" = 0 ] && [ $i -lt 50 ]; do
 		sleep 0.1

@@ -6,9 +6,12 @@
 # Environment: MODULES (default "e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet": the
 # names that exist are taken), BUSYBOX (default: busybox on PATH), NBD_CLIENT (default:
 # nbd-client on PATH; NBD_CLIENT=busybox when BUSYBOX has the nbd-client applet, or the path of
-# another busybox binary that has it, installed as /bin/nbd-client); ISCSI=yes (root on an iSCSI
-# LUN, bootfarm.iscsi= on the command line) adds open-iscsi's iscsistart (ISCSISTART: its path)
-# and the modules iscsi_tcp, sd_mod and iscsi_ibft.
+# another busybox binary that has it, installed as /bin/nbd-client), BOOTFARM_NBD (the path of
+# bootfarm's own client, tools/bootfarm-nbd: when given it is installed as /bin/bootfarm-nbd and
+# the init uses it instead of nbd-client, so a lost connection is reconnected, to the next
+# server of the list if need be, while I/O waits); ISCSI=yes (root on an iSCSI LUN,
+# bootfarm.iscsi= on the command line) adds open-iscsi's iscsistart (ISCSISTART: its path) and
+# the modules iscsi_tcp, sd_mod and iscsi_ibft.
 # Debian: apt install busybox nbd-client cpio (open-iscsi for ISCSI=yes; and the kernel's
 # linux-image package).
 set -eu
@@ -49,6 +52,13 @@ else
 	copy_bin "$nbdc" nbd-client
 fi
 [ -z "$iscsistart" ] || copy_bin "$iscsistart" iscsistart
+
+if [ -n "${BOOTFARM_NBD:-}" ]; then
+	[ -x "$BOOTFARM_NBD" ] || { echo "build.sh: BOOTFARM_NBD=$BOOTFARM_NBD is not an executable" >&2; exit 2; }
+	copy_bin "$BOOTFARM_NBD" bootfarm-nbd
+	# A debug build carries megabytes of symbols the initramfs does not need.
+	strip --strip-debug "$r/bin/bootfarm-nbd" 2>/dev/null || true
+fi
 
 # Modules in load order: each one's dependencies (modules.dep lists them, deepest last) first.
 : >"$tmp/order"

@@ -456,6 +456,20 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
             return Err(err(file, "nbd.cache_dir", c.nbd.cache_dir.display(), "is not a directory (write-cache overflow files go there)"));
         }
     }
+    if let Some(d) = c.nbd.trace_dir.as_mut() {
+        *d = base.join(&*d);
+        if !d.is_dir() {
+            return Err(err(file, "nbd.trace_dir", d.display(), "is not a directory (create it: NBD traces are written there)"));
+        }
+    }
+    if c.nbd.trace_bytes_max < 4096 || c.nbd.trace_queue_bytes_max < crate::nbd::trace::CHUNK_BYTES as u64 {
+        let (k, v) = if c.nbd.trace_bytes_max < 4096 {
+            ("nbd.trace_bytes_max", c.nbd.trace_bytes_max)
+        } else {
+            ("nbd.trace_queue_bytes_max", c.nbd.trace_queue_bytes_max)
+        };
+        return Err(err(file, k, v, "must be at least 4096 (trace_bytes_max) and 65536 (trace_queue_bytes_max: one chunk)"));
+    }
     if let Some(k) = c.farm.token_key_file.as_mut() {
         *k = base.join(&*k);
         // Read without blocking, regular files only (a FIFO here would hang a reload).

@@ -216,6 +216,14 @@ pub struct Nbd {
     /// connection to end before it is refused (0 = refuse at once): a machine that reboots
     /// reconnects before the server has seen its old connection close.
     pub private_writer_wait_ms: u64,
+    /// A folder for per-connection I/O traces (one CSV file per connection that reached an
+    /// export: time, op, offset, length of every request); none = off.
+    pub trace_dir: Option<PathBuf>,
+    /// Bytes of one trace file; later lines of that connection are dropped and counted.
+    pub trace_bytes_max: u64,
+    /// Trace bytes waiting for the writer thread, all connections together; a chunk that would
+    /// pass it is dropped and its lines counted (the workers never wait for the disk).
+    pub trace_queue_bytes_max: u64,
 }
 
 impl Default for Nbd {
@@ -243,6 +251,9 @@ impl Default for Nbd {
             send_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             private_writer_wait_ms: 2_000,
+            trace_dir: None,
+            trace_bytes_max: 64 << 20,
+            trace_queue_bytes_max: 32 << 20,
         }
     }
 }
@@ -485,6 +496,10 @@ send_zc_min_bytes = 0               # reply batches of at least this size use SE
 send_timeout_ms = 30000             # a client that stops reading is cut off
 handshake_timeout_ms = 10000        # a client that never finishes the handshake is cut off
 private_writer_wait_ms = 2000       # a private vdisk's next writer waits this long for the last one to go
+# trace_dir = "traces"              # example: one CSV file per connection, a line per request
+                                    # (us since connect, op, offset, length); off unless set
+trace_bytes_max = 67108864          # 64 MiB per trace file; later lines are dropped and counted
+trace_queue_bytes_max = 33554432    # 32 MiB of lines waiting for the disk, all connections
 
 [iscsi]                     # every vdisk is target <iqn_prefix>:<name>, LUN 0 (README: "iSCSI")
 iqn_prefix = "iqn.2026-12.org.bootfarm"

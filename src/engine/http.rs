@@ -227,6 +227,9 @@ impl http::Env for HttpCtx {
     fn set_drained(&self, drained: bool) {
         self.shared.console.drained.store(drained, std::sync::atomic::Ordering::Relaxed);
     }
+    fn nbd_disconnect(&self, id: &str) -> Vec<(String, usize)> {
+        self.shared.nbd_targets.disconnect(id)
+    }
 }
 
 /// The console's live members of /api/status from the NBD registry, the farm load map and

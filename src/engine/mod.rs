@@ -15,6 +15,7 @@ mod tcp;
 mod tftp;
 pub mod timer;
 pub mod token;
+mod trace;
 
 use crate::config::{Snapshot, Store};
 use crate::metrics::{Counter, Histogram, WorkerCounters};
@@ -214,6 +215,8 @@ pub struct Shared {
     pub farm: Arc<crate::farm::Runtime>,
     /// The operator's console: event-stream slots, the drained flag.
     pub console: crate::http::console::State,
+    /// The NBD I/O trace writer (nbd.trace_dir).
+    pub nbd_trace: trace::TraceWriter,
 }
 
 impl Shared {
@@ -231,7 +234,10 @@ impl Shared {
 
     /// A counter summed over every worker (and the store's and the farm's blocks).
     pub fn counter_total(&self, c: Counter) -> u64 {
-        self.workers.iter().map(|w| w.counters.get(c)).sum::<u64>() + self.store.counters.get(c) + self.farm.counters.get(c)
+        self.workers.iter().map(|w| w.counters.get(c)).sum::<u64>()
+            + self.store.counters.get(c)
+            + self.farm.counters.get(c)
+            + self.nbd_trace.counters.get(c)
     }
 }
 
@@ -243,6 +249,7 @@ pub fn render_metrics(shared: &Shared) -> String {
     blocks.push(&shared.store.counters);
     blocks.push(&shared.farm.counters);
     blocks.push(&shared.nbd_targets.counters);
+    blocks.push(&shared.nbd_trace.counters);
     let tftp: u64 = shared.workers.iter().map(|w| w.tftp_sessions.load(r)).sum();
     let http: u64 = shared.workers.iter().map(|w| w.http_connections.load(r)).sum();
     let (targets, connected) = shared.nbd_targets.counts();
@@ -476,6 +483,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         iscsi_admission: Admission::default(),
         iscsi_evictions: Default::default(),
         farm: Default::default(),
+        nbd_trace: Default::default(),
     });
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);

@@ -101,6 +101,10 @@ impl TcpGlue for NbdProto {
         }
     }
 
+    fn cuts(&self, shared: &Shared) -> Option<(u64, Counter)> {
+        Some((shared.nbd_targets.cuts.load(std::sync::atomic::Ordering::Acquire), Counter::NbdOperatorCut))
+    }
+
     fn tick(&mut self, ctx: &mut NbdCtx, io: &Io) {
         // One worker sweeps for all: the registry is shared.
         if self.worker == 0 && io.now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
@@ -139,5 +143,12 @@ impl session::Env for NbdCtx {
     }
     fn now_unix(&self) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+    fn trace_start(&self) -> (u64, u64) {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        (self.shared.nbd_trace.next_id(), ms)
+    }
+    fn trace_out(&self, chunk: crate::nbd::trace::Chunk) -> bool {
+        self.shared.nbd_trace.send(chunk, self.snap.config.nbd.trace_queue_bytes_max)
     }
 }

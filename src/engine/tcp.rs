@@ -138,6 +138,8 @@ pub struct Tcp<P: TcpGlue> {
     slots: FileSlots,
     refusals: RateLog,
     limits: TcpLimits,
+    /// The glue's `cuts` generation as of the last pass.
+    cuts_seen: u64,
 }
 
 impl<P: TcpGlue> Tcp<P> {
@@ -165,6 +167,7 @@ impl<P: TcpGlue> Tcp<P> {
             slots,
             refusals: RateLog::default(),
             limits,
+            cuts_seen: 0,
         }
     }
 
@@ -381,6 +384,28 @@ impl<P: TcpGlue> Tcp<P> {
             let idle_ms = idle_since(c).map(|t| now.saturating_duration_since(t).as_millis() as u64).unwrap_or(0);
             tracing::warn!(client = %c.peer, idle_ms, "{name} connection cut: idle, and a new connection was refused at a connection limit");
             c.why = "idle, cut to admit a connection refused at a connection limit";
+            self.close(id, io, false);
+        }
+    }
+
+    /// Cuts the connections an operator asked to be cut (the glue's `cuts` changed).
+    fn operator_cuts(&mut self, io: &mut Io) {
+        let Some((generation, counter)) = self.proto.cuts(&self.shared) else { return };
+        if generation == self.cuts_seen {
+            return;
+        }
+        self.cuts_seen = generation;
+        let cut = self.conns.ids_where(|c| !c.closing && c.session.cut_requested());
+        if cut.is_empty() {
+            return;
+        }
+        self.begin(io);
+        let name = self.proto.spec().name;
+        for id in cut {
+            self.count(counter, 1);
+            let c = self.conns.at(id).unwrap();
+            tracing::info!(client = %c.peer, "{name} connection cut: disconnected by the operator");
+            c.why = "disconnected by the operator";
             self.close(id, io, false);
         }
     }
@@ -691,6 +716,7 @@ impl<P: TcpGlue> Service for Tcp<P> {
         if self.evictions.is_some() {
             self.evict_shared(io);
         }
+        self.operator_cuts(io);
         self.proto.tick(&mut self.ctx, io);
         if self.dirty.is_empty() {
             return;

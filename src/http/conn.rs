@@ -945,6 +945,13 @@ mod tests {
         w.recv(b"POST /api/resume HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n", t0);
         assert_eq!(w.statuses(), vec![200, 200]);
         assert!(!w.ctx.console.drained.load(std::sync::atomic::Ordering::Relaxed));
+        // A target's disconnect: the token as for a drain; an id with no connection here is 404.
+        let cut = |auth: &str| format!("POST /api/targets/52:54:00:12:34:56/disconnect HTTP/1.1\r\nHost: a\r\n{auth}\r\n");
+        let mut w = Wire::new(ctx(with), t0);
+        w.recv(cut("").as_bytes(), t0);
+        w.recv(cut("Authorization: Bearer 0123456789abcdef\r\n").as_bytes(), t0);
+        assert_eq!(w.statuses(), vec![403, 404]);
+        assert!(text(&w.out).contains("no NBD target with that id has a connection on this node"));
         // Any other POST is refused before routing.
         let w = run(&[b"POST /api/status HTTP/1.1\r\nHost: a\r\n\r\n"]);
         assert_eq!(w.statuses(), vec![405]);

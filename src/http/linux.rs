@@ -16,7 +16,7 @@ pub fn nbd_export(vdisk: &str, cache: CacheSite, token: Option<&str>) -> String 
 }
 
 /// `host[:port]` from a Host header, without the port and IPv6 brackets: what nbd-client takes.
-pub(crate) fn host_only(h: &str) -> &str {
+pub(super) fn host_only(h: &str) -> &str {
     if let Some(r) = h.strip_prefix('[') {
         return r.split(']').next().unwrap_or(r);
     }
@@ -93,9 +93,37 @@ pub fn status_json(lb: &LinuxBoot) -> String {
     )
 }
 
+/// What happens to a target's writes when its connection fails over to another node, by the
+/// vdisk's mode and, for a Linux vdisk, its cache: the `"failover"` member of each vdisk in
+/// `/api/status` (the README's "Failover and writes" says the same).
+pub fn failover_writes(mode: crate::config::Mode, linux: Option<CacheSite>) -> &'static str {
+    use crate::config::Mode;
+    match (mode, linux) {
+        (Mode::Private, _) => {
+            "lost to the target: its writes go into a new version file beside the image on the serving node only; another node serves the image without them (and makes a version of its own); they stay on the first node's disk for the operator to merge or remove"
+        }
+        (Mode::Standard, Some(CacheSite::Device)) => {
+            "kept: the writes are in the target's RAM (overlay on tmpfs) and the servers hold none, so any server of its list takes over the read-only connection; they are lost at reboot"
+        }
+        (Mode::Standard, _) => {
+            "lost: the writes are in the serving node's write cache; another node has no copy and serves that target the clean image (the file system sees old blocks: reboot it); a reconnect to the same node keeps them"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_says_what_happens_to_writes_in_each_mode() {
+        use crate::config::Mode;
+        assert!(failover_writes(Mode::Standard, None).starts_with("lost: the writes are in the serving node's write cache"));
+        assert_eq!(failover_writes(Mode::Standard, Some(CacheSite::Server)), failover_writes(Mode::Standard, None));
+        assert!(failover_writes(Mode::Standard, Some(CacheSite::Device)).starts_with("kept: the writes are in the target's RAM"));
+        assert!(failover_writes(Mode::Private, None).starts_with("lost to the target: its writes go into a new version file"));
+        assert_eq!(failover_writes(Mode::Private, Some(CacheSite::Device)), failover_writes(Mode::Private, None));
+    }
 
     #[test]
     fn the_export_names_the_boot_only_with_a_server_cache() {

@@ -3,9 +3,11 @@
 //! live (a file mapping, a vDisk chain) or, for small generated pages, owns them.
 //!
 //! Routes: /boot/<path> (files under tftp.root), /vdisk/<name> (the virtual disk, raw, with
-//! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script), /metrics, /healthz,
+//! ranges: what iPXE `sanboot` reads), /ipxe (a generated iPXE script: sanboot over HTTP or
+//! iSCSI, or a Linux kernel), /metrics, /healthz,
 //! /api/status, and the operator's console: / (its page), /api/events (the status as a stream
-//! of server-sent events), POST /api/drain and /api/resume (with the configured token).
+//! of server-sent events), POST /api/drain, /api/resume and /api/targets/<id>/disconnect
+//! (with the configured token).
 //! Multi-range requests get the whole representation (200), as RFC 9110 allows.
 
 pub mod conn;
@@ -85,6 +87,13 @@ pub trait Env {
     fn events_release(&self);
     /// The console's drain (true) or resume (false), its token already checked.
     fn set_drained(&self, drained: bool);
+    /// An operator's disconnect of NBD target `id`, its token already checked: its
+    /// connections are cut, its cache kept ([`crate::nbd::target::Registry::disconnect`]).
+    /// Returns (vdisk, connections) of each target hit. An environment without NBD targets
+    /// has none to hit.
+    fn nbd_disconnect(&self, _id: &str) -> Vec<(String, usize)> {
+        Vec::new()
+    }
 }
 
 /// The status document of `/api/status` and of each event.
@@ -436,12 +445,9 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
                     let export = linux::nbd_export(&vd.name, lb.cache, token.as_deref());
                     linux::linux_script(&snap, vd, lb, host, &clean_mac(mac), &order, &export)
                 }
-                None if sanboot_iscsi(&snap, &vd.name) => {
-                    let initiator = token.as_deref().and_then(|t| {
-                        let m = crate::nbd::token::parse_mac(mac?)?;
-                        crate::iscsi::boot::initiator_iqn(&snap.config.iscsi.iqn_prefix, m, t)
-                    });
-                    iscsi::iscsi_script(&snap, vd, host, &clean_mac(mac), &order, initiator.as_deref())
+                None if iscsi::wanted(&snap, &vd.name) => {
+                    let m = mac.and_then(crate::nbd::token::parse_mac);
+                    iscsi::iscsi_script(&snap, vd, host, m, &order, token.as_deref())
                 }
                 None => ipxe_script(&snap, vd, host, mac, &order),
             };
@@ -461,7 +467,7 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
     }
 }
 
-/// POST /api/drain or /api/resume: allowed only with `console.token` configured and named in
+/// POST /api/drain, /api/resume or /api/targets/<id>/disconnect: allowed only with `console.token` configured and named in
 /// `Authorization: Bearer`; 403 otherwise (the console is read-only by default).
 fn action(req: &Request, env: &mut dyn Env, snap: &Snapshot, path: &str, out: &mut Head) -> Body {
     let (ka, minor, now) = (req.keep_alive, req.minor, env.now_unix());
@@ -470,6 +476,22 @@ fn action(req: &Request, env: &mut dyn Env, snap: &Snapshot, path: &str, out: &m
     };
     if !console::token_ok(token, req.authorization) {
         return error_page(out, 403, ka, minor, now, "missing or wrong token (send Authorization: Bearer <console.token>)");
+    }
+    if let Some(id) = path.strip_prefix(wire::TARGET_ACTION.0).and_then(|r| r.strip_suffix(wire::TARGET_ACTION.1)) {
+        let hit = env.nbd_disconnect(id);
+        let conns: usize = hit.iter().map(|(_, n)| n).sum();
+        tracing::info!(node = %snap.config.server.name, client = %env.client_ip(), target = %id, connections = conns, "console action: disconnect");
+        if hit.is_empty() {
+            return error_page(out, 404, ka, minor, now, "no NBD target with that id has a connection on this node (see /api/status)");
+        }
+        let vdisks: Vec<String> = hit.iter().map(|(v, _)| json_str(v)).collect();
+        let body = format!(
+            "{{\"node\": {}, \"target\": {}, \"vdisks\": [{}], \"connections\": {conns}}}\n",
+            json_str(&snap.config.server.name),
+            json_str(id),
+            vdisks.join(", ")
+        );
+        return simple(out, 200, ka, minor, now, "application/json", body.into_bytes(), false);
     }
     let drained = path == "/api/drain";
     env.set_drained(drained);
@@ -501,11 +523,6 @@ fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &
 }
 
 /// The `?mac=` value as scripts may repeat it: hex digits and separators only.
-/// The vdisk boots over iSCSI (`sanboot = "iscsi"` and the target is on).
-fn sanboot_iscsi(snap: &Snapshot, vdisk: &str) -> bool {
-    snap.config.server.iscsi_port != 0 && snap.config.vdisk.iter().any(|v| v.name == vdisk && v.sanboot == crate::config::Sanboot::Iscsi)
-}
-
 fn clean_mac(mac: Option<&str>) -> String {
     mac.unwrap_or("").chars().filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').take(32).collect()
 }
@@ -588,12 +605,13 @@ pub fn status_json(snap: &Snapshot, draining: bool, (tftp, http): (u64, u64), fa
                 })
                 .collect();
             format!(
-                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"damaged\": {}, \"chain\": [{}]{}}}",
+                "{{\"name\": {}, \"mode\": \"{}\", \"bytes\": {}, \"damaged\": {}, \"chain\": [{}], \"failover\": {}{}}}",
                 json_str(&v.name),
                 if v.mode == crate::config::Mode::Standard { "standard" } else { "private" },
                 v.chain.virtual_size(),
                 v.damaged(),
                 chain.join(", "),
+                json_str(linux::failover_writes(v.mode, snap.linux(&v.name).map(|l| l.cache))),
                 snap.linux(&v.name).map(linux::status_json).unwrap_or_default()
             )
         })

@@ -34,8 +34,22 @@ pub struct Request<'a> {
     pub authorization: Option<&'a [u8]>,
 }
 
-/// The only targets a POST may name (the console's actions); any other POST is 405.
+/// The fixed targets a POST may name (the console's actions); with [`TARGET_ACTION`], the
+/// only ones: any other POST is 405.
 pub const POST_PATHS: [&[u8]; 2] = [b"/api/drain", b"/api/resume"];
+
+/// The per-target action: `POST /api/targets/<target id>/disconnect`.
+pub const TARGET_ACTION: (&str, &str) = ("/api/targets/", "/disconnect");
+
+/// Whether a POST may name `path` (before percent-decoding: an id needs no '/').
+pub fn post_allowed(path: &[u8]) -> bool {
+    let (pre, post) = (TARGET_ACTION.0.as_bytes(), TARGET_ACTION.1.as_bytes());
+    POST_PATHS.contains(&path)
+        || (path.len() > pre.len() + post.len()
+            && path.starts_with(pre)
+            && path.ends_with(post)
+            && !path[pre.len()..path.len() - post.len()].contains(&b'/'))
+}
 
 /// Why a request cannot be served; each maps to one status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +133,7 @@ pub fn parse<'a>(b: &'a [u8], limits: &Limits) -> Result<(Request<'a>, usize), E
     let (head, post) = match method {
         b"GET" => (false, false),
         b"HEAD" => (true, false),
-        b"POST" if POST_PATHS.contains(&path) => (false, true),
+        b"POST" if post_allowed(path) => (false, true),
         m if is_token(m) => return Err(Error::MethodNotAllowed),
         _ => return Err(Error::BadRequest("malformed method")),
     };
@@ -373,6 +387,11 @@ mod tests {
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &L).unwrap_err(), Error::Incomplete);
         assert_eq!(e(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
         assert_eq!(e(b"POST /api/drainx HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(e(b"POST /api/targets//disconnect HTTP/1.1\r\nHost: x\r\n\r\n"), 405, "no id");
+        assert_eq!(e(b"POST /api/targets/a/b/disconnect HTTP/1.1\r\nHost: x\r\n\r\n"), 405, "an id has no '/'");
+        assert_eq!(e(b"POST /api/targets/a/drain HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        let (r, _) = parse(b"POST /api/targets/52:54:00:12:34:56/disconnect HTTP/1.1\r\nHost: x\r\n\r\n", &L).unwrap();
+        assert!(r.post);
         assert_eq!(e(b"POST /api/drain HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"), 413, "an action has no body");
         let (r, _) = parse(b"POST /api/drain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\n\r\n", &L).unwrap();
         assert!(r.post && !r.head && r.authorization == Some(&b"Bearer t0k"[..]));

@@ -18,6 +18,7 @@ use crate::config::Snapshot;
 use crate::metrics::Counter;
 use crate::nbd::cache::{self, CacheError};
 use crate::nbd::target::{Registry, Target};
+use crate::nbd::trace;
 use crate::nbd::wire::{self, Parse};
 use crate::session::{Batch, ConnScope, Piece, TcpSession};
 
@@ -52,6 +53,11 @@ pub trait Env: ConnScope {
     fn token_key(&self) -> [u8; 16];
     /// Seconds since the Unix epoch (boot tokens expire by the wall clock).
     fn now_unix(&self) -> u64;
+    /// For a new I/O trace (nbd.trace_dir): a connection number unique in this server's run,
+    /// and the wall clock in milliseconds since the Unix epoch.
+    fn trace_start(&self) -> (u64, u64);
+    /// Hands trace lines to the writer; false when its queue is full (the lines are dropped).
+    fn trace_out(&self, chunk: trace::Chunk) -> bool;
 }
 
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
@@ -108,6 +114,9 @@ pub struct Session<E> {
     structured: bool,
     meta_base: bool,
     target: Option<Arc<Target>>,
+    /// The target's `cut` when this connection attached: a later value is an operator's
+    /// disconnect of the target.
+    cut_seen: u64,
     incoming: Option<Incoming>,
     /// The batch being built, or (while `held`) the one the driver is sending.
     batch: Batch,
@@ -143,6 +152,8 @@ pub struct Session<E> {
     /// No input is taken meanwhile: the option stays unread.
     attach_retry: Option<Instant>,
     attach_give_up: Option<Instant>,
+    /// The I/O trace of this connection, from its attach (nbd.trace_dir).
+    trace: Option<trace::Recorder>,
     _env: PhantomData<fn(&mut E)>,
 }
 
@@ -160,6 +171,7 @@ impl<E: Env> Session<E> {
             structured: false,
             meta_base: false,
             target: None,
+            cut_seen: 0,
             incoming: None,
             batch: Batch { buf: Vec::with_capacity(4096), pieces: Vec::with_capacity(64), ..Default::default() },
             held: false,
@@ -179,6 +191,7 @@ impl<E: Env> Session<E> {
             handshake_deadline: now + hs,
             attach_retry: None,
             attach_give_up: None,
+            trace: None,
             _env: PhantomData,
         };
         s.batch.copy(&wire::greeting());
@@ -394,6 +407,7 @@ impl<E: Env> Session<E> {
                         }
                     };
                     self.requests += 1;
+                    self.trace_request(env, now, &r);
                     if r.kind == wire::CMD_DISC {
                         self.end("");
                         return at;
@@ -406,6 +420,26 @@ impl<E: Env> Session<E> {
                     }
                 }
             }
+        }
+    }
+
+    /// Records a request in the trace, handing a full buffer to the writer.
+    fn trace_request(&mut self, env: &E, now: Instant, r: &wire::Request) {
+        let Some(t) = self.trace.as_mut() else { return };
+        let chunk = t.record(now, r.kind, r.offset, r.length);
+        let dropped = t.take_dropped();
+        if dropped > 0 {
+            env.count(Counter::NbdTraceDropped, dropped);
+        }
+        if let Some(c) = chunk {
+            Self::trace_send(env, c);
+        }
+    }
+
+    fn trace_send(env: &E, c: trace::Chunk) {
+        let lines = c.lines;
+        if !env.trace_out(c) {
+            env.count(Counter::NbdTraceDropped, lines);
         }
     }
 
@@ -850,6 +884,10 @@ impl<E: Env> TcpSession for Session<E> {
         idle.then_some(self.active_at)
     }
 
+    fn cut_requested(&self) -> bool {
+        self.target.as_ref().is_some_and(|t| t.cut.load(std::sync::atomic::Ordering::Acquire) != self.cut_seen)
+    }
+
     fn close_reason(&self) -> &'static str {
         self.reason
     }
@@ -875,6 +913,9 @@ impl<E: Env> TcpSession for Session<E> {
             );
             let keep = crate::nbd::target::Keep::of(&env.snapshot().config.nbd);
             env.registry().detach(t, keep, now);
+        }
+        if let Some(mut t) = self.trace.take() {
+            Self::trace_send(env, t.chunk(true));
         }
         self.done = true;
     }

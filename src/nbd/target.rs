@@ -10,7 +10,7 @@ use crate::metrics::{Counter, WorkerCounters};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub struct Target {
     /// The boot this cache belongs to (`#boot` of the export, or the boot token), if named:
     /// a connection naming another boot id starts a new boot on a clean cache.
     pub boot: Option<String>,
+    /// Bumped by an operator's disconnect (`POST /api/targets/<id>/disconnect`): a
+    /// connection attached before the bump is cut (its session compares), the cache stays.
+    pub cut: AtomicU64,
 }
 
 /// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
@@ -60,6 +63,9 @@ pub struct Registry {
     /// The last [`RECENT_MAX`] target sessions that ended (last connection gone), newest last:
     /// the console's "recent boots".
     recent: Mutex<VecDeque<Ended>>,
+    /// Bumped with every target's `cut`: a worker that sees it change looks for the
+    /// connections to cut among its own.
+    pub cuts: AtomicU64,
 }
 
 /// How many ended target sessions the registry remembers for the console (a fixed bound:
@@ -317,6 +323,7 @@ impl Registry {
             overlay: Mutex::new(overlay),
             private,
             boot: boot.map(str::to_string),
+            cut: AtomicU64::new(0),
         });
         let stale = {
             let mut map = self.entries.lock().unwrap();
@@ -410,6 +417,26 @@ impl Registry {
         if let Some(t) = gone {
             self.end_target(&t, Dropped::Disconnected);
         }
+    }
+
+    /// An operator's disconnect: every connection of the targets whose id is `id` (on any
+    /// vdisk) is cut within ~100 ms by the worker holding it; their caches stay for the
+    /// reconnect (a boot's writes are still there when it comes back). Returns (vdisk,
+    /// connections now open) of each such target; empty when none has a connection.
+    pub fn disconnect(&self, id: &str) -> Vec<(String, usize)> {
+        let map = self.entries.lock().unwrap();
+        let hit: Vec<(String, usize)> = map
+            .values()
+            .filter(|e| e.target.id == id && e.conns > 0)
+            .map(|e| {
+                e.target.cut.fetch_add(1, Ordering::AcqRel);
+                (e.target.vdisk.name.clone(), e.conns)
+            })
+            .collect();
+        if !hit.is_empty() {
+            self.cuts.fetch_add(1, Ordering::AcqRel);
+        }
+        hit
     }
 
     /// Every target (connected, or kept for a reconnect), for the console: at most `max`, the
@@ -616,6 +643,37 @@ mod tests {
         assert_eq!(rec.len(), RECENT_MAX);
         assert_eq!(rec[0].id, format!("t{}", RECENT_MAX + 4));
         assert_eq!(rec[RECENT_MAX - 1].id, "t5", "the oldest went first");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An operator's disconnect marks the connected targets of that id (on any vdisk) and
+    /// bumps the registry's generation once; the cache stays for the boot's reconnect, and a
+    /// target kept without a connection, or an unknown id, is not hit.
+    #[test]
+    fn a_disconnect_marks_the_connected_targets_of_an_id_and_keeps_their_caches() {
+        let dir = std::env::temp_dir().join(format!("bootfarm-nbd-cut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("boot")).unwrap();
+        std::fs::write(dir.join("disk.raw"), vec![7u8; 1 << 20]).unwrap();
+        let text = "[tftp]\nroot = \"boot\"\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n";
+        let snap = crate::config::from_text(&dir.join("bootfarm.toml"), text, &Default::default(), 1, None).unwrap();
+        let (vd, cfg) = (snap.vdisk("disk").unwrap().clone(), snap.config.nbd.clone());
+        let r = Registry::default();
+        let t0 = Instant::now();
+        let client: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let (a, _) = r.attach(&vd, Some("aa"), Some("b1"), client, &cfg, t0).unwrap();
+        let (other, _) = r.attach(&vd, Some("bb"), None, client, &cfg, t0).unwrap();
+        a.overlay.lock().unwrap().write(0, &[1u8; 4096], &vd.chain).unwrap();
+        assert!(r.disconnect("zz").is_empty() && r.cuts.load(Ordering::Acquire) == 0, "no such target: nothing changes");
+        assert_eq!(r.disconnect("aa"), vec![("disk".to_string(), 1)]);
+        assert_eq!((a.cut.load(Ordering::Acquire), other.cut.load(Ordering::Acquire), r.cuts.load(Ordering::Acquire)), (1, 0, 1));
+        let keep = Keep::of(&cfg);
+        r.detach(&a, keep, t0);
+        let (back, resumed) = r.attach(&vd, Some("aa"), Some("b1"), client, &cfg, t0 + Duration::from_secs(1)).unwrap();
+        assert!(resumed && Arc::ptr_eq(&back, &a), "the boot's reconnect finds its cache");
+        assert_eq!(back.overlay.lock().unwrap().bytes_written, 4096);
+        r.detach(&back, keep, t0 + Duration::from_secs(2));
+        assert!(r.disconnect("aa").is_empty(), "a target without a connection has nothing to cut");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod busybox;
 pub mod iscsi;
 pub mod lab;
 

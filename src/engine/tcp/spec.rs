@@ -87,6 +87,13 @@ pub trait TcpGlue: TcpProtocol {
     fn on_glue_completion(_ctx: &mut Ctx<Self>, _t: Token, _res: i32, _now: Instant, _wake: &mut Vec<ConnKey>) {}
     /// At the end of each flush: the glue pushes what its context queued for the ring.
     fn submit(_ctx: &mut Ctx<Self>, _io: &mut Io) {}
+    /// Operators' cuts (NBD: `POST /api/targets/<id>/disconnect`): a generation that changes
+    /// with every request, and the counter of the connections cut. When it changed since the
+    /// last pass, the driver cuts its connections whose session says `cut_requested`. None:
+    /// the service has no such action.
+    fn cuts(&self, _shared: &Shared) -> Option<(u64, Counter)> {
+        None
+    }
 }
 
 pub type Ctx<P> = <<P as TcpProtocol>::Session as TcpSession>::Ctx;

@@ -27,8 +27,9 @@ impl ConnScope for LineCtx {
 }
 
 /// "N\n": N one-byte pieces then "\n"; "zeros\n": 1 MiB of zeros; "wait\n": "woke\n" once
-/// the context is ready; "quit\n": "bye\n" and close. A connection without a line for 300 ms
-/// is done.
+/// the context is ready; "quit\n": "bye\n" and close; "cutme\n": "marked\n", and the
+/// connection is one an operator's cut (a change of `CUTS`) closes. A connection without a
+/// line for 300 ms is done.
 struct Lines {
     batch: Batch,
     held: bool,
@@ -38,7 +39,11 @@ struct Lines {
     last: Instant,
     lines: u64,
     why: &'static str,
+    cut: bool,
 }
+
+/// The line service's operators' cuts generation (only the cut test changes it).
+static CUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl TcpSession for Lines {
     type Ctx = LineCtx;
@@ -57,6 +62,10 @@ impl TcpSession for Lines {
                 self.done = true;
             }
             b"zeros" => self.batch.zeros(1 << 20),
+            b"cutme" => {
+                self.cut = true;
+                self.batch.copy(b"marked\n");
+            }
             b"wait" => {
                 self.waiting = true;
                 ctx.waiting.push(ctx.current.unwrap());
@@ -115,6 +124,9 @@ impl TcpSession for Lines {
     fn close_reason(&self) -> &'static str {
         self.why
     }
+    fn cut_requested(&self) -> bool {
+        self.cut
+    }
     fn requests(&self) -> u64 {
         self.lines
     }
@@ -129,7 +141,7 @@ struct LineProto {
 impl TcpProtocol for LineProto {
     type Session = Lines;
     fn open(&mut self, _: &mut LineCtx, _: SocketAddr, now: Instant) -> Lines {
-        Lines { batch: Batch::default(), held: false, reply: None, waiting: false, done: false, last: now, lines: 0, why: "" }
+        Lines { batch: Batch::default(), held: false, reply: None, waiting: false, done: false, last: now, lines: 0, why: "", cut: false }
     }
     fn refusal(&mut self, _: &mut LineCtx, _: Refusal, out: &mut Vec<u8>) {
         out.extend_from_slice(b"busy\n");
@@ -144,6 +156,9 @@ impl TcpGlue for LineProto {
         self.limits
     }
     fn refresh(_: &mut LineCtx, _: &Arc<Snapshot>) {}
+    fn cuts(&self, _: &Shared) -> Option<(u64, Counter)> {
+        Some((CUTS.load(Ordering::Acquire), Counter::NbdOperatorCut))
+    }
 }
 
 /// A worker with the one line service, run on this thread until `client` returns.
@@ -168,6 +183,7 @@ fn serve<T: Send>(limits: TcpLimits, client: impl FnOnce(SocketAddr) -> T + Send
         nbd_targets: Default::default(),
         farm: Default::default(),
         console: Default::default(),
+        nbd_trace: Default::default(),
     });
     let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
     let at = listener.local_addr().unwrap().as_socket().unwrap();
@@ -344,4 +360,26 @@ fn a_refusal_at_the_limit_has_an_idle_connection_cut_for_the_retry() {
     });
     assert_eq!(stats.counters.get(Counter::NbdRefusedLimit), 1);
     assert_eq!(stats.counters.get(Counter::NbdIdleEvicted), 1);
+}
+
+/// An operator's cut: when the glue's generation changes, the connections whose session asks
+/// to be cut are closed (counted), the others keep being served; an unchanged generation cuts
+/// nothing, however often the driver passes.
+#[test]
+fn an_operator_cut_closes_the_connections_that_ask_for_it_and_only_those() {
+    let (_, stats) = serve(limits(), |at| {
+        let mut a = TcpStream::connect(at).unwrap();
+        let mut b = TcpStream::connect(at).unwrap();
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        assert_eq!(line(&mut a, "cutme\n"), b"marked\n");
+        assert_eq!(line(&mut a, "1\n"), b"0\n", "marked, but nothing cut before the generation changes");
+        // b talks just before and after (a session is done after 300 ms without a line).
+        assert_eq!(line(&mut b, "1\n"), b"0\n");
+        CUTS.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(a.read(&mut [0u8; 1]).unwrap(), 0, "the marked connection was cut");
+        assert_eq!(line(&mut b, "2\n"), b"01\n", "the other one still serves");
+    });
+    assert_eq!(stats.counters.get(Counter::NbdOperatorCut), 1);
 }

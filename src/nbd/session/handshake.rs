@@ -264,7 +264,21 @@ impl<E: Env> Session<E> {
         }
         match env.registry().attach(vd, id.as_deref(), boot.as_deref(), self.peer, &snap.config.nbd, now) {
             Ok((t, resumed)) => {
-                tracing::info!(client = %self.peer, export = %vd.name, target = %t.id, boot = t.boot.as_deref().unwrap_or(""), resumed, "nbd target attached");
+                tracing::info!(client = %self.peer, export = %vd.name, target = %t.id, boot = t.boot.as_deref().unwrap_or(""), resumed, fixed_newstyle = self.fixed, "nbd target attached");
+                self.cut_seen = t.cut.load(std::sync::atomic::Ordering::Acquire);
+                if let Some(dir) = &snap.config.nbd.trace_dir {
+                    let (connection, unix_ms) = env.trace_start();
+                    let h = crate::nbd::trace::Header {
+                        connection,
+                        client: self.peer,
+                        export: &vd.name,
+                        target: &t.id,
+                        boot: t.boot.as_deref(),
+                        disk_bytes: vd.chain.virtual_size(),
+                        connected_unix_ms: unix_ms.saturating_sub(now.saturating_duration_since(self.opened).as_millis() as u64),
+                    };
+                    self.trace = Some(crate::nbd::trace::Recorder::new(dir, &h, self.opened, now, snap.config.nbd.trace_bytes_max));
+                }
                 self.target = Some(t);
                 self.attach_give_up = None;
                 Ok(())

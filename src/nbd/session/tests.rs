@@ -34,6 +34,7 @@ fn fixture_vdisk(tag: &str, nbd: &str, extra: &str) -> Fixture {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("boot")).unwrap();
     std::fs::create_dir_all(dir.join("cache")).unwrap();
+    std::fs::create_dir_all(dir.join("traces")).unwrap();
     let content: Vec<u8> = (0..SIZE as u64).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
     std::fs::write(dir.join("disk.raw"), &content).unwrap();
     let text = format!(
@@ -52,6 +53,9 @@ struct TestEnv {
     counters: WorkerCounters,
     /// The wall clock boot tokens expire by (seconds since the epoch).
     unix: u64,
+    /// Trace chunks handed out (nbd.trace_dir), and whether the writer's queue is full.
+    traced: std::sync::Mutex<Vec<trace::Chunk>>,
+    trace_full: bool,
 }
 
 impl ConnScope for TestEnv {}
@@ -75,10 +79,27 @@ impl Env for TestEnv {
     fn now_unix(&self) -> u64 {
         self.unix
     }
+    fn trace_start(&self) -> (u64, u64) {
+        (42, self.unix * 1000)
+    }
+    fn trace_out(&self, chunk: trace::Chunk) -> bool {
+        if self.trace_full {
+            return false;
+        }
+        self.traced.lock().unwrap().push(chunk);
+        true
+    }
 }
 
 fn env(f: &Fixture) -> TestEnv {
-    TestEnv { snap: f.snap.clone(), registry: Registry::default(), counters: WorkerCounters::default(), unix: 1_800_000_000 }
+    TestEnv {
+        snap: f.snap.clone(),
+        registry: Registry::default(),
+        counters: WorkerCounters::default(),
+        unix: 1_800_000_000,
+        traced: Default::default(),
+        trace_full: false,
+    }
 }
 
 fn peer() -> SocketAddr {
@@ -1035,4 +1056,65 @@ fn an_expired_token_reconnects_its_boot_and_starts_none() {
         vec![0xD4; 4096],
         "nor drops the live boot"
     );
+}
+
+/// With nbd.trace_dir, a connection that reached an export hands out its trace at the close:
+/// the header names connection, client, export, target, boot and disk size, then one line per
+/// request in order (handshake options are not requests). A full writer queue or the file's
+/// byte limit drops lines, counted.
+#[test]
+fn a_traced_connection_hands_out_one_line_per_request() {
+    let f = fixture("trace", "trace_dir = \"traces\"");
+    let mut e = env(&f);
+    let mut stream = client_flags(1 | 2);
+    stream.extend(go("disk@m1#b1"));
+    stream.extend(request(wire::CMD_READ, 0, 1, 8192, 4096));
+    stream.extend(request(wire::CMD_WRITE, 0, 2, 4096, 512));
+    stream.extend(vec![0xEE; 512]);
+    stream.extend(request(wire::CMD_FLUSH, 0, 3, 0, 0));
+    stream.extend(request(wire::CMD_TRIM, 0, 4, 0, 4096));
+    stream.extend(request(wire::CMD_DISC, 0, 5, 0, 0));
+    let t0 = Instant::now();
+    drive(&mut e, &stream, &[40, 77], t0);
+    let chunks = std::mem::take(&mut *e.traced.lock().unwrap());
+    assert_eq!(chunks.len(), 1, "one chunk, at the close");
+    let c = &chunks[0];
+    assert!(c.last && c.lines == 5, "{c:?}");
+    let dir = std::fs::canonicalize(f.dir.join("traces")).unwrap();
+    assert_eq!(c.path, dir.join("nbd-1800000000000-42-m1.csv"));
+    let text = String::from_utf8(c.bytes.clone()).unwrap();
+    let want = format!(
+        "# bootfarm nbd trace: connection=42 client={} export=disk target=m1 boot=b1 disk_bytes={SIZE} connected_unix_ms=1800000000000\n\
+         us,op,offset,length\n0,r,8192,4096\n0,w,4096,512\n0,f,0,0\n0,t,0,4096\n0,d,0,0\n",
+        peer()
+    );
+    assert_eq!(text, want);
+    assert_eq!(e.counters.get(Counter::NbdTraceDropped), 0);
+
+    // The writer's queue is full: the chunk's lines are counted as dropped.
+    let mut e = env(&f);
+    e.trace_full = true;
+    drive(&mut e, &stream, &[], t0);
+    assert_eq!(e.counters.get(Counter::NbdTraceDropped), 5);
+
+    // Without nbd.trace_dir nothing is traced.
+    let g = fixture("notrace", "");
+    let mut e = env(&g);
+    drive(&mut e, &stream, &[], t0);
+    assert!(e.traced.lock().unwrap().is_empty());
+
+    // At nbd.trace_bytes_max (its floor, 4096) the file stops: the rest is dropped, counted.
+    let h = fixture("tracemax", "trace_dir = \"traces\"\ntrace_bytes_max = 4096");
+    let mut e = env(&h);
+    let mut stream = client_flags(1 | 2);
+    stream.extend(go("disk@m1"));
+    for i in 0..1000 {
+        stream.extend(request(wire::CMD_READ, 0, i, 0, 512));
+    }
+    drive(&mut e, &stream, &[], t0);
+    let chunks = std::mem::take(&mut *e.traced.lock().unwrap());
+    let (lines, bytes) = chunks.iter().fold((0, 0), |(l, b), c| (l + c.lines, b + c.bytes.len()));
+    let dropped = e.counters.get(Counter::NbdTraceDropped);
+    assert!(bytes <= 4096 && bytes > 4096 - 16 && dropped > 0, "{bytes} bytes, {dropped} dropped");
+    assert_eq!(lines + dropped, 1000);
 }

@@ -25,6 +25,7 @@ use crate::phases::{load_trace, windows_profile, DiskRun, Fail, Io};
 use crate::report::{self, Phase};
 use crate::uring;
 use crate::uring_http;
+use crate::uring_iscsi;
 use bootfarm::image::{Chain, ChainLimits};
 use bootfarm::rng::XorShift;
 use bootfarm::tftp::client::{Client, Outcome, Request};
@@ -45,6 +46,15 @@ pub struct Args {
     /// NBD address (for `--disk nbd`), or several, comma-separated, as a failover list.
     #[arg(long, default_value = "127.0.0.1:10809", value_delimiter = ',')]
     nbd: Vec<SocketAddr>,
+    /// iSCSI portal (for `--disk iscsi`), or several, comma-separated, as a failover list.
+    #[arg(long, default_value = "127.0.0.1:3260", value_delimiter = ',')]
+    iscsi: Vec<SocketAddr>,
+    /// iSCSI target IQN prefix: the target is PREFIX:VDISK (bootfarm's `iscsi.iqn_prefix`).
+    #[arg(long, default_value = "iqn.2026-12.org.bootfarm")]
+    iqn_prefix: String,
+    /// iSCSI LUN of the vdisk (bootfarm: 0; tgt: 1, its LUN 0 is the controller).
+    #[arg(long, default_value_t = 0)]
+    lun: u64,
     /// tftp | http | none
     #[arg(long, default_value = "tftp")]
     bootstrap: String,
@@ -61,7 +71,8 @@ pub struct Args {
     /// Fetch /ipxe?mac=… and follow its server list (HTTP disk and failover).
     #[arg(long)]
     ipxe: bool,
-    /// nbd | http | none
+    /// nbd | iscsi | http | none (iSCSI: initiator name iqn.2026-12.org.bootstorm:<mac as hex>,
+    /// so each target has its own write cache, or the script's `set initiator-iqn` with --ipxe)
     #[arg(long, default_value = "nbd")]
     disk: String,
     /// vdisk name (NBD export, /vdisk/<name>).
@@ -199,6 +210,7 @@ pub fn run(a: Args) -> Result<bool, String> {
     let timeout = Duration::from_millis(a.timeout_ms);
     std::thread::scope(|outer| {
         let engine = (a.disk == "nbd").then(|| uring::start(outer, &cpus, chain.as_ref(), timeout, deadline));
+        let iscsi_engine = (a.disk == "iscsi").then(|| uring_iscsi::start(outer, &cpus, chain.as_ref(), timeout, deadline));
         let tftp_engine = (a.bootstrap == "tftp")
             .then(|| crate::uring_tftp::start(outer, &cpus, expect_boot.as_deref(), a.blksize.unwrap_or(512), deadline));
         let http_engine = (a.bootstrap == "http" || a.ipxe || a.disk == "http")
@@ -224,7 +236,12 @@ pub fn run(a: Args) -> Result<bool, String> {
                         disk_size,
                         t0,
                         &results,
-                        Engines { nbd: engine.as_ref(), tftp: tftp_engine.as_ref(), http: http_engine.as_ref() },
+                        Engines {
+                            nbd: engine.as_ref(),
+                            iscsi: iscsi_engine.as_ref(),
+                            tftp: tftp_engine.as_ref(),
+                            http: http_engine.as_ref(),
+                        },
                     );
                     match r {
                         Ok(()) => live.booted.fetch_add(1, Ordering::Relaxed),
@@ -257,6 +274,7 @@ pub fn run(a: Args) -> Result<bool, String> {
             }
         });
         drop(engine);
+        drop(iscsi_engine);
         drop(tftp_engine);
         drop(http_engine);
     });
@@ -386,6 +404,8 @@ fn boot_one(
     }
     // 2. The iPXE script and its server list.
     let mut http_servers = vec![a.http];
+    // The initiator name the script sets (a boot token in it), else the target's own.
+    let mut initiator = format!("iqn.2026-12.org.bootstorm:{}", m.replace(':', ""));
     if a.ipxe {
         let b0 = Instant::now();
         let d = http_job(engines.http, i, uring_http::Kind::Script, vec![a.http], format!("/ipxe?mac={m}&vdisk={}", a.vdisk));
@@ -393,7 +413,12 @@ fn boot_one(
         let rr = r.as_ref().map(|_| ()).map_err(|e| ("ipxe", *e));
         record(|r| &mut r.ipxe, b0, 0, 0, &rr);
         match r {
-            Ok(s) => http_servers = s,
+            Ok(s) => {
+                http_servers = s;
+                if let Some(n) = String::from_utf8_lossy(&d.body).lines().find_map(|l| l.strip_prefix("set initiator-iqn ")) {
+                    initiator = n.trim().to_string();
+                }
+            }
             Err(e) => return fail_boot(("ipxe", e)),
         }
     }
@@ -408,25 +433,41 @@ fn boot_one(
                 &own
             }
         };
-        let servers: Vec<SocketAddr> = if a.disk == "nbd" {
-            if a.ipxe {
-                http_servers.iter().map(|s| SocketAddr::new(s.ip(), a.nbd[0].port())).collect()
-            } else {
-                a.nbd.clone()
-            }
-        } else {
-            http_servers.clone()
+        let servers: Vec<SocketAddr> = match a.disk.as_str() {
+            "nbd" if a.ipxe => http_servers.iter().map(|s| SocketAddr::new(s.ip(), a.nbd[0].port())).collect(),
+            "nbd" => a.nbd.clone(),
+            // The script's sanboot iscsi: URIs name the portals themselves.
+            "iscsi" if a.ipxe => http_servers.clone(),
+            "iscsi" => a.iscsi.clone(),
+            _ => http_servers.clone(),
         };
-        let (r, st) = match engines.nbd {
+        let (r, st) = match (engines.nbd, engines.iscsi) {
+            // iSCSI: the same, one session per target under its own initiator name.
+            (_, Some(engine)) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                engine.submit(
+                    i,
+                    uring_iscsi::Job {
+                        target: i,
+                        ios: ios.to_vec(),
+                        servers,
+                        initiator: initiator.clone(),
+                        iqn: format!("{}:{}", a.iqn_prefix, a.vdisk),
+                        lun: a.lun,
+                        done: tx,
+                    },
+                );
+                rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
+            }
             // NBD: the io_uring engine replays the trace; this thread sleeps until it is done.
-            Some(engine) => {
+            (Some(engine), None) => {
                 let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{m}", a.vdisk) };
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
                 engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, export, done: tx });
                 rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
             }
             // HTTP ranges on the HTTP engine, one keep-alive connection per target.
-            None => {
+            (None, None) => {
                 let d = http_job(engines.http, i, uring_http::Kind::Disk(ios.to_vec()), servers, format!("/vdisk/{}?mac={m}", a.vdisk));
                 (d.result, d.run)
             }
@@ -489,6 +530,7 @@ fn tftp_fetch(a: &Args, i: u64, expect: Option<&[u8]>, timeout: Duration, e: &cr
 #[derive(Clone, Copy)]
 struct Engines<'a> {
     nbd: Option<&'a uring::Engine>,
+    iscsi: Option<&'a uring_iscsi::Engine>,
     tftp: Option<&'a crate::uring_tftp::Engine>,
     http: Option<&'a uring_http::Engine>,
 }
@@ -505,12 +547,17 @@ fn http_job(e: Option<&uring_http::Engine>, i: u64, kind: uring_http::Kind, serv
 fn ipxe_servers(body: &[u8]) -> Result<Vec<SocketAddr>, &'static str> {
     let text = String::from_utf8_lossy(body);
     let line = text.lines().find(|l| l.starts_with("sanboot ")).ok_or("script without sanboot")?;
-    let servers: Vec<SocketAddr> = line
-        .split_whitespace()
-        .filter_map(|u| u.strip_prefix("http://"))
-        .filter_map(|u| u.split('/').next())
-        .filter_map(|hp| hp.parse().ok())
-        .collect();
+    // http://HOST:PORT/... or iscsi:HOST:PROTOCOL:PORT:LUN:IQN (RFC 4173; no port: 3260).
+    let iscsi = |u: &str| {
+        let f: Vec<&str> = u.strip_prefix("iscsi:")?.splitn(4, ':').collect();
+        let port = match f.get(2)? {
+            &"" => 3260,
+            p => p.parse().ok()?,
+        };
+        Some(SocketAddr::new(f[0].parse().ok()?, port))
+    };
+    let servers: Vec<SocketAddr> =
+        line.split_whitespace().filter_map(|u| iscsi(u).or_else(|| u.strip_prefix("http://")?.split('/').next()?.parse().ok())).collect();
     if servers.is_empty() {
         return Err("script lists no server");
     }

@@ -1,16 +1,19 @@
 //! bootstorm: simulates network-booting targets against a bootfarm (or any server speaking the
 //! same protocols) and measures boots per second and time-to-boot percentiles, checking every
 //! byte received. `tftp` is a bootstrap-only storm on io_uring; `boot` runs whole boots
-//! (bootstrap, iPXE script, vDisk over NBD or HTTP) with failover.
+//! (bootstrap, iPXE script, vDisk over NBD, iSCSI or HTTP) with failover.
 
 mod boot;
 mod dhcp;
 mod engine;
+mod iscsi;
+mod iscsi_bench;
 mod phases;
 mod report;
 mod tftp;
 mod uring;
 mod uring_http;
+mod uring_iscsi;
 mod uring_tftp;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -32,6 +35,9 @@ enum Command {
     /// PXE DHCP storm: N clients broadcast DISCOVER (UEFI ones then ask the proxy on 4011);
     /// time to a usable answer.
     Dhcp(dhcp::Args),
+    /// iSCSI load on one session: random or sequential reads or a read/write mix at a fixed
+    /// queue depth, for a bounded time; prints IOPS, MB/s, p50/p99 latency and CPU per I/O.
+    IscsiBench(crate::iscsi_bench::Args),
     /// Write the manual pages (DIR/man) and bash/zsh completions (DIR/completions); the
     /// package build runs it.
     #[command(hide = true)]
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
         Command::Tftp(a) => tftp::run(a),
         Command::Boot(a) => boot::run(a),
         Command::Dhcp(a) => dhcp::run(a),
+        Command::IscsiBench(a) => iscsi_bench::run(a),
         Command::GenerateDocs { dir } => bootfarm::manual::write(Cli::command(), &dir).map(|files| {
             files.iter().for_each(|f| println!("{}", f.display()));
             true

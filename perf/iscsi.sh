@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# iSCSI side by side, one run, the targets alternating, medians of $ROUNDS (default 3):
+#   rr1     4 KiB random reads, queue depth 1
+#   rr32    4 KiB random reads, queue depth 32
+#   seq     1 MiB sequential reads, queue depth 4
+#   seq128  128 KiB sequential reads, queue depth 8 (tgt answers 1 MiB reads slowly, see README)
+#   mix     64 KiB random, 80% reads / 20% writes, queue depth 16
+# Load: `bootstorm iscsi-bench` (one session, fixed queue depth, p50/p99 per command; Debian's
+# fio has no libiscsi engine) for every scenario, and libiscsi's iscsi-perf (an independent
+# initiator, reads only, IOPS only) for rr32 and seq as a cross-check.
+# Targets (loopback, the same bytes):
+#   bootfarm  the 1 GiB dynamic VHDX (32 MiB blocks, 60% random data) as LUN 0; writes go to the
+#             initiator's write cache (RAM)
+#   tgt       tgtd (Debian) with a raw copy of it as LUN 1 (tgt cannot read VHDX; its LUN 0 is
+#             the controller), MaxRecvDataSegmentLength raised to bootfarm's 256 KiB
+# Server CPU per I/O: the server's utime+stime (/proc/PID/stat, all threads) over the run's
+# I/Os. Each run lasts $SECS s (default 5). Client and servers share this machine's cores.
+# Usage: ROUNDS=3 SECS=5 [SERVERS="bootfarm tgt"] bash perf/iscsi.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. perf/lib.sh
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-5}
+need_pkgs iscsi-perf:libiscsi-bin /usr/sbin/tgtd:tgt qemu-img:qemu-utils bc:bc
+# PROFILE=debug: the debug build (to try the script; numbers come from release).
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then cargo build --release -q --workspace; else cargo build -q --workspace; fi
+BF=$PWD/target/$PROFILE/bootfarm
+BS=$PWD/target/$PROFILE/bootstorm
+work_dir iscsi
+# tgtd ignores SIGTERM: the exit kills it with SIGKILL before work_dir's own cleanup.
+TGP=
+trap '[ -z "$TGP" ] || kill -9 "$TGP" 2>/dev/null || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+make_test_vhdx "$W"
+qemu-img convert -f vhdx -O raw "$W/disk.vhdx" "$W/disk.raw"
+PREFIX=iqn.2026-12.org.bootfarm
+TGT_PORT=32615 TGT_CTL=1515 BF_PORT=32616
+SERVERS=${SERVERS:-bootfarm tgt}
+
+mkdir -p "$W/boot"
+cat > "$W/bootfarm.toml" <<EOF
+[server]
+listen = "127.0.0.1"
+tftp_port = 0
+http_port = 32617
+nbd_port = 0
+iscsi_port = $BF_PORT
+[tftp]
+root = "boot"
+[nbd]
+cache_dir = "cache"
+cache_ram_bytes_per_target = 268435456
+[iscsi]
+iqn_prefix = "$PREFIX"
+[[vdisk]]
+name = "disk"
+path = "disk.vhdx"
+sanboot = "iscsi"
+EOF
+if [[ " $SERVERS " == *" bootfarm "* ]]; then
+  "$BF" serve --config "$W/bootfarm.toml" --log warn & BFP=$!; pids+=($!)
+fi
+if [[ " $SERVERS " == *" tgt "* ]]; then
+  /usr/sbin/tgtd -f --iscsi portal=127.0.0.1:$TGT_PORT -C $TGT_CTL > "$W/tgtd.log" 2>&1 & TGP=$!; pids+=($!)
+  sleep 1
+  T=(tgtadm -C $TGT_CTL --lld iscsi)
+  "${T[@]}" --op new --mode target --tid 1 -T "$PREFIX:disk"
+  "${T[@]}" --op new --mode logicalunit --tid 1 --lun 1 -b "$W/disk.raw"
+  "${T[@]}" --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 262144
+  "${T[@]}" --op bind --mode target --tid 1 -I ALL
+fi
+sleep 1
+cat "$W/disk.vhdx" "$W/disk.raw" > /dev/null
+
+pid_of() { case $1 in bootfarm) echo "$BFP";; tgt) echo "$TGP";; esac; }
+lun_of() { case $1 in bootfarm) echo 0;; tgt) echo 1;; esac; }
+port_of() { case $1 in bootfarm) echo "$BF_PORT";; tgt) echo "$TGT_PORT";; esac; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+declare -A R
+# bench SERVER SCENARIO ARGS... -> R[SCENARIO,SERVER] += "iops mbs p50 p99 client_us srv_us|"
+bench() {
+  local s=$1 sc=$2 c0 c1 out; shift 2
+  c0=$(ticks "$(pid_of "$s")")
+  out=$("$BS" iscsi-bench --portal "127.0.0.1:$(port_of "$s")" --target "$PREFIX:disk" --lun "$(lun_of "$s")" \
+    --initiator "iqn.2026-12.org.bootstorm:perf-$sc" --seconds "$SECS" "$@")
+  c1=$(ticks "$(pid_of "$s")")
+  # Server CPU in microseconds per I/O: ticks over the run's I/Os (iops x seconds).
+  R[$sc,$s]+="$out $(echo "($c1 - $c0) * 1000000 / $HZ / (${out%% *} * $SECS)" | bc -l)|"
+}
+# perf_run SERVER SCENARIO IPERF-ARGS... -> R[SCENARIO-iscsi-perf,SERVER] += "iops|"
+perf_run() {
+  local s=$1 sc=$2 iops; shift 2
+  iops=$(timeout $((SECS + 20)) iscsi-perf -i "iqn.2026-12.org.bootstorm:iscsi-perf" -t "$SECS" "$@" \
+    "iscsi://127.0.0.1:$(port_of "$s")/$PREFIX:disk/$(lun_of "$s")" 2>&1 | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+  R[$sc-iscsi-perf,$s]+="${iops:-0}|"
+}
+for round in $(seq "$ROUNDS"); do
+  for s in $SERVERS; do
+    bench "$s" rr1 --rw randread --bs 4096 --qd 1
+    bench "$s" rr32 --rw randread --bs 4096 --qd 32
+    bench "$s" seq --rw read --bs 1048576 --qd 4
+    bench "$s" seq128 --rw read --bs 131072 --qd 8
+    bench "$s" mix --rw randrw --read-pct 80 --bs 65536 --qd 16
+    perf_run "$s" rr32 -r -m 32 -b 8
+    perf_run "$s" seq -m 4 -b 2048
+  done
+done
+
+median() { sort -g | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
+col() { tr '|' '\n' | grep . | cut -d' ' -f"$1" | median; }
+set -- $SERVERS
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); client and servers share the cores"
+echo "bootfarm $("$BF" --version | cut -d' ' -f2) ($(nproc) workers); tgt $(dpkg-query -W -f '${Version}' tgt); libiscsi-bin $(dpkg-query -W -f '${Version}' libiscsi-bin)"
+echo "medians of $ROUNDS alternating rounds, runs of ${SECS}s; load: bootstorm iscsi-bench (one session), iscsi-perf where named"
+printf '%-8s %-30s' scenario metric; for s in "$@"; do printf ' %12s' "$s"; done; printf ' %12s\n' "ratio"
+line() { # scenario metric column [lower-is-better]
+  local sc=$1 m=$2 k=$3 v=() s
+  for s in $SERVERS; do v+=("$(echo "${R[$sc,$s]:-}" | col "$k")"); done
+  printf '%-8s %-30s' "$sc" "$m"; for x in "${v[@]}"; do printf ' %12.1f' "${x:-0}"; done
+  if ((${#v[@]} == 2)) && [ -n "${v[1]}" ] && [ "$(echo "${v[1]} > 0" | bc)" = 1 ]; then
+    printf ' %11.2fx' "$(echo "${v[0]} / ${v[1]}" | bc -l)"
+  fi
+  echo
+}
+for sc in rr1 rr32 seq seq128 mix; do
+  line $sc "IOPS" 1
+  [[ $sc == seq* ]] && line $sc "MB/s" 2
+  line $sc "p50 latency us" 3
+  line $sc "p99 latency us" 4
+  line $sc "server CPU us/IO" 6
+  line $sc "client CPU us/IO" 5
+done
+line rr32-iscsi-perf "IOPS (iscsi-perf)" 1
+line seq-iscsi-perf "IOPS (iscsi-perf, 1 MiB)" 1
+echo "ratio = ${1} over ${2:-}: for IOPS and MB/s higher is better, for latency and CPU lower"
