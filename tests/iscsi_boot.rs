@@ -18,82 +18,22 @@
 //!   boot sector runs.
 //! - Multipath (`sanboot URI1 URI2`): a refused first portal costs nothing visible; the second
 //!   one serves.
+//! - `sanhook` then `boot` of a Linux kernel (against bootfarm): iPXE logs in for the sanhook
+//!   (TUR, READ CAPACITY, a few READs), closes that connection, logs in again before the
+//!   kernel starts and leaves the second session open: nobody answers its NOP-In pings, so
+//!   bootfarm closes it after iscsi.nop_in_interval_ms + nop_in_timeout_ms. The iBFT carries
+//!   the `initiator-iqn` iPXE used. Linux (iscsistart 2.1.8, kernel 6.1) then logs in with it,
+//!   accepting MaxRecvDataSegmentLength 256 KiB, MaxBurstLength 1 MiB, ImmediateData=Yes,
+//!   InitialR2T=No.
 
 mod common;
+use common::iscsi::Tgt;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const IQN: &str = "iqn.2026-12.org.bootfarm:demo";
-
-/// tgtd on a loopback portal, exporting one file as LUN 1 of one target; killed when dropped.
-struct Tgt {
-    child: std::process::Child,
-    control: u16,
-    port: u16,
-}
-
-impl Tgt {
-    fn start(dir: &TempDir, iqn: &str, backing: &Path) -> Tgt {
-        // Up when this tgtd's portal is listed (not another test's tgtd on the same socket name).
-        let ours = |control: u16, port: u16| {
-            Command::new("tgtadm")
-                .args(["-C", &control.to_string(), "--lld", "iscsi", "--op", "show", "--mode", "portal"])
-                .stderr(Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("127.0.0.1:{port},")))
-                .unwrap_or(false)
-        };
-        let mut tries = 0;
-        let t = loop {
-            let port = free_port();
-            // The management socket is /var/run/tgtd/socket.<control> (tgtd takes 0..32767):
-            // derived from the free portal port; a tgtd of another test holding the same name
-            // makes this one exit at once, and then another port is drawn.
-            let control = port % 32000 + 700;
-            let log = std::fs::File::create(dir.join("tgtd.log")).unwrap();
-            let child = Command::new("tgtd")
-                .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &control.to_string()])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("tgtd (Debian tgt; .ci/run installs it)");
-            let mut t = Tgt { child, control, port };
-            let t0 = Instant::now();
-            let up = loop {
-                if ours(control, port) {
-                    break true;
-                }
-                if t.child.try_wait().unwrap().is_some() || t0.elapsed() > Duration::from_secs(10) {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            if up {
-                break t;
-            }
-            tries += 1;
-            let log = String::from_utf8_lossy(&std::fs::read(dir.join("tgtd.log")).unwrap_or_default()).into_owned();
-            assert!(tries < 5, "tgtd does not start (portal 127.0.0.1:{port}, -C {control}); its log:\n{log}");
-        };
-        t.adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
-        t.adm(&["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", backing.to_str().unwrap()]);
-        t.adm(&["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
-        t
-    }
-
-    fn adm(&self, args: &[&str]) {
-        run(Command::new("tgtadm").args(["-C", &self.control.to_string(), "--lld", "iscsi"]).args(args));
-    }
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The demo store (a two-version VHDX chain whose boot sector prints the marker) served by
 /// bootfarm over HTTP (the iPXE scripts come from its /boot), and the vdisk's raw bytes.
@@ -132,16 +72,11 @@ fn boot_script(d: &Demo, script: &str, limit: Duration) -> (Option<i32>, String)
 #[test]
 fn ipxe_sanboots_the_demo_vdisk_from_tgt() {
     let (d, _server) = demo("iscsi-tgt");
-    let tgt = Tgt::start(&d.dir, IQN, &d.raw);
+    let tgt = Tgt::start(&d.dir.0, &[(IQN, &d.raw)]);
     let t0 = Instant::now();
     let script = format!("#!ipxe\necho test: sanboot over iscsi\nsanboot iscsi:10.0.2.2::{}:1:{IQN}\n", tgt.port);
     let (code, serial) = boot_script(&d, &script, Duration::from_secs(90));
-    let ctx = || {
-        format!(
-            "serial output:\n{serial}\ntgtd log:\n{}",
-            String::from_utf8_lossy(&std::fs::read(d.dir.join("tgtd.log")).unwrap_or_default())
-        )
-    };
+    let ctx = || format!("serial output:\n{serial}\ntgtd log:\n{}", tgt.log_text());
     assert!(serial.contains("Registered SAN device 0x80"), "iPXE logged in and read the capacity; {}", ctx());
     assert!(serial.contains(bootfarm::demo::BOOT_MARKER), "marker missing; {}", ctx());
     assert_eq!(code, Some(33), "the boot sector ends QEMU through isa-debug-exit; {}", ctx());
@@ -151,7 +86,7 @@ fn ipxe_sanboots_the_demo_vdisk_from_tgt() {
 #[test]
 fn ipxe_multipath_sanboot_skips_a_dead_portal_tgt() {
     let (d, _server) = demo("iscsi-tgt-mp");
-    let tgt = Tgt::start(&d.dir, IQN, &d.raw);
+    let tgt = Tgt::start(&d.dir.0, &[(IQN, &d.raw)]);
     let dead = free_port(); // nothing listens there: the first path is refused
     let script = format!("#!ipxe\nsanboot iscsi:10.0.2.2::{dead}:1:{IQN} iscsi:10.0.2.2::{}:1:{IQN}\n", tgt.port);
     let (code, serial) = boot_script(&d, &script, Duration::from_secs(90));
@@ -340,6 +275,15 @@ fn http_server(dir: &TempDir, extra: &str) -> (Server, u16) {
     (Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]), http)
 }
 
+/// As [`http_server`], with bootfarm's iSCSI target on `iscsi` (`server.iscsi_port` in `extra`).
+fn http_server_iscsi(dir: &TempDir, extra: &str, iscsi: u16) -> (Server, u16) {
+    let (tftp, http, nbd) = (free_port(), free_port(), free_port());
+    let (head, rest) = extra.split_once('\n').unwrap_or((extra, ""));
+    let cfg = format!("[server]\ntftp_port = {tftp}\nhttp_port = {http}\nnbd_port = {nbd}\n{head}\n[tftp]\nroot = \"boot\"\n{rest}");
+    std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
+    (Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap(), "--iscsi-port", &iscsi.to_string()]), http)
+}
+
 /// Boots Linux: QEMU runs `script` (from /boot) that loads the kernel and the initrd from
 /// `dir/boot/linux`; (powered off by itself, serial output).
 fn boot_linux(dir: &TempDir, http: u16, script: &str, limit: Duration) -> (bool, String) {
@@ -384,7 +328,7 @@ fn linux_boots_with_root_on_a_tgt_lun_from_the_ibft() {
     let (dir, known) = linux_store("iscsi-linux-tgt");
     let raw = dir.join("lab.raw");
     run(Command::new(bin()).args(["vdisk", "export"]).arg(dir.join("lab.vhdx")).arg("-o").arg(&raw));
-    let tgt = Tgt::start(&dir, "iqn.2026-12.org.bootfarm:lab", &raw);
+    let tgt = Tgt::start(&dir.0, &[("iqn.2026-12.org.bootfarm:lab", &raw)]);
     let (_server, http) = http_server(&dir, "");
     let script = format!(
         "#!ipxe\nsanhook iscsi:10.0.2.2::{}:1:iqn.2026-12.org.bootfarm:lab || shell\n{}",
@@ -398,4 +342,72 @@ fn linux_boots_with_root_on_a_tgt_lun_from_the_ibft() {
     assert!(serial.contains("logging in from the iBFT: iqn.2026-12.org.bootfarm:lab at 10.0.2.2:"), "{}", ctx());
     assert_linux_ran(exited, &serial, &known, &ctx);
     eprintln!("linux boot with root on tgt's LUN: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The same Linux machine with its root on bootfarm's LUN: the initiator name of the vdisk's
+/// /ipxe script (the boot token in it) is set in iPXE, iPXE `sanhook`s the LUN and publishes
+/// the iBFT, the initramfs logs in from it with iscsistart (a second session of the same
+/// initiator while iPXE's own is left open), writes 4 MiB into the write cache, reads them
+/// back and powers off; the image file is unchanged.
+#[test]
+fn linux_boots_with_root_on_a_bootfarm_lun_from_the_ibft() {
+    let (dir, known) = linux_store("iscsi-linux-bf");
+    let before = read_file(&dir.join("lab.vhdx"));
+    let iscsi = free_port();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    let extra = format!(
+        "iscsi_port = {iscsi}\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"lab\"\npath = \"lab.vhdx\"\nsanboot = \"iscsi\"\n"
+    );
+    let (server, http) = http_server_iscsi(&dir, &extra, iscsi);
+    let s = curl(&format!("http://127.0.0.1:{http}/ipxe?vdisk=lab&mac={MAC}"));
+    let initiator = s.lines().find_map(|l| l.strip_prefix("set initiator-iqn ")).unwrap_or_else(|| panic!("no initiator-iqn in:\n{s}"));
+    let script = format!(
+        "#!ipxe\nset initiator-iqn {initiator}\nsanhook iscsi:10.0.2.2::{iscsi}:0:iqn.2026-12.org.bootfarm:lab || shell\n{}",
+        linux_lines(http, "bootfarm.iscsi=ibft")
+    );
+    let t0 = Instant::now();
+    let (exited, serial) = boot_linux(&dir, http, &script, Duration::from_secs(300));
+    let ctx = || format!("serial output:\n{serial}\nserver log:\n{}", server.log());
+    assert!(
+        serial.contains(&format!("logging in from the iBFT: iqn.2026-12.org.bootfarm:lab at 10.0.2.2:{iscsi} as {initiator}")),
+        "{}",
+        ctx()
+    );
+    assert_linux_ran(exited, &serial, &known, &ctx);
+    let m = curl(&format!("http://127.0.0.1:{http}/metrics"));
+    // iPXE logs in for `sanhook` (4 commands), closes, logs in again before `boot` and leaves
+    // that session open (the NOP-In ping closes it after a minute); then Linux's login.
+    assert!(metric(&m, "bootfarm_iscsi_logins_total{session=\"normal\"}") >= 2, "iPXE's logins and Linux's; {m}");
+    let attached = server.log().lines().filter(|l| l.contains("iscsi target attached") && l.contains("cache=52:54:00:12:34:56")).count();
+    assert!(attached >= 2, "every login of this boot reached the MAC's write cache; {}", ctx());
+    assert!(metric(&m, "bootfarm_iscsi_written_bytes_total") >= 4 << 20, "the writes went to the write cache; {m}");
+    assert_eq!(metric(&m, "bootfarm_iscsi_protocol_errors_total"), 0, "{m}");
+    assert_same("lab.vhdx after the boot", &read_file(&dir.join("lab.vhdx")), &before);
+    eprintln!("linux boot with root on bootfarm's LUN: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Without iPXE's iSCSI: the kernel command line names the target, the servers in failover
+/// order and the initiator name (the boot token's, from /ipxe); the first server does not
+/// answer (nothing listens at 127.0.0.3), the initramfs logs in to the second (bootfarm).
+#[test]
+fn linux_logs_in_from_the_command_line_and_fails_over_to_the_second_server() {
+    let (dir, known) = linux_store("iscsi-linux-cmdline");
+    let iscsi = free_port();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    let extra = format!(
+        "iscsi_port = {iscsi}\n[nbd]\ncache_dir = \"cache\"\n[[vdisk]]\nname = \"lab\"\npath = \"lab.vhdx\"\nsanboot = \"iscsi\"\n"
+    );
+    let (server, http) = http_server_iscsi(&dir, &extra, iscsi);
+    let s = curl(&format!("http://127.0.0.1:{http}/ipxe?vdisk=lab&mac={MAC}"));
+    let initiator = s.lines().find_map(|l| l.strip_prefix("set initiator-iqn ")).unwrap_or_else(|| panic!("no initiator-iqn in:\n{s}"));
+    let keys = format!(
+        "bootfarm.iscsi=iqn.2026-12.org.bootfarm:lab bootfarm.servers=127.0.0.3,10.0.2.2 bootfarm.port={iscsi} bootfarm.login_s=10 bootfarm.initiator={initiator}"
+    );
+    let (exited, serial) = boot_linux(&dir, http, &format!("#!ipxe\n{}", linux_lines(http, &keys)), Duration::from_secs(300));
+    let ctx = || format!("serial output:\n{serial}\nserver log:\n{}", server.log());
+    assert!(serial.contains(&format!("127.0.0.3:{iscsi} did not log us in")), "the dead first server was tried; {}", ctx());
+    assert!(serial.contains(&format!("iSCSI disk /dev/sda from 10.0.2.2:{iscsi}")), "the second one served; {}", ctx());
+    assert_linux_ran(exited, &serial, &known, &ctx);
+    let l = server.wait_for("iscsi target attached");
+    assert!(l.contains("cache=52:54:00:12:34:56") && !l.contains("boot=\"\""), "the initiator name's boot token named the cache: {l}");
 }

@@ -6,10 +6,10 @@
 # shellcheck shell=sh
 
 # Sets servers, port, bf_export, cache, nbdopts, ipcfg, fstype, flags, rinit and the iSCSI keys
-# (iscsi: "ibft" or the target IQN, empty for NBD; initiator, tpgt) from the command line.
+# (iscsi: "ibft" or the target IQN, empty for NBD; initiator, tpgt, login_s) from the command line.
 bootfarm_parse() {
 	servers= port= bf_export= cache=server nbdopts= ipcfg= fstype=ext4 flags= rinit=/sbin/init
-	iscsi= initiator= tpgt=1
+	iscsi= initiator= tpgt=1 login_s=20
 	for w in $(cat /proc/cmdline); do
 		case "$w" in
 		bootfarm.servers=*) servers=${w#*=} ;;
@@ -20,6 +20,7 @@ bootfarm_parse() {
 		bootfarm.iscsi=*) iscsi=${w#*=} ;;
 		bootfarm.initiator=*) initiator=${w#*=} ;;
 		bootfarm.tpgt=*) tpgt=${w#*=} ;;
+		bootfarm.login_s=*) login_s=${w#*=} ;;
 		ip=*) ipcfg=${w#ip=} ;;
 		rootfstype=*) fstype=${w#*=} ;;
 		rootflags=*) flags=${w#*=} ;;
@@ -57,7 +58,12 @@ bootfarm_iscsi_disk() {
 # Logs in with iscsistart: from the iBFT that iPXE published (bootfarm.iscsi=ibft, after a
 # `sanhook`), or to target bootfarm.iscsi=<IQN> on the servers in order (three rounds) as
 # bootfarm.initiator=<IQN> (default: one made of the first NIC's MAC). The kernel's session
-# lives on after iscsistart exits; there is no iscsid to reconnect it.
+# lives on after iscsistart exits; there is no iscsid to reconnect it. iscsistart retries a
+# refused connection forever: each login is cut after bootfarm.login_s seconds (default 20).
+bootfarm_iscsistart() {
+	if command -v timeout >/dev/null 2>&1; then timeout "$login_s" iscsistart "$@"; else iscsistart "$@"; fi
+}
+
 bootfarm_connect_iscsi() {
 	command -v iscsistart >/dev/null 2>&1 || fail "iscsistart missing (open-iscsi; build the initramfs with ISCSI=yes)"
 	[ -d /sys/class/iscsi_transport/tcp ] || fail "no iscsi_tcp transport: the iscsi_tcp module is not loaded"
@@ -66,7 +72,7 @@ bootfarm_connect_iscsi() {
 		[ -d /sys/firmware/ibft/target0 ] || fail "no iBFT (/sys/firmware/ibft/target0): did iPXE sanhook the LUN, is iscsi_ibft loaded?"
 		t=/sys/firmware/ibft/target0
 		log "logging in from the iBFT: $(cat $t/target-name) at $(cat $t/ip-addr):$(cat $t/port) as $(cat /sys/firmware/ibft/initiator/initiator-name)"
-		iscsistart -b || fail "iscsistart -b: the login from the iBFT failed"
+		bootfarm_iscsistart -b || fail "iscsistart -b: the login from the iBFT failed (or took over ${login_s} s)"
 		connected="$(cat $t/ip-addr):$(cat $t/port)"
 	else
 		if [ -z "$initiator" ]; then
@@ -77,7 +83,7 @@ bootfarm_connect_iscsi() {
 		for round in 1 2 3; do
 			for s in $(echo "$servers" | tr , ' '); do
 				log "logging in to $iscsi at $s:$port as $initiator"
-				if iscsistart -i "$initiator" -t "$iscsi" -g "$tpgt" -a "$s" -p "$port"; then
+				if bootfarm_iscsistart -i "$initiator" -t "$iscsi" -g "$tpgt" -a "$s" -p "$port"; then
 					connected=$s:$port
 					break 2
 				fi
