@@ -130,13 +130,20 @@ impl<E: Env> Session<E> {
             residual: c.expected_len as i64 - bytes as i64,
         };
         if (c.expected_len as u64) < bytes {
-            // Less data than the CDB moves: refused, the announced data eaten (SAM-5 overflow).
-            task.kind = Kind::Sink { sense: Sense::invalid_field(0, None), good: false };
-            task.want = 0;
-            task.residual = c.expected_len as i64 - bytes as i64;
+            if matches!(task.kind, Kind::Write { .. }) {
+                // Less data than the CDB moves (residual overflow): the whole blocks that came
+                // are written and the status is GOOD with the overflow counted, as tgt does
+                // (libiscsi iSCSIResiduals.Write*Residuals, WriteVerify*Residuals).
+                let bl = self.lun.unwrap().block_len;
+                task.want = want / bl * bl;
+            } else {
+                // A compare or a parameter list cut short: refused, the announced data eaten.
+                task.kind = Kind::Sink { sense: Sense::invalid_field(0, None), good: false };
+                task.want = 0;
+            }
         }
         if let (Kind::Write { .. }, Some(t)) = (&task.kind, self.target.as_ref()) {
-            match t.overlay.lock().unwrap().reserve(start, want as u64) {
+            match t.overlay.lock().unwrap().reserve(start, task.want as u64) {
                 Ok(r) => task.reservation = Some(r),
                 Err(e) => {
                     let s = self.cache_sense(env, &e);
