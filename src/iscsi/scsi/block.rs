@@ -57,6 +57,15 @@ pub(super) fn read(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     Ok(Action::Read { lba, blocks: n as u32 })
 }
 
+/// PRE-FETCH 10/16: every block is already where a read finds it (the image mapping, the
+/// cache), so only the range is checked; GOOD, never CONDITION MET (nothing is staged, SBC-3
+/// 5.7). IMMED and the group number change nothing. (libiscsi SCSI.Prefetch10/16.*)
+pub(super) fn prefetch(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
+    let (lba, n, _) = lba_len(cdb);
+    in_range(lba, n, lun)?;
+    Ok(Action::Good)
+}
+
 /// WRITE 6/10/12/16 and WRITE AND VERIFY 10/12/16 (a write whose status waits until the data
 /// is where a read finds it: the same as FUA here).
 pub(super) fn write(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {

@@ -128,6 +128,18 @@ fn synchronize_cache() {
     is(check(&[0x35, 0, 0, 0, 0x08, 0x01, 0, 0, 0, 0]), key::ILLEGAL_REQUEST, 0x21, 0);
 }
 
+#[test]
+fn prefetch_checks_the_range_only() {
+    let l = lun();
+    // 10 and 16, IMMED and a group number, 0 blocks (to the end) included: GOOD inside the LUN.
+    assert_eq!(run_on(&[0x34, 0, 0, 0, 0, 0, 0, 0, 8, 0], &l).0, Action::Good);
+    assert_eq!(run_on(&[0x34, 0x02, 0, 0, 0x07, 0xF8, 0x05, 0, 8, 0], &l).0, Action::Good, "IMMED, group, the last blocks");
+    assert_eq!(run_on(&[0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0], &l).0, Action::Good);
+    assert_eq!(run_on(&cdb16(0x90, 0, 2040, 8), &l).0, Action::Good);
+    is(check(&cdb16(0x90, 0, 2040, 9)), key::ILLEGAL_REQUEST, 0x21, 0);
+    is(check(&[0x34, 0, 0, 0, 0x08, 0x01, 0, 0, 0, 0]), key::ILLEGAL_REQUEST, 0x21, 0);
+}
+
 // ---- WRITE SAME, UNMAP
 
 #[test]
