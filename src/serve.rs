@@ -39,7 +39,8 @@ pub fn raise_nofile_limit() -> u64 {
 /// target overflow file (at most one target per connection is counted: kept caches beyond that
 /// are rare), a ring and three listeners per worker, and some for the process itself.
 pub fn descriptors_needed(c: &crate::config::Config, workers: usize) -> u64 {
-    (2 * c.tftp.sessions_max + c.http.connections_max + 2 * c.nbd.connections_max + 4 * workers + 64) as u64
+    let iscsi = if c.server.iscsi_port != 0 { 2 * c.iscsi.connections_max } else { 0 };
+    (2 * c.tftp.sessions_max + c.http.connections_max + 2 * c.nbd.connections_max + iscsi + 4 * workers + 64) as u64
 }
 
 pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_dir: Option<&Path>) -> Result<(), String> {
@@ -51,7 +52,7 @@ pub fn run(store: Arc<Store>, file: Option<PathBuf>, overrides: Overrides, demo_
         tracing::warn!(
             open_files = nofile,
             needed,
-            "the open-file limit is below what the limits can use ({needed}: 2 x tftp.sessions_max (socket and catcher per transfer) + http.connections_max + 2 x nbd.connections_max (a connection and its target's overflow file) + 4 per worker (ring, listeners) + 64): raise it (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower those limits"
+            "the open-file limit is below what the limits can use ({needed}: 2 x tftp.sessions_max (socket and catcher per transfer) + http.connections_max + 2 x nbd.connections_max and 2 x iscsi.connections_max (a connection and its target's overflow file) + 4 per worker (ring, listeners) + 64): raise it (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower those limits"
         );
     } else {
         tracing::info!(open_files = nofile, "open-file limit");

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Output};
 
 /// Limits small enough for the open-file check to pass under this machine's 20000 hard limit.
-const SMALL_LIMITS: &str = "[tftp]\nroot = \"boot\"\nsessions_max = 64\n[http]\nconnections_max = 64\n[nbd]\nconnections_max = 64\n";
+const SMALL_LIMITS: &str = "[tftp]\nroot = \"boot\"\nsessions_max = 64\n[http]\nconnections_max = 64\n[nbd]\nconnections_max = 64\n[iscsi]\nconnections_max = 64\n";
 
 fn store(tag: &str) -> TempDir {
     let d = TempDir::new(tag);
@@ -24,7 +24,8 @@ fn store(tag: &str) -> TempDir {
 /// A config with free ports on `listen`, SMALL_LIMITS and `extra` appended.
 fn config(d: &TempDir, name: &str, listen: &str, http: u16, extra: &str) -> std::path::PathBuf {
     let text = format!(
-        "[server]\nname = \"{name}\"\nlisten = \"{listen}\"\ntftp_port = {}\nhttp_port = {http}\nnbd_port = {}\n{SMALL_LIMITS}{extra}",
+        "[server]\nname = \"{name}\"\nlisten = \"{listen}\"\ntftp_port = {}\nhttp_port = {http}\nnbd_port = {}\niscsi_port = {}\n{SMALL_LIMITS}{extra}",
+        free_port(),
         free_port(),
         free_port()
     );
@@ -138,8 +139,16 @@ fn a_low_open_file_limit_is_a_warning() {
 fn port_69_without_the_capability_is_an_error() {
     let d = store("doctor-caps");
     let f = d.join("caps.toml");
-    std::fs::write(&f, format!("[server]\ntftp_port = 69\nhttp_port = {}\nnbd_port = {}\n{SMALL_LIMITS}", free_port(), free_port()))
-        .unwrap();
+    std::fs::write(
+        &f,
+        format!(
+            "[server]\ntftp_port = 69\nhttp_port = {}\nnbd_port = {}\niscsi_port = {}\n{SMALL_LIMITS}",
+            free_port(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
     let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap().trim().parse().unwrap();
     if start <= 69 {
         // This kernel lets anyone bind port 69: that is what doctor must say.

@@ -20,23 +20,6 @@ use std::time::{Duration, Instant};
 
 const MAC: &str = "52:54:00:12:34:56";
 
-/// Debian's newest installed kernel with its modules: (vmlinuz, /lib/modules/<version>).
-fn debian_kernel() -> (PathBuf, PathBuf) {
-    let mut found: Vec<(PathBuf, PathBuf)> = std::fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let version = name.strip_prefix("vmlinuz-")?;
-            let mods = Path::new("/lib/modules").join(version);
-            mods.join("modules.dep").exists().then(|| (e.path(), mods))
-        })
-        .collect();
-    found.sort();
-    found.pop().expect("no /boot/vmlinuz-* with /lib/modules/<version>/modules.dep: apt install linux-image-amd64 (.ci/run does)")
-}
-
 fn contrib(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(p)
 }

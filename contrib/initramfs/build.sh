@@ -6,8 +6,11 @@
 # Environment: MODULES (default "e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet": the
 # names that exist are taken), BUSYBOX (default: busybox on PATH), NBD_CLIENT (default:
 # nbd-client on PATH; NBD_CLIENT=busybox when BUSYBOX has the nbd-client applet, or the path of
-# another busybox binary that has it, installed as /bin/nbd-client).
-# Debian: apt install busybox nbd-client cpio (and the kernel's linux-image package).
+# another busybox binary that has it, installed as /bin/nbd-client); ISCSI=yes (root on an iSCSI
+# LUN, bootfarm.iscsi= on the command line) adds open-iscsi's iscsistart (ISCSISTART: its path)
+# and the modules iscsi_tcp, sd_mod and iscsi_ibft.
+# Debian: apt install busybox nbd-client cpio (open-iscsi for ISCSI=yes; and the kernel's
+# linux-image package).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUT.img [MODULES_DIR]}
@@ -18,6 +21,11 @@ nbdc=${NBD_CLIENT:-nbd-client}
 if [ "$nbdc" != busybox ]; then
 	nbdc=$(command -v "$nbdc" || command -v "/usr/sbin/$nbdc" || command -v "/sbin/$nbdc") ||
 		{ echo "build.sh: nbd-client not found (apt install nbd-client, or NBD_CLIENT=busybox)" >&2; exit 2; }
+fi
+iscsistart=
+if [ "${ISCSI:-no}" = yes ]; then
+	iscsistart=$(command -v "${ISCSISTART:-iscsistart}" || command -v /usr/sbin/iscsistart || command -v /sbin/iscsistart) ||
+		{ echo "build.sh: iscsistart not found (apt install open-iscsi)" >&2; exit 2; }
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -40,6 +48,7 @@ else
 	rm -f "$r/bin/nbd-client"
 	copy_bin "$nbdc" nbd-client
 fi
+[ -z "$iscsistart" ] || copy_bin "$iscsistart" iscsistart
 
 # Modules in load order: each one's dependencies (modules.dep lists them, deepest last) first.
 : >"$tmp/order"
@@ -54,7 +63,9 @@ add_module() (
 	done
 	grep -qx "$path" "$tmp/order" || echo "$path" >>"$tmp/order"
 )
-for m in ${MODULES:-e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet}; do
+modules=${MODULES:-e1000 e1000e virtio_net nbd crc32c_generic ext4 overlay af_packet}
+[ -z "$iscsistart" ] || modules="$modules iscsi_tcp sd_mod iscsi_ibft"
+for m in $modules; do
 	add_module "$(echo "$m" | tr - _)"
 	add_module "$m"
 done

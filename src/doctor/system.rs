@@ -122,7 +122,7 @@ pub fn open_files(c: &Config) -> Finding {
     let needed = crate::serve::descriptors_needed(c, workers);
     let (soft, hard) = rlimit(libc::RLIMIT_NOFILE);
     let how = format!(
-        "{needed} needed by the limits (2 x tftp.sessions_max + http.connections_max + 2 x nbd.connections_max + 4 x {workers} workers + 64)"
+        "{needed} needed by the limits (2 x tftp.sessions_max + http.connections_max + 2 x nbd.connections_max + 2 x iscsi.connections_max + 4 x {workers} workers + 64)"
     );
     if hard < needed {
         Finding::warn(
@@ -197,8 +197,11 @@ pub fn ports(c: &Config) -> Vec<Finding> {
     };
     let (tcp, udp) = (tables("tcp"), tables("udp"));
     const TCP_LISTEN: u8 = 0x0A;
-    let services =
-        [("udp", "server.tftp_port", s.tftp_port), ("tcp", "server.http_port", s.http_port), ("tcp", "server.nbd_port", s.nbd_port)];
+    let mut services =
+        vec![("udp", "server.tftp_port", s.tftp_port), ("tcp", "server.http_port", s.http_port), ("tcp", "server.nbd_port", s.nbd_port)];
+    if s.iscsi_port != 0 {
+        services.push(("tcp", "server.iscsi_port", s.iscsi_port));
+    }
     services
         .iter()
         .map(|&(proto, key, port)| {
@@ -229,7 +232,7 @@ pub fn ports(c: &Config) -> Vec<Finding> {
             Finding::error(
                 "port",
                 format!(
-                    "{proto}/{port} ({key}) is held on {} by {who}: stop it (another TFTP/HTTP/NBD server?) or choose another {key}",
+                    "{proto}/{port} ({key}) is held on {} by {who}: stop it (another TFTP/HTTP/NBD/iSCSI server, tgtd?) or choose another {key}",
                     addrs.join(",")
                 ),
             )
@@ -243,11 +246,16 @@ const CAP_NET_BIND_SERVICE: u32 = 10;
 pub fn capabilities(c: &Config) -> Vec<Finding> {
     let start: u16 = read("/proc/sys/net/ipv4/ip_unprivileged_port_start").and_then(|s| s.trim().parse().ok()).unwrap_or(1024);
     let s = &c.server;
-    let low: Vec<String> = [("server.tftp_port", s.tftp_port), ("server.http_port", s.http_port), ("server.nbd_port", s.nbd_port)]
-        .iter()
-        .filter(|(_, p)| *p < start)
-        .map(|(k, p)| format!("{k} = {p}"))
-        .collect();
+    let low: Vec<String> = [
+        ("server.tftp_port", s.tftp_port),
+        ("server.http_port", s.http_port),
+        ("server.nbd_port", s.nbd_port),
+        ("server.iscsi_port", s.iscsi_port),
+    ]
+    .iter()
+    .filter(|(_, p)| *p != 0 && *p < start)
+    .map(|(k, p)| format!("{k} = {p}"))
+    .collect();
     if low.is_empty() {
         return vec![Finding::ok("caps", format!("no port below {start} (net.ipv4.ip_unprivileged_port_start): no capability needed"))];
     }

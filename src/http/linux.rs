@@ -16,7 +16,7 @@ pub fn nbd_export(vdisk: &str, cache: CacheSite, token: Option<&str>) -> String 
 }
 
 /// `host[:port]` from a Host header, without the port and IPv6 brackets: what nbd-client takes.
-fn host_only(h: &str) -> &str {
+pub(crate) fn host_only(h: &str) -> &str {
     if let Some(r) = h.strip_prefix('[') {
         return r.split(']').next().unwrap_or(r);
     }

@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod console;
+pub mod iscsi;
 pub mod linux;
 pub mod wire;
 
@@ -435,6 +436,13 @@ pub fn respond(req: &Request, env: &mut dyn Env, out: &mut Head) -> Body {
                     let export = linux::nbd_export(&vd.name, lb.cache, token.as_deref());
                     linux::linux_script(&snap, vd, lb, host, &clean_mac(mac), &order, &export)
                 }
+                None if sanboot_iscsi(&snap, &vd.name) => {
+                    let initiator = token.as_deref().and_then(|t| {
+                        let m = crate::nbd::token::parse_mac(mac?)?;
+                        crate::iscsi::boot::initiator_iqn(&snap.config.iscsi.iqn_prefix, m, t)
+                    });
+                    iscsi::iscsi_script(&snap, vd, host, &clean_mac(mac), &order, initiator.as_deref())
+                }
                 None => ipxe_script(&snap, vd, host, mac, &order),
             };
             if let Some(t) = &token {
@@ -493,6 +501,11 @@ fn redirect(req: &Request, env: &mut dyn Env, snap: &Snapshot, q: &str, vdisk: &
 }
 
 /// The `?mac=` value as scripts may repeat it: hex digits and separators only.
+/// The vdisk boots over iSCSI (`sanboot = "iscsi"` and the target is on).
+fn sanboot_iscsi(snap: &Snapshot, vdisk: &str) -> bool {
+    snap.config.server.iscsi_port != 0 && snap.config.vdisk.iter().any(|v| v.name == vdisk && v.sanboot == crate::config::Sanboot::Iscsi)
+}
+
 fn clean_mac(mac: Option<&str>) -> String {
     mac.unwrap_or("").chars().filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').take(32).collect()
 }

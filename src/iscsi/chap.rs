@@ -1,7 +1,8 @@
 //! CHAP for iSCSI logins (RFC 1994 with RFC 7143 §12.1.3): the target's challenge, the check of
 //! the initiator's response in constant time, and the answer to the initiator's own challenge
 //! (mutual CHAP). MD5 only (CHAP_A=5). The challenge bytes come from the caller (sans-IO: the
-//! session draws them); this module keeps no clock and no randomness.
+//! session draws them, and they must be unpredictable: the OS's random source, not the seeded
+//! `crate::rng::XorShift`); this module keeps no clock and no randomness.
 
 use super::md5::Md5;
 use std::fmt;

@@ -141,6 +141,25 @@ pub struct LoginRequest {
     pub exp_statsn: u32,
 }
 
+impl From<&super::wire::LoginReq> for LoginRequest {
+    fn from(r: &super::wire::LoginReq) -> LoginRequest {
+        LoginRequest {
+            transit: r.transit,
+            cont: r.cont,
+            csg: r.csg,
+            nsg: r.nsg,
+            version_max: r.version_max,
+            version_min: r.version_min,
+            isid: r.isid,
+            tsih: r.tsih,
+            itt: r.itt,
+            cid: r.cid,
+            cmdsn: r.cmdsn,
+            exp_statsn: r.exp_statsn,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Answer with a Login Response: these flags/stages, status 0, the text appended to `out`.

@@ -223,6 +223,23 @@ pub fn nbd_request(kind: u16, cookie: u64, offset: u64, length: u32, payload: &[
     r
 }
 
+/// Debian's newest installed kernel with its modules: (vmlinuz, /lib/modules/<version>).
+pub fn debian_kernel() -> (PathBuf, PathBuf) {
+    let mut found: Vec<(PathBuf, PathBuf)> = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let version = name.strip_prefix("vmlinuz-")?;
+            let mods = Path::new("/lib/modules").join(version);
+            mods.join("modules.dep").exists().then(|| (e.path(), mods))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("no /boot/vmlinuz-* with /lib/modules/<version>/modules.dep: apt install linux-image-amd64 (.ci/run does)")
+}
+
 /// Polls `f` every 100 ms until it holds; panics naming `what` after `secs` seconds.
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);

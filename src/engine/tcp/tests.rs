@@ -163,6 +163,8 @@ fn serve<T: Send>(limits: TcpLimits, client: impl FnOnce(SocketAddr) -> T + Send
         http_admission: Default::default(),
         nbd_admission: Default::default(),
         nbd_evictions: Default::default(),
+        iscsi_admission: Default::default(),
+        iscsi_evictions: Default::default(),
         nbd_targets: Default::default(),
         farm: Default::default(),
         console: Default::default(),

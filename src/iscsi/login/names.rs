@@ -8,7 +8,7 @@ pub const NAME_LEN_MAX: usize = 223;
 /// Whether `name` is a well-formed iSCSI name. ASCII only: the nameprep of non-ASCII names is
 /// out of scope, and no initiator here sends one.
 pub fn valid(name: &str) -> bool {
-    if name.len() > NAME_LEN_MAX || name.len() < 5 {
+    if name.len() > NAME_LEN_MAX || name.len() < 5 || !name.is_ascii() {
         return false;
     }
     let (kind, body) = name.split_at(4);
@@ -85,6 +85,9 @@ mod tests {
             "naa.52004567BA64678D5",
             "fc.1234",
             "target0",
+            "819\u{2fd}",
+            "iqn\u{e9}2001-04.com.example",
+            "iqn.2001-04.com.ex\u{e9}mple",
         ] {
             assert!(!valid(bad), "{bad}");
         }

@@ -429,6 +429,11 @@ fn names_and_session_types() {
     assert_eq!(code(&step), status::NOT_FOUND);
     let (step, _) = send(&mut Login::new(), &c, req(0, 1, true), &format!("InitiatorName=pc 1\0TargetName={TARGET}\0"));
     assert_eq!(code(&step), status::INITIATOR_ERROR);
+    // Non-ASCII names (found by the fuzz target: a char boundary inside the "iqn." prefix).
+    let (step, _) = send(&mut Login::new(), &c, req(0, 1, true), &format!("InitiatorName=819\u{2fd}\0TargetName={TARGET}\0"));
+    assert_eq!(code(&step), status::INITIATOR_ERROR);
+    let (step, _) = send(&mut Login::new(), &c, req(0, 1, true), &format!("InitiatorName={IPXE}\0TargetName=iqn\u{e9}2026-12.x\0"));
+    assert_eq!(code(&step), status::NOT_FOUND);
     let (step, _) =
         send(&mut Login::new(), &c, req(0, 1, true), &format!("InitiatorName={IPXE}\0TargetName={TARGET}\0SessionType=Bogus\0"));
     assert_eq!(code(&step), status::SESSION_TYPE_NOT_SUPPORTED);

@@ -129,21 +129,10 @@ impl<E: Env> Session<E> {
             error: None,
             residual: c.expected_len as i64 - bytes as i64,
         };
-        if (c.expected_len as u64) < bytes {
-            if matches!(task.kind, Kind::Write { .. }) {
-                // Less data than the CDB moves (residual overflow): the whole blocks that came
-                // are written and the status is GOOD with the overflow counted, as tgt does
-                // (libiscsi iSCSIResiduals.Write*Residuals, WriteVerify*Residuals).
-                let bl = self.lun.unwrap().block_len;
-                task.want = want / bl * bl;
-            } else {
-                // A compare or a parameter list cut short: refused, the announced data eaten.
-                task.kind = Kind::Sink { sense: Sense::invalid_field(0, None), good: false };
-                task.want = 0;
-            }
-        }
+        // Less data than the CDB moves (an overflow): what comes is written and the status says
+        // how much was not (RFC 7143 11.4.5.2; libiscsi's residual tests and tgt do so).
         if let (Kind::Write { .. }, Some(t)) = (&task.kind, self.target.as_ref()) {
-            match t.overlay.lock().unwrap().reserve(start, task.want as u64) {
+            match t.overlay.lock().unwrap().reserve(start, want as u64) {
                 Ok(r) => task.reservation = Some(r),
                 Err(e) => {
                     let s = self.cache_sense(env, &e);
