@@ -30,11 +30,14 @@ fn image(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 /// `iscsi-test-cu -d -v --test=FAMILY URL URL` (the second URL: the multipath tests' other
-/// path, the same target again), the log kept in `dir`. The SCSI family takes ~20 s on tgt.
+/// path, the same target again), run in `dir`, its output kept in target/tmp. The SCSI family takes ~20 s on tgt.
 fn suite(dir: &Path, tag: &str, family: &str, url: &str) -> Vec<CuTest> {
     let o = output(bounded(300, "iscsi-test-cu").args(["-d", "-v", &format!("--test={family}"), url, url]).current_dir(dir));
     let out = text(&o);
-    std::fs::write(dir.join(format!("cu-{tag}-{family}.log")), &out).unwrap();
+    // Kept after the run (the temp folder goes): target/tmp/iscsi-conformance/.
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("iscsi-conformance");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::write(keep.join(format!("cu-{tag}-{family}.log")), &out).unwrap();
     let tests = parse_cunit(&out);
     assert!(!tests.is_empty(), "iscsi-test-cu against {tag} ({url}) ran no {family} test ({}):\n{out}", o.status);
     tests.into_iter().map(|t| CuTest { name: format!("{family}.{}", t.name), ..t }).collect()
@@ -70,14 +73,15 @@ fn iscsi_test_cu_passes_on_bootfarm_what_passes_on_tgt() {
     let tgt = Tgt::start(&dir.0, &[(&tgt_iqn, &raw)]);
     let port = free_port();
     let cfg = format!(
-        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = 0\niscsi_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{IQN_PREFIX}\"\n[[vdisk]]\nname = \"disk\"\npath = \"{}\"\n",
+        "[server]\ntftp_port = {}\nhttp_port = {}\nnbd_port = {}\niscsi_port = {port}\n[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\niqn_prefix = \"{IQN_PREFIX}\"\n[[vdisk]]\nname = \"disk\"\npath = \"{}\"\n",
+        free_port(),
         free_port(),
         free_port(),
         vhdx.display()
     );
     std::fs::create_dir_all(dir.join("boot")).unwrap();
     std::fs::write(dir.join("bootfarm.toml"), cfg).unwrap();
-    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap()]);
+    let server = Server::start(&["--config", dir.join("bootfarm.toml").to_str().unwrap(), "--iscsi-port", &port.to_string()]);
     let ours = format!("iscsi://127.0.0.1:{port}/{IQN_PREFIX}:disk/0");
 
     let mut table: BTreeMap<String, (Option<Verdict>, Option<Verdict>, String)> = BTreeMap::new();
@@ -127,13 +131,14 @@ fn iscsi_test_cu_passes_on_bootfarm_what_passes_on_tgt() {
 
 #[test]
 fn cunit_verbose_output_parses_per_test() {
-    let out = "Suite: Inquiry\n  Test: Standard ...passed\n  Test: BlockLimits ...    [SKIPPED] Logical unit is fully provisioned. Skipping test\npassed\nSuite: GetLBAStatus\n  Test: BeyondEol ...    [FAILED] GET_LBA_STATUS successful but should have failed\nFAILED\n    1. test_get_lba_status_beyond_eol.c:38  - CU_ASSERT_EQUAL(_r,0)\nSuite: Reserve6\n  Test: LUNReset ...passed    [FAILED] PRIN command: failed with sense.\n\nSuite: iSCSIdatasn\n  Test: iSCSIDataSnInvalid ...FAILED\n    1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)\n  Test: Cut ...\nRun Summary:    Type  Total\n";
+    let out = "Suite: Inquiry\n  Test: Standard ...passed\n  Test: BlockLimits ...    [SKIPPED] Logical unit is fully provisioned. Skipping test\npassed\nSuite: GetLBAStatus\n  Test: BeyondEol ...    [FAILED] GET_LBA_STATUS successful but should have failed\nFAILED\n    1. test_get_lba_status_beyond_eol.c:38  - CU_ASSERT_EQUAL(_r,0)\nSuite: Reserve6\n  Test: LUNReset ...passed    [FAILED] PRIN command: failed with sense.\n\nSuite: TestUnitReady\n  Test: Simple ...passed    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n\nSuite: iSCSIdatasn\n  Test: iSCSIDataSnInvalid ...FAILED\n    1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)\n  Test: Cut ...\nRun Summary:    Type  Total\n";
     let r: Vec<(String, Verdict)> = parse_cunit(out).into_iter().map(|t| (t.name, t.verdict)).collect();
     let want = [
         ("Inquiry.Standard", Verdict::Passed),
         ("Inquiry.BlockLimits", Verdict::Skipped),
         ("GetLBAStatus.BeyondEol", Verdict::Failed),
         ("Reserve6.LUNReset", Verdict::Passed),
+        ("TestUnitReady.Simple", Verdict::Passed),
         ("iSCSIdatasn.iSCSIDataSnInvalid", Verdict::Failed),
         ("iSCSIdatasn.Cut", Verdict::Failed),
     ];

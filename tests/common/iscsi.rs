@@ -141,17 +141,17 @@ pub fn parse_cunit(out: &str) -> Vec<CuTest> {
     let mut tests: Vec<CuTest> = Vec::new();
     let mut suite = String::new();
     let mut open = false; // the last test has no verdict yet
-    let verdict_of = |s: &str| {
-        if s.starts_with("passed") {
-            Some(Verdict::Passed)
+                          // A verdict, and whether the test printed `[SKIPPED]` before it (what a teardown prints
+                          // after it, on the same line or later, belongs to no test).
+    let verdict_of = |before: &str, s: &str| {
+        let v = if s.starts_with("passed") {
+            Verdict::Passed
         } else if s.starts_with("FAILED") {
-            Some(Verdict::Failed)
+            Verdict::Failed
         } else {
-            None
-        }
-    };
-    let close = |t: &mut CuTest, v: Verdict| {
-        t.verdict = if v == Verdict::Passed && t.output.contains("[SKIPPED]") { Verdict::Skipped } else { v };
+            return None;
+        };
+        Some(if v == Verdict::Passed && before.contains("[SKIPPED]") { Verdict::Skipped } else { v })
     };
     for line in out.lines() {
         if let Some(s) = line.strip_prefix("Suite: ") {
@@ -159,22 +159,22 @@ pub fn parse_cunit(out: &str) -> Vec<CuTest> {
             open = false;
         } else if let Some(rest) = line.strip_prefix("  Test: ") {
             let (name, after) = rest.split_once(" ...").unwrap_or((rest, ""));
-            tests.push(CuTest { name: format!("{suite}.{}", name.trim()), verdict: Verdict::Failed, output: after.to_string() });
-            open = true;
-            if let Some(v) = verdict_of(after) {
-                close(tests.last_mut().unwrap(), v);
-                open = false;
+            let mut t = CuTest { name: format!("{suite}.{}", name.trim()), verdict: Verdict::Failed, output: after.to_string() };
+            match verdict_of("", after) {
+                Some(v) => t.verdict = v,
+                None => open = true,
             }
+            tests.push(t);
         } else if line.starts_with("Run Summary:") {
             open = false;
         } else if let Some(t) = tests.last_mut() {
             if open {
-                t.output.push('\n');
-                t.output.push_str(line);
-                if let Some(v) = verdict_of(line) {
-                    close(t, v);
+                if let Some(v) = verdict_of(&t.output, line) {
+                    t.verdict = v;
                     open = false;
                 }
+                t.output.push('\n');
+                t.output.push_str(line);
             }
         }
     }
