@@ -117,7 +117,11 @@ pub enum Action {
         blocks: u32,
     },
     /// Receive `len` bytes of parameter data (UNMAP list, WRITE SAME's block, MODE SELECT),
-    /// then call [`execute_data`] with the same CDB.
+    /// then call [`execute_data`] with the same CDB and everything received: when the
+    /// Expected Data Transfer Length is larger than `len` (bounded by the session's limit),
+    /// pass all of it — WRITE SAME with more or less than one block is an error
+    /// (PARAMETER LIST LENGTH ERROR, libiscsi's WriteSame*.InvalidDataOutSize), which only
+    /// `execute_data` can tell.
     DataOut {
         len: u32,
     },

@@ -225,11 +225,14 @@ fn lbpme(lun: &Lun) -> bool {
     lun.writable
 }
 
-/// Logical blocks per physical block, as an exponent: the write cache works in 4 KiB blocks
-/// (a partial one is copied first), so 4 KiB-aligned I/O is what it does best.
-pub(super) fn lbppbe(lun: &Lun) -> u8 {
-    let per = (crate::nbd::cache::BLOCK as u32 / lun.block_len.max(1)).max(1);
-    per.trailing_zeros() as u8
+/// Logical blocks per write-cache block (4 KiB; a partial one is copied first, so 4 KiB-aligned
+/// I/O is what the cache does best). Announced as the optimal transfer and unmap granularity
+/// in VPD B0 (Linux takes it as minimum_io_size), not as the physical block exponent of READ
+/// CAPACITY 16: libiscsi's GetLBAStatus.UnmapSingle expects a descriptor starting past the
+/// requested LBA when LBPPBE > 0, contrary to SBC-4 5.8, and every write is correct at any
+/// alignment here.
+pub(super) fn cache_granularity(lun: &Lun) -> u32 {
+    (crate::nbd::cache::BLOCK as u32 / lun.block_len.max(1)).max(1)
 }
 
 pub(super) fn read_capacity_10(cdb: &[u8], lun: &Lun, out: &mut Vec<u8>) -> Result<Action, Sense> {
@@ -251,7 +254,7 @@ pub(super) fn read_capacity_16(cdb: &[u8], lun: &Lun, out: &mut Vec<u8>) -> Resu
     let mut d = [0u8; 32];
     d[..8].copy_from_slice(&lun.blocks.saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&lun.block_len.to_be_bytes());
-    d[13] = lbppbe(lun) & 0x0F;
+    // LBPPBE 0 (see cache_granularity).
     if lbpme(lun) {
         // LBPME + LBPRZ: unmapped blocks read as zeros (the cache keeps them as zero ranges).
         d[14] = 0xC0;
