@@ -172,14 +172,17 @@ pub(super) fn write_same(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     Ok(Action::DataOut { len: lun.block_len })
 }
 
-/// WRITE SAME with its one block received: zeros (whether or not UNMAP is set: the cache
-/// reads zeros after either, LBPRZ) become a Zero, anything else a Fill.
+/// WRITE SAME with its one block received: with UNMAP set the range is deallocated whatever
+/// the block holds (and reads as zeros after, LBPRZ; what LIO does and libiscsi's
+/// WriteSame10/16.UnmapUntilEnd check, sending a block of 0xFF); without it a zero block is a
+/// Zero too, anything else a Fill.
 pub(super) fn write_same_data(cdb: &[u8], data: &[u8], lun: &Lun) -> Result<Action, Sense> {
     let (lba, n) = write_same_range(cdb, lun)?;
     if data.len() != lun.block_len as usize {
         return Err(Sense::param_list_length());
     }
-    if data.iter().all(|&b| b == 0) {
+    let unmap = cdb[1] & 0x08 != 0;
+    if unmap || data.iter().all(|&b| b == 0) {
         Ok(Action::Zero { lba, blocks: n })
     } else {
         Ok(Action::Fill { lba, blocks: n })

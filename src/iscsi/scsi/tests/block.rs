@@ -151,11 +151,13 @@ fn write_same_16() {
     assert_eq!(run_on(&c, &l).0, Action::DataOut { len: 512 });
     assert_eq!(execute_data(&c, &[0; 512], &l, &mut out), Action::Zero { lba: 0, blocks: 256 });
     assert_eq!(execute_data(&c, &[7; 512], &l, &mut out), Action::Fill { lba: 0, blocks: 256 });
-    // UNMAP bit with a zero block deallocates; with data it must write it (LBPRZ).
+    // UNMAP bit: deallocated whatever the block holds (libiscsi's UnmapUntilEnd sends 0xFF).
     let u = cdb16(0x93, 0x08, 2047, 1);
     assert_eq!(run_on(&u, &l).0, Action::DataOut { len: 512 });
     assert_eq!(execute_data(&u, &[0; 512], &l, &mut out), Action::Zero { lba: 2047, blocks: 1 });
-    assert_eq!(execute_data(&u, &[1; 512], &l, &mut out), Action::Fill { lba: 2047, blocks: 1 });
+    assert_eq!(execute_data(&u, &[0xFF; 512], &l, &mut out), Action::Zero { lba: 2047, blocks: 1 });
+    let u10 = [0x41, 0x08, 0, 0, 0x07, 0xFF, 0, 0, 0, 0];
+    assert_eq!(execute_data(&u10, &[0xFF; 512], &l, &mut out), Action::Zero { lba: 2047, blocks: 1 });
     // NDOB: no Data-Out at all.
     assert_eq!(run_on(&cdb16(0x93, 0x09, 8, 8), &l).0, Action::Zero { lba: 8, blocks: 8 });
     // libiscsi test_writesame16_invalid_dataout_size: half or double a block.
