@@ -37,6 +37,7 @@ pub mod op {
     pub const WRITE_10: u8 = 0x2A;
     pub const WRITE_VERIFY_10: u8 = 0x2E;
     pub const VERIFY_10: u8 = 0x2F;
+    pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
@@ -46,6 +47,7 @@ pub mod op {
     pub const WRITE_16: u8 = 0x8A;
     pub const WRITE_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
+    pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
@@ -115,7 +117,11 @@ pub enum Action {
         blocks: u32,
     },
     /// Receive `len` bytes of parameter data (UNMAP list, WRITE SAME's block, MODE SELECT),
-    /// then call [`execute_data`] with the same CDB.
+    /// then call [`execute_data`] with the same CDB and everything received: when the
+    /// Expected Data Transfer Length is larger than `len` (bounded by the session's limit),
+    /// pass all of it — WRITE SAME with more or less than one block is an error
+    /// (PARAMETER LIST LENGTH ERROR, libiscsi's WriteSame*.InvalidDataOutSize), which only
+    /// `execute_data` can tell.
     DataOut {
         len: u32,
     },
@@ -248,6 +254,7 @@ fn run(cdb: &[u8], lun_id: u64, lun: &Lun, out: &mut Vec<u8>) -> Result<Action, 
         }
         op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => block::verify(cdb, lun),
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => block::sync(cdb, lun),
+        op::PRE_FETCH_10 | op::PRE_FETCH_16 => block::prefetch(cdb, lun),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => block::write_same(cdb, lun),
         op::UNMAP => block::unmap(cdb, lun),
         _ => Err(Sense::invalid_opcode()),

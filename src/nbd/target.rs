@@ -36,6 +36,10 @@ pub struct Target {
     /// Bumped by an operator's disconnect (`POST /api/targets/<id>/disconnect`): a
     /// connection attached before the bump is cut (its session compares), the cache stays.
     pub cut: AtomicU64,
+    /// LUN / target resets made by any iSCSI session of this target: the others raise the
+    /// reset's unit attention too (SAM-5: on every I_T nexus of the LUN; a multipath host's
+    /// paths are sessions of one target).
+    pub resets: std::sync::atomic::AtomicU64,
 }
 
 /// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
@@ -324,6 +328,7 @@ impl Registry {
             private,
             boot: boot.map(str::to_string),
             cut: AtomicU64::new(0),
+            resets: Default::default(),
         });
         let stale = {
             let mut map = self.entries.lock().unwrap();

@@ -123,6 +123,10 @@ pub(super) fn select(cdb: &[u8]) -> Result<Action, Sense> {
 /// changeable), a block descriptor must describe the LUN as it is.
 pub(super) fn select_data(cdb: &[u8], data: &[u8], lun: &Lun) -> Result<Action, Sense> {
     let ten = cdb[0] == super::op::MODE_SELECT_10;
+    // The parameter list is what the CDB says; more Data-Out than that (a larger Expected Data
+    // Transfer Length) is not part of it.
+    let len = if ten { usize::from(be16(cdb, 7)) } else { usize::from(cdb[4]) };
+    let data = &data[..data.len().min(len)];
     let hdr = if ten { 8 } else { 4 };
     if data.len() < hdr {
         return Err(Sense::param_list_length());

@@ -196,7 +196,7 @@ fn vpd_block_limits() {
     let d = data(&[0x12, 1, 0xB0, 0, 0xFF, 0]);
     assert_eq!(d.len(), 64);
     assert_eq!(usize::from(d[3]) + 4, d.len(), "libiscsi: page length == size - 4");
-    assert_eq!(d[4] & 1, 1, "WSNZ");
+    assert_eq!(d[4] & 1, 0, "WSNZ 0: WRITE SAME of 0 blocks runs to the end");
     assert_eq!(be16(&d, 6), 8, "optimal transfer granularity: a 4 KiB cache block");
     assert_eq!(be32(&d, 8), 512, "maximum transfer length");
     assert_eq!(be32(&d, 20), 65536, "maximum unmap LBA count");
@@ -263,7 +263,7 @@ fn read_capacity_16() {
     assert_eq!(be64(&d, 0), 2047);
     assert_eq!(be32(&d, 8), 512);
     assert_eq!(d[12], 0, "no protection");
-    assert_eq!(d[13], 3, "LBPPBE: 8 logical blocks per 4 KiB");
+    assert_eq!(d[13], 0, "LBPPBE 0: the 4 KiB cache block is announced in VPD B0 only");
     assert_eq!(d[14], 0xC0, "LBPME + LBPRZ");
     assert_eq!(run_on(&c, &ro()).1[14], 0, "no cache, no provisioning");
     // libiscsi test_readcapacity16_alloclen: 0..16 all GOOD, cut.
@@ -390,6 +390,10 @@ fn mode_select_accepts_current_values_only() {
         }
         a => panic!("{a:?}"),
     }
+    // Data-Out past the parameter list length is not part of it.
+    let mut more = sel.clone();
+    more.extend_from_slice(&[0; 12]);
+    assert_eq!(execute_data(&cdb, &more, &l, &mut out), Action::Good);
     // A page cut short.
     let short = &sel[..sel.len() - 3];
     let c2 = [0x15, 0x10, 0, 0, short.len() as u8, 0];
