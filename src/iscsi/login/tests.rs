@@ -513,3 +513,50 @@ fn request_limit() {
     }
     assert_eq!(code(&send(&mut l, &c, req(0, 1, true), "").0), status::INITIATOR_ERROR);
 }
+
+/// A Normal session may leave the security stage straight for full feature phase when the
+/// defaults suit the target: RFC 7143's defaults are then the result.
+#[test]
+fn security_straight_to_full_feature() {
+    let (step, resp) = send(&mut Login::new(), &cfg(None), req(0, 3, true), &ipxe_security("None"));
+    assert_eq!(resp, "AuthMethod=None\0TargetPortalGroupTag=1\0TargetAlias=win10\0");
+    let n = match step {
+        Step::Done { negotiated, csg: STAGE_SECURITY, .. } => negotiated,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (n.max_send_data_segment_length, n.max_recv_data_segment_length, n.max_burst_length, n.first_burst_length),
+        (8192, 8192, 262144, 65536)
+    );
+    assert_eq!(
+        (n.initial_r2t, n.immediate_data, n.max_outstanding_r2t, n.default_time2wait, n.default_time2retain),
+        (true, true, 1, 2, 20)
+    );
+}
+
+/// AuthMethod and CHAP_A in one request, the response with T clear, then an empty request with
+/// T set: each step answered, the stage left only at the end.
+#[test]
+fn chap_compressed_and_transit_later() {
+    let creds = Chap::new("pc1", b"initiator-secret", None).unwrap();
+    let c = cfg(Some(&creds));
+    let mut l = Login::new();
+    let (step, resp) = send(&mut l, &c, req(0, 1, false), &format!("{}CHAP_A=5\0", ipxe_security("CHAP,None")));
+    assert_eq!(step, answer(false, 0, 0));
+    assert!(resp.starts_with("AuthMethod=CHAP\0CHAP_A=5\0CHAP_I="), "{resp:?}");
+    let id = value(&resp, "CHAP_I").unwrap().parse().unwrap();
+    let r = encode_hex(&response(id, b"initiator-secret", &CHALLENGE));
+    let (step, resp) = send(&mut l, &c, req(0, 1, false), &format!("CHAP_N=pc1\0CHAP_R={r}\0"));
+    assert_eq!((step, resp.as_str()), (answer(false, 0, 0), ""));
+    assert_eq!(send(&mut l, &c, req(0, 1, true), "").0, answer(true, 0, 1));
+    assert_eq!(done(send(&mut l, &c, req(1, 3, true), IPXE_OPERATIONAL).0).target_name.as_deref(), Some(TARGET));
+}
+
+/// With CHAP configured, a Discovery session authenticates too (iscsiadm discovery needs the
+/// discovery credentials set).
+#[test]
+fn discovery_with_chap_configured() {
+    let creds = Chap::new("pc1", b"initiator-secret", None).unwrap();
+    let disc = format!("InitiatorName={IPXE}\0SessionType=Discovery\0AuthMethod=None\0");
+    assert_eq!(code(&send(&mut Login::new(), &cfg(Some(&creds)), req(0, 3, true), &disc).0), status::AUTHENTICATION_FAILURE);
+}
