@@ -6,6 +6,7 @@
 
 use super::write::Kind;
 use super::{Env, Session, SCRATCH_MAX};
+use crate::iscsi::scsi::reserve::Refusal;
 use crate::iscsi::scsi::{self, Action, Sense};
 use crate::iscsi::wire::{self, reject, status, BHS_LEN, TAG_NONE};
 use crate::metrics::Counter;
@@ -140,6 +141,15 @@ impl<E: Env> Session<E> {
             self.fail_with_data(env, c, Sense::clone(&s), data);
             return;
         }
+        if wire::lun_id(c.lun) == 0 && !matches!(cdb.as_slice()[0], scsi::op::RESERVE_6 | scsi::op::RELEASE_6) {
+            let nexus = self.nexus();
+            let vdisk = &self.target.as_ref().unwrap().vdisk.name;
+            if env.reservations().with(vdisk, |r| r.conflicts(&nexus, cdb.as_slice())) {
+                env.count(Counter::IscsiCommandsOther, 1);
+                self.reservation_conflict(c, data);
+                return;
+            }
+        }
         let mut out = std::mem::take(&mut self.data);
         out.clear();
         let action = {
@@ -242,7 +252,32 @@ impl<E: Env> Session<E> {
             self.respond(itt, status::CHECK_CONDITION, Some(&s), edtl as i64);
             return;
         }
+        let nexus = self.nexus();
+        let vdisk = self.target.as_ref().unwrap().vdisk.name.clone();
+        let table = env.reservations();
+        let refusal = match &a {
+            Action::Reserve6 => table.with(&vdisk, |r| r.reserve6(&nexus)).err(),
+            Action::Release6 => table.with(&vdisk, |r| r.release6(&nexus)).err(),
+            Action::PrOut { service, scope_type, param } => table.with(&vdisk, |r| r.pr_out(&nexus, *service, *scope_type, param)).err(),
+            &Action::PrIn { service, alloc_len } => {
+                let mut out = std::mem::take(&mut self.data);
+                out.clear();
+                let r = table.with(&vdisk, |r| r.pr_in(service, alloc_len, &mut out));
+                self.data = out;
+                r.err().map(Refusal::Check)
+            }
+            _ => None,
+        };
+        match refusal {
+            Some(Refusal::Conflict) => return self.respond(itt, status::RESERVATION_CONFLICT, None, edtl as i64),
+            Some(Refusal::Check(s)) => {
+                env.count(Counter::IscsiCommandsCheck, 1);
+                return self.respond(itt, status::CHECK_CONDITION, Some(&s), edtl as i64);
+            }
+            None => {}
+        }
         match a {
+            Action::PrIn { .. } => self.data_in_own(itt, lun, edtl),
             Action::Data => self.data_in_own(itt, lun, edtl),
             Action::LbaStatus { lba, blocks, alloc_len } => {
                 let t = self.target.clone().unwrap();
@@ -461,6 +496,23 @@ impl<E: Env> Session<E> {
     }
 
     /// A command answered once the unsolicited data it announced has arrived.
+    /// The SCSI identity of this session (SPC-4 I_T nexus, iSCSI: initiator name and ISID).
+    pub(super) fn nexus(&self) -> String {
+        let i = self.isid;
+        format!("{},i,0x{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", self.initiator, i[0], i[1], i[2], i[3], i[4], i[5])
+    }
+
+    /// RESERVATION CONFLICT now, or once the announced unsolicited data has been eaten.
+    fn reservation_conflict(&mut self, c: &wire::Command, _data: &[u8]) {
+        if c.final_ {
+            self.respond(c.itt, status::RESERVATION_CONFLICT, None, c.expected_len as i64);
+        } else {
+            let mut task = super::write::Task::sink(c, Sense::no_sense(), false);
+            task.kind = Kind::Conflict;
+            self.tasks.push(task);
+        }
+    }
+
     fn sink(&mut self, c: &wire::Command, s: Sense, good: bool) {
         let task = super::write::Task::sink(c, s, good);
         self.tasks.push(task);

@@ -27,6 +27,8 @@ pub(super) enum Kind {
         sense: Sense,
         good: bool,
     },
+    /// Unsolicited data of a command refused for a reservation: eaten, then RESERVATION CONFLICT.
+    Conflict,
 }
 
 /// An R2T in flight.
@@ -42,7 +44,7 @@ pub(super) struct Task {
     pub itt: u32,
     lun: u64,
     cdb: [u8; 16],
-    kind: Kind,
+    pub(super) kind: Kind,
     /// Disk byte offset the data goes to (Write, Compare).
     start: u64,
     /// Bytes the initiator sends (the Expected Data Transfer Length).
@@ -155,7 +157,7 @@ impl<E: Env> Session<E> {
         if t.unsolicited_open {
             return;
         }
-        let refused = matches!(t.kind, Kind::Sink { .. }) || t.error.is_some();
+        let refused = matches!(t.kind, Kind::Sink { .. } | Kind::Conflict) || t.error.is_some();
         if t.r2ts.is_empty() && (t.got >= t.len || refused) {
             // A refused command solicits nothing more: its answer goes once nothing is in flight.
             self.finish(env, i);
@@ -272,7 +274,7 @@ impl<E: Env> Session<E> {
                 }
             }
             Kind::Param(v) => v.extend_from_slice(used),
-            Kind::Sink { .. } => {}
+            Kind::Sink { .. } | Kind::Conflict => {}
         }
     }
 
@@ -301,6 +303,7 @@ impl<E: Env> Session<E> {
                 self.respond(task.itt, status::GOOD, None, task.residual);
             }
             Kind::Compare => self.respond(task.itt, status::GOOD, None, task.residual),
+            Kind::Conflict => self.respond(task.itt, status::RESERVATION_CONFLICT, None, task.residual),
             Kind::Sink { sense, good } => {
                 if good {
                     self.respond(task.itt, status::GOOD, None, task.residual);
