@@ -50,6 +50,7 @@ pub mod op {
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     pub const READ_16: u8 = 0x88;
     pub const WRITE_16: u8 = 0x8A;
+    pub const ORWRITE: u8 = 0x8B;
     pub const WRITE_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
     pub const PRE_FETCH_16: u8 = 0x90;
@@ -110,6 +111,13 @@ pub enum Action {
     /// Receive `blocks` for `lba` (immediate/unsolicited data + R2T/Data-Out) into the cache;
     /// `fua`: make them durable (private mode: sync the version file) before the status.
     Write {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    },
+    /// ORWRITE: receive `blocks` for `lba`, OR them with what the LUN holds and write the
+    /// result into the cache (as [`Action::Write`]).
+    OrWrite {
         lba: u64,
         blocks: u32,
         fua: bool,
@@ -272,6 +280,7 @@ fn run(cdb: &[u8], lun_id: u64, lun: &Lun, out: &mut Vec<u8>) -> Result<Action, 
         op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 | op::WRITE_VERIFY_10 | op::WRITE_VERIFY_12 | op::WRITE_VERIFY_16 => {
             block::write(cdb, lun)
         }
+        op::ORWRITE => block::orwrite(cdb, lun),
         op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => block::verify(cdb, lun),
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => block::sync(cdb, lun),
         op::PRE_FETCH_10 | op::PRE_FETCH_16 => block::prefetch(cdb, lun),

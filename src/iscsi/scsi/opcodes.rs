@@ -60,6 +60,7 @@ const COMMANDS: &[Cmd] = &[
     s(op::PERSISTENT_RESERVE_OUT, 6, &[0x5F, 0x06, 0xFF, 0, 0, FF, FF, FF, FF, CTL]),
     c(op::READ_16, &[0x88, 0xFE, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     c(op::WRITE_16, &[0x8A, 0xFA, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    c(op::ORWRITE, &[0x8B, 0xF8, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     c(op::WRITE_VERIFY_16, &[0x8E, 0xF2, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     c(op::VERIFY_16, &[0x8F, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     c(op::PRE_FETCH_16, &[0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x3F, CTL]),

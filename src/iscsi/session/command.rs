@@ -159,7 +159,7 @@ impl<E: Env> Session<E> {
         self.data = out;
         match &action {
             Action::Read { .. } => env.count(Counter::IscsiCommandsRead, 1),
-            Action::Write { .. } => env.count(Counter::IscsiCommandsWrite, 1),
+            Action::Write { .. } | Action::OrWrite { .. } => env.count(Counter::IscsiCommandsWrite, 1),
             Action::Check(_) => env.count(Counter::IscsiCommandsCheck, 1),
             _ => env.count(Counter::IscsiCommandsOther, 1),
         }
@@ -183,7 +183,10 @@ impl<E: Env> Session<E> {
                 self.read_part(env, ReadCont { itt: c.itt, lun: c.lun, start: lba * bl, total, done: 0, data_sn: 0, residual });
             }
             Action::Write { lba, blocks, fua } => {
-                self.start_task(env, raw, c, &cdb, Kind::Write { fua }, lba * bl, blocks as u64 * bl, data)
+                self.start_task(env, raw, c, &cdb, Kind::Write { fua, or: false }, lba * bl, blocks as u64 * bl, data)
+            }
+            Action::OrWrite { lba, blocks, fua } => {
+                self.start_task(env, raw, c, &cdb, Kind::Write { fua, or: true }, lba * bl, blocks as u64 * bl, data)
             }
             Action::Compare { lba, blocks } => self.start_task(env, raw, c, &cdb, Kind::Compare, lba * bl, blocks as u64 * bl, data),
             Action::DataOut { len } if len <= super::PARAM_BYTES_MAX => {

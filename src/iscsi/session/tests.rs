@@ -9,6 +9,7 @@ use crate::iscsi::wire::{op, FLAG_FINAL, FLAG_IMMEDIATE, FLAG_READ, FLAG_WRITE};
 use crate::metrics::WorkerCounters;
 use crate::rng::XorShift;
 use std::path::PathBuf;
+mod reserve;
 
 const SIZE: usize = 1 << 20;
 const TARGET: &str = "iqn.2026-12.org.bootfarm:disk";
