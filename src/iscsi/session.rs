@@ -486,6 +486,11 @@ impl<E: Env> Session<E> {
                     }
                     if matches!(t.function, tmf::LUN_RESET | tmf::TARGET_WARM_RESET) {
                         self.ua = Some(Sense::lun_reset());
+                        // A reset ends the SPC-2 reservation, whoever holds it; persistent
+                        // reservations survive it (SPC-4 5.13.1, table 36).
+                        if let Some(t) = &self.target {
+                            env.reservations().with(&t.vdisk.name, |r| r.reset());
+                        }
                     }
                     tmf::COMPLETE
                 }

@@ -163,6 +163,11 @@ impl State {
         }
     }
 
+    /// A LUN reset or a target reset: the SPC-2 reservation ends, PR state stays.
+    pub fn reset(&mut self) {
+        self.spc2 = None;
+    }
+
     /// PERSISTENT RESERVE IN: READ KEYS, READ RESERVATION, REPORT CAPABILITIES appended to
     /// `out`, cut to the allocation length.
     pub fn pr_in(&self, service: u8, alloc_len: u16, out: &mut Vec<u8>) -> Result<(), Sense> {

@@ -101,7 +101,9 @@ impl<E: Env> Session<E> {
             designator: l.designator,
             writable: true,
             max_transfer_blocks: super::TRANSFER_BYTES_MAX / bl,
-            write_same_max_blocks: (super::WRITE_SAME_BYTES_MAX / bl as u64) as u32,
+            // No larger than one READ/WRITE: libiscsi's WriteSame*.Unmap writes and reads
+            // back MAXIMUM WRITE SAME LENGTH blocks with single commands.
+            write_same_max_blocks: (super::WRITE_SAME_BYTES_MAX.min(u64::from(super::TRANSFER_BYTES_MAX)) / bl as u64) as u32,
             unmap_descriptors_max: super::UNMAP_DESCRIPTORS_MAX,
             relative_port: l.relative_port,
             port_group: l.relative_port,

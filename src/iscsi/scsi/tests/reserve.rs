@@ -54,6 +54,8 @@ fn spc2_reserve_release() {
     s.reserve6(B).unwrap();
     s.nexus_gone(B);
     s.reserve6(A).unwrap();
+    s.reset();
+    s.reserve6(B).unwrap();
 }
 
 #[test]
