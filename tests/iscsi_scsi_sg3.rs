@@ -120,7 +120,7 @@ fn vpd_pages() {
     has(
         &t,
         &[
-            "Write same non-zero (WSNZ): 1",
+            "Write same non-zero (WSNZ): 0",
             "Optimal transfer length granularity: 8 blocks",
             "Maximum transfer length: 512 blocks",
             "Maximum unmap LBA count: 65536",

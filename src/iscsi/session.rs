@@ -115,6 +115,8 @@ pub struct Session<E> {
     next_ttt: u32,
     /// A unit attention to report on the next command it applies to (after a reset).
     ua: Option<Sense>,
+    /// The target's reset count this session has reported (`Target::resets`).
+    resets_seen: u64,
     /// A Text Request continued over PDUs (C bit), and a long Text Response cut into parts.
     text_in: Vec<u8>,
     text_out: Vec<u8>,
@@ -166,6 +168,7 @@ impl<E: Env> Session<E> {
             aborted: Vec::new(),
             next_ttt: 1,
             ua: None,
+            resets_seen: 0,
             text_in: Vec::new(),
             text_out: Vec::new(),
             text_out_at: 0,
@@ -486,9 +489,10 @@ impl<E: Env> Session<E> {
                     }
                     if matches!(t.function, tmf::LUN_RESET | tmf::TARGET_WARM_RESET) {
                         self.ua = Some(Sense::lun_reset());
-                        // A reset ends the SPC-2 reservation, whoever holds it; persistent
-                        // reservations survive it (SPC-4 5.13.1, table 36).
                         if let Some(t) = &self.target {
+                            self.resets_seen = t.resets.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                            // A reset ends the SPC-2 reservation, whoever holds it; persistent
+                            // reservations survive it (SPC-4 5.13.1, table 36).
                             env.reservations().with(&t.vdisk.name, |r| r.reset());
                         }
                     }

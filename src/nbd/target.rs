@@ -33,6 +33,10 @@ pub struct Target {
     /// The boot this cache belongs to (`#boot` of the export, or the boot token), if named:
     /// a connection naming another boot id starts a new boot on a clean cache.
     pub boot: Option<String>,
+    /// LUN / target resets made by any iSCSI session of this target: the others raise the
+    /// reset's unit attention too (SAM-5: on every I_T nexus of the LUN; a multipath host's
+    /// paths are sessions of one target).
+    pub resets: std::sync::atomic::AtomicU64,
 }
 
 /// Registry key: (vdisk, named, id); a private vdisk has one key, ("name", false, "").
@@ -317,6 +321,7 @@ impl Registry {
             overlay: Mutex::new(overlay),
             private,
             boot: boot.map(str::to_string),
+            resets: Default::default(),
         });
         let stale = {
             let mut map = self.entries.lock().unwrap();

@@ -57,15 +57,6 @@ pub(super) fn read(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     Ok(Action::Read { lba, blocks: n as u32 })
 }
 
-/// PRE-FETCH 10/16: every block is already where a read finds it (the image mapping, the
-/// cache), so only the range is checked; GOOD, never CONDITION MET (nothing is staged, SBC-3
-/// 5.7). IMMED and the group number change nothing. (libiscsi SCSI.Prefetch10/16.*)
-pub(super) fn prefetch(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
-    let (lba, n, _) = lba_len(cdb);
-    in_range(lba, n, lun)?;
-    Ok(Action::Good)
-}
-
 /// WRITE 6/10/12/16 and WRITE AND VERIFY 10/12/16 (a write whose status waits until the data
 /// is where a read finds it: the same as FUA here).
 pub(super) fn write(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
@@ -120,6 +111,18 @@ pub(super) fn verify(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     Ok(Action::Compare { lba, blocks: n as u32 })
 }
 
+/// PRE-FETCH 10/16: everything is in memory already (the image mapping, the cache), so after
+/// the range check the answer is GOOD (SBC-3 allows GOOD instead of CONDITION MET).
+pub(super) fn prefetch(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
+    let (lba, n) = if cdb[0] == op::PRE_FETCH_10 {
+        (u64::from(be32(cdb, 2)), u64::from(be16(cdb, 7)))
+    } else {
+        (be64(cdb, 2), u64::from(be32(cdb, 10)))
+    };
+    in_range(lba, n, lun)?;
+    Ok(Action::Good)
+}
+
 /// SYNCHRONIZE CACHE 10/16: the range (0 blocks = to the end) must lie inside the LUN.
 pub(super) fn sync(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     let (lba, n) = if cdb[0] == op::SYNCHRONIZE_CACHE_10 {
@@ -134,8 +137,24 @@ pub(super) fn sync(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     Ok(if lun.writable { Action::Sync } else { Action::Good })
 }
 
+/// The range of a WRITE SAME: a count of 0 means "to the end of the LUN" (WSNZ is 0 in VPD
+/// B0); either way at most `write_same_max_blocks`.
+fn write_same_range(cdb: &[u8], lun: &Lun) -> Result<(u64, u64), Sense> {
+    let sixteen = cdb[0] == op::WRITE_SAME_16;
+    let (lba, n, at) =
+        if sixteen { (be64(cdb, 2), u64::from(be32(cdb, 10)), 10) } else { (u64::from(be32(cdb, 2)), u64::from(be16(cdb, 7)), 7) };
+    if lba > lun.blocks {
+        return Err(Sense::lba_out_of_range());
+    }
+    let n = if n == 0 { lun.blocks - lba } else { n };
+    if n > u64::from(lun.write_same_max_blocks) {
+        return Err(Sense::invalid_field(at, None));
+    }
+    Ok((lba, n))
+}
+
 /// WRITE SAME 10/16: one block of Data-Out (or none with NDOB) repeated over a range of at
-/// most `write_same_max_blocks`; WSNZ is set in VPD B0, so 0 blocks ("to the end") is refused.
+/// most `write_same_max_blocks`.
 pub(super) fn write_same(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     let sixteen = cdb[0] == op::WRITE_SAME_16;
     no_protect(cdb)?;
@@ -151,30 +170,32 @@ pub(super) fn write_same(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
         return Err(Sense::invalid_field(1, Some(0)));
     }
     let ndob = sixteen && cdb[1] & 0x01 != 0;
-    let (lba, n, at) =
-        if sixteen { (be64(cdb, 2), u64::from(be32(cdb, 10)), 10) } else { (u64::from(be32(cdb, 2)), u64::from(be16(cdb, 7)), 7) };
-    if n == 0 || n > u64::from(lun.write_same_max_blocks) {
-        return Err(Sense::invalid_field(at, None));
-    }
     if !lun.writable {
         return Err(Sense::write_protected());
     }
+    let (lba, n) = write_same_range(cdb, lun)?;
     in_range(lba, n, lun)?;
+    if n == 0 {
+        // 0 blocks at the very end: nothing to write.
+        return Ok(Action::Good);
+    }
     if ndob {
         return Ok(Action::Zero { lba, blocks: n });
     }
     Ok(Action::DataOut { len: lun.block_len })
 }
 
-/// WRITE SAME with its one block received: zeros (whether or not UNMAP is set: the cache
-/// reads zeros after either, LBPRZ) become a Zero, anything else a Fill.
+/// WRITE SAME with its one block received: with UNMAP set the range is deallocated whatever
+/// the block holds (and reads as zeros after, LBPRZ; what LIO does and libiscsi's
+/// WriteSame10/16.UnmapUntilEnd check, sending a block of 0xFF); without it a zero block is a
+/// Zero too, anything else a Fill.
 pub(super) fn write_same_data(cdb: &[u8], data: &[u8], lun: &Lun) -> Result<Action, Sense> {
-    let sixteen = cdb[0] == op::WRITE_SAME_16;
-    let (lba, n) = if sixteen { (be64(cdb, 2), u64::from(be32(cdb, 10))) } else { (u64::from(be32(cdb, 2)), u64::from(be16(cdb, 7))) };
+    let (lba, n) = write_same_range(cdb, lun)?;
     if data.len() != lun.block_len as usize {
         return Err(Sense::param_list_length());
     }
-    if data.iter().all(|&b| b == 0) {
+    let unmap = cdb[1] & 0x08 != 0;
+    if unmap || data.iter().all(|&b| b == 0) {
         Ok(Action::Zero { lba, blocks: n })
     } else {
         Ok(Action::Fill { lba, blocks: n })

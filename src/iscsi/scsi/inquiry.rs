@@ -121,7 +121,7 @@ fn block_limits(lun: &Lun, out: &mut Vec<u8>) {
     let mut p = [0u8; 64];
     p[1] = 0xB0;
     p[3] = 0x3C;
-    p[4] = 0x01; // WSNZ: WRITE SAME with 0 blocks ("to the end") is refused
+    // WSNZ 0 (byte 4): WRITE SAME with 0 blocks means "to the end", within the maximum length.
     let gran = block::cache_granularity(lun) as u16;
     p[6..8].copy_from_slice(&gran.to_be_bytes());
     p[8..12].copy_from_slice(&lun.max_transfer_blocks.to_be_bytes());

@@ -197,7 +197,7 @@ fn vpd_block_limits() {
     let d = data(&[0x12, 1, 0xB0, 0, 0xFF, 0]);
     assert_eq!(d.len(), 64);
     assert_eq!(usize::from(d[3]) + 4, d.len(), "libiscsi: page length == size - 4");
-    assert_eq!(d[4] & 1, 1, "WSNZ");
+    assert_eq!(d[4] & 1, 0, "WSNZ 0: WRITE SAME of 0 blocks runs to the end");
     assert_eq!(be16(&d, 6), 8, "optimal transfer granularity: a 4 KiB cache block");
     assert_eq!(be32(&d, 8), 512, "maximum transfer length");
     assert_eq!(be32(&d, 20), 65536, "maximum unmap LBA count");

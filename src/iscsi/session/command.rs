@@ -137,6 +137,14 @@ impl<E: Env> Session<E> {
             self.protocol_error(env, Some(raw), "a malformed additional header segment");
             return;
         };
+        if let Some(t) = &self.target {
+            // A reset by another session of this target (another path of a multipath host).
+            let r = t.resets.load(std::sync::atomic::Ordering::Relaxed);
+            if r != self.resets_seen {
+                self.resets_seen = r;
+                self.ua = Some(Sense::lun_reset());
+            }
+        }
         if let Some(s) = self.ua.filter(|_| scsi::unit_attention_applies(cdb.as_slice())) {
             self.ua = None;
             env.count(Counter::IscsiCommandsCheck, 1);

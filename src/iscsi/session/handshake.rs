@@ -233,6 +233,8 @@ impl<E: Env> Session<E> {
                     designator: crate::iscsi::scsi::designator(&t.vdisk.name, chain),
                     relative_port: (me + 1).min(u16::MAX as usize) as u16,
                 });
+                // Resets made before this session logged in are not its business.
+                self.resets_seen = t.resets.load(std::sync::atomic::Ordering::Relaxed);
                 self.target = Some(t);
                 Ok(())
             }

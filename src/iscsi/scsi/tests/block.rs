@@ -119,6 +119,19 @@ fn verify() {
 }
 
 #[test]
+fn prefetch() {
+    let l = lun();
+    // libiscsi Prefetch10/16: Simple, Flags (IMMED, GROUP), ZeroBlocks, BeyondEol.
+    assert_eq!(run_on(&[0x34, 0, 0, 0, 0, 0, 0, 0, 1, 0], &l).0, Action::Good);
+    assert_eq!(run_on(&[0x34, 0x02, 0, 0, 0, 0, 0x03, 0, 1, 0], &l).0, Action::Good);
+    assert_eq!(run_on(&[0x34, 0, 0, 0, 0x08, 0, 0, 0, 0, 0], &l).0, Action::Good);
+    is(check(&[0x34, 0, 0, 0, 0x08, 0x01, 0, 0, 0, 0]), key::ILLEGAL_REQUEST, 0x21, 0);
+    is(check(&[0x34, 0, 0, 0, 0x07, 0xFF, 0, 0, 2, 0]), key::ILLEGAL_REQUEST, 0x21, 0);
+    assert_eq!(run_on(&cdb16(0x90, 0x02, 2047, 1), &l).0, Action::Good);
+    is(check(&cdb16(0x90, 0, u64::MAX, 1)), key::ILLEGAL_REQUEST, 0x21, 0);
+}
+
+#[test]
 fn synchronize_cache() {
     let l = lun();
     assert_eq!(run_on(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &l).0, Action::Sync);
@@ -150,11 +163,13 @@ fn write_same_16() {
     assert_eq!(run_on(&c, &l).0, Action::DataOut { len: 512 });
     assert_eq!(execute_data(&c, &[0; 512], &l, &mut out), Action::Zero { lba: 0, blocks: 256 });
     assert_eq!(execute_data(&c, &[7; 512], &l, &mut out), Action::Fill { lba: 0, blocks: 256 });
-    // UNMAP bit with a zero block deallocates; with data it must write it (LBPRZ).
+    // UNMAP bit: deallocated whatever the block holds (libiscsi's UnmapUntilEnd sends 0xFF).
     let u = cdb16(0x93, 0x08, 2047, 1);
     assert_eq!(run_on(&u, &l).0, Action::DataOut { len: 512 });
     assert_eq!(execute_data(&u, &[0; 512], &l, &mut out), Action::Zero { lba: 2047, blocks: 1 });
-    assert_eq!(execute_data(&u, &[1; 512], &l, &mut out), Action::Fill { lba: 2047, blocks: 1 });
+    assert_eq!(execute_data(&u, &[0xFF; 512], &l, &mut out), Action::Zero { lba: 2047, blocks: 1 });
+    let u10 = [0x41, 0x08, 0, 0, 0x07, 0xFF, 0, 0, 0, 0];
+    assert_eq!(execute_data(&u10, &[0xFF; 512], &l, &mut out), Action::Zero { lba: 2047, blocks: 1 });
     // NDOB: no Data-Out at all.
     assert_eq!(run_on(&cdb16(0x93, 0x09, 8, 8), &l).0, Action::Zero { lba: 8, blocks: 8 });
     // libiscsi test_writesame16_invalid_dataout_size: half or double a block.
@@ -164,12 +179,23 @@ fn write_same_16() {
 
 #[test]
 fn write_same_edges() {
-    // WSNZ: 0 blocks is INVALID FIELD (libiscsi test_writesame16_0blocks).
-    invalid_field_at(check(&cdb16(0x93, 0, 0, 0)), 10, None);
-    // Over the maximum write same length.
+    // 0 blocks: to the end of the LUN (WSNZ 0), as libiscsi's WriteSame16.ZeroBlocks checks.
+    let l = lun();
+    let mut out = Vec::new();
+    let c = cdb16(0x93, 0, 2000, 0);
+    assert_eq!(run_on(&c, &l).0, Action::DataOut { len: 512 });
+    assert_eq!(execute_data(&c, &[0; 512], &l, &mut out), Action::Zero { lba: 2000, blocks: 48 });
+    assert_eq!(run_on(&cdb16(0x93, 0x09, 0, 0), &l).0, Action::Zero { lba: 0, blocks: 2048 });
+    assert_eq!(run_on(&cdb16(0x93, 0, 2048, 0), &l).0, Action::Good, "nothing left at the end");
+    is(check(&cdb16(0x93, 0, 2049, 0)), key::ILLEGAL_REQUEST, 0x21, 0);
+    is(check(&cdb16(0x93, 0, 0x8000_0000_0000_0000, 0)), key::ILLEGAL_REQUEST, 0x21, 0);
+    is(check(&cdb16(0x93, 0, u64::MAX, 0)), key::ILLEGAL_REQUEST, 0x21, 0);
+    // Over the maximum write same length, counted or "to the end".
     let small = Lun { write_same_max_blocks: 16, ..lun() };
     invalid_field_at(check_on(&cdb16(0x93, 0x08, 0, 17), &small), 10, None);
     assert_eq!(run_on(&cdb16(0x93, 0x08, 0, 16), &small).0, Action::DataOut { len: 512 });
+    invalid_field_at(check_on(&cdb16(0x93, 0, 2048 - 17, 0), &small), 10, None);
+    assert_eq!(run_on(&cdb16(0x93, 0, 2048 - 16, 0), &small).0, Action::DataOut { len: 512 });
     // ANCHOR (no ANC_SUP), PBDATA/LBDATA, WRPROTECT.
     invalid_field_at(check(&cdb16(0x93, 0x10, 0, 1)), 1, Some(4));
     invalid_field_at(check(&cdb16(0x93, 0x18, 0, 1)), 1, Some(4));
@@ -192,7 +218,9 @@ fn write_same_10() {
     assert_eq!(execute_data(&c, &[0; 512], &l, &mut out), Action::Zero { lba: 1, blocks: 7 });
     // Bit 0 is reserved in WRITE SAME 10 (no NDOB).
     invalid_field_at(check(&[0x41, 0x01, 0, 0, 0, 1, 0, 0, 7, 0]), 1, Some(0));
-    invalid_field_at(check(&[0x41, 0, 0, 0, 0, 1, 0, 0, 0, 0]), 7, None);
+    let small = Lun { write_same_max_blocks: 16, ..lun() };
+    invalid_field_at(check_on(&[0x41, 0, 0, 0, 0, 1, 0, 0, 0, 0], &small), 7, None);
+    assert_eq!(run_on(&[0x41, 0x08, 0, 0, 0x07, 0xF0, 0, 0, 0, 0], &small).0, Action::DataOut { len: 512 });
 }
 
 fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
