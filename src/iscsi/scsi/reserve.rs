@@ -26,9 +26,6 @@ mod sa {
     pub const REGISTER_AND_IGNORE: u8 = 6;
 }
 
-/// Most registrants one LUN keeps (an initiator past it gets INSUFFICIENT REGISTRATION
-/// RESOURCES): bounds the table and the READ KEYS answer.
-pub const REGISTRANTS_MAX: usize = 64;
 /// The PERSISTENT RESERVE OUT parameter list this target takes (no SPEC_I_PT lists).
 pub const PROUT_PARAM_LEN: u32 = 24;
 
@@ -205,8 +202,16 @@ impl State {
     }
 
     /// PERSISTENT RESERVE OUT: `service` action, the CDB's SCOPE/TYPE byte and the parameter
-    /// list (`scsi::execute` took exactly [`PROUT_PARAM_LEN`] bytes).
-    pub fn pr_out(&mut self, nexus: &str, service: u8, scope_type: u8, param: &[u8; PROUT_PARAM_LEN as usize]) -> Result<(), Refusal> {
+    /// list (`scsi::execute` took exactly [`PROUT_PARAM_LEN`] bytes). A registration past
+    /// `registrants_max` (iscsi.registrants_max) gets INSUFFICIENT REGISTRATION RESOURCES.
+    pub fn pr_out(
+        &mut self,
+        nexus: &str,
+        service: u8,
+        scope_type: u8,
+        param: &[u8; PROUT_PARAM_LEN as usize],
+        registrants_max: usize,
+    ) -> Result<(), Refusal> {
         let check = |s| Err(Refusal::Check(s));
         let action = service;
         if self.spc2.as_deref().is_some_and(|h| h != nexus) {
@@ -227,7 +232,7 @@ impl State {
                     None if action == sa::REGISTER && key != 0 => return Err(Refusal::Conflict),
                     None if sa_key == 0 => return Ok(()),
                     None => {
-                        if self.registrants.len() >= REGISTRANTS_MAX {
+                        if self.registrants.len() >= registrants_max {
                             return check(Sense::new(super::key::ILLEGAL_REQUEST, 0x55, 0x04));
                         }
                         self.registrants.push((nexus.to_string(), sa_key));

@@ -271,7 +271,10 @@ impl<E: Env> Session<E> {
         let refusal = match &a {
             Action::Reserve6 => table.with(&vdisk, |r| r.reserve6(&nexus)).err(),
             Action::Release6 => table.with(&vdisk, |r| r.release6(&nexus)).err(),
-            Action::PrOut { service, scope_type, param } => table.with(&vdisk, |r| r.pr_out(&nexus, *service, *scope_type, param)).err(),
+            Action::PrOut { service, scope_type, param } => {
+                let max = env.snapshot().config.iscsi.registrants_max as usize;
+                table.with(&vdisk, |r| r.pr_out(&nexus, *service, *scope_type, param, max)).err()
+            }
             &Action::PrIn { service, alloc_len } => {
                 let mut out = std::mem::take(&mut self.data);
                 out.clear();

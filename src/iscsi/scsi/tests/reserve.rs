@@ -1,6 +1,8 @@
 //! Reservations: SPC-2 RESERVE/RELEASE(6), persistent reservations and the conflict table.
 
-use super::super::reserve::{kind, Refusal, State, REGISTRANTS_MAX};
+use super::super::reserve::{kind, Refusal, State};
+
+const REGISTRANTS_MAX: usize = 64;
 use super::super::{op, Action, Sense};
 use super::*;
 
@@ -21,7 +23,7 @@ fn param(key: u64, sa_key: u64, flags: u8) -> [u8; 24] {
 }
 
 fn out(s: &mut State, nexus: &str, sa: u8, k: u8, key: u64, sa_key: u64) -> Result<(), Refusal> {
-    s.pr_out(nexus, sa, k, &param(key, sa_key, 0))
+    s.pr_out(nexus, sa, k, &param(key, sa_key, 0), REGISTRANTS_MAX)
 }
 
 fn keys(s: &State) -> Vec<u64> {
@@ -78,9 +80,9 @@ fn register_rules() {
     assert_eq!(be32(&o, 0), 4, "generation counts the registration changes");
     // APTPL is refused (nothing persists), SPEC_I_PT and ALL_TG_PT too.
     for f in [0x01, 0x04, 0x08] {
-        assert!(matches!(s.pr_out(C, 0, 0, &param(0, 7, f)), Err(Refusal::Check(_))), "{f:#x}");
+        assert!(matches!(s.pr_out(C, 0, 0, &param(0, 7, f), REGISTRANTS_MAX), Err(Refusal::Check(_))), "{f:#x}");
     }
-    assert_eq!(s.pr_out(C, 0, 0, &param(0, 7, 1)), Err(Refusal::Check(Sense::invalid_param(20, Some(0)))));
+    assert_eq!(s.pr_out(C, 0, 0, &param(0, 7, 1), REGISTRANTS_MAX), Err(Refusal::Check(Sense::invalid_param(20, Some(0)))));
 }
 
 #[test]
