@@ -35,6 +35,9 @@ pub struct Iscsi {
     pub initial_r2t: bool,
     /// CmdSN window: commands an initiator may have in flight (MaxCmdSN - ExpCmdSN + 1).
     pub commands_in_flight_max: u32,
+    /// Persistent-reservation registrants kept per vdisk (past it: INSUFFICIENT REGISTRATION
+    /// RESOURCES); bounds the table and a READ KEYS answer.
+    pub registrants_max: u32,
     /// MaxOutstandingR2T offered: R2Ts in flight per command.
     pub max_outstanding_r2t: u32,
     /// A connection idle this long gets a NOP-In ping (0 = never ping).
@@ -66,6 +69,7 @@ impl Default for Iscsi {
             immediate_data: true,
             initial_r2t: false,
             commands_in_flight_max: 128,
+            registrants_max: 64,
             max_outstanding_r2t: 8,
             nop_in_interval_ms: 30_000,
             nop_in_timeout_ms: 30_000,
@@ -162,6 +166,7 @@ impl Iscsi {
             ("iscsi.idle_evict_ms", self.idle_evict_ms),
             ("iscsi.login_timeout_ms", self.login_timeout_ms),
             ("iscsi.commands_in_flight_max", self.commands_in_flight_max as u64),
+            ("iscsi.registrants_max", self.registrants_max as u64),
             ("iscsi.max_outstanding_r2t", self.max_outstanding_r2t as u64),
             ("iscsi.nop_in_timeout_ms", self.nop_in_timeout_ms),
             ("iscsi.send_timeout_ms", self.send_timeout_ms),
@@ -190,6 +195,9 @@ impl Iscsi {
         }
         if self.commands_in_flight_max > 4096 {
             return e("iscsi.commands_in_flight_max", &self.commands_in_flight_max, "at most 4096 (each holds a task slot)");
+        }
+        if self.registrants_max > 4096 {
+            return e("iscsi.registrants_max", &self.registrants_max, "at most 4096 (READ KEYS answers fit 32 KiB)");
         }
         if self.max_outstanding_r2t > 64 {
             return e("iscsi.max_outstanding_r2t", &self.max_outstanding_r2t, "at most 64");
@@ -263,6 +271,9 @@ mod tests {
         assert_eq!(key(&|c| c.commands_in_flight_max = 0), Some("iscsi.commands_in_flight_max"));
         assert_eq!(key(&|c| c.commands_in_flight_max = 4097), Some("iscsi.commands_in_flight_max"));
         assert_eq!(key(&|c| c.commands_in_flight_max = 4096), None);
+        assert_eq!(key(&|c| c.registrants_max = 0), Some("iscsi.registrants_max"));
+        assert_eq!(key(&|c| c.registrants_max = 4097), Some("iscsi.registrants_max"));
+        assert_eq!(key(&|c| c.registrants_max = 4096), None);
         assert_eq!(key(&|c| c.max_outstanding_r2t = 65), Some("iscsi.max_outstanding_r2t"));
         assert_eq!(key(&|c| c.text_bytes_max = 4095), Some("iscsi.text_bytes_max"));
         assert_eq!(key(&|c| c.nop_in_interval_ms = 99), Some("iscsi.nop_in_interval_ms"));

@@ -516,6 +516,7 @@ first_burst_length = 65536  # offered: unsolicited data per write (immediate + D
 immediate_data = true       # offered (AND of both sides)
 initial_r2t = false         # offered (OR of both sides; true = no unsolicited Data-Out)
 commands_in_flight_max = 128    # the CmdSN window
+registrants_max = 64         # persistent-reservation registrants kept per vdisk
 max_outstanding_r2t = 8     # offered: R2Ts in flight per command
 nop_in_interval_ms = 30000  # a connection idle this long gets a NOP-In ping (0 = never)
 nop_in_timeout_ms = 30000   # ... and is closed if the ping is not answered in this time

@@ -114,6 +114,9 @@ impl session::Env for IscsiCtx {
     fn registry(&self) -> &Registry {
         &self.shared.nbd_targets
     }
+    fn reservations(&self) -> &crate::iscsi::scsi::reserve::Table {
+        &self.shared.iscsi_reservations
+    }
     fn count(&self, c: Counter, n: u64) {
         self.stats.counters.add(c, n);
     }

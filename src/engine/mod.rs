@@ -209,6 +209,8 @@ pub struct Shared {
     /// Connections refused at an NBD limit that an idle connection may make room for.
     pub nbd_evictions: Arc<tcp::Evictions>,
     pub nbd_targets: crate::nbd::target::Registry,
+    /// SCSI reservations of every iSCSI LUN (per vdisk), shared by all sessions.
+    pub iscsi_reservations: crate::iscsi::scsi::reserve::Table,
     pub iscsi_admission: Admission,
     /// Connections refused at an iSCSI limit that an idle connection may make room for.
     pub iscsi_evictions: Arc<tcp::Evictions>,
@@ -480,6 +482,7 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         nbd_admission: Admission::default(),
         nbd_evictions: Default::default(),
         nbd_targets: Default::default(),
+        iscsi_reservations: Default::default(),
         iscsi_admission: Admission::default(),
         iscsi_evictions: Default::default(),
         farm: Default::default(),

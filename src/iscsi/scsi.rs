@@ -11,6 +11,7 @@ mod ident;
 mod inquiry;
 mod mode;
 mod opcodes;
+pub mod reserve;
 mod sense;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,8 @@ pub mod op {
     pub const WRITE_6: u8 = 0x0A;
     pub const INQUIRY: u8 = 0x12;
     pub const MODE_SELECT_6: u8 = 0x15;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const PREVENT_ALLOW: u8 = 0x1E;
@@ -43,8 +46,11 @@ pub mod op {
     pub const UNMAP: u8 = 0x42;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     pub const READ_16: u8 = 0x88;
     pub const WRITE_16: u8 = 0x8A;
+    pub const ORWRITE: u8 = 0x8B;
     pub const WRITE_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
     pub const PRE_FETCH_16: u8 = 0x90;
@@ -109,6 +115,13 @@ pub enum Action {
         blocks: u32,
         fua: bool,
     },
+    /// ORWRITE: receive `blocks` for `lba`, OR them with what the LUN holds and write the
+    /// result into the cache (as [`Action::Write`]).
+    OrWrite {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    },
     /// Receive `blocks` for `lba` and compare them with what the LUN reads (VERIFY with
     /// BYTCHK 1): equal -> GOOD, else CHECK CONDITION [`Sense::miscompare`] at the byte offset
     /// of the first difference.
@@ -146,6 +159,21 @@ pub enum Action {
         lba: u64,
         blocks: u64,
         alloc_len: u32,
+    },
+    /// RESERVE(6) / RELEASE(6) for this session's nexus ([`reserve::State`]).
+    Reserve6,
+    Release6,
+    /// PERSISTENT RESERVE IN: the session answers from the LUN's [`reserve::State`].
+    PrIn {
+        service: u8,
+        alloc_len: u16,
+    },
+    /// PERSISTENT RESERVE OUT (service action, SCOPE and TYPE byte) with its parameter list,
+    /// to apply to the LUN's state.
+    PrOut {
+        service: u8,
+        scope_type: u8,
+        param: [u8; reserve::PROUT_PARAM_LEN as usize],
     },
     Good,
     Check(Sense),
@@ -252,11 +280,27 @@ fn run(cdb: &[u8], lun_id: u64, lun: &Lun, out: &mut Vec<u8>) -> Result<Action, 
         op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 | op::WRITE_VERIFY_10 | op::WRITE_VERIFY_12 | op::WRITE_VERIFY_16 => {
             block::write(cdb, lun)
         }
+        op::ORWRITE => block::orwrite(cdb, lun),
         op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => block::verify(cdb, lun),
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => block::sync(cdb, lun),
         op::PRE_FETCH_10 | op::PRE_FETCH_16 => block::prefetch(cdb, lun),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => block::write_same(cdb, lun),
         op::UNMAP => block::unmap(cdb, lun),
+        op::RESERVE_6 | op::RELEASE_6 => {
+            // Third-party and extent reservations are obsolete: byte 1 must be zero.
+            if cdb[1] != 0 {
+                return Err(Sense::invalid_field(1, None));
+            }
+            Ok(if opcode == op::RESERVE_6 { Action::Reserve6 } else { Action::Release6 })
+        }
+        op::PERSISTENT_RESERVE_IN => match cdb[1] & 0x1F {
+            service @ 0..=2 => Ok(Action::PrIn { service, alloc_len: be16(cdb, 7) }),
+            _ => Err(Sense::invalid_field(1, Some(4))),
+        },
+        op::PERSISTENT_RESERVE_OUT => match be32(cdb, 5) {
+            reserve::PROUT_PARAM_LEN => Ok(Action::DataOut { len: reserve::PROUT_PARAM_LEN }),
+            _ => Err(Sense::param_list_length()),
+        },
         _ => Err(Sense::invalid_opcode()),
     }
 }
@@ -269,6 +313,10 @@ pub fn execute_data(cdb: &[u8], data: &[u8], lun: &Lun, out: &mut Vec<u8>) -> Ac
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => block::write_same_data(cdb, data, lun),
         op::UNMAP => block::unmap_data(data, lun),
         op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode::select_data(cdb, data, lun),
+        op::PERSISTENT_RESERVE_OUT => match data.try_into() {
+            Ok(param) => Ok(Action::PrOut { service: cdb[1] & 0x1F, scope_type: cdb[2], param }),
+            Err(_) => Err(Sense::param_list_length()),
+        },
         _ => Err(Sense::invalid_opcode()),
     });
     r.unwrap_or_else(|s| {

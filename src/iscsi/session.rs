@@ -54,6 +54,8 @@ pub trait Env: ConnScope {
     fn snapshot(&self) -> &Snapshot;
     /// Every target's write cache (NBD's registry: shared by the workers and both protocols).
     fn registry(&self) -> &Registry;
+    /// SCSI reservations of every LUN (shared by the sessions of all workers).
+    fn reservations(&self) -> &crate::iscsi::scsi::reserve::Table;
     fn count(&self, c: Counter, n: u64);
     /// The boot-token signing key (farm.token_key_file).
     fn token_key(&self) -> [u8; 16];
@@ -489,6 +491,9 @@ impl<E: Env> Session<E> {
                         self.ua = Some(Sense::lun_reset());
                         if let Some(t) = &self.target {
                             self.resets_seen = t.resets.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                            // A reset ends the SPC-2 reservation, whoever holds it; persistent
+                            // reservations survive it (SPC-4 5.13.1, table 36).
+                            env.reservations().with(&t.vdisk.name, |r| r.reset());
                         }
                     }
                     tmf::COMPLETE
@@ -762,6 +767,9 @@ impl<E: Env> TcpSession for Session<E> {
         // Writes still waiting for data never complete: their reservations go back.
         let tasks = std::mem::take(&mut self.tasks);
         if let Some(t) = self.target.clone() {
+            // An SPC-2 reservation ends with its nexus; PR registrations stay (SPC-4 5.13.1).
+            let nexus = self.nexus();
+            env.reservations().with(&t.vdisk.name, |r| r.nexus_gone(&nexus));
             {
                 let mut o = t.overlay.lock().unwrap();
                 for task in tasks {

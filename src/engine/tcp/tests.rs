@@ -181,6 +181,7 @@ fn serve<T: Send>(limits: TcpLimits, client: impl FnOnce(SocketAddr) -> T + Send
         iscsi_admission: Default::default(),
         iscsi_evictions: Default::default(),
         nbd_targets: Default::default(),
+        iscsi_reservations: Default::default(),
         farm: Default::default(),
         console: Default::default(),
         nbd_trace: Default::default(),

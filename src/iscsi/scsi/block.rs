@@ -78,6 +78,19 @@ pub(super) fn write(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
     Ok(Action::Write { lba, blocks: n as u32, fua })
 }
 
+/// ORWRITE (16): a WRITE whose data is ORed with the blocks' contents (SBC-4 5.10). ORPROTECT
+/// must be 0 (no protection information); BMOP other than 0 (the plain OR) is not offered.
+pub(super) fn orwrite(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {
+    no_protect(cdb)?;
+    if cdb[1] & 0x07 != 0 {
+        return Err(Sense::invalid_field(1, Some(2)));
+    }
+    match write(cdb, lun)? {
+        Action::Write { lba, blocks, fua } => Ok(Action::OrWrite { lba, blocks, fua }),
+        other => Ok(other),
+    }
+}
+
 /// VERIFY 10/12/16: BYTCHK 0 checks the range only (the medium is memory and an image that
 /// verified at load); BYTCHK 1 compares the Data-Out with the blocks.
 pub(super) fn verify(cdb: &[u8], lun: &Lun) -> Result<Action, Sense> {

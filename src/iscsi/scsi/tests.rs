@@ -5,6 +5,7 @@ use super::*;
 
 mod block;
 mod maintenance;
+mod reserve;
 
 pub(super) const DESIG: [u8; 16] = [0x60, 0x2B, 0x00, 0xF1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 

@@ -6,6 +6,7 @@
 
 use super::write::Kind;
 use super::{Env, Session, SCRATCH_MAX};
+use crate::iscsi::scsi::reserve::Refusal;
 use crate::iscsi::scsi::{self, Action, Sense};
 use crate::iscsi::wire::{self, reject, status, BHS_LEN, TAG_NONE};
 use crate::metrics::Counter;
@@ -100,7 +101,9 @@ impl<E: Env> Session<E> {
             designator: l.designator,
             writable: true,
             max_transfer_blocks: super::TRANSFER_BYTES_MAX / bl,
-            write_same_max_blocks: (super::WRITE_SAME_BYTES_MAX / bl as u64) as u32,
+            // No larger than one READ/WRITE: libiscsi's WriteSame*.Unmap writes and reads
+            // back MAXIMUM WRITE SAME LENGTH blocks with single commands.
+            write_same_max_blocks: (super::WRITE_SAME_BYTES_MAX.min(u64::from(super::TRANSFER_BYTES_MAX)) / bl as u64) as u32,
             unmap_descriptors_max: super::UNMAP_DESCRIPTORS_MAX,
             relative_port: l.relative_port,
             port_group: l.relative_port,
@@ -148,6 +151,15 @@ impl<E: Env> Session<E> {
             self.fail_with_data(env, c, Sense::clone(&s), data);
             return;
         }
+        if wire::lun_id(c.lun) == 0 && !matches!(cdb.as_slice()[0], scsi::op::RESERVE_6 | scsi::op::RELEASE_6) {
+            let nexus = self.nexus();
+            let vdisk = &self.target.as_ref().unwrap().vdisk.name;
+            if env.reservations().with(vdisk, |r| r.conflicts(&nexus, cdb.as_slice())) {
+                env.count(Counter::IscsiCommandsOther, 1);
+                self.reservation_conflict(c, data);
+                return;
+            }
+        }
         let mut out = std::mem::take(&mut self.data);
         out.clear();
         let action = {
@@ -157,7 +169,7 @@ impl<E: Env> Session<E> {
         self.data = out;
         match &action {
             Action::Read { .. } => env.count(Counter::IscsiCommandsRead, 1),
-            Action::Write { .. } => env.count(Counter::IscsiCommandsWrite, 1),
+            Action::Write { .. } | Action::OrWrite { .. } => env.count(Counter::IscsiCommandsWrite, 1),
             Action::Check(_) => env.count(Counter::IscsiCommandsCheck, 1),
             _ => env.count(Counter::IscsiCommandsOther, 1),
         }
@@ -181,7 +193,10 @@ impl<E: Env> Session<E> {
                 self.read_part(env, ReadCont { itt: c.itt, lun: c.lun, start: lba * bl, total, done: 0, data_sn: 0, residual });
             }
             Action::Write { lba, blocks, fua } => {
-                self.start_task(env, raw, c, &cdb, Kind::Write { fua }, lba * bl, blocks as u64 * bl, data)
+                self.start_task(env, raw, c, &cdb, Kind::Write { fua, or: false }, lba * bl, blocks as u64 * bl, data)
+            }
+            Action::OrWrite { lba, blocks, fua } => {
+                self.start_task(env, raw, c, &cdb, Kind::Write { fua, or: true }, lba * bl, blocks as u64 * bl, data)
             }
             Action::Compare { lba, blocks } => self.start_task(env, raw, c, &cdb, Kind::Compare, lba * bl, blocks as u64 * bl, data),
             Action::DataOut { len } if len <= super::PARAM_BYTES_MAX => {
@@ -250,7 +265,35 @@ impl<E: Env> Session<E> {
             self.respond(itt, status::CHECK_CONDITION, Some(&s), edtl as i64);
             return;
         }
+        let nexus = self.nexus();
+        let vdisk = self.target.as_ref().unwrap().vdisk.name.clone();
+        let table = env.reservations();
+        let refusal = match &a {
+            Action::Reserve6 => table.with(&vdisk, |r| r.reserve6(&nexus)).err(),
+            Action::Release6 => table.with(&vdisk, |r| r.release6(&nexus)).err(),
+            Action::PrOut { service, scope_type, param } => {
+                let max = env.snapshot().config.iscsi.registrants_max as usize;
+                table.with(&vdisk, |r| r.pr_out(&nexus, *service, *scope_type, param, max)).err()
+            }
+            &Action::PrIn { service, alloc_len } => {
+                let mut out = std::mem::take(&mut self.data);
+                out.clear();
+                let r = table.with(&vdisk, |r| r.pr_in(service, alloc_len, &mut out));
+                self.data = out;
+                r.err().map(Refusal::Check)
+            }
+            _ => None,
+        };
+        match refusal {
+            Some(Refusal::Conflict) => return self.respond(itt, status::RESERVATION_CONFLICT, None, edtl as i64),
+            Some(Refusal::Check(s)) => {
+                env.count(Counter::IscsiCommandsCheck, 1);
+                return self.respond(itt, status::CHECK_CONDITION, Some(&s), edtl as i64);
+            }
+            None => {}
+        }
         match a {
+            Action::PrIn { .. } => self.data_in_own(itt, lun, edtl),
             Action::Data => self.data_in_own(itt, lun, edtl),
             Action::LbaStatus { lba, blocks, alloc_len } => {
                 let t = self.target.clone().unwrap();
@@ -469,6 +512,23 @@ impl<E: Env> Session<E> {
     }
 
     /// A command answered once the unsolicited data it announced has arrived.
+    /// The SCSI identity of this session (SPC-4 I_T nexus, iSCSI: initiator name and ISID).
+    pub(super) fn nexus(&self) -> String {
+        let i = self.isid;
+        format!("{},i,0x{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", self.initiator, i[0], i[1], i[2], i[3], i[4], i[5])
+    }
+
+    /// RESERVATION CONFLICT now, or once the announced unsolicited data has been eaten.
+    fn reservation_conflict(&mut self, c: &wire::Command, _data: &[u8]) {
+        if c.final_ {
+            self.respond(c.itt, status::RESERVATION_CONFLICT, None, c.expected_len as i64);
+        } else {
+            let mut task = super::write::Task::sink(c, Sense::no_sense(), false);
+            task.kind = Kind::Conflict;
+            self.tasks.push(task);
+        }
+    }
+
     fn sink(&mut self, c: &wire::Command, s: Sense, good: bool) {
         let task = super::write::Task::sink(c, s, good);
         self.tasks.push(task);

@@ -9,6 +9,7 @@ use crate::iscsi::wire::{op, FLAG_FINAL, FLAG_IMMEDIATE, FLAG_READ, FLAG_WRITE};
 use crate::metrics::WorkerCounters;
 use crate::rng::XorShift;
 use std::path::PathBuf;
+mod reserve;
 
 const SIZE: usize = 1 << 20;
 const TARGET: &str = "iqn.2026-12.org.bootfarm:disk";
@@ -48,6 +49,7 @@ fn fixture(tag: &str, iscsi: &str, extra: &str) -> Fixture {
 struct TestEnv {
     snap: Arc<Snapshot>,
     registry: Registry,
+    reservations: crate::iscsi::scsi::reserve::Table,
     counters: WorkerCounters,
 }
 
@@ -59,6 +61,9 @@ impl Env for TestEnv {
     }
     fn registry(&self) -> &Registry {
         &self.registry
+    }
+    fn reservations(&self) -> &crate::iscsi::scsi::reserve::Table {
+        &self.reservations
     }
     fn count(&self, c: Counter, n: u64) {
         self.counters.add(c, n);
@@ -78,7 +83,7 @@ impl Env for TestEnv {
 }
 
 fn env(f: &Fixture) -> TestEnv {
-    TestEnv { snap: f.snap.clone(), registry: Registry::default(), counters: WorkerCounters::default() }
+    TestEnv { snap: f.snap.clone(), registry: Registry::default(), reservations: Default::default(), counters: WorkerCounters::default() }
 }
 
 fn peer() -> SocketAddr {

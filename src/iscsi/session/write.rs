@@ -17,16 +17,17 @@ use crate::nbd::cache;
 pub(super) enum Kind {
     Write {
         fua: bool,
+        /// ORWRITE: the data is ORed with the blocks' contents before it is written.
+        or: bool,
     },
     /// VERIFY with BYTCHK 1: compared with what the LUN reads, as it arrives.
     Compare,
     /// A parameter list, collected and handed to `scsi::execute_data`.
     Param(Vec<u8>),
     /// Unsolicited data of a command answered already in substance: eaten, then `status`.
-    Sink {
-        sense: Sense,
-        good: bool,
-    },
+    Sink { sense: Sense, good: bool },
+    /// Unsolicited data of a command refused for a reservation: eaten, then RESERVATION CONFLICT.
+    Conflict,
 }
 
 /// An R2T in flight.
@@ -42,7 +43,7 @@ pub(super) struct Task {
     pub itt: u32,
     lun: u64,
     cdb: [u8; 16],
-    kind: Kind,
+    pub(super) kind: Kind,
     /// Disk byte offset the data goes to (Write, Compare).
     start: u64,
     /// Bytes the initiator sends (the Expected Data Transfer Length).
@@ -155,7 +156,7 @@ impl<E: Env> Session<E> {
         if t.unsolicited_open {
             return;
         }
-        let refused = matches!(t.kind, Kind::Sink { .. }) || t.error.is_some();
+        let refused = matches!(t.kind, Kind::Sink { .. } | Kind::Conflict) || t.error.is_some();
         if t.r2ts.is_empty() && (t.got >= t.len || refused) {
             // A refused command solicits nothing more: its answer goes once nothing is in flight.
             self.finish(env, i);
@@ -248,9 +249,28 @@ impl<E: Env> Session<E> {
             return;
         }
         match &mut t.kind {
-            Kind::Write { .. } => {
+            Kind::Write { or, .. } => {
+                let at = t.start + off as u64;
                 let mut o = target.overlay.lock().unwrap();
-                let r = o.write_reserved(t.start + off as u64, used, &target.vdisk.chain, t.reservation.as_mut().unwrap());
+                let ored;
+                let used = if *or {
+                    // ORWRITE: the blocks' contents ORed with the data, under the same lock.
+                    match read_all(&o, &target, at, used.len()) {
+                        Ok(mut cur) => {
+                            cur.iter_mut().zip(used).for_each(|(c, d)| *c |= d);
+                            ored = cur;
+                            &ored[..]
+                        }
+                        Err(()) => {
+                            drop(o);
+                            self.tasks[i].error = Some(Sense::read_error());
+                            return;
+                        }
+                    }
+                } else {
+                    used
+                };
+                let r = o.write_reserved(at, used, &target.vdisk.chain, t.reservation.as_mut().unwrap());
                 drop(o);
                 match r {
                     Ok(()) if target.vdisk.damaged() => t.error = Some(Sense::read_error()),
@@ -272,7 +292,7 @@ impl<E: Env> Session<E> {
                 }
             }
             Kind::Param(v) => v.extend_from_slice(used),
-            Kind::Sink { .. } => {}
+            Kind::Sink { .. } | Kind::Conflict => {}
         }
     }
 
@@ -290,7 +310,7 @@ impl<E: Env> Session<E> {
             return;
         }
         match task.kind {
-            Kind::Write { fua } => {
+            Kind::Write { fua, .. } => {
                 if fua {
                     if let Err(e) = target.overlay.lock().unwrap().sync() {
                         let s = self.cache_sense(env, &e);
@@ -301,6 +321,7 @@ impl<E: Env> Session<E> {
                 self.respond(task.itt, status::GOOD, None, task.residual);
             }
             Kind::Compare => self.respond(task.itt, status::GOOD, None, task.residual),
+            Kind::Conflict => self.respond(task.itt, status::RESERVATION_CONFLICT, None, task.residual),
             Kind::Sink { sense, good } => {
                 if good {
                     self.respond(task.itt, status::GOOD, None, task.residual);
@@ -356,4 +377,24 @@ fn compare(target: &crate::nbd::target::Target, start: u64, data: &[u8]) -> Resu
         at += n;
     }
     Ok(None)
+}
+
+/// What the LUN holds at `[start, start + len)` (image + write cache), copied out.
+fn read_all(o: &cache::Overlay, target: &crate::nbd::target::Target, start: u64, len: usize) -> Result<Vec<u8>, ()> {
+    let mut scratch = Vec::new();
+    let mut v = Vec::with_capacity(len);
+    let mut copied = Vec::new();
+    o.read(start, len as u64, &target.vdisk.chain, &mut scratch, usize::MAX, &mut |p| match p {
+        cache::Piece::Data(d) => v.extend_from_slice(d),
+        cache::Piece::Copied(rg) => {
+            copied.push((v.len(), rg.clone()));
+            v.resize(v.len() + rg.len(), 0);
+        }
+        cache::Piece::Zero(z) => v.resize(v.len() + z as usize, 0),
+    })
+    .map_err(|_| ())?;
+    for (at, rg) in copied {
+        v[at..at + rg.len()].copy_from_slice(&scratch[rg]);
+    }
+    Ok(v)
 }

@@ -318,3 +318,30 @@ fn get_lba_status_descriptor_limit() {
     lba_status(0, &runs, &l, 1 << 20, &mut out);
     assert_eq!(out.len(), 8 + 16 * LBA_STATUS_DESCRIPTORS_MAX);
 }
+
+#[test]
+fn orwrite_is_a_write_that_ors() {
+    let l = lun();
+    let mut o = Vec::new();
+    let mut c = [0u8; 16];
+    c[0] = op::ORWRITE;
+    c[9] = 8;
+    c[13] = 2;
+    assert_eq!(execute(&c, 0, &l, &mut o), Action::OrWrite { lba: 8, blocks: 2, fua: false });
+    c[1] = 0x08;
+    assert_eq!(execute(&c, 0, &l, &mut o), Action::OrWrite { lba: 8, blocks: 2, fua: true });
+    c[1] = 0x20;
+    assert_eq!(execute(&c, 0, &l, &mut o), Action::Check(Sense::invalid_field(1, Some(7))), "ORPROTECT");
+    c[1] = 0x01;
+    assert_eq!(execute(&c, 0, &l, &mut o), Action::Check(Sense::invalid_field(1, Some(2))), "BMOP");
+    c[1] = 0;
+    c[13] = 0;
+    assert_eq!(execute(&c, 0, &l, &mut o), Action::Good, "zero blocks");
+    c[9] = 0;
+    c[2..10].copy_from_slice(&(l.blocks - 1).to_be_bytes());
+    c[13] = 2;
+    assert_eq!(execute(&c, 0, &l, &mut o), Action::Check(Sense::lba_out_of_range()));
+    let ro = Lun { writable: false, ..l };
+    c[2..10].copy_from_slice(&0u64.to_be_bytes());
+    assert_eq!(execute(&c, 0, &ro, &mut o), Action::Check(Sense::write_protected()));
+}

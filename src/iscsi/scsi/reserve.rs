@@ -1,0 +1,338 @@
+//! SCSI reservations of one LUN as a pure state machine: SPC-2 RESERVE(6)/RELEASE(6) and
+//! SPC-4 persistent reservations (PERSISTENT RESERVE IN/OUT), and which commands a reservation
+//! held by another I_T nexus turns into RESERVATION CONFLICT. No lock and no I/O: the engine
+//! keeps one [`State`] per LUN behind a mutex; nothing is persisted (APTPL is refused).
+
+use super::{be64, Sense};
+
+/// Persistent reservation types (SPC-4 table 212).
+pub mod kind {
+    pub const WRITE_EXCLUSIVE: u8 = 1;
+    pub const EXCLUSIVE_ACCESS: u8 = 3;
+    pub const WRITE_EXCLUSIVE_RO: u8 = 5;
+    pub const EXCLUSIVE_ACCESS_RO: u8 = 6;
+    pub const WRITE_EXCLUSIVE_AR: u8 = 7;
+    pub const EXCLUSIVE_ACCESS_AR: u8 = 8;
+}
+
+/// PERSISTENT RESERVE OUT service actions.
+mod sa {
+    pub const REGISTER: u8 = 0;
+    pub const RESERVE: u8 = 1;
+    pub const RELEASE: u8 = 2;
+    pub const CLEAR: u8 = 3;
+    pub const PREEMPT: u8 = 4;
+    pub const PREEMPT_AND_ABORT: u8 = 5;
+    pub const REGISTER_AND_IGNORE: u8 = 6;
+}
+
+/// The PERSISTENT RESERVE OUT parameter list this target takes (no SPEC_I_PT lists).
+pub const PROUT_PARAM_LEN: u32 = 24;
+
+/// Why a reservation command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Status RESERVATION CONFLICT (0x18), no sense.
+    Conflict,
+    Check(Sense),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    /// The nexus that reserved (meaningless for the all-registrants types).
+    holder: String,
+    kind: u8,
+}
+
+/// The reservation state of one LUN. A nexus is the initiator name and the ISID
+/// (`iqn...,i,0x<isid>`): two sessions of one initiator are two nexuses.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    spc2: Option<String>,
+    registrants: Vec<(String, u64)>,
+    held: Option<Held>,
+    generation: u32,
+}
+
+/// How a command reaches the medium, for the conflict table (SPC-4 5.13.1, table 53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Allowed under every reservation (INQUIRY, REPORT LUNS, REQUEST SENSE, READ CAPACITY,
+    /// PR IN/OUT, which check for themselves).
+    Free,
+    /// Reads: conflict under Exclusive Access only.
+    Read,
+    /// Everything that changes the medium or its state.
+    Write,
+}
+
+fn access(cdb: &[u8]) -> Access {
+    use super::op;
+    match cdb[0] {
+        op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE | op::READ_CAPACITY_10 | op::MAINTENANCE_IN => Access::Free,
+        op::PERSISTENT_RESERVE_IN | op::PERSISTENT_RESERVE_OUT => Access::Free,
+        op::SERVICE_ACTION_IN_16 if cdb.get(1).map(|b| u16::from(b & 0x1f)) == Some(op::SA_READ_CAPACITY_16) => Access::Free,
+        op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 | op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => Access::Read,
+        op::TEST_UNIT_READY | op::MODE_SENSE_6 | op::MODE_SENSE_10 | op::PRE_FETCH_10 | op::PRE_FETCH_16 => Access::Read,
+        op::SERVICE_ACTION_IN_16 => Access::Read,
+        _ => Access::Write,
+    }
+}
+
+fn all_registrants(k: u8) -> bool {
+    matches!(k, kind::WRITE_EXCLUSIVE_AR | kind::EXCLUSIVE_ACCESS_AR)
+}
+
+fn valid_kind(k: u8) -> bool {
+    matches!(
+        k,
+        kind::WRITE_EXCLUSIVE
+            | kind::EXCLUSIVE_ACCESS
+            | kind::WRITE_EXCLUSIVE_RO
+            | kind::EXCLUSIVE_ACCESS_RO
+            | kind::WRITE_EXCLUSIVE_AR
+            | kind::EXCLUSIVE_ACCESS_AR
+    )
+}
+
+impl State {
+    fn key_of(&self, nexus: &str) -> Option<u64> {
+        self.registrants.iter().find(|(n, _)| n == nexus).map(|&(_, k)| k)
+    }
+
+    fn holds(&self, nexus: &str) -> bool {
+        match &self.held {
+            Some(h) if all_registrants(h.kind) => self.key_of(nexus).is_some(),
+            Some(h) => h.holder == nexus,
+            None => false,
+        }
+    }
+
+    /// True when this command from `nexus` must be answered RESERVATION CONFLICT.
+    /// RESERVE(6)/RELEASE(6) and PR OUT decide in their own functions.
+    pub fn conflicts(&self, nexus: &str, cdb: &[u8]) -> bool {
+        let a = access(cdb);
+        if a == Access::Free {
+            return false;
+        }
+        if self.spc2.as_deref().is_some_and(|h| h != nexus) {
+            return true;
+        }
+        let Some(h) = &self.held else { return false };
+        if self.holds(nexus) {
+            return false;
+        }
+        let registered = self.key_of(nexus).is_some();
+        match h.kind {
+            kind::WRITE_EXCLUSIVE => a == Access::Write,
+            kind::EXCLUSIVE_ACCESS => true,
+            kind::WRITE_EXCLUSIVE_RO | kind::WRITE_EXCLUSIVE_AR => a == Access::Write && !registered,
+            _ => !registered,
+        }
+    }
+
+    /// RESERVE(6): the whole LUN for `nexus`; another holder (SPC-2 or persistent) conflicts.
+    pub fn reserve6(&mut self, nexus: &str) -> Result<(), Refusal> {
+        if self.held.is_some() || self.spc2.as_deref().is_some_and(|h| h != nexus) {
+            return Err(Refusal::Conflict);
+        }
+        self.spc2 = Some(nexus.to_string());
+        Ok(())
+    }
+
+    /// RELEASE(6): frees the holder's reservation; from any other nexus GOOD with no effect
+    /// (SPC-2 7.17), under a persistent reservation a conflict.
+    pub fn release6(&mut self, nexus: &str) -> Result<(), Refusal> {
+        if self.held.is_some() {
+            return Err(Refusal::Conflict);
+        }
+        if self.spc2.as_deref() == Some(nexus) {
+            self.spc2 = None;
+        }
+        Ok(())
+    }
+
+    /// The nexus logged out (or its connection ended): its SPC-2 reservation goes, its
+    /// persistent registrations stay (SPC-4 5.13.1).
+    pub fn nexus_gone(&mut self, nexus: &str) {
+        if self.spc2.as_deref() == Some(nexus) {
+            self.spc2 = None;
+        }
+    }
+
+    /// A LUN reset or a target reset: the SPC-2 reservation ends, PR state stays.
+    pub fn reset(&mut self) {
+        self.spc2 = None;
+    }
+
+    /// PERSISTENT RESERVE IN: READ KEYS, READ RESERVATION, REPORT CAPABILITIES appended to
+    /// `out`, cut to the allocation length.
+    pub fn pr_in(&self, service: u8, alloc_len: u16, out: &mut Vec<u8>) -> Result<(), Sense> {
+        let alloc = usize::from(alloc_len);
+        let start = out.len();
+        match service {
+            0 => {
+                out.extend_from_slice(&self.generation.to_be_bytes());
+                out.extend_from_slice(&((self.registrants.len() * 8) as u32).to_be_bytes());
+                for (_, k) in &self.registrants {
+                    out.extend_from_slice(&k.to_be_bytes());
+                }
+            }
+            1 => {
+                out.extend_from_slice(&self.generation.to_be_bytes());
+                match &self.held {
+                    None => out.extend_from_slice(&0u32.to_be_bytes()),
+                    Some(h) => {
+                        out.extend_from_slice(&16u32.to_be_bytes());
+                        let key = if all_registrants(h.kind) { 0 } else { self.key_of(&h.holder).unwrap_or(0) };
+                        out.extend_from_slice(&key.to_be_bytes());
+                        out.extend_from_slice(&[0, 0, 0, 0, 0, h.kind & 0x0f, 0, 0]);
+                    }
+                }
+            }
+            2 => {
+                // Length 8; no CRH/SIP_C/ATP_C, PTPL_C = 0 (nothing persists); TMV with the
+                // six types this target knows.
+                out.extend_from_slice(&[0, 8, 0, 0x80, 0x80 | 0x40 | 0x20 | 0x08 | 0x02, 0x01, 0, 0]);
+            }
+            _ => return Err(Sense::invalid_field(1, Some(4))),
+        }
+        out.truncate(start + alloc.min(out.len() - start));
+        Ok(())
+    }
+
+    /// PERSISTENT RESERVE OUT: `service` action, the CDB's SCOPE/TYPE byte and the parameter
+    /// list (`scsi::execute` took exactly [`PROUT_PARAM_LEN`] bytes). A registration past
+    /// `registrants_max` (iscsi.registrants_max) gets INSUFFICIENT REGISTRATION RESOURCES.
+    pub fn pr_out(
+        &mut self,
+        nexus: &str,
+        service: u8,
+        scope_type: u8,
+        param: &[u8; PROUT_PARAM_LEN as usize],
+        registrants_max: usize,
+    ) -> Result<(), Refusal> {
+        let check = |s| Err(Refusal::Check(s));
+        let action = service;
+        if self.spc2.as_deref().is_some_and(|h| h != nexus) {
+            return Err(Refusal::Conflict);
+        }
+        let (key, sa_key, flags) = (be64(param, 0), be64(param, 8), param[20]);
+        if flags & 0x01 != 0 {
+            return check(Sense::invalid_param(20, Some(0)));
+        }
+        if flags & 0x0c != 0 {
+            return check(Sense::invalid_param(20, Some(if flags & 0x08 != 0 { 3 } else { 2 })));
+        }
+        let (scope, k) = (scope_type >> 4, scope_type & 0x0f);
+        let mine = self.key_of(nexus);
+        match action {
+            sa::REGISTER | sa::REGISTER_AND_IGNORE => {
+                match mine {
+                    None if action == sa::REGISTER && key != 0 => return Err(Refusal::Conflict),
+                    None if sa_key == 0 => return Ok(()),
+                    None => {
+                        if self.registrants.len() >= registrants_max {
+                            return check(Sense::new(super::key::ILLEGAL_REQUEST, 0x55, 0x04));
+                        }
+                        self.registrants.push((nexus.to_string(), sa_key));
+                    }
+                    Some(m) if action == sa::REGISTER && m != key => return Err(Refusal::Conflict),
+                    Some(_) if sa_key == 0 => self.unregister(nexus),
+                    Some(_) => self.registrants.iter_mut().filter(|(n, _)| n == nexus).for_each(|r| r.1 = sa_key),
+                }
+                self.generation = self.generation.wrapping_add(1);
+                return Ok(());
+            }
+            sa::RESERVE | sa::RELEASE | sa::CLEAR | sa::PREEMPT | sa::PREEMPT_AND_ABORT => {}
+            _ => return check(Sense::invalid_field(1, Some(4))),
+        }
+        if mine != Some(key) {
+            return Err(Refusal::Conflict);
+        }
+        let typed = matches!(action, sa::RESERVE | sa::PREEMPT | sa::PREEMPT_AND_ABORT);
+        if typed && scope != 0 {
+            return check(Sense::invalid_field(2, Some(7)));
+        }
+        if typed && !valid_kind(k) {
+            return check(Sense::invalid_field(2, Some(3)));
+        }
+        match action {
+            sa::RESERVE => match &self.held {
+                None => self.held = Some(Held { holder: nexus.to_string(), kind: k }),
+                Some(h) if self.holds(nexus) && h.kind == k => {}
+                Some(_) => return Err(Refusal::Conflict),
+            },
+            sa::RELEASE => match &self.held {
+                Some(h) if self.holds(nexus) => {
+                    if h.kind != k || scope != 0 {
+                        // INVALID RELEASE OF PERSISTENT RESERVATION
+                        return check(Sense::new(super::key::ILLEGAL_REQUEST, 0x26, 0x04));
+                    }
+                    self.held = None;
+                }
+                _ => {}
+            },
+            sa::CLEAR => {
+                self.registrants.clear();
+                self.held = None;
+                self.generation = self.generation.wrapping_add(1);
+            }
+            _ => self.preempt(nexus, sa_key, k)?,
+        }
+        Ok(())
+    }
+
+    fn unregister(&mut self, nexus: &str) {
+        let held = self.holds(nexus);
+        self.registrants.retain(|(n, _)| n != nexus);
+        if let Some(h) = &self.held {
+            // The holder of a one-holder type loses it; an all-registrants reservation ends
+            // with its last registrant.
+            if (held && !all_registrants(h.kind)) || self.registrants.is_empty() {
+                self.held = None;
+            }
+        }
+    }
+
+    fn preempt(&mut self, nexus: &str, sa_key: u64, k: u8) -> Result<(), Refusal> {
+        let before = self.registrants.len();
+        match self.held.clone() {
+            Some(h) if all_registrants(h.kind) && sa_key == 0 => {
+                self.registrants.retain(|(n, _)| n == nexus);
+                self.held = Some(Held { holder: nexus.to_string(), kind: k });
+            }
+            Some(h) if !all_registrants(h.kind) && self.key_of(&h.holder) == Some(sa_key) => {
+                self.registrants.retain(|(n, key)| n == nexus || *key != sa_key);
+                self.held = Some(Held { holder: nexus.to_string(), kind: k });
+            }
+            _ => {
+                if sa_key == 0 {
+                    return Err(Refusal::Check(Sense::invalid_param(8, None)));
+                }
+                self.registrants.retain(|(n, key)| n == nexus || *key != sa_key);
+                if self.registrants.len() == before {
+                    return Err(Refusal::Conflict);
+                }
+            }
+        }
+        self.generation = self.generation.wrapping_add(1);
+        Ok(())
+    }
+}
+
+/// Every LUN's reservation state, by vdisk name, shared by the sessions of all workers; one
+/// entry per vdisk that has seen a reservation command (bounded by the configured vdisks).
+#[derive(Debug, Default)]
+pub struct Table(std::sync::Mutex<std::collections::HashMap<String, State>>);
+
+impl Table {
+    /// Runs `f` on the state of `vdisk` under the lock (never held across I/O).
+    pub fn with<R>(&self, vdisk: &str, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get_mut(vdisk) {
+            return f(s);
+        }
+        f(m.entry(vdisk.to_string()).or_default())
+    }
+}
