@@ -75,6 +75,40 @@ pub enum Piece<'a> {
     Zero(u64),
 }
 
+/// A piece of a reply read by [`Overlay::read_reply`], kept while the overlay is locked and
+/// turned into batch pieces once it is known whether the image was found damaged meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplyPiece {
+    Mem(*const u8, usize),
+    /// `len` bytes of the session's scratch from `off` (an overflow-file block's copy).
+    Scratch(u32, u32),
+    Zero(u64),
+}
+
+impl ReplyPiece {
+    pub fn len(&self) -> u64 {
+        match *self {
+            ReplyPiece::Mem(_, n) => n as u64,
+            ReplyPiece::Scratch(_, n) => n as u64,
+            ReplyPiece::Zero(n) => n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The part `[from, from + n)` of the piece.
+    pub fn cut(&self, from: u64, n: u64) -> ReplyPiece {
+        match *self {
+            // Safety: from + n lies inside the piece.
+            ReplyPiece::Mem(p, _) => ReplyPiece::Mem(unsafe { p.add(from as usize) }, n as usize),
+            ReplyPiece::Scratch(o, _) => ReplyPiece::Scratch(o + from as u32, n as u32),
+            ReplyPiece::Zero(_) => ReplyPiece::Zero(n),
+        }
+    }
+}
+
 /// What [`Overlay::reserve`] set aside for one write: free slots of the overlay and new bytes
 /// of the budgets. Must go back with [`Overlay::unreserve`] when the write ends.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -657,6 +691,36 @@ impl Overlay {
             Some(w) => w.sync().map_err(|e| CacheError::Io(e.to_string())),
             None => Ok(()),
         }
+    }
+
+    /// [`Overlay::read`] for a reply that goes out after the lock is dropped: the pieces are
+    /// appended to `out` as addresses (mapping slices, cache pages), ranges of `scratch`
+    /// (overflow-file copies) and merged zero runs. The first read that may point at cache
+    /// pages pins them (`pin`, released with [`Overlay::unpin`] once the reply is sent).
+    /// Shared by the NBD and iSCSI sessions.
+    #[allow(clippy::too_many_arguments)] // the session's reply state, borrowed field by field
+    pub fn read_reply(
+        &mut self,
+        off: u64,
+        len: u64,
+        base: &Chain,
+        scratch: &mut Vec<u8>,
+        scratch_max: usize,
+        pin: &mut Option<u64>,
+        out: &mut Vec<ReplyPiece>,
+    ) -> Result<u64, CacheError> {
+        if pin.is_none() && self.has_pages() {
+            // The reply may point at cache pages: they stay put until it is out.
+            *pin = Some(self.pin());
+        }
+        self.read(off, len, base, scratch, scratch_max, &mut |p| match p {
+            Piece::Data(d) => out.push(ReplyPiece::Mem(d.as_ptr(), d.len())),
+            Piece::Copied(rg) => out.push(ReplyPiece::Scratch(rg.start as u32, rg.len() as u32)),
+            Piece::Zero(n) => match out.last_mut() {
+                Some(ReplyPiece::Zero(z)) => *z += n,
+                _ => out.push(ReplyPiece::Zero(n)),
+            },
+        })
     }
 
     /// Emits `[off, off + len)` as the target sees it. Overflow blocks are copied to the end of

@@ -79,16 +79,6 @@ struct Incoming {
     reservation: cache::Reservation,
 }
 
-/// A piece a cache read emits, kept while the overlay is locked and turned into reply chunks
-/// once it is known whether the image was found damaged meanwhile.
-#[derive(Clone, Copy)]
-enum RPiece {
-    Mem(*const u8, usize),
-    /// `len` bytes of the session's scratch from `off` (an overflow-file block's copy).
-    Scratch(u32, u32),
-    Zero(u64),
-}
-
 /// A READ whose reply goes out over more than one batch (its overflow-file blocks would not
 /// fit in what is left of `nbd.reply_scratch_bytes_max`).
 #[derive(Clone, Copy)]
@@ -127,7 +117,7 @@ pub struct Session<E> {
     /// when the batch is handed out, since `scratch` may still move while the batch is built.
     scratch_refs: Vec<(u32, u32)>,
     /// One read's pieces (reused).
-    tmp: Vec<RPiece>,
+    tmp: Vec<cache::ReplyPiece>,
     /// One BLOCK_STATUS reply's extents (reused).
     extents: Vec<(u64, u32)>,
     /// A READ whose reply continues in the next batch.
@@ -235,15 +225,15 @@ impl<E> Session<E> {
         self.batch.put(|o| if structured { wire::error_chunk(o, cookie, error, msg) } else { wire::simple_reply(o, error, cookie) });
     }
 
-    fn emit_piece(&mut self, p: RPiece) -> u64 {
+    fn emit_piece(&mut self, p: cache::ReplyPiece) -> u64 {
         match p {
-            RPiece::Mem(ptr, n) => {
+            cache::ReplyPiece::Mem(ptr, n) => {
                 self.batch.pieces.push(Piece::Mem { ptr, len: n });
                 self.batch.len += n as u64;
                 self.batch.mem_len += n as u64;
                 n as u64
             }
-            RPiece::Scratch(off, n) => {
+            cache::ReplyPiece::Scratch(off, n) => {
                 // The address is set in `seal`, once the scratch no longer grows.
                 self.scratch_refs.push((self.batch.pieces.len() as u32, off));
                 self.batch.pieces.push(Piece::Mem { ptr: std::ptr::null(), len: n as usize });
@@ -251,7 +241,7 @@ impl<E> Session<E> {
                 self.batch.mem_len += n as u64;
                 n as u64
             }
-            RPiece::Zero(n) => {
+            cache::ReplyPiece::Zero(n) => {
                 self.batch.zeros(n);
                 n
             }
@@ -658,19 +648,7 @@ impl<E: Env> Session<E> {
         self.tmp.clear();
         let part = {
             let mut o = target.overlay.lock().unwrap();
-            if self.pin.is_none() && o.has_pages() {
-                // The reply may point at cache pages: they stay put until this batch is out.
-                self.pin = Some(o.pin());
-            }
-            let (tmp, scratch) = (&mut self.tmp, &mut self.scratch);
-            let res = o.read(from, left, &target.vdisk.chain, scratch, scratch_max, &mut |p| match p {
-                cache::Piece::Data(d) => tmp.push(RPiece::Mem(d.as_ptr(), d.len())),
-                cache::Piece::Copied(rg) => tmp.push(RPiece::Scratch(rg.start as u32, rg.len() as u32)),
-                cache::Piece::Zero(n) => match tmp.last_mut() {
-                    Some(RPiece::Zero(z)) => *z += n,
-                    _ => tmp.push(RPiece::Zero(n)),
-                },
-            });
+            let res = o.read_reply(from, left, &target.vdisk.chain, &mut self.scratch, scratch_max, &mut self.pin, &mut self.tmp);
             match res {
                 Ok(n) => n,
                 Err(e) => {
@@ -728,7 +706,7 @@ impl<E: Env> Session<E> {
             let mut last_hdr = 0usize;
             for p in &tmp {
                 match *p {
-                    RPiece::Zero(n) => {
+                    cache::ReplyPiece::Zero(n) => {
                         if let Some((pos, l)) = open.take() {
                             self.batch.buf[pos..pos + 4].copy_from_slice(&(8 + l as u32).to_be_bytes());
                         }

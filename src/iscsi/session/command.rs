@@ -13,34 +13,8 @@ use crate::metrics::Counter;
 use crate::nbd::cache::{self, CacheError};
 use crate::session::Piece;
 
-/// A piece of a READ's Data-In, kept while the overlay is locked.
-#[derive(Clone, Copy)]
-pub(super) enum RPiece {
-    Mem(*const u8, usize),
-    /// `len` bytes of the scratch from `off` (an overflow-file block's copy).
-    Scratch(u32, u32),
-    Zero(u64),
-}
-
-impl RPiece {
-    fn len(&self) -> u64 {
-        match *self {
-            RPiece::Mem(_, n) => n as u64,
-            RPiece::Scratch(_, n) => n as u64,
-            RPiece::Zero(n) => n,
-        }
-    }
-
-    /// The part `[from, from + n)` of the piece.
-    fn cut(&self, from: u64, n: u64) -> RPiece {
-        match *self {
-            // Safety: from + n lies inside the piece.
-            RPiece::Mem(p, _) => RPiece::Mem(unsafe { p.add(from as usize) }, n as usize),
-            RPiece::Scratch(o, _) => RPiece::Scratch(o + from as u32, n as u32),
-            RPiece::Zero(_) => RPiece::Zero(n),
-        }
-    }
-}
+/// A piece of a READ's Data-In, kept while the overlay is locked (shared with NBD's replies).
+pub(super) use crate::nbd::cache::ReplyPiece as RPiece;
 
 /// A READ whose Data-In goes out over more than one batch.
 #[derive(Clone, Copy, Debug)]
@@ -377,18 +351,7 @@ impl<E: Env> Session<E> {
         self.tmp.clear();
         let part = {
             let mut o = t.overlay.lock().unwrap();
-            if self.pin.is_none() && o.has_pages() {
-                self.pin = Some(o.pin());
-            }
-            let (tmp, scratch) = (&mut self.tmp, &mut self.scratch);
-            let res = o.read(from, left, &t.vdisk.chain, scratch, SCRATCH_MAX, &mut |p| match p {
-                cache::Piece::Data(d) => tmp.push(RPiece::Mem(d.as_ptr(), d.len())),
-                cache::Piece::Copied(rg) => tmp.push(RPiece::Scratch(rg.start as u32, rg.len() as u32)),
-                cache::Piece::Zero(n) => match tmp.last_mut() {
-                    Some(RPiece::Zero(z)) => *z += n,
-                    _ => tmp.push(RPiece::Zero(n)),
-                },
-            });
+            let res = o.read_reply(from, left, &t.vdisk.chain, &mut self.scratch, SCRATCH_MAX, &mut self.pin, &mut self.tmp);
             match res {
                 Ok(n) => n,
                 Err(e) => {
