@@ -2,6 +2,7 @@
 //! resolution under `tftp.root`. The engine glue lives in `engine::tftp`.
 
 pub mod client;
+pub mod ending;
 pub mod netascii;
 pub mod path;
 pub mod server;
