@@ -15,7 +15,7 @@
 #             the controller), MaxRecvDataSegmentLength raised to bootfarm's 256 KiB
 # Server CPU per I/O: the server's utime+stime (/proc/PID/stat, all threads) over the run's
 # I/Os. Each run lasts $SECS s (default 5). Client and servers share this machine's cores.
-# Usage: ROUNDS=3 SECS=5 [SERVERS="bootfarm tgt"] bash perf/iscsi.sh
+# Usage: ROUNDS=3 SECS=5 [SERVERS="bootfarm tgt"] [SCENARIOS="mix"] bash perf/iscsi.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -36,6 +36,8 @@ qemu-img convert -f vhdx -O raw "$W/disk.vhdx" "$W/disk.raw"
 PREFIX=iqn.2026-12.org.bootfarm
 TGT_PORT=32615 TGT_CTL=1515 BF_PORT=32616
 SERVERS=${SERVERS:-bootfarm tgt}
+# SCENARIOS: a subset of "rr1 rr32 seq seq128 mix" (iscsi-perf runs with rr32 and seq).
+SCENARIOS=${SCENARIOS:-rr1 rr32 seq seq128 mix}
 
 mkdir -p "$W/boot"
 cat > "$W/bootfarm.toml" <<EOF
@@ -101,13 +103,14 @@ perf_run() {
 }
 for round in $(seq "$ROUNDS"); do
   for s in $SERVERS; do
-    bench "$s" rr1 --rw randread --bs 4096 --qd 1
-    bench "$s" rr32 --rw randread --bs 4096 --qd 32
-    bench "$s" seq --rw read --bs 1048576 --qd 4
-    bench "$s" seq128 --rw read --bs 131072 --qd 8
-    bench "$s" mix --rw randrw --read-pct 80 --bs 65536 --qd 16
-    perf_run "$s" rr32 -r -m 32 -b 8
-    perf_run "$s" seq -m 4 -b 2048
+    has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+    if has rr1; then bench "$s" rr1 --rw randread --bs 4096 --qd 1; fi
+    if has rr32; then bench "$s" rr32 --rw randread --bs 4096 --qd 32; fi
+    if has seq; then bench "$s" seq --rw read --bs 1048576 --qd 4; fi
+    if has seq128; then bench "$s" seq128 --rw read --bs 131072 --qd 8; fi
+    if has mix; then bench "$s" mix --rw randrw --read-pct 80 --bs 65536 --qd 16; fi
+    if has rr32; then perf_run "$s" rr32 -r -m 32 -b 8; fi
+    if has seq; then perf_run "$s" seq -m 4 -b 2048; fi
   done
 done
 
@@ -127,7 +130,7 @@ line() { # scenario metric column [lower-is-better]
   fi
   echo
 }
-for sc in rr1 rr32 seq seq128 mix; do
+for sc in $SCENARIOS; do
   line $sc "IOPS" 1
   [[ $sc == seq* ]] && line $sc "MB/s" 2
   line $sc "p50 latency us" 3
@@ -135,6 +138,6 @@ for sc in rr1 rr32 seq seq128 mix; do
   line $sc "server CPU us/IO" 6
   line $sc "client CPU us/IO" 5
 done
-line rr32-iscsi-perf "IOPS (iscsi-perf)" 1
-line seq-iscsi-perf "IOPS (iscsi-perf, 1 MiB)" 1
+if [[ " $SCENARIOS " == *" rr32 "* ]]; then line rr32-iscsi-perf "IOPS (iscsi-perf)" 1; fi
+if [[ " $SCENARIOS " == *" seq "* ]]; then line seq-iscsi-perf "IOPS (iscsi-perf, 1 MiB)" 1; fi
 echo "ratio = ${1} over ${2:-}: for IOPS and MB/s higher is better, for latency and CPU lower"
