@@ -473,10 +473,10 @@ impl<E: Env> Session<E> {
                 if let Some(i) = self.tasks.iter().position(|k| k.itt == t.referenced_tag) {
                     self.abort(i);
                     tmf::COMPLETE
-                } else if wire::sn_lt(t.ref_cmdsn, self.exp_cmdsn) {
-                    // Received and done already (RFC 7143 11.5.1): nothing left to abort.
-                    tmf::COMPLETE
                 } else {
+                    // Not here: either received and done already (RefCmdSN below ExpCmdSN, outside
+                    // the CmdSN window: RFC 7143 11.5.1 c, "Task does not exist"; libiscsi's
+                    // AbortTaskSimpleAsync then expects the WRITE's GOOD) or never received.
                     tmf::NO_TASK
                 }
             }
