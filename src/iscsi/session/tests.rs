@@ -532,6 +532,27 @@ fn a_write_waiting_for_data_is_aborted_and_its_late_data_dropped() {
 }
 
 #[test]
+fn aborting_a_write_that_is_already_done_answers_task_does_not_exist() {
+    // libiscsi's iSCSITMF.AbortTaskSimpleAsync: the WRITE's data all came immediate, so it is
+    // done (status GOOD sent) when the ABORT TASK for it arrives. Its RefCmdSN is now below
+    // ExpCmdSN, outside the CmdSN window: RFC 7143 11.5.1 c, "Task does not exist".
+    let f = fixture("abortdone", "", "");
+    let mut e = env(&f);
+    let data = vec![0x5A; 1024];
+    let mut s = login();
+    s.extend(write(40, 2, 0, &data, 1024, true));
+    s.extend(pdu(op::TASK_MGMT | FLAG_IMMEDIATE, 0x80 | wire::tmf::ABORT_TASK, &[(16, 41), (20, 40), (24, 3), (32, 2)], &[]));
+    s.extend(read(42, 3, 0, 2));
+    let (out, ended) = drive(&mut e, &s, &[], Instant::now());
+    assert!(!ended);
+    let p = after_login(&out);
+    assert_eq!(result(&p, 40).1, Some(0), "the write was done: GOOD");
+    let t = p.iter().find(|r| r.opcode() == op::TASK_MGMT_RESPONSE).unwrap();
+    assert_eq!((t.u32(16), t.h[2]), (41, wire::tmf::NO_TASK));
+    assert_eq!(result(&p, 42), (data, Some(0)), "the write stays: it was not aborted");
+}
+
+#[test]
 fn a_lun_reset_leaves_a_unit_attention_for_the_next_command() {
     let f = fixture("reset", "", "");
     let mut e = env(&f);
