@@ -22,7 +22,20 @@ struct Node {
 /// A farm of `n` nodes (powers 1, 1, 2, ...), each with its own copy of one vdisk in its own
 /// folder, all on `port` at their own address. `tweak(i, image)` may change node i's copy.
 fn farm(dir: &TempDir, n: usize, extra: &str, tweak: impl Fn(usize, &std::path::Path)) -> (Vec<Node>, u16) {
-    let port = free_port();
+    // TFTP and HTTP on `port`, NBD on `port + 1`, at every node's address: both must be free
+    // there (free_port checks `port` on 127.0.0.1 only; a client's ephemeral port on port + 1
+    // once made a node fail to bind its NBD listener).
+    let port = loop {
+        let p = free_port();
+        let free = |ip: String| {
+            std::net::TcpListener::bind((ip.as_str(), p)).is_ok()
+                && std::net::UdpSocket::bind((ip.as_str(), p)).is_ok()
+                && std::net::TcpListener::bind((ip.as_str(), p + 1)).is_ok()
+        };
+        if p < u16::MAX && (1..=n).all(|i| free(format!("127.0.0.{i}"))) {
+            break p;
+        }
+    };
     let src = dir.join("src.raw");
     std::fs::write(&src, pattern(5, 0, DISK as usize)).unwrap();
     // One image, copied to every node (replication is a file copy: the bytes, GUIDs included,
