@@ -424,6 +424,9 @@ pub fn build(file: &Path, base: &Path, mut c: Config, generation: u64, previous:
     if c.nbd.cache_ram_bytes_per_target > c.nbd.cache_ram_bytes_total_max {
         return Err(err(file, "nbd.cache_ram_bytes_per_target", c.nbd.cache_ram_bytes_per_target, "exceeds nbd.cache_ram_bytes_total_max"));
     }
+    if c.nbd.cache_ram_prefault_bytes > c.nbd.cache_ram_bytes_total_max {
+        return Err(err(file, "nbd.cache_ram_prefault_bytes", c.nbd.cache_ram_prefault_bytes, "exceeds nbd.cache_ram_bytes_total_max"));
+    }
     if c.nbd.cache_bytes_per_target_max > c.nbd.cache_bytes_total_max {
         return Err(err(file, "nbd.cache_bytes_per_target_max", c.nbd.cache_bytes_per_target_max, "exceeds nbd.cache_bytes_total_max"));
     }

@@ -189,6 +189,9 @@ pub struct Nbd {
     pub cache_ram_bytes_per_target: u64,
     /// RAM pages of all targets' caches together; beyond it new blocks go to the overflow files.
     pub cache_ram_bytes_total_max: u64,
+    /// RAM of the caches' tier mapped and faulted in at start and kept for the server's life
+    /// (0 = none: pages are faulted in as targets first write them). Read at start only.
+    pub cache_ram_prefault_bytes: u64,
     pub cache_bytes_per_target_max: u64,
     pub cache_bytes_total_max: u64,
     /// New targets one client address may hold (connected or kept for a reconnect).
@@ -240,6 +243,7 @@ impl Default for Nbd {
             cache_dir: PathBuf::from("/var/cache/bootfarm"),
             cache_ram_bytes_per_target: 64 << 20,
             cache_ram_bytes_total_max: 8 << 30,
+            cache_ram_prefault_bytes: 0,
             targets_per_address_max: 128,
             cache_bytes_per_target_max: 8 << 30,
             cache_bytes_total_max: 256 << 30,
@@ -478,6 +482,9 @@ cache_dir = "/var/cache/bootfarm"   # write caches overflow here
 cache_ram_bytes_per_target = 67108864       # 64 MiB in RAM, then the sparse file
 cache_ram_bytes_total_max = 8589934592      # 8 GiB of RAM for all targets, then their sparse files
                                             # (a fixed figure, the same on every node: raise it with the RAM)
+cache_ram_prefault_bytes = 0                # RAM of that tier committed (faulted in) at start, so first
+                                            # boots write into ready pages; 0 = as targets write (at
+                                            # most cache_ram_bytes_total_max; read at start only)
 targets_per_address_max = 128               # write caches one client address may hold (NAT'd labs:
                                             # raise it; bootstorm from one host needs one per target)
 cache_bytes_per_target_max = 8589934592     # 8 GiB: beyond it writes fail with ENOSPC

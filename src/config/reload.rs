@@ -138,6 +138,9 @@ impl Control {
                 if old.config.image.mappings_max != new.config.image.mappings_max {
                     tracing::warn!(generation, "image.mappings_max changed: it takes effect at the next restart");
                 }
+                if old.config.nbd.cache_ram_prefault_bytes != new.config.nbd.cache_ram_prefault_bytes {
+                    tracing::warn!(generation, "nbd.cache_ram_prefault_bytes changed: it takes effect at the next restart");
+                }
                 tracing::info!(generation, why, vdisks = new.vdisks.len(), farm = new.farm.len(), "configuration loaded");
             }
             Err(e) => {

@@ -296,6 +296,30 @@ pub fn render_metrics(shared: &Shared) -> String {
                 shared.nbd_targets.ram_total.load(r) as f64,
             ),
             (
+                "bootfarm_nbd_cache_pool_warm_bytes",
+                "",
+                "Free write-cache RAM already faulted in, for the next pages a target writes (nbd.cache_ram_prefault_bytes, caches dropped).",
+                shared.nbd_targets.pool.warm_bytes.load(r) as f64,
+            ),
+            (
+                "bootfarm_nbd_cache_pool_mapped_bytes",
+                "",
+                "Address space mapped for write-cache RAM (in use and free chunks; only pages written are resident).",
+                shared.nbd_targets.pool.mapped_bytes.load(r) as f64,
+            ),
+            (
+                "bootfarm_nbd_cache_chunks_reused",
+                "",
+                "256 KiB write-cache chunks a target got already faulted in (from a dropped cache or the prefault), since start.",
+                shared.nbd_targets.pool.reused.load(r) as f64,
+            ),
+            (
+                "bootfarm_nbd_cache_chunks_fresh",
+                "",
+                "256 KiB write-cache chunks a target got fresh: each page faults on its first write (since start).",
+                shared.nbd_targets.pool.fresh.load(r) as f64,
+            ),
+            (
                 "bootfarm_nbd_cache_bytes_max",
                 "",
                 "nbd.cache_bytes_total_max: the write caches' bytes stop there (ENOSPC beyond).",
@@ -488,6 +512,19 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         farm: Default::default(),
         nbd_trace: Default::default(),
     });
+    let prefault = snap.config.nbd.cache_ram_prefault_bytes;
+    if prefault > 0 {
+        // Before the first connection: first boots then write into pages already faulted in.
+        let t = Instant::now();
+        match shared.nbd_targets.pool.prefault(prefault) {
+            Ok(b) => {
+                tracing::info!(bytes = b, ms = t.elapsed().as_millis() as u64, "write-cache RAM committed (nbd.cache_ram_prefault_bytes)")
+            }
+            Err(e) => tracing::warn!(
+                "cannot commit nbd.cache_ram_prefault_bytes = {prefault} of write-cache RAM ({e}); pages are faulted in as targets write"
+            ),
+        }
+    }
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
     for (i, (listener, http_listener, nbd_listener, iscsi_listener)) in listeners.into_iter().enumerate() {

@@ -62,6 +62,8 @@ pub struct Registry {
     pub total: Arc<AtomicU64>,
     /// Bytes of RAM pages held by all overlays (nbd.cache_ram_bytes_total_max).
     pub ram_total: Arc<AtomicU64>,
+    /// The RAM pages of every overlay come from here and go back here (nbd/cache/pool.rs).
+    pub pool: Arc<super::cache::ChunkPool>,
     /// Caches dropped, by reason (bootfarm_nbd_caches_dropped_total).
     pub counters: WorkerCounters,
     /// The last [`RECENT_MAX`] target sessions that ended (last connection gone), newest last:
@@ -313,6 +315,7 @@ impl Registry {
             zero_ranges_max: cfg.cache_zero_ranges_per_target_max,
             ram_total_max: cfg.cache_ram_bytes_total_max,
             ram_total: self.ram_total.clone(),
+            pool: self.pool.clone(),
         };
         let mut overlay = Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), None);
         if private {
