@@ -15,7 +15,10 @@
 #             the controller), MaxRecvDataSegmentLength raised to bootfarm's 256 KiB
 # Server CPU per I/O: the server's utime+stime (/proc/PID/stat, all threads) over the run's
 # I/Os. Each run lasts $SECS s (default 5). Client and servers share this machine's cores.
-# Usage: ROUNDS=3 SECS=5 [SERVERS="bootfarm tgt"] [SCENARIOS="mix"] bash perf/iscsi.sh
+# bootfarm's write cache: CACHE_RAM bytes of RAM per initiator (default 256 MiB, then its
+# overflow file), PREFAULT bytes of that RAM committed at start (nbd.cache_ram_prefault_bytes,
+# default 0).
+# Usage: ROUNDS=3 SECS=5 [SERVERS="bootfarm tgt"] [SCENARIOS="mix"] [CACHE_RAM=..] [PREFAULT=..] bash perf/iscsi.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -51,7 +54,8 @@ iscsi_port = $BF_PORT
 root = "boot"
 [nbd]
 cache_dir = "cache"
-cache_ram_bytes_per_target = 268435456
+cache_ram_bytes_per_target = ${CACHE_RAM:-268435456}
+cache_ram_prefault_bytes = ${PREFAULT:-0}
 [iscsi]
 iqn_prefix = "$PREFIX"
 [[vdisk]]

@@ -19,7 +19,12 @@
 # Bounded: each bootstorm run stops after 240 s; the whole script took 5.5 minutes here (3 rounds).
 # PIN=0: bootstorm unpinned against bootfarm too, and bootfarm with steer = "hash" (on a host
 # shared with other loads, pinned threads cannot move to the core another process left).
-# Usage: ROUNDS=3 TARGETS=500 [PIN=0] bash perf/linux-replay.sh
+# bootfarm runs all rounds in one process, as a farm node does: a round's targets find the
+# caches of the round before expired (15 s without a connection), which give their RAM back
+# to the pool warm (README, "Cache RAM is recycled"), so only round 1 pays a page fault per
+# 4 KiB written. PREFAULT=BYTES sets nbd.cache_ram_prefault_bytes (default 0), which commits
+# that RAM at start so round 1 does not either; the per-round lines below show both.
+# Usage: ROUNDS=3 TARGETS=500 [PIN=0] [PREFAULT=BYTES] bash perf/linux-replay.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -58,6 +63,7 @@ cache_dir = "cache"
 connections_max = 8192
 targets_per_address_max = 8192   # every simulated target connects from 127.0.0.1
 connections_per_ip_max = 8192
+cache_ram_prefault_bytes = ${PREFAULT:-0}
 [[vdisk]]
 name = "disk"
 path = "disk.vhdx"
@@ -144,6 +150,8 @@ for st in stacks:
     px = [b[1] / p[1] for b, p in pairs if p[1] > 0]
     if bx and px:
         print(f"  vs {st}, round by round: boots/s x {' '.join(f'{x:.2f}' for x in bx)}; p99 x {' '.join(f'{x:.2f}' for x in px)}")
+b = [r for r in rows if r[0] == "bootfarm"]
+print("  bootfarm, round by round: boots/s " + " ".join(r[2] for r in b) + "; server CPU ms/boot " + " ".join(f"{float(r[6]):.2f}" for r in b))
 # Where the limit is: the client shares the cores, so at its own CPU per boot even a server
 # costing nothing could not pass cores / client CPU boots per second.
 cores = int(sys.argv[2])
