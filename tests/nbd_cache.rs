@@ -260,3 +260,45 @@ fn structured_replies_split_over_batches_read_right() {
     assert!(o.status.success() && !text.contains("Pattern verification failed") && !text.contains("error"), "{text}");
     assert_eq!(text.matches("read ").count(), 5, "{text}");
 }
+
+/// The chunk pool through the server: nbd.cache_ram_prefault_bytes commits RAM at start (logged,
+/// gauged), a first boot writes into it (chunks reused, none fresh), and when the target boots
+/// again its old cache's chunks come back warm and serve the new boot, which reads the image
+/// and its own writes, never a byte the previous boot wrote.
+#[test]
+fn a_new_boot_reuses_the_old_boots_cache_ram_and_sees_none_of_its_bytes() {
+    let dir = TempDir::new("nbd-pool");
+    raw_image(&dir.join("a.raw"), 3, 16 * M);
+    let image = pattern(3, 0, 16 * M as usize);
+    let (s, ports) = start(&dir, "cache_ram_prefault_bytes = 1048576", "a.raw");
+    let m = metrics(ports.1);
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_pool_warm_bytes"), M as f64, "the prefault is warm");
+    assert!(s.log().contains("write-cache RAM committed"), "the prefault is logged");
+    let mut b1 = Raw::go(ports.2, "v@pc1#boot1");
+    let secret = vec![0x5au8; 512 * 1024];
+    assert_eq!(b1.request(wire::CMD_WRITE, 1, 0, secret.len() as u32, &secret), (0, 1));
+    let m = metrics(ports.1);
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_chunks_reused"), 2.0, "512 KiB = two warm chunks");
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_chunks_fresh"), 0.0);
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_pool_warm_bytes"), 512.0 * 1024.0);
+    drop(b1);
+    // The next boot of pc1 drops boot1's cache at once; its chunks go back warm.
+    let mut b2 = Raw::go(ports.2, "v@pc1#boot2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&metrics(ports.1), "bootfarm_nbd_cache_pool_warm_bytes") < M as f64 {
+        assert!(Instant::now() < deadline, "boot1's chunks did not come back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_same("boot2 reads the image where boot1 wrote", &b2.read(2, 0, 512 * 1024), &image[..512 * 1024]);
+    // Partial writes into pages that held boot1's bytes: the rest of each block is the image's.
+    let mut model = image[..512 * 1024].to_vec();
+    for (i, off) in [100u64, 4096 + 4000, 200_000, 300_001].into_iter().enumerate() {
+        let d = pattern(40 + i as u64, 0, 300);
+        assert_eq!(b2.request(wire::CMD_WRITE, 10 + i as u64, off, d.len() as u32, &d), (0, 10 + i as u64));
+        model[off as usize..off as usize + 300].copy_from_slice(&d);
+    }
+    assert_same("boot2 reads the image and its own writes only", &b2.read(3, 0, 512 * 1024), &model);
+    let m = metrics(ports.1);
+    assert!(metric(&m, "bootfarm_nbd_cache_chunks_reused") >= 3.0, "boot2 got a warm chunk");
+    assert_eq!(metric(&m, "bootfarm_nbd_cache_chunks_fresh"), 0.0);
+}
