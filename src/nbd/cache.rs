@@ -11,16 +11,16 @@
 //! block first copies the block from below (copy on write), so the cache never holds a block
 //! it cannot serve whole.
 //!
-//! Memory: RAM pages come from 256 KiB chunks of the registry's [`ChunkPool`] that go back to
-//! it only with the overlay, so a page handed to the kernel for a send stays this target's
-//! while the connection (which holds the target) lives; the pool hands them to later boots
-//! already faulted in. A block that is zeroed gives its page back to a per-target free list, but not while
-//! a reply that may point at it is being sent: a connection pins the overlay's free epoch
-//! ([`Overlay::pin`]) before its batch takes page pointers and unpins it when the send is
-//! complete; a page freed while pins at or before its epoch are held waits in a quarantine, so
-//! a later write cannot put another block's bytes under a reply in flight. Every page and file
-//! slot counts against the per-target and the global limit; a write that would go past either
-//! fails whole with ENOSPC before anything is changed.
+//! Memory: RAM pages come from 256 KiB chunks of the registry's [`ChunkPool`] that go back to it
+//! only with the overlay, so a page handed to the kernel for a send stays this target's while the
+//! connection (which holds the target) lives; the pool hands them to later boots already faulted
+//! in. A block that is zeroed gives its page back to a per-target free list, but not while a reply
+//! that may point at it is being sent: a connection pins the overlay's free epoch
+//! ([`Overlay::pin`]) before its batch takes page pointers and unpins it when the send is complete;
+//! a page freed while pins at or before its epoch are held waits in a quarantine, so a later write
+//! cannot put another block's bytes under a reply in flight. Every page and file slot counts
+//! against the per-target and the global limit; a write that would go past either fails whole with
+//! ENOSPC before anything is changed.
 //!
 //! Overflow reads and writes are plain pread/pwrite on the worker thread: the overflow file is
 //! normally in the page cache, and the RAM tier is sized so the hot set stays in memory.
