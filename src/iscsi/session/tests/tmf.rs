@@ -209,3 +209,25 @@ fn abort_task_outside_the_window_or_not_below_its_own_cmdsn_answers_task_does_no
     assert_eq!(result(&p, 62).1, Some(0));
     assert_eq!(result(&p, 63), (vec![0x55; 512], Some(0)));
 }
+
+#[test]
+fn cmdsns_aborted_before_arrival_are_remembered_up_to_their_limit() {
+    let f = fixture("tmf-bound", "", "");
+    let mut e = env(&f);
+    let mut s = login();
+    // 100 commands numbered and aborted before they come, each at ExpCmdSN: ExpCmdSN steps
+    // over all of them, the last ABORTED_MAX CmdSNs are remembered.
+    for i in 0..100u32 {
+        s.extend(tmf_req(1000 + i, wire::tmf::ABORT_TASK, 5000 + i, 3 + i, 2 + i));
+    }
+    // The oldest comes late: forgotten, so it is below the window (dropped and counted); a
+    // recent one is dropped quietly; the next CmdSN runs.
+    s.extend(tur(6000, 2));
+    s.extend(tur(6001, 101));
+    s.extend(tur(6002, 102));
+    let (out, _) = drive(&mut e, &s, &[], Instant::now());
+    let p = after_login(&out);
+    assert!((0..100).all(|i| tmf_response(&p, 1000 + i) == wire::tmf::COMPLETE));
+    assert_eq!([result(&p, 6000).1, result(&p, 6001).1, result(&p, 6002).1], [None, None, Some(0)]);
+    assert_eq!(e.counters.get(Counter::IscsiWindowDrops), 1, "only the forgotten one counts as outside the window");
+}
