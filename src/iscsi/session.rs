@@ -15,7 +15,7 @@
 use crate::config::Snapshot;
 use crate::iscsi::login::{self, Negotiated, SessionType};
 use crate::iscsi::scsi::Sense;
-use crate::iscsi::wire::{self, reject, tmf, Bhs, Digests, Request, Sn, BHS_LEN, TAG_NONE};
+use crate::iscsi::wire::{self, reject, Bhs, Digests, Request, Sn, BHS_LEN, TAG_NONE};
 use crate::metrics::Counter;
 use crate::nbd::target::{Registry, Target};
 use crate::session::{Batch, ConnScope, TcpSession};
@@ -28,6 +28,7 @@ mod command;
 mod handshake;
 #[cfg(test)]
 mod tests;
+mod tmf;
 mod write;
 
 use command::{RPiece, ReadCont};
@@ -44,7 +45,8 @@ pub const WRITE_SAME_BYTES_MAX: u64 = 64 << 20;
 pub const UNMAP_DESCRIPTORS_MAX: u32 = 256;
 /// Largest parameter list taken for UNMAP, WRITE SAME, MODE SELECT.
 pub const PARAM_BYTES_MAX: u32 = 64 * 1024;
-/// ITTs of aborted tasks remembered, so that their late Data-Out is dropped quietly.
+/// ITTs of aborted tasks remembered, so that their late Data-Out is dropped quietly; as many
+/// CmdSNs of commands aborted before they arrived, past those still inside the window.
 const ABORTED_MAX: usize = 64;
 /// Overflow-file bytes copied for one batch's Data-In.
 const SCRATCH_MAX: usize = 4 << 20;
@@ -111,10 +113,16 @@ pub struct Session<E> {
     max_cmdsn: u32,
     /// Writes waiting for their data, oldest first.
     tasks: Vec<Task>,
+    /// ITTs of aborted tasks, so that their late Data-Out is dropped quietly.
     aborted: Vec<u32>,
+    /// CmdSNs an ABORT TASK took before their command arrived (RFC 7143 11.5.1 b).
+    cancelled: Vec<u32>,
+    /// The reservation table's epoch when this session last took its notices (`tmf`).
+    notices_seen: u64,
     next_ttt: u32,
-    /// A unit attention to report on the next command it applies to (after a reset).
-    ua: Option<Sense>,
+    /// Unit attentions to report, oldest first, each on the next command it applies to
+    /// (after a reset, a preempt by another initiator).
+    uas: Vec<Sense>,
     /// The target's reset count this session has reported (`Target::resets`).
     resets_seen: u64,
     /// A Text Request continued over PDUs (C bit), and a long Text Response cut into parts.
@@ -166,8 +174,10 @@ impl<E: Env> Session<E> {
             max_cmdsn: 0,
             tasks: Vec::new(),
             aborted: Vec::new(),
+            cancelled: Vec::new(),
+            notices_seen: 0,
             next_ttt: 1,
-            ua: None,
+            uas: Vec::new(),
             resets_seen: 0,
             text_in: Vec::new(),
             text_out: Vec::new(),
@@ -338,6 +348,9 @@ impl<E: Env> Session<E> {
             if self.done || self.full() {
                 return at;
             }
+            if self.phase == Phase::Full {
+                self.collect_notice(env);
+            }
             if let Some(k) = self.cont.take() {
                 self.read_part(env, k);
                 if self.cont.is_some() || self.done {
@@ -405,6 +418,7 @@ impl<E: Env> Session<E> {
         }
         if cmdsn == self.exp_cmdsn {
             self.exp_cmdsn = self.exp_cmdsn.wrapping_add(1);
+            self.skip_cancelled();
             return true;
         }
         env.count(Counter::IscsiWindowDrops, 1);
@@ -439,6 +453,10 @@ impl<E: Env> Session<E> {
                 }
             }
             Request::Command(c) => {
+                if self.cancelled_late(c.immediate, c.cmdsn) {
+                    // Its Data-Out, if any, is dropped as an aborted task's.
+                    return;
+                }
                 if self.admit(env, c.immediate, c.cmdsn) {
                     self.requests += 1;
                     self.command(env, &raw, &c, ahs, data, now);
@@ -465,58 +483,6 @@ impl<E: Env> Session<E> {
         }
     }
 
-    fn task_mgmt(&mut self, env: &E, t: &wire::TaskMgmt) {
-        env.count(Counter::IscsiTaskMgmt, 1);
-        let lun = wire::lun_id(t.lun);
-        let response = match t.function {
-            tmf::ABORT_TASK => {
-                if let Some(i) = self.tasks.iter().position(|k| k.itt == t.referenced_tag) {
-                    self.abort(i);
-                    tmf::COMPLETE
-                } else {
-                    // Not here: either received and done already (RefCmdSN below ExpCmdSN, outside
-                    // the CmdSN window: RFC 7143 11.5.1 c, "Task does not exist"; libiscsi's
-                    // AbortTaskSimpleAsync then expects the WRITE's GOOD) or never received.
-                    tmf::NO_TASK
-                }
-            }
-            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LUN_RESET | tmf::TARGET_WARM_RESET => {
-                if lun != 0 && t.function != tmf::TARGET_WARM_RESET {
-                    tmf::NO_LUN
-                } else {
-                    while !self.tasks.is_empty() {
-                        self.abort(0);
-                    }
-                    if matches!(t.function, tmf::LUN_RESET | tmf::TARGET_WARM_RESET) {
-                        self.ua = Some(Sense::lun_reset());
-                        if let Some(t) = &self.target {
-                            self.resets_seen = t.resets.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                            // A reset ends the SPC-2 reservation, whoever holds it; persistent
-                            // reservations survive it (SPC-4 5.13.1, table 36).
-                            env.reservations().with(&t.vdisk.name, |r| r.reset());
-                        }
-                    }
-                    tmf::COMPLETE
-                }
-            }
-            _ => tmf::NOT_SUPPORTED,
-        };
-        tracing::info!(initiator = %self.initiator, function = t.function, response, "iscsi task management");
-        let sn = self.sn_take();
-        self.put_pdu(|o| wire::TaskMgmtResponse { itt: t.itt, response, sn }.emit(o), &[]);
-    }
-
-    fn abort(&mut self, i: usize) {
-        let task = self.tasks.remove(i);
-        if let (Some(r), Some(t)) = (task.reservation, self.target.as_ref()) {
-            t.overlay.lock().unwrap().unreserve(r);
-        }
-        if self.aborted.len() >= ABORTED_MAX {
-            self.aborted.remove(0);
-        }
-        self.aborted.push(task.itt);
-    }
-
     fn logout(&mut self, env: &E, l: &wire::LogoutReq) {
         let response = match l.reason {
             0 => 0,
@@ -524,9 +490,7 @@ impl<E: Env> Session<E> {
             1 => 1,
             _ => 2, // connection recovery is not supported at ERL 0
         };
-        while !self.tasks.is_empty() {
-            self.abort(0);
-        }
+        self.abort_all();
         let sn = self.sn_take();
         self.put_pdu(|o| wire::LogoutResponse { itt: l.itt, response, sn, time2wait: 0, time2retain: 0 }.emit(o), &[]);
         let _ = env;
@@ -637,6 +601,9 @@ impl<E: Env> TcpSession for Session<E> {
     fn poll_transmit(&mut self, env: &mut E, _now: Instant) -> Option<&Batch> {
         if self.held {
             return None;
+        }
+        if self.cont.is_some() && !self.done && self.phase == Phase::Full {
+            self.collect_notice(env);
         }
         if self.cont.is_some() && !self.done {
             let k = self.cont.take().unwrap();

@@ -2,6 +2,8 @@
 //! SPC-4 persistent reservations (PERSISTENT RESERVE IN/OUT), and which commands a reservation
 //! held by another I_T nexus turns into RESERVATION CONFLICT. No lock and no I/O: the engine
 //! keeps one [`State`] per LUN behind a mutex; nothing is persisted (APTPL is refused).
+//! A PREEMPT (AND ABORT) leaves a [`Notice`] per preempted nexus, which that nexus's session
+//! (on any worker) collects before its next step: at most `registrants_max` wait per LUN.
 
 use super::{be64, Sense};
 
@@ -37,6 +39,17 @@ pub enum Refusal {
     Check(Sense),
 }
 
+/// What a PREEMPT or PREEMPT AND ABORT of another nexus leaves for a nexus it removed, until
+/// that nexus's session takes it ([`State::take_notice`]): the unit attentions to report and
+/// whether the session's tasks are aborted (SPC-4 5.13.11.2.4 and .6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Notice {
+    /// PREEMPT AND ABORT: every task of the nexus is aborted, as ABORT TASK SET would (with
+    /// TAS 0 in the control page: no status for them; COMMANDS CLEARED BY ANOTHER INITIATOR
+    /// if there were any).
+    pub abort: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Held {
     /// The nexus that reserved (meaningless for the all-registrants types).
@@ -52,6 +65,10 @@ pub struct State {
     registrants: Vec<(String, u64)>,
     held: Option<Held>,
     generation: u32,
+    /// Preempted nexuses whose session has not taken its notice yet, oldest first.
+    notices: Vec<(String, Notice)>,
+    /// Notices posted so far (the table's epoch moves when this does).
+    posted: u64,
 }
 
 /// How a command reaches the medium, for the conflict table (SPC-4 5.13.1, table 53).
@@ -278,9 +295,31 @@ impl State {
                 self.held = None;
                 self.generation = self.generation.wrapping_add(1);
             }
-            _ => self.preempt(nexus, sa_key, k)?,
+            _ => self.preempt(nexus, sa_key, k, action == sa::PREEMPT_AND_ABORT, registrants_max)?,
         }
         Ok(())
+    }
+
+    /// The notice a PREEMPT (AND ABORT) left for `nexus`, taken (at most once).
+    pub fn take_notice(&mut self, nexus: &str) -> Option<Notice> {
+        let i = self.notices.iter().position(|(n, _)| n == nexus)?;
+        Some(self.notices.remove(i).1)
+    }
+
+    /// Leaves `notice` for each nexus of `gone` (their registrations were just removed); one
+    /// per nexus (an abort is kept), at most `max` (the oldest go first).
+    fn post(&mut self, gone: Vec<String>, notice: Notice, max: usize) {
+        for n in gone {
+            if let Some(e) = self.notices.iter_mut().find(|(m, _)| *m == n) {
+                e.1.abort |= notice.abort;
+                continue;
+            }
+            if self.notices.len() >= max.max(1) {
+                self.notices.remove(0);
+            }
+            self.notices.push((n, notice));
+        }
+        self.posted += 1;
     }
 
     fn unregister(&mut self, nexus: &str) {
@@ -295,44 +334,83 @@ impl State {
         }
     }
 
-    fn preempt(&mut self, nexus: &str, sa_key: u64, k: u8) -> Result<(), Refusal> {
-        let before = self.registrants.len();
-        match self.held.clone() {
+    /// PREEMPT (`abort` false) and PREEMPT AND ABORT: the registrations of `sa_key` (every
+    /// other one under an all-registrants reservation with `sa_key` 0) are removed, the
+    /// reservation passes to `nexus` when it was theirs, and each removed nexus gets a
+    /// [`Notice`] (its session reports REGISTRATIONS PREEMPTED and, on an abort, loses its
+    /// tasks). The preempting nexus keeps its own tasks and registration (SPC-4 5.13.11.2.6).
+    fn preempt(&mut self, nexus: &str, sa_key: u64, k: u8, abort: bool, max: usize) -> Result<(), Refusal> {
+        let gone: Vec<String> = match self.held.clone() {
             Some(h) if all_registrants(h.kind) && sa_key == 0 => {
-                self.registrants.retain(|(n, _)| n == nexus);
+                let gone = self.remove_registrants(|n, _| n != nexus);
                 self.held = Some(Held { holder: nexus.to_string(), kind: k });
+                gone
             }
             Some(h) if !all_registrants(h.kind) && self.key_of(&h.holder) == Some(sa_key) => {
-                self.registrants.retain(|(n, key)| n == nexus || *key != sa_key);
+                let gone = self.remove_registrants(|n, key| n != nexus && key == sa_key);
                 self.held = Some(Held { holder: nexus.to_string(), kind: k });
+                gone
             }
             _ => {
                 if sa_key == 0 {
                     return Err(Refusal::Check(Sense::invalid_param(8, None)));
                 }
-                self.registrants.retain(|(n, key)| n == nexus || *key != sa_key);
-                if self.registrants.len() == before {
+                let gone = self.remove_registrants(|n, key| n != nexus && key == sa_key);
+                if gone.is_empty() {
                     return Err(Refusal::Conflict);
                 }
+                gone
             }
-        }
+        };
         self.generation = self.generation.wrapping_add(1);
+        self.post(gone, Notice { abort }, max);
         Ok(())
+    }
+
+    /// Removes the registrations `drop` picks; returns their nexuses.
+    fn remove_registrants(&mut self, drop: impl Fn(&str, u64) -> bool) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.registrants.retain(|(n, key)| {
+            let d = drop(n, *key);
+            if d {
+                gone.push(n.clone());
+            }
+            !d
+        });
+        gone
     }
 }
 
 /// Every LUN's reservation state, by vdisk name, shared by the sessions of all workers; one
 /// entry per vdisk that has seen a reservation command (bounded by the configured vdisks).
+/// The epoch counts the notices posted on any LUN, so that a session learns with one atomic
+/// load per PDU whether it must look for one under the lock.
 #[derive(Debug, Default)]
-pub struct Table(std::sync::Mutex<std::collections::HashMap<String, State>>);
+pub struct Table {
+    map: std::sync::Mutex<std::collections::HashMap<String, State>>,
+    epoch: std::sync::atomic::AtomicU64,
+}
 
 impl Table {
     /// Runs `f` on the state of `vdisk` under the lock (never held across I/O).
     pub fn with<R>(&self, vdisk: &str, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = m.get_mut(vdisk) {
-            return f(s);
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let s = match m.get_mut(vdisk) {
+            Some(s) => s,
+            None => m.entry(vdisk.to_string()).or_default(),
+        };
+        let posted = s.posted;
+        let r = f(s);
+        if s.posted != posted {
+            // Under the lock: a session that sees the new epoch and then takes the lock finds
+            // the notice.
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
-        f(m.entry(vdisk.to_string()).or_default())
+        r
+    }
+
+    /// Moves whenever a notice is posted on any LUN (see [`State::take_notice`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 }

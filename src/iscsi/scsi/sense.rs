@@ -106,6 +106,16 @@ impl Sense {
     pub const fn lun_reset() -> Sense {
         Sense::new(key::UNIT_ATTENTION, 0x29, 0x03)
     }
+    /// UNIT ATTENTION / COMMANDS CLEARED BY ANOTHER INITIATOR (2Fh/00h): this nexus's tasks
+    /// were aborted by another's PREEMPT AND ABORT (SAM-5 5.6, TAS 0).
+    pub const fn commands_cleared() -> Sense {
+        Sense::new(key::UNIT_ATTENTION, 0x2F, 0x00)
+    }
+    /// UNIT ATTENTION / REGISTRATIONS PREEMPTED (2Ah/05h): another nexus's PREEMPT removed
+    /// this nexus's registration (SPC-4 5.13.11.2.4).
+    pub const fn registrations_preempted() -> Sense {
+        Sense::new(key::UNIT_ATTENTION, 0x2A, 0x05)
+    }
 
     /// The sense-key specific bytes (SPC-4 4.5.2.4.2): SKSV, C/D, BPV, bit pointer, field pointer.
     fn specific(&self) -> [u8; 3] {

@@ -116,13 +116,13 @@ impl<E: Env> Session<E> {
             let r = t.resets.load(std::sync::atomic::Ordering::Relaxed);
             if r != self.resets_seen {
                 self.resets_seen = r;
-                self.ua = Some(Sense::lun_reset());
+                self.push_ua(Sense::lun_reset());
             }
         }
-        if let Some(s) = self.ua.filter(|_| scsi::unit_attention_applies(cdb.as_slice())) {
-            self.ua = None;
+        if !self.uas.is_empty() && scsi::unit_attention_applies(cdb.as_slice()) {
+            let s = self.uas.remove(0);
             env.count(Counter::IscsiCommandsCheck, 1);
-            self.fail_with_data(env, c, Sense::clone(&s), data);
+            self.fail_with_data(env, c, s, data);
             return;
         }
         if wire::lun_id(c.lun) == 0 && !matches!(cdb.as_slice()[0], scsi::op::RESERVE_6 | scsi::op::RELEASE_6) {

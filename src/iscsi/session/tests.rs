@@ -10,6 +10,7 @@ use crate::metrics::WorkerCounters;
 use crate::rng::XorShift;
 use std::path::PathBuf;
 mod reserve;
+mod tmf;
 
 const SIZE: usize = 1 << 20;
 const TARGET: &str = "iqn.2026-12.org.bootfarm:disk";

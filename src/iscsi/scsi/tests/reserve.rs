@@ -214,3 +214,46 @@ fn execute_routes_reservation_commands() {
     pr_out[8] = 25;
     assert_eq!(execute(&pr_out, 0, &l, &mut o), Action::Check(Sense::param_list_length()));
 }
+
+#[test]
+fn a_preempt_leaves_one_notice_per_removed_nexus_taken_once_and_bounded() {
+    use super::super::reserve::{Notice, Table};
+    let t = Table::default();
+    let e0 = t.epoch();
+    t.with("disk", |s| {
+        for (n, k) in [(A, 1), (B, 2), (C, 2)] {
+            out(s, n, 0, 0, 0, k).unwrap();
+        }
+        // A preempts key 2 (B and C) and aborts their tasks.
+        out(s, A, 5, kind::WRITE_EXCLUSIVE, 1, 2).unwrap();
+    });
+    assert_ne!(t.epoch(), e0, "the epoch moves with a notice");
+    let e1 = t.epoch();
+    t.with("disk", |s| {
+        assert_eq!(s.take_notice(A), None, "the preempting nexus gets none");
+        assert_eq!(s.take_notice(B), Some(Notice { abort: true }));
+        assert_eq!(s.take_notice(B), None, "taken once");
+        assert_eq!(keys(s), [1]);
+    });
+    assert_eq!(t.epoch(), e1, "taking a notice posts none");
+    // A plain PREEMPT: no abort; a later abort for the same nexus is kept with it.
+    t.with("disk", |s| {
+        out(s, B, 0, 0, 0, 2).unwrap();
+        out(s, A, 4, kind::WRITE_EXCLUSIVE, 1, 2).unwrap();
+        out(s, B, 0, 0, 0, 2).unwrap();
+        out(s, A, 5, kind::WRITE_EXCLUSIVE, 1, 2).unwrap();
+        assert_eq!(s.take_notice(B), Some(Notice { abort: true }));
+        assert_eq!(s.take_notice(C), Some(Notice { abort: true }), "C's from the first preempt");
+    });
+    // At most registrants_max notices wait: the oldest go.
+    let mut s = State::default();
+    let names: Vec<String> = (0..5).map(|i| format!("iqn.n{i},i,0x0000000000{i:02}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        s.pr_out(n, 0, 0, &param(0, 10 + i as u64, 0), 3).unwrap();
+        if i > 0 {
+            s.pr_out(&names[0], 4, kind::WRITE_EXCLUSIVE, &param(10, 10 + i as u64, 0), 3).unwrap();
+        }
+    }
+    assert_eq!(s.take_notice(&names[1]), None, "evicted");
+    assert!((2..5).all(|i| s.take_notice(&names[i]) == Some(Notice { abort: false })));
+}

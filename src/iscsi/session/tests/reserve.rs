@@ -5,7 +5,7 @@ use super::*;
 
 const OTHER: &str = "iqn.1994-05.com.redhat:test-b";
 
-fn prout(itt: u32, cmdsn: u32, sa: u8, kind: u8, key: u64, sa_key: u64) -> Vec<u8> {
+pub(super) fn prout(itt: u32, cmdsn: u32, sa: u8, kind: u8, key: u64, sa_key: u64) -> Vec<u8> {
     let mut p = vec![0u8; 24];
     p[..8].copy_from_slice(&key.to_be_bytes());
     p[8..16].copy_from_slice(&sa_key.to_be_bytes());
