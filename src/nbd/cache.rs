@@ -28,6 +28,7 @@
 //! In private mode the overlay is the read side of a session that also writes every changed
 //! block through to a new differencing version file (image::write::Writer).
 
+mod blocks;
 mod pool;
 mod read;
 
@@ -139,7 +140,7 @@ pub struct Limits {
 }
 
 pub struct Overlay {
-    map: BTreeMap<u64, Slot>,
+    map: blocks::Blocks,
     /// Zeroed blocks: start -> end (exclusive), disjoint, not adjacent, no block also in `map`.
     zeros: BTreeMap<u64, u64>,
     /// Lowest and highest block ever put in `map` (lo > hi while none): a read outside this
@@ -180,7 +181,7 @@ pub struct Overlay {
 impl Overlay {
     pub fn new(size: u64, limits: Limits, total: Arc<AtomicU64>, persist: Option<Writer>) -> Overlay {
         Overlay {
-            map: BTreeMap::new(),
+            map: Default::default(),
             zeros: BTreeMap::new(),
             span: (u64::MAX, 0),
             chunks: Vec::new(),
@@ -250,7 +251,7 @@ impl Overlay {
             .chain(self.zeros.range(first..=last).map(|(&s, &e)| (s, e)))
             .map(move |(s, e)| (s.max(first), e.min(last + 1), None))
             .peekable();
-        let mut ms = self.map.range(first..=last).map(|(&b, &s)| (b, b + 1, Some(s))).peekable();
+        let mut ms = self.map.range(first, last).map(|(b, s)| (b, b + 1, Some(s))).peekable();
         std::iter::from_fn(move || match (ms.peek(), zs.peek()) {
             (Some(m), Some(z)) if m.0 < z.0 => ms.next(),
             (Some(_), None) => ms.next(),
@@ -289,9 +290,9 @@ impl Overlay {
     /// neighbours.
     fn add_zeros(&mut self, first: u64, end: u64) {
         let before = self.zeros.len();
-        let held: Vec<u64> = self.map.range(first..end).map(|(&b, _)| b).collect();
+        let held: Vec<u64> = if end > first { self.map.range(first, end - 1).map(|(b, _)| b).collect() } else { Vec::new() };
         for b in held {
-            let s = self.map.remove(&b).expect("just listed");
+            let s = self.map.remove(b).expect("just listed");
             self.release(s);
         }
         let (mut s0, mut e0) = (first, end);
@@ -351,7 +352,7 @@ impl Overlay {
             return Ok(Reservation::default());
         }
         let (first, last) = (off / BLOCK, (off + len - 1) / BLOCK);
-        let backed = self.map.range(first..=last).count() as u64;
+        let backed = self.map.range(first, last).count() as u64;
         let want = last - first + 1 - backed;
         let spare = (self.free_ram.len() + self.free_file.len()) as u64 - self.promised_free as u64;
         let free = want.min(spare);
@@ -617,7 +618,7 @@ impl Overlay {
             let src_range = (at - off) as usize..(at - off + n) as usize;
             let blen = self.block_len(b);
             let whole = in_block == 0 && n as usize == blen;
-            let slot = match self.map.get(&b).copied() {
+            let slot = match self.map.get(b) {
                 Some(s) => s,
                 None => {
                     let zeroed = self.is_zeroed(b);

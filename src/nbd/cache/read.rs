@@ -71,8 +71,8 @@ impl Overlay {
         let flush = |run: &mut Option<(u32, u32, usize)>, out: &mut Vec<u8>, emit: &mut dyn FnMut(Piece<'a>)| -> Result<(), CacheError> {
             if let Some((first, k, start)) = run.take() {
                 let n = k as usize * BLOCK as usize;
-                out.resize(start + n, 0);
-                self.file_io(first, 0, &mut out[start..start + n], None)?;
+                debug_assert_eq!(out.len(), start);
+                self.file_append(first, 0, n, out)?;
                 emit(Piece::Copied(start..start + n));
             }
             Ok(())
@@ -111,8 +111,7 @@ impl Overlay {
                 Some(Slot::File(f)) => {
                     flush(&mut run, out, emit)?;
                     let start = out.len();
-                    out.resize(start + n, 0);
-                    self.file_io(f, i, &mut out[start..], None)?;
+                    self.file_append(f, i, n, out)?;
                     emit(Piece::Copied(start..start + n));
                 }
                 None => {
@@ -163,5 +162,35 @@ impl Overlay {
         if let Some((l, f)) = run {
             emit(l, f);
         }
+    }
+
+    /// Appends `n` bytes of the overflow file from slot `slot` + `at` to `out`, read straight
+    /// into its spare capacity (no zero fill first: a 64 KiB read from the file would clear
+    /// 64 KiB only to overwrite it; that memset was 3.5% of the iSCSI mix's CPU).
+    fn file_append(&self, slot: u32, at: usize, n: usize, out: &mut Vec<u8>) -> Result<(), CacheError> {
+        use std::os::fd::AsRawFd;
+        let f = self.file.as_ref().expect("file slots imply the file");
+        let pos = slot as u64 * BLOCK + at as u64;
+        out.reserve(n);
+        let mut done = 0;
+        while done < n {
+            let spare = &mut out.spare_capacity_mut()[done..n];
+            // Safety: pread writes at most spare.len() bytes into the spare capacity, which is
+            // ours (reserved above); nothing reads it before set_len below counts it.
+            let r = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), (pos + done as u64) as libc::off_t) };
+            match r {
+                r if r > 0 => done += r as usize,
+                0 => return Err(CacheError::NoSpace("overflow file: read past its end".into())),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(CacheError::NoSpace(format!("overflow file: {e}")));
+                    }
+                }
+            }
+        }
+        // Safety: the n bytes after len were written by pread.
+        unsafe { out.set_len(out.len() + n) };
+        Ok(())
     }
 }
