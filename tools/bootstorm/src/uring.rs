@@ -89,7 +89,6 @@ pub fn start<'s, 'e: 's>(
 fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadline: Instant) {
     let mut ring = engine::ring();
     let mut slots: Slots<T> = Slots::default();
-    let mut scratch = Vec::new();
     let mut last_scan = Instant::now();
     loop {
         // New targets.
@@ -134,7 +133,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
             let outcome = match o {
                 Outcome::Cancelled(RUN_OVER) => Adv::Fatal(("vdisk", RUN_OVER)),
                 Outcome::Cancelled(why) => Adv::Broken(why),
-                Outcome::Res(res) => advance(t, res, chain, &mut scratch),
+                Outcome::Res(res) => advance(t, res, chain),
             };
             let finished = match outcome {
                 Adv::Continue => {
@@ -257,7 +256,7 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
     t.op.submit(ring, idx, e);
 }
 
-fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) -> Adv {
+fn advance(t: &mut T, res: i32, chain: Option<&Chain>) -> Adv {
     if t.step == Step::Connect {
         if res < 0 {
             return Adv::Broken("connect failed");
@@ -328,10 +327,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
                 }
                 return done_io(t, io);
             }
-            let ex = Expect { chain, written: std::mem::take(&mut t.written) };
-            let ok = ex.check(io.off, &t.buf[16..t.want], scratch);
-            t.written = ex.written;
-            if !ok {
+            if !(Expect { chain, written: &t.written }).check(io.off, &t.buf[16..t.want]) {
                 return Adv::Fatal(("vdisk", "corrupted"));
             }
             done_io(t, io)

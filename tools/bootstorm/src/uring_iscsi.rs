@@ -75,7 +75,6 @@ pub fn start<'s, 'e: 's>(
 fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadline: Instant) {
     let mut ring = engine::ring();
     let mut slots: Slots<T> = Slots::default();
-    let mut scratch = Vec::new();
     let mut last_scan = Instant::now();
     loop {
         while let Some(j) = slots.next_job(&rx) {
@@ -115,7 +114,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
             let r = match o {
                 Outcome::Cancelled(RUN_OVER) => Err(Adv::Fatal(("vdisk", RUN_OVER))),
                 Outcome::Cancelled(why) => Err(Adv::Broken(why)),
-                Outcome::Res(res) => advance(t, res, chain, &mut scratch),
+                Outcome::Res(res) => advance(t, res, chain),
             };
             let finished = match r {
                 Ok(true) => {
@@ -185,7 +184,7 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
 
 /// One completion: Ok(true) when the next operation is set in `t.step`, Ok(false) when the
 /// trace is done.
-fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) -> Result<bool, Adv> {
+fn advance(t: &mut T, res: i32, chain: Option<&Chain>) -> Result<bool, Adv> {
     if t.step == Step::Connect {
         if res < 0 {
             return Err(Adv::Broken("connect failed"));
@@ -221,10 +220,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>, scratch: &mut Vec<u8>) ->
                         t.written.insert(io.off / BLOCK + j, write_tag(t, j));
                     }
                 } else {
-                    let ex = Expect { chain, written: std::mem::take(&mut t.written) };
-                    let ok = ex.check(io.off, &buf[..io.len as usize], scratch);
-                    t.written = ex.written;
-                    if !ok {
+                    if !(Expect { chain, written: &t.written }).check(io.off, &buf[..io.len as usize]) {
                         return Err(Adv::Fatal(("vdisk", "corrupted")));
                     }
                 }
