@@ -6,7 +6,7 @@
 //! thread-per-target replay cost more CPU than the server. Nothing here blocks: a server that
 //! hangs in the handshake holds up its own targets only, until the timeout fails them over.
 
-use crate::engine::{self, Inboxes, Slots};
+use crate::engine::{self, Inboxes, Pool, Slots};
 use crate::phases::{block_pattern, DiskRun, Expect, Fail, Io, Written, BLOCK};
 use bootfarm::image::Chain;
 use bootfarm::nbd::wire as nbdw;
@@ -47,8 +47,8 @@ struct T {
     addr: Box<SockAddr>,
     k: usize,
     seq: u64,
-    /// The request being sent is `req[..req_len]`: the buffer keeps the size of the largest
-    /// WRITE so far and is overwritten in place (no memset per request).
+    /// The request being sent is `req[..req_len]`, in a buffer of the engine's pool while it
+    /// is sent, overwritten in place (no memset per request).
     req: Vec<u8>,
     req_len: usize,
     sent: usize,
@@ -89,6 +89,7 @@ pub fn start<'s, 'e: 's>(
 fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadline: Instant) {
     let mut ring = engine::ring();
     let mut slots: Slots<T> = Slots::default();
+    let mut pools = Pools::default();
     let mut last_scan = Instant::now();
     loop {
         // New targets.
@@ -133,7 +134,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
             let outcome = match o {
                 Outcome::Cancelled(RUN_OVER) => Adv::Fatal(("vdisk", RUN_OVER)),
                 Outcome::Cancelled(why) => Adv::Broken(why),
-                Outcome::Res(res) => advance(t, res, chain),
+                Outcome::Res(res) => advance(t, res, chain, &mut pools),
             };
             let finished = match outcome {
                 Adv::Continue => {
@@ -141,7 +142,7 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                     None
                 }
                 Adv::NextIo | Adv::Connected => {
-                    if start_io(t, &mut ring, idx) {
+                    if start_io(t, &mut ring, idx, &mut pools) {
                         None
                     } else {
                         trace_done(t)
@@ -151,12 +152,22 @@ fn run(rx: mpsc::Receiver<Job>, chain: Option<&Chain>, timeout: Duration, deadli
                 Adv::Fatal(f) => Some(Err(f)),
             };
             if let Some(r) = finished {
-                let t = slots.remove(idx);
+                let mut t = slots.remove(idx);
                 engine::uninstall(&ring, idx);
+                pools.req.give(std::mem::take(&mut t.req));
+                pools.reply.give(std::mem::take(&mut t.buf));
                 let _ = t.job.done.send((r, t.st));
             }
         }
     }
+}
+
+/// Request buffers circulate among sends only (a send is over at once, so the few in use stay
+/// cached for the next WRITE's pattern), reply buffers among the targets awaiting a reply.
+#[derive(Default)]
+struct Pools {
+    req: Pool,
+    reply: Pool,
 }
 
 enum Adv {
@@ -172,11 +183,12 @@ enum Adv {
 const REQ_HEAD: usize = 28;
 
 /// Prepares I/O `t.k` (request bytes) and submits its send; false when the trace is done.
-fn start_io(t: &mut T, ring: &mut IoUring, idx: usize) -> bool {
+fn start_io(t: &mut T, ring: &mut IoUring, idx: usize, pools: &mut Pools) -> bool {
     let Some(io) = t.job.ios.get(t.k).copied() else { return false };
     t.req_len = REQ_HEAD + if io.write { io.len as usize } else { 0 };
     if t.req.len() < t.req_len {
-        t.req.resize(t.req_len, 0);
+        pools.req.give(std::mem::take(&mut t.req));
+        t.req = pools.req.take(t.req_len);
     }
     let h = &mut t.req[..REQ_HEAD];
     h[..4].copy_from_slice(&nbdw::REQUEST_MAGIC.to_be_bytes());
@@ -256,7 +268,7 @@ fn submit(t: &mut T, ring: &mut IoUring, idx: usize) {
     t.op.submit(ring, idx, e);
 }
 
-fn advance(t: &mut T, res: i32, chain: Option<&Chain>) -> Adv {
+fn advance(t: &mut T, res: i32, chain: Option<&Chain>, pools: &mut Pools) -> Adv {
     if t.step == Step::Connect {
         if res < 0 {
             return Adv::Broken("connect failed");
@@ -281,6 +293,7 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>) -> Adv {
         Step::Options => {
             t.sent += n;
             if t.sent == t.req_len {
+                pools.req.give(std::mem::take(&mut t.req));
                 t.step = Step::OptHead;
                 (t.got, t.want) = (0, 20);
             }
@@ -292,13 +305,13 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>) -> Adv {
             if t.sent < t.req_len {
                 return Adv::Continue;
             }
+            pools.req.give(std::mem::take(&mut t.req));
             t.step = Step::Reply;
             t.want = 16 + if io.write { 0 } else { io.len as usize };
-            // Sized once to the trace's largest reply, never cleared: no memset per request, and
-            // no copy of old bytes (a reply overwrites them) as growing step by step would do.
+            // From the pool, never cleared: no memset per request (a reply overwrites it).
             if t.buf.len() < t.want {
-                let most = t.job.ios.iter().filter(|i| !i.write).map(|i| i.len as usize).max().unwrap_or(0);
-                t.buf = vec![0u8; t.want.max(16 + most)];
+                pools.reply.give(std::mem::take(&mut t.buf));
+                t.buf = pools.reply.take(t.want);
             }
             t.got = 0;
             Adv::Continue
@@ -321,14 +334,16 @@ fn advance(t: &mut T, res: i32, chain: Option<&Chain>) -> Adv {
             if t.got < t.want {
                 return Adv::Continue;
             }
+            let buf = std::mem::take(&mut t.buf);
+            let ok = io.write || (Expect { chain, written: &t.written }).check(io.off, &buf[16..t.want]);
+            pools.reply.give(buf);
+            if !ok {
+                return Adv::Fatal(("vdisk", "corrupted"));
+            }
             if io.write {
                 for j in 0..io.len as u64 / BLOCK {
                     t.written.insert(io.off / BLOCK + j, t.job.target.wrapping_mul(1 << 32) ^ t.seq << 8 ^ j);
                 }
-                return done_io(t, io);
-            }
-            if !(Expect { chain, written: &t.written }).check(io.off, &t.buf[16..t.want]) {
-                return Adv::Fatal(("vdisk", "corrupted"));
             }
             done_io(t, io)
         }

@@ -15,9 +15,12 @@ static ZEROS: [u8; 16384] = [0; 16384];
 /// A target's own writes: block number -> the tag of the pattern written there.
 pub(crate) type Written = HashMap<u64, u64, BuildHasherDefault<BlockHasher>>;
 
-/// Block numbers hashed with one multiply (Fibonacci hashing): block numbers need no
-/// DoS-resistant hash, and SipHash (the default) showed in the NBD engine's profile, a lookup
-/// per 4 KiB block of every read and an insert per block of every write.
+/// Block numbers hashed with one multiply: block numbers need no DoS-resistant hash, and
+/// SipHash (the default) showed in the NBD engine's profile, a lookup per 4 KiB block of every
+/// read and an insert per block of every write. Runs of 8 blocks keep their low 3 bits (the
+/// table's bucket is the hash's low bits): a read's blocks then probe neighbouring buckets, a
+/// cache line or two, where a hash of each block alone missed the cache once per block (~30% of
+/// `check` in the Linux boot replay, 200 targets' tables no longer fitting the cache).
 #[derive(Default)]
 pub(crate) struct BlockHasher(u64);
 
@@ -31,7 +34,8 @@ impl Hasher for BlockHasher {
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let n = self.0 ^ n;
+        self.0 = ((n >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) & !7) | (n & 7);
     }
 }
 
