@@ -473,9 +473,11 @@ fn boot_one(
                         target: i,
                         ios: ios.to_vec(),
                         servers,
-                        initiator: initiator.clone(),
-                        iqn: format!("{}:{}", a.iqn_prefix, a.vdisk),
-                        lun: a.lun,
+                        proto: uring_iscsi::Names {
+                            initiator: initiator.clone(),
+                            iqn: format!("{}:{}", a.iqn_prefix, a.vdisk),
+                            lun: a.lun,
+                        },
                         done: tx,
                     },
                 );
@@ -485,7 +487,7 @@ fn boot_one(
             (Some(engine), None) => {
                 let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{m}", a.vdisk) };
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, export, done: tx });
+                engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, proto: export, done: tx });
                 rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
             }
             // HTTP ranges on the HTTP engine, one keep-alive connection per target.

@@ -1,6 +1,7 @@
-//! What bootstorm's two phase engines (TFTP `uring_tftp.rs`, NBD `uring.rs`) share: inboxes
-//! spreading jobs over one engine thread per core, the slots of the targets in flight, taking
-//! new jobs (waiting only while nothing runs), and one wait on the ring.
+//! What bootstorm's phase engines (TFTP `uring_tftp.rs`, HTTP `uring_http.rs`, the NBD and
+//! iSCSI disk driver `uring_disk.rs`) share: inboxes spreading jobs over one engine thread per
+//! core, the slots of the targets in flight, taking new jobs (waiting only while nothing
+//! runs), one wait on the ring, and a pool of buffers lent per operation.
 
 use bootfarm::engine::ring::push;
 use io_uring::{opcode, squeue, types, IoUring};
