@@ -6,27 +6,13 @@
 
 use crate::phases::{block_pattern, Expect, BLOCK};
 use crate::uring_disk::{self, Adv, Cx, Pools, Session, Target};
-use bootfarm::image::Chain;
 use bootfarm::nbd::wire as nbdw;
 use io_uring::{opcode, squeue, types};
-use std::time::{Duration, Instant};
 
 /// A target's NBD phase; `proto` is the export name.
 pub type Job = uring_disk::Job<String>;
 /// The NBD engine threads' inboxes.
 pub type Engine = uring_disk::Engine<String>;
-
-/// Starts one engine thread per entry of `cpus` (pinned where Some) in `scope`; they end when
-/// the Engine is dropped and their targets are done.
-pub fn start<'s, 'e: 's>(
-    scope: &'s std::thread::Scope<'s, 'e>,
-    cpus: &[Option<usize>],
-    chain: Option<&'e Chain>,
-    timeout: Duration,
-    deadline: Instant,
-) -> Engine {
-    uring_disk::start::<Nbd>(scope, cpus, chain, timeout, deadline)
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {

@@ -8,9 +8,7 @@
 use crate::iscsi::{Event, Initiator, Params};
 use crate::phases::{block_pattern, Expect, BLOCK};
 use crate::uring_disk::{self, Adv, Cx, Pools, Session, Target};
-use bootfarm::image::Chain;
 use io_uring::{opcode, squeue, types};
-use std::time::{Duration, Instant};
 
 /// What a target's iSCSI session needs besides its trace.
 pub struct Names {
@@ -23,18 +21,6 @@ pub struct Names {
 pub type Job = uring_disk::Job<Names>;
 /// The iSCSI engine threads' inboxes.
 pub type Engine = uring_disk::Engine<Names>;
-
-/// Starts one engine thread per entry of `cpus` (pinned where Some) in `scope`; they end when
-/// the Engine is dropped and their targets are done.
-pub fn start<'s, 'e: 's>(
-    scope: &'s std::thread::Scope<'s, 'e>,
-    cpus: &[Option<usize>],
-    chain: Option<&'e Chain>,
-    timeout: Duration,
-    deadline: Instant,
-) -> Engine {
-    uring_disk::start::<Iscsi>(scope, cpus, chain, timeout, deadline)
-}
 
 /// One iSCSI connection's state.
 pub struct Iscsi {
