@@ -24,6 +24,7 @@
 use crate::phases::{load_trace, own_areas, trace_span, windows_profile, DiskRun, Fail, Io};
 use crate::report::{self, Phase};
 use crate::uring;
+use crate::uring_disk;
 use crate::uring_http;
 use crate::uring_iscsi;
 use bootfarm::image::{Chain, ChainLimits};
@@ -227,8 +228,9 @@ pub fn run(a: Args) -> Result<bool, String> {
     let cpus: Vec<Option<usize>> = bootfarm::engine::allowed_cpus().into_iter().map(|c| (!a.no_pin).then_some(c)).collect();
     let timeout = Duration::from_millis(a.timeout_ms);
     std::thread::scope(|outer| {
-        let engine = (a.disk == "nbd").then(|| uring::start(outer, &cpus, chain.as_ref(), timeout, deadline));
-        let iscsi_engine = (a.disk == "iscsi").then(|| uring_iscsi::start(outer, &cpus, chain.as_ref(), timeout, deadline));
+        let engine = (a.disk == "nbd").then(|| uring_disk::start::<uring::Nbd>(outer, &cpus, chain.as_ref(), timeout, deadline));
+        let iscsi_engine =
+            (a.disk == "iscsi").then(|| uring_disk::start::<uring_iscsi::Iscsi>(outer, &cpus, chain.as_ref(), timeout, deadline));
         let tftp_engine = (a.bootstrap == "tftp")
             .then(|| crate::uring_tftp::start(outer, &cpus, expect_boot.as_deref(), a.blksize.unwrap_or(512), deadline));
         let http_engine = (a.bootstrap == "http" || a.ipxe || a.disk == "http")
@@ -473,9 +475,11 @@ fn boot_one(
                         target: i,
                         ios: ios.to_vec(),
                         servers,
-                        initiator: initiator.clone(),
-                        iqn: format!("{}:{}", a.iqn_prefix, a.vdisk),
-                        lun: a.lun,
+                        proto: uring_iscsi::Names {
+                            initiator: initiator.clone(),
+                            iqn: format!("{}:{}", a.iqn_prefix, a.vdisk),
+                            lun: a.lun,
+                        },
                         done: tx,
                     },
                 );
@@ -485,7 +489,7 @@ fn boot_one(
             (Some(engine), None) => {
                 let export = if a.export == "shared" { a.vdisk.clone() } else { format!("{}@{m}", a.vdisk) };
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, export, done: tx });
+                engine.submit(i, uring::Job { target: i, ios: ios.to_vec(), servers, proto: export, done: tx });
                 rx.recv().unwrap_or((Err(("vdisk", "engine stopped")), DiskRun::default()))
             }
             // HTTP ranges on the HTTP engine, one keep-alive connection per target.

@@ -1,6 +1,7 @@
-//! What bootstorm's two phase engines (TFTP `uring_tftp.rs`, NBD `uring.rs`) share: inboxes
-//! spreading jobs over one engine thread per core, the slots of the targets in flight, taking
-//! new jobs (waiting only while nothing runs), and one wait on the ring.
+//! What bootstorm's phase engines (TFTP `uring_tftp.rs`, HTTP `uring_http.rs`, the NBD and
+//! iSCSI disk driver `uring_disk.rs`) share: inboxes spreading jobs over one engine thread per
+//! core, the slots of the targets in flight, taking new jobs (waiting only while nothing
+//! runs), one wait on the ring, and a pool of buffers lent per operation.
 
 use bootfarm::engine::ring::push;
 use io_uring::{opcode, squeue, types, IoUring};
@@ -281,4 +282,34 @@ pub fn round<T: InFlight>(
             ))
         })
         .collect()
+}
+
+/// Buffers an engine thread lends its targets for one operation at a time (a request while it
+/// is sent, a reply while it is awaited), the most recently returned first: its cache lines
+/// are the likeliest still cached, where a buffer per target (200 targets x 128 KiB x 2) left
+/// every WRITE pattern stored to cold memory, and each boot's new buffers cost page faults.
+/// At most `POOL_MAX` buffers are kept; their size is the largest operation's.
+#[derive(Default)]
+pub struct Pool {
+    free: Vec<Vec<u8>>,
+}
+
+pub const POOL_MAX: usize = 256;
+
+impl Pool {
+    /// A buffer of at least `len` bytes (its contents are old bytes: the caller overwrites).
+    pub fn take(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.free.pop().unwrap_or_default();
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        b
+    }
+
+    /// Returns a buffer (an empty one is dropped, as are those past `POOL_MAX`).
+    pub fn give(&mut self, b: Vec<u8>) {
+        if !b.is_empty() && self.free.len() < POOL_MAX {
+            self.free.push(b);
+        }
+    }
 }

@@ -14,6 +14,7 @@ mod report;
 mod tftp;
 mod trace;
 mod uring;
+mod uring_disk;
 mod uring_http;
 mod uring_iscsi;
 mod uring_tftp;

@@ -4,12 +4,12 @@
 //! figures of a vDisk run with failover (`DiskRun`). Phases: `boot.rs` orders them per target;
 //! engines: `uring_tftp.rs` (TFTP), `uring.rs` (NBD), `uring_http.rs` (HTTP).
 
-use bootfarm::image::Chain;
 use bootfarm::rng::XorShift;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
+
+mod expect;
+pub(crate) use expect::{block_pattern, Expect, Written, BLOCK};
 
 /// One I/O of a boot trace.
 #[derive(Clone, Copy, Debug)]
@@ -18,10 +18,6 @@ pub struct Io {
     pub len: u32,
     pub write: bool,
 }
-
-pub(crate) const BLOCK: u64 = 4096;
-/// Compared against with memcmp: a byte-by-byte zero test was a tenth of bootstorm's CPU.
-static ZEROS: [u8; 16384] = [0; 16384];
 
 /// The built-in profile for one target: reads confined to the first 3/4 of the disk (system
 /// files, partly sequential), writes to the target's own slice of the last quarter (pagefile,
@@ -130,94 +126,6 @@ pub fn own_areas(ios: &[Io], t: u64, span: u64) -> Vec<Io> {
     out
 }
 
-/// What a target expects to read: the image, with its own writes over it.
-pub(crate) struct Expect<'a> {
-    pub chain: Option<&'a Chain>,
-    pub written: Written,
-}
-
-/// A target's own writes: block number -> the tag of the pattern written there.
-pub(crate) type Written = HashMap<u64, u64, BuildHasherDefault<BlockHasher>>;
-
-/// Block numbers hashed with one multiply (Fibonacci hashing): block numbers need no
-/// DoS-resistant hash, and SipHash (the default) showed in the NBD engine's profile, a lookup
-/// per 4 KiB block of every read and an insert per block of every write.
-#[derive(Default)]
-pub(crate) struct BlockHasher(u64);
-
-impl Hasher for BlockHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// What a target writes to a block (and later expects back): word j (little-endian) is
-/// `(tag ^ j) * K`, K odd, so every word of every block differs from its neighbours and from
-/// other tags' words. Each word is computed on its own (one multiply, no chain from word to
-/// word) and stored whole: the xorshift chain stored through a memcpy call per word before
-/// made start_io 4.0% of bootstorm's samples in the headline, this 1.8%.
-pub(crate) fn block_pattern(tag: u64, buf: &mut [u8]) {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let word = |j: usize| (tag ^ j as u64).wrapping_mul(K).to_le_bytes();
-    let mut words = buf.chunks_exact_mut(8);
-    let mut j = 0;
-    for c in &mut words {
-        c.copy_from_slice(&word(j));
-        j += 1;
-    }
-    let tail = words.into_remainder();
-    if !tail.is_empty() {
-        let n = tail.len();
-        tail.copy_from_slice(&word(j)[..n]);
-    }
-}
-
-impl Expect<'_> {
-    pub fn check(&self, off: u64, got: &[u8], scratch: &mut Vec<u8>) -> bool {
-        let (first, last) = (off / BLOCK, (off + got.len() as u64).div_ceil(BLOCK));
-        if let (Some(c), true) = (self.chain, (first..last).all(|b| !self.written.contains_key(&b))) {
-            // Nothing of its own here: compare with the image's segments in place, no copy.
-            let mut at = 0usize;
-            let mut same = true;
-            let r = c.read(off, got.len() as u64, &mut |seg| {
-                let n = seg.len() as usize;
-                same &= match seg {
-                    bootfarm::image::Segment::Data(d) => got[at..at + n] == *d,
-                    bootfarm::image::Segment::Zero(_) => got[at..at + n].chunks(ZEROS.len()).all(|c| *c == ZEROS[..c.len()]),
-                };
-                at += n;
-            });
-            return r.is_ok() && same;
-        }
-        scratch.resize(got.len(), 0);
-        match self.chain {
-            Some(c) => {
-                if c.read_into(off, scratch).is_err() {
-                    return false;
-                }
-            }
-            None => return true,
-        }
-        let mut b = off / BLOCK;
-        while b * BLOCK < off + got.len() as u64 {
-            if let Some(tag) = self.written.get(&b) {
-                let s = (b * BLOCK - off) as usize;
-                block_pattern(*tag, &mut scratch[s..s + BLOCK as usize]);
-            }
-            b += 1;
-        }
-        scratch[..] == got[..]
-    }
-}
-
 /// A target failed in a phase: (phase, reason).
 pub(crate) type Fail = (&'static str, &'static str);
 
@@ -295,33 +203,6 @@ mod tests {
         assert_eq!(small.len(), 350, "scale 0.005: 350 I/Os");
     }
 
-    /// The pattern is the words `(tag ^ j) * K`, little-endian, the last one cut to fit: what
-    /// a target writes and later expects back, whatever the length; no two words of a block
-    /// are equal.
-    #[test]
-    fn block_pattern_words() {
-        for len in [0usize, 1, 7, 8, 9, 4096, 4099] {
-            let mut got = vec![0u8; len];
-            block_pattern(42, &mut got);
-            let mut want = Vec::new();
-            let mut j = 0u64;
-            while want.len() < len {
-                want.extend_from_slice(&((42 ^ j).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
-                j += 1;
-            }
-            want.truncate(len);
-            assert_eq!(got, want, "length {len}");
-        }
-        let mut b = vec![0u8; 4096];
-        block_pattern(7, &mut b);
-        let words: std::collections::HashSet<&[u8]> = b.chunks(8).collect();
-        assert_eq!(words.len(), 512, "every word of a block differs");
-        let (mut a, mut b) = (vec![0u8; 64], vec![0u8; 64]);
-        block_pattern(1 << 40, &mut a);
-        block_pattern(2 << 40, &mut b);
-        assert_ne!(a, b, "two tags, two patterns");
-    }
-
     /// Writes move to the target's area, reads of its own written blocks follow them (split
     /// where a read covers both), other reads stay; the span is the trace's end in MiB.
     #[test]
@@ -342,15 +223,5 @@ mod tests {
                 (3 * m + 4096, 4096, false)
             ]
         );
-    }
-
-    #[test]
-    fn written_blocks_hash_apart() {
-        let mut w = Written::default();
-        for b in 0..10_000u64 {
-            w.insert(b * 3, b);
-        }
-        assert_eq!(w.len(), 10_000);
-        assert!((0..10_000u64).all(|b| w.get(&(b * 3)) == Some(&b) && !w.contains_key(&(b * 3 + 1))));
     }
 }
