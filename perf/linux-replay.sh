@@ -82,6 +82,8 @@ nbd-server -C "$W/nbd-server.conf" -p "$W/nbd-server.pid" 2>"$W/nbd-server.log"
 for _ in $(seq 50); do [ -s "$W/nbd-server.pid" ] && break; sleep 0.1; done
 NSP=$(cat "$W/nbd-server.pid"); pids+=("$NSP")
 sleep 1
+# bootfarm opens its ports once the prefault (PREFAULT) is committed.
+for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/16962) 2>/dev/null && break; sleep 0.1; done
 cat "$W/disk.vhdx" > /dev/null
 
 # CPU ticks of processes, their reaped children and their live children.

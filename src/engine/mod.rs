@@ -463,6 +463,21 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
     }
     // The PXE service: bound here so that a port or capability problem stops the start.
     let mut dhcp_sockets = if snap.config.pxe.enabled { Some(dhcp::bind(&snap.config.pxe)?) } else { None };
+    // Before the ports open: a client that can connect finds the RAM committed, and first
+    // boots write into pages already faulted in.
+    let pool = Arc::new(crate::nbd::cache::ChunkPool::default());
+    let prefault = snap.config.nbd.cache_ram_prefault_bytes;
+    if prefault > 0 {
+        let t = Instant::now();
+        match pool.prefault(prefault) {
+            Ok(b) => {
+                tracing::info!(bytes = b, ms = t.elapsed().as_millis() as u64, "write-cache RAM committed (nbd.cache_ram_prefault_bytes)")
+            }
+            Err(e) => tracing::warn!(
+                "cannot commit nbd.cache_ram_prefault_bytes = {prefault} of write-cache RAM ({e}); pages are faulted in as targets write"
+            ),
+        }
+    }
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
         let t = tftp::bind_listener(tftp_addr).map_err(|e| tftp_err(&e))?;
@@ -505,26 +520,13 @@ pub fn start(store: Arc<Store>) -> Result<Engine, String> {
         http_admission: Admission::default(),
         nbd_admission: Admission::default(),
         nbd_evictions: Default::default(),
-        nbd_targets: Default::default(),
+        nbd_targets: crate::nbd::target::Registry::with_pool(pool),
         iscsi_reservations: Default::default(),
         iscsi_admission: Admission::default(),
         iscsi_evictions: Default::default(),
         farm: Default::default(),
         nbd_trace: Default::default(),
     });
-    let prefault = snap.config.nbd.cache_ram_prefault_bytes;
-    if prefault > 0 {
-        // Before the first connection: first boots then write into pages already faulted in.
-        let t = Instant::now();
-        match shared.nbd_targets.pool.prefault(prefault) {
-            Ok(b) => {
-                tracing::info!(bytes = b, ms = t.elapsed().as_millis() as u64, "write-cache RAM committed (nbd.cache_ram_prefault_bytes)")
-            }
-            Err(e) => tracing::warn!(
-                "cannot commit nbd.cache_ram_prefault_bytes = {prefault} of write-cache RAM ({e}); pages are faulted in as targets write"
-            ),
-        }
-    }
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
     for (i, (listener, http_listener, nbd_listener, iscsi_listener)) in listeners.into_iter().enumerate() {

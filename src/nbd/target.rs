@@ -219,6 +219,11 @@ impl std::fmt::Display for AttachError {
 }
 
 impl Registry {
+    /// A registry whose overlays take their RAM from `pool` (one the engine prefaulted).
+    pub fn with_pool(pool: Arc<super::cache::ChunkPool>) -> Registry {
+        Registry { pool, ..Default::default() }
+    }
+
     /// Gives a connection from `client` its target: the cache kept from an earlier connection
     /// or a new one. `id` is the id named in the export (`vdisk@id`); without one the target is
     /// the client address. `boot` is the boot the connection belongs to: the same boot id finds
