@@ -5,7 +5,8 @@
 # default: this tree's release build alone). Prints per binary the median client and server
 # CPU per boot over $ROUNDS rounds, and the load average (the machine is shared: compare only
 # figures from one run). Ports 6971/16971/16972, clear of linux-replay.sh's.
-# PERF=1: also `perf record -g` the last run of the first binary into $OUT_DIR/bootstorm.perf.
+# PERF=1: also `perf record -g` the last run of the first binary into $OUT_DIR/bootstorm.perf;
+# PERF=stat: `perf stat` the last round's runs (operations, waits, faults) into $OUT_DIR.
 # Usage: ROUNDS=3 TARGETS=200 BS_A=/tmp/old/bootstorm BS_B=target/release/bootstorm bash perf/bootstorm-client.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,8 @@ for round in $(seq "$ROUNDS"); do
     pre=()
     if [ "${PERF:-0}" = 1 ] && [ "$b" = 0 ] && [ "$round" = "$ROUNDS" ]; then
       pre=(perf record -g -o "$OUT_DIR/bootstorm.perf" --)
+    elif [ "${PERF:-0}" = stat ] && [ "$round" = "$ROUNDS" ]; then
+      pre=(perf stat -o "$OUT_DIR/bootstorm-$b.stat" -e task-clock,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_task_work_run,io_uring:io_uring_cqring_wait,syscalls:sys_enter_io_uring_enter,page-faults --)
     fi
     s0=$(ticks "$BFP")
     "${pre[@]}" "${BINS[$b]}" boot --bootstrap none --vdisk disk --image "$W/disk.vhdx" --trace "$TRACE" --own-areas \
