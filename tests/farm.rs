@@ -44,8 +44,9 @@ fn farm(dir: &TempDir, n: usize, extra: &str, tweak: impl Fn(usize, &std::path::
     qemu_img(&["convert", "-f", "raw", "-O", "vhdx", "-o", "block_size=1M", src.to_str().unwrap(), master.to_str().unwrap()]);
     let powers = [1.0, 1.0, 2.0, 1.0];
     let mut table = String::new();
-    for i in 0..n {
-        table.push_str(&format!("[[farm.server]]\nname = \"node{}\"\naddress = \"127.0.0.{}\"\npower = {}\n", i + 1, i + 1, powers[i]));
+    assert!(n <= powers.len(), "a power per node");
+    for (i, power) in powers.iter().enumerate().take(n) {
+        table.push_str(&format!("[[farm.server]]\nname = \"node{}\"\naddress = \"127.0.0.{}\"\npower = {}\n", i + 1, i + 1, power));
     }
     let mut nodes = Vec::new();
     for i in 0..n {

@@ -71,7 +71,7 @@ proptest! {
             let mut ok = true;
             chain.read(off, len, &mut |s| {
                 total += s.len();
-                ok &= s.len() > 0;
+                ok &= !s.is_empty();
                 match s {
                     Segment::Data(d) => { ok &= d == &model[at..at + d.len()]; }
                     Segment::Zero(n) => { ok &= model[at..at + n as usize].iter().all(|&b| b == 0); }

@@ -168,6 +168,7 @@ pub fn head(out: &mut Head, status: u16, keep_alive: bool, minor: u8, now_unix: 
 }
 
 /// A complete small response (errors, status pages). Returns the body.
+#[allow(clippy::too_many_arguments)] // the fields of one status line and its headers, each a plain value
 pub fn simple(
     out: &mut Head,
     status: u16,

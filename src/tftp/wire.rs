@@ -42,6 +42,9 @@ impl<'a> Request<'a> {
     }
 }
 
+// A parsed request (its options inline, no allocation) lives on the stack for one packet:
+// boxing it would allocate per RRQ.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet<'a> {
     Request(Request<'a>),

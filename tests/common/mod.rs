@@ -58,7 +58,7 @@ pub fn qemu_img(args: &[&str]) -> Output {
 pub fn pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| {
-            let x = (off + i) / 8 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let x = ((off + i) / 8) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

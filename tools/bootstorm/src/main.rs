@@ -29,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Bootstrap storm over TFTP: N targets each fetch one file, all at once.

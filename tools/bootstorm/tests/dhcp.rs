@@ -89,6 +89,7 @@ impl Segment {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("the server did not bind UDP 67 within 10 s");
     }
 

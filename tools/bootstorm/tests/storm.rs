@@ -123,7 +123,7 @@ fn corrupting_server(sock: UdpSocket, data: Vec<u8>) {
     let tid = UdpSocket::bind("127.0.0.1:0").unwrap();
     tid.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     for (i, chunk) in data.chunks(512).chain(std::iter::once(&[][..])).enumerate() {
-        if i > 0 && data.len() % 512 != 0 && i == data.len().div_ceil(512) {
+        if i > 0 && !data.len().is_multiple_of(512) && i == data.len().div_ceil(512) {
             break;
         }
         let block = (i + 1) as u16;
