@@ -22,15 +22,7 @@ BINS=("${BS_A:-$PWD/target/release/bootstorm}")
 [ -n "${BS_B:-}" ] && BINS+=("$BS_B")
 [ -n "${BS_C:-}" ] && BINS+=("$BS_C")
 work_dir bootstorm-client
-SPAN=$((64 << 20))
-python3 - "$W/disk.raw" "$SPAN" "$(( (TARGETS + 1) * SPAN ))" <<'PY'
-import random, sys
-random.seed(18)
-with open(sys.argv[1], "wb") as f:
-    f.write(random.randbytes(int(sys.argv[2])))
-    f.truncate(int(sys.argv[3]))
-PY
-qemu-img convert -f raw -O vhdx -o block_size=32M "$W/disk.raw" "$W/disk.vhdx"
+make_replay_disk "$W" "$TARGETS"
 rm "$W/disk.raw"
 mkdir -p "$W/boot" "$W/cache"
 cat > "$W/bootfarm.toml" <<TOML

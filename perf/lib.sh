@@ -66,3 +66,18 @@ tftpd_hpa() {
   (cd "$W" && apt-get download tftpd-hpa >/dev/null 2>&1 && dpkg-deb -x tftpd-hpa_*.deb hpa)
   HPA="$W/hpa/usr/sbin/in.tftpd"
 }
+
+# make_replay_disk DIR TARGETS: DIR/disk.raw and DIR/disk.vhdx (32 MiB blocks) for the Linux
+# boot replay: 64 MiB of seeded random data, then zeros up to (TARGETS + 1) x 64 MiB (sparse;
+# each target's own area is (1 + target) x 64 MiB).
+make_replay_disk() {
+  local span=$((64 << 20))
+  python3 - "$1/disk.raw" "$span" "$(( ($2 + 1) * span ))" <<'PY'
+import random, sys
+random.seed(18)
+with open(sys.argv[1], "wb") as f:
+    f.write(random.randbytes(int(sys.argv[2])))
+    f.truncate(int(sys.argv[3]))
+PY
+  qemu-img convert -f raw -O vhdx -o block_size=32M "$1/disk.raw" "$1/disk.vhdx"
+}

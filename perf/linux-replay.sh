@@ -39,15 +39,7 @@ cargo build --release -q -p bootfarm -p bootstorm
 BF=$PWD/target/release/bootfarm
 BS=$PWD/target/release/bootstorm
 work_dir linux-replay
-SPAN=$((64 << 20))
-python3 - "$W/disk.raw" "$SPAN" "$(( (TARGETS + 1) * SPAN ))" <<'PY'
-import random, sys
-random.seed(18)
-with open(sys.argv[1], "wb") as f:
-    f.write(random.randbytes(int(sys.argv[2])))
-    f.truncate(int(sys.argv[3]))
-PY
-qemu-img convert -f raw -O vhdx -o block_size=32M "$W/disk.raw" "$W/disk.vhdx"
+make_replay_disk "$W" "$TARGETS"
 mkdir -p "$W/boot" "$W/cache"
 cat > "$W/bootfarm.toml" <<TOML
 [server]
