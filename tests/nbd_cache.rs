@@ -190,14 +190,22 @@ fn vm_rss_kib(pid: u32) -> u64 {
 }
 
 /// Item 5 of #20: 20 connections ask for 8 READs of 8 MiB of overflow-file blocks each and
-/// do not read the replies. The copies a connection holds stop at nbd.reply_scratch_bytes_max
-/// (4 MiB) instead of a whole batch (64 MiB), and a READ larger than that is answered over
-/// several batches with the right bytes.
+/// do not read the replies. Copied with pread (`cache_overflow_mapped = false`), the copies a
+/// connection holds stop at nbd.reply_scratch_bytes_max (4 MiB) instead of a whole batch
+/// (64 MiB), and a READ larger than that is answered over several batches with the right
+/// bytes. Sent from the file's mappings (the default), nothing is copied: the file's pages,
+/// mapped once, are all the replies hold.
 #[test]
 fn connections_that_do_not_read_hold_bounded_reply_memory() {
-    let dir = TempDir::new("nbd-scratch");
+    for (mapped, per_conn_max) in [(false, 8.0), (true, 1.0)] {
+        stalled_connections(mapped, per_conn_max);
+    }
+}
+
+fn stalled_connections(mapped: bool, per_conn_max: f64) {
+    let dir = TempDir::new(&format!("nbd-scratch-{mapped}"));
     raw_image(&dir.join("a.raw"), 1, 16 * M);
-    let (s, ports) = start(&dir, "cache_ram_bytes_per_target = 4096", "a.raw");
+    let (s, ports) = start(&dir, &format!("cache_ram_bytes_per_target = 4096\ncache_overflow_mapped = {mapped}"), "a.raw");
     let pid = s.child.id();
     let len = 8 * M as usize;
     let data = pattern(4, 0, len);
@@ -229,8 +237,11 @@ fn connections_that_do_not_read_hold_bounded_reply_memory() {
         peak = peak.max(r);
     }
     let grown_mib = peak.saturating_sub(before) as f64 / 1024.0;
-    eprintln!("VmRSS {before} kB before, {peak} kB with 20 stalled connections: {:.1} MiB per connection", grown_mib / 20.0);
-    assert!(grown_mib / 20.0 < 8.0, "reply memory per stalled connection: {:.1} MiB", grown_mib / 20.0);
+    eprintln!(
+        "mapped {mapped}: VmRSS {before} kB before, {peak} kB with 20 stalled connections: {:.1} MiB per connection",
+        grown_mib / 20.0
+    );
+    assert!(grown_mib / 20.0 < per_conn_max, "mapped {mapped}: reply memory per stalled connection: {:.1} MiB", grown_mib / 20.0);
     // Two of them read everything: each 8 MiB reply, split over batches, is whole and right.
     for c in conns.iter_mut().take(2) {
         for i in 0..8 {
@@ -242,13 +253,24 @@ fn connections_that_do_not_read_hold_bounded_reply_memory() {
     }
 }
 
-/// Structured replies split over batches (a tiny scratch): qemu-io reads data, holes and
-/// overflow blocks with its pattern check.
+/// Structured replies split over batches (a tiny scratch, overflow blocks read with pread),
+/// then sent from the overflow file's mappings: qemu-io reads data, holes and overflow blocks
+/// with its pattern check.
 #[test]
 fn structured_replies_split_over_batches_read_right() {
-    let dir = TempDir::new("nbd-split");
+    for mapped in [false, true] {
+        structured_replies(mapped);
+    }
+}
+
+fn structured_replies(mapped: bool) {
+    let dir = TempDir::new(&format!("nbd-split-{mapped}"));
     raw_image(&dir.join("a.raw"), 1, 16 * M);
-    let (_s, ports) = start(&dir, "cache_ram_bytes_per_target = 65536\nreply_scratch_bytes_max = 16384", "a.raw");
+    let (_s, ports) = start(
+        &dir,
+        &format!("cache_ram_bytes_per_target = 65536\nreply_scratch_bytes_max = 16384\ncache_overflow_mapped = {mapped}"),
+        "a.raw",
+    );
     let o = Command::new("qemu-io")
         .args(["--image-opts", &format!("driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={},export=v@q", ports.2)])
         .args(["-c", "write -P 7 0 4M", "-c", "write -z 1M 64k", "-c", "write -P 9 2M 5000"])

@@ -209,6 +209,9 @@ pub struct Nbd {
     /// Bytes of overflow-file blocks one connection copies into its reply batch; a READ past
     /// it goes out over several batches.
     pub reply_scratch_bytes_max: u64,
+    /// Replies send overflow-file blocks from read-only mappings of the file (one copy, in
+    /// the kernel's send) instead of a pread into the reply scratch first (two copies).
+    pub cache_overflow_mapped: bool,
     /// Reply batches of at least this many bytes use SEND_ZC (0 = never), as http.send_zc_min_bytes.
     pub send_zc_min_bytes: u64,
     /// A reply send must make progress within this time (a client that stops reading).
@@ -251,6 +254,7 @@ impl Default for Nbd {
             cache_keep_after_disconnect_ms: 15_000,
             boot_cache_keep_max_ms: 86_400_000,
             reply_scratch_bytes_max: 4 << 20,
+            cache_overflow_mapped: true,
             send_zc_min_bytes: 0,
             send_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
@@ -499,6 +503,8 @@ boot_cache_keep_max_ms = 86400000           # 24 h: a target naming a boot id (v
                                             # drops the cache at once
 reply_scratch_bytes_max = 4194304   # 4 MiB per connection of overflow-file blocks copied for replies;
                                     # larger READs go out over several batches
+cache_overflow_mapped = true        # replies send overflow-file blocks from read-only mappings of the
+                                    # file (one copy); false: pread into the scratch above first
 send_zc_min_bytes = 0               # reply batches of at least this size use SEND_ZC (0 = off)
 send_timeout_ms = 30000             # a client that stops reading is cut off
 handshake_timeout_ms = 10000        # a client that never finishes the handshake is cut off

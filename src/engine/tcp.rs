@@ -39,6 +39,16 @@ pub use spec::*;
 /// What a batch holds beyond it goes out in the next sendmsg, from the byte cursor.
 pub const IOV_MAX: usize = 1024;
 
+/// A receive buffer grown past the service's initial size shrinks back after this long without
+/// needing more.
+const RBUF_SHRINK_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether a drained receive buffer of `len` bytes goes back to the service's `initial` size:
+/// when it is larger and has not held more than that for [`RBUF_SHRINK_AFTER`].
+fn rbuf_shrinks(len: usize, initial: usize, big_at: Option<Instant>, now: Instant) -> bool {
+    len > initial && big_at.is_none_or(|t| now.saturating_duration_since(t) >= RBUF_SHRINK_AFTER)
+}
+
 const K_ACCEPT: u8 = 1;
 const K_RECV: u8 = 2;
 const K_SEND: u8 = 3;
@@ -70,6 +80,11 @@ struct Conn<S> {
     head: usize,
     tail: usize,
     recv_armed: bool,
+    /// When the buffer last held more than the service's initial size: it goes back to that
+    /// size only once it has not needed more for [`RBUF_SHRINK_AFTER`] (a client whose writes
+    /// are larger than the initial buffer, between smaller requests, would otherwise have it
+    /// freed and grown again, zero filled and faulted in, for each write).
+    rbuf_big_at: Option<Instant>,
     eof: bool,
     eof_told: bool,
     /// The batch being sent, and how far.
@@ -286,6 +301,7 @@ impl<P: TcpGlue> Tcp<P> {
                 head: 0,
                 tail: 0,
                 recv_armed: false,
+                rbuf_big_at: None,
                 eof: false,
                 eof_told: false,
                 out: Outgoing::default(),
@@ -489,12 +505,17 @@ impl<P: TcpGlue> Tcp<P> {
         }
         if !c.recv_armed && !c.eof && !c.closing {
             if c.head == c.tail {
+                if c.tail > rbuf_initial {
+                    c.rbuf_big_at = Some(now);
+                }
                 c.head = 0;
                 c.tail = 0;
-                if c.rbuf.len() > rbuf_initial {
-                    // A long request grew the buffer: an idle connection goes back to the small one.
+                if rbuf_shrinks(c.rbuf.len(), rbuf_initial, c.rbuf_big_at, now) {
+                    // A long request grew the buffer: a connection that has not needed it for
+                    // a while goes back to the small one.
                     c.rbuf.truncate(rbuf_initial);
                     c.rbuf.shrink_to_fit();
+                    c.rbuf_big_at = None;
                 }
             } else if c.tail == c.rbuf.len() && c.head > 0 {
                 c.rbuf.copy_within(c.head..c.tail, 0);
@@ -504,6 +525,7 @@ impl<P: TcpGlue> Tcp<P> {
             if c.tail == c.rbuf.len() && c.rbuf.len() < l.rbuf_max {
                 let grown = (c.rbuf.len() * 2).clamp(1, l.rbuf_max);
                 c.rbuf.resize(grown, 0);
+                c.rbuf_big_at = Some(now);
             }
             if c.tail < c.rbuf.len() {
                 // Everything received is taken: a client at queue depth 1 (iPXE, a keep-alive

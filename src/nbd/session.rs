@@ -648,7 +648,7 @@ impl<E: Env> Session<E> {
         self.tmp.clear();
         let part = {
             let mut o = target.overlay.lock().unwrap();
-            let res = o.read_reply(from, left, &target.vdisk.chain, &mut self.scratch, scratch_max, &mut self.pin, &mut self.tmp);
+            let res = o.read_reply(from, left, &target.vdisk.chain, &mut self.scratch, scratch_max, &mut self.pin, true, &mut self.tmp);
             match res {
                 Ok(n) => n,
                 Err(e) => {

@@ -321,6 +321,7 @@ impl Registry {
             ram_total_max: cfg.cache_ram_bytes_total_max,
             ram_total: self.ram_total.clone(),
             pool: self.pool.clone(),
+            map_overflow: cfg.cache_overflow_mapped,
         };
         let mut overlay = Overlay::new(vdisk.chain.virtual_size(), limits, self.total.clone(), None);
         if private {

@@ -351,7 +351,8 @@ impl<E: Env> Session<E> {
         self.tmp.clear();
         let part = {
             let mut o = t.overlay.lock().unwrap();
-            let res = o.read_reply(from, left, &t.vdisk.chain, &mut self.scratch, SCRATCH_MAX, &mut self.pin, &mut self.tmp);
+            let res =
+                o.read_reply(from, left, &t.vdisk.chain, &mut self.scratch, SCRATCH_MAX, &mut self.pin, !self.digests.data, &mut self.tmp);
             match res {
                 Ok(n) => n,
                 Err(e) => {

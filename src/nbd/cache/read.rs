@@ -9,7 +9,9 @@ impl Overlay {
     /// appended to `out` as addresses (mapping slices, cache pages), ranges of `scratch`
     /// (overflow-file copies) and merged zero runs. The first read that may point at cache
     /// pages pins them (`pin`, released with [`Overlay::unpin`] once the reply is sent).
-    /// Shared by the NBD and iSCSI sessions.
+    /// With `mapped` (only the kernel reads the reply's bytes: no data digest) overflow blocks
+    /// come as addresses in the file's mappings where it has them. Adjacent addresses merge
+    /// into one piece. Shared by the NBD and iSCSI sessions.
     #[allow(clippy::too_many_arguments)] // the session's reply state, borrowed field by field
     pub fn read_reply(
         &mut self,
@@ -19,14 +21,19 @@ impl Overlay {
         scratch: &mut Vec<u8>,
         scratch_max: usize,
         pin: &mut Option<u64>,
+        mapped: bool,
         out: &mut Vec<ReplyPiece>,
     ) -> Result<u64, CacheError> {
         if pin.is_none() && self.has_pages() {
             // The reply may point at cache pages: they stay put until it is out.
             *pin = Some(self.pin());
         }
-        self.read(off, len, base, scratch, scratch_max, &mut |p| match p {
-            Piece::Data(d) => out.push(ReplyPiece::Mem(d.as_ptr(), d.len())),
+        self.read_as(off, len, base, scratch, scratch_max, mapped, &mut |p| match p {
+            Piece::Data(d) => match out.last_mut() {
+                // Safety (of the add): p + n is the end of the previous piece's memory.
+                Some(ReplyPiece::Mem(p, n)) if unsafe { p.add(*n) } == d.as_ptr() => *n += d.len(),
+                _ => out.push(ReplyPiece::Mem(d.as_ptr(), d.len())),
+            },
             Piece::Copied(rg) => out.push(ReplyPiece::Scratch(rg.start as u32, rg.len() as u32)),
             Piece::Zero(n) => match out.last_mut() {
                 Some(ReplyPiece::Zero(z)) => *z += n,
@@ -47,6 +54,22 @@ impl Overlay {
         base: &'a Chain,
         out: &mut Vec<u8>,
         out_max: usize,
+        emit: &mut dyn FnMut(Piece<'a>),
+    ) -> Result<u64, CacheError> {
+        self.read_as(off, len, base, out, out_max, false, emit)
+    }
+
+    /// [`Overlay::read`], or with `mapped` overflow blocks emitted as `Data` slices of the
+    /// file's mappings where it has them (no room taken in `out`).
+    #[allow(clippy::too_many_arguments)]
+    fn read_as<'a>(
+        &'a self,
+        off: u64,
+        len: u64,
+        base: &'a Chain,
+        out: &mut Vec<u8>,
+        out_max: usize,
+        mapped: bool,
         emit: &mut dyn FnMut(Piece<'a>),
     ) -> Result<u64, CacheError> {
         if len == 0 {
@@ -86,6 +109,14 @@ impl Overlay {
             }
             let bend = (be * BLOCK).min(end);
             let (i, n) = ((at - b * BLOCK) as usize, (bend - at) as usize);
+            if let (Some(Slot::File(f)), true) = (s, mapped) {
+                if let Some(d) = self.mapped(f, i, n) {
+                    flush(&mut run, out, emit)?;
+                    emit(Piece::Data(d));
+                    at = bend;
+                    continue;
+                }
+            }
             if matches!(s, Some(Slot::File(_))) {
                 let pending = run.map_or(0, |(_, k, _)| k as usize * BLOCK as usize);
                 if out.len() + pending + n > out_max {

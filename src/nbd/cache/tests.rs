@@ -41,6 +41,7 @@ fn test_limits(dir: &Path, ram_bytes: u64, target_bytes_max: u64, total_bytes_ma
         ram_total_max: u64::MAX,
         ram_total: Default::default(),
         pool: Default::default(),
+        map_overflow: true,
     }
 }
 
@@ -137,6 +138,7 @@ fn a_whole_disk_trim_is_one_counted_range() {
         ram_total_max: u64::MAX,
         ram_total: Default::default(),
         pool: Default::default(),
+        map_overflow: true,
     };
     let mut o = Overlay::new(size, limits, total.clone(), None);
     let t0 = Instant::now();
@@ -243,6 +245,7 @@ fn the_ram_tier_has_a_global_cap() {
         ram_total_max: 5 * BLOCK,
         ram_total: ram.clone(),
         pool: Default::default(),
+        map_overflow: true,
     };
     let mut a = Overlay::new(64 * BLOCK, limits.clone(), total.clone(), None);
     let mut b = Overlay::new(64 * BLOCK, limits, total.clone(), None);
@@ -430,4 +433,111 @@ fn the_pool_keeps_warm_only_what_the_ram_tier_has_room_for() {
     assert_eq!(pre.reused.load(Ordering::Relaxed), 1);
     assert!(c.bytes().iter().all(|&x| x == 0), "a prefaulted chunk is zeroed memory");
     assert_eq!(pre.mapped_bytes.load(Ordering::Relaxed), 4 * CHUNK_BYTES as u64);
+}
+
+/// A reply's bytes through `read_reply` (what the sessions send): the bytes, and how many of
+/// them were copied into the scratch.
+fn reply_all(o: &mut Overlay, chain: &Chain, off: u64, len: u64, mapped: bool) -> (Vec<u8>, usize) {
+    let (mut scratch, mut pin, mut pieces) = (Vec::new(), None, Vec::new());
+    assert_eq!(o.read_reply(off, len, chain, &mut scratch, usize::MAX, &mut pin, mapped, &mut pieces).unwrap(), len);
+    let mut out = Vec::new();
+    for p in &pieces {
+        match *p {
+            // Safety: the overlay is alive and pinned; nothing wrote since.
+            ReplyPiece::Mem(ptr, n) => out.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, n) }),
+            ReplyPiece::Scratch(s, n) => out.extend_from_slice(&scratch[s as usize..(s + n) as usize]),
+            ReplyPiece::Zero(n) => out.extend(std::iter::repeat_n(0u8, n as usize)),
+        }
+    }
+    if let Some(e) = pin {
+        o.unpin(e);
+    }
+    (out, scratch.len())
+}
+
+/// With no RAM tier every written block lives in the overflow file: mapped replies point into
+/// the file's mappings (nothing copied, adjacent slots merged into one piece), unmapped ones
+/// and an overlay with `map_overflow` off copy with pread; all of them equal the model.
+#[test]
+fn overflow_replies_point_into_the_file_mapping() {
+    let dir = tmpdir("mapped");
+    let size = 4 << 20 | 1536; // a short last block
+    let (chain, content) = base(&dir, size);
+    for map_overflow in [true, false] {
+        let mut model = content.clone();
+        let limits = Limits { map_overflow, ..test_limits(&dir, 0, 1 << 30, 1 << 30) };
+        let mut o = Overlay::new(size, limits, Arc::new(AtomicU64::new(0)), None);
+        let mut rng = crate::rng::XorShift::new(0x5eed_0f11e);
+        for round in 0..2000 {
+            let off = rng.below(size);
+            let span = if rng.below(4) == 0 { 40 * BLOCK } else { 3 * BLOCK };
+            let len = (rng.below(span) + 1).min(size - off);
+            match rng.below(10) {
+                0 => {
+                    o.zero(off, len, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].fill(0);
+                }
+                1..=5 => {
+                    let d: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    o.write(off, &d, &chain).unwrap();
+                    model[off as usize..(off + len) as usize].copy_from_slice(&d);
+                }
+                _ => {
+                    for mapped in [true, false] {
+                        let (got, copied) = reply_all(&mut o, &chain, off, len, mapped);
+                        assert!(got == model[off as usize..(off + len) as usize], "round {round}: reply of {len} at {off} differs");
+                        if mapped && map_overflow {
+                            assert_eq!(copied, 0, "round {round}: a mapped reply copies nothing");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(o.file_slots > 100 && o.ram_pages == 0, "{} slots", o.file_slots);
+        assert_eq!(o.has_pages(), map_overflow, "mapped slots are pinned like pages");
+        let (all, copied) = reply_all(&mut o, &chain, 0, size, true);
+        assert!(all == model, "the whole disk equals the model");
+        assert_eq!(copied == 0, map_overflow, "mapped, nothing copied; without the mappings, pread ({copied} bytes)");
+        // Consecutive slots are one piece: 64 blocks written in one go to a new cache read as
+        // one address range.
+        let limits = Limits { map_overflow, ..test_limits(&dir, 0, 1 << 30, 1 << 30) };
+        let mut o = Overlay::new(size, limits, Arc::new(AtomicU64::new(0)), None);
+        o.write(BLOCK, &vec![0x5a; 64 * BLOCK as usize], &chain).unwrap();
+        let (mut scratch, mut pin, mut pieces) = (Vec::new(), None, Vec::new());
+        o.read_reply(BLOCK, 64 * BLOCK, &chain, &mut scratch, usize::MAX, &mut pin, true, &mut pieces).unwrap();
+        assert_eq!(pieces.len(), 1, "one piece: {pieces:?}");
+        assert!(
+            matches!(pieces[0], ReplyPiece::Mem(..)) == map_overflow && scratch.len() == if map_overflow { 0 } else { 64 * BLOCK as usize }
+        );
+        assert_eq!(pin.is_some(), map_overflow, "pinned only when the reply points into a mapping");
+        if let Some(e) = pin {
+            o.unpin(e);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// As a RAM page: an overflow slot a reply points into is not reused while the reply is in
+/// flight (a TRIM then a write of another block get another slot), and is once it is out.
+#[test]
+fn a_mapped_slot_under_a_reply_in_flight_is_not_reused() {
+    let dir = tmpdir("pin-file");
+    let (chain, _) = base(&dir, 64 * BLOCK);
+    let mut o = Overlay::new(64 * BLOCK, test_limits(&dir, 0, 1 << 20, 1 << 20), Arc::new(AtomicU64::new(0)), None);
+    o.write(0, &[0xaa; BLOCK as usize], &chain).unwrap();
+    let (mut scratch, mut pin, mut pieces) = (Vec::new(), None, Vec::new());
+    o.read_reply(0, BLOCK, &chain, &mut scratch, usize::MAX, &mut pin, true, &mut pieces).unwrap();
+    let [ReplyPiece::Mem(ptr, n)] = pieces[..] else { panic!("one mapped piece: {pieces:?}") };
+    assert_eq!(n, BLOCK as usize);
+    o.zero(0, BLOCK, &chain).unwrap(); // TRIM X ...
+    o.write(BLOCK, &[0xbb; BLOCK as usize], &chain).unwrap(); // ... then write Y
+                                                              // Safety: the mapping lives as long as the overlay.
+    let seen = unsafe { std::slice::from_raw_parts(ptr, n) };
+    assert!(seen.iter().all(|&b| b == 0xaa), "the reply's slot still holds X");
+    assert_eq!(o.file_slots, 2, "Y got a new slot");
+    o.unpin(pin.take().unwrap());
+    o.write(2 * BLOCK, &[0xcc; BLOCK as usize], &chain).unwrap();
+    assert_eq!(o.file_slots, 2, "once the reply is out the slot is reused");
+    assert!(seen.iter().all(|&b| b == 0xcc));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

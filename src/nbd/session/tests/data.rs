@@ -15,21 +15,28 @@ fn replies_match_a_flat_model_of_the_disk() {
     }
 }
 
-/// Overflow-file blocks are copied into the scratch, at most reply_scratch_bytes_max per
-/// batch: long reads of them go out over several batches, with the same bytes.
+/// Without the overflow file's mappings (`cache_overflow_mapped = false`) overflow-file blocks
+/// are copied into the scratch, at most reply_scratch_bytes_max per batch: long reads of them
+/// go out over several batches, with the same bytes. With them (the default) nothing is
+/// copied, and the scratch limit splits nothing.
 #[test]
 fn reads_of_overflow_blocks_continue_across_batches() {
-    let wide = fixture("overflow-wide", "queue_depth_max = 8\ncache_ram_bytes_per_target = 0");
-    let narrow = fixture("overflow", "queue_depth_max = 8\ncache_ram_bytes_per_target = 0\nreply_scratch_bytes_max = 8192");
+    let unmapped = "queue_depth_max = 8\ncache_ram_bytes_per_target = 0\ncache_overflow_mapped = false";
+    let wide = fixture("overflow-wide", unmapped);
+    let narrow = fixture("overflow", &format!("{unmapped}\nreply_scratch_bytes_max = 8192"));
+    let mapped = fixture("overflow-mapped", "queue_depth_max = 8\ncache_ram_bytes_per_target = 0\nreply_scratch_bytes_max = 8192");
     for structured in [false, true] {
         let s = script(0x0fe1, &narrow, structured, 200, 40_000, 8);
         let a = drive(&mut env(&wide), &s.bytes, &[], Instant::now());
         let b = drive(&mut env(&narrow), &s.bytes, &[], Instant::now());
+        let m = drive(&mut env(&mapped), &s.bytes, &[], Instant::now());
         check_against_model(&wide, &s, structured, &a.out);
         check_against_model(&narrow, &s, structured, &b.out);
+        check_against_model(&mapped, &s, structured, &m.out);
         // Structured replies split into more data chunks where a part ends.
         assert!(structured || a.out == b.out, "the same bytes, in more batches");
         assert!(b.batches > a.batches + 20, "scratch-bounded batches: {} against {}", b.batches, a.batches);
+        assert!(m.out == a.out && m.batches == a.batches, "mapped: {} batches against {}", m.batches, a.batches);
     }
 }
 
