@@ -25,7 +25,8 @@
 //! Overflow writes are plain pwrite on the worker thread (an error, ENOSPC of the disk, comes
 //! back as one): the overflow file is normally in the page cache, and the RAM tier is sized so
 //! the hot set stays in memory. Replies send overflow blocks from read-only shared mappings of
-//! the file, [`MAP_WINDOW_SLOTS`] slots each, mapped as the file grows into them
+//! the file, [`MAP_WINDOW_SLOTS`] slots (1 GiB) each, mapped as the file grows into them (at
+//! most [`MAP_WINDOWS_MAX`] in the process)
 //! (`nbd.cache_overflow_mapped`, default on): the kernel copies them once, into the socket, as
 //! it does RAM pages, instead of a pread into the connection's scratch and a second copy from
 //! it (pread was 9% of the iSCSI mix's CPU, perf/README.md). Only the kernel reads those
@@ -55,8 +56,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const BLOCK: u64 = 4096;
-/// Overflow-file slots one read-only mapping covers (64 MiB).
-pub const MAP_WINDOW_SLOTS: u32 = 16 * 1024;
+/// Overflow-file slots one read-only mapping covers (1 GiB of address space, populated only
+/// where sends read: a small overflow file costs one mapping, not its size).
+pub const MAP_WINDOW_SLOTS: u32 = 256 * 1024;
+/// Overflow mappings of all overlays together (8 TiB of overflow): each is one VMA, and the
+/// process's image mappings and RAM chunks need vm.max_map_count (65530 by default) too.
+/// Windows past it are read with pread.
+pub const MAP_WINDOWS_MAX: usize = 8192;
+static MAP_WINDOWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// What one zeroed range is counted as in the cache budgets (a generous figure for a B-tree
 /// entry of two u64 and its share of the node).
 pub const RANGE_BYTES: u64 = 64;
@@ -511,6 +518,15 @@ impl Overlay {
     /// Maps window `w` of the overflow file (read only, shared: the pages pwrite fills),
     /// before any slot of it is written. A failure is logged and leaves the window to pread.
     fn map_window(&mut self, w: u32) {
+        static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if MAP_WINDOWS.fetch_add(1, Ordering::AcqRel) >= MAP_WINDOWS_MAX {
+            MAP_WINDOWS.fetch_sub(1, Ordering::AcqRel);
+            if !TOLD.swap(true, Ordering::Relaxed) {
+                tracing::info!("{MAP_WINDOWS_MAX} overflow-file mappings in use: later overflow blocks are sent after a pread");
+            }
+            self.file_maps.push(None);
+            return;
+        }
         let f = self.file.as_ref().expect("file slots imply the file");
         let len = MAP_WINDOW_SLOTS as usize * BLOCK as usize;
         // Safety: the file is this overlay's own unlinked file, which nothing truncates; only
@@ -519,7 +535,10 @@ impl Overlay {
         match m {
             Ok(m) => self.file_maps.push(Some(m)),
             Err(e) => {
-                tracing::warn!(window = w, error = %e, "cannot map the overflow file: its blocks are read with pread");
+                MAP_WINDOWS.fetch_sub(1, Ordering::AcqRel);
+                if !TOLD.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(window = w, error = %e, "cannot map an overflow file: its blocks are sent after a pread");
+                }
                 self.file_maps.push(None);
             }
         }
@@ -790,6 +809,7 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
+        MAP_WINDOWS.fetch_sub(self.file_maps.iter().filter(|m| m.is_some()).count(), Ordering::AcqRel);
         self.total.fetch_sub(self.allocated_bytes() + self.reserved_bytes, Ordering::AcqRel);
         let in_use = self.limits.ram_total.fetch_sub(self.ram_bytes(), Ordering::AcqRel) - self.ram_bytes();
         // Every send that pointed at these pages is complete: the connections that made them
