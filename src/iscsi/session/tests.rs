@@ -31,6 +31,11 @@ impl Drop for Fixture {
 /// A server over a raw disk of SIZE bytes of a pattern, `iscsi` lines in its [iscsi], `extra`
 /// appended (more vdisks).
 fn fixture(tag: &str, iscsi: &str, extra: &str) -> Fixture {
+    fixture_nbd(tag, "", iscsi, extra)
+}
+
+/// As `fixture`, with `nbd` lines in [nbd] (the write cache's settings).
+fn fixture_nbd(tag: &str, nbd: &str, iscsi: &str, extra: &str) -> Fixture {
     let dir = std::env::temp_dir().join(format!("bootfarm-iscsi-session-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("boot")).unwrap();
@@ -41,7 +46,7 @@ fn fixture(tag: &str, iscsi: &str, extra: &str) -> Fixture {
         crate::image::write::create_vhdx(&dir.join("priv.vhdx"), 1 << 20, 1 << 20, 512, None).unwrap();
     }
     let text = format!(
-        "[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n[iscsi]\n{iscsi}\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n{extra}"
+        "[tftp]\nroot = \"boot\"\n[nbd]\ncache_dir = \"cache\"\n{nbd}\n[iscsi]\n{iscsi}\n[[vdisk]]\nname = \"disk\"\npath = \"disk.raw\"\n{extra}"
     );
     let snap = config::from_text(&dir.join("bootfarm.toml"), &text, &Overrides::default(), 1, None).unwrap();
     Fixture { dir, snap: Arc::new(snap), content }
@@ -713,4 +718,50 @@ fn header_and_data_digests_are_checked_and_sent() {
     s.extend(&c);
     let (_, ended) = drive(&mut env(&f), &s, &[], Instant::now());
     assert!(ended);
+}
+
+/// With no RAM tier every written block is in the overflow file: Data-In points into the
+/// file's mappings without a data digest, and reads the blocks with pread under one (the
+/// digest is computed over them on the server), with the same bytes either way.
+#[test]
+fn overflow_blocks_read_back_with_and_without_a_data_digest() {
+    let f = fixture_nbd("overflow", "cache_ram_bytes_per_target = 0", "", "");
+    let (s, reads) = mixed_stream(&f, 0x0f10, 60);
+    let (out, _) = drive(&mut env(&f), &s, &[], Instant::now());
+    check_mixed(&out, &reads);
+    let mut ops = OPS.to_vec();
+    ops[1] = "DataDigest=CRC32C";
+    let mut s = login_as(INITIATOR, TARGET, &ops);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut w = write(70, 2, 8, &data[..2048], 2048, true);
+    w.extend_from_slice(&wire::digest_bytes(wire::crc32c(&[&data[..2048]])));
+    s.extend(w);
+    let mut w = write(71, 3, 12, &data[2048..], 2048, true);
+    w.extend_from_slice(&wire::digest_bytes(wire::crc32c(&[&data[2048..]])));
+    s.extend(w);
+    s.extend(read(72, 4, 6, 12)); // image, then both writes, then image
+    let (out, ended) = drive(&mut env(&f), &s, &[], Instant::now());
+    assert!(!ended);
+    let mut at = 0;
+    for _ in 0..2 {
+        at += wire::layout(&Bhs::new(&out[at..]).unwrap(), Digests::default()).total;
+        // login responses
+    }
+    let (mut got, mut statuses) = (Vec::new(), 0);
+    while at < out.len() {
+        let b = Bhs::new(&out[at..]).unwrap();
+        let l = wire::layout(&b, Digests { header: false, data: true });
+        if b.opcode() == op::DATA_IN && b.itt() == 72 {
+            let seg = &out[at + l.data_off..at + l.data_off + l.data_len];
+            let crc_at = at + l.total - 4;
+            assert_eq!(&out[crc_at..crc_at + 4], &wire::digest_bytes(wire::crc32c(&[seg])), "Data-In's digest");
+            got.extend_from_slice(seg);
+        }
+        statuses += (b.opcode() == op::SCSI_RESPONSE || b.opcode() == op::DATA_IN && b.flags() & 1 != 0) as usize;
+        at += l.total;
+    }
+    let mut want = f.content[6 * 512..18 * 512].to_vec();
+    want[2 * 512..2 * 512 + data.len()].copy_from_slice(&data);
+    assert!(got == want, "the READ over the overflow blocks, {} bytes", got.len());
+    assert_eq!(statuses, 3, "two WRITEs and the READ answered");
 }

@@ -30,8 +30,7 @@ impl Overlay {
         }
         self.read_as(off, len, base, scratch, scratch_max, mapped, &mut |p| match p {
             Piece::Data(d) => match out.last_mut() {
-                // Safety (of the add): p + n is the end of the previous piece's memory.
-                Some(ReplyPiece::Mem(p, n)) if unsafe { p.add(*n) } == d.as_ptr() => *n += d.len(),
+                Some(ReplyPiece::Mem(p, n)) if p.wrapping_add(*n) == d.as_ptr() => *n += d.len(),
                 _ => out.push(ReplyPiece::Mem(d.as_ptr(), d.len())),
             },
             Piece::Copied(rg) => out.push(ReplyPiece::Scratch(rg.start as u32, rg.len() as u32)),
