@@ -237,6 +237,8 @@ fn stalled_connections(mapped: bool, per_conn_max: f64) {
         peak = peak.max(r);
     }
     let grown_mib = peak.saturating_sub(before) as f64 / 1024.0;
+    let mappings = metric(&metrics(ports.1), "bootfarm_nbd_cache_overflow_mappings");
+    assert_eq!(mappings, if mapped { 1.0 } else { 0.0 }, "mapped {mapped}: the target's overflow file, one window");
     eprintln!(
         "mapped {mapped}: VmRSS {before} kB before, {peak} kB with 20 stalled connections: {:.1} MiB per connection",
         grown_mib / 20.0

@@ -308,6 +308,12 @@ pub fn render_metrics(shared: &Shared) -> String {
                 shared.nbd_targets.pool.mapped_bytes.load(r) as f64,
             ),
             (
+                "bootfarm_nbd_cache_overflow_mappings",
+                "",
+                "Read-only mappings of write-cache overflow files that replies send from (1 GiB of address space each, at most 8192).",
+                crate::nbd::cache::overflow_mappings() as f64,
+            ),
+            (
                 "bootfarm_nbd_cache_chunks_reused",
                 "",
                 "256 KiB write-cache chunks a target got already faulted in (from a dropped cache or the prefault), since start.",

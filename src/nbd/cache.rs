@@ -64,6 +64,11 @@ pub const MAP_WINDOW_SLOTS: u32 = 256 * 1024;
 /// Windows past it are read with pread.
 pub const MAP_WINDOWS_MAX: usize = 8192;
 static MAP_WINDOWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Overflow-file mappings in use by all overlays (the metrics' gauge).
+pub fn overflow_mappings() -> usize {
+    MAP_WINDOWS.load(Ordering::Relaxed)
+}
 /// What one zeroed range is counted as in the cache budgets (a generous figure for a B-tree
 /// entry of two u64 and its share of the node).
 pub const RANGE_BYTES: u64 = 64;
