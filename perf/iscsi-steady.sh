@@ -8,7 +8,7 @@
 #   bash perf/iscsi-steady.sh [BIN_A [BIN_B ...]]      (default: this tree's release build)
 # RUNS (default 4) alternating runs per binary; CONFIG_EXTRA: lines appended to [nbd] (e.g.
 # "cache_overflow_mapped = false" to A/B one binary); PROF=1: perf record -g of the last run
-# of each binary into $PWD/perf-<n>.data. Prints each run, then the median per binary.
+# of each binary into /tmp/iscsi-steady-<n>.data. Prints each run, then the median per binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -65,7 +65,7 @@ declare -A R
 for r in $(seq "$RUNS"); do
   for i in "${!BINS[@]}"; do
     prof=
-    if [ -n "${PROF:-}" ] && [ "$r" = "$RUNS" ]; then prof=$PWD/perf-$i.data; fi
+    if [ -n "${PROF:-}" ] && [ "$r" = "$RUNS" ]; then prof=/tmp/iscsi-steady-$i.data; fi
     line=$(one "${BINS[$i]}" "$prof")
     echo "run $r bin $i: $line (iops MB/s p50 p99 client_us server_us)"
     R[$i]+="${line##* }"$'\n'
