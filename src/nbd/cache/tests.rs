@@ -29,6 +29,30 @@ fn read_all(o: &Overlay, chain: &Chain, off: u64, len: u64) -> Vec<u8> {
     out
 }
 
+/// One round of a random workload over the whole disk, applied to `o` and `model`: a zeroing
+/// (1 in 10), a write (5 in 10) of up to 3 blocks (1 in 4: up to `long` blocks), any alignment;
+/// or the range the caller should read and check.
+fn random_round(o: &mut Overlay, chain: &Chain, model: &mut [u8], rng: &mut crate::rng::XorShift, long: u64) -> Option<(u64, u64)> {
+    let size = model.len() as u64;
+    let off = rng.below(size);
+    let span = if rng.below(4) == 0 { long * BLOCK } else { 3 * BLOCK };
+    let len = (rng.below(span) + 1).min(size - off);
+    let at = off as usize..(off + len) as usize;
+    match rng.below(10) {
+        0 => {
+            o.zero(off, len, chain).unwrap();
+            model[at].fill(0);
+        }
+        1..=5 => {
+            let d: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            o.write(off, &d, chain).unwrap();
+            model[at].copy_from_slice(&d);
+        }
+        _ => return Some((off, len)),
+    }
+    None
+}
+
 /// Limits for a test overlay in `dir`: the given RAM tier and byte budgets; zero ranges
 /// and the global RAM tier out of the way.
 fn test_limits(dir: &Path, ram_bytes: u64, target_bytes_max: u64, total_bytes_max: u64) -> Limits {
@@ -64,23 +88,9 @@ fn overlay_matches_a_flat_model() {
     let mut o = Overlay::new(size, limits, total.clone(), None);
     let mut rng = crate::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
     for round in 0..3000 {
-        let off = rng.below(size);
-        let span = if rng.below(4) == 0 { 24 * BLOCK } else { 3 * BLOCK };
-        let len = (rng.below(span) + 1).min(size - off);
-        match rng.below(10) {
-            0 => {
-                o.zero(off, len, &chain).unwrap();
-                model[off as usize..(off + len) as usize].fill(0);
-            }
-            1..=5 => {
-                let d: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-                o.write(off, &d, &chain).unwrap();
-                model[off as usize..(off + len) as usize].copy_from_slice(&d);
-            }
-            _ => {
-                let got = read_all(&o, &chain, off, len);
-                assert!(got == model[off as usize..(off + len) as usize], "round {round}: read of {len} at {off} differs");
-            }
+        if let Some((off, len)) = random_round(&mut o, &chain, &mut model, &mut rng, 24) {
+            let got = read_all(&o, &chain, off, len);
+            assert!(got == model[off as usize..(off + len) as usize], "round {round}: read of {len} at {off} differs");
         }
     }
     assert!(read_all(&o, &chain, 0, size) == model, "the whole disk equals the model");
@@ -469,27 +479,12 @@ fn overflow_replies_point_into_the_file_mapping() {
         let mut o = Overlay::new(size, limits, Arc::new(AtomicU64::new(0)), None);
         let mut rng = crate::rng::XorShift::new(0x5eed_0f11e);
         for round in 0..2000 {
-            let off = rng.below(size);
-            let span = if rng.below(4) == 0 { 40 * BLOCK } else { 3 * BLOCK };
-            let len = (rng.below(span) + 1).min(size - off);
-            match rng.below(10) {
-                0 => {
-                    o.zero(off, len, &chain).unwrap();
-                    model[off as usize..(off + len) as usize].fill(0);
-                }
-                1..=5 => {
-                    let d: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-                    o.write(off, &d, &chain).unwrap();
-                    model[off as usize..(off + len) as usize].copy_from_slice(&d);
-                }
-                _ => {
-                    for mapped in [true, false] {
-                        let (got, copied) = reply_all(&mut o, &chain, off, len, mapped);
-                        assert!(got == model[off as usize..(off + len) as usize], "round {round}: reply of {len} at {off} differs");
-                        if mapped && map_overflow {
-                            assert_eq!(copied, 0, "round {round}: a mapped reply copies nothing");
-                        }
-                    }
+            let Some((off, len)) = random_round(&mut o, &chain, &mut model, &mut rng, 40) else { continue };
+            for mapped in [true, false] {
+                let (got, copied) = reply_all(&mut o, &chain, off, len, mapped);
+                assert!(got == model[off as usize..(off + len) as usize], "round {round}: reply of {len} at {off} differs");
+                if mapped && map_overflow {
+                    assert_eq!(copied, 0, "round {round}: a mapped reply copies nothing");
                 }
             }
         }
