@@ -555,9 +555,13 @@ impl Overlay {
         if end > self.file_len {
             return None;
         }
-        let m = self.file_maps.get((f / MAP_WINDOW_SLOTS) as usize)?.as_ref()?;
         let i = (f % MAP_WINDOW_SLOTS) as usize * BLOCK as usize + at;
-        Some(&m[i..i + n])
+        Some(&self.window(f)?[i..i + n])
+    }
+
+    /// The mapping of the window overflow slot `f` lies in, if it is mapped.
+    fn window(&self, f: u32) -> Option<&memmap2::Mmap> {
+        self.file_maps.get((f / MAP_WINDOW_SLOTS) as usize)?.as_ref()
     }
 
     /// Pins the pages a reply is about to point at: none of the pages this overlay holds now is
@@ -592,7 +596,7 @@ impl Overlay {
     fn release(&mut self, s: Slot) {
         let pointed = match s {
             Slot::Ram(_) => true,
-            Slot::File(f) => self.file_maps.get((f / MAP_WINDOW_SLOTS) as usize).is_some_and(Option::is_some),
+            Slot::File(f) => self.window(f).is_some(),
         };
         if pointed && !self.pins.is_empty() {
             self.quarantine.push_back((self.epoch, s));
