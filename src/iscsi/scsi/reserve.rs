@@ -2,8 +2,9 @@
 //! SPC-4 persistent reservations (PERSISTENT RESERVE IN/OUT), and which commands a reservation
 //! held by another I_T nexus turns into RESERVATION CONFLICT. No lock and no I/O: the engine
 //! keeps one [`State`] per LUN behind a mutex; nothing is persisted (APTPL is refused).
-//! A PREEMPT (AND ABORT) leaves a [`Notice`] per preempted nexus, which that nexus's session
-//! (on any worker) collects before its next step: at most `registrants_max` wait per LUN.
+//! A PREEMPT (AND ABORT), a CLEAR, and the release of a registrants-only or all-registrants
+//! reservation leave a [`Notice`] per nexus they concern, which that nexus's session (on any
+//! worker) collects before its next step: at most `registrants_max` wait per LUN.
 
 use super::{be64, Sense};
 
@@ -39,15 +40,38 @@ pub enum Refusal {
     Check(Sense),
 }
 
-/// What a PREEMPT or PREEMPT AND ABORT of another nexus leaves for a nexus it removed, until
-/// that nexus's session takes it ([`State::take_notice`]): the unit attentions to report and
-/// whether the session's tasks are aborted (SPC-4 5.13.11.2.4 and .6).
+/// What another nexus's PERSISTENT RESERVE OUT leaves for a registered nexus, until that
+/// nexus's session takes it ([`State::take_notice`]): the unit attentions to report and
+/// whether the session's tasks are aborted (SPC-4 5.13.11.2.3 to .6). Notices for one nexus
+/// merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Notice {
     /// PREEMPT AND ABORT: every task of the nexus is aborted, as ABORT TASK SET would (with
     /// TAS 0 in the control page: no status for them; COMMANDS CLEARED BY ANOTHER INITIATOR
     /// if there were any).
     pub abort: bool,
+    /// REGISTRATIONS PREEMPTED (2Ah/05h): a PREEMPT (AND ABORT) removed its registration.
+    pub preempted: bool,
+    /// RESERVATIONS PREEMPTED (2Ah/03h): a CLEAR removed every registration and the
+    /// reservation (SPC-4 5.13.11.2.7).
+    pub cleared: bool,
+    /// RESERVATIONS RELEASED (2Ah/04h): a registrants-only or all-registrants reservation was
+    /// released (RELEASE, or its registrants-only holder unregistered), or a PREEMPT took the
+    /// reservation with another type; this nexus kept its registration.
+    pub released: bool,
+}
+
+impl Notice {
+    const PREEMPTED: Notice = Notice { abort: false, preempted: true, cleared: false, released: false };
+    const CLEARED: Notice = Notice { abort: false, preempted: false, cleared: true, released: false };
+    const RELEASED: Notice = Notice { abort: false, preempted: false, cleared: false, released: true };
+
+    fn merge(&mut self, o: Notice) {
+        self.abort |= o.abort;
+        self.preempted |= o.preempted;
+        self.cleared |= o.cleared;
+        self.released |= o.released;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +122,10 @@ fn access(cdb: &[u8]) -> Access {
 
 fn all_registrants(k: u8) -> bool {
     matches!(k, kind::WRITE_EXCLUSIVE_AR | kind::EXCLUSIVE_ACCESS_AR)
+}
+
+fn registrants_only(k: u8) -> bool {
+    matches!(k, kind::WRITE_EXCLUSIVE_RO | kind::EXCLUSIVE_ACCESS_RO)
 }
 
 fn valid_kind(k: u8) -> bool {
@@ -255,7 +283,15 @@ impl State {
                         self.registrants.push((nexus.to_string(), sa_key));
                     }
                     Some(m) if action == sa::REGISTER && m != key => return Err(Refusal::Conflict),
-                    Some(_) if sa_key == 0 => self.unregister(nexus),
+                    Some(_) if sa_key == 0 => {
+                        // A registrants-only holder that unregisters releases the reservation:
+                        // the others hear of it (5.13.11.2.3).
+                        let released = self.holds(nexus) && self.held.as_ref().is_some_and(|h| registrants_only(h.kind));
+                        self.unregister(nexus);
+                        if released {
+                            self.post(self.others(nexus), Notice::RELEASED, registrants_max);
+                        }
+                    }
                     Some(_) => self.registrants.iter_mut().filter(|(n, _)| n == nexus).for_each(|r| r.1 = sa_key),
                 }
                 self.generation = self.generation.wrapping_add(1);
@@ -286,14 +322,23 @@ impl State {
                         // INVALID RELEASE OF PERSISTENT RESERVATION
                         return check(Sense::new(super::key::ILLEGAL_REQUEST, 0x26, 0x04));
                     }
+                    // The other registrants of a registrants-only or all-registrants type
+                    // hear of the release (5.13.11.2.2); of the other types, nobody.
+                    let tell = registrants_only(h.kind) || all_registrants(h.kind);
                     self.held = None;
+                    if tell {
+                        self.post(self.others(nexus), Notice::RELEASED, registrants_max);
+                    }
                 }
                 _ => {}
             },
             sa::CLEAR => {
+                // Every other registrant hears RESERVATIONS PREEMPTED (5.13.11.2.7).
+                let others = self.others(nexus);
                 self.registrants.clear();
                 self.held = None;
                 self.generation = self.generation.wrapping_add(1);
+                self.post(others, Notice::CLEARED, registrants_max);
             }
             _ => self.preempt(nexus, sa_key, k, action == sa::PREEMPT_AND_ABORT, registrants_max)?,
         }
@@ -306,12 +351,20 @@ impl State {
         Some(self.notices.remove(i).1)
     }
 
-    /// Leaves `notice` for each nexus of `gone` (their registrations were just removed); one
-    /// per nexus (an abort is kept), at most `max` (the oldest go first).
-    fn post(&mut self, gone: Vec<String>, notice: Notice, max: usize) {
-        for n in gone {
+    /// Every registered nexus but `nexus`.
+    fn others(&self, nexus: &str) -> Vec<String> {
+        self.registrants.iter().filter(|(n, _)| n != nexus).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Leaves `notice` for each nexus of `to`; one per nexus (merged with one already waiting),
+    /// at most `max` (the oldest go first).
+    fn post(&mut self, to: Vec<String>, notice: Notice, max: usize) {
+        if to.is_empty() {
+            return;
+        }
+        for n in to {
             if let Some(e) = self.notices.iter_mut().find(|(m, _)| *m == n) {
-                e.1.abort |= notice.abort;
+                e.1.merge(notice);
                 continue;
             }
             if self.notices.len() >= max.max(1) {
@@ -339,7 +392,10 @@ impl State {
     /// reservation passes to `nexus` when it was theirs, and each removed nexus gets a
     /// [`Notice`] (its session reports REGISTRATIONS PREEMPTED and, on an abort, loses its
     /// tasks). The preempting nexus keeps its own tasks and registration (SPC-4 5.13.11.2.6).
+    /// When the reservation passes with another type, the registrants that stay hear
+    /// RESERVATIONS RELEASED (5.13.11.2.4.3).
     fn preempt(&mut self, nexus: &str, sa_key: u64, k: u8, abort: bool, max: usize) -> Result<(), Refusal> {
+        let mut retyped = false;
         let gone: Vec<String> = match self.held.clone() {
             Some(h) if all_registrants(h.kind) && sa_key == 0 => {
                 let gone = self.remove_registrants(|n, _| n != nexus);
@@ -349,6 +405,7 @@ impl State {
             Some(h) if !all_registrants(h.kind) && self.key_of(&h.holder) == Some(sa_key) => {
                 let gone = self.remove_registrants(|n, key| n != nexus && key == sa_key);
                 self.held = Some(Held { holder: nexus.to_string(), kind: k });
+                retyped = h.kind != k;
                 gone
             }
             _ => {
@@ -363,7 +420,10 @@ impl State {
             }
         };
         self.generation = self.generation.wrapping_add(1);
-        self.post(gone, Notice { abort }, max);
+        self.post(gone, Notice { abort, ..Notice::PREEMPTED }, max);
+        if retyped {
+            self.post(self.others(nexus), Notice::RELEASED, max);
+        }
         Ok(())
     }
 

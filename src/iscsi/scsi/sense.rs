@@ -111,6 +111,16 @@ impl Sense {
     pub const fn commands_cleared() -> Sense {
         Sense::new(key::UNIT_ATTENTION, 0x2F, 0x00)
     }
+    /// UNIT ATTENTION / RESERVATIONS PREEMPTED (2Ah/03h): another nexus's CLEAR removed every
+    /// registration and the reservation (SPC-4 5.13.11.2.7).
+    pub const fn reservations_preempted() -> Sense {
+        Sense::new(key::UNIT_ATTENTION, 0x2A, 0x03)
+    }
+    /// UNIT ATTENTION / RESERVATIONS RELEASED (2Ah/04h): a registrants-only or all-registrants
+    /// reservation this nexus was registered under was released or changed type.
+    pub const fn reservations_released() -> Sense {
+        Sense::new(key::UNIT_ATTENTION, 0x2A, 0x04)
+    }
     /// UNIT ATTENTION / REGISTRATIONS PREEMPTED (2Ah/05h): another nexus's PREEMPT removed
     /// this nexus's registration (SPC-4 5.13.11.2.4).
     pub const fn registrations_preempted() -> Sense {

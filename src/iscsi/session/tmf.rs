@@ -138,11 +138,11 @@ impl<E: Env> Session<E> {
         }
     }
 
-    /// Takes the notice another initiator's PREEMPT (AND ABORT) left for this nexus, if the
-    /// reservation table's epoch moved since the last look (one atomic load otherwise). Run
-    /// before every step, so that an aborted task sends nothing more: its R2Ts were sent
-    /// already, its Data-Out is dropped when it comes, a READ's Data-In stops. A step already
-    /// running on another worker when the preempt came ends first: the abort takes effect
+    /// Takes the notice another initiator's PREEMPT (AND ABORT), CLEAR or RELEASE left for this
+    /// nexus, if the reservation table's epoch moved since the last look (one atomic load
+    /// otherwise). Run before every step, so that an aborted task sends nothing more: its R2Ts
+    /// were sent already, its Data-Out is dropped when it comes, a READ's Data-In stops. A step
+    /// already running on another worker when the preempt came ends first: the abort takes effect
     /// between two steps of this session.
     pub(super) fn collect_notice(&mut self, env: &E) {
         let epoch = env.reservations().epoch();
@@ -154,10 +154,25 @@ impl<E: Env> Session<E> {
         let nexus = self.nexus();
         let Some(n) = env.reservations().with(&t.vdisk.name, |r| r.take_notice(&nexus)) else { return };
         let aborted = if n.abort { self.abort_all() } else { 0 };
-        tracing::info!(initiator = %self.initiator, aborted, abort = n.abort, "iscsi registration preempted by another initiator");
+        let what = if n.preempted {
+            "iscsi registration preempted by another initiator"
+        } else if n.cleared {
+            "iscsi registrations and reservation cleared by another initiator"
+        } else {
+            "iscsi reservation released by another initiator"
+        };
+        tracing::info!(initiator = %self.initiator, aborted, abort = n.abort, "{what}");
         if aborted > 0 {
             self.push_ua(Sense::commands_cleared());
         }
-        self.push_ua(Sense::registrations_preempted());
+        for (on, ua) in [
+            (n.preempted, Sense::registrations_preempted()),
+            (n.cleared, Sense::reservations_preempted()),
+            (n.released, Sense::reservations_released()),
+        ] {
+            if on {
+                self.push_ua(ua);
+            }
+        }
     }
 }

@@ -231,7 +231,7 @@ fn a_preempt_leaves_one_notice_per_removed_nexus_taken_once_and_bounded() {
     let e1 = t.epoch();
     t.with("disk", |s| {
         assert_eq!(s.take_notice(A), None, "the preempting nexus gets none");
-        assert_eq!(s.take_notice(B), Some(Notice { abort: true }));
+        assert_eq!(s.take_notice(B), Some(Notice { abort: true, preempted: true, ..Notice::default() }));
         assert_eq!(s.take_notice(B), None, "taken once");
         assert_eq!(keys(s), [1]);
     });
@@ -242,8 +242,9 @@ fn a_preempt_leaves_one_notice_per_removed_nexus_taken_once_and_bounded() {
         out(s, A, 4, kind::WRITE_EXCLUSIVE, 1, 2).unwrap();
         out(s, B, 0, 0, 0, 2).unwrap();
         out(s, A, 5, kind::WRITE_EXCLUSIVE, 1, 2).unwrap();
-        assert_eq!(s.take_notice(B), Some(Notice { abort: true }));
-        assert_eq!(s.take_notice(C), Some(Notice { abort: true }), "C's from the first preempt");
+        let aborted = Notice { abort: true, preempted: true, ..Notice::default() };
+        assert_eq!(s.take_notice(B), Some(aborted));
+        assert_eq!(s.take_notice(C), Some(aborted), "C's from the first preempt");
     });
     // At most registrants_max notices wait: the oldest go.
     let mut s = State::default();
@@ -255,5 +256,80 @@ fn a_preempt_leaves_one_notice_per_removed_nexus_taken_once_and_bounded() {
         }
     }
     assert_eq!(s.take_notice(&names[1]), None, "evicted");
-    assert!((2..5).all(|i| s.take_notice(&names[i]) == Some(Notice { abort: false })));
+    assert!((2..5).all(|i| s.take_notice(&names[i]) == Some(Notice { preempted: true, ..Notice::default() })));
+}
+
+/// The notices each registrant holds after `f` ran on a LUN where A, B and C are registered
+/// (keys 1, 2, 3), in the order A, B, C (each taken, so empty afterwards).
+fn notices_after(f: impl FnOnce(&mut State)) -> Vec<Option<super::super::reserve::Notice>> {
+    let mut s = State::default();
+    for (n, k) in [(A, 1), (B, 2), (C, 3)] {
+        out(&mut s, n, 0, 0, 0, k).unwrap();
+    }
+    f(&mut s);
+    [A, B, C].iter().map(|n| s.take_notice(n)).collect()
+}
+
+#[test]
+fn clear_release_unregister_and_a_retyping_preempt_tell_the_other_registrants() {
+    use super::super::reserve::{Notice, Table};
+    let released = Some(Notice { released: true, ..Notice::default() });
+    let cleared = Some(Notice { cleared: true, ..Notice::default() });
+    // CLEAR: every other registrant, RESERVATIONS PREEMPTED (with or without a reservation).
+    assert_eq!(notices_after(|s| out(s, A, 3, 0, 1, 0).unwrap()), [None, cleared, cleared]);
+    let t = Table::default();
+    let e0 = t.epoch();
+    t.with("disk", |s| out(s, A, 0, 0, 0, 1).unwrap());
+    t.with("disk", |s| out(s, A, 3, 0, 1, 0).unwrap());
+    assert_eq!(t.epoch(), e0, "a CLEAR with nobody else registered posts nothing");
+    // RELEASE: RESERVATIONS RELEASED to the others for the registrants-only and all-registrants
+    // types; nothing for Write Exclusive and Exclusive Access.
+    for k in [kind::WRITE_EXCLUSIVE_RO, kind::EXCLUSIVE_ACCESS_RO, kind::WRITE_EXCLUSIVE_AR, kind::EXCLUSIVE_ACCESS_AR] {
+        let n = notices_after(|s| {
+            out(s, A, 1, k, 1, 0).unwrap();
+            out(s, A, 2, k, 1, 0).unwrap();
+            assert_eq!(reservation(s), None);
+        });
+        assert_eq!(n, [None, released, released], "type {k}");
+    }
+    for k in [kind::WRITE_EXCLUSIVE, kind::EXCLUSIVE_ACCESS] {
+        assert_eq!(notices_after(|s| [1, 2].iter().for_each(|&sa| out(s, A, sa, k, 1, 0).unwrap())), [None; 3], "type {k}");
+    }
+    // A RELEASE that releases nothing (B is not the holder) tells nobody.
+    let n = notices_after(|s| {
+        out(s, A, 1, kind::WRITE_EXCLUSIVE_RO, 1, 0).unwrap();
+        out(s, B, 2, kind::WRITE_EXCLUSIVE_RO, 2, 0).unwrap();
+        assert!(reservation(s).is_some());
+    });
+    assert_eq!(n, [None; 3]);
+    // A registrants-only holder that unregisters releases the reservation: the others hear it.
+    let n = notices_after(|s| {
+        out(s, B, 1, kind::EXCLUSIVE_ACCESS_RO, 2, 0).unwrap();
+        out(s, B, 0, 0, 2, 0).unwrap();
+        assert_eq!((reservation(s), keys(s)), (None, vec![1, 3]));
+    });
+    assert_eq!(n, [released, None, released]);
+    // A Write Exclusive holder that unregisters: released, nobody told.
+    assert_eq!(notices_after(|s| [(1, 1), (0, 0)].iter().for_each(|&(sa, k)| out(s, B, sa, k, 2, 0).unwrap())), [None; 3]);
+    // PREEMPT of the holder with another type: the holder is preempted, the third registrant
+    // hears RESERVATIONS RELEASED; with the same type it hears nothing.
+    let preempted = Some(Notice { preempted: true, ..Notice::default() });
+    let n = notices_after(|s| {
+        out(s, B, 1, kind::WRITE_EXCLUSIVE, 2, 0).unwrap();
+        out(s, A, 4, kind::EXCLUSIVE_ACCESS, 1, 2).unwrap();
+        assert_eq!(reservation(s), Some((1, kind::EXCLUSIVE_ACCESS)));
+    });
+    assert_eq!(n, [None, preempted, released]);
+    let n = notices_after(|s| {
+        out(s, B, 1, kind::WRITE_EXCLUSIVE, 2, 0).unwrap();
+        out(s, A, 4, kind::WRITE_EXCLUSIVE, 1, 2).unwrap();
+    });
+    assert_eq!(n, [None, preempted, None]);
+    // Notices for one nexus merge: preempted by one PREEMPT, then a CLEAR.
+    let n = notices_after(|s| {
+        out(s, A, 4, kind::WRITE_EXCLUSIVE, 1, 2).unwrap();
+        out(s, B, 0, 0, 0, 2).unwrap();
+        out(s, A, 3, 0, 1, 0).unwrap();
+    });
+    assert_eq!(n, [None, Some(Notice { preempted: true, cleared: true, ..Notice::default() }), cleared]);
 }

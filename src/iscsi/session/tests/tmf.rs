@@ -1,6 +1,6 @@
 //! Task management through whole sessions: PREEMPT AND ABORT reaching the tasks of another
 //! initiator's session (which may live on another worker: only the shared reservation table
-//! joins them), and ABORT TASK of a command numbered but not yet received (RFC 7143 11.5.1 b).
+//! joins them), RELEASE and CLEAR reaching it as unit attentions, and ABORT TASK of a command numbered but not yet received (RFC 7143 11.5.1 b).
 
 use super::reserve::prout;
 use super::*;
@@ -9,10 +9,13 @@ const OTHER: &str = "iqn.1994-05.com.redhat:test-b";
 /// PERSISTENT RESERVE OUT service actions and types used here.
 const REGISTER: u8 = 0;
 const RESERVE: u8 = 1;
+const RELEASE: u8 = 2;
+const CLEAR: u8 = 3;
 const PREEMPT: u8 = 4;
 const PREEMPT_AND_ABORT: u8 = 5;
 const WRITE_EXCLUSIVE: u8 = 1;
 const WRITE_EXCLUSIVE_RO: u8 = 5;
+const WRITE_EXCLUSIVE_AR: u8 = 7;
 
 /// A session kept open between sends, as a worker keeps it.
 struct Live {
@@ -141,6 +144,33 @@ fn preempt_without_abort_keeps_the_tasks_and_reports_the_lost_registration() {
     let p = a.send(&mut e, &[tur(3, 4), tur(4, 5)].concat());
     assert_eq!(sense_of(&p, 3), (6, 0x2A, 0x05), "REGISTRATIONS PREEMPTED, no COMMANDS CLEARED");
     assert_eq!(result(&p, 4).1, Some(0));
+    a.close(&mut e);
+    b.close(&mut e);
+}
+
+#[test]
+fn a_release_and_a_clear_reach_the_other_initiators_session_as_unit_attentions() {
+    let f = fixture("tmf-release-clear", "", "");
+    let mut e = env(&f);
+    // A holds Write Exclusive, All Registrants; B is registered under it.
+    let mut a = Live::open(&mut e, login());
+    let p = a.send(&mut e, &[prout(1, 2, REGISTER, 0, 0, 0xA), prout(2, 3, RESERVE, WRITE_EXCLUSIVE_AR, 0xA, 0)].concat());
+    assert_eq!([result(&p, 1).1, result(&p, 2).1], [Some(0); 2]);
+    let mut b = Live::open(&mut e, login_as(OTHER, TARGET, OPS));
+    let p = b.send(&mut e, &[prout(1, 2, REGISTER, 0, 0, 0xB), tur(2, 3)].concat());
+    assert_eq!([result(&p, 1).1, result(&p, 2).1], [Some(0); 2]);
+    // A releases: B's next command reports RESERVATIONS RELEASED, the one after is GOOD.
+    let p = a.send(&mut e, &prout(3, 4, RELEASE, WRITE_EXCLUSIVE_AR, 0xA, 0));
+    assert_eq!(result(&p, 3).1, Some(0));
+    let p = b.send(&mut e, &[tur(3, 4), tur(4, 5)].concat());
+    assert_eq!(sense_of(&p, 3), (6, 0x2A, 0x04), "RESERVATIONS RELEASED");
+    assert_eq!(result(&p, 4).1, Some(0));
+    // B clears: A's next command reports RESERVATIONS PREEMPTED; B itself hears nothing.
+    let p = b.send(&mut e, &[prout(5, 6, CLEAR, 0, 0xB, 0), tur(6, 7)].concat());
+    assert_eq!([result(&p, 5).1, result(&p, 6).1], [Some(0); 2]);
+    let p = a.send(&mut e, &[tur(4, 5), tur(5, 6)].concat());
+    assert_eq!(sense_of(&p, 4), (6, 0x2A, 0x03), "RESERVATIONS PREEMPTED");
+    assert_eq!(result(&p, 5).1, Some(0));
     a.close(&mut e);
     b.close(&mut e);
 }
