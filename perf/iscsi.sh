@@ -4,7 +4,12 @@
 #   rr32    4 KiB random reads, queue depth 32
 #   seq     1 MiB sequential reads, queue depth 4
 #   seq128  128 KiB sequential reads, queue depth 8 (tgt answers 1 MiB reads slowly, see README)
-#   mix     64 KiB random, 80% reads / 20% writes, queue depth 16
+#   mix     64 KiB random, 80% reads / 20% writes, queue depth 16, one initiator in every round:
+#           from the second round on its write cache holds the earlier rounds' writes (kept
+#           between rounds: cache_keep_after_disconnect_ms is 10 min here), the steady state
+#           that tgt, writing into its one raw file in place, is always in
+#   mixfresh the same load from a new initiator each round: an empty write cache, its RAM and
+#           overflow file written for the first time (for tgt the same load as mix)
 # Load: `bootstorm iscsi-bench` (one session, fixed queue depth, p50/p99 per command; Debian's
 # fio has no libiscsi engine) for every scenario, and libiscsi's iscsi-perf (an independent
 # initiator, reads only, IOPS only) for rr32 and seq as a cross-check.
@@ -13,18 +18,23 @@
 #             initiator's write cache (RAM)
 #   tgt       tgtd (Debian) with a raw copy of it as LUN 1 (tgt cannot read VHDX; its LUN 0 is
 #             the controller), MaxRecvDataSegmentLength raised to bootfarm's 256 KiB
+# The floor (rr1): perf/iscsi-floor.c, a target that does nothing but answer (one poll, one
+# recv and one sendmsg per READ, zeros for data), run in every round beside the two: what any
+# target pays per QD1 read on this machine for the sockets, the sleep and the wake-ups alone.
+# FLOOR=0 leaves it out.
 # Server CPU per I/O: the server's utime+stime (/proc/PID/stat, all threads) over the run's
 # I/Os. Each run lasts $SECS s (default 5). Client and servers share this machine's cores.
 # bootfarm's write cache: CACHE_RAM bytes of RAM per initiator (default 256 MiB, then its
 # overflow file), PREFAULT bytes of that RAM committed at start (nbd.cache_ram_prefault_bytes,
 # default 0).
+# PROF=1: perf record -g of each server in the last round, into /tmp/iscsi-SERVER-SCENARIO.data.
 # Usage: ROUNDS=3 SECS=5 [SERVERS="bootfarm tgt"] [SCENARIOS="mix"] [CACHE_RAM=..] [PREFAULT=..] bash perf/iscsi.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-5}
-need_pkgs iscsi-perf:libiscsi-bin /usr/sbin/tgtd:tgt qemu-img:qemu-utils bc:bc
+need_pkgs iscsi-perf:libiscsi-bin /usr/sbin/tgtd:tgt qemu-img:qemu-utils bc:bc cc:gcc
 # PROFILE=debug: the debug build (to try the script; numbers come from release).
 PROFILE=${PROFILE:-release}
 if [ "$PROFILE" = release ]; then cargo build --release -q --workspace; else cargo build -q --workspace; fi
@@ -37,10 +47,10 @@ trap '[ -z "$TGP" ] || kill -9 "$TGP" 2>/dev/null || true; for p in "${pids[@]}"
 make_test_vhdx "$W"
 qemu-img convert -f vhdx -O raw "$W/disk.vhdx" "$W/disk.raw"
 PREFIX=iqn.2026-12.org.bootfarm
-TGT_PORT=32615 TGT_CTL=1515 BF_PORT=32616
+TGT_PORT=32615 TGT_CTL=1515 BF_PORT=32616 FL_PORT=32614
 SERVERS=${SERVERS:-bootfarm tgt}
-# SCENARIOS: a subset of "rr1 rr32 seq seq128 mix" (iscsi-perf runs with rr32 and seq).
-SCENARIOS=${SCENARIOS:-rr1 rr32 seq seq128 mix}
+# SCENARIOS: a subset of "rr1 rr32 seq seq128 mix mixfresh" (iscsi-perf runs with rr32 and seq).
+SCENARIOS=${SCENARIOS:-rr1 rr32 seq seq128 mix mixfresh}
 
 mkdir -p "$W/boot"
 cat > "$W/bootfarm.toml" <<EOF
@@ -56,6 +66,7 @@ root = "boot"
 cache_dir = "cache"
 cache_ram_bytes_per_target = ${CACHE_RAM:-268435456}
 cache_ram_prefault_bytes = ${PREFAULT:-0}
+cache_keep_after_disconnect_ms = 600000
 [iscsi]
 iqn_prefix = "$PREFIX"
 [[vdisk]]
@@ -75,10 +86,16 @@ if [[ " $SERVERS " == *" tgt "* ]]; then
   "${T[@]}" --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 262144
   "${T[@]}" --op bind --mode target --tid 1 -I ALL
 fi
-pid_of() { case $1 in bootfarm) echo "$BFP";; tgt) echo "$TGP";; esac; }
-lun_of() { case $1 in bootfarm) echo 0;; tgt) echo 1;; esac; }
-port_of() { case $1 in bootfarm) echo "$BF_PORT";; tgt) echo "$TGT_PORT";; esac; }
-for s in $SERVERS; do
+FLOOR=${FLOOR:-1}
+[[ " $SCENARIOS " == *" rr1 "* ]] || FLOOR=0
+if [ "$FLOOR" = 1 ]; then
+  cc -O2 -o "$W/iscsi-floor" perf/iscsi-floor.c
+  "$W/iscsi-floor" $FL_PORT $(( $(stat -c %s "$W/disk.raw") / 512 )) & FLP=$!; pids+=($!)
+fi
+pid_of() { case $1 in bootfarm) echo "$BFP";; tgt) echo "$TGP";; floor) echo "$FLP";; esac; }
+lun_of() { case $1 in bootfarm|floor) echo 0;; tgt) echo 1;; esac; }
+port_of() { case $1 in bootfarm) echo "$BF_PORT";; tgt) echo "$TGT_PORT";; floor) echo "$FL_PORT";; esac; }
+for s in $SERVERS $([ "$FLOOR" = 0 ] || echo floor); do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$(port_of "$s")") 2>/dev/null && break; sleep 0.1; done
 done
 cat "$W/disk.vhdx" "$W/disk.raw" > /dev/null
@@ -88,14 +105,22 @@ HZ=$(getconf CLK_TCK)
 declare -A R
 # bench SERVER SCENARIO ARGS... -> R[SCENARIO,SERVER] += "iops mbs p50 p99 client_us srv_us|"
 bench() {
-  local s=$1 sc=$2 c0 c1 out; shift 2
+  local s=$1 sc=$2 c0 c1 out pp= ini; shift 2
+  ini=iqn.2026-12.org.bootstorm:perf-$sc
+  [ "$sc" != mixfresh ] || ini+=-$round
   c0=$(ticks "$(pid_of "$s")")
+  if [ -n "${PROF:-}" ] && [ "$round" = "$ROUNDS" ]; then
+    perf record -g -p "$(pid_of "$s")" -o "/tmp/iscsi-$s-$sc.data" -- sleep "$SECS" > /dev/null 2>&1 & pp=$!
+  fi
   out=$("$BS" iscsi-bench --portal "127.0.0.1:$(port_of "$s")" --target "$PREFIX:disk" --lun "$(lun_of "$s")" \
-    --initiator "iqn.2026-12.org.bootstorm:perf-$sc" --seconds "$SECS" "$@")
+    --initiator "$ini" --seconds "$SECS" "$@")
   c1=$(ticks "$(pid_of "$s")")
+  [ -z "$pp" ] || wait "$pp"
   # Server CPU in microseconds per I/O: ticks over the run's I/Os (iops x seconds).
-  echo "bench $s $sc: $out" >&2
-  R[$sc,$s]+="$out $(echo "($c1 - $c0) * 1000000 / $HZ / (${out%% *} * $SECS)" | bc -l)|"
+  local srv
+  srv=$(echo "($c1 - $c0) * 1000000 / $HZ / (${out%% *} * $SECS)" | bc -l)
+  echo "bench $s $sc: $out (iops MB/s p50 p99 client_us) server_us ${srv:0:6}" >&2
+  R[$sc,$s]+="$out $srv|"
 }
 # perf_run SERVER SCENARIO IPERF-ARGS... -> R[SCENARIO-iscsi-perf,SERVER] += "iops|"
 perf_run() {
@@ -113,9 +138,11 @@ for round in $(seq "$ROUNDS"); do
     if has seq; then bench "$s" seq --rw read --bs 1048576 --qd 4; fi
     if has seq128; then bench "$s" seq128 --rw read --bs 131072 --qd 8; fi
     if has mix; then bench "$s" mix --rw randrw --read-pct 80 --bs 65536 --qd 16; fi
+    if has mixfresh; then bench "$s" mixfresh --rw randrw --read-pct 80 --bs 65536 --qd 16; fi
     if has rr32; then perf_run "$s" rr32 -r -m 32 -b 8; fi
     if has seq; then perf_run "$s" seq -m 4 -b 2048; fi
   done
+  if [ "$FLOOR" = 1 ]; then bench floor rr1 --rw randread --bs 4096 --qd 1; fi
 done
 
 median() { sort -g | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
@@ -144,4 +171,13 @@ for sc in $SCENARIOS; do
 done
 if [[ " $SCENARIOS " == *" rr32 "* ]]; then line rr32-iscsi-perf "IOPS (iscsi-perf)" 1; fi
 if [[ " $SCENARIOS " == *" seq "* ]]; then line seq-iscsi-perf "IOPS (iscsi-perf, 1 MiB)" 1; fi
+if [ "$FLOOR" = 1 ]; then
+  fl=$(echo "${R[rr1,floor]}" | col 6)
+  printf '%-8s %-30s %12.1f   (perf/iscsi-floor.c: answers, nothing else)\n' rr1-floor "server CPU us/IO" "$fl"
+  printf '%-8s %-30s %12.1f   p50 %s us\n' rr1-floor "IOPS" "$(echo "${R[rr1,floor]}" | col 1)" "$(echo "${R[rr1,floor]}" | col 3)"
+  if [[ " $SERVERS " == *" tgt "* ]]; then
+    t=$(echo "${R[rr1,tgt]}" | col 6)
+    echo "rr1: one third of tgt's server CPU per I/O is $(echo "$t / 3" | bc -l | cut -c1-5) us; the floor is $(echo "$fl / $t" | bc -l | cut -c1-4) of tgt's"
+  fi
+fi
 echo "ratio = ${1} over ${2:-}: for IOPS and MB/s higher is better, for latency and CPU lower"
