@@ -18,10 +18,11 @@
 #             initiator's write cache (RAM)
 #   tgt       tgtd (Debian) with a raw copy of it as LUN 1 (tgt cannot read VHDX; its LUN 0 is
 #             the controller), MaxRecvDataSegmentLength raised to bootfarm's 256 KiB
-# The floor (rr1): perf/iscsi-floor.c, a target that does nothing but answer (one poll, one
-# recv and one sendmsg per READ, zeros for data), run in every round beside the two: what any
-# target pays per QD1 read on this machine for the sockets, the sleep and the wake-ups alone.
-# FLOOR=0 leaves it out.
+# The floor (rr1 and mix): perf/iscsi-floor.c, a target that does nothing but answer (one
+# poll, one recv and one sendmsg per command; READs sent from a mapping of the raw copy,
+# WRITEs received and dropped), run in every round beside the two: what any target pays per
+# I/O on this machine for the sockets, the sleeps and wake-ups and the bytes read. FLOOR=0
+# leaves it out.
 # Server CPU per I/O: the server's utime+stime (/proc/PID/stat, all threads) over the run's
 # I/Os. Each run lasts $SECS s (default 5). Client and servers share this machine's cores.
 # bootfarm's write cache: CACHE_RAM bytes of RAM per initiator (default 256 MiB, then its
@@ -87,10 +88,10 @@ if [[ " $SERVERS " == *" tgt "* ]]; then
   "${T[@]}" --op bind --mode target --tid 1 -I ALL
 fi
 FLOOR=${FLOOR:-1}
-[[ " $SCENARIOS " == *" rr1 "* ]] || FLOOR=0
+[[ " $SCENARIOS " == *" rr1 "* || " $SCENARIOS " == *" mix "* ]] || FLOOR=0
 if [ "$FLOOR" = 1 ]; then
-  cc -O2 -o "$W/iscsi-floor" perf/iscsi-floor.c
-  "$W/iscsi-floor" $FL_PORT $(( $(stat -c %s "$W/disk.raw") / 512 )) & FLP=$!; pids+=($!)
+  cc -O2 -Wall -o "$W/iscsi-floor" perf/iscsi-floor.c
+  "$W/iscsi-floor" $FL_PORT "$W/disk.raw" & FLP=$!; pids+=($!)
 fi
 pid_of() { case $1 in bootfarm) echo "$BFP";; tgt) echo "$TGP";; floor) echo "$FLP";; esac; }
 lun_of() { case $1 in bootfarm|floor) echo 0;; tgt) echo 1;; esac; }
@@ -150,7 +151,8 @@ for round in $(seq "$ROUNDS"); do
     if has rr32; then perf_run "$s" rr32 -r -m 32 -b 8; fi
     if has seq; then perf_run "$s" seq -m 4 -b 2048; fi
   done
-  if [ "$FLOOR" = 1 ]; then bench floor rr1 --rw randread --bs 4096 --qd 1; fi
+  if [ "$FLOOR" = 1 ] && has rr1; then bench floor rr1 --rw randread --bs 4096 --qd 1; fi
+  if [ "$FLOOR" = 1 ] && has mix; then bench floor mix --rw randrw --read-pct 80 --bs 65536 --qd 16; fi
 done
 
 median() { sort -g | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
@@ -179,13 +181,15 @@ for sc in $SCENARIOS; do
 done
 if [[ " $SCENARIOS " == *" rr32 "* ]]; then line rr32-iscsi-perf "IOPS (iscsi-perf)" 1; fi
 if [[ " $SCENARIOS " == *" seq "* ]]; then line seq-iscsi-perf "IOPS (iscsi-perf, 1 MiB)" 1; fi
-if [ "$FLOOR" = 1 ]; then
-  fl=$(echo "${R[rr1,floor]}" | col 6)
-  printf '%-8s %-30s %12.1f   (perf/iscsi-floor.c: answers, nothing else)\n' rr1-floor "server CPU us/IO" "$fl"
-  printf '%-8s %-30s %12.1f   p50 %s us\n' rr1-floor "IOPS" "$(echo "${R[rr1,floor]}" | col 1)" "$(echo "${R[rr1,floor]}" | col 3)"
-  if [[ " $SERVERS " == *" tgt "* ]]; then
-    t=$(echo "${R[rr1,tgt]}" | col 6)
-    echo "rr1: one third of tgt's server CPU per I/O is $(echo "$t / 3" | bc -l | cut -c1-5) us; the floor is $(echo "$fl / $t" | bc -l | cut -c1-4) of tgt's"
+for sc in rr1 mix; do
+  [ -n "${R[$sc,floor]:-}" ] || continue
+  fl=$(echo "${R[$sc,floor]}" | col 6)
+  printf '%-8s %-30s %12.1f   (perf/iscsi-floor.c: answers, nothing else)\n' "$sc-floor" "server CPU us/IO" "$fl"
+  printf '%-8s %-30s %12.1f   p50 %s us, p99 %s us\n' "$sc-floor" "IOPS" "$(echo "${R[$sc,floor]}" | col 1)" \
+    "$(echo "${R[$sc,floor]}" | col 3)" "$(echo "${R[$sc,floor]}" | col 4)"
+  if [ -n "${R[$sc,tgt]:-}" ]; then
+    t=$(echo "${R[$sc,tgt]}" | col 6)
+    echo "$sc: one third of tgt's server CPU per I/O is $(echo "$t / 3" | bc -l | cut -c1-5) us; the floor is $(echo "$fl / $t" | bc -l | cut -c1-4) of tgt's"
   fi
-fi
+done
 echo "ratio = ${1} over ${2:-}: for IOPS and MB/s higher is better, for latency and CPU lower"
