@@ -40,35 +40,24 @@
 //! block through to a new differencing version file (image::write::Writer).
 
 mod blocks;
+mod file;
 mod pool;
 mod read;
 
 use super::target::private_version;
 use crate::image::write::Writer;
 use crate::image::{Chain, Segment};
+use file::overflow_file;
+pub use file::{overflow_mappings, MAP_WINDOWS_MAX, MAP_WINDOW_SLOTS};
 pub use pool::ChunkPool;
 use pool::{Chunk, CHUNK_PAGES};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const BLOCK: u64 = 4096;
-/// Overflow-file slots one read-only mapping covers (1 GiB of address space, populated only
-/// where sends read: a small overflow file costs one mapping, not its size).
-pub const MAP_WINDOW_SLOTS: u32 = 256 * 1024;
-/// Overflow mappings of all overlays together (8 TiB of overflow): each is one VMA, and the
-/// process's image mappings and RAM chunks need vm.max_map_count (65530 by default) too.
-/// Windows past it are read with pread.
-pub const MAP_WINDOWS_MAX: usize = 8192;
-static MAP_WINDOWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Overflow-file mappings in use by all overlays (the metrics' gauge).
-pub fn overflow_mappings() -> usize {
-    MAP_WINDOWS.load(Ordering::Relaxed)
-}
 /// What one zeroed range is counted as in the cache budgets (a generous figure for a B-tree
 /// entry of two u64 and its share of the node).
 pub const RANGE_BYTES: u64 = 64;
@@ -520,50 +509,6 @@ impl Overlay {
         Ok(Slot::File(slot))
     }
 
-    /// Maps window `w` of the overflow file (read only, shared: the pages pwrite fills),
-    /// before any slot of it is written. A failure is logged and leaves the window to pread.
-    fn map_window(&mut self, w: u32) {
-        static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if MAP_WINDOWS.fetch_add(1, Ordering::AcqRel) >= MAP_WINDOWS_MAX {
-            MAP_WINDOWS.fetch_sub(1, Ordering::AcqRel);
-            if !TOLD.swap(true, Ordering::Relaxed) {
-                tracing::info!("{MAP_WINDOWS_MAX} overflow-file mappings in use: later overflow blocks are sent after a pread");
-            }
-            self.file_maps.push(None);
-            return;
-        }
-        let f = self.file.as_ref().expect("file slots imply the file");
-        let len = MAP_WINDOW_SLOTS as usize * BLOCK as usize;
-        // Safety: the file is this overlay's own unlinked file, which nothing truncates; only
-        // the kernel reads the mapping (sends), and only below `file_len`.
-        let m = unsafe { memmap2::MmapOptions::new().offset(w as u64 * len as u64).len(len).map(f) };
-        match m {
-            Ok(m) => self.file_maps.push(Some(m)),
-            Err(e) => {
-                MAP_WINDOWS.fetch_sub(1, Ordering::AcqRel);
-                if !TOLD.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(window = w, error = %e, "cannot map an overflow file: its blocks are sent after a pread");
-                }
-                self.file_maps.push(None);
-            }
-        }
-    }
-
-    /// The mapped bytes of overflow slot `f` from `at`, `n` long, when a mapping has them.
-    fn mapped(&self, f: u32, at: usize, n: usize) -> Option<&[u8]> {
-        let end = f as u64 * BLOCK + (at + n) as u64;
-        if end > self.file_len {
-            return None;
-        }
-        let i = (f % MAP_WINDOW_SLOTS) as usize * BLOCK as usize + at;
-        Some(&self.window(f)?[i..i + n])
-    }
-
-    /// The mapping of the window overflow slot `f` lies in, if it is mapped.
-    fn window(&self, f: u32) -> Option<&memmap2::Mmap> {
-        self.file_maps.get((f / MAP_WINDOW_SLOTS) as usize)?.as_ref()
-    }
-
     /// Pins the pages a reply is about to point at: none of the pages this overlay holds now is
     /// reused before [`Overlay::unpin`] with the returned epoch (the send completed).
     pub fn pin(&mut self) -> u64 {
@@ -611,20 +556,6 @@ impl Overlay {
             Slot::Ram(p) => self.free_ram.push(p),
             Slot::File(f) => self.free_file.push(f),
         }
-    }
-
-    fn file_read(&self, slot: u32, buf: &mut [u8]) -> Result<(), CacheError> {
-        let f = self.file.as_ref().expect("file slots imply the file");
-        f.read_exact_at(buf, slot as u64 * BLOCK).map_err(|e| CacheError::NoSpace(format!("overflow file: {e}")))
-    }
-
-    /// Writes `d` at slot `slot` + `at` of the overflow file.
-    fn file_write(&mut self, slot: u32, at: usize, d: &[u8]) -> Result<(), CacheError> {
-        let f = self.file.as_ref().expect("file slots imply the file");
-        let pos = slot as u64 * BLOCK + at as u64;
-        f.write_all_at(d, pos).map_err(|e| CacheError::NoSpace(format!("overflow file: {e}")))?;
-        self.file_len = self.file_len.max(pos + d.len() as u64);
-        Ok(())
     }
 
     /// Writes `data` at `off` (any alignment), whole or not at all when a limit is in the way.
@@ -818,28 +749,12 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        MAP_WINDOWS.fetch_sub(self.file_maps.iter().filter(|m| m.is_some()).count(), Ordering::AcqRel);
+        self.unmap_windows();
         self.total.fetch_sub(self.allocated_bytes() + self.reserved_bytes, Ordering::AcqRel);
         let in_use = self.limits.ram_total.fetch_sub(self.ram_bytes(), Ordering::AcqRel) - self.ram_bytes();
         // Every send that pointed at these pages is complete: the connections that made them
         // held this overlay (through its target) until the kernel gave their buffers back.
         self.limits.pool.give_back(std::mem::take(&mut self.chunks), self.limits.ram_total_max.saturating_sub(in_use));
-    }
-}
-
-/// An unlinked, sparse file in `dir` (O_TMPFILE where the file system has it).
-fn overflow_file(dir: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(dir) {
-        Ok(f) => Ok(f),
-        Err(_) => {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let p = dir.join(format!(".bootfarm-cache-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&p)?;
-            std::fs::remove_file(&p)?;
-            Ok(f)
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 use super::pool::CHUNK_BYTES;
 use super::*;
 use crate::image::ChainLimits;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
