@@ -8,16 +8,20 @@
 // What it answers: a Login Request at once with a final Login Response into the full feature
 // phase, declaring MaxRecvDataSegmentLength 256 KiB, ImmediateData and no InitialR2T (so that
 // writes up to FirstBurstLength, 64 KiB, come whole in the command PDU); TEST UNIT READY and
-// anything it does not know with GOOD; READ CAPACITY 16 with the image's size; READ 10/16 with
-// one Data-In PDU carrying the status, its data sent straight from the image's mapping (as
-// bootfarm sends from its mapping); WRITE 10/16 of immediate data with GOOD, the data dropped
-// (a write stores nothing: the floor of a write is receiving it); a Logout. Per command: one
-// poll(2), one recv(2) of the header (and one of the data, for a write) and one sendmsg(2).
-// A write needing an R2T or a Data-Out closes the connection.
+// any other command with GOOD; READ CAPACITY 16 with the image's size; READ 10/16 with Data-In
+// PDUs of at most 256 KiB (what bootstorm's initiator takes), the last one carrying the status,
+// their data sent straight from the image's mapping (as bootfarm sends from its mapping);
+// WRITE 10/16 of immediate data with GOOD, the data dropped (a write stores nothing: the floor
+// of a write is receiving it); a Logout. A write that needs an R2T closes the connection.
+//
+// The loop: poll(2) until the socket is readable, one recv(2) of whatever is there, every
+// whole PDU in it answered, and all the answers in one sendmsg(2) (at most IOV_MAX pieces a
+// call): one poll, one receive and one send per batch of commands, the least any target does.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -31,119 +35,161 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-enum { BHS = 48, DATA_MAX = 1 << 20 };
+enum { BHS = 48, SEG = 256 << 10, IN_MAX = 4 << 20, PIECES = IOV_MAX, HDRS = PIECES / 2 };
 
 static uint32_t be32(const uint8_t *b) { return (uint32_t)b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]; }
 static uint64_t be64(const uint8_t *b) { return (uint64_t)be32(b) << 32 | be32(b + 4); }
 static void put32(uint8_t *b, uint32_t v) { b[0] = v >> 24, b[1] = v >> 16, b[2] = v >> 8, b[3] = v; }
 
-// Waits in poll(2), then receives: a blocking recv(2) would sleep inside the socket's lock
-// path (sk_wait_data), which the softirq delivering the next command contends for (in a VM a
-// paravirtual spinlock's slow path costs more than the rest of the I/O together).
-static int recv_all(int fd, uint8_t *b, size_t n) {
-    for (size_t got = 0; got < n;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, -1) != 1) return -1;
-        ssize_t r = recv(fd, b + got, n - got, MSG_DONTWAIT);
-        if (r == 0 || (r < 0 && errno != EAGAIN)) return -1;
-        if (r > 0) got += (size_t)r;
-    }
-    return 0;
-}
+static const char LOGIN_KEYS[] =
+    "HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=262144\0InitialR2T=No\0"
+    "ImmediateData=Yes\0FirstBurstLength=65536\0MaxBurstLength=262144\0";
+static const uint8_t PAD[4];
 
-// Sends the header and `len` bytes of `data` in one sendmsg (looping only on a short send).
-static int send_pdu(int fd, uint8_t *h, const uint8_t *data, uint32_t len) {
-    h[4] = 0;
-    h[5] = len >> 16, h[6] = len >> 8, h[7] = len;
-    static const uint8_t pad[4];
-    struct iovec v[3] = {{h, BHS}, {(void *)data, len}, {(void *)pad, (4 - len % 4) % 4}};
-    size_t left = BHS + len + v[2].iov_len;
-    struct msghdr m = {.msg_iov = v, .msg_iovlen = 3};
-    while (left) {
+// The answers of one batch: headers and the pieces (header, data, pad) of one sendmsg.
+static struct {
+    uint8_t h[HDRS][BHS];
+    struct iovec v[PIECES];
+    int nh, nv;
+} out;
+
+// Sends every piece queued, then forgets them.
+static int flush(int fd) {
+    struct msghdr m = {.msg_iov = out.v, .msg_iovlen = (size_t)out.nv};
+    while (m.msg_iovlen) {
         ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL);
+        if (r < 0 && errno == EAGAIN) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            poll(&p, 1, -1);
+            continue;
+        }
         if (r <= 0) return -1;
-        left -= (size_t)r;
-        for (size_t k = (size_t)r; k;) {  // step the iovecs past what went out
+        for (size_t k = (size_t)r; k;) {  // step the pieces past what went out
             size_t t = k < m.msg_iov->iov_len ? k : m.msg_iov->iov_len;
             m.msg_iov->iov_base = (uint8_t *)m.msg_iov->iov_base + t;
             m.msg_iov->iov_len -= t;
             k -= t;
             if (!m.msg_iov->iov_len) m.msg_iov++, m.msg_iovlen--;
         }
+        while (m.msg_iovlen && !m.msg_iov->iov_len) m.msg_iov++, m.msg_iovlen--;
     }
+    out.nh = out.nv = 0;
     return 0;
 }
 
-static const char LOGIN_KEYS[] =
-    "HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=262144\0InitialR2T=No\0"
-    "ImmediateData=Yes\0FirstBurstLength=65536\0MaxBurstLength=262144\0";
+// Queues one PDU: a copy of header `h` with its data length, and `len` bytes of `data`.
+static int queue(int fd, const uint8_t *h, const void *data, uint32_t len) {
+    if (out.nh == HDRS || out.nv + 3 > PIECES) {
+        if (flush(fd)) return -1;
+    }
+    uint8_t *q = out.h[out.nh++];
+    memcpy(q, h, BHS);
+    q[4] = 0, q[5] = len >> 16, q[6] = len >> 8, q[7] = len;
+    out.v[out.nv++] = (struct iovec){q, BHS};
+    if (len) out.v[out.nv++] = (struct iovec){(void *)data, len};
+    if (len % 4) out.v[out.nv++] = (struct iovec){(void *)PAD, 4 - len % 4};
+    return 0;
+}
+
+struct conn {
+    uint32_t statsn, expcmdsn;
+};
+
+// Answers one whole PDU (header `req`, data segment `seg` of `dsl` bytes); -1 ends the
+// connection.
+static int answer(int c, struct conn *k, const uint8_t *req, uint32_t dsl, const uint8_t *image, uint64_t size) {
+    uint8_t op = req[0] & 0x3f, h[BHS] = {0};
+    uint32_t cmdsn = be32(req + 24);
+    if (!(req[0] & 0x40)) k->expcmdsn = cmdsn + 1;  // not immediate: CmdSN advances
+    else if (op == 0x03) k->expcmdsn = cmdsn;
+    memcpy(h + 16, req + 16, 4);  // ITT
+    put32(h + 28, k->expcmdsn);
+    put32(h + 32, k->expcmdsn + 63);
+    switch (op) {
+    case 0x03:  // Login Request -> final Login Response, to the full feature phase
+        h[0] = 0x23;
+        h[1] = 0x80 | (req[1] & 0x0c) | 3;
+        memcpy(h + 8, req + 8, 6);  // ISID
+        h[15] = 1;                  // TSIH
+        put32(h + 24, k->statsn++);
+        return queue(c, h, LOGIN_KEYS, sizeof LOGIN_KEYS - 1);
+    case 0x01: {  // SCSI Command
+        const uint8_t *cdb = req + 32;
+        uint32_t edtl = be32(req + 20);
+        static uint8_t cap[32];
+        if (cdb[0] == 0x9e) {  // READ CAPACITY 16: one Data-In with the status
+            uint64_t last = size / 512 - 1;
+            for (int i = 0; i < 8; i++) cap[i] = last >> (56 - 8 * i);
+            put32(cap + 8, 512);
+            h[0] = 0x25, h[1] = 0x81;
+            put32(h + 20, 0xffffffff);
+            put32(h + 24, k->statsn++);
+            return queue(c, h, cap, edtl < sizeof cap ? edtl : sizeof cap);
+        }
+        if (cdb[0] == 0x28 || cdb[0] == 0x88) {  // READ 10/16: Data-In PDUs, status in the last
+            uint64_t lba = cdb[0] == 0x28 ? be32(cdb + 2) : be64(cdb + 2);
+            if (edtl == 0 || lba * 512 + edtl > size) return -1;
+            h[0] = 0x25;
+            put32(h + 20, 0xffffffff);
+            for (uint32_t off = 0, sn = 0; off < edtl; off += SEG, sn++) {
+                uint32_t n = edtl - off < SEG ? edtl - off : SEG;
+                int last = off + n == edtl;
+                h[1] = last ? 0x81 : 0;
+                put32(h + 24, last ? k->statsn++ : 0);
+                put32(h + 36, sn);
+                put32(h + 40, off);
+                if (queue(c, h, image + lba * 512 + off, n)) return -1;
+            }
+            return 0;
+        }
+        if ((cdb[0] == 0x2a || cdb[0] == 0x8a) && dsl != edtl) return -1;  // not whole: needs an R2T
+        h[0] = 0x21, h[1] = 0x80;  // SCSI Response, GOOD
+        put32(h + 24, k->statsn++);
+        return queue(c, h, NULL, 0);
+    }
+    case 0x06:  // Logout
+        h[0] = 0x26, h[1] = 0x80;
+        put32(h + 24, k->statsn++);
+        queue(c, h, NULL, 0);
+        flush(c);
+        return -1;
+    case 0x00:  // NOP-Out: a ping (ITT set) gets a NOP-In
+        if (be32(req + 16) == 0xffffffff) return 0;
+        h[0] = 0x20, h[1] = 0x80;
+        memcpy(h + 8, req + 8, 8);
+        put32(h + 20, 0xffffffff);
+        put32(h + 24, k->statsn++);
+        return queue(c, h, NULL, 0);
+    default:
+        return -1;
+    }
+}
 
 static void serve(int c, const uint8_t *image, uint64_t size) {
-    static uint8_t req[BHS], seg[DATA_MAX];
-    uint32_t statsn = 1, expcmdsn = 0;
+    static uint8_t in[IN_MAX];
+    size_t have = 0;
+    struct conn k = {1, 0};
+    out.nh = out.nv = 0;
     for (;;) {
-        if (recv_all(c, req, BHS)) return;
-        uint32_t dsl = (uint32_t)req[5] << 16 | req[6] << 8 | req[7], padded = (dsl + 3) & ~3u;
-        if (req[4] || padded > DATA_MAX || (padded && recv_all(c, seg, padded))) return;
-        uint8_t op = req[0] & 0x3f, h[BHS] = {0};
-        uint32_t cmdsn = be32(req + 24);
-        if (!(req[0] & 0x40)) expcmdsn = cmdsn + 1;  // not immediate: CmdSN advances
-        else if (op == 0x03) expcmdsn = cmdsn;
-        memcpy(h + 16, req + 16, 4);  // ITT
-        put32(h + 24, statsn++);
-        put32(h + 28, expcmdsn);
-        put32(h + 32, expcmdsn + 63);
-        switch (op) {
-        case 0x03:  // Login Request -> final Login Response, to the full feature phase
-            h[0] = 0x23;
-            h[1] = 0x80 | (req[1] & 0x0c) | 3;
-            memcpy(h + 8, req + 8, 6);  // ISID
-            h[15] = 1;                  // TSIH
-            if (send_pdu(c, h, (const uint8_t *)LOGIN_KEYS, sizeof LOGIN_KEYS - 1)) return;
-            break;
-        case 0x01: {  // SCSI Command
-            const uint8_t *cdb = req + 32, *data = NULL;
-            uint32_t edtl = be32(req + 20), len = 0;
-            static uint8_t cap[32];
-            if (cdb[0] == 0x9e) {  // READ CAPACITY 16
-                uint64_t last = size / 512 - 1;
-                for (int i = 0; i < 8; i++) cap[i] = last >> (56 - 8 * i);
-                put32(cap + 8, 512);
-                data = cap, len = edtl < sizeof cap ? edtl : sizeof cap;
-            } else if (cdb[0] == 0x28 || cdb[0] == 0x88) {  // READ 10/16
-                uint64_t lba = cdb[0] == 0x28 ? be32(cdb + 2) : be64(cdb + 2);
-                if (lba * 512 + edtl > size || edtl > DATA_MAX) return;
-                data = image + lba * 512, len = edtl;
-            } else if ((cdb[0] == 0x2a || cdb[0] == 0x8a) && dsl != edtl) {
-                return;  // a write not whole in its command PDU
-            }
-            if (len == 0) {  // SCSI Response, GOOD
-                h[0] = 0x21;
-                h[1] = 0x80;
-            } else {  // one Data-In with the status
-                h[0] = 0x25;
-                h[1] = 0x81;
-                put32(h + 20, 0xffffffff);
-            }
-            if (send_pdu(c, h, data, len)) return;
-            break;
+        struct pollfd p = {.fd = c, .events = POLLIN};
+        if (poll(&p, 1, -1) != 1) return;
+        ssize_t r = recv(c, in + have, IN_MAX - have, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN)) return;
+        if (r < 0) continue;
+        have += (size_t)r;
+        size_t at = 0;
+        while (have - at >= BHS) {
+            const uint8_t *req = in + at;
+            uint32_t dsl = (uint32_t)req[5] << 16 | req[6] << 8 | req[7];
+            size_t whole = BHS + (size_t)req[4] * 4 + ((dsl + 3) & ~3u);
+            if (req[4] || whole > IN_MAX) return;  // no AHS
+            if (have - at < whole) break;
+            if (answer(c, &k, req, dsl, image, size)) return;
+            at += whole;
         }
-        case 0x06:  // Logout
-            h[0] = 0x26;
-            h[1] = 0x80;
-            send_pdu(c, h, NULL, 0);
-            return;
-        case 0x00:  // NOP-Out: answer a ping (ITT set) with a NOP-In
-            if (be32(req + 16) == 0xffffffff) break;
-            h[0] = 0x20;
-            h[1] = 0x80;
-            memcpy(h + 8, req + 8, 8);
-            put32(h + 20, 0xffffffff);
-            if (send_pdu(c, h, NULL, 0)) return;
-            break;
-        default:
-            return;
-        }
+        if (flush(c)) return;
+        memmove(in, in + at, have - at);
+        have -= at;
     }
 }
 

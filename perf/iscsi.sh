@@ -18,11 +18,11 @@
 #             initiator's write cache (RAM)
 #   tgt       tgtd (Debian) with a raw copy of it as LUN 1 (tgt cannot read VHDX; its LUN 0 is
 #             the controller), MaxRecvDataSegmentLength raised to bootfarm's 256 KiB
-# The floor (rr1 and mix): perf/iscsi-floor.c, a target that does nothing but answer (one
-# poll, one recv and one sendmsg per command; READs sent from a mapping of the raw copy,
-# WRITEs received and dropped), run in every round beside the two: what any target pays per
-# I/O on this machine for the sockets, the sleeps and wake-ups and the bytes read. FLOOR=0
-# leaves it out.
+# The floor (every scenario but mixfresh): perf/iscsi-floor.c, a target that does nothing but
+# answer (one poll, one recv and one sendmsg per batch of commands; READs sent from a mapping
+# of the raw copy, WRITEs received and dropped), run in every round beside the two: what any
+# target pays per I/O on this machine for the sockets, the sleeps and wake-ups and the bytes
+# it reads. FLOOR=0 leaves it out.
 # Server CPU per I/O: the server's utime+stime (/proc/PID/stat, all threads) over the run's
 # I/Os. Each run lasts $SECS s (default 5). Client and servers share this machine's cores.
 # bootfarm's write cache: CACHE_RAM bytes of RAM per initiator (default 256 MiB, then its
@@ -88,7 +88,6 @@ if [[ " $SERVERS " == *" tgt "* ]]; then
   "${T[@]}" --op bind --mode target --tid 1 -I ALL
 fi
 FLOOR=${FLOOR:-1}
-[[ " $SCENARIOS " == *" rr1 "* || " $SCENARIOS " == *" mix "* ]] || FLOOR=0
 if [ "$FLOOR" = 1 ]; then
   cc -O2 -Wall -o "$W/iscsi-floor" perf/iscsi-floor.c
   "$W/iscsi-floor" $FL_PORT "$W/disk.raw" & FLP=$!; pids+=($!)
@@ -151,8 +150,13 @@ for round in $(seq "$ROUNDS"); do
     if has rr32; then perf_run "$s" rr32 -r -m 32 -b 8; fi
     if has seq; then perf_run "$s" seq -m 4 -b 2048; fi
   done
-  if [ "$FLOOR" = 1 ] && has rr1; then bench floor rr1 --rw randread --bs 4096 --qd 1; fi
-  if [ "$FLOOR" = 1 ] && has mix; then bench floor mix --rw randrw --read-pct 80 --bs 65536 --qd 16; fi
+  if [ "$FLOOR" = 1 ]; then
+    if has rr1; then bench floor rr1 --rw randread --bs 4096 --qd 1; fi
+    if has rr32; then bench floor rr32 --rw randread --bs 4096 --qd 32; fi
+    if has seq; then bench floor seq --rw read --bs 1048576 --qd 4; fi
+    if has seq128; then bench floor seq128 --rw read --bs 131072 --qd 8; fi
+    if has mix; then bench floor mix --rw randrw --read-pct 80 --bs 65536 --qd 16; fi
+  fi
 done
 
 median() { sort -g | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
@@ -181,7 +185,7 @@ for sc in $SCENARIOS; do
 done
 if [[ " $SCENARIOS " == *" rr32 "* ]]; then line rr32-iscsi-perf "IOPS (iscsi-perf)" 1; fi
 if [[ " $SCENARIOS " == *" seq "* ]]; then line seq-iscsi-perf "IOPS (iscsi-perf, 1 MiB)" 1; fi
-for sc in rr1 mix; do
+for sc in rr1 rr32 seq seq128 mix; do
   [ -n "${R[$sc,floor]:-}" ] || continue
   fl=$(echo "${R[$sc,floor]}" | col 6)
   printf '%-8s %-30s %12.1f   (perf/iscsi-floor.c: answers, nothing else)\n' "$sc-floor" "server CPU us/IO" "$fl"
