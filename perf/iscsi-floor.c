@@ -3,7 +3,8 @@
 // the bytes it reads, with none of a storage server's other work. A measuring instrument for
 // perf/iscsi.sh, not a target: one connection at a time, no checks, LUN 0 of any name.
 //
-//   iscsi-floor PORT RAW_IMAGE     serve RAW_IMAGE (mapped read-only) on 127.0.0.1:PORT
+//   iscsi-floor PORT RAW_IMAGE     serve RAW_IMAGE on 127.0.0.1:PORT (reads from a mapping of
+//                                  it, writes into it in place, as tgt does)
 //
 // What it answers: a Login Request at once with a final Login Response into the full feature
 // phase, declaring MaxRecvDataSegmentLength 256 KiB, ImmediateData and no InitialR2T (so that
@@ -11,12 +12,13 @@
 // any other command with GOOD; READ CAPACITY 16 with the image's size; READ 10/16 with Data-In
 // PDUs of at most 256 KiB (what bootstorm's initiator takes), the last one carrying the status,
 // their data sent straight from the image's mapping (as bootfarm sends from its mapping);
-// WRITE 10/16 of immediate data with GOOD, the data dropped (a write stores nothing: the floor
-// of a write is receiving it); a Logout. A write that needs an R2T closes the connection.
+// WRITE 10/16 of immediate data with one pwrite(2) into the image and GOOD (what tgt does with
+// a write, less its threads); a Logout. A write that needs an R2T closes the connection.
 //
 // The loop: poll(2) until the socket is readable, one recv(2) of whatever is there, every
 // whole PDU in it answered, and all the answers in one sendmsg(2) (at most IOV_MAX pieces a
-// call): one poll, one receive and one send per batch of commands, the least any target does.
+// call): one poll, one receive and one send per batch of commands (and a pwrite per WRITE),
+// the least any target does.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -97,7 +99,7 @@ struct conn {
 
 // Answers one whole PDU (header `req`, data segment `seg` of `dsl` bytes); -1 ends the
 // connection.
-static int answer(int c, struct conn *k, const uint8_t *req, uint32_t dsl, const uint8_t *image, uint64_t size) {
+static int answer(int c, struct conn *k, const uint8_t *req, uint32_t dsl, const uint8_t *image, int fd, uint64_t size) {
     uint8_t op = req[0] & 0x3f, h[BHS] = {0};
     uint32_t cmdsn = be32(req + 24);
     if (!(req[0] & 0x40)) k->expcmdsn = cmdsn + 1;  // not immediate: CmdSN advances
@@ -142,7 +144,11 @@ static int answer(int c, struct conn *k, const uint8_t *req, uint32_t dsl, const
             }
             return 0;
         }
-        if ((cdb[0] == 0x2a || cdb[0] == 0x8a) && dsl != edtl) return -1;  // not whole: needs an R2T
+        if (cdb[0] == 0x2a || cdb[0] == 0x8a) {  // WRITE 10/16, whole in the command PDU
+            uint64_t lba = cdb[0] == 0x2a ? be32(cdb + 2) : be64(cdb + 2);
+            if (dsl != edtl || lba * 512 + edtl > size) return -1;  // not whole: needs an R2T
+            if (pwrite(fd, req + BHS, edtl, (off_t)(lba * 512)) != (ssize_t)edtl) return -1;
+        }
         h[0] = 0x21, h[1] = 0x80;  // SCSI Response, GOOD
         put32(h + 24, k->statsn++);
         return queue(c, h, NULL, 0);
@@ -165,7 +171,7 @@ static int answer(int c, struct conn *k, const uint8_t *req, uint32_t dsl, const
     }
 }
 
-static void serve(int c, const uint8_t *image, uint64_t size) {
+static void serve(int c, const uint8_t *image, int fd, uint64_t size) {
     static uint8_t in[IN_MAX];
     size_t have = 0;
     struct conn k = {1, 0};
@@ -184,7 +190,7 @@ static void serve(int c, const uint8_t *image, uint64_t size) {
             size_t whole = BHS + (size_t)req[4] * 4 + ((dsl + 3) & ~3u);
             if (req[4] || whole > IN_MAX) return;  // no AHS
             if (have - at < whole) break;
-            if (answer(c, &k, req, dsl, image, size)) return;
+            if (answer(c, &k, req, dsl, image, fd, size)) return;
             at += whole;
         }
         if (flush(c)) return;
@@ -200,7 +206,7 @@ int main(int argc, char **argv) {
     }
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int fd = open(argv[2], O_RDONLY);
+    int fd = open(argv[2], O_RDWR);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) || st.st_size < 1024) {
         perror(argv[2]);
@@ -222,7 +228,7 @@ int main(int argc, char **argv) {
         int c = accept(l, NULL, NULL);
         if (c < 0) return 1;
         setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        serve(c, image, (uint64_t)st.st_size);
+        serve(c, image, fd, (uint64_t)st.st_size);
         close(c);
     }
 }

@@ -4,10 +4,11 @@
 #   rr32    4 KiB random reads, queue depth 32
 #   seq     1 MiB sequential reads, queue depth 4
 #   seq128  128 KiB sequential reads, queue depth 8 (tgt answers 1 MiB reads slowly, see README)
-#   mix     64 KiB random, 80% reads / 20% writes, queue depth 16, one initiator in every round
-#           and in an unmeasured warm-up run before the first: its write cache holds the earlier
-#           runs' writes (kept between rounds: cache_keep_after_disconnect_ms is 10 min here),
-#           the steady state that tgt, writing into its one raw file in place, is always in
+#   mix     64 KiB random, 80% reads / 20% writes, queue depth 16, one initiator in every
+#           round and in an unmeasured warm-up run (3 x SECS) before the first: its write cache
+#           holds the earlier runs' writes (kept between rounds: cache_keep_after_disconnect_ms
+#           is 10 min here), the steady state that tgt, writing into its one raw file in place,
+#           is always in
 #   mixfresh the same load from a new initiator each round: an empty write cache, its RAM and
 #           overflow file written for the first time (for tgt the same load as mix)
 # Load: `bootstorm iscsi-bench` (one session, fixed queue depth, p50/p99 per command; Debian's
@@ -20,9 +21,9 @@
 #             the controller), MaxRecvDataSegmentLength raised to bootfarm's 256 KiB
 # The floor (every scenario but mixfresh): perf/iscsi-floor.c, a target that does nothing but
 # answer (one poll, one recv and one sendmsg per batch of commands; READs sent from a mapping
-# of the raw copy, WRITEs received and dropped), run in every round beside the two: what any
-# target pays per I/O on this machine for the sockets, the sleeps and wake-ups and the bytes
-# it reads. FLOOR=0 leaves it out.
+# of the raw copy, WRITEs written into it in place as tgt writes them), run in every round
+# beside the two: what any target pays per I/O on this machine for the sockets, the sleeps and
+# wake-ups and the bytes it moves. FLOOR=0 leaves it out.
 # Server CPU per I/O: the server's utime+stime (/proc/PID/stat, all threads) over the run's
 # I/Os. Each run lasts $SECS s (default 5). Client and servers share this machine's cores.
 # bootfarm's write cache: CACHE_RAM bytes of RAM per initiator (default 256 MiB, then its
@@ -130,12 +131,14 @@ perf_run() {
   echo "iscsi-perf $s $sc: ${iops:-none (timed out)}" >&2
   R[$sc-iscsi-perf,$s]+="${iops:-0}|"
 }
-# mix is the steady state: one unmeasured run per target first fills the initiator's write cache
-# (bootfarm) or the raw file's page cache (tgt), as the rounds after it find them.
+# mix is the steady state: one unmeasured run of 3 x SECS per target first fills the initiator's
+# write cache (bootfarm: about 99% of the blocks the load writes are in it afterwards, so the
+# rounds' writes land on blocks it holds) or the raw file's page cache (tgt, the floor), as the
+# rounds after it find them.
 if [[ " $SCENARIOS " == *" mix "* ]]; then
-  for s in $SERVERS; do
+  for s in $SERVERS $([ "$FLOOR" = 0 ] || echo floor); do
     "$BS" iscsi-bench --portal "127.0.0.1:$(port_of "$s")" --target "$PREFIX:disk" --lun "$(lun_of "$s")" \
-      --initiator iqn.2026-12.org.bootstorm:perf-mix --seconds "$SECS" --rw randrw --read-pct 80 --bs 65536 --qd 16 > /dev/null
+      --initiator iqn.2026-12.org.bootstorm:perf-mix --seconds $((3 * SECS)) --rw randrw --read-pct 80 --bs 65536 --qd 16 > /dev/null
   done
 fi
 for round in $(seq "$ROUNDS"); do
