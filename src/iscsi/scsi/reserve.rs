@@ -42,8 +42,8 @@ pub enum Refusal {
 
 /// What another nexus's PERSISTENT RESERVE OUT leaves for a registered nexus, until that
 /// nexus's session takes it ([`State::take_notice`]): the unit attentions to report and
-/// whether the session's tasks are aborted (SPC-4 5.13.11.2.3 to .6). Notices for one nexus
-/// merge.
+/// whether the session's tasks are aborted (SPC-4, "Releasing persistent reservations and
+/// removing registrations"). Notices for one nexus merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Notice {
     /// PREEMPT AND ABORT: every task of the nexus is aborted, as ABORT TASK SET would (with
@@ -53,7 +53,7 @@ pub struct Notice {
     /// REGISTRATIONS PREEMPTED (2Ah/05h): a PREEMPT (AND ABORT) removed its registration.
     pub preempted: bool,
     /// RESERVATIONS PREEMPTED (2Ah/03h): a CLEAR removed every registration and the
-    /// reservation (SPC-4 5.13.11.2.7).
+    /// reservation (SPC-4 "Clearing").
     pub cleared: bool,
     /// RESERVATIONS RELEASED (2Ah/04h): a registrants-only or all-registrants reservation was
     /// released (RELEASE, or its registrants-only holder unregistered), or a PREEMPT took the
@@ -285,7 +285,7 @@ impl State {
                     Some(m) if action == sa::REGISTER && m != key => return Err(Refusal::Conflict),
                     Some(_) if sa_key == 0 => {
                         // A registrants-only holder that unregisters releases the reservation:
-                        // the others hear of it (5.13.11.2.3).
+                        // the others hear of it (SPC-4 "Unregistering").
                         let released = self.holds(nexus) && self.held.as_ref().is_some_and(|h| registrants_only(h.kind));
                         self.unregister(nexus);
                         if released {
@@ -323,7 +323,7 @@ impl State {
                         return check(Sense::new(super::key::ILLEGAL_REQUEST, 0x26, 0x04));
                     }
                     // The other registrants of a registrants-only or all-registrants type
-                    // hear of the release (5.13.11.2.2); of the other types, nobody.
+                    // hear of the release (SPC-4 "Releasing"); of the other types, nobody.
                     let tell = registrants_only(h.kind) || all_registrants(h.kind);
                     self.held = None;
                     if tell {
@@ -333,7 +333,7 @@ impl State {
                 _ => {}
             },
             sa::CLEAR => {
-                // Every other registrant hears RESERVATIONS PREEMPTED (5.13.11.2.7).
+                // Every other registrant hears RESERVATIONS PREEMPTED (SPC-4 "Clearing").
                 let others = self.others(nexus);
                 self.registrants.clear();
                 self.held = None;
@@ -393,7 +393,7 @@ impl State {
     /// [`Notice`] (its session reports REGISTRATIONS PREEMPTED and, on an abort, loses its
     /// tasks). The preempting nexus keeps its own tasks and registration (SPC-4 5.13.11.2.6).
     /// When the reservation passes with another type, the registrants that stay hear
-    /// RESERVATIONS RELEASED (5.13.11.2.4.3).
+    /// RESERVATIONS RELEASED (SPC-4 "Preempting a persistent reservation").
     fn preempt(&mut self, nexus: &str, sa_key: u64, k: u8, abort: bool, max: usize) -> Result<(), Refusal> {
         let mut retyped = false;
         let gone: Vec<String> = match self.held.clone() {

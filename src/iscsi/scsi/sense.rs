@@ -112,7 +112,7 @@ impl Sense {
         Sense::new(key::UNIT_ATTENTION, 0x2F, 0x00)
     }
     /// UNIT ATTENTION / RESERVATIONS PREEMPTED (2Ah/03h): another nexus's CLEAR removed every
-    /// registration and the reservation (SPC-4 5.13.11.2.7).
+    /// registration and the reservation (SPC-4 "Clearing").
     pub const fn reservations_preempted() -> Sense {
         Sense::new(key::UNIT_ATTENTION, 0x2A, 0x03)
     }
