@@ -106,6 +106,8 @@ pub struct Session<E> {
     /// The session's identity: initiator name (as sent), ISID, TSIH, CID.
     initiator: String,
     isid: [u8; 6],
+    /// The I_T nexus name (initiator name and ISID), set with the initiator name at login.
+    nexus: String,
     tsih: u16,
     cid: u16,
     statsn: u32,
@@ -167,6 +169,7 @@ impl<E: Env> Session<E> {
             lun: None,
             initiator: String::new(),
             isid: [0; 6],
+            nexus: String::new(),
             tsih: 0,
             cid: 0,
             statsn: u32::from_be_bytes(env.random()[..4].try_into().unwrap()),
@@ -736,7 +739,7 @@ impl<E: Env> TcpSession for Session<E> {
         if let Some(t) = self.target.clone() {
             // An SPC-2 reservation ends with its nexus; PR registrations stay (SPC-4 5.13.1).
             let nexus = self.nexus();
-            env.reservations().with(&t.vdisk.name, |r| r.nexus_gone(&nexus));
+            env.reservations().with(&t.vdisk.name, |r| r.nexus_gone(nexus));
             {
                 let mut o = t.overlay.lock().unwrap();
                 for task in tasks {

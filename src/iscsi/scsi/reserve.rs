@@ -141,6 +141,11 @@ fn valid_kind(k: u8) -> bool {
 }
 
 impl State {
+    /// Whether a reservation (SPC-2 or persistent) is held: only then can a command conflict.
+    fn is_reserved(&self) -> bool {
+        self.spc2.is_some() || self.held.is_some()
+    }
+
     fn key_of(&self, nexus: &str) -> Option<u64> {
         self.registrants.iter().find(|(n, _)| n == nexus).map(|&(_, k)| k)
     }
@@ -444,11 +449,14 @@ impl State {
 /// Every LUN's reservation state, by vdisk name, shared by the sessions of all workers; one
 /// entry per vdisk that has seen a reservation command (bounded by the configured vdisks).
 /// The epoch counts the notices posted on any LUN, so that a session learns with one atomic
-/// load per PDU whether it must look for one under the lock.
+/// load per PDU whether it must look for one under the lock; `reserved` counts the LUNs that
+/// hold a reservation, so that a command checks for a conflict under the lock only when one
+/// exists (the lock is shared by every worker: taking it for each READ cost 2-3% at QD32).
 #[derive(Debug, Default)]
 pub struct Table {
     map: std::sync::Mutex<std::collections::HashMap<String, State>>,
     epoch: std::sync::atomic::AtomicU64,
+    reserved: std::sync::atomic::AtomicUsize,
 }
 
 impl Table {
@@ -459,14 +467,27 @@ impl Table {
             Some(s) => s,
             None => m.entry(vdisk.to_string()).or_default(),
         };
-        let posted = s.posted;
+        let (posted, reserved) = (s.posted, s.is_reserved());
         let r = f(s);
         if s.posted != posted {
             // Under the lock: a session that sees the new epoch and then takes the lock finds
             // the notice.
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
+        match (reserved, s.is_reserved()) {
+            (false, true) => _ = self.reserved.fetch_add(1, std::sync::atomic::Ordering::Release),
+            (true, false) => _ = self.reserved.fetch_sub(1, std::sync::atomic::Ordering::Release),
+            _ => {}
+        }
         r
+    }
+
+    /// Whether any LUN holds a reservation (one atomic load): when none does, no command
+    /// conflicts and [`State::conflicts`] need not be asked. A reservation made on another
+    /// worker at the same moment as a command is ordered after it, as two commands of two
+    /// sessions are.
+    pub fn any_reserved(&self) -> bool {
+        self.reserved.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// Moves whenever a notice is posted on any LUN (see [`State::take_notice`]).

@@ -125,10 +125,13 @@ impl<E: Env> Session<E> {
             self.fail_with_data(env, c, s, data);
             return;
         }
-        if wire::lun_id(c.lun) == 0 && !matches!(cdb.as_slice()[0], scsi::op::RESERVE_6 | scsi::op::RELEASE_6) {
+        if wire::lun_id(c.lun) == 0
+            && !matches!(cdb.as_slice()[0], scsi::op::RESERVE_6 | scsi::op::RELEASE_6)
+            && env.reservations().any_reserved()
+        {
             let nexus = self.nexus();
             let vdisk = &self.target.as_ref().unwrap().vdisk.name;
-            if env.reservations().with(vdisk, |r| r.conflicts(&nexus, cdb.as_slice())) {
+            if env.reservations().with(vdisk, |r| r.conflicts(nexus, cdb.as_slice())) {
                 env.count(Counter::IscsiCommandsOther, 1);
                 self.reservation_conflict(c, data);
                 return;
@@ -243,11 +246,11 @@ impl<E: Env> Session<E> {
         let vdisk = self.target.as_ref().unwrap().vdisk.name.clone();
         let table = env.reservations();
         let refusal = match &a {
-            Action::Reserve6 => table.with(&vdisk, |r| r.reserve6(&nexus)).err(),
-            Action::Release6 => table.with(&vdisk, |r| r.release6(&nexus)).err(),
+            Action::Reserve6 => table.with(&vdisk, |r| r.reserve6(nexus)).err(),
+            Action::Release6 => table.with(&vdisk, |r| r.release6(nexus)).err(),
             Action::PrOut { service, scope_type, param } => {
                 let max = env.snapshot().config.iscsi.registrants_max as usize;
-                table.with(&vdisk, |r| r.pr_out(&nexus, *service, *scope_type, param, max)).err()
+                table.with(&vdisk, |r| r.pr_out(nexus, *service, *scope_type, param, max)).err()
             }
             &Action::PrIn { service, alloc_len } => {
                 let mut out = std::mem::take(&mut self.data);
@@ -476,10 +479,10 @@ impl<E: Env> Session<E> {
     }
 
     /// A command answered once the unsolicited data it announced has arrived.
-    /// The SCSI identity of this session (SPC-4 I_T nexus, iSCSI: initiator name and ISID).
-    pub(super) fn nexus(&self) -> String {
-        let i = self.isid;
-        format!("{},i,0x{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", self.initiator, i[0], i[1], i[2], i[3], i[4], i[5])
+    /// The SCSI identity of this session (SPC-4 I_T nexus, iSCSI: initiator name and ISID),
+    /// spelled once at login ([`nexus_of`]).
+    pub(super) fn nexus(&self) -> &str {
+        &self.nexus
     }
 
     /// RESERVATION CONFLICT now, or once the announced unsolicited data has been eaten.
@@ -498,4 +501,10 @@ impl<E: Env> Session<E> {
         self.tasks.push(task);
         let _ = TAG_NONE;
     }
+}
+
+/// An I_T nexus's name: `<initiator name>,i,0x<ISID in hex>`.
+pub(super) fn nexus_of(initiator: &str, isid: [u8; 6]) -> String {
+    let i = isid;
+    format!("{initiator},i,0x{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", i[0], i[1], i[2], i[3], i[4], i[5])
 }

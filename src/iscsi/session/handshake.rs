@@ -112,6 +112,7 @@ impl<E: Env> Session<E> {
             }
             Step::Done { negotiated, transit, csg, nsg } => {
                 self.initiator = negotiated.initiator_name.clone();
+                self.nexus = super::command::nexus_of(&self.initiator, self.isid);
                 if negotiated.session_type == SessionType::Normal {
                     let name = negotiated.target_name.clone().unwrap_or_default();
                     if let Err((code, c)) = self.attach(env, &name, now) {

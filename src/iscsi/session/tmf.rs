@@ -152,7 +152,7 @@ impl<E: Env> Session<E> {
         self.notices_seen = epoch;
         let Some(t) = self.target.clone() else { return };
         let nexus = self.nexus();
-        let Some(n) = env.reservations().with(&t.vdisk.name, |r| r.take_notice(&nexus)) else { return };
+        let Some(n) = env.reservations().with(&t.vdisk.name, |r| r.take_notice(nexus)) else { return };
         let aborted = if n.abort { self.abort_all() } else { 0 };
         let what = if n.preempted {
             "iscsi registration preempted by another initiator"

@@ -333,3 +333,30 @@ fn clear_release_unregister_and_a_retyping_preempt_tell_the_other_registrants() 
     });
     assert_eq!(n, [None, Some(Notice { preempted: true, cleared: true, ..Notice::default() }), cleared]);
 }
+
+#[test]
+fn the_table_counts_the_luns_that_hold_a_reservation() {
+    use super::super::reserve::Table;
+    let t = Table::default();
+    assert!(!t.any_reserved());
+    // Registrations alone reserve nothing: no command can conflict.
+    t.with("a", |s| out(s, A, 0, 0, 0, 1).unwrap());
+    assert!(!t.any_reserved());
+    t.with("a", |s| out(s, A, 1, kind::WRITE_EXCLUSIVE, 1, 0).unwrap());
+    t.with("b", |s| s.reserve6(B).unwrap());
+    assert!(t.any_reserved());
+    assert!(t.with("b", |s| s.conflicts(A, &WRITE)), "B's SPC-2 reservation");
+    // B's session ends: its SPC-2 reservation goes; A's persistent one stays.
+    t.with("b", |s| s.nexus_gone(B));
+    assert!(t.any_reserved());
+    t.with("a", |s| out(s, A, 2, kind::WRITE_EXCLUSIVE, 1, 0).unwrap());
+    assert!(!t.any_reserved(), "released");
+    t.with("a", |s| out(s, A, 1, kind::EXCLUSIVE_ACCESS, 1, 0).unwrap());
+    t.with("a", |s| out(s, A, 1, kind::EXCLUSIVE_ACCESS, 1, 0).unwrap());
+    assert!(t.any_reserved(), "a repeated RESERVE counts once");
+    t.with("a", |s| out(s, A, 3, 0, 1, 0).unwrap());
+    assert!(!t.any_reserved(), "cleared");
+    t.with("b", |s| s.reserve6(B).unwrap());
+    t.with("b", |s| s.reset());
+    assert!(!t.any_reserved(), "a LUN reset ends an SPC-2 reservation");
+}
