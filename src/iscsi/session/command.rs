@@ -478,7 +478,6 @@ impl<E: Env> Session<E> {
         }
     }
 
-    /// A command answered once the unsolicited data it announced has arrived.
     /// The SCSI identity of this session (SPC-4 I_T nexus, iSCSI: initiator name and ISID),
     /// spelled once at login ([`nexus_of`]).
     pub(super) fn nexus(&self) -> &str {
